@@ -1,0 +1,270 @@
+"""The blocking half of the buffer: one SQLite connection, used from one thread only.
+
+Everything here runs in the buffer's dedicated writer thread (see ``buffer.store``), so
+there is exactly one writer and no locking between threads. The schema keeps readings in
+columns rather than as encoded payloads, so that other encodings and exports can read them.
+
+Schema (``PRAGMA user_version`` = 1)::
+
+    meta(key, value)                 -- last_seq: the highest seq ever committed
+    boots(id, boot_id)               -- kernel boot ids, referenced by readings
+    readings(seq PK, boot, ts, mono, device, metric, value, unit, flags, reason)
+
+Failure handling: a file SQLite cannot read (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``) or a
+schema this code does not know is moved aside with its -wal/-shm files and a new one is
+started. A full disk (``SQLITE_FULL``) evicts the oldest rows and tries again once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from buffer.records import Reading, StoredReading
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+FLAG_BOOL = 1
+CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+_ROW_OVERHEAD = 24  # rough per-row cost beyond the column bytes, for eviction estimates
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS boots (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS readings (
+    seq INTEGER PRIMARY KEY,
+    boot INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    mono REAL NOT NULL,
+    device TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value,
+    unit TEXT,
+    flags INTEGER NOT NULL DEFAULT 0,
+    reason TEXT
+);
+"""
+
+
+class SchemaError(Exception):
+    """The file is a SQLite database, but not one this version can use."""
+
+
+def is_corrupt(err: sqlite3.Error) -> bool:
+    """True for errors that mean the file itself is unusable (not a full disk or a lock)."""
+    return getattr(err, "sqlite_errorname", "") in CORRUPT_ERRORS
+
+
+@dataclass(slots=True)
+class Opened:
+    """What the store learns from the file when it opens it."""
+
+    last_seq: int
+    depth: int
+    boot_ref: int
+    quarantined: Path | None
+
+
+class Database:
+    """One connection to the buffer file, with the few statements the buffer needs."""
+
+    def __init__(self, path: Path, *, sync_full: bool, max_bytes: int) -> None:
+        self.path = path
+        self.sync_full = sync_full
+        self.max_bytes = max_bytes
+        self._conn: sqlite3.Connection | None = None
+        self._boot_ref = 0
+
+    # ---- opening, and recovering from a bad file -------------------------------------
+
+    def open(self, boot_id: str) -> Opened:
+        """Open (or create) the file; a file that cannot be used is moved aside first."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        quarantined: Path | None = None
+        try:
+            opened = self._open_checked(boot_id)
+        except (sqlite3.DatabaseError, SchemaError) as err:
+            if isinstance(err, sqlite3.DatabaseError) and not is_corrupt(err):
+                raise
+            self.close()
+            quarantined = self.quarantine(str(err))
+            opened = self._open_checked(boot_id)
+        opened.quarantined = quarantined
+        return opened
+
+    def _open_checked(self, boot_id: str) -> Opened:
+        old_umask = os.umask(0o077)  # the buffer holds site data: not for other users
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        finally:
+            os.umask(old_umask)
+        self._conn = conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.sync_full else 'NORMAL'}")
+        conn.execute("PRAGMA journal_size_limit=4194304")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version not in (0, SCHEMA_VERSION) or (version == 0 and tables):
+            raise SchemaError(f"unknown buffer schema (user_version={version}, tables={tables})")
+        with self._tx():
+            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("INSERT OR IGNORE INTO boots(boot_id) VALUES (?)", (boot_id,))
+        self._boot_ref = conn.execute("SELECT id FROM boots WHERE boot_id=?", (boot_id,)).fetchone()[0]
+        row = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        max_row = conn.execute("SELECT max(seq) FROM readings").fetchone()[0]
+        last_seq = max(row[0] if row else 0, max_row or 0)
+        depth = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return Opened(last_seq=last_seq, depth=depth, boot_ref=self._boot_ref, quarantined=None)
+
+    def quarantine(self, why: str) -> Path:
+        """Move the file (and its -wal/-shm) aside and log where it went."""
+        self.close()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 0
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.replace(Path(f"{target}{suffix}"))
+        log.error(
+            "buffer file %s is unusable (%s): moved aside to %s, starting a new buffer",
+            self.path, why, target,
+        )
+        return target
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error as err:
+                log.warning("closing buffer file %s: %s", self.path, err)
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("buffer database is not open")
+        return self._conn
+
+    # ---- writing -----------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> None:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            elif self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+
+    def _tx(self) -> Database._Tx:
+        return Database._Tx(self.conn)
+
+    def commit(
+        self, rows: list[tuple[int, Reading]], deletes: Iterable[tuple[int, int]]
+    ) -> int:
+        """Insert ``rows`` and delete the acknowledged ``deletes`` ranges in one transaction.
+
+        Returns how many rows the deletes removed.
+        """
+        conn = self.conn
+        boot = self._boot_ref
+        params = [
+            (
+                seq, boot, r.ts, r.mono, r.device, r.metric,
+                int(r.value) if isinstance(r.value, bool) else r.value,
+                r.unit, FLAG_BOOL if isinstance(r.value, bool) else 0, r.reason,
+            )
+            for seq, r in rows
+        ]
+        removed = 0
+        with self._tx():
+            if params:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO readings"
+                    "(seq, boot, ts, mono, device, metric, value, unit, flags, reason)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    params,
+                )
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('last_seq', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value=max(value, excluded.value)",
+                    (rows[-1][0],),
+                )
+            for lo, hi in deletes:
+                removed += conn.execute(
+                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)
+                ).rowcount
+        return removed
+
+    def bytes_used(self) -> int:
+        """Bytes in live pages of the main file (freed pages are reused, so not counted)."""
+        conn = self.conn
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def evict_oldest(self, depth: int, target_bytes: int) -> int:
+        """Delete the oldest rows until the live pages fit ``target_bytes``; return the count."""
+        removed = 0
+        for _ in range(64):
+            used = self.bytes_used()
+            if used <= target_bytes or depth - removed <= 0:
+                break
+            per_row = max(used // max(depth - removed, 1), _ROW_OVERHEAD)
+            n = max((used - target_bytes) // per_row + 1, 64)
+            with self._tx():
+                removed += self.conn.execute(
+                    "DELETE FROM readings WHERE seq IN"
+                    " (SELECT seq FROM readings ORDER BY seq LIMIT ?)",
+                    (n,),
+                ).rowcount
+        return removed
+
+    def expire(self, before_ts: float) -> int:
+        """Delete rows read before ``before_ts`` (the optional age limit)."""
+        with self._tx():
+            return self.conn.execute("DELETE FROM readings WHERE ts < ?", (before_ts,)).rowcount
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def fetch(self, after_seq: int, limit: int) -> tuple[str, list[StoredReading]]:
+        """The oldest rows after ``after_seq``, cut where the boot changes."""
+        cur = self.conn.execute(
+            "SELECT r.seq, b.boot_id, r.ts, r.mono, r.device, r.metric, r.value, r.unit,"
+            " r.flags, r.reason FROM readings r JOIN boots b ON b.id = r.boot"
+            " WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
+            (after_seq, limit),
+        )
+        boot_id = ""
+        out: list[StoredReading] = []
+        for seq, boot, ts, mono, device, metric, value, unit, flags, reason in cur:
+            if not out:
+                boot_id = boot
+            elif boot != boot_id:
+                break
+            if flags & FLAG_BOOL:
+                value = bool(value)
+            out.append(StoredReading(seq, Reading(device, metric, value, unit, ts, mono, reason)))
+        return boot_id, out
+
+    def oldest_ts(self) -> float | None:
+        row = self.conn.execute("SELECT ts FROM readings ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else float(row[0])

@@ -1,0 +1,72 @@
+"""Plain records that cross the buffer's boundary: what goes in, what comes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Value = float | int | bool | str | None
+
+
+@dataclass(slots=True, frozen=True)
+class Reading:
+    """One value read from one metric of one device, stamped when it was read.
+
+    ``ts`` is wall-clock UTC seconds; ``mono`` is seconds since boot (CLOCK_BOOTTIME), so a
+    timestamp taken before the clock was synced can be corrected later from the boot id.
+    ``reason`` is None for a good reading and says why for a bad one.
+    """
+
+    device: str
+    metric: str
+    value: Value
+    unit: str | None
+    ts: float
+    mono: float
+    reason: str | None = None
+
+    @property
+    def good(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(slots=True, frozen=True)
+class StoredReading:
+    """A reading as the buffer hands it back: with its sequence number."""
+
+    seq: int
+    reading: Reading
+
+
+@dataclass(slots=True, frozen=True)
+class Batch:
+    """Readings from one boot, contiguous in ``seq`` order among the rows that exist."""
+
+    boot_id: str
+    items: list[StoredReading]
+
+    @property
+    def first_seq(self) -> int:
+        return self.items[0].seq
+
+    @property
+    def last_seq(self) -> int:
+        return self.items[-1].seq
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(slots=True)
+class BufferStats:
+    """What the health message and the CLI report about the buffer."""
+
+    depth: int
+    bytes_used: int
+    max_bytes: int
+    oldest_ts: float | None
+    next_seq: int
+    pending: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    quarantined_files: int = 0
+    commits: int = 0
+    write_errors: int = 0

@@ -1,0 +1,123 @@
+"""One pymodbus client per serial port or TCP endpoint, shared by the devices behind it.
+
+Requests on one link go one at a time (the lock), so slaves on one RS-485 line never talk
+over each other. Each request carries its own device's timeout. pymodbus's errors are
+classified here, at the boundary, into tepi's: no answer -> DeviceUnavailable, an answer that
+is wrong -> ProtocolError. A Modbus exception reply is not an error of the link: it comes
+back as :class:`ExceptionReply` so the driver can mark just those registers bad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from gateway.errors import DeviceUnavailable, ProtocolError
+
+log = logging.getLogger(__name__)
+
+_READ_FN = {
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+}
+EXCEPTION_NAMES = {
+    1: "illegal function", 2: "illegal data address", 3: "illegal data value",
+    4: "device failure", 5: "acknowledge", 6: "device busy",
+    10: "gateway path unavailable", 11: "gateway target failed to respond",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionReply:
+    """The device answered with a Modbus exception code."""
+
+    code: int
+
+    @property
+    def reason(self) -> str:
+        return f"modbus exception {self.code} ({EXCEPTION_NAMES.get(self.code, 'unknown')})"
+
+
+class ModbusLink:
+    """A serialised pymodbus client for one port or endpoint."""
+
+    def __init__(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient, label: str,
+                 serial_path: str | None = None) -> None:
+        self.client = client
+        self.label = label
+        self._serial_path = serial_path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def serial(cls, port: str, baudrate: int, parity: str, bytesize: int, stopbits: int) -> ModbusLink:
+        client = AsyncModbusSerialClient(
+            port, baudrate=baudrate, parity=parity, bytesize=bytesize, stopbits=stopbits,
+            timeout=1.0, retries=0, reconnect_delay=0, name=f"tepi:{port}",
+        )
+        return cls(client, port, serial_path=port)
+
+    @classmethod
+    def tcp(cls, host: str, port: int) -> ModbusLink:
+        client = AsyncModbusTcpClient(
+            host, port=port, timeout=1.0, retries=0, reconnect_delay=0, name=f"tepi:{host}:{port}",
+        )
+        return cls(client, f"{host}:{port}")
+
+    async def aclose(self) -> None:
+        self.client.close()
+
+    async def _ensure_connected(self, timeout: float) -> None:
+        if self.client.connected:
+            return
+        if self._serial_path is not None:
+            path = self._serial_path
+            if not os.path.exists(path):  # noqa: PTH110 - a device node, not a data file
+                raise DeviceUnavailable("port missing", f"{path} does not exist: is the adapter plugged in?")
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise DeviceUnavailable(
+                    "permission denied",
+                    f"cannot open {path}: add the service user to the dialout group",
+                )
+        self.client.comm_params.timeout_connect = timeout
+        try:
+            ok = await asyncio.wait_for(self.client.connect(), timeout + 1.0)
+        except (OSError, TimeoutError, ModbusException) as err:
+            raise DeviceUnavailable("cannot connect", f"{self.label}: {err}") from err
+        if not ok:
+            raise DeviceUnavailable("cannot connect", self.label)
+
+    async def read(
+        self, table: str, address: int, count: int, unit: int, timeout: float
+    ) -> list[int] | list[bool] | ExceptionReply:
+        """Read once; the words or bits, an exception reply, or raise."""
+        async with self._lock:
+            await self._ensure_connected(timeout)
+            # pymodbus reads this per request; under our lock it is this device's timeout.
+            self.client.comm_params.timeout_connect = timeout
+            fn = getattr(self.client, _READ_FN[table])
+            try:
+                resp = await fn(address, count=count, device_id=unit)
+            except ModbusIOException as err:
+                raise DeviceUnavailable("timeout", f"{self.label} unit {unit}: no valid answer") from err
+            except ConnectionException as err:
+                raise DeviceUnavailable("disconnected", f"{self.label}: {err}") from err
+            except ModbusException as err:
+                raise ProtocolError("bad frame", f"{self.label} unit {unit}: {err}") from err
+        if resp.isError():
+            return ExceptionReply(int(getattr(resp, "exception_code", 0)))
+        if table in ("coil", "discrete"):
+            bits = list(resp.bits)
+            if len(bits) < count:
+                raise ProtocolError("short answer", f"asked {count} bits, got {len(bits)}")
+            return bits[:count]
+        words = list(resp.registers)
+        if len(words) != count:
+            raise ProtocolError("short answer", f"asked {count} registers, got {len(words)}")
+        return words
