@@ -1,0 +1,26 @@
+"""tepi_sim: a hand-written Modbus RTU/TCP device simulator with fault injection.
+
+It stands in for field devices in tepi's tests and demos: RTU slaves on pseudo-terminals,
+TCP slaves on 127.0.0.1, plausible drifting sensor values, exact read counters, and faults
+(no reply, exceptions, bad CRC, garbage, disconnect, slow) switchable at run time. It
+imports nothing from tepi, so it is an independent check of tepi's Modbus client.
+"""
+
+from tepi_sim.demo import DEMO_CONFIG
+from tepi_sim.device import Device
+from tepi_sim.errors import ConfigError, SimError, StartupError
+from tepi_sim.model import DeviceConfig, RegisterConfig, SimConfig, load_config
+from tepi_sim.simulator import Simulator
+
+__all__ = [
+    "DEMO_CONFIG",
+    "ConfigError",
+    "Device",
+    "DeviceConfig",
+    "RegisterConfig",
+    "SimConfig",
+    "SimError",
+    "Simulator",
+    "StartupError",
+    "load_config",
+]

@@ -1,0 +1,113 @@
+"""The run-time control socket: switch faults from another process.
+
+``tepi-sim --control PATH`` listens on a unix socket. Each request is one line of JSON,
+``{"device": "aq-station-1", "fault": "slow", "delay_s": 1.5}`` (``delay_s`` and
+``fault_code`` are optional), and each answer is one line: ``{"ok": true}`` or
+``{"ok": false, "error": "..."}``. Try it with
+``echo '{"device": "aq-station-1", "fault": "no_reply"}' | socat - UNIX-CONNECT:PATH``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from tepi_sim.simulator import Simulator
+
+__all__ = ["ControlServer", "apply_command"]
+
+log = logging.getLogger(__name__)
+
+_LINE_LIMIT = 4096
+
+
+def _check(cmd: object) -> str | None:
+    """Return what is wrong with a decoded command, or None if it is well formed."""
+    if not isinstance(cmd, dict):
+        return "expected a JSON object"
+    unknown = set(cmd) - {"device", "fault", "delay_s", "fault_code"}
+    if unknown:
+        return f"unknown keys: {', '.join(sorted(unknown))}"
+    if not isinstance(cmd.get("device"), str) or not isinstance(cmd.get("fault"), str):
+        return '"device" and "fault" are required strings'
+    if cmd.get("delay_s") is not None and not isinstance(cmd["delay_s"], int | float):
+        return '"delay_s" must be a number'
+    if cmd.get("fault_code") is not None and not isinstance(cmd["fault_code"], int):
+        return '"fault_code" must be an integer'
+    return None
+
+
+def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
+    """Apply one JSON command line; return the answer object (never raises on bad input)."""
+    try:
+        cmd = json.loads(line)
+    except ValueError as err:
+        return {"ok": False, "error": f"invalid JSON: {err}"}
+    problem = _check(cmd)
+    if problem is not None:
+        return {"ok": False, "error": problem}
+    try:
+        device = sim.device(cmd["device"])
+        device.set_fault(cmd["fault"], delay_s=cmd.get("delay_s"), code=cmd.get("fault_code"))
+    except KeyError as err:
+        return {"ok": False, "error": str(err.args[0])}
+    except ValueError as err:
+        return {"ok": False, "error": str(err)}
+    return {"ok": True}
+
+
+class ControlServer:
+    """Unix-socket server that applies fault commands to a running simulator."""
+
+    def __init__(self, sim: Simulator, path: str | Path) -> None:
+        self.sim = sim
+        self.path = Path(path)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen on ``path`` (a stale socket file from an earlier run is replaced)."""
+        if self.path.is_socket():
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve, self.path, limit=_LINE_LIMIT)
+
+    async def stop(self) -> None:
+        """Stop listening, close clients, remove the socket file."""
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        if self._tasks:  # closed writers make each client task see EOF and finish
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+        self.path.unlink(missing_ok=True)
+
+    def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        task = asyncio.get_running_loop().create_task(
+            self._client(reader, writer), name="tepi-sim.control-client"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                answer = apply_command(self.sim, line)
+                log.info("control: %s -> %s", line.strip().decode(errors="replace"), answer)
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError) as err:  # ValueError: line over the limit
+            log.warning("control: client dropped: %s", err)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

@@ -1,0 +1,61 @@
+"""The built-in demo config (``tepi-sim --demo``), reusable as ``tepi_sim.DEMO_CONFIG``.
+
+An air-quality station and a noise meter share one RS-485 line (one pty, units 1 and 2),
+and a river-level gauge speaks Modbus TCP. Every device has a counter so a client can
+prove that no reading was lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+__all__ = ["DEMO_CONFIG"]
+
+DEMO_CONFIG: Final[dict[str, Any]] = {
+    "devices": [
+        {
+            "id": "aq-station-1",
+            "transport": "rtu",
+            "unit": 1,
+            "bus": "bus0",
+            "registers": [
+                {"address": 0, "table": "holding", "kind": "pm25", "type": "uint16", "scale": 0.1},
+                {"address": 1, "table": "holding", "kind": "pm10", "type": "uint16", "scale": 0.1},
+                {
+                    "address": 2,
+                    "table": "holding",
+                    "kind": "temperature",
+                    "type": "float32",
+                    "word_order": "little",
+                },
+                {
+                    "address": 4,
+                    "table": "holding",
+                    "kind": "humidity",
+                    "type": "uint16",
+                    "scale": 0.1,
+                },
+                {"address": 10, "table": "holding", "kind": "counter", "type": "uint16"},
+            ],
+        },
+        {
+            "id": "noise-meter-2",
+            "transport": "rtu",
+            "unit": 2,
+            "bus": "bus0",
+            "registers": [
+                {"address": 0, "table": "holding", "kind": "noise", "type": "uint16", "scale": 0.1},
+                {"address": 1, "table": "holding", "kind": "counter", "type": "uint16"},
+            ],
+        },
+        {
+            "id": "river-level-3",
+            "transport": "tcp",
+            "unit": 1,
+            "registers": [
+                {"address": 100, "table": "input", "kind": "level", "type": "int16", "scale": 0.01},
+                {"address": 101, "table": "input", "kind": "counter", "type": "uint16"},
+            ],
+        },
+    ]
+}

@@ -1,0 +1,389 @@
+"""Simulator configuration: frozen dataclasses, YAML loading and validation.
+
+The simulator is configured from a YAML file or a plain dict (tests build configs in
+Python). Validation collects *every* problem before failing, and each message names the
+key path (``devices[0].registers[1].type: unknown type 'flaot32' (did you mean
+'float32'?)``) so a person can fix a file in one pass. Rules that span several fields
+(overlapping registers, duplicate ids, shared buses) run after the per-field checks.
+
+This module deliberately uses dataclasses instead of pydantic: the simulator depends on
+nothing but the standard library and PyYAML.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from tepi_sim.errors import ConfigError
+
+__all__ = [
+    "BIT_TABLES",
+    "FAULT_MODES",
+    "KINDS",
+    "REGISTER_TABLES",
+    "TYPES",
+    "ConfigError",
+    "DeviceConfig",
+    "RegisterConfig",
+    "SimConfig",
+    "load_config",
+]
+
+REGISTER_TABLES: Final = ("holding", "input")
+BIT_TABLES: Final = ("coil", "discrete")
+TABLES: Final = REGISTER_TABLES + BIT_TABLES
+TYPES: Final = ("int16", "uint16", "int32", "uint32", "float32")
+INT_RANGES: Final = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+}
+WORD_ORDERS: Final = ("big", "little")
+SENSOR_KINDS: Final = ("pm25", "pm10", "temperature", "humidity", "level", "noise")
+KINDS: Final = (*SENSOR_KINDS, "counter", "constant", "toggle")
+TRANSPORTS: Final = ("rtu", "tcp")
+FAULT_MODES: Final = ("none", "no_reply", "exception", "bad_crc", "garbage", "disconnect", "slow")
+
+_TOP_KEYS: Final = ("devices", "seed")
+_DEVICE_KEYS: Final = (
+    "id",
+    "transport",
+    "unit",
+    "bus",
+    "link",
+    "port",
+    "registers",
+    "fill_gaps",
+    "fault",
+    "fault_code",
+    "delay_s",
+)
+_REGISTER_KEYS: Final = ("address", "table", "kind", "type", "word_order", "scale", "value")
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterConfig:
+    """One mapped point: a register (16 or 32 bit) or a bit in a coil/discrete table."""
+
+    address: int
+    table: str
+    kind: str
+    type: str = "uint16"
+    word_order: str = "big"
+    scale: float = 1.0
+    value: float | None = None
+
+    @property
+    def is_bit(self) -> bool:
+        """True for coil and discrete-input points."""
+        return self.table in BIT_TABLES
+
+    @property
+    def width(self) -> int:
+        """Number of 16-bit words (or bits) the point occupies."""
+        return 2 if self.type in ("int32", "uint32", "float32") and not self.is_bit else 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """One simulated Modbus slave with its register map and initial fault."""
+
+    id: str
+    transport: str
+    unit: int
+    registers: tuple[RegisterConfig, ...]
+    bus: str | None = None
+    link: str | None = None
+    port: int = 0
+    fill_gaps: bool = True
+    fault: str = "none"
+    fault_code: int = 4
+    delay_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """The whole simulator: its devices and an optional seed for reproducible values."""
+
+    devices: tuple[DeviceConfig, ...]
+    seed: int | None = None
+
+
+def load_config(source: SimConfig | Mapping[str, Any] | str | Path) -> SimConfig:
+    """Build a validated :class:`SimConfig` from a YAML file path or a dict.
+
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    if isinstance(source, SimConfig):
+        return source
+    if isinstance(source, Mapping):
+        return _Validator().config(source, None)
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"cannot read config file: {err.strerror}"], str(path)) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([f"invalid YAML: {err}"], str(path)) from err
+    return _Validator().config(data, str(path))
+
+
+def _suggest(word: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return (
+        f" (did you mean '{close[0]}'?)" if close else f" (expected one of: {', '.join(choices)})"
+    )
+
+
+class _Validator:
+    """Walks raw data, records errors with key paths, and builds the dataclasses."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def err(self, path: str, msg: str) -> None:
+        self.errors.append(f"{path}: {msg}")
+
+    def keys(self, data: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
+        for key in data:
+            if key not in allowed:
+                self.err(
+                    f"{path}.{key}" if path else str(key),
+                    "unknown key" + _suggest(str(key), allowed),
+                )
+
+    def choice(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        choices: tuple[str, ...],
+        path: str,
+        default: str | None = None,
+    ) -> str:
+        value = data.get(key, default)
+        if value is None:
+            self.err(f"{path}.{key}", "required" + _suggest("", choices))
+            return choices[0]
+        if value not in choices:
+            self.err(f"{path}.{key}", f"unknown {key} {value!r}" + _suggest(str(value), choices))
+            return choices[0]
+        return str(value)
+
+    def integer(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        path: str,
+        bounds: tuple[int, int],
+        default: int | None = None,
+    ) -> int:
+        lo, hi = bounds
+        value = data.get(key, default)
+        if value is None:
+            self.err(f"{path}.{key}", "required")
+            return lo
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.err(f"{path}.{key}", f"must be an integer, got {value!r}")
+            return lo
+        if not lo <= value <= hi:
+            self.err(f"{path}.{key}", f"must be between {lo} and {hi}, got {value}")
+            return lo
+        return value
+
+    def number(self, data: Mapping[str, Any], key: str, path: str, default: float) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.err(f"{path}.{key}", f"must be a number, got {value!r}")
+            return default
+        return float(value)
+
+    def config(self, data: object, source: str | None) -> SimConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(["top level must be a mapping with a 'devices' list"], source)
+        self.keys(data, _TOP_KEYS, "")
+        seed = data.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            self.err("seed", f"must be an integer, got {seed!r}")
+            seed = None
+        raw_devices = data.get("devices")
+        devices: list[DeviceConfig] = []
+        if not isinstance(raw_devices, list) or not raw_devices:
+            self.err("devices", "must be a non-empty list of devices")
+        else:
+            for i, raw in enumerate(raw_devices):
+                device = self.device(raw, f"devices[{i}]")
+                if device is not None:
+                    devices.append(device)
+            self.cross_device(devices)
+        if self.errors:
+            raise ConfigError(self.errors, source)
+        return SimConfig(devices=tuple(devices), seed=seed)
+
+    def device(self, raw: object, path: str) -> DeviceConfig | None:
+        if not isinstance(raw, Mapping):
+            self.err(path, "must be a mapping")
+            return None
+        self.keys(raw, _DEVICE_KEYS, path)
+        dev_id = raw.get("id")
+        if not isinstance(dev_id, str) or not dev_id.strip():
+            self.err(f"{path}.id", "required, a non-empty string")
+            dev_id = f"<{path}>"
+        transport = self.choice(raw, "transport", TRANSPORTS, path)
+        unit = self.integer(raw, "unit", path, (1, 247))
+        port = self.integer(raw, "port", path, (0, 65535), default=0)
+        for key in ("bus", "link"):
+            if key in raw and transport != "rtu":
+                self.err(f"{path}.{key}", "only valid for transport 'rtu'")
+            if key in raw and (not isinstance(raw[key], str) or not raw[key]):
+                self.err(f"{path}.{key}", "must be a non-empty string")
+        if "port" in raw and transport != "tcp":
+            self.err(f"{path}.port", "only valid for transport 'tcp'")
+        fill_gaps = raw.get("fill_gaps", True)
+        if not isinstance(fill_gaps, bool):
+            self.err(f"{path}.fill_gaps", f"must be true or false, got {fill_gaps!r}")
+            fill_gaps = True
+        fault = self.choice(raw, "fault", FAULT_MODES, path, default="none")
+        fault_code = self.integer(raw, "fault_code", path, (1, 255), default=4)
+        delay_s = self.number(raw, "delay_s", path, 2.0)
+        if delay_s < 0:
+            self.err(f"{path}.delay_s", "must not be negative")
+        registers: list[RegisterConfig] = []
+        raw_regs = raw.get("registers")
+        if not isinstance(raw_regs, list) or not raw_regs:
+            self.err(f"{path}.registers", "must be a non-empty list of registers")
+        else:
+            for j, raw_reg in enumerate(raw_regs):
+                reg = self.register(raw_reg, f"{path}.registers[{j}]")
+                if reg is not None:
+                    registers.append(reg)
+            self.overlaps(registers, f"{path}.registers")
+        return DeviceConfig(
+            id=dev_id,
+            transport=transport,
+            unit=unit,
+            registers=tuple(registers),
+            bus=raw.get("bus") if transport == "rtu" else None,
+            link=raw.get("link") if transport == "rtu" else None,
+            port=port,
+            fill_gaps=fill_gaps,
+            fault=fault,
+            fault_code=fault_code,
+            delay_s=delay_s,
+        )
+
+    def register(self, raw: object, path: str) -> RegisterConfig | None:
+        if not isinstance(raw, Mapping):
+            self.err(path, "must be a mapping")
+            return None
+        before = len(self.errors)
+        self.keys(raw, _REGISTER_KEYS, path)
+        address = self.integer(raw, "address", path, (0, 65535))
+        table = self.choice(raw, "table", TABLES, path, default="holding")
+        kind = self.choice(raw, "kind", KINDS, path)
+        is_bit = table in BIT_TABLES
+        if is_bit:
+            for key in ("type", "word_order", "scale"):
+                if key in raw:
+                    self.err(f"{path}.{key}", f"not used for table '{table}' (bits are bool)")
+            if kind not in ("toggle", "constant"):
+                self.err(
+                    f"{path}.kind",
+                    f"kind '{kind}' needs a register table; bits support toggle, constant",
+                )
+            reg_type, word_order, scale = "uint16", "big", 1.0
+        else:
+            reg_type = self.choice(raw, "type", TYPES, path, default="uint16")
+            word_order = self.choice(raw, "word_order", WORD_ORDERS, path, default="big")
+            scale = self.number(raw, "scale", path, 1.0)
+            if scale <= 0:
+                self.err(f"{path}.scale", f"must be positive, got {scale}")
+            if reg_type == "float32" and "scale" in raw:
+                self.err(
+                    f"{path}.scale", "not used with float32 (the physical value is stored directly)"
+                )
+            if kind == "counter" and reg_type not in ("uint16", "uint32"):
+                self.err(f"{path}.type", f"a counter must be uint16 or uint32, got '{reg_type}'")
+            if kind == "counter" and scale != 1.0:
+                self.err(f"{path}.scale", "a counter has no scale")
+        if reg_type in ("int32", "uint32", "float32") and address == 65535:
+            self.err(
+                f"{path}.address", "a 32-bit register needs two words; 65535 is the last address"
+            )
+        value = raw.get("value")
+        if kind == "constant":
+            if value is None or (isinstance(value, bool) and not is_bit):
+                self.err(f"{path}.value", "required for kind 'constant'")
+            elif not isinstance(value, int | float):
+                self.err(f"{path}.value", f"must be a number, got {value!r}")
+            elif not is_bit and reg_type in INT_RANGES and scale > 0:
+                lo, hi = INT_RANGES[reg_type]
+                if not lo <= round(value / scale) <= hi:
+                    self.err(f"{path}.value", f"{value} / scale {scale} does not fit {reg_type}")
+        elif "value" in raw:
+            self.err(f"{path}.value", "only used with kind 'constant'")
+        if len(self.errors) != before:
+            return None
+        return RegisterConfig(
+            address=address,
+            table=table,
+            kind=kind,
+            type=reg_type,
+            word_order=word_order,
+            scale=scale,
+            value=float(value) if value is not None else None,
+        )
+
+    def overlaps(self, registers: list[RegisterConfig], path: str) -> None:
+        owner: dict[tuple[str, int], int] = {}
+        for j, reg in enumerate(registers):
+            for offset in range(reg.width):
+                key = (reg.table, reg.address + offset)
+                if key in owner:
+                    self.err(
+                        f"{path}[{j}].address",
+                        f"{reg.table} address {reg.address + offset} is already used by "
+                        f"{path}[{owner[key]}]",
+                    )
+                    break
+                owner[key] = j
+
+    def cross_device(self, devices: list[DeviceConfig]) -> None:
+        seen_ids: dict[str, int] = {}
+        bus_units: dict[tuple[str, int], str] = {}
+        ports: dict[int, str] = {}
+        link_bus: dict[str, str] = {}
+        for i, dev in enumerate(devices):
+            path = f"devices[{i}]"
+            if dev.id in seen_ids:
+                self.err(
+                    f"{path}.id", f"duplicate id {dev.id!r} (also devices[{seen_ids[dev.id]}])"
+                )
+            seen_ids.setdefault(dev.id, i)
+            if dev.transport == "rtu":
+                bus = dev.bus or f"<own:{dev.id}>"
+                if (bus, dev.unit) in bus_units:
+                    self.err(
+                        f"{path}.unit",
+                        f"unit {dev.unit} is already used on bus {bus!r} "
+                        f"by {bus_units[bus, dev.unit]!r}",
+                    )
+                bus_units.setdefault((bus, dev.unit), dev.id)
+                if dev.link is not None:
+                    other = link_bus.setdefault(dev.link, bus)
+                    if other != bus:
+                        self.err(f"{path}.link", f"{dev.link!r} is already the link of another pty")
+            elif dev.port:
+                if dev.port in ports:
+                    self.err(
+                        f"{path}.port", f"port {dev.port} is already used by {ports[dev.port]!r}"
+                    )
+                ports.setdefault(dev.port, dev.id)

@@ -1,0 +1,215 @@
+"""Modbus RTU over a pseudo-terminal: one pty per bus, one or more slaves on it.
+
+The client opens the pty's *slave* side (``/dev/pts/N``) as if it were a USB-RS485
+adapter. The simulator reads the *master* side with ``loop.add_reader`` (no threads) and
+also keeps its own fd on the slave open, so a client closing and reopening the port does
+not make the master return EIO. The slave is put in raw mode so binary frames pass
+through unchanged.
+
+A serial line is half duplex, so replies are produced one at a time by a worker task in
+request order; a ``slow`` reply holds up the line just as a slow real device would. When a
+device's fault becomes ``disconnect`` the bus is unplugged and replugged: a NEW pty is
+opened (before the old one is closed, so the path number changes), the ``link`` symlinks
+are repointed to it, and the old pty is closed so the client sees the port vanish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import termios
+import tty
+from pathlib import Path
+from typing import Final
+
+from tepi_sim.device import Action, Device
+from tepi_sim.errors import StartupError
+from tepi_sim.protocol import RtuParser, rtu_frame
+
+__all__ = ["RtuBus"]
+
+log = logging.getLogger(__name__)
+
+# Bytes that stay incomplete this long are not the start of a frame: resync through them.
+SILENCE_S: Final = 0.05
+_QUEUE_LIMIT: Final = 64
+
+
+class _Pty:
+    """An open pseudo-terminal pair; ``path`` is the slave device clients open."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class RtuBus:
+    """One RTU line: a pty shared by the devices configured with the same ``bus``."""
+
+    def __init__(self, name: str, devices: list[Device], links: list[str]) -> None:
+        self.name = name
+        self.devices = {d.unit: d for d in devices}
+        self.links = [Path(link) for link in links]
+        self.replugs = 0
+        self.dropped_frames = 0  # requests dropped because the reply queue was full
+        self._pty: _Pty | None = None
+        self._parser = RtuParser()
+        self._silence: asyncio.TimerHandle | None = None
+        self._queue: asyncio.Queue[tuple[int, Device, Action]] = asyncio.Queue(_QUEUE_LIMIT)
+        self._generation = 0
+        self._worker: asyncio.Task[None] | None = None
+        for device in devices:
+            device.add_fault_listener(self._on_fault)
+
+    @property
+    def path(self) -> str:
+        """The current slave path, e.g. ``/dev/pts/7``."""
+        if self._pty is None:
+            raise RuntimeError(f"bus {self.name!r} is not running")
+        return self._pty.path
+
+    def start(self) -> None:
+        """Open the pty, point the links at it and start reading. Needs a running loop."""
+        for link in self.links:
+            if link.exists() and not link.is_symlink():
+                raise StartupError(
+                    f"link {link} exists and is not a symlink; remove it or pick another path"
+                )
+        self._plug()
+        self._worker = asyncio.get_running_loop().create_task(
+            self._work(), name=f"tepi-sim[{self.name}].rtu"
+        )
+
+    async def stop(self) -> None:
+        """Stop the worker, close the pty and remove links that still point at it."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        old = self._unplug()
+        for link in self.links:
+            with contextlib.suppress(OSError):
+                if old is not None and link.is_symlink() and str(link.readlink()) == old.path:
+                    link.unlink()
+        if old is not None:
+            old.close()
+
+    def replug(self) -> None:
+        """Simulate unplugging and replugging the adapter: new pty, links repointed."""
+        old = self._unplug()
+        self._plug()
+        if old is not None:
+            old.close()
+        self.replugs += 1
+        log.info("bus %s: replugged, now %s", self.name, self.path)
+
+    def _plug(self) -> None:
+        self._pty = _Pty()
+        self._generation += 1
+        self._parser = RtuParser()
+        for link in self.links:
+            tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(self._pty.path)
+            tmp.replace(link)
+        asyncio.get_running_loop().add_reader(self._pty.master, self._on_readable)
+
+    def _unplug(self) -> _Pty | None:
+        old, self._pty = self._pty, None
+        if old is not None:
+            asyncio.get_running_loop().remove_reader(old.master)
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
+        return old
+
+    def _on_fault(self, device: Device) -> None:
+        if device.fault == "disconnect" and self._pty is not None:
+            self.replug()
+
+    def _on_readable(self) -> None:
+        if self._pty is None:
+            return
+        try:
+            data = os.read(self._pty.master, 4096)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            log.error("bus %s: reading the pty failed (%s); replugging", self.name, err)
+            self.replug()
+            return
+        log.debug("bus %s: rx %s", self.name, data.hex(" "))
+        self._dispatch(self._parser.feed(data))
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
+        if self._parser.pending:
+            loop = asyncio.get_running_loop()
+            self._silence = loop.call_later(SILENCE_S, self._on_silence)
+
+    def _on_silence(self) -> None:
+        self._silence = None
+        self._dispatch(self._parser.flush())
+
+    def _dispatch(self, frames: list[tuple[int, bytes]]) -> None:
+        for unit, pdu in frames:
+            if unit == 0:
+                for device in self.devices.values():
+                    device.handle_broadcast(pdu)
+                continue
+            target = self.devices.get(unit)
+            if target is None:
+                continue  # another slave on the line may answer; we stay quiet
+            action = target.handle(pdu)
+            if action.kind == "silent":
+                continue
+            try:
+                self._queue.put_nowait((self._generation, target, action))
+            except asyncio.QueueFull:
+                self.dropped_frames += 1
+                log.warning("bus %s: reply queue full, request dropped", self.name)
+
+    async def _work(self) -> None:
+        while True:
+            generation, device, action = await self._queue.get()
+            if action.delay_s:
+                await asyncio.sleep(action.delay_s)
+            if generation != self._generation or self._pty is None:
+                continue  # the line was replugged since: the client is gone
+            if action.kind == "disconnect":
+                self.replug()
+            elif action.kind == "garbage":
+                self._send(action.data)
+            elif action.prepare is not None:
+                prepared = action.prepare()
+                corrupt = action.kind == "bad_crc"
+                if (
+                    self._send(rtu_frame(device.unit, prepared.pdu, corrupt_crc=corrupt))
+                    and not corrupt
+                ):
+                    prepared.commit()
+
+    def _send(self, frame: bytes) -> bool:
+        pty = self._pty
+        if pty is None:
+            return False
+        try:
+            # Replies nobody read (a client that timed out and left) would reach the next
+            # client as line noise; a real adapter's buffer would not hold them either.
+            termios.tcflush(pty.slave, termios.TCIFLUSH)
+            written = os.write(pty.master, frame)
+        except OSError as err:
+            log.warning("bus %s: write failed: %s", self.name, err)
+            return False
+        log.debug("bus %s: tx %s", self.name, frame.hex(" "))
+        return written == len(frame)
