@@ -56,6 +56,13 @@ class SchemaError(Exception):
     """The file is a SQLite database, but not one this version can use."""
 
 
+def _estimate(r: Reading) -> int:
+    """Rough bytes a row takes in the file, to make room before inserting it."""
+    v = r.value
+    text = len(r.device) + len(r.metric) + len(r.unit or "") + len(r.reason or "")
+    return _ROW_OVERHEAD + 24 + text + (len(v) if isinstance(v, str) else 8)
+
+
 def is_corrupt(err: sqlite3.Error) -> bool:
     """True for errors that mean the file itself is unusable (not a full disk or a lock)."""
     return getattr(err, "sqlite_errorname", "") in CORRUPT_ERRORS
@@ -118,7 +125,9 @@ class Database:
                 conn.execute(stmt)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("INSERT OR IGNORE INTO boots(boot_id) VALUES (?)", (boot_id,))
-        self._boot_ref = conn.execute("SELECT id FROM boots WHERE boot_id=?", (boot_id,)).fetchone()[0]
+        self._boot_ref = conn.execute(
+            "SELECT id FROM boots WHERE boot_id=?", (boot_id,)
+        ).fetchone()[0]
         row = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
         max_row = conn.execute("SELECT max(seq) FROM readings").fetchone()[0]
         last_seq = max(row[0] if row else 0, max_row or 0)
@@ -140,7 +149,9 @@ class Database:
                 src.replace(Path(f"{target}{suffix}"))
         log.error(
             "buffer file %s is unusable (%s): moved aside to %s, starting a new buffer",
-            self.path, why, target,
+            self.path,
+            why,
+            target,
         )
         return target
 
@@ -177,25 +188,41 @@ class Database:
         return Database._Tx(self.conn)
 
     def commit(
-        self, rows: list[tuple[int, Reading]], deletes: Iterable[tuple[int, int]]
-    ) -> int:
-        """Insert ``rows`` and delete the acknowledged ``deletes`` ranges in one transaction.
+        self, rows: list[tuple[int, Reading]], deletes: Iterable[tuple[int, int]], depth: int
+    ) -> tuple[int, int]:
+        """Delete acknowledged ranges, make room, and insert ``rows``: one transaction.
 
-        Returns how many rows the deletes removed.
+        Room is made *before* the insert, so the file never grows past ``max_bytes`` (up to
+        the page-level slack). Returns (rows removed by the deletes, rows evicted for room).
         """
         conn = self.conn
         boot = self._boot_ref
         params = [
             (
-                seq, boot, r.ts, r.mono, r.device, r.metric,
+                seq,
+                boot,
+                r.ts,
+                r.mono,
+                r.device,
+                r.metric,
                 int(r.value) if isinstance(r.value, bool) else r.value,
-                r.unit, FLAG_BOOL if isinstance(r.value, bool) else 0, r.reason,
+                r.unit,
+                FLAG_BOOL if isinstance(r.value, bool) else 0,
+                r.reason,
             )
             for seq, r in rows
         ]
-        removed = 0
+        removed = evicted = 0
         with self._tx():
+            for lo, hi in deletes:
+                removed += conn.execute(
+                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)
+                ).rowcount
             if params:
+                incoming = sum(_estimate(r) for _, r in rows)
+                room = self.max_bytes * 95 // 100
+                if self.bytes_used() + incoming > room:
+                    evicted = self._evict(depth - removed, max(room - incoming, 0))
                 conn.executemany(
                     "INSERT OR REPLACE INTO readings"
                     "(seq, boot, ts, mono, device, metric, value, unit, flags, reason)"
@@ -207,11 +234,7 @@ class Database:
                     " ON CONFLICT(key) DO UPDATE SET value=max(value, excluded.value)",
                     (rows[-1][0],),
                 )
-            for lo, hi in deletes:
-                removed += conn.execute(
-                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)
-                ).rowcount
-        return removed
+        return removed, evicted
 
     def bytes_used(self) -> int:
         """Bytes in live pages of the main file (freed pages are reused, so not counted)."""
@@ -223,19 +246,22 @@ class Database:
 
     def evict_oldest(self, depth: int, target_bytes: int) -> int:
         """Delete the oldest rows until the live pages fit ``target_bytes``; return the count."""
+        with self._tx():
+            return self._evict(depth, target_bytes)
+
+    def _evict(self, depth: int, target_bytes: int) -> int:
         removed = 0
         for _ in range(64):
             used = self.bytes_used()
-            if used <= target_bytes or depth - removed <= 0:
+            left = depth - removed
+            if used <= target_bytes or left <= 0:
                 break
-            per_row = max(used // max(depth - removed, 1), _ROW_OVERHEAD)
+            per_row = max(used // max(left, 1), _ROW_OVERHEAD)
             n = max((used - target_bytes) // per_row + 1, 64)
-            with self._tx():
-                removed += self.conn.execute(
-                    "DELETE FROM readings WHERE seq IN"
-                    " (SELECT seq FROM readings ORDER BY seq LIMIT ?)",
-                    (n,),
-                ).rowcount
+            removed += self.conn.execute(
+                "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings ORDER BY seq LIMIT ?)",
+                (n,),
+            ).rowcount
         return removed
 
     def expire(self, before_ts: float) -> int:
@@ -260,9 +286,8 @@ class Database:
                 boot_id = boot
             elif boot != boot_id:
                 break
-            if flags & FLAG_BOOL:
-                value = bool(value)
-            out.append(StoredReading(seq, Reading(device, metric, value, unit, ts, mono, reason)))
+            val = bool(value) if flags & FLAG_BOOL else value
+            out.append(StoredReading(seq, Reading(device, metric, val, unit, ts, mono, reason)))
         return boot_id, out
 
     def oldest_ts(self) -> float | None:

@@ -69,8 +69,9 @@ class Buffer:
     def __init__(self, settings: BufferSettings, boot_id: str) -> None:
         self.settings = settings
         self.boot_id = boot_id
-        self._db = Database(settings.path, sync_full=settings.sync_full,
-                            max_bytes=settings.max_bytes)
+        self._db = Database(
+            settings.path, sync_full=settings.sync_full, max_bytes=settings.max_bytes
+        )
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tepi-buffer")
         self._pending: deque[tuple[int, Reading]] = deque()
         self._deletes: list[tuple[int, int]] = []
@@ -102,8 +103,12 @@ class Buffer:
         self._bytes_used = await self._call(self._db.bytes_used)
         self._oldest_ts = await self._call(self._db.oldest_ts)
         self._opened = True
-        log.info("buffer %s open: %d readings waiting, next seq %d",
-                 self.settings.path, self._depth, self._next_seq)
+        log.info(
+            "buffer %s open: %d readings waiting, next seq %d",
+            self.settings.path,
+            self._depth,
+            self._next_seq,
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -171,8 +176,11 @@ class Buffer:
             depth=self._depth + len(self._pending),
             bytes_used=self._bytes_used,
             max_bytes=self.settings.max_bytes,
-            oldest_ts=(self._oldest_ts if self._oldest_ts is not None
-                       else (self._pending[0][1].ts if self._pending else None)),
+            oldest_ts=(
+                self._oldest_ts
+                if self._oldest_ts is not None
+                else (self._pending[0][1].ts if self._pending else None)
+            ),
             next_seq=self._next_seq,
             pending=len(self._pending),
             dropped=dict(self._dropped),
@@ -199,8 +207,11 @@ class Buffer:
             except sqlite3.Error as err:
                 self._write_errors += 1
                 if self._write_errors == 1 or retry == _RETRY_MIN_S:
-                    log.error("buffer commit failed, %d readings held in memory: %s",
-                              len(self._pending), err)
+                    log.error(
+                        "buffer commit failed, %d readings held in memory: %s",
+                        len(self._pending),
+                        err,
+                    )
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX_S)
 
@@ -241,30 +252,30 @@ class Buffer:
                 self._committed_seq = max(self._committed_seq, rows[-1][0])
                 self._changed.notify_all()
 
-    def _write(self, rows: list[tuple[int, Reading]], deletes: list[tuple[int, int]]) -> _WriteResult:
+    def _write(
+        self, rows: list[tuple[int, Reading]], deletes: list[tuple[int, int]]
+    ) -> _WriteResult:
         """In the writer thread: one transaction, then the limits."""
         db = self._db
         quarantined = False
-        evicted = 0
+        depth = self._depth
         try:
-            removed = db.commit(rows, deletes)
+            removed, evicted = db.commit(rows, deletes, depth)
         except sqlite3.DatabaseError as err:
             if is_corrupt(err):
                 db.quarantine(str(err))
                 db.open(self.boot_id)
                 quarantined = True
-                removed = 0
-                db.commit(rows, [])
+                removed, evicted = db.commit(rows, [], 0)
             elif getattr(err, "sqlite_errorname", "") == "SQLITE_FULL":
-                evicted = db.evict_oldest(self._depth, db.bytes_used() * 9 // 10)
-                log.warning("disk full: evicted the %d oldest readings to make room", evicted)
-                removed = db.commit(rows, deletes)
+                # The disk is fuller than max_bytes assumed: give back a tenth, retry once.
+                freed = db.evict_oldest(depth, db.bytes_used() * 9 // 10)
+                log.warning("disk full: evicted the %d oldest readings to make room", freed)
+                removed, evicted = db.commit(rows, deletes, depth - freed)
+                evicted += freed
             else:
                 raise
         used = db.bytes_used()
-        if used > self.settings.max_bytes:
-            evicted += db.evict_oldest(self._depth + len(rows), self.settings.max_bytes * 95 // 100)
-            used = db.bytes_used()
         expired = 0
         now = time.monotonic()
         if self.settings.max_age_s is not None and now - self._last_expire >= _EXPIRE_EVERY_S:

@@ -65,7 +65,9 @@ class DriverConfig(BaseModel):
         default=10.0, gt=0, description="How often the agent reads the device, e.g. 1s, 10s, 5m."
     )
     timeout: Duration = Field(
-        default=1.0, gt=0, description="How long to wait for one answer before it counts as a timeout."
+        default=1.0,
+        gt=0,
+        description="How long to wait for one answer before it counts as a timeout.",
     )
 
 

@@ -33,8 +33,9 @@ class GatewaySection(_Model):
 
 class TlsSection(_Model):
     ca_file: Path | None = Field(
-        default=None, description="CA bundle that signs the broker's certificate. "
-        "Default: the system's trusted CAs."
+        default=None,
+        description="CA bundle that signs the broker's certificate. "
+        "Default: the system's trusted CAs.",
     )
     cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
     key_file: Path | None = Field(default=None, description="Client private key (mutual TLS).")
@@ -47,11 +48,19 @@ class TlsSection(_Model):
 
 
 class BatchSection(_Model):
-    max_readings: int = Field(default=500, ge=1, le=100_000, description="Most readings in one message.")
-    max_bytes: Size = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024,
-                            description="Largest message payload, e.g. 64KiB.")
+    max_readings: int = Field(
+        default=500, ge=1, le=100_000, description="Most readings in one message."
+    )
+    max_bytes: Size = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest message payload, e.g. 64KiB.",
+    )
     max_wait: Duration = Field(
-        default=2.0, ge=0, le=3600,
+        default=2.0,
+        ge=0,
+        le=3600,
         description="How long a reading may wait to fill a batch while earlier publishes are "
         "still unacknowledged. With nothing in flight, readings are sent at once.",
     )
@@ -65,13 +74,20 @@ class ReconnectSection(_Model):
 class UplinkSection(_Model):
     url: str = Field(description="Broker: mqtt://host[:1883] or mqtts://host[:8883].")
     topic_prefix: str = Field(
-        default="ioc/v1", pattern=r"^[^#+\s]+$", description="Topics are {topic_prefix}/{gateway.id}/..."
+        default="ioc/v1",
+        pattern=r"^[^#+\s]+$",
+        description="Topics are {topic_prefix}/{gateway.id}/...",
     )
-    client_id: str | None = Field(default=None, description="MQTT client id. Default: tepi-{gateway.id}.")
-    protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="MQTT version: 3.1.1 or 5.")
+    client_id: str | None = Field(
+        default=None, description="MQTT client id. Default: tepi-{gateway.id}."
+    )
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1", description="MQTT version: 3.1.1 or 5."
+    )
     username: str | None = Field(default=None, description="MQTT user name.")
     password_file: Path | None = Field(
-        default=None, description="File holding the MQTT password. A relative name is looked "
+        default=None,
+        description="File holding the MQTT password. A relative name is looked "
         "up in $CREDENTIALS_DIRECTORY (systemd LoadCredential).",
     )
     password_env: str | None = Field(
@@ -79,23 +95,31 @@ class UplinkSection(_Model):
     )
     tls: TlsSection | None = Field(default=None, description="TLS settings; only with mqtts://.")
     batch: BatchSection = Field(default_factory=BatchSection, description="Batching of telemetry.")
-    max_inflight: int = Field(default=8, ge=1, le=100,
-                              description="Telemetry messages awaiting the broker's ack at once.")
+    max_inflight: int = Field(
+        default=8, ge=1, le=100, description="Telemetry messages awaiting the broker's ack at once."
+    )
     keepalive: Duration = Field(default=30.0, ge=5, le=3600, description="MQTT keepalive.")
     publish_timeout: Duration = Field(
-        default=30.0, gt=0, description="A publish not acknowledged in this time counts as a "
-        "dead link: reconnect and send again."
+        default=30.0,
+        gt=0,
+        description="A publish not acknowledged in this time counts as a "
+        "dead link: reconnect and send again.",
     )
-    health_interval: Duration = Field(default=60.0, ge=1, description="How often health is published.")
-    reconnect: ReconnectSection = Field(default_factory=ReconnectSection,
-                                        description="Reconnect backoff (full jitter).")
+    health_interval: Duration = Field(
+        default=60.0, ge=1, description="How often health is published."
+    )
+    reconnect: ReconnectSection = Field(
+        default_factory=ReconnectSection, description="Reconnect backoff (full jitter)."
+    )
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         parts = urlsplit(v)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"the scheme must be mqtt:// or mqtts://, not {parts.scheme or 'none'}")
+            raise ValueError(
+                f"the scheme must be mqtt:// or mqtts://, not {parts.scheme or 'none'}"
+            )
         if not parts.hostname:
             raise ValueError("the url has no host")
         try:
@@ -141,22 +165,34 @@ def resolve_credential(path: Path) -> Path:
 
 
 class BufferSection(_Model):
-    max_bytes: Size = Field(default=256 * 1024 * 1024, ge=1024 * 1024,
-                            description="Largest the buffer file may grow; then the oldest go.")
-    max_age: Duration | None = Field(default=None, gt=0,
-                                     description="Optional: drop readings older than this.")
+    max_bytes: Size = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest the buffer file may grow; then the oldest go.",
+    )
+    max_age: Duration | None = Field(
+        default=None, gt=0, description="Optional: drop readings older than this."
+    )
     commit_interval: Duration = Field(
-        default=0.2, gt=0, le=60,
+        default=0.2,
+        gt=0,
+        le=60,
         description="Every reading is committed to disk within this time of being read.",
     )
-    commit_max_readings: int = Field(default=1000, ge=1, le=100_000,
-                                     description="Commit sooner once this many are waiting.")
+    commit_max_readings: int = Field(
+        default=1000, ge=1, le=100_000, description="Commit sooner once this many are waiting."
+    )
     sync: Literal["full", "normal"] = Field(
-        default="full", description="full: each commit survives a power cut (fsync). normal: "
+        default="full",
+        description="full: each commit survives a power cut (fsync). normal: "
         "survives a crash of tepi, may lose the last commits on a power cut; fewer SD writes.",
     )
-    max_pending: int = Field(default=100_000, ge=1000, description="Readings held in RAM "
-                             "while the disk refuses writes; beyond this the oldest are dropped.")
+    max_pending: int = Field(
+        default=100_000,
+        ge=1000,
+        description="Readings held in RAM "
+        "while the disk refuses writes; beyond this the oldest are dropped.",
+    )
 
 
 class Config(_Model):

@@ -56,9 +56,15 @@ class _Located:
                 name = str(key.value)
                 line = key.start_mark.line + 1
                 if name in seen:
-                    self.issues.append(ConfigIssue(
-                        self.file, line, path_str((*path, name)),
-                        f"key given twice (first on line {seen[name]})", "remove one of them"))
+                    self.issues.append(
+                        ConfigIssue(
+                            self.file,
+                            line,
+                            path_str((*path, name)),
+                            f"key given twice (first on line {seen[name]})",
+                            "remove one of them",
+                        )
+                    )
                 seen[name] = line
                 self.lines[(*path, name)] = line
                 self._walk(value, (*path, name))
@@ -189,8 +195,11 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
     first_seen: dict[str, int] = {}
     for i, dev in enumerate(cfg.devices):
         if dev.id in first_seen:
-            add(("devices", i, "id"), f"device id {dev.id!r} is already used by devices[{first_seen[dev.id]}]",
-                "every device needs its own id")
+            add(
+                ("devices", i, "id"),
+                f"device id {dev.id!r} is already used by devices[{first_seen[dev.id]}]",
+                "every device needs its own id",
+            )
         first_seen.setdefault(dev.id, i)
 
     ports: dict[str, list[int]] = defaultdict(list)
@@ -205,29 +214,43 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
             dev = cfg.devices[i]
             assert isinstance(dev, ModbusRtuConfig)
             if dev.line_settings != first.line_settings:
-                add(("devices", i, "baudrate"),
+                add(
+                    ("devices", i, "baudrate"),
                     f"{port} is shared with devices[{idx[0]}] but with other line settings "
                     f"{dev.line_settings} vs {first.line_settings}",
-                    "devices on one port must use the same baudrate, parity, bytesize and stopbits")
+                    "devices on one port must use the same baudrate, parity, bytesize and stopbits",
+                )
             if dev.unit in units:
-                add(("devices", i, "unit"), f"unit {dev.unit} on {port} is already devices[{units[dev.unit]}]",
-                    "two slaves on one line need different unit ids")
+                add(
+                    ("devices", i, "unit"),
+                    f"unit {dev.unit} on {port} is already devices[{units[dev.unit]}]",
+                    "two slaves on one line need different unit ids",
+                )
             units.setdefault(dev.unit, i)
 
     if check_files:
         up = cfg.uplink
-        files: list[tuple[Path_, Path | None]] = [(("uplink", "password_file"),
-                                                   resolve_credential(up.password_file)
-                                                   if up.password_file else None)]
+        files: list[tuple[Path_, Path | None]] = [
+            (
+                ("uplink", "password_file"),
+                resolve_credential(up.password_file) if up.password_file else None,
+            )
+        ]
         if up.tls is not None:
-            files += [(("uplink", "tls", k), getattr(up.tls, k)) for k in ("ca_file", "cert_file", "key_file")]
+            files += [
+                (("uplink", "tls", k), getattr(up.tls, k))
+                for k in ("ca_file", "cert_file", "key_file")
+            ]
         for path, f in files:
             if f is not None and not os.access(f, os.R_OK):
                 why = "does not exist" if not f.exists() else "is not readable by this user"
                 add(path, f"{f} {why}", "create it, or fix the path or its permissions")
         if up.password_env is not None and up.password_env not in os.environ:
-            add(("uplink", "password_env"), f"environment variable {up.password_env} is not set",
-                "set it in the service's environment")
+            add(
+                ("uplink", "password_env"),
+                f"environment variable {up.password_env} is not set",
+                "set it in the service's environment",
+            )
     return issues
 
 
@@ -247,13 +270,28 @@ def parse_config(text: str, file: str = "<config>", *, check_files: bool = True)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError([ConfigIssue(file, mark.line + 1 if mark else None, "",
-                                       f"not valid YAML: {problem}",
-                                       "check the indentation and the quoting around this line")]) from err
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file,
+                    mark.line + 1 if mark else None,
+                    "",
+                    f"not valid YAML: {problem}",
+                    "check the indentation and the quoting around this line",
+                )
+            ]
+        ) from err
     issues = list(doc.issues)
     if not isinstance(doc.data, dict):
-        issues.append(ConfigIssue(file, 1, "", "the file must be a mapping with gateway:, uplink: "
-                                  "and devices:", "start from the sample config in docs/config.md"))
+        issues.append(
+            ConfigIssue(
+                file,
+                1,
+                "",
+                "the file must be a mapping with gateway:, uplink: and devices:",
+                "start from the sample config in docs/config.md",
+            )
+        )
         raise ConfigError(issues)
     try:
         cfg = Config.model_validate(doc.data)

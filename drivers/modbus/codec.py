@@ -62,8 +62,11 @@ class ReadRequest:
 
 
 def plan_reads(
-    registers: Sequence[RegisterConfig], *, max_gap: int = 0,
-    max_registers: int = MAX_REGISTERS, max_bits: int = MAX_BITS,
+    registers: Sequence[RegisterConfig],
+    *,
+    max_gap: int = 0,
+    max_registers: int = MAX_REGISTERS,
+    max_bits: int = MAX_BITS,
 ) -> list[ReadRequest]:
     """Merge registers into as few requests as possible.
 

@@ -39,7 +39,9 @@ class RegisterConfig(BaseModel):
     )
     scale: float = Field(default=1.0, description="value = raw * scale + offset.")
     offset: float = Field(default=0.0, description="value = raw * scale + offset.")
-    unit: str | None = Field(default=None, max_length=32, description="Unit sent with the value, e.g. ug/m3.")
+    unit: str | None = Field(
+        default=None, max_length=32, description="Unit sent with the value, e.g. ug/m3."
+    )
 
     @property
     def kind(self) -> RegisterType:
@@ -82,7 +84,9 @@ class ModbusRtuConfig(_ModbusCommon):
     """A Modbus RTU device on a serial port (RS-485 or RS-232)."""
 
     driver: Literal["modbus-rtu"] = Field(description="modbus-rtu")
-    port: str = Field(min_length=1, description="Serial port, best a stable /dev/serial/by-id/... path.")
+    port: str = Field(
+        min_length=1, description="Serial port, best a stable /dev/serial/by-id/... path."
+    )
     baudrate: Literal[1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200] = Field(
         default=9600, description="Line speed; every device on one port must use the same."
     )

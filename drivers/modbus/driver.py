@@ -16,7 +16,9 @@ from gateway.errors import DeviceError, DeviceUnavailable
 class ModbusDriver:
     """Reads one Modbus device's configured registers; see ``drivers.base.Driver``."""
 
-    def __init__(self, config: ModbusRtuConfig | ModbusTcpConfig, resources: SharedResources) -> None:
+    def __init__(
+        self, config: ModbusRtuConfig | ModbusTcpConfig, resources: SharedResources
+    ) -> None:
         self.config = config
         self._resources = resources
         self._plan = plan_reads(config.registers)
@@ -62,7 +64,9 @@ class ModbusDriver:
         answered = 0
         for req in self._plan:
             try:
-                data = await self._link.read(req.table, req.address, req.count, cfg.unit, cfg.timeout)
+                data = await self._link.read(
+                    req.table, req.address, req.count, cfg.unit, cfg.timeout
+                )
             except DeviceError as err:
                 if isinstance(err, DeviceUnavailable) and answered == 0 and first_error is None:
                     first_error = err
@@ -73,7 +77,9 @@ class ModbusDriver:
             ts, mono = time.time(), boottime()
             if data is None or isinstance(data, ExceptionReply):
                 reason = data.reason if isinstance(data, ExceptionReply) else str(first_error)
-                samples.extend(Sample(r.name, None, r.unit, ts, mono, reason) for r in req.registers)
+                samples.extend(
+                    Sample(r.name, None, r.unit, ts, mono, reason) for r in req.registers
+                )
                 answered += data is not None
                 continue
             answered += 1

@@ -28,9 +28,14 @@ _READ_FN = {
     "discrete": "read_discrete_inputs",
 }
 EXCEPTION_NAMES = {
-    1: "illegal function", 2: "illegal data address", 3: "illegal data value",
-    4: "device failure", 5: "acknowledge", 6: "device busy",
-    10: "gateway path unavailable", 11: "gateway target failed to respond",
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
 }
 
 
@@ -45,67 +50,92 @@ class ExceptionReply:
         return f"modbus exception {self.code} ({EXCEPTION_NAMES.get(self.code, 'unknown')})"
 
 
+def _check_port(path: str) -> None:
+    """Say why a serial port cannot be opened, in words a technician can act on."""
+    if not os.path.exists(path):  # noqa: PTH110 - a device node, not a data file
+        raise DeviceUnavailable(
+            "port missing", f"{path} does not exist: is the adapter plugged in?"
+        )
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise DeviceUnavailable(
+            "permission denied", f"cannot open {path}: add the service user to the dialout group"
+        )
+
+
 class ModbusLink:
     """A serialised pymodbus client for one port or endpoint."""
 
-    def __init__(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient, label: str,
-                 serial_path: str | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncModbusSerialClient | AsyncModbusTcpClient,
+        label: str,
+        serial_path: str | None = None,
+    ) -> None:
         self.client = client
         self.label = label
         self._serial_path = serial_path
         self._lock = asyncio.Lock()
 
     @classmethod
-    def serial(cls, port: str, baudrate: int, parity: str, bytesize: int, stopbits: int) -> ModbusLink:
+    def serial(
+        cls, port: str, baudrate: int, parity: str, bytesize: int, stopbits: int
+    ) -> ModbusLink:
         client = AsyncModbusSerialClient(
-            port, baudrate=baudrate, parity=parity, bytesize=bytesize, stopbits=stopbits,
-            timeout=1.0, retries=0, reconnect_delay=0, name=f"tepi:{port}",
+            port,
+            baudrate=baudrate,
+            parity=parity,
+            bytesize=bytesize,
+            stopbits=stopbits,
+            timeout=1.0,
+            retries=0,
+            reconnect_delay=0,
+            name=f"tepi:{port}",
         )
         return cls(client, port, serial_path=port)
 
     @classmethod
     def tcp(cls, host: str, port: int) -> ModbusLink:
         client = AsyncModbusTcpClient(
-            host, port=port, timeout=1.0, retries=0, reconnect_delay=0, name=f"tepi:{host}:{port}",
+            host,
+            port=port,
+            timeout=1.0,
+            retries=0,
+            reconnect_delay=0,
+            name=f"tepi:{host}:{port}",
         )
         return cls(client, f"{host}:{port}")
 
     async def aclose(self) -> None:
         self.client.close()
 
-    async def _ensure_connected(self, timeout: float) -> None:
+    async def _ensure_connected(self, timeout_s: float) -> None:
         if self.client.connected:
             return
         if self._serial_path is not None:
-            path = self._serial_path
-            if not os.path.exists(path):  # noqa: PTH110 - a device node, not a data file
-                raise DeviceUnavailable("port missing", f"{path} does not exist: is the adapter plugged in?")
-            if not os.access(path, os.R_OK | os.W_OK):
-                raise DeviceUnavailable(
-                    "permission denied",
-                    f"cannot open {path}: add the service user to the dialout group",
-                )
-        self.client.comm_params.timeout_connect = timeout
+            _check_port(self._serial_path)
+        self.client.comm_params.timeout_connect = timeout_s
         try:
-            ok = await asyncio.wait_for(self.client.connect(), timeout + 1.0)
+            ok = await asyncio.wait_for(self.client.connect(), timeout_s + 1.0)
         except (OSError, TimeoutError, ModbusException) as err:
             raise DeviceUnavailable("cannot connect", f"{self.label}: {err}") from err
         if not ok:
             raise DeviceUnavailable("cannot connect", self.label)
 
     async def read(
-        self, table: str, address: int, count: int, unit: int, timeout: float
+        self, table: str, address: int, count: int, unit: int, timeout_s: float
     ) -> list[int] | list[bool] | ExceptionReply:
         """Read once; the words or bits, an exception reply, or raise."""
         async with self._lock:
-            await self._ensure_connected(timeout)
+            await self._ensure_connected(timeout_s)
             # pymodbus reads this per request; under our lock it is this device's timeout.
-            self.client.comm_params.timeout_connect = timeout
+            self.client.comm_params.timeout_connect = timeout_s
             fn = getattr(self.client, _READ_FN[table])
             try:
                 resp = await fn(address, count=count, device_id=unit)
             except ModbusIOException as err:
-                raise DeviceUnavailable("timeout", f"{self.label} unit {unit}: no valid answer") from err
+                raise DeviceUnavailable(
+                    "timeout", f"{self.label} unit {unit}: no valid answer"
+                ) from err
             except ConnectionException as err:
                 raise DeviceUnavailable("disconnected", f"{self.label}: {err}") from err
             except ModbusException as err:

@@ -1,0 +1,123 @@
+"""``tepi``: the agent and the technician's tools.
+
+Exit codes (also in docs/operations.md):
+    0  success
+    1  the config is invalid (every problem is printed with file:line)
+    2  wrong usage (unknown command or option)
+    3  the agent failed at run time (see the log; systemd restarts it)
+    4  something tepi needs is missing (for example mosquitto for the demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gateway import __version__
+from gateway.errors import ConfigError
+
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_RUNTIME, EXIT_MISSING = 0, 1, 2, 3, 4
+log = logging.getLogger("tepi")
+
+
+def setup_logging(level: str, debug: bool) -> None:
+    # Under systemd (JOURNAL_STREAM set) journald adds the timestamp itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(
+        level=logging.DEBUG if debug else getattr(logging, level.upper()),
+        format=fmt,
+        stream=sys.stderr,
+        force=True,
+    )
+    if not debug:
+        # pymodbus logs every timeout as an error; tepi logs state changes instead.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        logging.getLogger("tepi.mqtt").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tepi", description="tepi edge gateway agent")
+    p.add_argument("--version", action="version", version=f"tepi {__version__}")
+    p.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the agent in the foreground until SIGTERM/SIGINT")
+    run.add_argument("--config", "-c", type=Path, required=True, help="config file (YAML)")
+    check = sub.add_parser("check", help="validate a config file and report every problem")
+    check.add_argument("--config", "-c", type=Path, required=True, help="config file (YAML)")
+    check.add_argument(
+        "--no-files",
+        action="store_true",
+        help="do not check that referenced files (certificates, secrets) exist",
+    )
+    demo = sub.add_parser("demo", help="simulator + local broker + agent; prints readings")
+    demo.add_argument(
+        "--dir", type=Path, default=None, help="working directory (default: a temp dir)"
+    )
+    demo.add_argument(
+        "--count", type=int, default=0, help="stop after this many readings (0: until Ctrl-C)"
+    )
+    return p
+
+
+def cmd_check(path: Path, check_files: bool) -> int:
+    from gateway.configload import load_config
+
+    try:
+        cfg = load_config(path, check_files=check_files)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        n = len(err.issues)
+        print(f"{path}: {n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: OK (gateway {cfg.gateway.id}, {len(cfg.devices)} devices)")
+    return EXIT_OK
+
+
+def cmd_run(path: Path, debug: bool) -> int:
+    from gateway.configload import load_config
+    from gateway.runtime import run_agent
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(cfg.gateway.log_level, debug)
+    try:
+        asyncio.run(run_agent(cfg))
+    except Exception as err:
+        if debug:
+            raise
+        log.critical(
+            "tepi stopped on an internal error: %s: %s (run with --debug for details)",
+            type(err).__name__,
+            err,
+        )
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args.config, not args.no_files)
+    if args.command == "run":
+        return cmd_run(args.config, args.debug)
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        setup_logging("warning", args.debug)
+        return run_demo(args.dir, args.count)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The IOC's contract: the JSON that goes on each topic (docs/payload.md, payload.schema.json).
+
+Telemetry is one object per message: the gateway, the boot id the readings' monotonic times
+belong to, the sender's clock at send time (so the IOC can correct timestamps taken before
+the clock synced), and ``readings`` in sequence order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from buffer.records import Batch, StoredReading
+from drivers.base import boottime
+
+PAYLOAD_VERSION = 1
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def reading_obj(item: StoredReading) -> dict[str, Any]:
+    r = item.reading
+    obj: dict[str, Any] = {
+        "seq": item.seq,
+        "device": r.device,
+        "metric": r.metric,
+        "value": r.value,
+        "unit": r.unit,
+        "ts": round(r.ts, 3),
+        "mono": round(r.mono, 3),
+        "quality": "good" if r.reason is None else "bad",
+    }
+    if r.reason is not None:
+        obj["reason"] = r.reason
+    return obj
+
+
+def clock_obj(boot_id: str, synced: bool) -> dict[str, Any]:
+    return {
+        "ts": round(time.time(), 3),
+        "mono": round(boottime(), 3),
+        "boot": boot_id,
+        "synced": synced,
+    }
+
+
+def encode_telemetry(
+    gateway_id: str, batch: Batch, *, max_bytes: int, current_boot: str, clock_synced: bool
+) -> tuple[bytes, int]:
+    """Encode as many of ``batch``'s readings as fit in ``max_bytes`` (at least one).
+
+    Returns the payload and how many readings it holds, counted from the start of the batch.
+    """
+    head = _dumps(
+        {
+            "v": PAYLOAD_VERSION,
+            "gateway": gateway_id,
+            "boot": batch.boot_id,
+            "clock": clock_obj(current_boot, clock_synced),
+        }
+    )
+    parts: list[str] = []
+    size = len(head) + len(',"readings":[]}')
+    for item in batch.items:
+        text = _dumps(reading_obj(item))
+        grown = size + len(text.encode()) + (1 if parts else 0)
+        if parts and grown > max_bytes:
+            break
+        parts.append(text)
+        size = grown
+    body = head[:-1] + ',"readings":[' + ",".join(parts) + "]}"
+    return body.encode(), len(parts)
+
+
+def status_payload(
+    gateway_id: str, state: str, boot_id: str | None, reason: str, version: str
+) -> bytes:
+    obj: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
+        "gateway": gateway_id,
+        "state": state,
+        "reason": reason,
+        "version": version,
+    }
+    if boot_id is not None:
+        obj["boot"] = boot_id
+    if state == "online":
+        obj["ts"] = round(time.time(), 3)
+    return _dumps(obj).encode()
+
+
+def health_payload(obj: dict[str, Any]) -> bytes:
+    return _dumps(obj).encode()

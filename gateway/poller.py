@@ -1,0 +1,140 @@
+"""Polls one device on its interval and hands each sample to the buffer as a reading.
+
+A device failure never leaves this task: the first failure is logged as an error and sent
+once as bad-quality readings (so the IOC sees the moment a device went quiet), the retries
+in between are only counted, and the recovery is logged as info. Polls keep to a fixed
+grid (start + k * interval); a poll that overruns skips the ticks it missed and counts them,
+rather than drifting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from buffer import Buffer, Reading
+from drivers.base import Driver, DriverConfig, boottime
+from gateway.errors import DeviceError, DeviceUnavailable
+
+log = logging.getLogger(__name__)
+_OPEN_RETRY_MAX_S = 60.0
+
+
+@dataclass
+class DeviceStats:
+    """What the health message says about one device."""
+
+    state: str = "starting"  # starting | ok | failing
+    polls: int = 0
+    readings: int = 0
+    bad_readings: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    consecutive_failures: int = 0
+    missed_polls: int = 0
+    last_ok_ts: float | None = None
+    last_error: str | None = None
+    last_poll_s: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "polls": self.polls,
+            "readings": self.readings,
+            "bad_readings": self.bad_readings,
+            "errors": dict(self.errors),
+            "consecutive_failures": self.consecutive_failures,
+            "missed_polls": self.missed_polls,
+            "last_ok_ts": self.last_ok_ts,
+            "last_error": self.last_error,
+            "last_poll_ms": None if self.last_poll_s is None else round(self.last_poll_s * 1000, 1),
+        }
+
+
+async def poll_device(
+    cfg: DriverConfig, driver: Driver, buffer: Buffer, stats: DeviceStats
+) -> None:
+    """Run forever for one device (cancel to stop)."""
+    loop = asyncio.get_running_loop()
+    retry = 1.0
+    while True:
+        try:
+            async with driver:
+                retry = 1.0
+                await _poll_loop(cfg, driver, buffer, stats, loop)
+        except DeviceError as err:
+            _failed(cfg, driver, buffer, stats, err)
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, _OPEN_RETRY_MAX_S)
+
+
+async def _poll_loop(
+    cfg: DriverConfig,
+    driver: Driver,
+    buffer: Buffer,
+    stats: DeviceStats,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    interval = cfg.poll_interval
+    # A poll may take several requests, each up to ``timeout``; this only guards a hang.
+    guard = cfg.timeout * 8 + 5.0
+    next_t = loop.time()
+    while True:
+        delay = next_t - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        started = loop.time()
+        stats.polls += 1
+        try:
+            async with asyncio.timeout(guard):
+                samples = await driver.read()
+        except DeviceError as err:
+            _failed(cfg, driver, buffer, stats, err)
+        except TimeoutError:
+            _failed(
+                cfg,
+                driver,
+                buffer,
+                stats,
+                DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
+            )
+        else:
+            if stats.state == "failing":
+                log.info(
+                    "device %s recovered after %d failed polls", cfg.id, stats.consecutive_failures
+                )
+            stats.state = "ok"
+            stats.consecutive_failures = 0
+            stats.last_ok_ts = time.time()
+            for s in samples:
+                buffer.put(Reading(cfg.id, s.metric, s.value, s.unit, s.ts, s.mono, s.reason))
+                stats.readings += 1
+                if s.reason is not None:
+                    stats.bad_readings += 1
+        stats.last_poll_s = loop.time() - started
+        next_t += interval
+        now = loop.time()
+        if next_t <= now:
+            missed = int((now - next_t) // interval) + 1
+            stats.missed_polls += missed
+            next_t += missed * interval
+            log.debug(
+                "device %s: poll took %.2f s, skipped %d ticks", cfg.id, stats.last_poll_s, missed
+            )
+
+
+def _failed(
+    cfg: DriverConfig, driver: Driver, buffer: Buffer, stats: DeviceStats, err: DeviceError
+) -> None:
+    stats.errors[err.reason] += 1
+    stats.consecutive_failures += 1
+    stats.last_error = str(err)
+    if stats.state != "failing":
+        stats.state = "failing"
+        log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
+        ts, mono = time.time(), boottime()
+        for m in driver.metrics():
+            buffer.put(Reading(cfg.id, m.name, None, m.unit, ts, mono, err.reason))
+            stats.bad_readings += 1

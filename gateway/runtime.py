@@ -1,0 +1,142 @@
+"""The agent: one event loop, one TaskGroup, everything under it.
+
+Tasks: the buffer's group-commit loop, the uplink, one poller per device. A device's
+failure stays in its poller. A component's failure (the buffer writer, the uplink's own
+code) ends the TaskGroup and the process exits non-zero, for systemd to restart. On SIGTERM
+or SIGINT the pollers stop, what is pending is committed, the uplink says offline, and the
+process exits 0 within a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from buffer import Buffer, BufferSettings
+from drivers.base import SharedResources
+from drivers.registry import make_driver
+from gateway import __version__
+from gateway.config import Config
+from gateway.poller import DeviceStats, poll_device
+from gateway.sysinfo import boot_id as read_boot_id
+from gateway.sysinfo import clock_synced, cpu_seconds, free_disk_bytes, rss_bytes
+from gateway.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end it on a stop request."""
+
+
+class Agent:
+    """The tepi agent for one config."""
+
+    def __init__(self, cfg: Config, *, boot_id: str | None = None) -> None:
+        self.cfg = cfg
+        self.boot_id = boot_id or read_boot_id()
+        b = cfg.buffer
+        self.buffer = Buffer(
+            BufferSettings(
+                path=cfg.gateway.data_dir / "buffer.db",
+                max_bytes=b.max_bytes,
+                max_age_s=b.max_age,
+                commit_interval_s=b.commit_interval,
+                commit_max_readings=b.commit_max_readings,
+                sync_full=b.sync == "full",
+                max_pending=b.max_pending,
+            ),
+            self.boot_id,
+        )
+        self.devices = {d.id: DeviceStats() for d in cfg.devices}
+        self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
+        self.started = time.time()
+        self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
+
+    def health(self) -> dict[str, Any]:
+        """The health message (docs/payload.md#health)."""
+        now_m, cpu = time.monotonic(), cpu_seconds()
+        last_m, last_cpu, last_acked = self._last_cpu
+        acked = self.uplink.stats.readings_acked
+        span = max(now_m - last_m, 1e-6)
+        self._last_cpu = (now_m, cpu, acked)
+        bs = self.buffer.stats()
+        up = self.uplink.stats
+        return {
+            "v": 1,
+            "gateway": self.cfg.gateway.id,
+            "boot": self.boot_id,
+            "version": __version__,
+            "ts": round(time.time(), 3),
+            "uptime_s": round(time.time() - self.started, 1),
+            "clock_synced": clock_synced(),
+            "buffer": {
+                "readings": bs.depth,
+                "bytes": bs.bytes_used,
+                "max_bytes": bs.max_bytes,
+                "oldest_age_s": None
+                if bs.oldest_ts is None
+                else round(max(time.time() - bs.oldest_ts, 0), 1),
+                "pending": bs.pending,
+                "dropped": bs.dropped,
+                "quarantined_files": bs.quarantined_files,
+                "write_errors": bs.write_errors,
+            },
+            "uplink": {
+                "connected": up.connected,
+                "connects": up.connects,
+                "messages": up.messages,
+                "readings_acked": up.readings_acked,
+                "publish_rate": round((acked - last_acked) / span, 2),
+                "last_ack_ts": up.last_ack_ts,
+                "errors": up.errors,
+            },
+            "devices": {k: v.as_dict() for k, v in self.devices.items()},
+            "process": {
+                "cpu_percent": round(100 * (cpu - last_cpu) / span, 2),
+                "cpu_seconds": round(cpu, 2),
+                "rss_bytes": rss_bytes(),
+                "disk_free_bytes": free_disk_bytes(self.cfg.gateway.data_dir),
+            },
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; commit what is pending before returning."""
+        resources = SharedResources()
+        async with self.buffer:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.buffer.run(), name="tepi.buffer.commit")
+                    tg.create_task(self.uplink.run(), name="tepi.uplink")
+                    for dev in self.cfg.devices:
+                        driver = make_driver(dev, resources)
+                        tg.create_task(
+                            poll_device(dev, driver, self.buffer, self.devices[dev.id]),
+                            name=f"tepi.device[{dev.id}]",
+                        )
+                    tg.create_task(self._until(stop), name="tepi.stop")
+                    log.info(
+                        "tepi %s running: gateway %s, %d devices",
+                        __version__,
+                        self.cfg.gateway.id,
+                        len(self.cfg.devices),
+                    )
+            except* _Stop:
+                log.info("stopping: committing %d pending readings", self.buffer.stats().pending)
+
+    @staticmethod
+    async def _until(stop: asyncio.Event) -> None:
+        await stop.wait()
+        raise _Stop
+
+
+async def run_agent(cfg: Config) -> None:
+    """Run with SIGTERM/SIGINT wired to a clean stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Agent(cfg).run(stop)

@@ -1,0 +1,296 @@
+"""The uplink: committed readings -> MQTT batches -> broker; PUBACK -> delete.
+
+One connection at a time, each a *session* that runs three tasks in a TaskGroup: a watcher
+that raises when the link drops, the sender, and the health publisher. When any of them
+fails, the TaskGroup cancels the rest and every unacknowledged batch is sent again on the
+next connection (duplicates are possible there and carry the same ``seq``; loss is not).
+
+Sending keeps up to ``max_inflight`` batches awaiting their PUBACK, so draining a backlog is
+not one round trip per batch. Latency: with nothing in flight a reading goes out as soon as
+it is committed; only while publishes are waiting for acks do readings wait (up to
+``max_wait``) to fill a batch.
+
+Reconnects back off exponentially with full jitter (a random delay between 0 and the cap),
+so the gateways of a city do not all come back at the same moment after an IOC outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from buffer import Batch, Buffer
+from gateway import __version__
+from gateway.config import Config
+from gateway.payload import encode_telemetry, health_payload, status_payload
+from gateway.sysinfo import clock_synced
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UplinkStats:
+    """Counters for health and the CLI."""
+
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    messages: int = 0
+    readings_acked: int = 0
+    bytes_sent: int = 0
+    last_ack_ts: float | None = None
+    last_error: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    up = cfg.uplink
+    if not up.secure:
+        return None
+    tls = up.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # create_default_context verifies the chain and the host name; keep it that way.
+    if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
+        raise RuntimeError("TLS context does not verify the broker: refusing to connect")
+    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return ctx
+
+
+class Uplink:
+    """Publishes the buffer's readings to the IOC broker; see the module docstring."""
+
+    def __init__(
+        self, cfg: Config, buffer: Buffer, boot_id: str, health: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.cfg = cfg
+        self.buffer = buffer
+        self.boot_id = boot_id
+        self._health = health
+        up = cfg.uplink
+        base = f"{up.topic_prefix}/{cfg.gateway.id}"
+        self.topic_telemetry = f"{base}/telemetry"
+        self.topic_status = f"{base}/status"
+        self.topic_health = f"{base}/health"
+        self.stats = UplinkStats()
+        self._cursor = 0  # highest seq handed to the broker in this session
+        self._inflight: dict[int, Batch] = {}
+        self._kick = asyncio.Event()
+        self._password = up.read_password()
+        self._tls = _tls_context(cfg)
+
+    # ---- connection management --------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        up = self.cfg.uplink
+        v5 = up.protocol == "5"
+        will = aiomqtt.Will(
+            self.topic_status,
+            status_payload(self.cfg.gateway.id, "offline", None, "connection lost", __version__),
+            qos=1,
+            retain=True,
+        )
+        return aiomqtt.Client(
+            up.host,
+            up.port,
+            username=up.username,
+            password=self._password.get_secret_value() if self._password else None,
+            identifier=up.client_id or f"tepi-{self.cfg.gateway.id}",
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            clean_session=None if v5 else True,
+            keepalive=int(up.keepalive),
+            timeout=min(
+                up.publish_timeout, 10.0
+            ),  # connect and disconnect; publishes pass their own
+            tls_context=self._tls,
+            max_inflight_messages=up.max_inflight + 4,
+            logger=logging.getLogger("tepi.mqtt"),
+        )
+
+    async def run(self) -> None:
+        """Connect, run sessions, reconnect with backoff: forever (cancel to stop)."""
+        up = self.cfg.uplink
+        attempt = 0
+        down_since: float | None = None
+        while True:
+            try:
+                async with self._client() as client:
+                    self.stats.connected = True
+                    self.stats.connects += 1
+                    if down_since is None:
+                        log.info("connected to broker %s:%d", up.host, up.port)
+                    else:
+                        log.info(
+                            "reconnected to broker %s:%d after %.1f s (%d attempts)",
+                            up.host,
+                            up.port,
+                            time.monotonic() - down_since,
+                            attempt,
+                        )
+                    attempt, down_since = 0, None
+                    await self._session(client)
+            except* aiomqtt.MqttError as group:
+                err = group.exceptions[0]
+                self.stats.last_error = str(err)
+                kind = "refused" if isinstance(err, aiomqtt.MqttCodeError) else "link"
+                self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error(
+                        "broker %s:%d unreachable or lost: %s; readings stay buffered",
+                        up.host,
+                        up.port,
+                        err,
+                    )
+                else:
+                    log.debug("reconnect attempt %d failed: %s", attempt, err)
+            except* ssl.SSLError as group:
+                err2 = group.exceptions[0]
+                self.stats.last_error = f"TLS: {err2}"
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error(
+                        "TLS with broker %s:%d failed: %s (certificates are always "
+                        "verified; check tls.ca_file and the broker's host name)",
+                        up.host,
+                        up.port,
+                        err2,
+                    )
+            finally:
+                if self.stats.connected:
+                    self.stats.disconnects += 1
+                self.stats.connected = False
+                self._after_session()
+            cap = min(up.reconnect.max_delay, up.reconnect.min_delay * 2 ** min(attempt, 20))
+            attempt += 1
+            await asyncio.sleep(random.uniform(0, cap))
+
+    def _after_session(self) -> None:
+        """Resend from the oldest batch the broker has not acknowledged."""
+        if self._inflight:
+            self._cursor = min(self._inflight) - 1
+        self._inflight.clear()
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await client.publish(
+            self.topic_status,
+            status_payload(self.cfg.gateway.id, "online", self.boot_id, "connected", __version__),
+            qos=1,
+            retain=True,
+        )
+        # Deletes for batches acked in the last session must land before anything is refetched.
+        await self.buffer.flush()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch(client), name="tepi.uplink.watch")
+                tg.create_task(self._send_loop(client, tg), name="tepi.uplink.send")
+                tg.create_task(self._health_loop(client), name="tepi.uplink.health")
+        except asyncio.CancelledError:
+            # Shutting down: say so while the link is up (a clean disconnect sends no will).
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await client.publish(
+                        self.topic_status,
+                        status_payload(
+                            self.cfg.gateway.id, "offline", self.boot_id, "shutdown", __version__
+                        ),
+                        qos=1,
+                        retain=True,
+                    )
+            raise
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        async for _ in client.messages:  # raises MqttError when the connection drops
+            pass
+        raise aiomqtt.MqttError("message stream ended")
+
+    # ---- telemetry ----------------------------------------------------------------------
+
+    async def _send_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        up = self.cfg.uplink
+        slots = asyncio.Semaphore(up.max_inflight)
+        while True:
+            await self.buffer.wait_for_data(self._cursor)
+            if self._inflight:
+                await self._fill_wait(up.batch.max_readings, up.batch.max_wait)
+            await slots.acquire()
+            upto = self.buffer.committed_seq
+            batch = await self.buffer.fetch(self._cursor, up.batch.max_readings)
+            if batch is None:
+                # Rows up to ``upto`` are gone (acked earlier or evicted): move past them.
+                self._cursor = max(self._cursor, upto)
+                slots.release()
+                continue
+            payload, n = encode_telemetry(
+                self.cfg.gateway.id,
+                batch,
+                max_bytes=up.batch.max_bytes,
+                current_boot=self.boot_id,
+                clock_synced=clock_synced(),
+            )
+            if n < len(batch):
+                batch = Batch(batch.boot_id, batch.items[:n])
+            self._cursor = batch.last_seq
+            self._inflight[batch.first_seq] = batch
+            tg.create_task(
+                self._publish(client, batch, payload, slots),
+                name=f"tepi.uplink.publish[{batch.first_seq}]",
+            )
+
+    async def _fill_wait(self, max_readings: int, max_wait: float) -> None:
+        """While publishes are in flight, wait up to ``max_wait`` for a fuller batch."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait):
+                while self._inflight and self.buffer.committed_seq - self._cursor < max_readings:
+                    self._kick.clear()
+                    more = asyncio.ensure_future(
+                        self.buffer.wait_for_data(self._cursor + max_readings - 1)
+                    )
+                    kick = asyncio.ensure_future(self._kick.wait())
+                    try:
+                        await asyncio.wait((more, kick), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        more.cancel()
+                        kick.cancel()
+
+    async def _publish(
+        self, client: aiomqtt.Client, batch: Batch, payload: bytes, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await client.publish(
+                self.topic_telemetry, payload, qos=1, timeout=self.cfg.uplink.publish_timeout
+            )
+        finally:
+            slots.release()
+        # PUBACK received: only now may the rows go.
+        self._inflight.pop(batch.first_seq, None)
+        self.buffer.ack(batch)
+        self.stats.messages += 1
+        self.stats.readings_acked += len(batch)
+        self.stats.bytes_sent += len(payload)
+        self.stats.last_ack_ts = time.time()
+        self._kick.set()
+
+    # ---- health ------------------------------------------------------------------------
+
+    async def _health_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await client.publish(
+                self.topic_health,
+                health_payload(self._health()),
+                qos=1,
+                retain=True,
+                timeout=self.cfg.uplink.publish_timeout,
+            )
+            await asyncio.sleep(self.cfg.uplink.health_interval)

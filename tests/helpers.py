@@ -1,0 +1,210 @@
+"""Real parts for the tests: a Mosquitto broker on a free port, an MQTT subscriber that
+records what arrives, and the agent as a real subprocess (``tepi run``).
+
+Everything here waits on events (a port accepting, a message arriving, a line printed),
+never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO / "gateway" / "payload.schema.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_bin() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found is None:
+        raise RuntimeError("mosquitto is not installed: run .ci/setup (apt-get install mosquitto)")
+    return found
+
+
+async def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Wait until something accepts TCP connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, w = await asyncio.open_connection(host, port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port}") from None
+            await asyncio.sleep(0.02)
+            continue
+        w.close()
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+        return
+
+
+class Broker:
+    """A Mosquitto process the test owns. ``stop()`` and ``start()`` make an outage."""
+
+    def __init__(self, workdir: Path, *, extra: str = "", persistence: bool = False) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.extra = extra
+        self.persistence = persistence
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "mosquitto.log"
+
+    def conf(self) -> Path:
+        path = self.workdir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            "log_type error",
+            "log_type warning",
+            "max_queued_messages 100000",
+            self.extra,
+        ]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [mosquitto_bin(), "-c", str(self.conf())],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        await wait_port(self.port)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            await asyncio.to_thread(self.proc.wait, 10)
+        self.proc = None
+
+
+class Subscriber:
+    """Records every message under a topic filter, with conditions to wait on."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.port = port
+        self.topic = topic
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> Subscriber:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        # Reconnects by itself so it survives broker restarts in outage tests.
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1", self.port, identifier=f"sub-{id(self)}", clean_session=False
+                ) as client:
+                    await client.subscribe(self.topic, qos=1)
+                    self._ready.set()
+                    async for msg in client.messages:
+                        payload = (
+                            msg.payload
+                            if isinstance(msg.payload, bytes)
+                            else str(msg.payload).encode()
+                        )
+                        async with self._changed:
+                            self.messages.append((str(msg.topic), payload, bool(msg.retain)))
+                            self._changed.notify_all()
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)
+
+    def on(self, suffix: str) -> list[dict[str, Any]]:
+        return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def readings(self) -> list[dict[str, Any]]:
+        return [r for m in self.on("/telemetry") for r in m["readings"]]
+
+    async def wait_for(self, pred: Callable[[Subscriber], bool], timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: pred(self))
+
+
+def agent_config(tmp: Path, broker_port: int, devices: list[dict[str, Any]], **over: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "gateway": {"id": over.pop("gateway_id", "gw-test"), "data_dir": str(tmp / "data")},
+        "uplink": {
+            "url": f"mqtt://127.0.0.1:{broker_port}",
+            "topic_prefix": "ioc/v1",
+            "keepalive": "5s",
+            "publish_timeout": "5s",
+            "reconnect": {"min_delay": "200ms", "max_delay": "1s"},
+            "health_interval": over.pop("health_interval", "60s"),
+        },
+        "buffer": {"commit_interval": "200ms"},
+        "devices": devices,
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        cfg[section][name] = value
+    path = tmp / "tepi.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class AgentProc:
+    """``tepi run`` as a real process, with its log kept for the secret and error checks."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+            env=env,
+            cwd=REPO,
+        )
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    async def stop(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -1,0 +1,226 @@
+"""The buffer against real SQLite files: ordering, acks, limits, restarts and bad files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from buffer import Buffer, BufferSettings, Reading
+
+
+def reading(i: int, device: str = "d1", value: object = None) -> Reading:
+    return Reading(device, "m", float(i) if value is None else value, "u", 1_700_000_000.0 + i, 10.0 + i)  # type: ignore[arg-type]
+
+
+def settings_for(tmp: Path, **kw: object) -> BufferSettings:
+    return BufferSettings(path=tmp / "buffer.db", commit_interval_s=0.05, **kw)  # type: ignore[arg-type]
+
+
+async def drain(buf: Buffer, limit: int = 10_000) -> list[int]:
+    out: list[int] = []
+    cursor = 0
+    while (batch := await buf.fetch(cursor, limit)) is not None:
+        out += [i.seq for i in batch.items]
+        cursor = batch.last_seq
+    return out
+
+
+async def test_commit_within_interval_and_oldest_first(tmp_path: Path) -> None:
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        task = asyncio.create_task(buf.run())
+        seqs = [buf.put(reading(i)) for i in range(10)]
+        assert seqs == list(range(1, 11))
+        async with asyncio.timeout(2):
+            await buf.wait_for_data(9)
+        batch = await buf.fetch(0, 4)
+        assert batch is not None
+        assert [i.seq for i in batch.items] == [1, 2, 3, 4]
+        assert batch.items[0].reading == reading(0)
+        buf.ack(batch)
+        await buf.flush()
+        assert await drain(buf) == list(range(5, 11))
+        assert buf.stats().depth == 6
+        task.cancel()
+
+
+async def test_only_acked_batches_are_deleted(tmp_path: Path) -> None:
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        for i in range(6):
+            buf.put(reading(i))
+        await buf.flush()
+        first = await buf.fetch(0, 3)
+        second = await buf.fetch(3, 3)
+        assert first is not None and second is not None
+        buf.ack(second)  # acks may come out of order
+        await buf.flush()
+        assert await drain(buf) == [1, 2, 3]
+
+
+async def test_seq_continues_across_restart_even_when_empty(tmp_path: Path) -> None:
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        for i in range(5):
+            buf.put(reading(i))
+        await buf.flush()
+        batch = await buf.fetch(0, 100)
+        assert batch is not None
+        buf.ack(batch)
+    async with Buffer(settings_for(tmp_path), "boot-b") as buf:
+        assert buf.stats().depth == 0
+        assert buf.put(reading(99)) == 6
+
+
+async def test_pending_readings_are_committed_on_close(tmp_path: Path) -> None:
+    s = BufferSettings(path=tmp_path / "buffer.db", commit_interval_s=3600)
+    async with Buffer(s, "boot-a") as buf:
+        for i in range(3):
+            buf.put(reading(i))
+    async with Buffer(s, "boot-a") as buf:
+        assert await drain(buf) == [1, 2, 3]
+
+
+async def test_batches_never_mix_boots(tmp_path: Path) -> None:
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        buf.put(reading(1))
+        buf.put(reading(2))
+    async with Buffer(settings_for(tmp_path), "boot-b") as buf:
+        buf.put(reading(3))
+        await buf.flush()
+        a = await buf.fetch(0, 100)
+        assert a is not None
+        assert (a.boot_id, [i.seq for i in a.items]) == ("boot-a", [1, 2])
+        b = await buf.fetch(a.last_seq, 100)
+        assert b is not None
+        assert (b.boot_id, [i.seq for i in b.items]) == ("boot-b", [3])
+
+
+async def test_full_buffer_drops_oldest_and_counts(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, max_bytes=1024 * 1024)
+    async with Buffer(s, "boot-a") as buf:
+        long = "x" * 200
+        for i in range(20_000):
+            buf.put(Reading("d1", "m", long, None, float(i), float(i)))
+            if i % 2000 == 0:
+                await buf.flush()
+        await buf.flush()
+        st_ = buf.stats()
+        assert st_.dropped.get("buffer_full", 0) > 0
+        assert st_.bytes_used <= s.max_bytes
+        seqs = await drain(buf, 50_000)
+        # The newest are kept, the oldest went, and what is left is contiguous.
+        assert seqs[-1] == 20_000
+        assert seqs == list(range(seqs[0], 20_001))
+        assert st_.dropped["buffer_full"] + len(seqs) == 20_000
+        assert st_.depth == len(seqs)
+    assert (tmp_path / "buffer.db").stat().st_size <= s.max_bytes * 1.1
+
+
+async def test_max_age_expires_old_readings(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, max_age_s=60.0)
+    async with Buffer(s, "boot-a") as buf:
+        buf.put(Reading("d1", "m", 1.0, None, 1000.0, 1.0))  # from 1970: far too old
+        buf.put(reading(2))
+        fresh = Reading("d1", "m", 2.0, None, __import__("time").time(), 2.0)
+        buf.put(fresh)
+        await buf.flush()
+        assert buf.stats().dropped.get("expired") == 2
+        batch = await buf.fetch(0, 10)
+        assert batch is not None
+        assert [i.reading for i in batch.items] == [fresh]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign-schema", "future-version"])
+async def test_unusable_file_is_moved_aside_and_a_new_one_started(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "buffer.db"
+    if damage in ("garbage", "truncated"):
+        async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+            for i in range(2000):
+                buf.put(reading(i))
+        data = path.read_bytes()
+        path.write_bytes(os.urandom(4096) + data[4096:] if damage == "garbage" else data[:3000])
+    else:
+        conn = sqlite3.connect(path)
+        if damage == "foreign-schema":
+            conn.execute("CREATE TABLE something_else (x)")
+        else:
+            conn.execute("PRAGMA user_version = 99")
+            conn.execute("CREATE TABLE readings (x)")
+        conn.commit()
+        conn.close()
+    async with Buffer(settings_for(tmp_path), "boot-b") as buf:
+        assert buf.stats().quarantined_files == 1
+        assert buf.put(reading(1)) >= 1
+        await buf.flush()
+        assert len(await drain(buf)) == 1
+    moved = list(tmp_path.glob("buffer.db.corrupt-*"))
+    assert moved, "the bad file must be kept aside for inspection"
+    assert any("moved aside" in r.getMessage() for r in caplog.records)
+
+
+async def test_database_is_private_to_the_service_user(tmp_path: Path) -> None:
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        buf.put(reading(1))
+    mode = stat.S_IMODE((tmp_path / "buffer.db").stat().st_mode)
+    assert mode & 0o077 == 0, oct(mode)
+
+
+async def test_committed_readings_survive_kill_9(tmp_path: Path) -> None:
+    """A writer process is SIGKILLed right after it reports a commit: nothing committed is lost."""
+    script = textwrap.dedent(f"""
+        import asyncio, os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from buffer import Buffer, BufferSettings, Reading
+        async def main():
+            buf = Buffer(BufferSettings(path=__import__('pathlib').Path({str(tmp_path / "buffer.db")!r}),
+                                        commit_interval_s=0.01), "boot-k")
+            await buf.__aenter__()
+            t = asyncio.create_task(buf.run())
+            for i in range(500):
+                buf.put(Reading("d1", "m", float(i), None, 1.0, 1.0))
+            await buf.wait_for_data(499)
+            print(buf.committed_seq, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == -9, out.stderr
+    committed = int(out.stdout.strip())
+    assert committed == 500
+    async with Buffer(settings_for(tmp_path), "boot-b") as buf:
+        assert await drain(buf) == list(range(1, 501))
+
+
+values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(vals=st.lists(values, min_size=1, max_size=20))
+def test_values_round_trip_with_their_types(tmp_path_factory: pytest.TempPathFactory, vals: list[object]) -> None:
+    tmp = tmp_path_factory.mktemp("rt")
+
+    async def go() -> list[object]:
+        async with Buffer(settings_for(tmp), "boot-a") as buf:
+            for v in vals:
+                buf.put(Reading("d", "m", v, None, 1.0, 1.0))  # type: ignore[arg-type]
+            await buf.flush()
+            batch = await buf.fetch(0, 100)
+            assert batch is not None
+            return [i.reading.value for i in batch.items]
+
+    got = asyncio.run(go())
+    assert got == vals
+    assert [type(g) for g in got] == [type(v) for v in vals]
