@@ -149,6 +149,10 @@ class RtuBus:
             self.replug()
             return
         log.debug("bus %s: rx %s", self.name, data.hex(" "))
+        # Half duplex: a client sends only after reading the last reply or giving up on it,
+        # so anything it left unread is stale and would reach the next client as noise.
+        with contextlib.suppress(OSError):
+            termios.tcflush(self._pty.slave, termios.TCIFLUSH)
         self._dispatch(self._parser.feed(data))
         if self._silence is not None:
             self._silence.cancel()
@@ -204,9 +208,6 @@ class RtuBus:
         if pty is None:
             return False
         try:
-            # Replies nobody read (a client that timed out and left) would reach the next
-            # client as line noise; a real adapter's buffer would not hold them either.
-            termios.tcflush(pty.slave, termios.TCIFLUSH)
             written = os.write(pty.master, frame)
         except OSError as err:
             log.warning("bus %s: write failed: %s", self.name, err)
