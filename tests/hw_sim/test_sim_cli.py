@@ -49,6 +49,7 @@ class Running:
         )
         assert self.proc.stdout is not None
         self.lines: list[str] = []
+        self.stderr = ""
         for line in self.proc.stdout:  # blocks on the next line: waits for the event itself
             if line.strip() == "ready":
                 break
@@ -65,8 +66,10 @@ class Running:
         return parsed
 
     def terminate(self) -> int:
+        """SIGTERM, then collect the rest of the output (closing the pipes)."""
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=10)
+        _, self.stderr = self.proc.communicate(timeout=10)
+        return self.proc.returncode
 
 
 @pytest.fixture
@@ -76,7 +79,7 @@ def running() -> Iterator[list[Running]]:
     for run in started:
         if run.proc.poll() is None:
             run.proc.kill()
-            run.proc.wait()
+        run.proc.communicate(timeout=10)
 
 
 def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
@@ -121,6 +124,7 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
         assert conn.recv(100) == mbap_frame(1, 1, bytes.fromhex("84 06"))
 
     assert sim.terminate() == 0
+    assert sim.stderr == ""
     assert not control.exists()
 
 
