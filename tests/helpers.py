@@ -208,3 +208,75 @@ class AgentProc:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class FaultProxy:
+    """A TCP proxy between the agent and the broker that can fail like a 4G link.
+
+    ``blackhole()`` keeps every connection open but forwards nothing in either direction (a
+    half-open link: no reset, packets swallowed). ``heal()`` drops the stuck connections and
+    forwards new ones again.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.holes = False
+        self.connections = 0
+        self.swallowed = 0  # bytes from the agent that never reached the broker
+        self._changed = asyncio.Condition()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> FaultProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._close_all()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def blackhole(self) -> None:
+        self.holes = True
+
+    def heal(self) -> None:
+        self._close_all()
+        self.holes = False
+
+    async def wait_swallowed(self, n_bytes: int, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.swallowed >= n_bytes)
+
+    def _close_all(self) -> None:
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.holes:
+            self._writers.add(writer)  # accept, then swallow everything
+            return
+        self.connections += 1
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_w))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    if self.holes:
+                        if dst is not writer:
+                            async with self._changed:
+                                self.swallowed += len(data)
+                                self._changed.notify_all()
+                        continue  # swallowed: no reset, no error
+                    dst.write(data)
+                    await dst.drain()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
