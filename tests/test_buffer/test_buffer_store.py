@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from buffer import Buffer, BufferSettings, Reading
 
 
-def reading(i: int, device: str = "d1", value: object = None) -> Reading:
-    return Reading(device, "m", float(i) if value is None else value, "u", 1_700_000_000.0 + i, 10.0 + i)  # type: ignore[arg-type]
+def reading(i: int, device: str = "d1") -> Reading:
+    return Reading(device, "m", float(i), "u", 1_700_000_000.0 + i, 10.0 + i)
 
 
 def settings_for(tmp: Path, **kw: object) -> BufferSettings:
@@ -60,7 +60,8 @@ async def test_only_acked_batches_are_deleted(tmp_path: Path) -> None:
         await buf.flush()
         first = await buf.fetch(0, 3)
         second = await buf.fetch(3, 3)
-        assert first is not None and second is not None
+        assert first is not None
+        assert second is not None
         buf.ack(second)  # acks may come out of order
         await buf.flush()
         assert await drain(buf) == [1, 2, 3]
@@ -182,8 +183,8 @@ async def test_committed_readings_survive_kill_9(tmp_path: Path) -> None:
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from buffer import Buffer, BufferSettings, Reading
         async def main():
-            buf = Buffer(BufferSettings(path=__import__('pathlib').Path({str(tmp_path / "buffer.db")!r}),
-                                        commit_interval_s=0.01), "boot-k")
+            path = __import__('pathlib').Path({str(tmp_path / "buffer.db")!r})
+            buf = Buffer(BufferSettings(path=path, commit_interval_s=0.01), "boot-k")
             await buf.__aenter__()
             t = asyncio.create_task(buf.run())
             for i in range(500):
@@ -193,7 +194,9 @@ async def test_committed_readings_survive_kill_9(tmp_path: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         asyncio.run(main())
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
     assert out.returncode == -9, out.stderr
     committed = int(out.stdout.strip())
     assert committed == 500
@@ -202,14 +205,21 @@ async def test_committed_readings_survive_kill_9(tmp_path: Path) -> None:
 
 
 values = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**53), 2**53),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(vals=st.lists(values, min_size=1, max_size=20))
-def test_values_round_trip_with_their_types(tmp_path_factory: pytest.TempPathFactory, vals: list[object]) -> None:
+def test_values_round_trip_with_their_types(
+    tmp_path_factory: pytest.TempPathFactory, vals: list[object]
+) -> None:
     tmp = tmp_path_factory.mktemp("rt")
 
     async def go() -> list[object]:

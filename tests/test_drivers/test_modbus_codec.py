@@ -36,12 +36,20 @@ def test_known_vectors(words: list[int], kind: str, order: str, expected: float)
     assert type(got) is type(expected)
 
 
-int_kinds = st.sampled_from([("int16", -(2**15), 2**15 - 1), ("uint16", 0, 2**16 - 1),
-                             ("int32", -(2**31), 2**31 - 1), ("uint32", 0, 2**32 - 1)])
+int_kinds = st.sampled_from(
+    [
+        ("int16", -(2**15), 2**15 - 1),
+        ("uint16", 0, 2**16 - 1),
+        ("int32", -(2**31), 2**31 - 1),
+        ("uint32", 0, 2**32 - 1),
+    ]
+)
 
 
-@given(int_kinds.flatmap(lambda k: st.tuples(st.just(k[0]), st.integers(k[1], k[2]))),
-       st.sampled_from(["big", "little"]))
+@given(
+    int_kinds.flatmap(lambda k: st.tuples(st.just(k[0]), st.integers(k[1], k[2]))),
+    st.sampled_from(["big", "little"]),
+)
 def test_integers_round_trip(kv: tuple[str, int], order: str) -> None:
     kind, value = kv
     words = encode(value, kind, order)  # type: ignore[arg-type]
@@ -73,12 +81,22 @@ def test_scale_and_offset() -> None:
 
 
 def test_plan_merges_adjacent_registers_per_table() -> None:
-    regs = [reg("a", 0), reg("b", 1), reg("c", 2, type="float32"), reg("d", 10),
-            reg("e", 0, table="input"), reg("f", 5, table="coil")]
+    regs = [
+        reg("a", 0),
+        reg("b", 1),
+        reg("c", 2, type="float32"),
+        reg("d", 10),
+        reg("e", 0, table="input"),
+        reg("f", 5, table="coil"),
+    ]
     plan = plan_reads(regs)
     got = sorted((p.table, p.address, p.count, tuple(r.name for r in p.registers)) for p in plan)
-    assert got == [("coil", 5, 1, ("f",)), ("holding", 0, 4, ("a", "b", "c")),
-                   ("holding", 10, 1, ("d",)), ("input", 0, 1, ("e",))]
+    assert got == [
+        ("coil", 5, 1, ("f",)),
+        ("holding", 0, 4, ("a", "b", "c")),
+        ("holding", 10, 1, ("d",)),
+        ("input", 0, 1, ("e",)),
+    ]
 
 
 def test_plan_never_exceeds_the_protocol_limit() -> None:
@@ -89,9 +107,15 @@ def test_plan_never_exceeds_the_protocol_limit() -> None:
     assert len(plan) == 3
 
 
-@given(st.lists(st.tuples(st.integers(0, 400), st.sampled_from(["uint16", "float32"])),
-                min_size=1, max_size=60, unique_by=lambda t: t[0]),
-       st.integers(0, 20))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 400), st.sampled_from(["uint16", "float32"])),
+        min_size=1,
+        max_size=60,
+        unique_by=lambda t: t[0],
+    ),
+    st.integers(0, 20),
+)
 def test_plan_covers_every_register_within_limits(spec: list[tuple[int, str]], gap: int) -> None:
     regs = [reg(f"r{a}", a, type=k) for a, k in spec]
     plan = plan_reads(regs, max_gap=gap)
@@ -100,4 +124,5 @@ def test_plan_covers_every_register_within_limits(spec: list[tuple[int, str]], g
     for p in plan:
         assert 1 <= p.count <= MAX_REGISTERS
         for r in p.registers:
-            assert p.address <= r.address and r.address + r.width <= p.address + p.count
+            assert p.address <= r.address
+            assert r.address + r.width <= p.address + p.count

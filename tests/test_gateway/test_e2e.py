@@ -1,4 +1,4 @@
-"""End to end with real parts: simulator (real ptys, TCP) -> ``tepi run`` -> Mosquitto -> subscriber.
+"""End to end with real parts: simulator (ptys, TCP) -> ``tepi run`` -> Mosquitto -> subscriber.
 
 The simulator's counter registers go up by one per answered read, so every lost reading shows
 as a gap in the counter values the subscriber receives; ``seq`` shows duplicates and order.
@@ -17,7 +17,6 @@ from typing import Any
 import jsonschema
 import pytest
 from helpers import SCHEMA_PATH, AgentProc, Broker, FaultProxy, Subscriber, agent_config
-
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,20 +28,45 @@ def validator(kind: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator({**SCHEMA, "$ref": f"#/$defs/{kind}"})
 
 
-SIM = {
+SIM: dict[str, Any] = {
     "seed": 7,
     "devices": [
-        {"id": "aq-station-1", "transport": "rtu", "unit": 1, "bus": "bus0", "registers": [
-            {"address": 0, "table": "holding", "kind": "pm25", "type": "uint16", "scale": 0.1},
-            {"address": 2, "table": "holding", "kind": "temperature", "type": "float32",
-             "word_order": "little"},
-            {"address": 10, "table": "holding", "kind": "counter", "type": "uint16"}]},
-        {"id": "noise-2", "transport": "rtu", "unit": 2, "bus": "bus0", "registers": [
-            {"address": 0, "table": "holding", "kind": "noise", "type": "uint16", "scale": 0.1},
-            {"address": 1, "table": "holding", "kind": "counter", "type": "uint16"}]},
-        {"id": "river-level-3", "transport": "tcp", "unit": 1, "registers": [
-            {"address": 100, "table": "input", "kind": "level", "type": "int16", "scale": 0.01},
-            {"address": 101, "table": "input", "kind": "counter", "type": "uint16"}]},
+        {
+            "id": "aq-station-1",
+            "transport": "rtu",
+            "unit": 1,
+            "bus": "bus0",
+            "registers": [
+                {"address": 0, "table": "holding", "kind": "pm25", "type": "uint16", "scale": 0.1},
+                {
+                    "address": 2,
+                    "table": "holding",
+                    "kind": "temperature",
+                    "type": "float32",
+                    "word_order": "little",
+                },
+                {"address": 10, "table": "holding", "kind": "counter", "type": "uint16"},
+            ],
+        },
+        {
+            "id": "noise-2",
+            "transport": "rtu",
+            "unit": 2,
+            "bus": "bus0",
+            "registers": [
+                {"address": 0, "table": "holding", "kind": "noise", "type": "uint16", "scale": 0.1},
+                {"address": 1, "table": "holding", "kind": "counter", "type": "uint16"},
+            ],
+        },
+        {
+            "id": "river-level-3",
+            "transport": "tcp",
+            "unit": 1,
+            "registers": [
+                {"address": 100, "table": "input", "kind": "level", "type": "int16", "scale": 0.01},
+                {"address": 101, "table": "input", "kind": "counter", "type": "uint16"},
+            ],
+        },
     ],
 }
 DEVICES = ("aq-station-1", "noise-2", "river-level-3")
@@ -52,21 +76,59 @@ POLL = "100ms"
 def agent_devices(endpoints: dict[str, str]) -> list[dict[str, Any]]:
     host, port = endpoints["river-level-3"].split(":")
     return [
-        {"id": "aq-station-1", "driver": "modbus-rtu", "port": endpoints["aq-station-1"],
-         "baudrate": 9600, "unit": 1, "poll_interval": POLL, "timeout": "500ms", "registers": [
-             {"name": "pm25", "address": 0, "type": "uint16", "scale": 0.1, "unit": "ug/m3"},
-             {"name": "temperature", "address": 2, "type": "float32", "word_order": "little",
-              "unit": "degC"},
-             {"name": "counter", "address": 10}]},
-        {"id": "noise-2", "driver": "modbus-rtu", "port": endpoints["noise-2"], "baudrate": 9600,
-         "unit": 2, "poll_interval": POLL, "timeout": "500ms", "registers": [
-             {"name": "noise", "address": 0, "scale": 0.1, "unit": "dBA"},
-             {"name": "counter", "address": 1}]},
-        {"id": "river-level-3", "driver": "modbus-tcp", "host": host, "port": int(port), "unit": 1,
-         "poll_interval": POLL, "timeout": "500ms", "registers": [
-             {"name": "level", "address": 100, "table": "input", "type": "int16", "scale": 0.01,
-              "unit": "m"},
-             {"name": "counter", "address": 101, "table": "input"}]},
+        {
+            "id": "aq-station-1",
+            "driver": "modbus-rtu",
+            "port": endpoints["aq-station-1"],
+            "baudrate": 9600,
+            "unit": 1,
+            "poll_interval": POLL,
+            "timeout": "500ms",
+            "registers": [
+                {"name": "pm25", "address": 0, "type": "uint16", "scale": 0.1, "unit": "ug/m3"},
+                {
+                    "name": "temperature",
+                    "address": 2,
+                    "type": "float32",
+                    "word_order": "little",
+                    "unit": "degC",
+                },
+                {"name": "counter", "address": 10},
+            ],
+        },
+        {
+            "id": "noise-2",
+            "driver": "modbus-rtu",
+            "port": endpoints["noise-2"],
+            "baudrate": 9600,
+            "unit": 2,
+            "poll_interval": POLL,
+            "timeout": "500ms",
+            "registers": [
+                {"name": "noise", "address": 0, "scale": 0.1, "unit": "dBA"},
+                {"name": "counter", "address": 1},
+            ],
+        },
+        {
+            "id": "river-level-3",
+            "driver": "modbus-tcp",
+            "host": host,
+            "port": int(port),
+            "unit": 1,
+            "poll_interval": POLL,
+            "timeout": "500ms",
+            "registers": [
+                {
+                    "name": "level",
+                    "address": 100,
+                    "table": "input",
+                    "type": "int16",
+                    "scale": 0.01,
+                    "unit": "m",
+                },
+                {"name": "counter", "address": 101, "table": "input"},
+            ],
+        },
     ]
 
 
@@ -91,19 +153,22 @@ class Rig:
         return out
 
     def sim_counter(self, device: str) -> int:
-        spec = next(d for d in SIM["devices"] if d["id"] == device)  # type: ignore[index]
+        devices: list[dict[str, Any]] = SIM["devices"]
+        spec = next(d for d in devices if d["id"] == device)
         reg = next(r for r in spec["registers"] if r["kind"] == "counter")
         return self.sim.device(device).counter_value(address=reg["address"], table=reg["table"])
 
     async def wait_counters(self, at_least: int, timeout: float = 30) -> None:
-        await self.sub.wait_for(lambda s: all(
-            len(self.counters(d)) >= at_least for d in DEVICES), timeout)
+        await self.sub.wait_for(
+            lambda s: all(len(self.counters(d)) >= at_least for d in DEVICES), timeout
+        )
 
     async def wait_caught_up(self, timeout: float = 30) -> dict[str, int]:
         """Wait until the subscriber has every counter value the simulator handed out so far."""
         target = {d: self.sim_counter(d) for d in DEVICES}
-        await self.sub.wait_for(lambda s: all(
-            max(self.counters(d), default=0) >= target[d] for d in DEVICES), timeout)
+        await self.sub.wait_for(
+            lambda s: all(max(self.counters(d), default=0) >= target[d] for d in DEVICES), timeout
+        )
         return target
 
 
@@ -112,8 +177,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     broker = Broker(tmp_path, persistence=True)
     await broker.start()
     async with Simulator(SIM) as sim, Subscriber(broker.port, "ioc/v1/#") as sub:
-        cfg = agent_config(tmp_path, broker.port, agent_devices(sim.endpoints()),
-                           health_interval="1s")
+        cfg = agent_config(
+            tmp_path, broker.port, agent_devices(sim.endpoints()), health_interval="1s"
+        )
         agent = AgentProc(cfg, tmp_path / "agent.log")
         agent.start()
         try:
@@ -143,7 +209,8 @@ async def test_end_to_end_counters_are_continuous_and_payloads_valid(rig: Rig) -
     for msg in tele:
         v_tele.validate(msg)
     reading = next(r for r in rig.sub.readings() if r["metric"] == "pm25")
-    assert reading["unit"] == "ug/m3" and 5 <= reading["value"] <= 150
+    assert reading["unit"] == "ug/m3"
+    assert 5 <= reading["value"] <= 150
     temp = next(r for r in rig.sub.readings() if r["metric"] == "temperature")
     assert 15 < temp["value"] < 45, "float32 little-endian must decode to a plausible temperature"
     seqs = [r["seq"] for r in rig.sub.readings()]
@@ -160,8 +227,9 @@ async def test_end_to_end_counters_are_continuous_and_payloads_valid(rig: Rig) -
     # A subscriber that comes later still learns the state: status is retained.
     async with Subscriber(rig.broker.port, "ioc/v1/+/status") as late:
         await late.wait_for(lambda s: bool(s.messages), 10)
-        topic, payload, retained = late.messages[0]
-        assert retained and json.loads(payload)["state"] == "online"
+        _topic, payload, retained = late.messages[0]
+        assert retained
+        assert json.loads(payload)["state"] == "online"
 
 
 async def test_broker_outage_of_10s_loses_nothing_and_keeps_order(rig: Rig) -> None:
@@ -183,8 +251,12 @@ async def test_sigkill_and_restart_loses_nothing_committed(rig: Rig) -> None:
         rig.agent.kill9()
         # The dead process can write no more: what is in the file now is what was committed.
         conn = sqlite3.connect(f"file:{rig.tmp / 'data' / 'buffer.db'}?mode=ro", uri=True)
-        committed = {(d, int(v)) for d, v in conn.execute(
-            "SELECT device, value FROM readings WHERE metric='counter' AND reason IS NULL")}
+        committed = {
+            (d, int(v))
+            for d, v in conn.execute(
+                "SELECT device, value FROM readings WHERE metric='counter' AND reason IS NULL"
+            )
+        }
         conn.close()
         rig.agent.start()
         target = await rig.wait_caught_up(timeout=40)
