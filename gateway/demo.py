@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -163,7 +164,10 @@ async def _demo(work: Path, count: int) -> int:
         port = _free_port()
         if mosq is not None:
             conf = work / "mosquitto.conf"
-            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+            user = "user root\n" if os.geteuid() == 0 else ""  # else it drops to user mosquitto
+            conf.write_text(
+                f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}"
+            )
             with (work / "mosquitto.log").open("wb") as mlog:
                 broker = await asyncio.create_subprocess_exec(
                     mosq, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=mlog

@@ -10,7 +10,9 @@ process exits 0 within a few seconds.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -26,6 +28,9 @@ from gateway.sysinfo import clock_synced, cpu_seconds, free_disk_bytes, rss_byte
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+
+STOP_DEADLINE_S = 8.0
 
 
 class _Stop(Exception):
@@ -106,18 +111,21 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; commit what is pending before returning."""
         resources = SharedResources()
+        tasks: list[asyncio.Task[None]] = []
         async with self.buffer:
             try:
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self.buffer.run(), name="tepi.buffer.commit")
-                    tg.create_task(self.uplink.run(), name="tepi.uplink")
+                    tasks.append(tg.create_task(self.buffer.run(), name="tepi.buffer.commit"))
+                    tasks.append(tg.create_task(self.uplink.run(), name="tepi.uplink"))
                     for dev in self.cfg.devices:
                         driver = make_driver(dev, resources)
-                        tg.create_task(
-                            poll_device(dev, driver, self.buffer, self.devices[dev.id]),
-                            name=f"tepi.device[{dev.id}]",
+                        tasks.append(
+                            tg.create_task(
+                                poll_device(dev, driver, self.buffer, self.devices[dev.id]),
+                                name=f"tepi.device[{dev.id}]",
+                            )
                         )
-                    tg.create_task(self._until(stop), name="tepi.stop")
+                    tg.create_task(self._until(stop, tasks), name="tepi.stop")
                     log.info(
                         "tepi %s running: gateway %s, %d devices",
                         __version__,
@@ -128,8 +136,29 @@ class Agent:
                 log.info("stopping: committing %d pending readings", self.buffer.stats().pending)
 
     @staticmethod
-    async def _until(stop: asyncio.Event) -> None:
+    async def _until(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         await stop.wait()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        def reap() -> None:
+            # The TaskGroup cancels each task once. A library that swallows that cancellation
+            # (Python 3.11's wait_for can) would keep the agent alive forever: cancel again,
+            # and past the deadline log where each task is stuck and exit for systemd.
+            stuck = [t for t in tasks if not t.done()]
+            if not stuck:
+                return
+            if loop.time() - started > STOP_DEADLINE_S:
+                log.critical(
+                    "stop: %d tasks did not finish in %.0f s; exiting", len(stuck), STOP_DEADLINE_S
+                )
+                dump_tasks()
+                os._exit(3)
+            for t in stuck:
+                t.cancel()
+            loop.call_later(1.0, reap)
+
+        loop.call_later(1.0, reap)
         raise _Stop
 
 
@@ -139,4 +168,18 @@ async def run_agent(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await Agent(cfg).run(stop)
+
+
+def dump_tasks() -> None:
+    """On SIGUSR1: log every task and where it waits (for diagnosing a stuck agent)."""
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(limit=12, file=out)
+        log.warning(
+            "task %s (%s):\n%s",
+            task.get_name(),
+            "done" if task.done() else "pending",
+            out.getvalue(),
+        )

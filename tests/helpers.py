@@ -76,6 +76,8 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
+            # as root, mosquitto drops to user mosquitto, which cannot write in tmp_path
+            "user root" if os.geteuid() == 0 else "",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "log_type error",

@@ -115,7 +115,9 @@ class ModbusLink:
             _check_port(self._serial_path)
         self.client.comm_params.timeout_connect = timeout_s
         try:
-            ok = await asyncio.wait_for(self.client.connect(), timeout_s + 1.0)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation.
+            async with asyncio.timeout(timeout_s + 1.0):
+                ok = await self.client.connect()
         except (OSError, TimeoutError, ModbusException) as err:
             raise DeviceUnavailable("cannot connect", f"{self.label}: {err}") from err
         if not ok:

@@ -1,0 +1,37 @@
+"""The runtime's stop path."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.runtime import Agent, _Stop
+
+
+async def test_stop_cancels_again_a_task_that_swallowed_its_cancellation() -> None:
+    """Python 3.11's wait_for can lose a cancellation; the agent must still stop."""
+    cancels = 0
+
+    async def stubborn() -> None:
+        nonlocal cancels
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels += 1
+                if cancels == 1:
+                    continue  # swallowed, as a racing wait_for would
+                raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    stop = asyncio.Event()
+    stop.set()
+    with pytest.raises(_Stop):
+        await Agent._until(stop, [task])
+    task.cancel()  # the TaskGroup's one cancel, which the task swallows
+    async with asyncio.timeout(5):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert cancels == 2
