@@ -203,10 +203,20 @@ class AgentProc:
         self.proc.wait(10)
 
     async def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait. An agent that does not stop is killed, and that is a failure."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, timeout)
+        try:
+            return await asyncio.to_thread(self.proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # log where its tasks are stuck
+            await asyncio.sleep(0.5)
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(
+                f"agent did not stop within {timeout} s of SIGTERM:\n{self.log_text()[-4000:]}"
+            ) from None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
