@@ -224,7 +224,7 @@ class Database:
                 if self.bytes_used() + incoming > room:
                     evicted = self._evict(depth - removed, max(room - incoming, 0))
                 conn.executemany(
-                    "INSERT OR REPLACE INTO readings"
+                    "INSERT INTO readings"
                     "(seq, boot, ts, mono, device, metric, value, unit, flags, reason)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?)",
                     params,

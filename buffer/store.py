@@ -132,6 +132,8 @@ class Buffer:
 
     def put(self, reading: Reading) -> int:
         """Queue ``reading`` for the next group commit and return its sequence number."""
+        if not self._opened:
+            raise RuntimeError("Buffer.put() before the buffer is open: seq would be reused")
         seq = self._next_seq
         self._next_seq += 1
         if len(self._pending) >= self.settings.max_pending:

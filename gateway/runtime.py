@@ -59,6 +59,7 @@ class Agent:
         self.devices = {d.id: DeviceStats() for d in cfg.devices}
         self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
         self.started = time.time()
+        self.ready = asyncio.Event()  # set once the buffer is open and every task started
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
 
     def health(self) -> dict[str, Any]:
@@ -126,6 +127,7 @@ class Agent:
                             )
                         )
                     tg.create_task(self._until(stop, tasks), name="tepi.stop")
+                    self.ready.set()
                     log.info(
                         "tepi %s running: gateway %s, %d devices",
                         __version__,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
 from buffer import Batch, Buffer
 from gateway import __version__
@@ -42,6 +43,7 @@ class UplinkStats:
     """Counters for health and the CLI."""
 
     connected: bool = False
+    attempts: int = 0
     connects: int = 0
     disconnects: int = 0
     messages: int = 0
@@ -50,6 +52,43 @@ class UplinkStats:
     last_ack_ts: float | None = None
     last_error: str | None = None
     errors: dict[str, int] = field(default_factory=dict)
+
+
+_WHAT = {
+    "tls": "refused by TLS (certificates are always verified: check tls.ca_file, the "
+    "broker's host name and the client certificate)",
+    "refused": "refused the connection (check username, password and ACL)",
+    "link": "unreachable or lost",
+}
+
+
+class _PahoErrors(logging.Handler):
+    """Keeps paho's last error line. aiomqtt reports a connection the broker drops before
+    CONNACK (for example a TLS 1.3 alert: client certificate required) only as a timeout;
+    paho's own log line says why."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+def _classify(err: BaseException) -> str:
+    """tls, refused (the broker said no) or link (everything else), from the cause chain."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return "tls"
+        if isinstance(seen, MqttConnectError):
+            return "refused"
+        seen = seen.__cause__ or seen.__context__
+    # aiomqtt re-raises OSError (so SSLError) as MqttError(str(exc)) from None: read the text.
+    text = str(err).lower()
+    if "ssl" in text or "certificate" in text or "tls" in text:
+        return "tls"
+    return "link"
 
 
 def _tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -86,8 +125,12 @@ class Uplink:
         self._cursor = 0  # highest seq handed to the broker in this session
         self._inflight: dict[int, Batch] = {}
         self._kick = asyncio.Event()
+        self._changed = asyncio.Condition()
         self._password = up.read_password()
         self._tls = _tls_context(cfg)
+        self._paho_log = logging.getLogger(f"tepi.mqtt.{cfg.gateway.id}")
+        self._paho_errors = _PahoErrors()
+        self._paho_log.addHandler(self._paho_errors)
 
     # ---- connection management --------------------------------------------------------
 
@@ -115,7 +158,7 @@ class Uplink:
             ),  # connect and disconnect; publishes pass their own
             tls_context=self._tls,
             max_inflight_messages=up.max_inflight + 4,
-            logger=logging.getLogger("tepi.mqtt"),
+            logger=self._paho_log,
         )
 
     async def run(self) -> None:
@@ -126,8 +169,8 @@ class Uplink:
         while True:
             try:
                 async with self._client() as client:
-                    self.stats.connected = True
-                    self.stats.connects += 1
+                    self._paho_errors.last = None
+                    await self._set(connected=True)
                     if down_since is None:
                         log.info("connected to broker %s:%d", up.host, up.port)
                     else:
@@ -140,41 +183,51 @@ class Uplink:
                         )
                     attempt, down_since = 0, None
                     await self._session(client)
-            except* aiomqtt.MqttError as group:
-                err = group.exceptions[0]
-                self.stats.last_error = str(err)
-                kind = "refused" if isinstance(err, aiomqtt.MqttCodeError) else "link"
-                self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
+            except* (aiomqtt.MqttError, OSError) as group:
+                err: BaseException = group.exceptions[0]
+                why = self._paho_errors.last
+                self._paho_errors.last = None
+                if why is not None and "timed out" in str(err).lower():
+                    err = aiomqtt.MqttError(f"{err} ({why})")
+                kind = _classify(err)
+                await self._set(connected=False, error=(kind, err))
                 if down_since is None:
                     down_since = time.monotonic()
                     log.error(
-                        "broker %s:%d unreachable or lost: %s; readings stay buffered",
+                        "broker %s:%d %s: %s; readings stay buffered",
                         up.host,
                         up.port,
+                        _WHAT[kind],
                         err,
                     )
                 else:
                     log.debug("reconnect attempt %d failed: %s", attempt, err)
-            except* ssl.SSLError as group:
-                err2 = group.exceptions[0]
-                self.stats.last_error = f"TLS: {err2}"
-                if down_since is None:
-                    down_since = time.monotonic()
-                    log.error(
-                        "TLS with broker %s:%d failed: %s (certificates are always "
-                        "verified; check tls.ca_file and the broker's host name)",
-                        up.host,
-                        up.port,
-                        err2,
-                    )
             finally:
-                if self.stats.connected:
-                    self.stats.disconnects += 1
-                self.stats.connected = False
                 self._after_session()
             cap = min(up.reconnect.max_delay, up.reconnect.min_delay * 2 ** min(attempt, 20))
             attempt += 1
             await asyncio.sleep(random.uniform(0, cap))
+
+    async def _set(
+        self, *, connected: bool, error: tuple[str, BaseException] | None = None
+    ) -> None:
+        st = self.stats
+        async with self._changed:
+            if connected:
+                st.connects += 1
+            elif st.connected:
+                st.disconnects += 1
+            st.connected = connected
+            st.attempts += 1
+            if error is not None:
+                st.errors[error[0]] = st.errors.get(error[0], 0) + 1
+                st.last_error = f"{error[0]}: {error[1]}"
+            self._changed.notify_all()
+
+    async def wait_for(self, pred: Callable[[UplinkStats], bool]) -> None:
+        """Wait until ``pred(stats)`` holds (checked on every connect, failure and ack)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: pred(self.stats))
 
     def _after_session(self) -> None:
         """Resend from the oldest batch the broker has not acknowledged."""
@@ -281,6 +334,8 @@ class Uplink:
         self.stats.bytes_sent += len(payload)
         self.stats.last_ack_ts = time.time()
         self._kick.set()
+        async with self._changed:
+            self._changed.notify_all()
 
     # ---- health ------------------------------------------------------------------------
 

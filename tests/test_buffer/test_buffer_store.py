@@ -234,3 +234,11 @@ def test_values_round_trip_with_their_types(
     got = asyncio.run(go())
     assert got == vals
     assert [type(g) for g in got] == [type(v) for v in vals]
+
+
+async def test_put_before_open_is_refused(tmp_path: Path) -> None:
+    buf = Buffer(settings_for(tmp_path), "boot-a")
+    with pytest.raises(RuntimeError, match="before the buffer is open"):
+        buf.put(reading(1))
+    async with buf:
+        assert buf.put(reading(1)) == 1

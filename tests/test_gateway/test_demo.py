@@ -1,0 +1,101 @@
+"""``tepi demo``: the newcomer's first command, run as a person would."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.configload import load_config
+from gateway.demo import render_config
+
+READING = re.compile(r"^\d\d:\d\d:\d\d  (\S+)\s+(\S+)\s+(\S+)\s+(\S*)\s+seq (\d+)$")
+
+
+def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo", "--dir", str(tmp_path), "--count", "12"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [m.groups() for line in out.stdout.splitlines() if (m := READING.match(line))]
+    assert len(rows) >= 12, out.stdout
+    assert {r[0] for r in rows} == {"aq-station-1", "noise-meter-2", "river-level-3"}
+    seqs = [int(r[4]) for r in rows]
+    assert seqs == sorted(seqs)
+    assert "broker: mosquitto on 127.0.0.1:" in out.stdout
+    # the demo's config is a valid config
+    assert load_config(tmp_path / "tepi.yaml").gateway.id == "demo-gateway-01"
+
+
+def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "demo", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    for line in proc.stdout:
+        if READING.match(line.rstrip()):
+            break
+        assert time.monotonic() < deadline, "no reading printed"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    # no simulator, broker or agent is left behind
+    left = subprocess.run(
+        ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert left.stdout.strip() == "", left.stdout
+
+
+def test_render_config_uses_the_simulator_endpoints(tmp_path: Path) -> None:
+    manifest = {
+        "devices": {
+            "aq-station-1": {"endpoint": "/dev/pts/41"},
+            "noise-meter-2": {"endpoint": "/dev/pts/41"},
+            "river-level-3": {"endpoint": "127.0.0.1:15020"},
+        }
+    }
+    cfg = load_config(render_config(tmp_path, manifest, 18830), check_files=False)
+    assert cfg.uplink.port == 18830
+    ports = {d.id: getattr(d, "port", None) for d in cfg.devices}
+    assert ports == {
+        "aq-station-1": "/dev/pts/41",
+        "noise-meter-2": "/dev/pts/41",
+        "river-level-3": 15020,
+    }
+
+
+@pytest.mark.parametrize("arg", ["--help", "--version"])
+def test_cli_help(arg: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", arg],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0
+    assert "tepi" in out.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "frobnicate"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr

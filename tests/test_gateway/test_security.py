@@ -1,0 +1,228 @@
+"""TLS and authentication against a real Mosquitto: verify always, never fall back to plaintext.
+
+Certificates come from a throwaway CA (trustme). The broker has a TLS listener for the agent
+and a plaintext loopback listener for the test's own subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+from helpers import Subscriber, free_port, mosquitto_bin, wait_port
+
+from buffer import Reading
+from gateway.configload import parse_config
+from gateway.runtime import Agent
+
+pytestmark = pytest.mark.timeout(60)
+PASSWORD = "s3cret-Pa55-never-logged"
+
+
+@dataclass
+class TlsBroker:
+    tls_port: int
+    plain_port: int
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+
+async def start_tls_broker(
+    tmp: Path, *, require_cert: bool, auth: bool
+) -> tuple[TlsBroker, subprocess.Popen[bytes]]:
+    ca, other = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("localhost")
+    client = ca.issue_cert("gw-test")
+    paths = {
+        n: tmp / n
+        for n in ("ca.pem", "other.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }
+    ca.cert_pem.write_to_path(str(paths["ca.pem"]))
+    other.cert_pem.write_to_path(str(paths["other.pem"]))
+    server.cert_chain_pems[0].write_to_path(str(paths["server.pem"]))
+    server.private_key_pem.write_to_path(str(paths["server.key"]))
+    client.cert_chain_pems[0].write_to_path(str(paths["client.pem"]))
+    client.private_key_pem.write_to_path(str(paths["client.key"]))
+    tls_port, plain_port = free_port(), free_port()
+    conf = [
+        "per_listener_settings true",
+        "user root" if os.geteuid() == 0 else "",
+        f"listener {tls_port} 127.0.0.1",
+        f"cafile {paths['ca.pem']}",
+        f"certfile {paths['server.pem']}",
+        f"keyfile {paths['server.key']}",
+        f"require_certificate {'true' if require_cert else 'false'}",
+    ]
+    if auth:
+        pwfile = tmp / "passwd"
+        pwfile.write_text(f"gw-test:{PASSWORD}\n")
+        subprocess.run(["mosquitto_passwd", "-U", str(pwfile)], check=True, timeout=30)
+        conf += ["allow_anonymous false", f"password_file {pwfile}"]
+    else:
+        conf += ["allow_anonymous true"]
+    conf += [f"listener {plain_port} 127.0.0.1", "allow_anonymous true"]
+    (tmp / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+    proc = subprocess.Popen(
+        [mosquitto_bin(), "-c", str(tmp / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp / "mosq.log").open("wb"),
+    )
+    await wait_port(tls_port)
+    await wait_port(plain_port)
+    return TlsBroker(
+        tls_port,
+        plain_port,
+        paths["ca.pem"],
+        paths["client.pem"],
+        paths["client.key"],
+        paths["other.pem"],
+    ), proc
+
+
+@pytest.fixture
+async def tls_broker(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[TlsBroker]:
+    opts = getattr(request, "param", {})
+    broker, proc = await start_tls_broker(
+        tmp_path, require_cert=opts.get("mtls", False), auth=opts.get("auth", False)
+    )
+    try:
+        yield broker
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def make_agent(tmp: Path, host: str, port: int, tls: str, extra: str = "") -> Agent:
+    cfg = parse_config(
+        f"""
+gateway: {{id: gw-test, data_dir: {tmp}/data}}
+uplink:
+  url: mqtts://{host}:{port}
+  tls: {tls}
+  reconnect: {{min_delay: 100ms, max_delay: 300ms}}
+{extra}
+""",
+        "t.yaml",
+    )
+    return Agent(cfg)
+
+
+async def deliver_one(agent: Agent, plain_port: int) -> bool:
+    """Run the agent, put one reading, and say whether it reached the broker."""
+    stop = asyncio.Event()
+    async with Subscriber(plain_port, "ioc/v1/gw-test/telemetry") as sub:
+        run = asyncio.create_task(agent.run(stop))
+        await agent.ready.wait()
+        agent.buffer.put(Reading("d", "m", 1.5, "u", time.time(), 1.0))
+        try:
+            async with asyncio.timeout(15):
+                await agent.uplink.wait_for(lambda s: s.connects > 0 or s.attempts >= 1)
+            if agent.uplink.stats.connects:
+                await sub.wait_for(lambda s: bool(s.readings()), 10)
+        finally:
+            stop.set()
+            await run
+        return bool(sub.readings())
+
+
+async def test_tls_with_the_right_ca_delivers(tls_broker: TlsBroker, tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, "localhost", tls_broker.tls_port, f"{{ca_file: {tls_broker.ca}}}")
+    assert await deliver_one(agent, tls_broker.plain_port)
+    assert agent.uplink.stats.errors == {}
+
+
+async def test_wrong_ca_is_refused_and_nothing_goes_in_plaintext(
+    tls_broker: TlsBroker, tmp_path: Path
+) -> None:
+    agent = make_agent(
+        tmp_path, "localhost", tls_broker.tls_port, f"{{ca_file: {tls_broker.other_ca}}}"
+    )
+    assert not await deliver_one(agent, tls_broker.plain_port)
+    assert agent.uplink.stats.connects == 0
+    assert agent.uplink.stats.errors.get("tls", 0) >= 1
+    assert "certificate verify failed" in (agent.uplink.stats.last_error or "").lower()
+    # the reading is still buffered, not lost
+    assert agent.buffer.stats().depth == 1
+
+
+async def test_wrong_hostname_is_refused(tls_broker: TlsBroker, tmp_path: Path) -> None:
+    # The certificate is for "localhost"; 127.0.0.1 is not in it.
+    agent = make_agent(tmp_path, "127.0.0.1", tls_broker.tls_port, f"{{ca_file: {tls_broker.ca}}}")
+    assert not await deliver_one(agent, tls_broker.plain_port)
+    assert agent.uplink.stats.errors.get("tls", 0) >= 1
+    assert (
+        "mismatch" in (agent.uplink.stats.last_error or "").lower()
+        or "not valid for" in (agent.uplink.stats.last_error or "").lower()
+    )
+
+
+@pytest.mark.parametrize("tls_broker", [{"mtls": True}], indirect=True)
+async def test_mutual_tls(tls_broker: TlsBroker, tmp_path: Path) -> None:
+    without = make_agent(
+        tmp_path / "a", "localhost", tls_broker.tls_port, f"{{ca_file: {tls_broker.ca}}}"
+    )
+    assert not await deliver_one(without, tls_broker.plain_port)
+    assert without.uplink.stats.errors.get("tls", 0) >= 1
+    assert "certificate required" in (without.uplink.stats.last_error or "")
+    with_cert = make_agent(
+        tmp_path / "b",
+        "localhost",
+        tls_broker.tls_port,
+        f"{{ca_file: {tls_broker.ca}, cert_file: {tls_broker.client_cert}, "
+        f"key_file: {tls_broker.client_key}}}",
+    )
+    assert await deliver_one(with_cert, tls_broker.plain_port)
+
+
+@pytest.mark.parametrize("tls_broker", [{"auth": True}], indirect=True)
+async def test_username_password_and_the_secret_is_never_logged(
+    tls_broker: TlsBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    good = tmp_path / "pw-good"
+    good.write_text(PASSWORD + "\n")
+    bad = tmp_path / "pw-bad"
+    bad.write_text("wrong-password-also-secret\n")
+    tls = f"{{ca_file: {tls_broker.ca}}}"
+    refused = make_agent(
+        tmp_path / "a",
+        "localhost",
+        tls_broker.tls_port,
+        tls,
+        f"  username: gw-test\n  password_file: {bad}",
+    )
+    assert not await deliver_one(refused, tls_broker.plain_port)
+    assert refused.uplink.stats.errors.get("refused", 0) >= 1
+    ok = make_agent(
+        tmp_path / "b",
+        "localhost",
+        tls_broker.tls_port,
+        tls,
+        f"  username: gw-test\n  password_file: {good}",
+    )
+    assert await deliver_one(ok, tls_broker.plain_port)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "refused the connection" in text
+    assert PASSWORD not in text
+    assert "wrong-password-also-secret" not in text
+
+
+def test_plaintext_url_with_tls_settings_is_a_config_error(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="use mqtts://"):
+        parse_config(
+            f"gateway: {{id: g, data_dir: {tmp_path}}}\n"
+            "uplink: {url: 'mqtt://localhost', tls: {}}\n",
+            "t.yaml",
+        )
