@@ -311,3 +311,72 @@ async def test_half_open_link_loses_nothing(tmp_path: Path) -> None:
         finally:
             await agent.stop()
             await broker.stop()
+
+
+def good_ts(rig: Rig, device: str, metric: str = "counter") -> list[float]:
+    return [
+        r["ts"]
+        for r in rig.sub.readings()
+        if r["device"] == device and r["metric"] == metric and r["quality"] == "good"
+    ]
+
+
+async def test_dead_device_is_reported_bad_then_recovers_and_stalls_no_other(rig: Rig) -> None:
+    await rig.wait_counters(3)
+    # TCP device dies: the devices on the pty (another port) keep their 100 ms polls.
+    rig.sim.device("river-level-3").set_fault("no_reply")
+    await rig.sub.wait_for(
+        lambda s: any(
+            r["device"] == "river-level-3" and r["quality"] == "bad" for r in s.readings()
+        ),
+        10,
+    )
+    bad = [
+        r for r in rig.sub.readings() if r["device"] == "river-level-3" and r["quality"] == "bad"
+    ]
+    assert {r["metric"] for r in bad} == {"level", "counter"}, "one bad reading per metric"
+    assert {r["reason"] for r in bad} == {"timeout"}
+    assert all(r["value"] is None for r in bad)
+    t_fault = bad[0]["ts"]
+    aq_before = len(good_ts(rig, "aq-station-1"))
+    await rig.sub.wait_for(lambda s: len(good_ts(rig, "aq-station-1")) >= aq_before + 15, 10)
+    aq = [t for t in good_ts(rig, "aq-station-1") if t > t_fault]
+    assert max(b - a for a, b in zip(aq, aq[1:], strict=False)) < 0.45, "other port was stalled"
+
+    # A device on the SAME port dies: it costs the bus its 500 ms timeout per poll, no more.
+    rig.sim.device("noise-2").set_fault("no_reply")
+    await rig.sub.wait_for(
+        lambda s: any(r["device"] == "noise-2" and r["quality"] == "bad" for r in s.readings()), 10
+    )
+    t_noise = max(r["ts"] for r in rig.sub.readings() if r["device"] == "noise-2")
+    n0 = len(good_ts(rig, "aq-station-1"))
+    await rig.sub.wait_for(lambda s: len(good_ts(rig, "aq-station-1")) >= n0 + 5, 10)
+    aq = [t for t in good_ts(rig, "aq-station-1") if t > t_noise]
+    assert max(b - a for a, b in zip(aq, aq[1:], strict=False)) < 1.2
+
+    # Both recover without a restart; health counted the failures.
+    rig.sim.device("river-level-3").set_fault("none")
+    rig.sim.device("noise-2").set_fault("none")
+    n_river = len(good_ts(rig, "river-level-3"))
+    n_noise = len(good_ts(rig, "noise-2"))
+    await rig.sub.wait_for(
+        lambda s: (
+            len(good_ts(rig, "river-level-3")) > n_river + 3
+            and len(good_ts(rig, "noise-2")) > n_noise + 3
+        ),
+        15,
+    )
+    await rig.sub.wait_for(
+        lambda s: (
+            s.on("/health")
+            and all(s.on("/health")[-1]["devices"][d]["state"] == "ok" for d in DEVICES)
+        ),
+        10,
+    )
+    health = rig.sub.on("/health")[-1]
+    assert health["devices"]["river-level-3"]["errors"]["timeout"] >= 1
+    assert health["devices"]["noise-2"]["errors"]["timeout"] >= 1
+    validator("health").validate(health)
+    log = rig.agent.log_text()
+    assert log.count("device river-level-3: timeout") == 1, "first failure logged once"
+    assert "device river-level-3 recovered" in log
