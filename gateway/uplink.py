@@ -49,6 +49,7 @@ class UplinkStats:
     messages: int = 0
     readings_acked: int = 0
     bytes_sent: int = 0
+    peak_inflight: int = 0
     last_ack_ts: float | None = None
     last_error: str | None = None
     errors: dict[str, int] = field(default_factory=dict)
@@ -60,6 +61,14 @@ _WHAT = {
     "refused": "refused the connection (check username, password and ACL)",
     "link": "unreachable or lost",
 }
+
+
+def backoff_delay(
+    attempt: int, min_delay: float, max_delay: float, rng: random.Random | None = None
+) -> float:
+    """Full jitter: a uniform wait in [0, cap], the cap doubling from min_delay to max_delay."""
+    cap = min(max_delay, min_delay * 2 ** min(attempt, 30))
+    return (rng or random).uniform(0, cap)
 
 
 class _PahoErrors(logging.Handler):
@@ -204,9 +213,9 @@ class Uplink:
                     log.debug("reconnect attempt %d failed: %s", attempt, err)
             finally:
                 self._after_session()
-            cap = min(up.reconnect.max_delay, up.reconnect.min_delay * 2 ** min(attempt, 20))
+            delay = backoff_delay(attempt, up.reconnect.min_delay, up.reconnect.max_delay)
             attempt += 1
-            await asyncio.sleep(random.uniform(0, cap))
+            await asyncio.sleep(delay)
 
     async def _set(
         self, *, connected: bool, error: tuple[str, BaseException] | None = None
@@ -296,6 +305,7 @@ class Uplink:
                 batch = Batch(batch.boot_id, batch.items[:n])
             self._cursor = batch.last_seq
             self._inflight[batch.first_seq] = batch
+            self.stats.peak_inflight = max(self.stats.peak_inflight, len(self._inflight))
             tg.create_task(
                 self._publish(client, batch, payload, slots),
                 name=f"tepi.uplink.publish[{batch.first_seq}]",

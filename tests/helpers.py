@@ -230,8 +230,9 @@ class FaultProxy:
     forwards new ones again.
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, latency_s: float = 0.0) -> None:
         self.upstream_port = upstream_port
+        self.latency_s = latency_s  # one way, like a 4G link
         self.port = 0
         self.holes = False
         self.connections = 0
@@ -280,15 +281,30 @@ class FaultProxy:
         self._writers.update((writer, up_w))
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await src.read(65536):
-                    if self.holes:
-                        if dst is not writer:
-                            async with self._changed:
-                                self.swallowed += len(data)
-                                self._changed.notify_all()
-                        continue  # swallowed: no reset, no error
+            # Latency without throttling: stamp each chunk on arrival, release it later.
+            queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+
+            async def release() -> None:
+                while True:
+                    due, data = await queue.get()
+                    if (wait := due - loop.time()) > 0:
+                        await asyncio.sleep(wait)
                     dst.write(data)
                     await dst.drain()
+
+            sender = asyncio.create_task(release())
+            try:
+                with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                    while data := await src.read(65536):
+                        if self.holes:
+                            if dst is not writer:
+                                async with self._changed:
+                                    self.swallowed += len(data)
+                                    self._changed.notify_all()
+                            continue  # swallowed: no reset, no error
+                        await queue.put((loop.time() + self.latency_s, data))
+            finally:
+                sender.cancel()
 
         await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))

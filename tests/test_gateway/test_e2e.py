@@ -369,7 +369,7 @@ async def test_dead_device_is_reported_bad_then_recovers_and_stalls_no_other(rig
     )
     await rig.sub.wait_for(
         lambda s: (
-            s.on("/health")
+            bool(s.on("/health"))
             and all(s.on("/health")[-1]["devices"][d]["state"] == "ok" for d in DEVICES)
         ),
         10,

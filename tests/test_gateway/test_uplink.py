@@ -1,0 +1,193 @@
+"""The uplink: payload encoding, batching bounds, pipelining, MQTT 5, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from helpers import SCHEMA_PATH, Broker, FaultProxy, Subscriber
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buffer import Batch, Reading
+from buffer.records import StoredReading
+from gateway.configload import parse_config
+from gateway.payload import encode_telemetry
+from gateway.runtime import Agent
+from gateway.uplink import backoff_delay
+
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+TELEMETRY = jsonschema.Draft202012Validator({**SCHEMA, "$ref": "#/$defs/telemetry"})
+
+ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z")
+values = st.one_of(
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+)
+readings = st.builds(
+    lambda dev, met, val, unit, bad: Reading(
+        dev, met, None if bad else val, unit, time.time(), 12.5, bad
+    ),
+    ids,
+    ids,
+    values,
+    st.one_of(st.none(), st.text(max_size=8)),
+    st.one_of(st.none(), st.sampled_from(["timeout", "modbus exception 2 (illegal data address)"])),
+)
+
+
+def batch_of(rs: list[Reading]) -> Batch:
+    return Batch("boot-1", [StoredReading(i + 1, r) for i, r in enumerate(rs)])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(readings, min_size=1, max_size=30), st.integers(1024, 8192))
+def test_payload_matches_the_schema_and_round_trips(rs: list[Reading], max_bytes: int) -> None:
+    payload, n = encode_telemetry(
+        "gw-1", batch_of(rs), max_bytes=max_bytes, current_boot="boot-2", clock_synced=False
+    )
+    assert 1 <= n <= len(rs)
+    assert n == len(rs) or len(payload) <= max_bytes
+    obj = json.loads(payload)
+    TELEMETRY.validate(obj)
+    assert obj["boot"] == "boot-1"
+    assert obj["clock"]["boot"] == "boot-2"
+    for item, r in zip(obj["readings"], rs[:n], strict=True):
+        assert (item["device"], item["metric"], item["value"], item["unit"]) == (
+            r.device,
+            r.metric,
+            r.value,
+            r.unit,
+        )
+        assert item["quality"] == ("good" if r.reason is None else "bad")
+        assert type(item["value"]) is type(r.value) or (
+            isinstance(r.value, float) and isinstance(item["value"], int | float)
+        )
+
+
+def test_batches_are_cut_at_max_bytes_and_a_huge_reading_still_goes() -> None:
+    rs = [Reading("d", "m", float(i), "u", 1.0, 1.0) for i in range(100)]
+    payload, n = encode_telemetry(
+        "gw", batch_of(rs), max_bytes=2048, current_boot="b", clock_synced=True
+    )
+    assert 5 < n < 100
+    assert len(payload) <= 2048
+    huge = [Reading("d", "m", "x" * 5000, None, 1.0, 1.0)]
+    payload, n = encode_telemetry(
+        "gw", batch_of(huge), max_bytes=1024, current_boot="b", clock_synced=True
+    )
+    assert n == 1
+    assert len(payload) > 5000
+
+
+@given(st.integers(0, 200), st.floats(0.01, 10), st.floats(10, 600))
+def test_backoff_is_full_jitter_below_a_doubling_cap(attempt: int, lo: float, hi: float) -> None:
+    cap = min(hi, lo * 2**attempt)
+    assert 0 <= backoff_delay(attempt, lo, hi, random.Random(attempt)) <= cap
+
+
+def test_backoff_spreads_gateways_out() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(10, 1.0, 120.0, rng) for _ in range(2000)]
+    assert max(delays) <= 120.0
+    # Full jitter: spread over the whole range, not bunched at the cap.
+    assert 50 < sum(delays) / len(delays) < 70
+    assert min(delays) < 5
+    assert max(delays) > 115
+
+
+def agent_for(tmp: Path, port: int, **uplink: Any) -> Agent:
+    up = {
+        "url": f"mqtt://127.0.0.1:{port}",
+        "reconnect": {"min_delay": "100ms", "max_delay": "300ms"},
+        **uplink,
+    }
+    cfg = parse_config(
+        json.dumps({"gateway": {"id": "gw-up", "data_dir": str(tmp / "data")}, "uplink": up}),
+        "t.yaml",
+        check_files=False,
+    )
+    return Agent(cfg)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_backlog_drains_pipelined_exactly_once_in_order(
+    tmp_path: Path, protocol: str
+) -> None:
+    """The broker is down while 3,000 readings pile up; then it comes back over a link with
+    4G-like latency (100 ms round trip), where waiting for each PUBACK would be slow."""
+    broker = Broker(tmp_path)
+    await broker.start()
+    proxy = FaultProxy(broker.port, latency_s=0.05)
+    await proxy.__aenter__()
+    proxy.blackhole()  # down: connections are swallowed
+    agent = agent_for(
+        tmp_path,
+        proxy.port,
+        protocol=protocol,
+        keepalive="5s",
+        publish_timeout="2s",
+        batch={"max_readings": 100, "max_wait": "50ms"},
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    await agent.ready.wait()
+    for i in range(3000):
+        agent.buffer.put(Reading("d", "counter", i, None, time.time(), 1.0))
+    await agent.buffer.flush()
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-up/telemetry") as sub:
+            proxy.heal()
+            await sub.wait_for(lambda s: len(s.readings()) >= 3000, 30)
+            got = sub.readings()
+            assert [r["value"] for r in got] == list(range(3000))
+            assert [r["seq"] for r in got] == list(range(1, 3001))
+            assert all(len(m["readings"]) <= 100 for m in sub.on("/telemetry"))
+        assert agent.uplink.stats.peak_inflight > 1, "batches must be pipelined"
+        async with asyncio.timeout(10):
+            await agent.uplink.wait_for(lambda s: s.readings_acked >= 3000)
+        await agent.buffer.flush()
+        assert agent.buffer.stats().depth == 0, "acked readings are deleted"
+    finally:
+        stop.set()
+        await run
+        await proxy.__aexit__()
+        await broker.stop()
+
+
+async def test_last_will_says_offline_when_the_gateway_vanishes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    broker = Broker(tmp_path)
+    await broker.start()
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "gateway": {"id": "gw-will", "data_dir": str(tmp_path / "d")},
+                "uplink": {"url": f"mqtt://127.0.0.1:{broker.port}"},
+            }
+        )
+    )
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-will/status") as sub:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+                stderr=subprocess.DEVNULL,
+            )
+            await sub.wait_for(lambda s: any(m["state"] == "online" for m in s.on("/status")), 20)
+            proc.kill()
+            proc.wait(10)
+            await sub.wait_for(lambda s: s.on("/status")[-1]["state"] == "offline", 20)
+            assert sub.on("/status")[-1]["reason"] == "connection lost"
+    finally:
+        await broker.stop()
