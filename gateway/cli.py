@@ -93,7 +93,15 @@ def cmd_run(path: Path, debug: bool) -> int:
     setup_logging(cfg.gateway.log_level, debug)
     try:
         asyncio.run(run_agent(cfg))
-    except Exception as err:
+    except OSError as err:
+        # Start-up problems with the host, e.g. a data_dir the service user cannot write.
+        log.critical(
+            "tepi cannot run: %s (check gateway.data_dir %s and its owner)",
+            err,
+            cfg.gateway.data_dir,
+        )
+        return EXIT_RUNTIME
+    except Exception as err:  # the top of the process: report, exit for systemd to restart
         if debug:
             raise
         log.critical(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,29 @@ async def test_stop_cancels_again_a_task_that_swallowed_its_cancellation() -> No
         with pytest.raises(asyncio.CancelledError):
             await task
     assert cancels == 2
+
+
+def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "file").write_text("x")
+    cfg = tmp_path / "t.yaml"
+    # data_dir below a regular file: cannot be created, whoever runs the test (even root)
+    cfg.write_text(
+        f"gateway: {{id: g, data_dir: {ro / 'file' / 'data'}}}\n"
+        "uplink: {url: 'mqtt://127.0.0.1:1'}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 3
+    assert "tepi cannot run" in out.stderr
+    assert "gateway.data_dir" in out.stderr
+    assert "Traceback" not in out.stderr
