@@ -162,9 +162,8 @@ class Uplink:
             will=will,
             clean_session=None if v5 else True,
             keepalive=int(up.keepalive),
-            timeout=min(
-                up.publish_timeout, 10.0
-            ),  # connect and disconnect; publishes pass their own
+            # for connect and disconnect; each publish passes its own publish_timeout
+            timeout=min(up.publish_timeout, 10.0),
             tls_context=self._tls,
             max_inflight_messages=up.max_inflight + 4,
             logger=self._paho_log,
