@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -135,6 +135,7 @@ class Uplink:
         self._inflight: dict[int, Batch] = {}
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
+        self._refusal_logged = False
         self._password = up.read_password()
         self._tls = _tls_context(cfg)
         self._paho_log = logging.getLogger(f"tepi.mqtt.{cfg.gateway.id}")
@@ -152,7 +153,7 @@ class Uplink:
             qos=1,
             retain=True,
         )
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             up.host,
             up.port,
             username=up.username,
@@ -168,6 +169,39 @@ class Uplink:
             max_inflight_messages=up.max_inflight + 4,
             logger=self._paho_log,
         )
+        self._guard_refusals(client)
+        return client
+
+    def _guard_refusals(self, client: aiomqtt.Client) -> None:
+        """Treat an MQTT 5 PUBACK with a failure reason code as *no* acknowledgement.
+
+        aiomqtt confirms a publish on any PUBACK, even one saying "not authorized": the
+        readings would be deleted though the broker dropped them. Here such a PUBACK does not
+        confirm the publish, which then times out, and the batch is sent again on the next
+        connection until the broker takes it.
+        """
+        # aiomqtt has no hook for PUBACK reason codes: wrap its paho callback.
+        paho = client._client
+        confirm = cast("Callable[..., None] | None", paho.on_publish)
+
+        def on_publish(c: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+            if getattr(rc, "is_failure", False):
+                self.stats.errors["publish_refused"] = (
+                    self.stats.errors.get("publish_refused", 0) + 1
+                )
+                if not self._refusal_logged:
+                    self._refusal_logged = True
+                    log.error(
+                        "broker refused a publish (%s): the readings stay buffered and "
+                        "are sent again; check the gateway's ACL for %s/#",
+                        rc,
+                        self.topic_telemetry.rsplit("/", 1)[0],
+                    )
+                return
+            if confirm is not None:
+                confirm(c, userdata, mid, rc, props)
+
+        paho.on_publish = on_publish
 
     async def run(self) -> None:
         """Connect, run sessions, reconnect with backoff: forever (cancel to stop)."""

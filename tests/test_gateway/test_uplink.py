@@ -191,3 +191,40 @@ async def test_last_will_says_offline_when_the_gateway_vanishes(tmp_path: Path) 
             assert sub.on("/status")[-1]["reason"] == "connection lost"
     finally:
         await broker.stop()
+
+
+async def test_mqtt5_refused_publish_is_not_an_ack(tmp_path: Path) -> None:
+    """An ACL denies telemetry: the broker's PUBACK says 0x87. Nothing may be deleted; once
+    the ACL allows it, every reading arrives."""
+    import signal as sig
+
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "topic read #\ntopic write ioc/v1/gw-up/status\ntopic write ioc/v1/gw-up/health\n"
+    )
+    broker = Broker(tmp_path, extra=f"acl_file {acl}")
+    await broker.start()
+    agent = agent_for(tmp_path, broker.port, protocol="5", publish_timeout="1s")
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    await agent.ready.wait()
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-up/telemetry") as sub:
+            for i in range(50):
+                agent.buffer.put(Reading("d", "counter", i, None, time.time(), 1.0))
+            async with asyncio.timeout(15):
+                await agent.uplink.wait_for(
+                    lambda s: s.errors.get("publish_refused", 0) >= 1 and s.attempts >= 2
+                )
+            await agent.buffer.flush()
+            assert agent.buffer.stats().depth == 50, "refused readings must stay buffered"
+            assert sub.readings() == []
+            acl.write_text("topic read #\ntopic write ioc/v1/gw-up/#\n")
+            assert broker.proc is not None
+            broker.proc.send_signal(sig.SIGHUP)  # mosquitto reloads its ACL
+            await sub.wait_for(lambda s: len({r["seq"] for r in s.readings()}) >= 50, 20)
+            assert sorted({r["value"] for r in sub.readings()}) == list(range(50))
+    finally:
+        stop.set()
+        await run
+        await broker.stop()
