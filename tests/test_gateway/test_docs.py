@@ -65,3 +65,29 @@ def test_config_doc_example_validates() -> None:
     assert example is not None
     cfg = parse_config(example.group(1), "docs/config.md", check_files=False)
     assert [d.id for d in cfg.devices] == ["aq-station-1", "river-level-3"]
+
+
+def schema_fields(node: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    if "$ref" in node:
+        yield from schema_fields(defs[node["$ref"].split("/")[-1]], defs, prefix)
+        return
+    for name, sub in node.get("properties", {}).items():
+        yield f"{prefix}{name}"
+        yield from schema_fields(sub, defs, f"{prefix}{name}.")
+    items = node.get("items")
+    if isinstance(items, dict):
+        yield from schema_fields(items, defs, prefix.rstrip(".") + "[].")
+
+
+def test_every_payload_field_is_documented() -> None:
+    import json
+
+    schema = json.loads((DOCS.parent / "gateway" / "payload.schema.json").read_text())
+    doc = (DOCS / "payload.md").read_text()
+    missing = []
+    for kind in ("telemetry", "status", "health"):
+        for field in schema_fields(schema["$defs"][kind], schema["$defs"]):
+            leaf = field.rsplit(".", 1)[-1].removeprefix("readings[]")
+            if f"`{field}`" not in doc and f"`{leaf}`" not in doc and f'"{leaf}"' not in doc:
+                missing.append(f"{kind}: {field}")
+    assert not missing, missing
