@@ -56,6 +56,41 @@ class SchemaError(Exception):
     """The file is a SQLite database, but not one this version can use."""
 
 
+class SeqCeiling:
+    """A reservation of sequence numbers, kept in a small file beside the database.
+
+    Sequence numbers must never go back, or the IOC would drop new readings as duplicates.
+    The database knows the last one, but a database that is lost (corrupt at start, deleted)
+    takes that knowledge with it. So every seq handed out stays below a ceiling that is on
+    disk first, raised a block at a time (one fsync per block); a new database starts at it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.value = 0
+
+    def load(self) -> int:
+        try:
+            self.value = max(int(self.path.read_text().strip()), 0)
+        except (OSError, ValueError):
+            self.value = 0
+        return self.value
+
+    def raise_to(self, value: int) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w") as f:
+            f.write(f"{value}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.value = value
+
+
 def _estimate(r: Reading) -> int:
     """Rough bytes a row takes in the file, to make room before inserting it."""
     v = r.value
@@ -76,6 +111,7 @@ class Opened:
     depth: int
     boot_ref: int
     quarantined: Path | None
+    created: bool = False
 
 
 class Database:
@@ -132,7 +168,13 @@ class Database:
         max_row = conn.execute("SELECT max(seq) FROM readings").fetchone()[0]
         last_seq = max(row[0] if row else 0, max_row or 0)
         depth = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
-        return Opened(last_seq=last_seq, depth=depth, boot_ref=self._boot_ref, quarantined=None)
+        return Opened(
+            last_seq=last_seq,
+            depth=depth,
+            boot_ref=self._boot_ref,
+            quarantined=None,
+            created=version == 0,
+        )
 
     def quarantine(self, why: str) -> Path:
         """Move the file (and its -wal/-shm) aside and log where it went."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from buffer.db import Database, is_corrupt
+from buffer.db import Database, SeqCeiling, is_corrupt
 from buffer.records import Batch, BufferStats, Reading
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ T = TypeVar("T")
 _EXPIRE_EVERY_S = 10.0
 _RETRY_MIN_S = 0.5
 _RETRY_MAX_S = 30.0
+SEQ_BLOCK = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class Buffer:
         self._db = Database(
             settings.path, sync_full=settings.sync_full, max_bytes=settings.max_bytes
         )
+        self._ceiling = SeqCeiling(settings.path.with_name(settings.path.name + ".seq"))
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tepi-buffer")
         self._pending: deque[tuple[int, Reading]] = deque()
         self._deletes: list[tuple[int, int]] = []
@@ -95,7 +97,15 @@ class Buffer:
 
     async def __aenter__(self) -> Buffer:
         opened = await self._call(self._db.open, self.boot_id)
+        ceiling = await self._call(self._ceiling.load)
         self._next_seq = opened.last_seq + 1
+        if (opened.created or opened.quarantined) and ceiling > self._next_seq:
+            # A new file after a lost one: start above every seq that may have been sent.
+            log.warning(
+                "buffer %s is new: sequence numbers continue from %d", self.settings.path, ceiling
+            )
+            self._next_seq = ceiling
+        await self._call(self._ceiling.raise_to, self._next_seq + SEQ_BLOCK)
         self._committed_seq = opened.last_seq
         self._depth = opened.depth
         if opened.quarantined is not None:
@@ -136,6 +146,9 @@ class Buffer:
             raise RuntimeError("Buffer.put() before the buffer is open: seq would be reused")
         seq = self._next_seq
         self._next_seq += 1
+        if self._next_seq >= self._ceiling.value:
+            # Once per SEQ_BLOCK readings: a tiny fsynced write, so it is done right here.
+            self._ceiling.raise_to(self._next_seq + SEQ_BLOCK)
         if len(self._pending) >= self.settings.max_pending:
             self._pending.popleft()
             self._dropped["overflow"] += 1

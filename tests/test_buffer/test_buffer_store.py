@@ -242,3 +242,30 @@ async def test_put_before_open_is_refused(tmp_path: Path) -> None:
         buf.put(reading(1))
     async with buf:
         assert buf.put(reading(1)) == 1
+
+
+def lose_database(tmp: Path, how: str) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(f"{tmp / 'buffer.db'}{suffix}").unlink(missing_ok=True)
+    if how == "corrupt":
+        (tmp / "buffer.db").write_bytes(os.urandom(8192))
+    else:
+        (tmp / "buffer.db").unlink()
+
+
+@pytest.mark.parametrize("how", ["corrupt", "deleted"])
+async def test_seq_never_goes_back_when_the_file_is_lost(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The IOC deduplicates on seq: a reused seq would make it drop a new reading."""
+    monkeypatch.setattr("buffer.store.SEQ_BLOCK", 5)
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        issued = [buf.put(reading(i)) for i in range(12)]  # crosses the ceiling twice
+    assert issued == list(range(1, 13))
+    lose_database(tmp_path, how)
+    async with Buffer(settings_for(tmp_path), "boot-b") as buf:
+        assert buf.put(reading(0)) > max(issued)
+    # an ordinary restart stays contiguous: no jump to the ceiling
+    async with Buffer(settings_for(tmp_path), "boot-b") as buf:
+        first = (await drain(buf))[0]
+        assert buf.put(reading(1)) == first + 1
