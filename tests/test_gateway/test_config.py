@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_tepi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -150,13 +150,7 @@ def test_units() -> None:
 
 
 def run_check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_tepi("check", "--config", str(path), timeout=60)
 
 
 def test_cli_check_exit_codes(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_tepi
 
 from gateway.configload import load_config
 from gateway.demo import render_config
@@ -18,13 +19,7 @@ READING = re.compile(r"^\d\d:\d\d:\d\d  (\S+)\s+(\S+)\s+(\S+)\s+(\S*)\s+seq (\d+
 
 
 def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "demo", "--dir", str(tmp_path), "--count", "12"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = run_tepi("demo", "--dir", str(tmp_path), "--count", "12", timeout=60)
     assert out.returncode == 0, out.stderr
     rows = [m.groups() for line in out.stdout.splitlines() if (m := READING.match(line))]
     assert len(rows) >= 12, out.stdout
@@ -78,24 +73,12 @@ def test_render_config_uses_the_simulator_endpoints(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arg", ["--help", "--version"])
 def test_cli_help(arg: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", arg],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = run_tepi(arg, timeout=30)
     assert out.returncode == 0
     assert "tepi" in out.stdout
 
 
 def test_unknown_command_is_a_usage_error() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "frobnicate"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = run_tepi("frobnicate", timeout=30)
     assert out.returncode == 2
     assert "invalid choice" in out.stderr

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from helpers import run_tepi
 
 from gateway.runtime import Agent, _Stop
 
@@ -39,8 +40,6 @@ async def test_stop_cancels_again_a_task_that_swallowed_its_cancellation() -> No
 
 
 def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -51,13 +50,7 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
         f"gateway: {{id: g, data_dir: {ro / 'file' / 'data'}}}\n"
         "uplink: {url: 'mqtt://127.0.0.1:1'}\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = run_tepi("run", "--config", str(cfg), timeout=60)
     assert out.returncode == 3
     assert "tepi cannot run" in out.stderr
     assert "gateway.data_dir" in out.stderr
