@@ -68,5 +68,4 @@ class BufferStats:
     pending: int
     dropped: dict[str, int] = field(default_factory=dict)
     quarantined_files: int = 0
-    commits: int = 0
     write_errors: int = 0

@@ -84,7 +84,6 @@ class Buffer:
         self._oldest_ts: float | None = None
         self._dropped: Counter[str] = Counter()
         self._quarantined = 0
-        self._commits = 0
         self._write_errors = 0
         self._first_pending_at = 0.0
         self._last_expire = 0.0
@@ -162,9 +161,9 @@ class Buffer:
 
     def ack(self, batch: Batch) -> None:
         """The broker has this batch: delete its rows in the next group commit."""
-        self._deletes.append((batch.first_seq, batch.last_seq))
-        if not self._pending:
+        if not self._pending and not self._deletes:
             self._first_pending_at = time.monotonic()
+        self._deletes.append((batch.first_seq, batch.last_seq))
         self._wake.set()
 
     async def flush(self) -> None:
@@ -200,7 +199,6 @@ class Buffer:
             pending=len(self._pending),
             dropped=dict(self._dropped),
             quarantined_files=self._quarantined,
-            commits=self._commits,
             write_errors=self._write_errors,
         )
 
@@ -219,7 +217,7 @@ class Buffer:
             try:
                 await self._commit_once()
                 retry = _RETRY_MIN_S
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OSError) as err:
                 self._write_errors += 1
                 if self._write_errors == 1 or retry == _RETRY_MIN_S:
                     log.error(
@@ -239,27 +237,43 @@ class Buffer:
         deletes, self._deletes = self._deletes, []
         self._wake.clear()
         self._urgent.clear()
+        write = asyncio.get_running_loop().run_in_executor(self._exec, self._write, rows, deletes)
         try:
-            res = await self._call(self._write, rows, deletes)
-        except BaseException:
-            # Nothing was committed: put the rows back in front, in order, within the bound.
-            self._pending.extendleft(reversed(rows))
-            while len(self._pending) > self.settings.max_pending:
-                self._pending.popleft()
-                self._dropped["overflow"] += 1
-            self._deletes = deletes + self._deletes
-            if self._pending or self._deletes:
-                self._wake.set()
+            res = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # Cancelling the await does not stop the thread: the write lands all the same.
+            # Count it, or the rows would be queued again and inserted twice.
+            try:
+                res = await write
+            except Exception:  # noqa: BLE001 - requeued, and the cancel goes on
+                self._requeue(rows, deletes)
+                raise asyncio.CancelledError from None
+            await self._applied(rows, res)
             raise
-        self._commits += 1
+        except Exception:
+            self._requeue(rows, deletes)  # then raise: the commit loop retries with backoff
+            raise
+        await self._applied(rows, res)
+
+    def _requeue(self, rows: list[tuple[int, Reading]], deletes: list[tuple[int, int]]) -> None:
+        """The write failed, nothing was committed: put it all back in front, in order."""
+        self._pending.extendleft(reversed(rows))
+        while len(self._pending) > self.settings.max_pending:
+            self._pending.popleft()
+            self._dropped["overflow"] += 1
+        self._deletes = deletes + self._deletes
+        if self._pending or self._deletes:
+            self._wake.set()
+
+    async def _applied(self, rows: list[tuple[int, Reading]], res: _WriteResult) -> None:
         if res.quarantined:
             self._quarantined += 1
             self._depth = len(rows)
         else:
             self._depth += len(rows) - res.removed - res.evicted - res.expired
-        self._dropped["buffer_full"] += res.evicted
-        self._dropped["expired"] += res.expired
-        self._dropped += Counter()  # drop zero entries
+        for reason, n in (("buffer_full", res.evicted), ("expired", res.expired)):
+            if n:
+                self._dropped[reason] += n
         self._bytes_used = res.bytes_used
         self._oldest_ts = res.oldest_ts
         if rows:

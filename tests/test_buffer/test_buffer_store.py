@@ -269,3 +269,37 @@ async def test_seq_never_goes_back_when_the_file_is_lost(
     async with Buffer(settings_for(tmp_path), "boot-b") as buf:
         first = (await drain(buf))[0]
         assert buf.put(reading(1)) == first + 1
+
+
+async def test_cancel_during_a_commit_neither_loses_nor_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown cancels the commit loop while its thread is writing: the write still lands,
+    so it must be counted, not queued again (a second INSERT of the same seq would fail and
+    take the readings that came after it down with it)."""
+    import threading
+    import time as time_mod
+
+    from buffer.db import Database
+
+    writing = threading.Event()
+    real_commit = Database.commit
+
+    def slow_commit(self: Database, *args: object) -> tuple[int, int]:
+        writing.set()
+        time_mod.sleep(0.3)
+        return real_commit(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Database, "commit", slow_commit)
+    buf = Buffer(settings_for(tmp_path), "boot-a")
+    async with buf:
+        for i in range(10):
+            buf.put(reading(i))
+        task = asyncio.create_task(buf.flush())
+        await asyncio.to_thread(writing.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        buf.put(reading(10))  # taken after the cancelled commit
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        assert await drain(buf) == list(range(1, 12))
