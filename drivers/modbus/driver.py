@@ -55,32 +55,33 @@ class ModbusDriver:
         return len(self._plan)
 
     async def read(self) -> list[Sample]:
-        """One poll. Raises DeviceUnavailable only when no request got an answer."""
+        """One poll. Raises when no request got an answer; otherwise the requests that failed
+        come back as bad samples with the failure's short reason."""
         if self._link is None:
             raise RuntimeError("ModbusDriver.read() outside its context")
         cfg = self.config
         samples: list[Sample] = []
-        first_error: DeviceError | None = None
+        errors: list[DeviceError] = []
         answered = 0
         for req in self._plan:
+            data: list[int] | list[bool] | ExceptionReply | DeviceError
             try:
                 data = await self._link.read(
                     req.table, req.address, req.count, cfg.unit, cfg.timeout
                 )
             except DeviceError as err:
-                if isinstance(err, DeviceUnavailable) and answered == 0 and first_error is None:
-                    first_error = err
-                    # the device is not answering: do not spend a timeout on each request
-                    break
-                first_error = first_error or err
-                data = None
+                if isinstance(err, DeviceUnavailable) and answered == 0:
+                    raise  # not answering: do not spend a timeout on each request
+                data = err
             ts, mono = time.time(), boottime()
-            if data is None or isinstance(data, ExceptionReply):
-                reason = data.reason if isinstance(data, ExceptionReply) else str(first_error)
+            if isinstance(data, DeviceError | ExceptionReply):
+                if isinstance(data, DeviceError):
+                    errors.append(data)
+                else:
+                    answered += 1
                 samples.extend(
-                    Sample(r.name, None, r.unit, ts, mono, reason) for r in req.registers
+                    Sample(r.name, None, r.unit, ts, mono, data.reason) for r in req.registers
                 )
-                answered += data is not None
                 continue
             answered += 1
             for reg in req.registers:
@@ -89,6 +90,6 @@ class ModbusDriver:
                 value = scaled(raw, reg)
                 why = bad_value(value)
                 samples.append(Sample(reg.name, None if why else value, reg.unit, ts, mono, why))
-        if answered == 0 and first_error is not None:
-            raise first_error
+        if answered == 0 and errors:
+            raise errors[0]
         return samples

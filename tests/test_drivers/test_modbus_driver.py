@@ -170,3 +170,42 @@ async def test_devices_on_one_port_share_one_link() -> None:
             assert [s.value for s in await a.read()] == [10]
             assert [s.value for s in await b.read()] == [20]
         assert res._items == {}, "the link is closed when its last device goes"
+
+
+async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The device answered the first request and then went quiet: the first request's values
+    are kept, and the rest are bad with the stable reason ("timeout"), not the error text."""
+    from drivers.modbus.link import ModbusLink
+
+    async with Simulator(sim_config("tcp")) as sim:
+        cfg = driver_config("tcp", sim.endpoints()["dev"], DRIVER_REGISTERS)
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            real_read = ModbusLink.read
+            calls = 0
+
+            async def first_then_quiet(self: ModbusLink, *args: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    return await real_read(self, *args)
+                sim.device("dev").set_fault("no_reply")
+                return await real_read(self, *args)
+
+            monkeypatch.setattr(ModbusLink, "read", first_then_quiet)
+            samples = await drv.read()
+    good = [s for s in samples if s.reason is None]
+    bad = [s for s in samples if s.reason is not None]
+    assert {s.metric for s in good} == {
+        "i16",
+        "u16_scaled",
+        "i32",
+        "u32_little",
+        "f32",
+        "f32_little",
+        "as_bool",
+    }
+    assert bad
+    assert {s.reason for s in bad} == {"timeout"}
+    assert all(s.value is None for s in bad)
