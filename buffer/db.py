@@ -109,7 +109,6 @@ class Opened:
 
     last_seq: int
     depth: int
-    boot_ref: int
     quarantined: Path | None
     created: bool = False
 
@@ -171,7 +170,6 @@ class Database:
         return Opened(
             last_seq=last_seq,
             depth=depth,
-            boot_ref=self._boot_ref,
             quarantined=None,
             created=version == 0,
         )

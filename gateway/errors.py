@@ -4,13 +4,12 @@
 
     TepiError
     ├── ConfigError            fatal: the config cannot be used (carries every issue found)
-    ├── DeviceError            a device did not give a reading this poll
-    │   ├── DeviceUnavailable  temporary: no answer, port missing, connection refused (retry)
-    │   └── ProtocolError      the device answered, but wrongly (count it and continue)
-    └── UplinkError            the broker cannot be reached or refused us (reconnect)
-        └── UplinkAuthError    the broker refused our credentials or certificate
+    └── DeviceError            a device did not give a reading this poll
+        ├── DeviceUnavailable  temporary: no answer, port missing, connection refused (retry)
+        └── ProtocolError      the device answered, but wrongly (count it and continue)
 
-Buffer failures are ``sqlite3`` errors, handled inside the buffer itself.
+Buffer failures are ``sqlite3`` and ``OSError`` errors, handled inside the buffer itself.
+Uplink failures are aiomqtt's, classified by the uplink as tls, refused or link.
 """
 
 from __future__ import annotations
@@ -61,11 +60,3 @@ class DeviceUnavailable(DeviceError):
 
 class ProtocolError(DeviceError):
     """The device answered with something that is not a valid reply."""
-
-
-class UplinkError(TepiError):
-    """The broker cannot be reached, or dropped us."""
-
-
-class UplinkAuthError(UplinkError):
-    """The broker refused our credentials or certificate: retrying will not help soon."""

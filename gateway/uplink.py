@@ -45,10 +45,8 @@ class UplinkStats:
     connected: bool = False
     attempts: int = 0
     connects: int = 0
-    disconnects: int = 0
     messages: int = 0
     readings_acked: int = 0
-    bytes_sent: int = 0
     peak_inflight: int = 0
     last_ack_ts: float | None = None
     last_error: str | None = None
@@ -140,7 +138,6 @@ class Uplink:
         self._tls = _tls_context(cfg)
         self._paho_log = logging.getLogger(f"tepi.mqtt.{cfg.gateway.id}")
         self._paho_errors = _PahoErrors()
-        self._paho_log.addHandler(self._paho_errors)
 
     # ---- connection management --------------------------------------------------------
 
@@ -205,6 +202,13 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, run sessions, reconnect with backoff: forever (cancel to stop)."""
+        self._paho_log.addHandler(self._paho_errors)
+        try:
+            await self._run()
+        finally:
+            self._paho_log.removeHandler(self._paho_errors)
+
+    async def _run(self) -> None:
         up = self.cfg.uplink
         attempt = 0
         down_since: float | None = None
@@ -257,8 +261,6 @@ class Uplink:
         async with self._changed:
             if connected:
                 st.connects += 1
-            elif st.connected:
-                st.disconnects += 1
             st.connected = connected
             st.attempts += 1
             if error is not None:
@@ -374,7 +376,6 @@ class Uplink:
         self.buffer.ack(batch)
         self.stats.messages += 1
         self.stats.readings_acked += len(batch)
-        self.stats.bytes_sent += len(payload)
         self.stats.last_ack_ts = time.time()
         self._kick.set()
         async with self._changed:
