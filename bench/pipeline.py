@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,36 +27,20 @@ from typing import Any
 
 from buffer import Reading
 from gateway.configload import parse_config
+from gateway.localbroker import find_mosquitto, free_port, mosquitto_conf, wait_port
 from gateway.runtime import Agent
 from gateway.sysinfo import cpu_seconds, rss_bytes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_broker(work: Path, port: int) -> subprocess.Popen[bytes]:
-    mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    mosq = find_mosquitto()
+    if mosq is None:
+        raise SystemExit("mosquitto is not installed: run .ci/setup")
     conf = work / "mosquitto.conf"
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}")
+    conf.write_text(mosquitto_conf(port))
     return subprocess.Popen(
         [mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-
-
-async def wait_port(port: int) -> None:
-    for _ in range(200):
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        w.close()
-        return
-    raise TimeoutError(port)
 
 
 def make_agent(work: Path, port: int) -> Agent:

@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import signal
-import socket
 import sqlite3
 import string
 import sys
@@ -26,36 +23,9 @@ from typing import Any
 
 import aiomqtt
 
+from gateway.localbroker import find_mosquitto, free_port, mosquitto_conf, wait_port
+
 EXIT_OK, EXIT_MISSING = 0, 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _mosquitto() -> str | None:
-    found = shutil.which("mosquitto")
-    if found is None and Path("/usr/sbin/mosquitto").exists():
-        found = "/usr/sbin/mosquitto"
-    return found
-
-
-async def _wait_port(port: int, proc: Process, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.returncode is not None:
-            raise RuntimeError(f"mosquitto exited with code {proc.returncode}")
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mosquitto did not listen on port {port}") from None
-            await asyncio.sleep(0.05)
-            continue
-        w.close()
-        return
 
 
 async def _start_sim(work: Path) -> tuple[Process, dict[str, Any]]:
@@ -160,19 +130,17 @@ async def _demo(work: Path, count: int) -> int:
     sim: Process | None = None
     agent: Process | None = None
     try:
-        mosq = _mosquitto()
-        port = _free_port()
+        mosq = find_mosquitto()
+        port = free_port()
         if mosq is not None:
             conf = work / "mosquitto.conf"
-            user = "user root\n" if os.geteuid() == 0 else ""  # else it drops to user mosquitto
-            conf.write_text(
-                f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}"
-            )
+            conf.write_text(mosquitto_conf(port))
             with (work / "mosquitto.log").open("wb") as mlog:
                 broker = await asyncio.create_subprocess_exec(
                     mosq, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=mlog
                 )
-            await _wait_port(port, broker)
+            proc = broker
+            await wait_port(port, alive=lambda: proc.returncode is None)
             print(f"broker: mosquitto on 127.0.0.1:{port}", flush=True)
         else:
             print(

@@ -11,12 +11,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,14 +21,10 @@ from typing import Any
 import aiomqtt
 import yaml
 
+from gateway.localbroker import find_mosquitto, free_port, mosquitto_conf, wait_port
+
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO / "gateway" / "payload.schema.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -47,29 +40,10 @@ def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
 
 
 def mosquitto_bin() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    found = find_mosquitto()
     if found is None:
         raise RuntimeError("mosquitto is not installed: run .ci/setup (apt-get install mosquitto)")
     return found
-
-
-async def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    """Wait until something accepts TCP connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _, w = await asyncio.open_connection(host, port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port}") from None
-            await asyncio.sleep(0.02)
-            continue
-        w.close()
-        with contextlib.suppress(OSError):
-            await w.wait_closed()
-        return
 
 
 class Broker:
@@ -85,28 +59,27 @@ class Broker:
 
     def conf(self) -> Path:
         path = self.workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            # as root, mosquitto drops to user mosquitto, which cannot write in tmp_path
-            "user root" if os.geteuid() == 0 else "",
-            f"persistence {'true' if self.persistence else 'false'}",
-            f"persistence_location {self.workdir}/",
-            "log_type error",
-            "log_type warning",
-            "max_queued_messages 100000",
-            self.extra,
-        ]
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(
+            mosquitto_conf(
+                self.port,
+                persistence_dir=self.workdir if self.persistence else None,
+                extra=[
+                    "log_type error",
+                    "log_type warning",
+                    "max_queued_messages 100000",
+                    self.extra,
+                ],
+            )
+        )
         return path
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             [mosquitto_bin(), "-c", str(self.conf())],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
-        await wait_port(self.port)
+        await wait_port(self.port, alive=lambda: proc.poll() is None)
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -17,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import trustme
-from helpers import Subscriber, free_port, mosquitto_bin, wait_port
+from helpers import Subscriber, mosquitto_bin
 
 from buffer import Reading
 from gateway.configload import parse_config
+from gateway.localbroker import free_port, keep_user_line, wait_port
 from gateway.runtime import Agent
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,7 +56,7 @@ async def start_tls_broker(
     tls_port, plain_port = free_port(), free_port()
     conf = [
         "per_listener_settings true",
-        "user root" if os.geteuid() == 0 else "",
+        keep_user_line(),
         f"listener {tls_port} 127.0.0.1",
         f"cafile {paths['ca.pem']}",
         f"certfile {paths['server.pem']}",
