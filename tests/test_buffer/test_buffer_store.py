@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ async def test_max_age_expires_old_readings(tmp_path: Path) -> None:
     async with Buffer(s, "boot-a") as buf:
         buf.put(Reading("d1", "m", 1.0, None, 1000.0, 1.0))  # from 1970: far too old
         buf.put(reading(2))
-        fresh = Reading("d1", "m", 2.0, None, __import__("time").time(), 2.0)
+        fresh = Reading("d1", "m", 2.0, None, time.time(), 2.0)
         buf.put(fresh)
         await buf.flush()
         assert buf.stats().dropped.get("expired") == 2
@@ -278,7 +279,6 @@ async def test_cancel_during_a_commit_neither_loses_nor_duplicates(
     so it must be counted, not queued again (a second INSERT of the same seq would fail and
     take the readings that came after it down with it)."""
     import threading
-    import time as time_mod
 
     from buffer.db import Database
 
@@ -287,7 +287,7 @@ async def test_cancel_during_a_commit_neither_loses_nor_duplicates(
 
     def slow_commit(self: Database, *args: object) -> tuple[int, int]:
         writing.set()
-        time_mod.sleep(0.3)
+        time.sleep(0.3)
         return real_commit(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Database, "commit", slow_commit)
