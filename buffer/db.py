@@ -6,7 +6,8 @@ columns rather than as encoded payloads, so that other encodings and exports can
 
 Schema (``PRAGMA user_version`` = 1)::
 
-    meta(key, value)                 -- last_seq: the highest seq ever committed
+    meta(key, value)                 -- last_seq: the highest seq handed out and recorded;
+                                     -- clean: 1 if the last run closed the file cleanly
     boots(id, boot_id)               -- kernel boot ids, referenced by readings
     readings(seq PK, boot, ts, mono, device, metric, value, unit, flags, reason)
 
@@ -111,6 +112,7 @@ class Opened:
     depth: int
     quarantined: Path | None
     created: bool = False
+    clean: bool = True
 
 
 class Database:
@@ -160,6 +162,11 @@ class Database:
                 conn.execute(stmt)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("INSERT OR IGNORE INTO boots(boot_id) VALUES (?)", (boot_id,))
+            clean = conn.execute("SELECT value FROM meta WHERE key='clean'").fetchone()
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('clean', 0)"
+                " ON CONFLICT(key) DO UPDATE SET value=0"
+            )
         self._boot_ref = conn.execute(
             "SELECT id FROM boots WHERE boot_id=?", (boot_id,)
         ).fetchone()[0]
@@ -172,7 +179,23 @@ class Database:
             depth=depth,
             quarantined=None,
             created=version == 0,
+            clean=version == 0 or (clean is not None and clean[0] == 1),
         )
+
+    def close_clean(self, last_seq: int) -> None:
+        """Record the last seq handed out and that this run ended cleanly, then close.
+
+        Readings the broker acknowledged from memory were never written, so without this the
+        next run could not know their seqs. After a crash the flag is missing, and the next
+        run starts at the reserved ceiling instead (see ``SeqCeiling``).
+        """
+        with self._tx():
+            self.conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=max(value, excluded.value)",
+                [("last_seq", last_seq), ("clean", 1)],
+            )
+        self.close()
 
     def quarantine(self, why: str) -> Path:
         """Move the file (and its -wal/-shm) aside and log where it went."""
@@ -311,13 +334,15 @@ class Database:
 
     # ---- reading -----------------------------------------------------------------------
 
-    def fetch(self, after_seq: int, limit: int) -> tuple[str, list[StoredReading]]:
-        """The oldest rows after ``after_seq``, cut where the boot changes."""
+    def fetch(
+        self, after_seq: int, limit: int, upto: int | None = None
+    ) -> tuple[str, list[StoredReading]]:
+        """The oldest rows after ``after_seq`` (and up to ``upto``), cut where the boot changes."""
         cur = self.conn.execute(
             "SELECT r.seq, b.boot_id, r.ts, r.mono, r.device, r.metric, r.value, r.unit,"
             " r.flags, r.reason FROM readings r JOIN boots b ON b.id = r.boot"
-            " WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
-            (after_seq, limit),
+            " WHERE r.seq > ? AND r.seq <= ? ORDER BY r.seq LIMIT ?",
+            (after_seq, 2**63 - 1 if upto is None else upto, limit),
         )
         boot_id = ""
         out: list[StoredReading] = []

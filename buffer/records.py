@@ -69,3 +69,6 @@ class BufferStats:
     dropped: dict[str, int] = field(default_factory=dict)
     quarantined_files: int = 0
     write_errors: int = 0
+    acked_in_memory: int = 0  # acknowledged before their commit was due: never written
+    written: int = 0  # readings inserted into the file
+    commits: int = 0  # write transactions

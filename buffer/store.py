@@ -1,29 +1,37 @@
-"""The asyncio half of the buffer: sequence numbers, group commits, batches and acks.
+"""The asyncio half of the buffer: sequence numbers, acks from memory, group commits.
 
 Readings arrive with :meth:`Buffer.put` (no await, no I/O) and get their sequence number
-there. :meth:`Buffer.run`, a task in the agent's TaskGroup, commits what is pending in one
-transaction at most ``commit_interval`` after the first pending reading arrived, or as soon
-as ``commit_max_readings`` are waiting. That is the durability boundary: a reading is
-committed within ``commit_interval`` of being read. Nothing wakes up while nothing is pending.
+there. The uplink can take them straight from memory (:meth:`Buffer.fetch`) and publish them
+at once. The rule that makes this safe, and the durability boundary of the whole agent:
+
+    every reading is acknowledged by the broker, or committed to the file,
+    within ``commit_interval`` of being put.
+
+A reading the broker acknowledges in time is dropped from memory and never touches the SD
+card: with the broker up, that is nearly every reading. One that is not acknowledged in time
+is committed by :meth:`Buffer.run` in a group commit, together with everything else waiting,
+and its row is deleted in a later commit once the ack comes. Nothing wakes up while nothing
+waits: the commit loop sleeps on an event, and a single timer is armed for the oldest
+unacknowledged reading's deadline (and moved when that reading is acknowledged).
 
 All SQLite work runs in one dedicated thread (``tepi-buffer``), so statements never block
-the event loop and there is only ever one writer. Acknowledged batches are deleted in the
-next group commit, not one transaction per ack, which saves SD-card writes.
+the event loop and there is only ever one writer. Deletes of acknowledged rows are batched
+into the next group commit, not one transaction per ack, which saves SD-card writes.
 
 Limits: the file is bounded by ``max_bytes`` (the oldest rows are evicted and counted as
-``buffer_full``), optionally by ``max_age`` (counted as ``expired``), and the in-memory
-queue in front of SQLite is bounded by ``max_pending`` (counted as ``overflow``) for the
-case where the disk stops taking writes.
+``buffer_full``), optionally by ``max_age`` (counted as ``expired``), and the readings held in
+memory are bounded by ``max_pending`` (counted as ``overflow``) for the case where the disk
+stops taking writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
 import logging
 import sqlite3
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from buffer.db import Database, SeqCeiling, is_corrupt
-from buffer.records import Batch, BufferStats, Reading
+from buffer.records import Batch, BufferStats, Reading, StoredReading
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +57,7 @@ class BufferSettings:
     max_bytes: int = 256 * 1024 * 1024
     max_age_s: float | None = None
     commit_interval_s: float = 0.2
-    commit_max_readings: int = 1000
+    commit_max_readings: int = 10_000
     sync_full: bool = True
     max_pending: int = 100_000
 
@@ -65,7 +73,7 @@ class _WriteResult:
 
 
 class Buffer:
-    """Durable, bounded store-and-forward queue of readings, oldest out first."""
+    """Durable, bounded store-and-forward queue of readings; see the module docstring."""
 
     def __init__(self, settings: BufferSettings, boot_id: str) -> None:
         self.settings = settings
@@ -75,21 +83,31 @@ class Buffer:
         )
         self._ceiling = SeqCeiling(settings.path.with_name(settings.path.name + ".seq"))
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tepi-buffer")
-        self._pending: deque[tuple[int, Reading]] = deque()
+        # Neither acknowledged nor committed: seq -> (reading, monotonic time of put).
+        # A dict keeps insertion (= seq) order and drops an acked seq in O(1).
+        self._mem: dict[int, tuple[Reading, float]] = {}
+        self._writing: list[tuple[int, Reading]] = []  # handed to the writer thread
+        self._writing_seqs: list[int] = []
         self._deletes: list[tuple[int, int]] = []
+        self._deletes_since = 0.0
         self._next_seq = 1
-        self._committed_seq = 0
+        self._first_seq = 1
         self._depth = 0
         self._bytes_used = 0
         self._oldest_ts: float | None = None
         self._dropped: Counter[str] = Counter()
         self._quarantined = 0
         self._write_errors = 0
-        self._first_pending_at = 0.0
+        self._acked_in_memory = 0
+        self._written = 0
+        self._commits = 0
         self._last_expire = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._wake = asyncio.Event()
-        self._urgent = asyncio.Event()
-        self._changed = asyncio.Condition()
+        self._data = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._opened = False
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -98,19 +116,24 @@ class Buffer:
         opened = await self._call(self._db.open, self.boot_id)
         ceiling = await self._call(self._ceiling.load)
         self._next_seq = opened.last_seq + 1
-        if (opened.created or opened.quarantined) and ceiling > self._next_seq:
-            # A new file after a lost one: start above every seq that may have been sent.
+        if (opened.created or opened.quarantined or not opened.clean) and ceiling > self._next_seq:
+            # A new file after a lost one, or a run that ended without closing the file (its
+            # last readings may have been acked from memory, never written): start above
+            # every seq that may have been sent.
             log.warning(
-                "buffer %s is new: sequence numbers continue from %d", self.settings.path, ceiling
+                "buffer %s %s: sequence numbers continue from %d",
+                self.settings.path,
+                "was not closed cleanly" if opened.clean is False else "is new",
+                ceiling,
             )
             self._next_seq = ceiling
         await self._call(self._ceiling.raise_to, self._next_seq + SEQ_BLOCK)
-        self._committed_seq = opened.last_seq
         self._depth = opened.depth
         if opened.quarantined is not None:
             self._quarantined += 1
         self._bytes_used = await self._call(self._db.bytes_used)
         self._oldest_ts = await self._call(self._db.oldest_ts)
+        self._first_seq = self._next_seq
         self._opened = True
         log.info(
             "buffer %s open: %d readings waiting, next seq %d",
@@ -124,12 +147,14 @@ class Buffer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Commit what is pending, close the file and stop the writer thread."""
+        """Commit what is waiting, close the file and stop the writer thread."""
         if not self._opened:
             return
         self._opened = False
+        self._disarm()
         try:
             await self._commit_once()
+            await self._call(self._db.close_clean, self._next_seq - 1)
         finally:
             await self._call(self._db.close)
             self._exec.shutdown(wait=True)
@@ -140,7 +165,7 @@ class Buffer:
     # ---- the event-loop side API -----------------------------------------------------------
 
     def put(self, reading: Reading) -> int:
-        """Queue ``reading`` for the next group commit and return its sequence number."""
+        """Take ``reading`` and return its sequence number (no I/O, no await)."""
         if not self._opened:
             raise RuntimeError("Buffer.put() before the buffer is open: seq would be reused")
         seq = self._next_seq
@@ -148,72 +173,183 @@ class Buffer:
         if self._next_seq >= self._ceiling.value:
             # Once per SEQ_BLOCK readings: a tiny fsynced write, so it is done right here.
             self._ceiling.raise_to(self._next_seq + SEQ_BLOCK)
-        if len(self._pending) >= self.settings.max_pending:
-            self._pending.popleft()
+        mem = self._mem
+        if len(mem) >= self.settings.max_pending:
+            del mem[next(iter(mem))]
             self._dropped["overflow"] += 1
-        if not self._pending:
-            self._first_pending_at = time.monotonic()
-        self._pending.append((seq, reading))
-        self._wake.set()
-        if len(self._pending) >= self.settings.commit_max_readings:
-            self._urgent.set()
+        was_empty = not mem
+        mem[seq] = (reading, time.monotonic())
+        if was_empty:
+            self._arm()
+        if len(mem) >= self.settings.commit_max_readings:
+            self._wake.set()
+        self._data.set()
         return seq
 
     def ack(self, batch: Batch) -> None:
-        """The broker has this batch: delete its rows in the next group commit."""
-        if not self._pending and not self._deletes:
-            self._first_pending_at = time.monotonic()
-        self._deletes.append((batch.first_seq, batch.last_seq))
-        self._wake.set()
+        """The broker has this batch: forget it, or delete its rows in the next commit."""
+        mem = self._mem
+        head = next(iter(mem), None)
+        in_memory = 0
+        for item in batch.items:
+            if mem.pop(item.seq, None) is not None:
+                in_memory += 1
+        self._acked_in_memory += in_memory
+        if in_memory < len(batch):
+            # Some rows are in the file, or on their way into it.
+            if not self._deletes:
+                self._deletes_since = time.monotonic()
+            self._deletes.append((batch.first_seq, batch.last_seq))
+            self._arm()
+        elif head is not None and head not in mem:
+            self._arm()  # the oldest waiting reading went: its deadline goes with it
+        self._progress.set()
 
     async def flush(self) -> None:
-        """Commit everything pending now (used at shutdown and before a resend)."""
+        """Commit everything waiting now (used at shutdown and before a resend)."""
         await self._commit_once()
 
     @property
     def committed_seq(self) -> int:
-        """The highest sequence number that is committed to the file."""
-        return self._committed_seq
+        """Every seq up to this one is in the file, or was acknowledged, or was dropped.
+
+        Every row in the file has a seq at or below it; everything above it is in memory.
+        """
+        if self._writing_seqs:
+            return self._writing_seqs[0] - 1
+        return next(iter(self._mem), self._next_seq) - 1
+
+    @property
+    def first_seq(self) -> int:
+        """The first sequence number of this run (the IOC sees no seq between the last run's
+        and this one after a crash: they were reserved, not used)."""
+        return self._first_seq
+
+    @property
+    def last_seq(self) -> int:
+        """The highest sequence number handed out so far."""
+        return self._next_seq - 1
 
     async def wait_for_data(self, after_seq: int) -> None:
-        """Return once a reading with a seq above ``after_seq`` is committed."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._committed_seq > after_seq)
+        """Return once a reading with a seq above ``after_seq`` has been put."""
+        while self._next_seq - 1 <= after_seq:
+            self._data.clear()
+            await self._data.wait()
 
-    async def fetch(self, after_seq: int, max_readings: int) -> Batch | None:
-        """The oldest committed readings after ``after_seq``, all from one boot."""
-        boot_id, items = await self._call(self._db.fetch, after_seq, max_readings)
-        return Batch(boot_id, items) if items else None
+    async def wait_committed(self, seq: int) -> None:
+        """Return once every reading up to ``seq`` is committed (or acked, or dropped)."""
+        while self.committed_seq < seq:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def fetch(
+        self, after_seq: int, max_readings: int, upto: int | None = None
+    ) -> Batch | None:
+        """The oldest readings after ``after_seq`` (and up to ``upto``), all from one boot.
+
+        Readings still in memory come from memory, with no I/O; older ones from the file.
+        """
+        floor = self.committed_seq
+        if after_seq < floor and (upto is None or after_seq < upto):
+            hi = floor if upto is None else min(upto, floor)
+            boot_id, items = await self._call(self._db.fetch, after_seq, max_readings, hi)
+            if items:
+                return Batch(boot_id, items)
+            after_seq = max(after_seq, hi)
+        items = self._from_memory(after_seq, max_readings, upto)
+        return Batch(self.boot_id, items) if items else None
+
+    def _from_memory(self, after: int, limit: int, upto: int | None) -> list[StoredReading]:
+        out: list[StoredReading] = []
+        top = self._next_seq - 1 if upto is None else min(upto, self._next_seq - 1)
+        if self._writing:
+            i = bisect.bisect_right(self._writing_seqs, after)
+            for seq, r in self._writing[i : i + limit]:
+                if seq > top:
+                    return out
+                out.append(StoredReading(seq, r))
+        mem = self._mem
+        if not mem or len(out) >= limit:
+            return out
+        seq = max(after + 1, next(iter(mem)))
+        get = mem.get
+        while seq <= top and len(out) < limit:
+            hit = get(seq)
+            if hit is not None:
+                out.append(StoredReading(seq, hit[0]))
+            seq += 1
+        return out
 
     def stats(self) -> BufferStats:
+        waiting = len(self._mem) + len(self._writing)
+        oldest = self._oldest_ts
+        if oldest is None and self._mem:
+            oldest = next(iter(self._mem.values()))[0].ts
         return BufferStats(
-            depth=self._depth + len(self._pending),
+            depth=self._depth + waiting,
             bytes_used=self._bytes_used,
             max_bytes=self.settings.max_bytes,
-            oldest_ts=(
-                self._oldest_ts
-                if self._oldest_ts is not None
-                else (self._pending[0][1].ts if self._pending else None)
-            ),
+            oldest_ts=oldest,
             next_seq=self._next_seq,
-            pending=len(self._pending),
+            pending=waiting,
             dropped=dict(self._dropped),
             quarantined_files=self._quarantined,
             write_errors=self._write_errors,
+            acked_in_memory=self._acked_in_memory,
+            written=self._written,
+            commits=self._commits,
         )
+
+    # ---- the deadline timer ----------------------------------------------------------------
+
+    def _deadline(self) -> float | None:
+        """When the next commit is due: the oldest waiting reading's, or the oldest delete's."""
+        interval = self.settings.commit_interval_s
+        due: float | None = None
+        if self._mem:
+            due = next(iter(self._mem.values()))[1] + interval
+        if self._deletes:
+            d = self._deletes_since + interval
+            due = d if due is None else min(due, d)
+        return due
+
+    def _arm(self) -> None:
+        due = self._deadline()
+        if due is None:
+            self._disarm()
+            return
+        if self._timer is not None:
+            if self._timer_at == due:
+                return
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        # time.monotonic and loop.time are the same clock on Linux; convert to be safe.
+        at = loop.time() + (due - time.monotonic())
+        self._timer = loop.call_at(at, self._wake.set)
+        self._timer_at = due
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> bool:
+        if len(self._mem) >= self.settings.commit_max_readings:
+            return True
+        due = self._deadline()
+        return due is not None and due <= time.monotonic() + 0.001
 
     # ---- the commit loop -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Group-commit forever. Run it as a task; cancel it to stop (then ``aclose``)."""
+        """Commit when a deadline comes, forever. Run it as a task; cancel it to stop."""
         retry = _RETRY_MIN_S
         while True:
             await self._wake.wait()
-            delay = self._first_pending_at + self.settings.commit_interval_s - time.monotonic()
-            if delay > 0 and not self._urgent.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._urgent.wait()
+            self._wake.clear()
+            if not self._due():
+                self._arm()
+                continue
             try:
                 await self._commit_once()
                 retry = _RETRY_MIN_S
@@ -222,21 +358,27 @@ class Buffer:
                 if self._write_errors == 1 or retry == _RETRY_MIN_S:
                     log.error(
                         "buffer commit failed, %d readings held in memory: %s",
-                        len(self._pending),
+                        len(self._mem),
                         err,
                     )
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX_S)
+                self._wake.set()
 
     async def _commit_once(self) -> None:
-        if not self._pending and not self._deletes:
-            self._wake.clear()
+        async with self._lock:
+            await self._commit_locked()
+
+    async def _commit_locked(self) -> None:
+        if not self._mem and not self._deletes:
+            self._disarm()
             return
-        rows = list(self._pending)
-        self._pending.clear()
+        mem, self._mem = self._mem, {}
+        rows = [(seq, r) for seq, (r, _) in mem.items()]
+        self._writing = rows
+        self._writing_seqs = [seq for seq, _ in rows]
         deletes, self._deletes = self._deletes, []
-        self._wake.clear()
-        self._urgent.clear()
+        self._disarm()
         write = asyncio.get_running_loop().run_in_executor(self._exec, self._write, rows, deletes)
         try:
             res = await asyncio.shield(write)
@@ -246,26 +388,37 @@ class Buffer:
             try:
                 res = await write
             except Exception:  # noqa: BLE001 - requeued, and the cancel goes on
-                self._requeue(rows, deletes)
+                self._requeue(mem, deletes)
                 raise asyncio.CancelledError from None
-            await self._applied(rows, res)
+            self._applied(rows, res)
             raise
         except Exception:
-            self._requeue(rows, deletes)  # then raise: the commit loop retries with backoff
+            self._requeue(mem, deletes)  # then raise: the commit loop retries with backoff
             raise
-        await self._applied(rows, res)
+        self._applied(rows, res)
 
-    def _requeue(self, rows: list[tuple[int, Reading]], deletes: list[tuple[int, int]]) -> None:
+    def _requeue(
+        self, mem: dict[int, tuple[Reading, float]], deletes: list[tuple[int, int]]
+    ) -> None:
         """The write failed, nothing was committed: put it all back in front, in order."""
-        self._pending.extendleft(reversed(rows))
-        while len(self._pending) > self.settings.max_pending:
-            self._pending.popleft()
+        self._writing, self._writing_seqs = [], []
+        # Acks that came during the failed write removed nothing from ``mem``: apply them.
+        acked = {s for lo, hi in self._deletes for s in range(lo, hi + 1) if s in mem}
+        for s in acked:
+            del mem[s]
+        self._acked_in_memory += len(acked)
+        mem.update(self._mem)
+        while len(mem) > self.settings.max_pending:
+            del mem[next(iter(mem))]
             self._dropped["overflow"] += 1
+        self._mem = mem
         self._deletes = deletes + self._deletes
-        if self._pending or self._deletes:
-            self._wake.set()
+        self._arm()
 
-    async def _applied(self, rows: list[tuple[int, Reading]], res: _WriteResult) -> None:
+    def _applied(self, rows: list[tuple[int, Reading]], res: _WriteResult) -> None:
+        self._writing, self._writing_seqs = [], []
+        self._commits += 1
+        self._written += len(rows)
         if res.quarantined:
             self._quarantined += 1
             self._depth = len(rows)
@@ -276,10 +429,8 @@ class Buffer:
                 self._dropped[reason] += n
         self._bytes_used = res.bytes_used
         self._oldest_ts = res.oldest_ts
-        if rows:
-            async with self._changed:
-                self._committed_seq = max(self._committed_seq, rows[-1][0])
-                self._changed.notify_all()
+        self._progress.set()
+        self._arm()
 
     def _write(
         self, rows: list[tuple[int, Reading]], deletes: list[tuple[int, int]]

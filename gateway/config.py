@@ -177,10 +177,14 @@ class BufferSection(_Model):
         default=0.2,
         gt=0,
         le=60,
-        description="Every reading is committed to disk within this time of being read.",
+        description="Every reading is acknowledged by the broker or committed to disk within "
+        "this time of being read.",
     )
     commit_max_readings: int = Field(
-        default=1000, ge=1, le=100_000, description="Commit sooner once this many are waiting."
+        default=10_000,
+        ge=1,
+        le=100_000,
+        description="Commit sooner once this many readings wait in RAM.",
     )
     sync: Literal["full", "normal"] = Field(
         default="full",

@@ -73,7 +73,13 @@ def encode_telemetry(
 
 
 def status_payload(
-    gateway_id: str, state: str, boot_id: str | None, reason: str, version: str
+    gateway_id: str,
+    state: str,
+    boot_id: str | None,
+    reason: str,
+    version: str,
+    *,
+    first_seq: int | None = None,
 ) -> bytes:
     obj: dict[str, Any] = {
         "v": PAYLOAD_VERSION,
@@ -84,6 +90,8 @@ def status_payload(
     }
     if boot_id is not None:
         obj["boot"] = boot_id
+    if first_seq is not None:
+        obj["first_seq"] = first_seq
     if state == "online":
         obj["ts"] = round(time.time(), 3)
     return _dumps(obj).encode()

@@ -90,6 +90,9 @@ class Agent:
                 "dropped": bs.dropped,
                 "quarantined_files": bs.quarantined_files,
                 "write_errors": bs.write_errors,
+                "acked_in_memory": bs.acked_in_memory,
+                "written": bs.written,
+                "commits": bs.commits,
             },
             "uplink": {
                 "connected": up.connected,

@@ -129,8 +129,7 @@ class Uplink:
         self.topic_status = f"{base}/status"
         self.topic_health = f"{base}/health"
         self.stats = UplinkStats()
-        self._cursor = 0  # highest seq handed to the broker in this session
-        self._inflight: dict[int, Batch] = {}
+        self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
         self._refusal_logged = False
@@ -248,8 +247,6 @@ class Uplink:
                     )
                 else:
                     log.debug("reconnect attempt %d failed: %s", attempt, err)
-            finally:
-                self._after_session()
             delay = backoff_delay(attempt, up.reconnect.min_delay, up.reconnect.max_delay)
             attempt += 1
             await asyncio.sleep(delay)
@@ -273,25 +270,41 @@ class Uplink:
         async with self._changed:
             await self._changed.wait_for(lambda: pred(self.stats))
 
-    def _after_session(self) -> None:
-        """Resend from the oldest batch the broker has not acknowledged."""
-        if self._inflight:
-            self._cursor = min(self._inflight) - 1
-        self._inflight.clear()
-
     async def _session(self, client: aiomqtt.Client) -> None:
         await client.publish(
             self.topic_status,
-            status_payload(self.cfg.gateway.id, "online", self.boot_id, "connected", __version__),
+            status_payload(
+                self.cfg.gateway.id,
+                "online",
+                self.boot_id,
+                "connected",
+                __version__,
+                first_seq=self.buffer.first_seq,
+            ),
             qos=1,
             retain=True,
         )
-        # Deletes for batches acked in the last session must land before anything is refetched.
+        # Everything not acknowledged goes to the file first, and deletes for batches acked
+        # in the last session land, so the backlog is exactly what the file holds.
         await self.buffer.flush()
+        boundary = self.buffer.committed_seq
+        up = self.cfg.uplink
+        slots = asyncio.Semaphore(up.max_inflight)
+        backlog_first = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch(client), name="tepi.uplink.watch")
-                tg.create_task(self._send_loop(client, tg), name="tepi.uplink.send")
+                tg.create_task(
+                    self._live_lane(client, tg, slots, boundary, backlog_first),
+                    name="tepi.uplink.live",
+                )
+                if self.buffer.stats().depth:
+                    tg.create_task(
+                        self._backlog_lane(client, tg, slots, boundary, backlog_first),
+                        name="tepi.uplink.backlog",
+                    )
+                else:
+                    backlog_first.set()
                 tg.create_task(self._health_loop(client), name="tepi.uplink.health")
         except asyncio.CancelledError:
             # Shutting down: say so while the link is up (a clean disconnect sends no will).
@@ -306,6 +319,8 @@ class Uplink:
                         retain=True,
                     )
             raise
+        finally:
+            self._inflight = {"live": 0, "backlog": 0}
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         async for _ in client.messages:  # raises MqttError when the connection drops
@@ -313,47 +328,106 @@ class Uplink:
         raise aiomqtt.MqttError("message stream ended")
 
     # ---- telemetry ----------------------------------------------------------------------
+    #
+    # Two lanes share the ``max_inflight`` slots. The live lane sends what is read during
+    # this session, at once when nothing of its own is in flight. The backlog lane sends
+    # what was buffered before the session began, oldest first, in full batches, and may
+    # hold at most ``max_inflight - 1`` slots, so live readings never queue behind a
+    # backlog. The live lane starts once the backlog's first batch is on its way, so a
+    # short backlog (one batch) still arrives in seq order. The IOC orders by ``seq``;
+    # the messages of the two lanes interleave.
 
-    async def _send_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    async def _live_lane(
+        self,
+        client: aiomqtt.Client,
+        tg: asyncio.TaskGroup,
+        slots: asyncio.Semaphore,
+        start: int,
+        backlog_first: asyncio.Event,
+    ) -> None:
         up = self.cfg.uplink
-        slots = asyncio.Semaphore(up.max_inflight)
+        cursor = start
+        await backlog_first.wait()
         while True:
-            await self.buffer.wait_for_data(self._cursor)
-            if self._inflight:
-                await self._fill_wait(up.batch.max_readings, up.batch.max_wait)
+            await self.buffer.wait_for_data(cursor)
+            if self._inflight["live"]:
+                await self._fill_wait(cursor, up.batch.max_readings, up.batch.max_wait)
             await slots.acquire()
-            upto = self.buffer.committed_seq
-            batch = await self.buffer.fetch(self._cursor, up.batch.max_readings)
+            upto = self.buffer.last_seq
+            batch = await self.buffer.fetch(cursor, up.batch.max_readings)
             if batch is None:
-                # Rows up to ``upto`` are gone (acked earlier or evicted): move past them.
-                self._cursor = max(self._cursor, upto)
+                # Rows up to ``upto`` are gone (dropped by a limit): move past them.
+                cursor = max(cursor, upto)
                 slots.release()
                 continue
-            payload, n = encode_telemetry(
-                self.cfg.gateway.id,
-                batch,
-                max_bytes=up.batch.max_bytes,
-                current_boot=self.boot_id,
-                clock_synced=clock_synced(),
-            )
-            if n < len(batch):
-                batch = Batch(batch.boot_id, batch.items[:n])
-            self._cursor = batch.last_seq
-            self._inflight[batch.first_seq] = batch
-            self.stats.peak_inflight = max(self.stats.peak_inflight, len(self._inflight))
-            tg.create_task(
-                self._publish(client, batch, payload, slots),
-                name=f"tepi.uplink.publish[{batch.first_seq}]",
-            )
+            cursor = self._send(client, tg, batch, "live", slots)
 
-    async def _fill_wait(self, max_readings: int, max_wait: float) -> None:
-        """While publishes are in flight, wait up to ``max_wait`` for a fuller batch."""
+    async def _backlog_lane(
+        self,
+        client: aiomqtt.Client,
+        tg: asyncio.TaskGroup,
+        slots: asyncio.Semaphore,
+        upto: int,
+        backlog_first: asyncio.Event,
+    ) -> None:
+        up = self.cfg.uplink
+        own = asyncio.Semaphore(max(1, up.max_inflight - 1))
+        cursor = 0
+        started, sent = time.monotonic(), 0
+        while True:
+            await own.acquire()
+            await slots.acquire()
+            batch = await self.buffer.fetch(cursor, up.batch.max_readings, upto=upto)
+            if batch is None:
+                slots.release()
+                own.release()
+                break
+            cursor = self._send(client, tg, batch, "backlog", slots, own)
+            sent += len(batch)
+            backlog_first.set()
+        backlog_first.set()
+        # Wait for the last acks before saying the backlog is delivered.
+        for _ in range(max(1, up.max_inflight - 1)):
+            await own.acquire()
+        if sent:
+            log.info("backlog of %d readings delivered in %.1f s", sent, time.monotonic() - started)
+
+    def _send(
+        self,
+        client: aiomqtt.Client,
+        tg: asyncio.TaskGroup,
+        batch: Batch,
+        lane: str,
+        *sems: asyncio.Semaphore,
+    ) -> int:
+        """Encode (cut to ``max_bytes``) and start publishing; return the new cursor."""
+        up = self.cfg.uplink
+        payload, n = encode_telemetry(
+            self.cfg.gateway.id,
+            batch,
+            max_bytes=up.batch.max_bytes,
+            current_boot=self.boot_id,
+            clock_synced=clock_synced(),
+        )
+        if n < len(batch):
+            batch = Batch(batch.boot_id, batch.items[:n])
+        self._inflight[lane] += 1
+        total = self._inflight["live"] + self._inflight["backlog"]
+        self.stats.peak_inflight = max(self.stats.peak_inflight, total)
+        tg.create_task(
+            self._publish(client, batch, payload, lane, sems),
+            name=f"tepi.uplink.publish[{batch.first_seq}]",
+        )
+        return batch.last_seq
+
+    async def _fill_wait(self, cursor: int, max_readings: int, max_wait: float) -> None:
+        """While live publishes are in flight, wait up to ``max_wait`` for a fuller batch."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait):
-                while self._inflight and self.buffer.committed_seq - self._cursor < max_readings:
+                while self._inflight["live"] and self.buffer.last_seq - cursor < max_readings:
                     self._kick.clear()
                     more = asyncio.ensure_future(
-                        self.buffer.wait_for_data(self._cursor + max_readings - 1)
+                        self.buffer.wait_for_data(cursor + max_readings - 1)
                     )
                     kick = asyncio.ensure_future(self._kick.wait())
                     try:
@@ -363,21 +437,28 @@ class Uplink:
                         kick.cancel()
 
     async def _publish(
-        self, client: aiomqtt.Client, batch: Batch, payload: bytes, slots: asyncio.Semaphore
+        self,
+        client: aiomqtt.Client,
+        batch: Batch,
+        payload: bytes,
+        lane: str,
+        sems: tuple[asyncio.Semaphore, ...],
     ) -> None:
         try:
             await client.publish(
                 self.topic_telemetry, payload, qos=1, timeout=self.cfg.uplink.publish_timeout
             )
         finally:
-            slots.release()
-        # PUBACK received: only now may the rows go.
-        self._inflight.pop(batch.first_seq, None)
+            for sem in sems:
+                sem.release()
+        # PUBACK received: only now may the readings go.
+        self._inflight[lane] -= 1
         self.buffer.ack(batch)
         self.stats.messages += 1
         self.stats.readings_acked += len(batch)
         self.stats.last_ack_ts = time.time()
-        self._kick.set()
+        if lane == "live":
+            self._kick.set()
         async with self._changed:
             self._changed.notify_all()
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buffer import Buffer, BufferSettings, Reading
+from buffer import Batch, Buffer, BufferSettings, Reading
 
 
 def reading(i: int, device: str = "d1") -> Reading:
@@ -190,8 +190,12 @@ async def test_committed_readings_survive_kill_9(tmp_path: Path) -> None:
             t = asyncio.create_task(buf.run())
             for i in range(500):
                 buf.put(Reading("d1", "m", float(i), None, 1.0, 1.0))
-            await buf.wait_for_data(499)
+            await buf.wait_committed(500)
             print(buf.committed_seq, flush=True)
+            for i in range(5):  # acked from memory: never written, but their seqs were used
+                buf.put(Reading("d1", "m", float(i), None, 1.0, 1.0))
+            buf.ack(await buf.fetch(500, 100))
+            print(buf.last_seq, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         asyncio.run(main())
     """)
@@ -199,10 +203,12 @@ async def test_committed_readings_survive_kill_9(tmp_path: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == -9, out.stderr
-    committed = int(out.stdout.strip())
-    assert committed == 500
+    committed, used = map(int, out.stdout.split())
+    assert (committed, used) == (500, 505)
     async with Buffer(settings_for(tmp_path), "boot-b") as buf:
         assert await drain(buf) == list(range(1, 501))
+        assert buf.put(reading(0)) > used, "a seq the IOC may have seen must not come back"
+        assert buf.first_seq > used
 
 
 values = st.one_of(
@@ -303,3 +309,155 @@ async def test_cancel_during_a_commit_neither_loses_nor_duplicates(
         buf.put(reading(10))  # taken after the cancelled commit
     async with Buffer(settings_for(tmp_path), "boot-a") as buf:
         assert await drain(buf) == list(range(1, 12))
+
+
+def rows_in_file(tmp: Path) -> int:
+    conn = sqlite3.connect(tmp / "buffer.db")
+    try:
+        return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_readings_acked_in_time_never_touch_the_file(tmp_path: Path) -> None:
+    """The SD-card saver: a batch the broker acks before its commit is due is not written."""
+    s = BufferSettings(path=tmp_path / "buffer.db", commit_interval_s=30)
+    async with Buffer(s, "boot-a") as buf:
+        task = asyncio.create_task(buf.run())
+        for i in range(100):
+            buf.put(reading(i))
+        batch = await buf.fetch(0, 1000)
+        assert batch is not None
+        assert [i.seq for i in batch.items] == list(range(1, 101))
+        buf.ack(batch)
+        await buf.flush()
+        st_ = buf.stats()
+        assert (st_.acked_in_memory, st_.written, st_.commits, st_.depth) == (100, 0, 0, 0)
+        assert buf.committed_seq == 100
+        task.cancel()
+    assert rows_in_file(tmp_path) == 0
+    async with Buffer(s, "boot-a") as buf:  # and the seq still goes on
+        assert buf.put(reading(0)) == 101
+
+
+async def test_unacked_readings_are_committed_when_due_and_deleted_after_the_ack(
+    tmp_path: Path,
+) -> None:
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        task = asyncio.create_task(buf.run())
+        for i in range(10):
+            buf.put(reading(i))
+        batch = await buf.fetch(0, 1000)  # in flight, the broker is slow
+        assert batch is not None
+        async with asyncio.timeout(5):
+            await buf.wait_committed(10)  # by the deadline, without any flush
+        assert rows_in_file(tmp_path) == 10
+        assert buf.stats().written == 10
+        buf.ack(batch)
+        async with asyncio.timeout(5):
+            while buf.stats().depth:
+                await asyncio.sleep(0.01)
+        assert rows_in_file(tmp_path) == 0
+        task.cancel()
+
+
+async def test_fetch_takes_the_file_first_then_memory_and_honours_upto(tmp_path: Path) -> None:
+    s = BufferSettings(path=tmp_path / "buffer.db", commit_interval_s=30)
+    async with Buffer(s, "boot-a") as buf:
+        for i in range(5):
+            buf.put(reading(i))
+        await buf.flush()
+        for i in range(5, 10):
+            buf.put(reading(i))
+        assert buf.committed_seq == 5
+        a = await buf.fetch(0, 100)
+        assert a is not None
+        assert [i.seq for i in a.items] == [1, 2, 3, 4, 5]  # the file part
+        b = await buf.fetch(a.last_seq, 100)
+        assert b is not None
+        assert [i.seq for i in b.items] == [6, 7, 8, 9, 10]  # from memory
+        c = await buf.fetch(0, 100, upto=3)
+        assert c is not None
+        assert [i.seq for i in c.items] == [1, 2, 3]
+        assert await buf.fetch(3, 100, upto=3) is None
+        assert await buf.fetch(10, 100) is None
+
+
+async def test_ack_that_lands_during_a_write_deletes_the_rows_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from buffer.db import Database
+
+    writing = threading.Event()
+    real_commit = Database.commit
+
+    def slow_commit(self: Database, *args: object) -> tuple[int, int]:
+        writing.set()
+        time.sleep(0.2)
+        return real_commit(self, *args)  # type: ignore[arg-type]
+
+    s = BufferSettings(path=tmp_path / "buffer.db", commit_interval_s=30)
+    async with Buffer(s, "boot-a") as buf:
+        for i in range(6):
+            buf.put(reading(i))
+        batch = await buf.fetch(0, 100)
+        assert batch is not None
+        monkeypatch.setattr(Database, "commit", slow_commit)
+        flush = asyncio.create_task(buf.flush())
+        await asyncio.to_thread(writing.wait, 5)
+        assert [i.seq for i in (await buf.fetch(0, 100) or batch).items] == [1, 2, 3, 4, 5, 6]
+        buf.ack(batch)  # the rows are on their way into the file
+        await flush
+        await buf.flush()
+        assert await drain(buf) == []
+    assert rows_in_file(tmp_path) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), st.integers(1, 30)),
+            st.tuples(st.just("send"), st.integers(1, 25)),
+            st.tuples(st.just("ack"), st.integers(0, 5)),
+            st.tuples(st.just("flush"), st.just(0)),
+        ),
+        max_size=40,
+    )
+)
+def test_any_mix_of_puts_sends_acks_and_commits_loses_and_repeats_nothing(
+    ops: list[tuple[str, int]],
+) -> None:
+    """Whatever the order of events, each reading ends up acked or in the file, once."""
+    import tempfile
+
+    async def go(tmp: Path) -> None:
+        s = BufferSettings(path=tmp / "buffer.db", commit_interval_s=30, max_pending=10_000)
+        put: list[int] = []
+        acked: list[int] = []
+        inflight: list[Batch] = []
+        cursor = 0
+        async with Buffer(s, "boot-a") as buf:
+            for op, n in ops:
+                if op == "put":
+                    put += [buf.put(reading(i)) for i in range(n)]
+                elif op == "send":
+                    batch = await buf.fetch(cursor, n)
+                    if batch is not None:
+                        cursor = batch.last_seq
+                        inflight.append(batch)
+                elif op == "ack" and inflight:
+                    batch = inflight.pop(n % len(inflight))
+                    acked += [i.seq for i in batch.items]
+                    buf.ack(batch)
+                else:
+                    await buf.flush()
+            await buf.flush()
+            left = await drain(buf)
+        assert sorted(acked + left) == put
+        assert not set(acked) & set(left)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(go(Path(tmp)))

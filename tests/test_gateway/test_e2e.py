@@ -142,16 +142,14 @@ class Rig:
     agent: AgentProc
 
     def counters(self, device: str) -> list[int]:
-        """Counter values in arrival order, duplicates (same seq) removed."""
-        seen: set[int] = set()
-        out: list[int] = []
-        for r in self.sub.readings():
-            if r["seq"] in seen:
-                continue
-            seen.add(r["seq"])
-            if r["device"] == device and r["metric"] == "counter" and r["quality"] == "good":
-                out.append(int(r["value"]))
-        return out
+        """Counter values in seq order (the IOC's order: after an outage live messages and
+        the backlog's interleave), duplicates (same seq) removed."""
+        by_seq = {
+            r["seq"]: int(r["value"])
+            for r in self.sub.readings()
+            if r["device"] == device and r["metric"] == "counter" and r["quality"] == "good"
+        }
+        return [by_seq[s] for s in sorted(by_seq)]
 
     def sim_counter(self, device: str) -> int:
         devices: list[dict[str, Any]] = SIM["devices"]

@@ -163,6 +163,49 @@ async def test_backlog_drains_pipelined_exactly_once_in_order(
         await broker.stop()
 
 
+async def test_live_readings_do_not_wait_behind_a_long_backlog(tmp_path: Path) -> None:
+    """20,000 readings are buffered while the broker is away, over a 100 ms round trip. A
+    reading taken after the reconnect arrives long before the backlog is through, and still
+    every reading arrives exactly once."""
+    broker = Broker(tmp_path)
+    await broker.start()
+    proxy = FaultProxy(broker.port, latency_s=0.05)
+    await proxy.__aenter__()
+    proxy.blackhole()
+    agent = agent_for(tmp_path, proxy.port, keepalive="5s", publish_timeout="5s")
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    await agent.ready.wait()
+    n = 20_000
+    for i in range(n):
+        agent.buffer.put(Reading("old", "counter", i, None, time.time(), 1.0))
+    await agent.buffer.flush()
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-up/telemetry") as sub:
+            proxy.heal()
+            await sub.wait_for(lambda s: len(s.on("/telemetry")) >= 1, 30)
+            assert sub.on("/telemetry")[0]["readings"][0]["seq"] == 1, "the backlog starts first"
+            live_seq = agent.buffer.put(Reading("live", "counter", 0, None, time.time(), 1.0))
+
+            def live_arrived(s: Subscriber) -> bool:
+                return any(r["seq"] == live_seq for r in s.readings())
+
+            await sub.wait_for(live_arrived, 30)
+            backlog_then = sum(1 for r in sub.readings() if r["device"] == "old")
+            print(f"the live reading arrived after {backlog_then} of {n} backlog readings")
+            assert backlog_then < n // 2, (
+                f"the live reading waited for {backlog_then} backlog readings"
+            )
+            await sub.wait_for(lambda s: len(s.readings()) >= n + 1, 60)
+            seqs = sorted(r["seq"] for r in sub.readings())
+            assert seqs == list(range(1, n + 2)), "each reading exactly once"
+    finally:
+        stop.set()
+        await run
+        await proxy.__aexit__()
+        await broker.stop()
+
+
 async def test_last_will_says_offline_when_the_gateway_vanishes(tmp_path: Path) -> None:
     import subprocess
     import sys
