@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from buffer import Batch, Buffer
@@ -67,6 +68,32 @@ def backoff_delay(
     """Full jitter: a uniform wait in [0, cap], the cap doubling from min_delay to max_delay."""
     cap = min(max_delay, min_delay * 2 ** min(attempt, 30))
     return (rng or random).uniform(0, cap)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, without its once-a-second timer.
+
+    aiomqtt calls paho's ``loop_misc`` (keepalive: send PINGREQ, drop a link whose PINGRESP
+    is late) every second, so an idle agent woke 86,400 times a day for nothing. Here it is
+    called when the next keepalive check is due, computed from paho's own timestamps, so an
+    idle connection wakes once per keepalive period (the PINGREQ it must send anyway). The
+    dead-link detection time is unchanged: a PINGRESP missing for ``keepalive`` drops the link.
+    """
+
+    async def _misc_loop(self) -> None:
+        paho = self._client
+        while paho.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+            keepalive = paho._keepalive  # paho keeps these private; pinned in constraints
+            if keepalive <= 0:
+                await asyncio.sleep(3600)
+                continue
+            with paho._msgtime_mutex:
+                last = min(paho._last_msg_out, paho._last_bytes_received)
+            due = last + keepalive
+            if paho._ping_t > 0:
+                due = min(due, paho._ping_t + keepalive)
+            # paho compares with >=; a little slack so the check finds the moment has come.
+            await asyncio.sleep(max(due - time.monotonic(), 0.0) + 0.01)
 
 
 class _PahoErrors(logging.Handler):
@@ -149,7 +176,7 @@ class Uplink:
             qos=1,
             retain=True,
         )
-        client = aiomqtt.Client(
+        client = _Client(
             up.host,
             up.port,
             username=up.username,
