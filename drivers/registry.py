@@ -13,6 +13,7 @@ from pydantic import Field
 
 from drivers.base import Driver, DriverConfig, SharedResources
 from drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
+from drivers.synthetic import SyntheticConfig, SyntheticDriver
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +26,12 @@ class DriverEntry:
 REGISTRY: dict[str, DriverEntry] = {
     "modbus-rtu": DriverEntry("modbus-rtu", ModbusRtuConfig, ModbusDriver),
     "modbus-tcp": DriverEntry("modbus-tcp", ModbusTcpConfig, ModbusDriver),
+    "synthetic": DriverEntry("synthetic", SyntheticConfig, SyntheticDriver),
 }
 
 # The discriminated union of every registered device config, keyed on ``driver``.
 DeviceConfig = Annotated[
-    Union[ModbusRtuConfig, ModbusTcpConfig],  # noqa: UP007 - keep one line per driver family
+    Union[ModbusRtuConfig, ModbusTcpConfig, SyntheticConfig],  # noqa: UP007
     Field(discriminator="driver"),
 ]
 
