@@ -64,6 +64,13 @@ class BatchSection(_Model):
         description="How long a reading may wait to fill a batch while earlier publishes are "
         "still unacknowledged. With nothing in flight, readings are sent at once.",
     )
+    linger: Duration = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Hold new readings this long (or until max_readings wait) before sending, "
+        "for fewer, bigger messages on a metered link. 0: send at once.",
+    )
 
 
 class ReconnectSection(_Model):
@@ -95,6 +102,11 @@ class UplinkSection(_Model):
     )
     tls: TlsSection | None = Field(default=None, description="TLS settings; only with mqtts://.")
     batch: BatchSection = Field(default_factory=BatchSection, description="Batching of telemetry.")
+    encoding: Literal["json", "compact"] = Field(
+        default="json",
+        description="Telemetry payloads: json, or compact (zstd-compressed columns, for metered "
+        "links; see docs/payload.md).",
+    )
     max_inflight: int = Field(
         default=8, ge=1, le=100, description="Telemetry messages awaiting the broker's ack at once."
     )

@@ -7,15 +7,21 @@ the clock synced), and ``readings`` in sequence order.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
+
+import orjson
 
 from buffer.records import Batch, StoredReading
 from drivers.base import boottime
 
 PAYLOAD_VERSION = 1
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_dumps = orjson.dumps  # compact, UTF-8, shortest round-trip floats; ~10x the stdlib's speed
+
+
+def ms(seconds: float) -> int:
+    """Times go out with millisecond precision: the one rounding both encodings share."""
+    return round(seconds * 1000)
 
 
 def reading_obj(item: StoredReading) -> dict[str, Any]:
@@ -26,8 +32,8 @@ def reading_obj(item: StoredReading) -> dict[str, Any]:
         "metric": r.metric,
         "value": r.value,
         "unit": r.unit,
-        "ts": round(r.ts, 3),
-        "mono": round(r.mono, 3),
+        "ts": ms(r.ts) / 1000,
+        "mono": ms(r.mono) / 1000,
         "quality": "good" if r.reason is None else "bad",
     }
     if r.reason is not None:
@@ -37,8 +43,8 @@ def reading_obj(item: StoredReading) -> dict[str, Any]:
 
 def clock_obj(boot_id: str, synced: bool) -> dict[str, Any]:
     return {
-        "ts": round(time.time(), 3),
-        "mono": round(boottime(), 3),
+        "ts": ms(time.time()) / 1000,
+        "mono": ms(boottime()) / 1000,
         "boot": boot_id,
         "synced": synced,
     }
@@ -59,17 +65,16 @@ def encode_telemetry(
             "clock": clock_obj(current_boot, clock_synced),
         }
     )
-    parts: list[str] = []
-    size = len(head) + len(',"readings":[]}')
+    parts: list[bytes] = []
+    size = len(head) + len(b',"readings":[]}')
     for item in batch.items:
         text = _dumps(reading_obj(item))
-        grown = size + len(text.encode()) + (1 if parts else 0)
+        grown = size + len(text) + (1 if parts else 0)
         if parts and grown > max_bytes:
             break
         parts.append(text)
         size = grown
-    body = head[:-1] + ',"readings":[' + ",".join(parts) + "]}"
-    return body.encode(), len(parts)
+    return head[:-1] + b',"readings":[' + b",".join(parts) + b"]}", len(parts)
 
 
 def status_payload(
@@ -93,9 +98,9 @@ def status_payload(
     if first_seq is not None:
         obj["first_seq"] = first_seq
     if state == "online":
-        obj["ts"] = round(time.time(), 3)
-    return _dumps(obj).encode()
+        obj["ts"] = ms(time.time()) / 1000
+    return _dumps(obj)
 
 
 def health_payload(obj: dict[str, Any]) -> bytes:
-    return _dumps(obj).encode()
+    return _dumps(obj)

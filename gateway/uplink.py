@@ -32,6 +32,7 @@ from aiomqtt.exceptions import MqttConnectError
 
 from buffer import Batch, Buffer
 from gateway import __version__
+from gateway.compact import encode_compact
 from gateway.config import Config
 from gateway.payload import encode_telemetry, health_payload, status_payload
 from gateway.sysinfo import clock_synced
@@ -377,7 +378,11 @@ class Uplink:
         await backlog_first.wait()
         while True:
             await self.buffer.wait_for_data(cursor)
-            if self._inflight["live"]:
+            if up.batch.linger > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(up.batch.linger):
+                        await self.buffer.wait_for_data(cursor + up.batch.max_readings - 1)
+            elif self._inflight["live"]:
                 await self._fill_wait(cursor, up.batch.max_readings, up.batch.max_wait)
             await slots.acquire()
             upto = self.buffer.last_seq
@@ -429,7 +434,8 @@ class Uplink:
     ) -> int:
         """Encode (cut to ``max_bytes``) and start publishing; return the new cursor."""
         up = self.cfg.uplink
-        payload, n = encode_telemetry(
+        encode = encode_compact if up.encoding == "compact" else encode_telemetry
+        payload, n = encode(
             self.cfg.gateway.id,
             batch,
             max_bytes=up.batch.max_bytes,

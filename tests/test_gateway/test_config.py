@@ -11,6 +11,7 @@ from helpers import run_tepi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
 from gateway.configload import load_config, parse_config
 from gateway.errors import ConfigError
 from gateway.units import parse_duration, parse_size
@@ -32,7 +33,8 @@ def test_issue_example_validates() -> None:
     assert cfg.buffer.max_bytes == 256 * 1024 * 1024
     assert cfg.buffer.commit_interval == pytest.approx(0.2)
     rtu, tcp = cfg.devices
-    assert (rtu.driver, tcp.driver) == ("modbus-rtu", "modbus-tcp")
+    assert isinstance(rtu, ModbusRtuConfig)
+    assert isinstance(tcp, ModbusTcpConfig)
     assert rtu.registers[1].word_order == "little"
     assert tcp.registers[0].table == "input"
 

@@ -1,0 +1,179 @@
+"""The compact encoding: it decodes to exactly what the JSON encoding says, it is small, it
+refuses garbage with a clear error, and it works through the real agent and broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import zstandard
+from helpers import SCHEMA_PATH, Broker, Subscriber
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buffer import Batch, Reading
+from buffer.records import StoredReading
+from gateway.compact import CompactError, decode_compact, encode_compact
+from gateway.configload import parse_config
+from gateway.payload import encode_telemetry
+from gateway.runtime import Agent
+
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+TELEMETRY = jsonschema.Draft202012Validator({**SCHEMA, "$ref": "#/$defs/telemetry"})
+
+names = st.sampled_from(["aq-1", "river-3", "noise-2", "x"])
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
+readings = st.builds(
+    lambda dev, met, val, unit, ts, mono, bad: Reading(
+        dev, met, None if bad else val, unit, ts, mono, bad
+    ),
+    names,
+    st.sampled_from(["pm25", "level", "m0", "pm2.5"]),
+    values,
+    st.one_of(st.none(), st.just("ug/m3")),
+    st.floats(0, 4e9),
+    st.floats(0, 1e7),
+    st.one_of(st.none(), st.just("timeout")),
+)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> Batch:
+    rs = draw(st.lists(readings, min_size=1, max_size=60))
+    gaps = draw(st.lists(st.integers(1, 1000), min_size=len(rs), max_size=len(rs)))
+    seq, items = 0, []
+    for r, g in zip(rs, gaps, strict=True):
+        seq += g
+        items.append(StoredReading(seq, r))
+    return Batch("boot-1", items)
+
+
+def without_clock(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != "clock"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches())
+def test_compact_decodes_to_exactly_the_json_encoding(batch: Batch) -> None:
+    kw: dict[str, Any] = {"max_bytes": 1 << 20, "current_boot": "boot-2", "clock_synced": True}
+    compact, n = encode_compact("gw-1", batch, **kw)
+    plain, m = encode_telemetry("gw-1", batch, **kw)
+    assert n == m == len(batch)
+    decoded = decode_compact(compact)
+    expected = json.loads(plain)
+    assert without_clock(decoded) == without_clock(expected)
+    assert decoded["clock"].keys() == expected["clock"].keys()
+    TELEMETRY.validate(decoded)
+
+
+def reference_batch(n: int) -> Batch:
+    """n readings like a city station's: 25 devices x 10 metrics, values with one decimal."""
+    t0 = 1_795_430_462.0
+    rng = random.Random(7)
+    items = []
+    for i in range(n):
+        dev, met = divmod(i % 250, 10)
+        value = round(rng.uniform(0, 200), 1)
+        r = Reading(f"station-{dev:02d}", f"metric-{met}", value, "ug/m3", t0 + i // 250, 5000.0)
+        items.append(StoredReading(1000 + i, r))
+    return Batch("boot-1", items)
+
+
+def test_compact_is_far_smaller_than_json() -> None:
+    batch = reference_batch(450)  # 5 s of the reference load
+    kw: dict[str, Any] = {"max_bytes": 1 << 20, "current_boot": "boot-1", "clock_synced": True}
+    compact, _ = encode_compact("gw-1", batch, **kw)
+    plain, _ = encode_telemetry("gw-1", batch, **kw)
+    print(f"compact: {len(compact) / len(batch):.1f} B/reading, json {len(plain) / len(batch):.0f}")
+    assert len(compact) / len(batch) < 15
+    assert len(compact) * 10 < len(plain)
+
+
+def test_a_batch_too_big_for_max_bytes_is_cut_but_never_empty() -> None:
+    batch = reference_batch(5000)
+    payload, n = encode_compact(
+        "gw-1", batch, max_bytes=2048, current_boot="boot-1", clock_synced=True
+    )
+    assert 1 <= n < 5000
+    assert len(payload) <= 2048
+    assert [r["seq"] for r in decode_compact(payload)["readings"]] == list(range(1000, 1000 + n))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b'{"v": 1}',
+        b"\x28\xb5\x2f\xfd garbage",
+        zstandard.ZstdCompressor().compress(b"not json"),
+        zstandard.ZstdCompressor().compress(b'{"enc": "c9"}'),
+        zstandard.ZstdCompressor().compress(b'{"enc": "c1", "series": []}'),
+    ],
+)
+def test_bad_messages_get_a_clear_error(payload: bytes) -> None:
+    with pytest.raises(CompactError):
+        decode_compact(payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
+    with contextlib.suppress(CompactError):
+        decode_compact(b"\x28\xb5\x2f\xfd" + data)
+
+
+async def test_the_agent_sends_compact_batches_the_ioc_can_decode(tmp_path: Path) -> None:
+    broker = Broker(tmp_path)
+    await broker.start()
+    cfg = parse_config(
+        json.dumps(
+            {
+                "gateway": {"id": "gw-c", "data_dir": str(tmp_path / "data")},
+                "uplink": {
+                    "url": f"mqtt://127.0.0.1:{broker.port}",
+                    "encoding": "compact",
+                    "batch": {"linger": "300ms"},
+                },
+            }
+        ),
+        "t.yaml",
+        check_files=False,
+    )
+    agent = Agent(cfg)
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-c/telemetry") as sub:
+
+            def payloads() -> list[bytes]:
+                return [p for _, p, _ in sub.messages]
+
+            await agent.ready.wait()
+            await agent.uplink.wait_for(lambda s: s.connected)
+            for i in range(500):
+                agent.buffer.put(Reading("d", "counter", i, None, time.time(), 1.0))
+            await sub.wait_for(
+                lambda _: sum(len(decode_compact(p)["readings"]) for p in payloads()) >= 500, 20
+            )
+            got = [r for p in payloads() for r in decode_compact(p)["readings"]]
+            assert [r["value"] for r in got] == list(range(500))
+            assert len(payloads()) < 10, "linger must gather the readings into few messages"
+            for p in payloads():
+                TELEMETRY.validate(decode_compact(p))
+    finally:
+        stop.set()
+        await run
+        await broker.stop()
