@@ -105,6 +105,7 @@ class Receiver:
         self.batch_sizes = array("l")
         self.latencies = array("d")  # arrival - reading ts, seconds
         self.live_latencies = array("d")
+        self.live_ts = array("d")  # when each live reading was taken
         self.live_prefix = "live-"
         self.seqs = bytearray()
         self.first_at: float | None = None
@@ -145,6 +146,7 @@ class Receiver:
                 self.latencies.append(lat)
                 if r["device"].startswith(self.live_prefix):
                     self.live_latencies.append(lat)
+                    self.live_ts.append(r["ts"])
                 if seq >= len(self.seqs):
                     self.seqs.extend(bytes(max(seq + 1 - len(self.seqs), 1 << 20)))
                 self.seqs[seq] = 1
@@ -156,6 +158,7 @@ class Receiver:
             self.batch_sizes = array("l")
             self.latencies = array("d")
             self.live_latencies = array("d")
+            self.live_ts = array("d")
 
     def have_all(self, upto: int) -> bool:
         with self.lock:
@@ -569,13 +572,24 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
         while rig.rx.online_at is None:
             await asyncio.sleep(0.01)
         t_up = rig.rx.online_at
+        t_up_wall = time.time() - (time.monotonic() - t_up)
         rss_drain: list[int] = []
         while not rig.rx.have_all(depth[1]):
             await asyncio.sleep(0.1)
             rss_drain.append(sample(rig.agent.pid).rss)
         drain_s = time.monotonic() - t_up
+        t_done_wall = time.time()
+        await asyncio.sleep(2.5)  # let the live readings taken during the drain arrive
         with rig.rx.lock:
-            live_lat = array("d", rig.rx.live_latencies)
+            # Live readings taken while the drain ran (not those taken during the outage).
+            live_lat = array(
+                "d",
+                (
+                    lat
+                    for lat, ts in zip(rig.rx.live_latencies, rig.rx.live_ts, strict=True)
+                    if t_up_wall <= ts <= t_done_wall
+                ),
+            )
         return {
             "workload": "backlog",
             "backlog_readings": depth[0],
