@@ -11,6 +11,7 @@ switches (wake-ups). Nothing inside the agent is instrumented.
     .venv/bin/python bench/suite.py reference idle        # some of them
     .venv/bin/python bench/suite.py backlog --backlog-readings 10000000
     .venv/bin/python bench/suite.py --smoke               # seconds, not minutes (CI: it runs)
+    .venv/bin/python bench/suite.py reference --agent-src ../old   # an older checkout's agent
 
 Figures print as Markdown tables (the ones in docs/performance.md) and as JSON lines with
 ``--json``. They are never asserted anywhere.
@@ -299,6 +300,9 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 # ---- one run ---------------------------------------------------------------------------------
 
 
+AGENT_SRC = REPO  # where ``python -m gateway.cli`` is imported from (--agent-src)
+
+
 @dataclass
 class Rig:
     work: Path
@@ -373,7 +377,8 @@ class Rig:
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=(self.work / "agent.log").open("ab"),
-            cwd=REPO,
+            cwd=AGENT_SRC,
+            env=dict(os.environ, PYTHONPATH=str(AGENT_SRC)),
         )
         return t0
 
@@ -670,7 +675,16 @@ def main() -> None:
     p.add_argument("--backlog-readings", type=int, help="override the backlog size")
     p.add_argument("--encoding", default="json", choices=["json", "compact"])
     p.add_argument("--linger", default="0s", help="uplink.batch.linger with --encoding")
-    asyncio.run(main_async(p.parse_args()))
+    p.add_argument(
+        "--agent-src",
+        type=Path,
+        help="run the agent from this checkout (to compare commits on the same workload)",
+    )
+    args = p.parse_args()
+    if args.agent_src is not None:
+        global AGENT_SRC  # noqa: PLW0603 - set once, before anything runs
+        AGENT_SRC = args.agent_src.resolve()
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

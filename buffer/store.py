@@ -31,7 +31,7 @@ import bisect
 import logging
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +47,7 @@ _EXPIRE_EVERY_S = 10.0
 _RETRY_MIN_S = 0.5
 _RETRY_MAX_S = 30.0
 SEQ_BLOCK = 100_000
+RECENT_MAX = 20_000  # committed readings also kept in RAM, so a lagging sender needs no reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +84,15 @@ class Buffer:
         )
         self._ceiling = SeqCeiling(settings.path.with_name(settings.path.name + ".seq"))
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tepi-buffer")
-        # Neither acknowledged nor committed: seq -> (reading, monotonic time of put).
-        # A dict keeps insertion (= seq) order and drops an acked seq in O(1).
-        self._mem: dict[int, tuple[Reading, float]] = {}
+        # Neither acknowledged nor committed: seq -> (reading, monotonic time of put), in seq
+        # order. An OrderedDict, not a dict: finding or dropping the oldest stays O(1) however
+        # many were dropped before it (a plain dict rescans its deleted slots each time).
+        self._mem: OrderedDict[int, tuple[Reading, float]] = OrderedDict()
+        # Committed, not yet acknowledged, the newest RECENT_MAX: a sender that fell a little
+        # behind (a slow broker, a busy CPU) is served from here, not from the file.
+        self._recent: OrderedDict[int, Reading] = OrderedDict()
         self._writing: list[tuple[int, Reading]] = []  # handed to the writer thread
+        self._acked_writing: set[int] = set()
         self._writing_seqs: list[int] = []
         self._deletes: list[tuple[int, int]] = []
         self._deletes_since = 0.0
@@ -175,7 +181,7 @@ class Buffer:
             self._ceiling.raise_to(self._next_seq + SEQ_BLOCK)
         mem = self._mem
         if len(mem) >= self.settings.max_pending:
-            del mem[next(iter(mem))]
+            mem.popitem(last=False)
             self._dropped["overflow"] += 1
         was_empty = not mem
         mem[seq] = (reading, time.monotonic())
@@ -191,9 +197,16 @@ class Buffer:
         mem = self._mem
         head = next(iter(mem), None)
         in_memory = 0
+        recent = self._recent
+        w = self._writing_seqs
         for item in batch.items:
             if mem.pop(item.seq, None) is not None:
                 in_memory += 1
+            else:
+                if recent:
+                    recent.pop(item.seq, None)
+                if w and w[0] <= item.seq <= w[-1]:
+                    self._acked_writing.add(item.seq)  # keep it out of the recent cache
         self._acked_in_memory += in_memory
         if in_memory < len(batch):
             # Some rows are in the file, or on their way into it.
@@ -252,12 +265,33 @@ class Buffer:
         floor = self.committed_seq
         if after_seq < floor and (upto is None or after_seq < upto):
             hi = floor if upto is None else min(upto, floor)
-            boot_id, items = await self._call(self._db.fetch, after_seq, max_readings, hi)
-            if items:
-                return Batch(boot_id, items)
+            recent = self._from_recent(after_seq, max_readings, hi)
+            if recent is not None:
+                if recent:
+                    return Batch(self.boot_id, recent)
+            else:
+                boot_id, items = await self._call(self._db.fetch, after_seq, max_readings, hi)
+                if items:
+                    return Batch(boot_id, items)
             after_seq = max(after_seq, hi)
         items = self._from_memory(after_seq, max_readings, upto)
         return Batch(self.boot_id, items) if items else None
+
+    def _from_recent(self, after: int, limit: int, hi: int) -> list[StoredReading] | None:
+        """Rows (after, hi] from the recent cache, or None when older rows are needed: a
+        seq missing from the cache at or above its oldest was acknowledged (or never put)."""
+        recent = self._recent
+        if not recent or after + 1 < next(iter(recent)):
+            return None
+        out: list[StoredReading] = []
+        get = recent.get
+        seq = after + 1
+        while seq <= hi and len(out) < limit:
+            r = get(seq)
+            if r is not None:
+                out.append(StoredReading(seq, r))
+            seq += 1
+        return out
 
     def _from_memory(self, after: int, limit: int, upto: int | None) -> list[StoredReading]:
         out: list[StoredReading] = []
@@ -373,7 +407,7 @@ class Buffer:
         if not self._mem and not self._deletes:
             self._disarm()
             return
-        mem, self._mem = self._mem, {}
+        mem, self._mem = self._mem, OrderedDict()
         rows = [(seq, r) for seq, (r, _) in mem.items()]
         self._writing = rows
         self._writing_seqs = [seq for seq, _ in rows]
@@ -398,10 +432,11 @@ class Buffer:
         self._applied(rows, res)
 
     def _requeue(
-        self, mem: dict[int, tuple[Reading, float]], deletes: list[tuple[int, int]]
+        self, mem: OrderedDict[int, tuple[Reading, float]], deletes: list[tuple[int, int]]
     ) -> None:
         """The write failed, nothing was committed: put it all back in front, in order."""
         self._writing, self._writing_seqs = [], []
+        self._acked_writing = set()
         # Acks that came during the failed write removed nothing from ``mem``: apply them.
         acked = {s for lo, hi in self._deletes for s in range(lo, hi + 1) if s in mem}
         for s in acked:
@@ -409,7 +444,7 @@ class Buffer:
         self._acked_in_memory += len(acked)
         mem.update(self._mem)
         while len(mem) > self.settings.max_pending:
-            del mem[next(iter(mem))]
+            mem.popitem(last=False)
             self._dropped["overflow"] += 1
         self._mem = mem
         self._deletes = deletes + self._deletes
@@ -417,6 +452,16 @@ class Buffer:
 
     def _applied(self, rows: list[tuple[int, Reading]], res: _WriteResult) -> None:
         self._writing, self._writing_seqs = [], []
+        recent = self._recent
+        acked, self._acked_writing = self._acked_writing, set()
+        if res.quarantined or res.evicted or res.expired:
+            recent.clear()  # rare: rather than track which rows went, read them from the file
+        else:
+            for seq, r in rows[-RECENT_MAX:]:
+                if seq not in acked:
+                    recent[seq] = r
+        while len(recent) > RECENT_MAX:
+            recent.popitem(last=False)
         self._commits += 1
         self._written += len(rows)
         if res.quarantined:

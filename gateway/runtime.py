@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -167,8 +168,16 @@ class Agent:
         raise _Stop
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 async def run_agent(cfg: Config) -> None:
     """Run with SIGTERM/SIGINT wired to a clean stop."""
+    # The buffer's writer thread releases the GIL in every SQLite call and must win it back
+    # from the event loop; at the default 5 ms a busy loop made each retake cost up to 5 ms
+    # (the "GIL convoy", docs/performance.md). 0.5 ms bounds that; with no other thread
+    # waiting, the interval costs nothing.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -461,3 +461,31 @@ def test_any_mix_of_puts_sends_acks_and_commits_loses_and_repeats_nothing(
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(go(Path(tmp)))
+
+
+async def test_a_sender_that_fell_behind_is_served_from_ram_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readings committed before they were sent (a slow broker, a busy CPU) still come from
+    RAM: reading them back from SQLite while the loop is busy is what collapsed under load."""
+    from buffer.db import Database
+
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        for i in range(50):
+            buf.put(reading(i))
+        await buf.flush()  # committed, never sent
+
+        def no_reads(*_: object) -> None:
+            raise AssertionError("read from the file")
+
+        monkeypatch.setattr(Database, "fetch", no_reads)
+        a = await buf.fetch(0, 30)
+        assert a is not None
+        assert [i.seq for i in a.items] == list(range(1, 31))
+        buf.ack(a)
+        b = await buf.fetch(a.last_seq, 100)
+        assert b is not None
+        assert [i.seq for i in b.items] == list(range(31, 51))
+        monkeypatch.undo()
+        await buf.flush()
+        assert await drain(buf) == list(range(31, 51)), "acked rows are deleted, the rest kept"

@@ -52,3 +52,27 @@ def test_bench_smoke() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["mode"] == "throughput"
     assert result["acked"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_bench_suite_smoke() -> None:
+    """Every workload of the suite runs against the real agent, briefly. Only that it works
+    is checked: each workload gives a result with readings in it. No figure is asserted."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "suite.py"), "--smoke", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = {
+        r["workload"]: r
+        for r in (json.loads(line) for line in out.stdout.splitlines() if line.startswith("{"))
+    }
+    assert set(results) == {"reference", "idle", "stress", "throughput", "backlog"}
+    assert results["reference"]["readings_per_s"] > 0
+    assert results["stress"]["readings_per_s"] > 0
+    assert results["throughput"]["runs"][0]["readings_per_s"] > 0
+    assert results["backlog"]["backlog_readings"] >= 20_000
