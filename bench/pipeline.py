@@ -6,8 +6,9 @@ The source is synthetic so that the figure is the pipeline's, not the simulator'
     python bench/pipeline.py backlog --readings 1000000 # fill with no broker, then drain it
 
 It prints one JSON object with the figures (the machine, readings/s, CPU s per 1,000 readings,
-RSS). This is the first, in-process version; the full suite (the real ``tepi run`` measured
-from /proc) is the performance issue's work.
+RSS). Everything runs in this one process, which makes it the harness to profile the hot
+paths with (``py-spy record -- .venv/bin/python bench/pipeline.py throughput``). The
+published figures come from bench/suite.py, which measures the real ``tepi run`` from /proc.
 """
 
 from __future__ import annotations
