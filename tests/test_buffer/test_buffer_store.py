@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from buffer import Batch, Buffer, BufferSettings, Reading
+from buffer.db import Database
 
 
 def reading(i: int, device: str = "d1") -> Reading:
@@ -278,25 +280,27 @@ async def test_seq_never_goes_back_when_the_file_is_lost(
         assert buf.put(reading(1)) == first + 1
 
 
+def slow_commits(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.Event:
+    """Make every commit take ``seconds`` in the writer thread; the event says one began."""
+    writing = threading.Event()
+    real_commit = Database.commit
+
+    def slow_commit(self: Database, *args: object) -> tuple[int, int]:
+        writing.set()
+        time.sleep(seconds)
+        return real_commit(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Database, "commit", slow_commit)
+    return writing
+
+
 async def test_cancel_during_a_commit_neither_loses_nor_duplicates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Shutdown cancels the commit loop while its thread is writing: the write still lands,
     so it must be counted, not queued again (a second INSERT of the same seq would fail and
     take the readings that came after it down with it)."""
-    import threading
-
-    from buffer.db import Database
-
-    writing = threading.Event()
-    real_commit = Database.commit
-
-    def slow_commit(self: Database, *args: object) -> tuple[int, int]:
-        writing.set()
-        time.sleep(0.3)
-        return real_commit(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Database, "commit", slow_commit)
+    writing = slow_commits(monkeypatch, 0.3)
     buf = Buffer(settings_for(tmp_path), "boot-a")
     async with buf:
         for i in range(10):
@@ -386,25 +390,13 @@ async def test_fetch_takes_the_file_first_then_memory_and_honours_upto(tmp_path:
 async def test_ack_that_lands_during_a_write_deletes_the_rows_afterwards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
-    from buffer.db import Database
-
-    writing = threading.Event()
-    real_commit = Database.commit
-
-    def slow_commit(self: Database, *args: object) -> tuple[int, int]:
-        writing.set()
-        time.sleep(0.2)
-        return real_commit(self, *args)  # type: ignore[arg-type]
-
     s = BufferSettings(path=tmp_path / "buffer.db", commit_interval_s=30)
     async with Buffer(s, "boot-a") as buf:
         for i in range(6):
             buf.put(reading(i))
         batch = await buf.fetch(0, 100)
         assert batch is not None
-        monkeypatch.setattr(Database, "commit", slow_commit)
+        writing = slow_commits(monkeypatch, 0.2)
         flush = asyncio.create_task(buf.flush())
         await asyncio.to_thread(writing.wait, 5)
         assert [i.seq for i in (await buf.fetch(0, 100) or batch).items] == [1, 2, 3, 4, 5, 6]
@@ -468,8 +460,6 @@ async def test_a_sender_that_fell_behind_is_served_from_ram_not_the_file(
 ) -> None:
     """Readings committed before they were sent (a slow broker, a busy CPU) still come from
     RAM: reading them back from SQLite while the loop is busy is what collapsed under load."""
-    from buffer.db import Database
-
     async with Buffer(settings_for(tmp_path), "boot-a") as buf:
         for i in range(50):
             buf.put(reading(i))
