@@ -1,7 +1,7 @@
 """Registers to values and back, and the plan of read requests for a device.
 
-Values are decoded by hand with ``struct`` rather than pymodbus's helpers, because the later
-Modbus work needs byte orders (BADC, CDAB, ...) that those helpers do not have.
+Values are decoded by hand with ``struct`` rather than pymodbus's helpers, which do not have
+all four byte orders (ABCD, BADC, CDAB, DCBA).
 """
 
 from __future__ import annotations
@@ -11,44 +11,109 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.modbus.config import BIT_TABLES, RegisterConfig, RegisterType
+from drivers.modbus.config import BIT_TABLES, ByteOrder, RegisterConfig, RegisterType
 
 MAX_REGISTERS = 125
 MAX_BITS = 2000
-_FMT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f"}
+_FMT = {
+    "int16": ">h",
+    "uint16": ">H",
+    "int32": ">i",
+    "uint32": ">I",
+    "int64": ">q",
+    "uint64": ">Q",
+    "float32": ">f",
+    "float64": ">d",
+}
+WORD_SWAPPED = frozenset({"CDAB", "DCBA"})
+BYTE_SWAPPED = frozenset({"BADC", "DCBA"})
+Value = int | float | bool | str
 
 
-def decode(words: Sequence[int], kind: RegisterType, word_order: str = "big") -> int | float | bool:
+def to_bytes(words: Sequence[int], order: ByteOrder = "ABCD") -> bytes:
+    """The value's bytes, most significant first, from registers in wire order.
+
+    ABCD: as on the wire. CDAB: the registers come low word first. BADC: each register has
+    its two bytes swapped. DCBA: both (little-endian). The same rule covers 64-bit values.
+    """
+    ordered = list(reversed(words)) if order in WORD_SWAPPED else list(words)
+    raw = b"".join(w.to_bytes(2, "big") for w in ordered)
+    return _swap_pairs(raw) if order in BYTE_SWAPPED else raw
+
+
+def from_bytes(raw: bytes, order: ByteOrder = "ABCD") -> list[int]:
+    """The registers, in wire order, that hold ``raw`` (most significant byte first)."""
+    if order in BYTE_SWAPPED:
+        raw = _swap_pairs(raw)
+    words = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+    return list(reversed(words)) if order in WORD_SWAPPED else words
+
+
+def _swap_pairs(raw: bytes) -> bytes:
+    out = bytearray(raw)
+    out[0::2], out[1::2] = raw[1::2], raw[0::2]
+    return bytes(out)
+
+
+def decode(words: Sequence[int], kind: RegisterType, order: ByteOrder = "ABCD") -> Value:
     """Decode 16-bit ``words`` (in wire order) as ``kind``."""
     if kind == "bool":
         return bool(words[0])
-    ordered = list(words) if word_order == "big" else list(reversed(words))
-    raw = b"".join(w.to_bytes(2, "big") for w in ordered)
-    value: int | float = struct.unpack(_FMT[kind], raw)[0]
+    if kind == "string":
+        # Characters run in register order; only the bytes within a register may be swapped.
+        raw = b"".join(w.to_bytes(2, "big") for w in words)
+        if order in BYTE_SWAPPED:
+            raw = _swap_pairs(raw)
+        return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace").rstrip()
+    value: int | float = struct.unpack(_FMT[kind], to_bytes(words, order))[0]
     return value
 
 
-def encode(value: float | bool, kind: RegisterType, word_order: str = "big") -> list[int]:
-    """The words (in wire order) that hold ``value`` as ``kind``; inverse of :func:`decode`."""
+def encode(
+    value: Value, kind: RegisterType, order: ByteOrder = "ABCD", length: int = 1
+) -> list[int]:
+    """The words (in wire order) that hold ``value`` as ``kind``; inverse of :func:`decode`.
+
+    A string is padded with NULs to ``length`` registers (and must fit in them).
+    """
     if kind == "bool":
         return [1 if value else 0]
-    raw = struct.pack(_FMT[kind], value)
-    words = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
-    return words if word_order == "big" else list(reversed(words))
+    if kind == "string":
+        raw = str(value).encode()
+        if len(raw) > 2 * length:
+            raise ValueError(f"{len(raw)} bytes do not fit in {length} registers")
+        raw = raw.ljust(2 * length, b"\0")
+        if order in BYTE_SWAPPED:
+            raw = _swap_pairs(raw)
+        return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+    return from_bytes(struct.pack(_FMT[kind], value), order)
 
 
-def scaled(raw: int | float | bool, reg: RegisterConfig) -> int | float | bool:
+def decode_register(words: Sequence[int], reg: RegisterConfig) -> Value:
+    """One configured register's raw value (before scale and enum) from its words."""
+    if reg.bit is not None:
+        return bool((words[0] >> reg.bit) & 1)
+    return decode(words, reg.kind, reg.order)
+
+
+def scaled(raw: Value, reg: RegisterConfig) -> Value:
     """Apply scale and offset; integers stay integers when both are neutral."""
-    if isinstance(raw, bool) or (reg.scale == 1.0 and reg.offset == 0.0):
+    if isinstance(raw, bool | str) or (reg.scale == 1.0 and reg.offset == 0.0):
         return raw
     return round(raw * reg.scale + reg.offset, 9)
 
 
-def bad_value(value: int | float | bool) -> str | None:
-    """Why a decoded value cannot be sent, or None."""
+def value_of(raw: Value, reg: RegisterConfig) -> tuple[Value | None, str | None]:
+    """The value to send for ``raw`` and, for a bad one, why: scale, enum, finiteness."""
+    if reg.enum is not None:
+        label = reg.enum.get(int(raw))
+        if label is None:
+            return None, f"value {raw} not in enum"
+        return label, None
+    value = scaled(raw, reg)
     if isinstance(value, float) and not math.isfinite(value):
-        return "not a finite number"
-    return None
+        return None, "not a finite number"
+    return value, None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.base import DriverConfig
+from gateway.units import Duration
 
 Table = Literal["holding", "input", "coil", "discrete"]
-RegisterType = Literal["int16", "uint16", "int32", "uint32", "float32", "bool"]
+RegisterType = Literal[
+    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "string"
+]
+ByteOrder = Literal["ABCD", "BADC", "CDAB", "DCBA"]
 BIT_TABLES = frozenset({"coil", "discrete"})
-WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "bool": 1}
+WIDTH = {
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float32": 2,
+    "float64": 4,
+    "bool": 1,
+}
+INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 
 
 class RegisterConfig(BaseModel):
@@ -35,32 +50,92 @@ class RegisterConfig(BaseModel):
     )
     word_order: Literal["big", "little"] = Field(
         default="big",
-        description="For 32-bit types: big = the first register holds the high word.",
+        description="For 32- and 64-bit types: big = the first register holds the high word "
+        "(the same as byte_order ABCD), little = the low word (CDAB).",
+    )
+    byte_order: ByteOrder | None = Field(
+        default=None,
+        description="ABCD (big-endian), BADC (bytes swapped in each register), CDAB (registers "
+        "swapped) or DCBA (little-endian). Replaces word_order; set one or the other.",
+    )
+    length: int | None = Field(
+        default=None, ge=1, le=125, description="For type string: how many registers it spans."
+    )
+    bit: int | None = Field(
+        default=None,
+        ge=0,
+        le=15,
+        description="Read one bit (0 = least significant) of a 16-bit register, as a bool.",
+    )
+    enum: dict[int, str] | None = Field(
+        default=None,
+        description="For integer types: the label to send for each raw value, e.g. "
+        "{0: off, 1: on}. A value not in the map is sent as a bad reading.",
     )
     scale: float = Field(default=1.0, description="value = raw * scale + offset.")
     offset: float = Field(default=0.0, description="value = raw * scale + offset.")
+    deadband: float | None = Field(
+        default=None,
+        ge=0,
+        description="Report on change: send a value only when it moved more than this since "
+        "the last one sent (0: on any change), or when the device's heartbeat is due.",
+    )
     unit: str | None = Field(
         default=None, max_length=32, description="Unit sent with the value, e.g. ug/m3."
     )
+
+    @field_validator("enum", mode="before")
+    @classmethod
+    def _labels_are_text(cls, v: object) -> object:
+        if isinstance(v, dict):
+            for raw, label in v.items():
+                if isinstance(label, bool):
+                    raise ValueError(  # noqa: TRY004 - pydantic reports ValueError, not TypeError
+                        f"the label for {raw} is {str(label).lower()}, not text: YAML reads "
+                        "off, on, yes and no as true or false; quote it, e.g. 'off'"
+                    )
+        return v
 
     @property
     def kind(self) -> RegisterType:
         if self.type is not None:
             return self.type
-        return "bool" if self.table in BIT_TABLES else "uint16"
+        return "bool" if self.table in BIT_TABLES or self.bit is not None else "uint16"
 
     @property
     def width(self) -> int:
+        if self.kind == "string":
+            return self.length or 1
         return WIDTH[self.kind]
+
+    @property
+    def order(self) -> ByteOrder:
+        if self.byte_order is not None:
+            return self.byte_order
+        return "ABCD" if self.word_order == "big" else "CDAB"
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.table in BIT_TABLES and self.kind != "bool":
+        kind = self.kind
+        if self.table in BIT_TABLES and kind != "bool":
             raise ValueError(f"a {self.table} is one bit: its type can only be bool")
-        if self.kind == "bool" and (self.scale != 1.0 or self.offset != 0.0):
-            raise ValueError("scale and offset do not apply to a bool")
+        if self.table in BIT_TABLES and self.bit is not None:
+            raise ValueError(f"bit selects a bit of a register; a {self.table} is a bit already")
+        if self.bit is not None and kind != "bool":
+            raise ValueError("a bit is read as a bool: drop type, or set type: bool")
+        if kind in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
+            raise ValueError(f"scale and offset do not apply to a {kind}")
+        if (kind == "string") != (self.length is not None):
+            raise ValueError("type string needs length (registers), and only a string has one")
+        if self.enum is not None:
+            if kind not in INTEGER_TYPES:
+                raise ValueError("enum maps integers to labels: use an integer type")
+            if self.scale != 1.0 or self.offset != 0.0:
+                raise ValueError("an enum value is a label: scale and offset do not apply")
+        if self.byte_order is not None and "word_order" in self.model_fields_set:
+            raise ValueError("set byte_order or word_order, not both")
         if self.address + self.width > 65536:
-            raise ValueError(f"{self.kind} at address {self.address} runs past register 65535")
+            raise ValueError(f"{kind} at address {self.address} runs past register 65535")
         return self
 
 
@@ -68,6 +143,24 @@ class _ModbusCommon(DriverConfig):
     unit: int = Field(default=1, ge=0, le=255, description="Modbus unit (slave) id.")
     registers: list[RegisterConfig] = Field(
         min_length=1, description="What to read from the device: one entry per metric."
+    )
+    address_base: Literal[0, 1] = Field(
+        default=0,
+        description="0 if the addresses in registers are as on the wire; 1 if they count from "
+        "1, as many datasheets do (register 1 is wire address 0).",
+    )
+    max_gap: int = Field(
+        default=16,
+        ge=0,
+        le=124,
+        description="Merge reads of registers up to this many unused registers apart into one "
+        "request. A device that refuses a merged read (exception 2) gets it split, and keeps it.",
+    )
+    heartbeat: Duration = Field(
+        default=600.0,
+        gt=0,
+        description="For registers with a deadband: send the value at least this often, changed "
+        "or not.",
     )
 
     @model_validator(mode="after")
@@ -77,7 +170,18 @@ class _ModbusCommon(DriverConfig):
             if reg.name in seen:
                 raise ValueError(f"register name {reg.name!r} is used twice: names must be unique")
             seen.add(reg.name)
+            if reg.address < self.address_base:
+                raise ValueError(
+                    f"register {reg.name!r}: address {reg.address} is below address_base "
+                    f"{self.address_base}"
+                )
         return self
+
+    def wire_registers(self) -> list[RegisterConfig]:
+        """The registers with their addresses as on the wire (address_base applied)."""
+        if self.address_base == 0:
+            return list(self.registers)
+        return [r.model_copy(update={"address": r.address - 1}) for r in self.registers]
 
 
 class ModbusRtuConfig(_ModbusCommon):

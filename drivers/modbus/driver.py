@@ -1,16 +1,53 @@
-"""A Modbus device: plan its reads once, then read, decode and stamp on every poll."""
+"""A Modbus device: plan its reads once, then read, decode and stamp on every poll.
+
+The plan merges registers into few requests, filling gaps of up to ``max_gap`` unused
+registers. A device that answers a merged read with exception 2 (illegal data address) has a
+hole there: the read is split, at once and for good (the device keeps its own plan), so only
+a register that is itself refused ends up as a bad reading.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 from drivers.base import MetricInfo, Sample, SharedResources, boottime
-from drivers.modbus.codec import bad_value, decode, plan_reads, scaled
-from drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
+from drivers.modbus.codec import ReadRequest, Value, decode_register, plan_reads, value_of
+from drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig, RegisterConfig
 from drivers.modbus.link import ExceptionReply, ModbusLink
 from gateway.errors import DeviceError, DeviceUnavailable
+
+log = logging.getLogger(__name__)
+ILLEGAL_ADDRESS = 2
+
+
+def split(req: ReadRequest) -> list[ReadRequest]:
+    """A refused merged read, in smaller reads: first without the gaps, then one by one."""
+    parts = plan_reads(req.registers, max_gap=0)
+    if len(parts) > 1:
+        return parts
+    if len(req.registers) > 1:
+        return [ReadRequest(req.table, r.address, r.width, (r,)) for r in req.registers]
+    return [req]
+
+
+@dataclass(slots=True)
+class _Sent:
+    value: Value | None
+    reason: str | None
+    mono: float
+
+
+def changed(old: Value | None, new: Value | None, deadband: float) -> bool:
+    if isinstance(old, bool) or isinstance(new, bool) or old is None or new is None:
+        return old != new
+    if isinstance(old, int | float) and isinstance(new, int | float):
+        return abs(new - old) > deadband
+    return old != new
 
 
 class ModbusDriver:
@@ -21,7 +58,10 @@ class ModbusDriver:
     ) -> None:
         self.config = config
         self._resources = resources
-        self._plan = plan_reads(config.registers)
+        self._plan = plan_reads(config.wire_registers(), max_gap=config.max_gap)
+        self._by_name = {r.name: r for r in config.registers}
+        self._sent: dict[str, _Sent] = {}
+        self.splits = 0
         self._link: ModbusLink | None = None
         if isinstance(config, ModbusRtuConfig):
             self._key: tuple[object, ...] = ("modbus-serial", config.port)
@@ -63,7 +103,10 @@ class ModbusDriver:
         samples: list[Sample] = []
         errors: list[DeviceError] = []
         answered = 0
-        for req in self._plan:
+        todo = deque(self._plan)
+        plan: list[ReadRequest] = []
+        while todo:
+            req = todo.popleft()
             data: list[int] | list[bool] | ExceptionReply | DeviceError
             try:
                 data = await self._link.read(
@@ -73,6 +116,22 @@ class ModbusDriver:
                 if isinstance(err, DeviceUnavailable) and answered == 0:
                     raise  # not answering: do not spend a timeout on each request
                 data = err
+            if isinstance(data, ExceptionReply) and data.code == ILLEGAL_ADDRESS:
+                parts = split(req)
+                if len(parts) > 1:
+                    self.splits += 1
+                    log.info(
+                        "device %s refused a read of %d %s registers at %d (exception 2): "
+                        "split into %d reads, kept for this device",
+                        cfg.id,
+                        req.count,
+                        req.table,
+                        req.address,
+                        len(parts),
+                    )
+                    todo.extendleft(reversed(parts))
+                    continue
+            plan.append(req)
             ts, mono = time.time(), boottime()
             if isinstance(data, DeviceError | ExceptionReply):
                 if isinstance(data, DeviceError):
@@ -86,10 +145,28 @@ class ModbusDriver:
             answered += 1
             for reg in req.registers:
                 i = reg.address - req.address
-                raw = decode(data[i : i + reg.width], reg.kind, reg.word_order)
-                value = scaled(raw, reg)
-                why = bad_value(value)
-                samples.append(Sample(reg.name, None if why else value, reg.unit, ts, mono, why))
+                value, why = value_of(decode_register(data[i : i + reg.width], reg), reg)
+                samples.append(Sample(reg.name, value, reg.unit, ts, mono, why))
+        self._plan = plan
         if answered == 0 and errors:
             raise errors[0]
-        return samples
+        return self._report(samples)
+
+    def _report(self, samples: list[Sample]) -> list[Sample]:
+        """Drop unchanged values of registers with a deadband, until their heartbeat."""
+        out: list[Sample] = []
+        heartbeat = self.config.heartbeat
+        for s in samples:
+            reg: RegisterConfig = self._by_name[s.metric]
+            if reg.deadband is not None:
+                last = self._sent.get(s.metric)
+                if (
+                    last is not None
+                    and last.reason == s.reason
+                    and s.mono - last.mono < heartbeat
+                    and not changed(last.value, s.value, reg.deadband)
+                ):
+                    continue
+                self._sent[s.metric] = _Sent(s.value, s.reason, s.mono)
+            out.append(s)
+        return out

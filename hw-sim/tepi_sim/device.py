@@ -115,6 +115,11 @@ class Device:
         self._check_table(table)
         return self.memory.value(table, address)
 
+    def set_value(self, address: int, value: float, table: str = "holding") -> None:
+        """Set the physical value of a point (a counter's last value); reads see it next."""
+        self._check_table(table)
+        self.memory.set_value(table, address, value)
+
     async def wait_requests(self, n: int, timeout: float | None = 5.0) -> int:  # noqa: ASYNC109
         """Wait until at least ``n`` requests arrived; return the count. TimeoutError if not."""
         async with asyncio.timeout(timeout):

@@ -101,6 +101,14 @@ class Memory:
             return float(point.count)
         return point.walk.at(self._clock())
 
+    def set_value(self, table: str, address: int, value: float) -> None:
+        """Set a point's physical value (a counter's count) from outside, as a test does."""
+        point = self.point(table, address)
+        if point.walk is None:
+            point.count = int(value) % point.modulus()
+        else:
+            point.walk.set(value)
+
     def execute(self, pdu: bytes) -> Prepared:
         """Run one request PDU. Exceptions are returned as PDUs, never raised."""
         fc = pdu[0] if pdu else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -77,8 +78,10 @@ def sim_config(transport: str, fill_gaps: bool = True) -> dict[str, Any]:
     }
 
 
-def driver_config(transport: str, endpoint: str, registers: list[dict[str, Any]]) -> Any:
-    common = {"id": "dev", "unit": 3, "timeout": "500ms", "registers": registers}
+def driver_config(
+    transport: str, endpoint: str, registers: list[dict[str, Any]], **extra: Any
+) -> Any:
+    common = {"id": "dev", "unit": 3, "timeout": "500ms", "registers": registers, **extra}
     if transport == "rtu":
         return ModbusRtuConfig.model_validate({**common, "driver": "modbus-rtu", "port": endpoint})
     host, port = endpoint.split(":")
@@ -209,3 +212,147 @@ async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason
     assert bad
     assert {s.reason for s in bad} == {"timeout"}
     assert all(s.value is None for s in bad)
+
+
+def sparse_sim(fill_gaps: bool, addresses: list[int]) -> dict[str, Any]:
+    regs = [const(a, "holding", "uint16", a + 1000) for a in addresses]
+    return {
+        "devices": [
+            {"id": "dev", "transport": "tcp", "unit": 3, "fill_gaps": fill_gaps, "registers": regs}
+        ]
+    }
+
+
+async def requests_per_poll(
+    sim: Simulator, drv: ModbusDriver, polls: int = 1
+) -> tuple[list[int], list[Any]]:
+    counts, samples = [], []
+    for _ in range(polls):
+        before = sim.device("dev").requests
+        samples = await drv.read()
+        counts.append(sim.device("dev").requests - before)
+    return counts, samples
+
+
+@pytest.mark.parametrize(("max_gap", "expected"), [(16, 3), (0, 5)])
+async def test_a_sparse_map_is_read_in_few_requests(max_gap: int, expected: int) -> None:
+    """Registers at 0, 5, 10, 11, 30 and 60: gaps of 4 fill (one read of 0-11), gaps of 18
+    and 29 do not. Without gap filling only 10 and 11, which touch, share a read."""
+    addresses = [0, 5, 10, 11, 30, 60]
+    async with Simulator(sparse_sim(True, addresses)) as sim:
+        regs = [{"name": f"r{a}", "address": a} for a in addresses]
+        cfg = driver_config("tcp", sim.endpoint("dev"), regs, max_gap=max_gap)
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            counts, samples = await requests_per_poll(sim, drv)
+    assert counts == [expected]
+    assert {s.metric: s.value for s in samples} == {f"r{a}": a + 1000 for a in addresses}
+
+
+async def test_a_refused_merged_read_is_split_once_and_remembered() -> None:
+    """The device has a hole at 1-4 (exception 2 there). The merged read 0-5 is refused, split
+    into two reads at once (every value still arrives in that poll), and later polls use the
+    split plan without asking again."""
+    async with Simulator(sparse_sim(False, [0, 5, 6])) as sim:
+        regs = [{"name": f"r{a}", "address": a} for a in (0, 5, 6)]
+        async with ModbusDriver(
+            driver_config("tcp", sim.endpoint("dev"), regs), SharedResources()
+        ) as drv:
+            counts, samples = await requests_per_poll(sim, drv, polls=3)
+            assert drv.splits == 1
+    assert counts == [3, 2, 2]  # refused 0-6, then 0 and 5-6; then 0 and 5-6 each poll
+    assert {s.metric: (s.value, s.reason) for s in samples} == {
+        "r0": (1000, None),
+        "r5": (1005, None),
+        "r6": (1006, None),
+    }
+
+
+async def test_a_register_the_device_lacks_is_bad_and_the_rest_good() -> None:
+    async with Simulator(sparse_sim(False, [0, 1])) as sim:
+        regs = [
+            {"name": "r0", "address": 0},
+            {"name": "r1", "address": 1},
+            {"name": "missing", "address": 2},
+        ]
+        async with ModbusDriver(
+            driver_config("tcp", sim.endpoint("dev"), regs), SharedResources()
+        ) as drv:
+            _, samples = await requests_per_poll(sim, drv, polls=2)
+    got = {s.metric: (s.value, s.reason) for s in samples}
+    assert got["r0"] == (1000, None)
+    assert got["r1"] == (1001, None)
+    assert got["missing"] == (None, "modbus exception 2 (illegal data address)")
+
+
+async def test_reads_never_exceed_125_registers() -> None:
+    addresses = list(range(0, 300, 2))  # 150 registers over 299 addresses, gaps of 1
+    async with Simulator(sparse_sim(True, addresses)) as sim:
+        regs = [{"name": f"r{a}", "address": a} for a in addresses]
+        async with ModbusDriver(
+            driver_config("tcp", sim.endpoint("dev"), regs), SharedResources()
+        ) as drv:
+            counts, samples = await requests_per_poll(sim, drv)
+            assert all(req.count <= 125 for req in drv._plan)
+    assert counts == [3]  # 299 registers: 125 + 125 + 49
+    assert len(samples) == 150
+    assert all(s.value == int(s.metric[1:]) + 1000 for s in samples)
+
+
+async def test_address_base_1_reads_the_same_registers() -> None:
+    async with Simulator(sparse_sim(True, [0, 1])) as sim:
+        regs = [{"name": "first", "address": 1}, {"name": "second", "address": 2}]
+        cfg = driver_config("tcp", sim.endpoint("dev"), regs, address_base=1)
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            samples = await drv.read()
+    assert {s.metric: s.value for s in samples} == {"first": 1000, "second": 1001}
+
+
+async def test_report_on_change_with_a_deadband_and_a_heartbeat() -> None:
+    sim_cfg = {
+        "devices": [
+            {
+                "id": "dev",
+                "transport": "tcp",
+                "unit": 3,
+                "registers": [const(0, "holding", "uint16", 500), const(1, "holding", "uint16", 7)],
+            }
+        ]
+    }
+    async with Simulator(sim_cfg) as sim:
+        regs = [
+            {"name": "level", "address": 0, "scale": 0.1, "deadband": 0.5},
+            {"name": "always", "address": 1},
+        ]
+        cfg = driver_config("tcp", sim.endpoint("dev"), regs, heartbeat="1h")
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            first = {s.metric for s in await drv.read()}
+            unchanged = {s.metric for s in await drv.read()}
+            sim.device("dev").set_value(0, 503)  # 50.3: moved 0.3, inside the deadband
+            small = {s.metric for s in await drv.read()}
+            sim.device("dev").set_value(0, 510)  # 51.0: moved 1.0 since the last one sent
+            big = [s for s in await drv.read() if s.metric == "level"]
+    assert first == {"level", "always"}
+    assert unchanged == {"always"}
+    assert small == {"always"}
+    assert [s.value for s in big] == [51.0]
+
+
+async def test_an_unchanged_value_is_still_sent_when_its_heartbeat_is_due() -> None:
+    sim_cfg = {
+        "devices": [
+            {
+                "id": "dev",
+                "transport": "tcp",
+                "unit": 3,
+                "registers": [const(0, "holding", "uint16", 500)],
+            }
+        ]
+    }
+    async with Simulator(sim_cfg) as sim:
+        regs = [{"name": "level", "address": 0, "deadband": 0}]
+        cfg = driver_config("tcp", sim.endpoint("dev"), regs, heartbeat="50ms")
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            assert [s.value for s in await drv.read()] == [500]
+            assert await drv.read() == []
+            await asyncio.sleep(0.06)  # the heartbeat period passing is what is tested
+            assert [s.value for s in await drv.read()] == [500]

@@ -91,3 +91,15 @@ def test_every_payload_field_is_documented() -> None:
             if f"`{field}`" not in doc and f"`{leaf}`" not in doc and f'"{leaf}"' not in doc:
                 missing.append(f"{kind}: {field}")
     assert not missing, missing
+
+
+def test_modbus_doc_example_validates() -> None:
+    doc = (DOCS / "modbus.md").read_text()
+    example = re.search(r"```yaml\n(devices:.*?)```", doc, re.S)
+    assert example is not None
+    text = 'gateway: {id: gw}\nuplink: {url: "mqtt://127.0.0.1"}\n' + example.group(1)
+    cfg = parse_config(text, "docs/modbus.md", check_files=False)
+    regs = {r.name: r for r in getattr(cfg.devices[0], "registers", [])}
+    assert regs["energy"].order == "CDAB"
+    assert regs["alarm"].kind == "bool"
+    assert regs["serial"].width == 4
