@@ -60,3 +60,15 @@ class DeviceUnavailable(DeviceError):
 
 class ProtocolError(DeviceError):
     """The device answered with something that is not a valid reply."""
+
+
+class WriteRefused(TepiError):
+    """A write that tepi will not send (not writable, out of range), or that did not take.
+
+    ``reason`` is short and stable, for the remote-command reply; the message says what to do.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)

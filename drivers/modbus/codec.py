@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from drivers.modbus.config import BIT_TABLES, ByteOrder, RegisterConfig, RegisterType
+from gateway.errors import WriteRefused
 
 MAX_REGISTERS = 125
 MAX_BITS = 2000
@@ -94,6 +95,59 @@ def decode_register(words: Sequence[int], reg: RegisterConfig) -> Value:
     if reg.bit is not None:
         return bool((words[0] >> reg.bit) & 1)
     return decode(words, reg.kind, reg.order)
+
+
+_INT_RANGE = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+
+
+def raw_for_write(value: Value, reg: RegisterConfig) -> list[int] | list[bool]:
+    """The words (or bit) to write for ``value``, checked against the register's limits.
+
+    Raises ``WriteRefused`` with a reason a person can act on.
+    """
+    if reg.kind == "bool":
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise WriteRefused("out of range", f"{reg.name} is a bool: write true or false")
+        return [bool(value)] if reg.table == "coil" else [1 if value else 0]
+    if reg.enum is not None:
+        raws = [k for k, label in reg.enum.items() if label == value]
+        if not raws:
+            raise WriteRefused(
+                "out of range", f"{reg.name} takes one of {sorted(reg.enum.values())}"
+            )
+        raw: float = raws[0]
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise WriteRefused("bad value", f"{reg.name} takes a number, not {value!r}")
+        if not math.isfinite(value):
+            raise WriteRefused("bad value", f"{reg.name}: {value} is not a finite number")
+        if (reg.min is not None and value < reg.min) or (reg.max is not None and value > reg.max):
+            raise WriteRefused(
+                "out of range", f"{reg.name} takes {reg.min} to {reg.max}, not {value}"
+            )
+        raw = (value - reg.offset) / reg.scale
+    if reg.kind in _INT_RANGE:
+        lo, hi = _INT_RANGE[reg.kind]
+        whole = round(raw)
+        if abs(whole - raw) > 1e-6 or not lo <= whole <= hi:
+            raise WriteRefused(
+                "out of range",
+                f"{reg.name} is {reg.kind} with scale {reg.scale}: {value} is not representable",
+            )
+        return encode(whole, reg.kind, reg.order)
+    try:
+        return encode(raw, reg.kind, reg.order)
+    except (OverflowError, struct.error):
+        raise WriteRefused(
+            "out of range", f"{reg.name}: {value} does not fit a {reg.kind}"
+        ) from None
 
 
 def scaled(raw: Value, reg: RegisterConfig) -> Value:

@@ -83,6 +83,17 @@ class RegisterConfig(BaseModel):
     unit: str | None = Field(
         default=None, max_length=32, description="Unit sent with the value, e.g. ug/m3."
     )
+    writable: bool = Field(
+        default=False,
+        description="Allow writes to this holding register or coil (remote commands). Off by "
+        "default: nothing is written that the config does not allow.",
+    )
+    min: float | None = Field(
+        default=None, description="For writes: the lowest value allowed (after scale)."
+    )
+    max: float | None = Field(
+        default=None, description="For writes: the highest value allowed (after scale)."
+    )
 
     @field_validator("enum", mode="before")
     @classmethod
@@ -132,6 +143,14 @@ class RegisterConfig(BaseModel):
                 raise ValueError("enum maps integers to labels: use an integer type")
             if self.scale != 1.0 or self.offset != 0.0:
                 raise ValueError("an enum value is a label: scale and offset do not apply")
+        if self.writable and self.table not in ("holding", "coil"):
+            raise ValueError(
+                f"a {self.table} is read-only: only holding registers and coils can be writable"
+            )
+        if self.writable and (self.bit is not None or kind == "string"):
+            raise ValueError("writes of a single bit or a string are not supported")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is above max")
         if self.byte_order is not None and "word_order" in self.model_fields_set:
             raise ValueError("set byte_order or word_order, not both")
         if self.address + self.width > 65536:

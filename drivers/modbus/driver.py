@@ -16,10 +16,17 @@ from types import TracebackType
 from typing import Self
 
 from drivers.base import MetricInfo, Sample, SharedResources, boottime
-from drivers.modbus.codec import ReadRequest, Value, decode_register, plan_reads, value_of
+from drivers.modbus.codec import (
+    ReadRequest,
+    Value,
+    decode_register,
+    plan_reads,
+    raw_for_write,
+    value_of,
+)
 from drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig, RegisterConfig
 from drivers.modbus.link import ExceptionReply, ModbusLink
-from gateway.errors import DeviceError, DeviceUnavailable
+from gateway.errors import DeviceError, DeviceUnavailable, WriteRefused
 
 log = logging.getLogger(__name__)
 ILLEGAL_ADDRESS = 2
@@ -151,6 +158,41 @@ class ModbusDriver:
         if answered == 0 and errors:
             raise errors[0]
         return self._report(samples)
+
+    async def write(self, name: str, value: Value) -> Value:
+        """Write one register marked ``writable``, read it back, and return what it now holds.
+
+        Refused (``WriteRefused``) when the register is not writable, the value is out of its
+        ``min``/``max`` or its type's range, the device answers with an exception, or the value
+        read back differs. The remote commands of a later issue call this.
+        """
+        if self._link is None:
+            raise RuntimeError("ModbusDriver.write() outside its context")
+        cfg = self.config
+        reg = self._by_name.get(name)
+        if reg is None:
+            raise WriteRefused("unknown register", f"{cfg.id} has no register {name!r}")
+        if not reg.writable:
+            raise WriteRefused(
+                "not writable", f"{cfg.id}.{name} is not marked writable: true in the config"
+            )
+        words = raw_for_write(value, reg)
+        wire = reg.address - cfg.address_base
+        reply = await self._link.write(reg.table, wire, words, cfg.unit, cfg.timeout)
+        if reply is not None:
+            raise WriteRefused("refused by device", f"{cfg.id}.{name}: {reply.reason}")
+        back = await self._link.read(reg.table, wire, reg.width, cfg.unit, cfg.timeout)
+        if isinstance(back, ExceptionReply):
+            raise WriteRefused("read-back failed", f"{cfg.id}.{name}: {back.reason}")
+        if [int(w) for w in back] != [int(w) for w in words]:
+            raise WriteRefused(
+                "read-back differs", f"{cfg.id}.{name}: wrote {words}, the device holds {back}"
+            )
+        got, _ = value_of(decode_register(back, reg), reg)
+        if got is None:
+            raise WriteRefused("read-back failed", f"{cfg.id}.{name}: not a valid value")
+        log.info("device %s: wrote %s = %r (read back %r)", cfg.id, name, value, got)
+        return got
 
     def _report(self, samples: list[Sample]) -> list[Sample]:
         """Drop unchanged values of registers with a deadband, until their heartbeat."""

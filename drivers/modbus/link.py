@@ -123,6 +123,38 @@ class ModbusLink:
         if not ok:
             raise DeviceUnavailable("cannot connect", self.label)
 
+    async def write(
+        self, table: str, address: int, values: list[int] | list[bool], unit: int, timeout_s: float
+    ) -> ExceptionReply | None:
+        """Write registers (fc 6 or 16) or coils (fc 5 or 15) once; None when accepted."""
+        async with self._lock:
+            await self._ensure_connected(timeout_s)
+            self.client.comm_params.timeout_connect = timeout_s
+            try:
+                if table == "coil":
+                    bits = [bool(v) for v in values]
+                    if len(bits) == 1:
+                        resp = await self.client.write_coil(address, bits[0], device_id=unit)
+                    else:
+                        resp = await self.client.write_coils(address, bits, device_id=unit)
+                else:
+                    words = [int(v) for v in values]
+                    if len(words) == 1:
+                        resp = await self.client.write_register(address, words[0], device_id=unit)
+                    else:
+                        resp = await self.client.write_registers(address, words, device_id=unit)
+            except ModbusIOException as err:
+                raise DeviceUnavailable(
+                    "timeout", f"{self.label} unit {unit}: no valid answer"
+                ) from err
+            except ConnectionException as err:
+                raise DeviceUnavailable("disconnected", f"{self.label}: {err}") from err
+            except ModbusException as err:
+                raise ProtocolError("bad frame", f"{self.label} unit {unit}: {err}") from err
+        if resp.isError():
+            return ExceptionReply(int(getattr(resp, "exception_code", 0)))
+        return None
+
     async def read(
         self, table: str, address: int, count: int, unit: int, timeout_s: float
     ) -> list[int] | list[bool] | ExceptionReply:

@@ -10,7 +10,7 @@ from tepi_sim import Simulator
 
 from drivers.base import SharedResources
 from drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
-from gateway.errors import DeviceUnavailable
+from gateway.errors import DeviceUnavailable, WriteRefused
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -356,3 +356,58 @@ async def test_an_unchanged_value_is_still_sent_when_its_heartbeat_is_due() -> N
             assert await drv.read() == []
             await asyncio.sleep(0.06)  # the heartbeat period passing is what is tested
             assert [s.value for s in await drv.read()] == [500]
+
+
+WRITE_SIM = {
+    "devices": [
+        {
+            "id": "dev",
+            "transport": "tcp",
+            "unit": 3,
+            "registers": [
+                const(0, "holding", "uint16", 200),
+                const(1, "holding", "uint16", 0),
+                const(2, "holding", "float32", 0.0, word_order="little"),
+                const(4, "holding", "uint16", 0),
+                const(0, "coil", None, False),
+            ],
+        }
+    ]
+}
+WRITE_REGS = [
+    {"name": "setpoint", "address": 0, "scale": 0.1, "writable": True, "min": 5, "max": 35},
+    {"name": "locked", "address": 1},
+    {"name": "gain", "address": 2, "type": "float32", "byte_order": "CDAB", "writable": True},
+    {"name": "mode", "address": 4, "enum": {0: "off", 1: "auto"}, "writable": True},
+    {"name": "pump", "address": 0, "table": "coil", "writable": True},
+]
+
+
+async def test_writes_go_only_to_writable_registers_in_range_and_are_read_back() -> None:
+    async with Simulator(WRITE_SIM) as sim:
+        cfg = driver_config("tcp", sim.endpoint("dev"), WRITE_REGS)
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            assert await drv.write("setpoint", 23.5) == 23.5
+            assert sim.device("dev").value(0) == 235
+            assert await drv.write("gain", 12.25) == 12.25
+            assert await drv.write("mode", "auto") == "auto"
+            assert sim.device("dev").value(4) == 1
+            assert await drv.write("pump", True) is True
+            assert {s.metric: s.value for s in await drv.read()}["setpoint"] == 23.5
+
+            before = sim.device("dev").requests
+            refusals: list[tuple[str, float | str, str]] = [
+                ("locked", 1, "not writable"),
+                ("setpoint", 40, "out of range"),  # above max
+                ("setpoint", 23.55, "out of range"),  # not a multiple of the scale
+                ("mode", "manual", "out of range"),
+                ("gain", 1e40, "out of range"),  # beyond float32
+                ("setpoint", "warm", "bad value"),
+                ("nope", 1, "unknown register"),
+            ]
+            for name, value, reason in refusals:
+                with pytest.raises(WriteRefused) as refused:
+                    await drv.write(name, value)
+                assert refused.value.reason == reason, (name, value)
+            assert sim.device("dev").requests == before, "a refused write sends nothing"
+            assert sim.device("dev").value(1) == 0
