@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from drivers.modbus import ModbusRtuConfig
+from drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
 from drivers.registry import REGISTRY
 from gateway.config import Config, resolve_credential
 from gateway.errors import ConfigError, ConfigIssue
@@ -227,6 +227,31 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                     "two slaves on one line need different unit ids",
                 )
             units.setdefault(dev.unit, i)
+
+    hosts: dict[tuple[str, int], int] = {}
+    tcp_units: dict[tuple[str, int, int], int] = {}
+    for i, dev in enumerate(cfg.devices):
+        if not isinstance(dev, ModbusTcpConfig):
+            continue
+        where = (dev.host, dev.port)
+        first_i = hosts.setdefault(where, i)
+        first_tcp = cfg.devices[first_i]
+        assert isinstance(first_tcp, ModbusTcpConfig)
+        if dev.framing != first_tcp.framing:
+            add(
+                ("devices", i, "framing"),
+                f"{dev.host}:{dev.port} is shared with devices[{first_i}] but with framing "
+                f"{dev.framing} vs {first_tcp.framing}",
+                "devices behind one address share one connection, with one framing",
+            )
+        key = (dev.host, dev.port, dev.unit)
+        if key in tcp_units:
+            add(
+                ("devices", i, "unit"),
+                f"unit {dev.unit} at {dev.host}:{dev.port} is already devices[{tcp_units[key]}]",
+                "units behind one gateway address need different unit ids",
+            )
+        tcp_units.setdefault(key, i)
 
     if check_files:
         up = cfg.uplink

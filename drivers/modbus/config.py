@@ -234,3 +234,8 @@ class ModbusTcpConfig(_ModbusCommon):
     driver: Literal["modbus-tcp"] = Field(description="modbus-tcp")
     host: str = Field(min_length=1, description="Host name or IP address.")
     port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
+    framing: Literal["mbap", "rtu"] = Field(
+        default="mbap",
+        description="mbap: Modbus TCP. rtu: RTU frames over TCP, as a serial-to-Ethernet "
+        "converter in transparent mode passes them (RTU over TCP).",
+    )

@@ -73,13 +73,13 @@ class ModbusDriver:
         if isinstance(config, ModbusRtuConfig):
             self._key: tuple[object, ...] = ("modbus-serial", config.port)
         else:
-            self._key = ("modbus-tcp", config.host, config.port)
+            self._key = ("modbus-tcp", config.host, config.port, config.framing)
 
     async def _make_link(self) -> ModbusLink:
         cfg = self.config
         if isinstance(cfg, ModbusRtuConfig):
             return ModbusLink.serial(cfg.port, cfg.baudrate, cfg.parity, cfg.bytesize, cfg.stopbits)
-        return ModbusLink.tcp(cfg.host, cfg.port)
+        return ModbusLink.tcp(cfg.host, cfg.port, cfg.framing)
 
     async def __aenter__(self) -> Self:
         link = await self._resources.acquire(self._key, self._make_link)

@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
@@ -94,10 +95,11 @@ class ModbusLink:
         return cls(client, port, serial_path=port)
 
     @classmethod
-    def tcp(cls, host: str, port: int) -> ModbusLink:
+    def tcp(cls, host: str, port: int, framing: str = "mbap") -> ModbusLink:
         client = AsyncModbusTcpClient(
             host,
             port=port,
+            framer=FramerType.RTU if framing == "rtu" else FramerType.SOCKET,
             timeout=1.0,
             retries=0,
             reconnect_delay=0,

@@ -48,7 +48,7 @@ INT_RANGES: Final = {
 WORD_ORDERS: Final = ("big", "little")
 SENSOR_KINDS: Final = ("pm25", "pm10", "temperature", "humidity", "level", "noise")
 KINDS: Final = (*SENSOR_KINDS, "counter", "constant", "toggle")
-TRANSPORTS: Final = ("rtu", "tcp")
+TRANSPORTS: Final = ("rtu", "tcp", "rtu-tcp")
 FAULT_MODES: Final = ("none", "no_reply", "exception", "bad_crc", "garbage", "disconnect", "slow")
 
 _TOP_KEYS: Final = ("devices", "seed")
@@ -240,13 +240,13 @@ class _Validator:
         transport = self.choice(raw, "transport", TRANSPORTS, path)
         unit = self.integer(raw, "unit", path, (1, 247))
         port = self.integer(raw, "port", path, (0, 65535), default=0)
-        for key in ("bus", "link"):
-            if key in raw and transport != "rtu":
-                self.err(f"{path}.{key}", "only valid for transport 'rtu'")
+        for key, allowed in (("bus", ("rtu", "rtu-tcp", "tcp")), ("link", ("rtu",))):
+            if key in raw and transport not in allowed:
+                self.err(f"{path}.{key}", f"only valid for transport {' or '.join(allowed)}")
             if key in raw and (not isinstance(raw[key], str) or not raw[key]):
                 self.err(f"{path}.{key}", "must be a non-empty string")
-        if "port" in raw and transport != "tcp":
-            self.err(f"{path}.port", "only valid for transport 'tcp'")
+        if "port" in raw and transport not in ("tcp", "rtu-tcp"):
+            self.err(f"{path}.port", "only valid for transport tcp or rtu-tcp")
         fill_gaps = raw.get("fill_gaps", True)
         if not isinstance(fill_gaps, bool):
             self.err(f"{path}.fill_gaps", f"must be true or false, got {fill_gaps!r}")
@@ -271,7 +271,7 @@ class _Validator:
             transport=transport,
             unit=unit,
             registers=tuple(registers),
-            bus=raw.get("bus") if transport == "rtu" else None,
+            bus=raw.get("bus"),
             link=raw.get("link") if transport == "rtu" else None,
             port=port,
             fill_gaps=fill_gaps,
@@ -358,7 +358,7 @@ class _Validator:
 
     def cross_device(self, devices: list[DeviceConfig]) -> None:
         seen_ids: dict[str, int] = {}
-        bus_units: dict[tuple[str, int], str] = {}
+        bus_units: dict[tuple[str, str, int], str] = {}
         ports: dict[int, str] = {}
         link_bus: dict[str, str] = {}
         for i, dev in enumerate(devices):
@@ -368,15 +368,15 @@ class _Validator:
                     f"{path}.id", f"duplicate id {dev.id!r} (also devices[{seen_ids[dev.id]}])"
                 )
             seen_ids.setdefault(dev.id, i)
-            if dev.transport == "rtu":
+            if dev.transport in ("rtu", "rtu-tcp") or dev.bus is not None:
                 bus = dev.bus or f"<own:{dev.id}>"
-                if (bus, dev.unit) in bus_units:
+                if (dev.transport, bus, dev.unit) in bus_units:
                     self.err(
                         f"{path}.unit",
                         f"unit {dev.unit} is already used on bus {bus!r} "
-                        f"by {bus_units[bus, dev.unit]!r}",
+                        f"by {bus_units[dev.transport, bus, dev.unit]!r}",
                     )
-                bus_units.setdefault((bus, dev.unit), dev.id)
+                bus_units.setdefault((dev.transport, bus, dev.unit), dev.id)
                 if dev.link is not None:
                     other = link_bus.setdefault(dev.link, bus)
                     if other != bus:

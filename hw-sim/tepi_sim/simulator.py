@@ -16,6 +16,7 @@ from typing import Any, Self
 from tepi_sim.device import Device
 from tepi_sim.model import SimConfig, load_config
 from tepi_sim.rtu import RtuBus
+from tepi_sim.rtutcp import RtuTcpEndpoint
 from tepi_sim.tcp import TcpEndpoint
 
 __all__ = ["Simulator"]
@@ -32,14 +33,32 @@ class Simulator:
         members: dict[str, list[Device]] = {}
         links: dict[str, list[str]] = {}
         self._tcp: dict[str, TcpEndpoint] = {}
+        converters: dict[str, tuple[list[Device], int]] = {}
+        gateways: dict[str, tuple[list[Device], int]] = {}
         for cfg in self.config.devices:
             if cfg.transport == "rtu":
                 name = cfg.bus or cfg.id
                 members.setdefault(name, []).append(self._devices[cfg.id])
                 if cfg.link is not None and cfg.link not in links.setdefault(name, []):
                     links[name].append(cfg.link)
+            elif cfg.transport == "rtu-tcp":
+                converters.setdefault(cfg.bus or cfg.id, ([], cfg.port))[0].append(
+                    self._devices[cfg.id]
+                )
+            elif cfg.bus is not None:  # units behind one Modbus TCP gateway
+                gateways.setdefault(cfg.bus, ([], cfg.port))[0].append(self._devices[cfg.id])
             else:
                 self._tcp[cfg.id] = TcpEndpoint(self._devices[cfg.id], cfg.port)
+        for devs, port in gateways.values():
+            shared = TcpEndpoint(devs, port)
+            for d in devs:
+                self._tcp[d.id] = shared
+        self._rtu_tcp = {
+            name: RtuTcpEndpoint(name, devs, port) for name, (devs, port) in converters.items()
+        }
+        self._converter_of = {
+            d.id: ep for ep in self._rtu_tcp.values() for d in ep.devices.values()
+        }
         self._buses = {
             name: RtuBus(name, devs, links.get(name, [])) for name, devs in members.items()
         }
@@ -69,6 +88,8 @@ class Simulator:
         self.device(device_id)
         if device_id in self._tcp:
             return self._tcp[device_id].address
+        if device_id in self._converter_of:
+            return self._converter_of[device_id].address
         return self._bus_of[device_id].path
 
     def endpoints(self) -> dict[str, str]:
@@ -96,8 +117,10 @@ class Simulator:
         try:
             for bus in self._buses.values():
                 bus.start()
-            for endpoint in self._tcp.values():
+            for endpoint in dict.fromkeys(self._tcp.values()):
                 await endpoint.start()
+            for converter in self._rtu_tcp.values():
+                await converter.start()
         except BaseException:
             await self.stop()
             raise
@@ -108,8 +131,10 @@ class Simulator:
         if not self._running:
             return
         self._running = False
-        for endpoint in self._tcp.values():
+        for endpoint in dict.fromkeys(self._tcp.values()):
             await endpoint.stop()
+        for converter in self._rtu_tcp.values():
+            await converter.stop()
         for bus in self._buses.values():
             await bus.stop()
 

@@ -1,8 +1,9 @@
-"""Modbus TCP: one listening port on 127.0.0.1 per TCP device.
+"""Modbus TCP: one listening port on 127.0.0.1 per TCP device, or per gateway.
 
 Each connection is served by its own task; requests on one connection are answered in
 order (pipelined requests queue up in the socket and are read one after another), and
-connections run concurrently. A request for a unit id other than the device's is answered
+connections run concurrently. TCP devices with the same ``bus`` sit behind one port, as
+units behind a Modbus TCP gateway. A request for a unit id nobody there has is answered
 with exception 0x0B (gateway target device failed to respond), as a gateway would.
 
 Faults: ``disconnect`` closes every open connection as soon as it is set and closes new
@@ -27,16 +28,19 @@ HOST = "127.0.0.1"
 
 
 class TcpEndpoint:
-    """The Modbus TCP server for one device."""
+    """The Modbus TCP server for one device, or for the units behind one gateway."""
 
-    def __init__(self, device: Device, port: int = 0) -> None:
-        self.device = device
+    def __init__(self, devices: Device | list[Device], port: int = 0) -> None:
+        group = devices if isinstance(devices, list) else [devices]
+        self.device = group[0]
+        self.devices = {d.unit: d for d in group}
         self.port = port
         self.connections = 0  # accepted so far
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        device.add_fault_listener(self._on_fault)
+        for device in group:
+            device.add_fault_listener(self._on_fault)
 
     @property
     def address(self) -> str:
@@ -86,7 +90,7 @@ class TcpEndpoint:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if self.device.fault != "disconnect":
+            if all(d.fault != "disconnect" for d in self.devices.values()):
                 await self._requests(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             log.debug("device %s: client went away", self.device.id)
@@ -95,16 +99,16 @@ class TcpEndpoint:
             writer.close()
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        device = self.device
         while not writer.is_closing():
             header = await reader.readexactly(MBAP.size)
             tid, protocol, length, unit = MBAP.unpack(header)
             if protocol != 0 or not 2 <= length <= 254:
-                log.warning("device %s: bad MBAP header %s, closing", device.id, header.hex(" "))
+                log.warning("%s: bad MBAP header %s, closing", self.address, header.hex(" "))
                 return
             pdu = await reader.readexactly(length - 1)
-            log.debug("device %s: rx tid=%d unit=%d %s", device.id, tid, unit, pdu.hex(" "))
-            if unit != device.unit:
+            log.debug("%s: rx tid=%d unit=%d %s", self.address, tid, unit, pdu.hex(" "))
+            device = self.devices.get(unit)
+            if device is None:
                 writer.write(mbap_frame(tid, unit, exception_response(pdu[0], EXC_TARGET_FAILED)))
                 await writer.drain()
                 continue

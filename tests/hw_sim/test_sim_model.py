@@ -85,13 +85,13 @@ def test_every_error_is_collected() -> None:
                 "unit": 0,
                 "registers": [{"address": 0, "kind": "pm2.5"}],
             },
-            {"id": "a", "transport": "tcp", "unit": 1, "bus": "x", "colour": 1, "registers": []},
+            {"id": "a", "transport": "tcp", "unit": 1, "link": "x", "colour": 1, "registers": []},
         ]
     }
     errors = _errors(config)
     assert "devices[0].unit: must be between 1 and 247, got 0" in errors
     assert any(e.startswith("devices[0].registers[0].kind: unknown kind 'pm2.5'") for e in errors)
-    assert "devices[1].bus: only valid for transport 'rtu'" in errors
+    assert "devices[1].link: only valid for transport rtu" in errors
     assert any(e.startswith("devices[1].colour: unknown key") for e in errors)
     assert "devices[1].registers: must be a non-empty list of registers" in errors
     assert "devices[1].id: duplicate id 'a' (also devices[0])" in errors

@@ -85,12 +85,13 @@ def driver_config(
     if transport == "rtu":
         return ModbusRtuConfig.model_validate({**common, "driver": "modbus-rtu", "port": endpoint})
     host, port = endpoint.split(":")
+    framing = "rtu" if transport == "rtu-tcp" else "mbap"
     return ModbusTcpConfig.model_validate(
-        {**common, "driver": "modbus-tcp", "host": host, "port": int(port)}
+        {**common, "driver": "modbus-tcp", "host": host, "port": int(port), "framing": framing}
     )
 
 
-@pytest.mark.parametrize("transport", ["rtu", "tcp"])
+@pytest.mark.parametrize("transport", ["rtu", "tcp", "rtu-tcp"])
 async def test_every_table_and_type_decodes(transport: str) -> None:
     async with Simulator(sim_config(transport)) as sim:
         cfg = driver_config(transport, sim.endpoints()["dev"], DRIVER_REGISTERS)
@@ -118,7 +119,7 @@ async def test_an_exception_reply_marks_only_its_registers_bad() -> None:
     assert samples["i16"].reason is None
 
 
-@pytest.mark.parametrize("transport", ["rtu", "tcp"])
+@pytest.mark.parametrize("transport", ["rtu", "tcp", "rtu-tcp"])
 async def test_no_reply_raises_unavailable_after_one_timeout(transport: str) -> None:
     async with Simulator(sim_config(transport)) as sim:
         sim.device("dev").set_fault("no_reply")
@@ -411,3 +412,42 @@ async def test_writes_go_only_to_writable_registers_in_range_and_are_read_back()
                 assert refused.value.reason == reason, (name, value)
             assert sim.device("dev").requests == before, "a refused write sends nothing"
             assert sim.device("dev").value(1) == 0
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu-tcp"])
+async def test_several_units_behind_one_address_share_one_connection(transport: str) -> None:
+    """A Modbus TCP gateway (or an RTU-over-TCP converter) with units 1 and 2 behind one
+    address: each device reads its own unit over the one shared connection; a unit nobody has
+    is a bad reading (TCP gateway: exception 11) or a timeout (converter: silence)."""
+    sim_cfg = {
+        "devices": [
+            {
+                "id": f"u{unit}",
+                "transport": transport,
+                "unit": unit,
+                "bus": "gw",
+                "registers": [const(0, "holding", "uint16", 100 + unit)],
+            }
+            for unit in (1, 2)
+        ]
+    }
+    async with Simulator(sim_cfg) as sim:
+        resources = SharedResources()
+        endpoint = sim.endpoint("u1")
+        assert sim.endpoint("u2") == endpoint
+        drivers = []
+        for unit in (1, 2, 3):
+            cfg = driver_config(
+                transport, endpoint, [{"name": "v", "address": 0}], id=f"d{unit}", unit=unit
+            )
+            drivers.append(ModbusDriver(cfg, resources))
+        async with drivers[0] as d1, drivers[1] as d2, drivers[2] as d3:
+            assert len(resources._items) == 1
+            assert [s.value for s in await d1.read()] == [101]
+            assert [s.value for s in await d2.read()] == [102]
+            if transport == "tcp":
+                [bad] = await d3.read()
+                assert bad.reason == "modbus exception 11 (gateway target failed to respond)"
+            else:
+                with pytest.raises(DeviceUnavailable):
+                    await d3.read()
