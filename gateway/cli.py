@@ -62,7 +62,38 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--count", type=int, default=0, help="stop after this many readings (0: until Ctrl-C)"
     )
+    scan = sub.add_parser("scan", help="find the Modbus units that answer on a port")
+    scan.add_argument("--port", required=True, help="/dev/ttyUSB0 (RTU) or host:port (TCP)")
+    scan.add_argument("--baud", default="9600", help="9600, 19200, ... or auto (serial only)")
+    scan.add_argument("--units", default="1-247", help="unit ids: 1-247, 5, or 1,3,10-12")
+    scan.add_argument("--timeout", type=float, default=0.2, help="seconds to wait per unit")
+    scan.add_argument("--framing", choices=["mbap", "rtu"], default="mbap", help="TCP framing")
+    read = sub.add_parser("read", help="read registers once; print every decoding")
+    read.add_argument("--port", required=True, help="/dev/ttyUSB0 (RTU) or host:port (TCP)")
+    read.add_argument("--unit", type=int, default=1, help="unit id")
+    read.add_argument("--address", type=int, required=True, help="first address (0-based)")
+    read.add_argument("--count", type=int, default=2, help="registers to read (1-125)")
+    read.add_argument(
+        "--table", choices=["holding", "input", "coil", "discrete"], default="holding"
+    )
+    read.add_argument("--baud", type=int, default=9600, help="baud rate (serial only)")
+    read.add_argument("--timeout", type=float, default=1.0, help="seconds to wait")
+    read.add_argument("--framing", choices=["mbap", "rtu"], default="mbap", help="TCP framing")
     return p
+
+
+def cmd_modbus_tool(args: argparse.Namespace) -> int:
+    from drivers.modbus.tools import run_read, run_scan
+    from gateway.errors import DeviceError
+
+    try:
+        return (run_scan if args.command == "scan" else run_read)(args, sys.stdout)
+    except DeviceError as err:
+        print(f"tepi {args.command}: {err.detail or err.reason}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except ValueError as err:
+        print(f"tepi {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def cmd_check(path: Path, check_files: bool) -> int:
@@ -119,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.config, not args.no_files)
     if args.command == "run":
         return cmd_run(args.config, args.debug)
+    if args.command in ("scan", "read"):
+        setup_logging("warning", args.debug)
+        return cmd_modbus_tool(args)
     if args.command == "demo":
         from gateway.demo import run_demo
 

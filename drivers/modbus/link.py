@@ -110,12 +110,19 @@ class ModbusLink:
     async def aclose(self) -> None:
         self.client.close()
 
+    def _set_timeout(self, timeout_s: float) -> None:
+        """pymodbus reads the reply timeout per request from its transaction manager's own
+        copy of the parameters (``ctx.comm_params``), not from ``client.comm_params``; under
+        our lock, setting both makes it this device's timeout."""
+        self.client.comm_params.timeout_connect = timeout_s
+        self.client.ctx.comm_params.timeout_connect = timeout_s
+
     async def _ensure_connected(self, timeout_s: float) -> None:
         if self.client.connected:
             return
         if self._serial_path is not None:
             _check_port(self._serial_path)
-        self.client.comm_params.timeout_connect = timeout_s
+        self._set_timeout(timeout_s)
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation.
             async with asyncio.timeout(timeout_s + 1.0):
@@ -131,7 +138,7 @@ class ModbusLink:
         """Write registers (fc 6 or 16) or coils (fc 5 or 15) once; None when accepted."""
         async with self._lock:
             await self._ensure_connected(timeout_s)
-            self.client.comm_params.timeout_connect = timeout_s
+            self._set_timeout(timeout_s)
             try:
                 if table == "coil":
                     bits = [bool(v) for v in values]
@@ -163,8 +170,7 @@ class ModbusLink:
         """Read once; the words or bits, an exception reply, or raise."""
         async with self._lock:
             await self._ensure_connected(timeout_s)
-            # pymodbus reads this per request; under our lock it is this device's timeout.
-            self.client.comm_params.timeout_connect = timeout_s
+            self._set_timeout(timeout_s)
             fn = getattr(self.client, _READ_FN[table])
             try:
                 resp = await fn(address, count=count, device_id=unit)

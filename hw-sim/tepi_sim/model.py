@@ -52,9 +52,11 @@ TRANSPORTS: Final = ("rtu", "tcp", "rtu-tcp")
 FAULT_MODES: Final = ("none", "no_reply", "exception", "bad_crc", "garbage", "disconnect", "slow")
 
 _TOP_KEYS: Final = ("devices", "seed")
+BAUDRATES: Final = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 _DEVICE_KEYS: Final = (
     "id",
     "transport",
+    "baudrate",
     "unit",
     "bus",
     "link",
@@ -106,6 +108,7 @@ class DeviceConfig:
     fault: str = "none"
     fault_code: int = 4
     delay_s: float = 2.0
+    baudrate: int = 9600
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +248,15 @@ class _Validator:
                 self.err(f"{path}.{key}", f"only valid for transport {' or '.join(allowed)}")
             if key in raw and (not isinstance(raw[key], str) or not raw[key]):
                 self.err(f"{path}.{key}", "must be a non-empty string")
+        baudrate = raw.get("baudrate", 9600)
+        if "baudrate" in raw and transport != "rtu":
+            self.err(f"{path}.baudrate", "only valid for transport rtu")
+        elif baudrate not in BAUDRATES:
+            self.err(
+                f"{path}.baudrate",
+                f"must be one of {', '.join(map(str, BAUDRATES))}, got {baudrate!r}",
+            )
+            baudrate = 9600
         if "port" in raw and transport not in ("tcp", "rtu-tcp"):
             self.err(f"{path}.port", "only valid for transport tcp or rtu-tcp")
         fill_gaps = raw.get("fill_gaps", True)
@@ -278,6 +290,7 @@ class _Validator:
             fault=fault,
             fault_code=fault_code,
             delay_s=delay_s,
+            baudrate=baudrate,
         )
 
     def register(self, raw: object, path: str) -> RegisterConfig | None:

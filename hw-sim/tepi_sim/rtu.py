@@ -61,6 +61,8 @@ class RtuBus:
         self.links = [Path(link) for link in links]
         self.replugs = 0
         self.dropped_frames = 0  # requests dropped because the reply queue was full
+        self.baudrate = devices[0].config.baudrate
+        self.wrong_speed = 0  # reads dropped: the client's line speed was not the bus's
         self._pty: _Pty | None = None
         self._parser = RtuParser()
         self._silence: asyncio.TimerHandle | None = None
@@ -149,6 +151,12 @@ class RtuBus:
             self.replug()
             return
         log.debug("bus %s: rx %s", self.name, data.hex(" "))
+        if not self._speed_matches():
+            # At another baud rate a real UART sees framing errors, not frames: no answer.
+            self.wrong_speed += 1
+            with contextlib.suppress(OSError):
+                termios.tcflush(self._pty.slave, termios.TCIFLUSH)
+            return
         # Half duplex: a client sends only after reading the last reply or giving up on it,
         # so anything it left unread is stale and would reach the next client as noise.
         with contextlib.suppress(OSError):
@@ -160,6 +168,15 @@ class RtuBus:
         if self._parser.pending:
             loop = asyncio.get_running_loop()
             self._silence = loop.call_later(SILENCE_S, self._on_silence)
+
+    def _speed_matches(self) -> bool:
+        """The client set its side of the pty to the bus's baud rate (shared termios)."""
+        assert self._pty is not None
+        try:
+            ispeed = termios.tcgetattr(self._pty.slave)[4]
+        except termios.error:
+            return True
+        return bool(ispeed == getattr(termios, f"B{self.baudrate}", ispeed))
 
     def _on_silence(self) -> None:
         self._silence = None

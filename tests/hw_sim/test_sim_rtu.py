@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import termios
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,9 @@ class RawLine:
 
     def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        attrs = termios.tcgetattr(self.fd)
+        attrs[4] = attrs[5] = termios.B9600  # the bus's speed, as a serial client sets it
+        termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
 
     def send(self, data: bytes) -> None:
         os.write(self.fd, data)

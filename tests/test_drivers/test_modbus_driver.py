@@ -451,3 +451,21 @@ async def test_several_units_behind_one_address_share_one_connection(transport: 
             else:
                 with pytest.raises(DeviceUnavailable):
                     await d3.read()
+
+
+@pytest.mark.parametrize("transport", ["rtu", "tcp"])
+async def test_each_device_gets_its_own_timeout(transport: str) -> None:
+    """pymodbus keeps the reply timeout in a copy of its parameters; the link must set that
+    copy, or every device waits the client's default (1 s) instead of its own."""
+    async with Simulator(sim_config(transport)) as sim:
+        sim.device("dev").set_fault("no_reply")
+        cfg = driver_config(
+            transport, sim.endpoint("dev"), [{"name": "v", "address": 0}], timeout="100ms"
+        )
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(DeviceUnavailable):
+                await drv.read()
+            waited = loop.time() - started
+    assert waited < 0.7, f"waited {waited:.2f} s for a 100 ms timeout"
