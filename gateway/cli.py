@@ -79,7 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--baud", type=int, default=9600, help="baud rate (serial only)")
     read.add_argument("--timeout", type=float, default=1.0, help="seconds to wait")
     read.add_argument("--framing", choices=["mbap", "rtu"], default="mbap", help="TCP framing")
+    profiles = sub.add_parser("profiles", help="list the device profiles, or show one")
+    profiles.add_argument("name", nargs="?", help="a profile to show")
     return p
+
+
+def cmd_profiles(name: str | None) -> int:
+    from drivers.modbus.profiles import describe
+
+    try:
+        print("\n".join(describe(name)))
+    except ValueError as err:
+        print(f"tepi profiles: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def cmd_modbus_tool(args: argparse.Namespace) -> int:
@@ -150,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.config, not args.no_files)
     if args.command == "run":
         return cmd_run(args.config, args.debug)
+    if args.command == "profiles":
+        return cmd_profiles(args.name)
     if args.command in ("scan", "read"):
         setup_logging("warning", args.debug)
         return cmd_modbus_tool(args)

@@ -7,6 +7,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.base import DriverConfig
+from drivers.modbus.profiles import apply_profile
 from gateway.units import Duration
 
 Table = Literal["holding", "input", "coil", "discrete"]
@@ -160,9 +161,22 @@ class RegisterConfig(BaseModel):
 
 class _ModbusCommon(DriverConfig):
     unit: int = Field(default=1, ge=0, le=255, description="Modbus unit (slave) id.")
+    profile: str | None = Field(
+        default=None,
+        description="A device profile (tepi profiles lists them): its register map and "
+        "defaults; registers given here change or add to the profile's.",
+    )
     registers: list[RegisterConfig] = Field(
         min_length=1, description="What to read from the device: one entry per metric."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("profile") is not None:
+            return apply_profile(data, cls.model_fields)
+        return data
+
     address_base: Literal[0, 1] = Field(
         default=0,
         description="0 if the addresses in registers are as on the wire; 1 if they count from "

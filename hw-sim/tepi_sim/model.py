@@ -37,6 +37,8 @@ __all__ = [
 
 REGISTER_TABLES: Final = ("holding", "input")
 BIT_TABLES: Final = ("coil", "discrete")
+# tepi's device profiles, which the simulator can play (``profile: NAME`` on a device).
+PROFILE_DIR: Final = Path(__file__).resolve().parents[2] / "drivers" / "modbus" / "profiles"
 TABLES: Final = REGISTER_TABLES + BIT_TABLES
 TYPES: Final = ("int16", "uint16", "int32", "uint32", "float32")
 INT_RANGES: Final = {
@@ -57,6 +59,7 @@ _DEVICE_KEYS: Final = (
     "id",
     "transport",
     "baudrate",
+    "profile",
     "unit",
     "bus",
     "link",
@@ -270,6 +273,9 @@ class _Validator:
             self.err(f"{path}.delay_s", "must not be negative")
         registers: list[RegisterConfig] = []
         raw_regs = raw.get("registers")
+        if "profile" in raw:
+            from_profile = self.profile(raw["profile"], f"{path}.profile")
+            raw_regs = from_profile + (raw_regs if isinstance(raw_regs, list) else [])
         if not isinstance(raw_regs, list) or not raw_regs:
             self.err(f"{path}.registers", "must be a non-empty list of registers")
         else:
@@ -292,6 +298,47 @@ class _Validator:
             delay_s=delay_s,
             baudrate=baudrate,
         )
+
+    def profile(self, name: object, path: str) -> list[dict[str, Any]]:
+        """The register map of one of tepi's device profiles, played as its ``sim`` hints say
+        (a kind and a value; by default a constant 0)."""
+        known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+        if not isinstance(name, str) or name not in known:
+            self.err(path, f"unknown profile {name!r}{_suggest(str(name), tuple(known))}")
+            return []
+        data = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text())
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, int]] = set()
+        for reg in data.get("registers", []):
+            table = reg.get("table", "holding")
+            if (table, reg["address"]) in seen:
+                continue  # two bits of one register: play the register once
+            seen.add((table, reg["address"]))
+            kind = reg.get("type", "uint16") if "bit" not in reg else "uint16"
+            if kind not in TYPES:
+                self.err(path, f"profile {name}: {reg['name']} is {kind}, which is not simulated")
+                continue
+            sim = reg.get("sim", {})
+            entry: dict[str, Any] = {
+                "address": reg["address"],
+                "table": table,
+                "kind": sim.get("kind", "constant"),
+                "type": kind,
+            }
+            if entry["kind"] == "constant":
+                entry["value"] = sim.get("value", 0)
+            order = (
+                reg.get("byte_order")
+                or {"big": "ABCD", "little": "CDAB"}[reg.get("word_order", "big")]
+            )
+            if order not in ("ABCD", "CDAB"):
+                self.err(path, f"profile {name}: byte order {order} is not simulated")
+                continue
+            entry["word_order"] = "big" if order == "ABCD" else "little"
+            if kind != "float32" and "scale" in reg:
+                entry["scale"] = reg["scale"]
+            out.append(entry)
+        return out
 
     def register(self, raw: object, path: str) -> RegisterConfig | None:
         if not isinstance(raw, Mapping):
