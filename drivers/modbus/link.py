@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
 
 from gateway.errors import DeviceUnavailable, ProtocolError
 
@@ -132,26 +134,15 @@ class ModbusLink:
         if not ok:
             raise DeviceUnavailable("cannot connect", self.label)
 
-    async def write(
-        self, table: str, address: int, values: list[int] | list[bool], unit: int, timeout_s: float
-    ) -> ExceptionReply | None:
-        """Write registers (fc 6 or 16) or coils (fc 5 or 15) once; None when accepted."""
+    async def _transact(
+        self, unit: int, timeout_s: float, call: Callable[[], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        """One request under the lock, with pymodbus's failures turned into ours."""
         async with self._lock:
             await self._ensure_connected(timeout_s)
             self._set_timeout(timeout_s)
             try:
-                if table == "coil":
-                    bits = [bool(v) for v in values]
-                    if len(bits) == 1:
-                        resp = await self.client.write_coil(address, bits[0], device_id=unit)
-                    else:
-                        resp = await self.client.write_coils(address, bits, device_id=unit)
-                else:
-                    words = [int(v) for v in values]
-                    if len(words) == 1:
-                        resp = await self.client.write_register(address, words[0], device_id=unit)
-                    else:
-                        resp = await self.client.write_registers(address, words, device_id=unit)
+                return await call()
             except ModbusIOException as err:
                 raise DeviceUnavailable(
                     "timeout", f"{self.label} unit {unit}: no valid answer"
@@ -160,6 +151,27 @@ class ModbusLink:
                 raise DeviceUnavailable("disconnected", f"{self.label}: {err}") from err
             except ModbusException as err:
                 raise ProtocolError("bad frame", f"{self.label} unit {unit}: {err}") from err
+
+    async def write(
+        self, table: str, address: int, values: list[int] | list[bool], unit: int, timeout_s: float
+    ) -> ExceptionReply | None:
+        """Write registers (fc 6 or 16) or coils (fc 5 or 15) once; None when accepted."""
+        c = self.client
+        if table == "coil":
+            bits = [bool(v) for v in values]
+            call: Callable[[], Awaitable[ModbusPDU]] = (
+                (lambda: c.write_coil(address, bits[0], device_id=unit))
+                if len(bits) == 1
+                else (lambda: c.write_coils(address, bits, device_id=unit))
+            )
+        else:
+            words = [int(v) for v in values]
+            call = (
+                (lambda: c.write_register(address, words[0], device_id=unit))
+                if len(words) == 1
+                else (lambda: c.write_registers(address, words, device_id=unit))
+            )
+        resp = await self._transact(unit, timeout_s, call)
         if resp.isError():
             return ExceptionReply(int(getattr(resp, "exception_code", 0)))
         return None
@@ -168,20 +180,10 @@ class ModbusLink:
         self, table: str, address: int, count: int, unit: int, timeout_s: float
     ) -> list[int] | list[bool] | ExceptionReply:
         """Read once; the words or bits, an exception reply, or raise."""
-        async with self._lock:
-            await self._ensure_connected(timeout_s)
-            self._set_timeout(timeout_s)
-            fn = getattr(self.client, _READ_FN[table])
-            try:
-                resp = await fn(address, count=count, device_id=unit)
-            except ModbusIOException as err:
-                raise DeviceUnavailable(
-                    "timeout", f"{self.label} unit {unit}: no valid answer"
-                ) from err
-            except ConnectionException as err:
-                raise DeviceUnavailable("disconnected", f"{self.label}: {err}") from err
-            except ModbusException as err:
-                raise ProtocolError("bad frame", f"{self.label} unit {unit}: {err}") from err
+        fn = getattr(self.client, _READ_FN[table])
+        resp = await self._transact(
+            unit, timeout_s, lambda: fn(address, count=count, device_id=unit)
+        )
         if resp.isError():
             return ExceptionReply(int(getattr(resp, "exception_code", 0)))
         if table in ("coil", "discrete"):
