@@ -69,6 +69,19 @@ class DriverConfig(BaseModel):
         gt=0,
         description="How long to wait for one answer before it counts as a timeout.",
     )
+    quarantine_after: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="After this many failed polls in a row, poll the device only now and then "
+        "(backing off to quarantine_max) until it answers, so it does not take the bus time of "
+        "the devices that work.",
+    )
+    quarantine_max: Duration = Field(
+        default=300.0,
+        gt=0,
+        description="The longest wait between two probes of a quarantined device.",
+    )
 
 
 class Driver(Protocol):

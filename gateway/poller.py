@@ -2,9 +2,13 @@
 
 A device failure never leaves this task: the first failure is logged as an error and sent
 once as bad-quality readings (so the IOC sees the moment a device went quiet), the retries
-in between are only counted, and the recovery is logged as info. Polls keep to a fixed
-grid (start + k * interval); a poll that overruns skips the ticks it missed and counts them,
-rather than drifting.
+in between are only counted, and the recovery is logged as info. After ``quarantine_after``
+failed polls in a row the device is *quarantined*: it is probed only now and then, first
+after ten timeouts (or its poll interval, if longer), the wait doubling up to
+``quarantine_max``, so a dead device takes at most a tenth of the bus time of the live devices
+that share its port. Polls keep to a fixed grid (start + k *
+interval); a poll that overruns skips the ticks it missed and counts them, rather than
+drifting, and the first overrun is logged, so a bus without the capacity is said, not hidden.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ _OPEN_RETRY_MAX_S = 60.0
 class DeviceStats:
     """What the health message says about one device."""
 
-    state: str = "starting"  # starting | ok | failing
+    state: str = "starting"  # starting | ok | failing | quarantined
     polls: int = 0
     readings: int = 0
     bad_readings: int = 0
@@ -37,6 +41,7 @@ class DeviceStats:
     last_ok_ts: float | None = None
     last_error: str | None = None
     last_poll_s: float | None = None
+    next_probe_s: float | None = None  # while quarantined: seconds between probes
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -50,6 +55,7 @@ class DeviceStats:
             "last_ok_ts": self.last_ok_ts,
             "last_error": self.last_error,
             "last_poll_ms": None if self.last_poll_s is None else round(self.last_poll_s * 1000, 1),
+            "probe_interval_s": self.next_probe_s,
         }
 
 
@@ -81,6 +87,7 @@ async def _poll_loop(
     # A poll may take several requests, each up to ``timeout``; this only guards a hang.
     guard = cfg.timeout * 8 + 5.0
     next_t = loop.time()
+    late_logged = False
     while True:
         delay = next_t - loop.time()
         if delay > 0:
@@ -101,7 +108,7 @@ async def _poll_loop(
                 DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
             )
         else:
-            if stats.state == "failing":
+            if stats.state in ("failing", "quarantined"):
                 log.info(
                     "device %s recovered after %d failed polls", cfg.id, stats.consecutive_failures
                 )
@@ -114,15 +121,46 @@ async def _poll_loop(
                 if s.reason is not None:
                     stats.bad_readings += 1
         stats.last_poll_s = loop.time() - started
+        if stats.consecutive_failures >= cfg.quarantine_after:
+            # Quarantined: probe with backoff instead of every tick.
+            # A probe of a dead device costs one timeout of bus time: probing no more often
+            # than every 10 timeouts keeps its share of the bus under a tenth.
+            first = max(interval, 10 * cfg.timeout)
+            wait = min(
+                cfg.quarantine_max,
+                first * 2 ** (stats.consecutive_failures - cfg.quarantine_after),
+            )
+            if stats.state != "quarantined":
+                log.warning(
+                    "device %s: %d failed polls in a row; quarantined, probing every %.0f s "
+                    "at most (backing off to %.0f s)",
+                    cfg.id,
+                    stats.consecutive_failures,
+                    wait,
+                    cfg.quarantine_max,
+                )
+                stats.state = "quarantined"
+            stats.next_probe_s = round(wait, 3)
+            next_t = loop.time() + wait
+            continue
+        stats.next_probe_s = None
         next_t += interval
         now = loop.time()
         if next_t <= now:
             missed = int((now - next_t) // interval) + 1
             stats.missed_polls += missed
             next_t += missed * interval
-            log.debug(
-                "device %s: poll took %.2f s, skipped %d ticks", cfg.id, stats.last_poll_s, missed
-            )
+            if not late_logged:
+                late_logged = True
+                log.warning(
+                    "device %s cannot keep its %.3g s poll interval: a poll took %.2f s (its "
+                    "port is busy, or it has too many reads); %d ticks skipped, counted as "
+                    "missed_polls",
+                    cfg.id,
+                    interval,
+                    stats.last_poll_s,
+                    missed,
+                )
 
 
 def _failed(
@@ -131,7 +169,7 @@ def _failed(
     stats.errors[err.reason] += 1
     stats.consecutive_failures += 1
     stats.last_error = str(err)
-    if stats.state != "failing":
+    if stats.state not in ("failing", "quarantined"):
         stats.state = "failing"
         log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
         ts, mono = time.time(), boottime()

@@ -1,0 +1,75 @@
+"""The poller against the simulator: a dead device on a shared RS-485 line is quarantined and
+probed with backoff, so the live device on the same line keeps its poll interval."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tepi_sim import Simulator
+
+from buffer import Buffer, BufferSettings
+from drivers.base import SharedResources
+from drivers.modbus import ModbusDriver, ModbusRtuConfig
+from gateway.poller import DeviceStats, poll_device
+
+pytestmark = pytest.mark.timeout(30)
+
+REG = [{"address": 0, "table": "holding", "kind": "counter"}]
+
+
+def rtu(id_: str, port: str, unit: int, **kw: Any) -> ModbusRtuConfig:
+    return ModbusRtuConfig.model_validate(
+        {
+            "id": id_,
+            "driver": "modbus-rtu",
+            "port": port,
+            "unit": unit,
+            "registers": [{"name": "n", "address": 0}],
+            **kw,
+        }
+    )
+
+
+async def test_a_dead_device_is_quarantined_and_the_live_one_keeps_its_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim_cfg = {
+        "devices": [
+            {"id": "live", "transport": "rtu", "unit": 1, "bus": "line", "registers": REG},
+            {"id": "dead", "transport": "rtu", "unit": 2, "bus": "line", "registers": REG},
+        ]
+    }
+    async with Simulator(sim_cfg) as sim:
+        sim.device("dead").set_fault("no_reply")
+        port = sim.endpoint("live")
+        live = rtu("live", port, 1, poll_interval="200ms", timeout="300ms")
+        dead = rtu("dead", port, 2, poll_interval="50ms", timeout="400ms", quarantine_after=2)
+        resources = SharedResources()
+        stats = {"live": DeviceStats(), "dead": DeviceStats()}
+        async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+            tasks = [
+                asyncio.create_task(
+                    poll_device(cfg, ModbusDriver(cfg, resources), buf, stats[cfg.id])
+                )
+                for cfg in (live, dead)
+            ]
+            # Let the dead device fail into quarantine, then measure a 3 s window.
+            async with asyncio.timeout(10):
+                while stats["dead"].state != "quarantined":
+                    await asyncio.sleep(0.05)
+            polls0, dead0 = stats["live"].polls, sim.device("dead").requests
+            await asyncio.sleep(3.0)  # the window being measured
+            live_polls = stats["live"].polls - polls0
+            dead_requests = sim.device("dead").requests - dead0
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert live_polls >= 13, f"live device polled {live_polls} times in 3 s at a 200 ms interval"
+    assert stats["live"].state == "ok"
+    # The first probe comes after ten timeouts (4 s): none in the window, not one every 50 ms.
+    assert dead_requests <= 1, dead_requests
+    assert stats["dead"].next_probe_s == 4.0
+    assert any("quarantined" in r.getMessage() for r in caplog.records)
