@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from buffer import Buffer, Reading
@@ -42,6 +43,8 @@ class DeviceStats:
     last_error: str | None = None
     last_poll_s: float | None = None
     next_probe_s: float | None = None  # while quarantined: seconds between probes
+    # The driver's own counters (Modbus: requests, timeouts, ...), when it has any.
+    protocol: Callable[[], dict[str, object]] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -56,6 +59,7 @@ class DeviceStats:
             "last_error": self.last_error,
             "last_poll_ms": None if self.last_poll_s is None else round(self.last_poll_s * 1000, 1),
             "probe_interval_s": self.next_probe_s,
+            "protocol": None if self.protocol is None else self.protocol(),
         }
 
 

@@ -124,6 +124,7 @@ class Agent:
                     tasks.append(tg.create_task(self.uplink.run(), name="tepi.uplink"))
                     for dev in self.cfg.devices:
                         driver = make_driver(dev, resources)
+                        self.devices[dev.id].protocol = getattr(driver, "protocol_stats", None)
                         tasks.append(
                             tg.create_task(
                                 poll_device(dev, driver, self.buffer, self.devices[dev.id]),

@@ -189,6 +189,20 @@ class _ModbusCommon(DriverConfig):
         description="Merge reads of registers up to this many unused registers apart into one "
         "request. A device that refuses a merged read (exception 2) gets it split, and keeps it.",
     )
+    pause: Duration = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Extra quiet time on the line after each request to this device, for "
+        "devices that need it (beyond the standard 3.5-character silence, always kept).",
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Ask again this many times when a request gets no answer or a garbled "
+        "one, before the read counts as failed.",
+    )
     heartbeat: Duration = Field(
         default=600.0,
         gt=0,

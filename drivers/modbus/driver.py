@@ -8,6 +8,7 @@ a register that is itself refused ends up as a bad reading.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from drivers.modbus.codec import (
 )
 from drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig, RegisterConfig
 from drivers.modbus.link import ExceptionReply, ModbusLink
-from gateway.errors import DeviceError, DeviceUnavailable, WriteRefused
+from gateway.errors import DeviceError, DeviceUnavailable, ProtocolError, WriteRefused
 
 log = logging.getLogger(__name__)
 ILLEGAL_ADDRESS = 2
@@ -40,6 +41,32 @@ def split(req: ReadRequest) -> list[ReadRequest]:
     if len(req.registers) > 1:
         return [ReadRequest(req.table, r.address, r.width, (r,)) for r in req.registers]
     return [req]
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """What one device's requests met on the wire, for the health message."""
+
+    requests: int = 0
+    timeouts: int = 0
+    bad_frames: int = 0
+    exceptions: int = 0
+    retries: int = 0
+    latency_total_s: float = 0.0
+    latency_max_s: float = 0.0
+    answered: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        avg = self.latency_total_s / self.answered if self.answered else None
+        return {
+            "requests": self.requests,
+            "timeouts": self.timeouts,
+            "bad_frames": self.bad_frames,
+            "exceptions": self.exceptions,
+            "retries": self.retries,
+            "latency_ms_avg": None if avg is None else round(avg * 1000, 2),
+            "latency_ms_max": round(self.latency_max_s * 1000, 2) if self.answered else None,
+        }
 
 
 @dataclass(slots=True)
@@ -69,6 +96,7 @@ class ModbusDriver:
         self._by_name = {r.name: r for r in config.registers}
         self._sent: dict[str, _Sent] = {}
         self.splits = 0
+        self.link_stats = LinkStats()
         self._link: ModbusLink | None = None
         if isinstance(config, ModbusRtuConfig):
             self._key: tuple[object, ...] = ("modbus-serial", config.port)
@@ -116,9 +144,7 @@ class ModbusDriver:
             req = todo.popleft()
             data: list[int] | list[bool] | ExceptionReply | DeviceError
             try:
-                data = await self._link.read(
-                    req.table, req.address, req.count, cfg.unit, cfg.timeout
-                )
+                data = await self._request(req)
             except DeviceError as err:
                 if isinstance(err, DeviceUnavailable) and answered == 0:
                     raise  # not answering: do not spend a timeout on each request
@@ -159,6 +185,45 @@ class ModbusDriver:
             raise errors[0]
         return self._report(samples)
 
+    async def _request(self, req: ReadRequest) -> list[int] | list[bool] | ExceptionReply:
+        """One read, asked again up to ``retries`` times on no answer or a garbled one."""
+        assert self._link is not None
+        cfg = self.config
+        st = self.link_stats
+        loop = asyncio.get_running_loop()
+        for attempt in range(cfg.retries + 1):
+            st.requests += 1
+            if attempt:
+                st.retries += 1
+            started = loop.time()
+            try:
+                data = await self._link.read(
+                    req.table, req.address, req.count, cfg.unit, cfg.timeout, pause_s=cfg.pause
+                )
+            except DeviceUnavailable as err:
+                if err.reason != "timeout":
+                    raise
+                st.timeouts += 1
+                if attempt == cfg.retries:
+                    raise
+                continue
+            except ProtocolError:
+                st.bad_frames += 1
+                if attempt == cfg.retries:
+                    raise
+                continue
+            took = loop.time() - started
+            st.answered += 1
+            st.latency_total_s += took
+            st.latency_max_s = max(st.latency_max_s, took)
+            if isinstance(data, ExceptionReply):
+                st.exceptions += 1
+            return data
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def protocol_stats(self) -> dict[str, object]:
+        return self.link_stats.as_dict()
+
     async def write(self, name: str, value: Value) -> Value:
         """Write one register marked ``writable``, read it back, and return what it now holds.
 
@@ -178,10 +243,14 @@ class ModbusDriver:
             )
         words = raw_for_write(value, reg)
         wire = reg.address - cfg.address_base
-        reply = await self._link.write(reg.table, wire, words, cfg.unit, cfg.timeout)
+        reply = await self._link.write(
+            reg.table, wire, words, cfg.unit, cfg.timeout, pause_s=cfg.pause
+        )
         if reply is not None:
             raise WriteRefused("refused by device", f"{cfg.id}.{name}: {reply.reason}")
-        back = await self._link.read(reg.table, wire, reg.width, cfg.unit, cfg.timeout)
+        back = await self._link.read(
+            reg.table, wire, reg.width, cfg.unit, cfg.timeout, pause_s=cfg.pause
+        )
         if isinstance(back, ExceptionReply):
             raise WriteRefused("read-back failed", f"{cfg.id}.{name}: {back.reason}")
         if [int(w) for w in back] != [int(w) for w in words]:

@@ -65,19 +65,40 @@ def _check_port(path: str) -> None:
         )
 
 
+LATE_REPLY_GUARD_S = 0.05
+
+
+def frame_gap(baudrate: int, parity: str, bytesize: int, stopbits: int) -> float:
+    """The silence Modbus RTU requires between frames: 3.5 character times, or a fixed
+    1.75 ms above 19,200 baud (the standard's rule)."""
+    if baudrate > 19200:
+        return 0.00175
+    bits = 1 + bytesize + (0 if parity == "N" else 1) + stopbits
+    return 3.5 * bits / baudrate
+
+
 class ModbusLink:
-    """A serialised pymodbus client for one port or endpoint."""
+    """A serialised pymodbus client for one port or endpoint: the bus scheduler.
+
+    One request at a time, in the order asked (an ``asyncio.Lock`` is FIFO). On a serial line
+    it keeps the inter-frame silence before each request, plus the device's own ``pause``
+    when it needs one; after a timeout it waits a little longer, so a late reply from the
+    device that timed out cannot be read as the answer to the next request.
+    """
 
     def __init__(
         self,
         client: AsyncModbusSerialClient | AsyncModbusTcpClient,
         label: str,
         serial_path: str | None = None,
+        gap_s: float = 0.0,
     ) -> None:
         self.client = client
         self.label = label
         self._serial_path = serial_path
         self._lock = asyncio.Lock()
+        self.gap_s = gap_s
+        self._quiet_until = 0.0
 
     @classmethod
     def serial(
@@ -94,7 +115,8 @@ class ModbusLink:
             reconnect_delay=0,
             name=f"tepi:{port}",
         )
-        return cls(client, port, serial_path=port)
+        gap = frame_gap(baudrate, parity, bytesize, stopbits)
+        return cls(client, port, serial_path=port, gap_s=gap)
 
     @classmethod
     def tcp(cls, host: str, port: int, framing: str = "mbap") -> ModbusLink:
@@ -135,15 +157,26 @@ class ModbusLink:
             raise DeviceUnavailable("cannot connect", self.label)
 
     async def _transact(
-        self, unit: int, timeout_s: float, call: Callable[[], Awaitable[ModbusPDU]]
+        self,
+        unit: int,
+        timeout_s: float,
+        call: Callable[[], Awaitable[ModbusPDU]],
+        pause_s: float = 0.0,
     ) -> ModbusPDU:
         """One request under the lock, with pymodbus's failures turned into ours."""
         async with self._lock:
+            loop = asyncio.get_running_loop()
+            quiet = self._quiet_until - loop.time()
+            if quiet > 0:
+                await asyncio.sleep(quiet)
             await self._ensure_connected(timeout_s)
             self._set_timeout(timeout_s)
+            after = self.gap_s + pause_s
             try:
                 return await call()
             except ModbusIOException as err:
+                if self._serial_path is not None:
+                    after += LATE_REPLY_GUARD_S
                 raise DeviceUnavailable(
                     "timeout", f"{self.label} unit {unit}: no valid answer"
                 ) from err
@@ -151,9 +184,18 @@ class ModbusLink:
                 raise DeviceUnavailable("disconnected", f"{self.label}: {err}") from err
             except ModbusException as err:
                 raise ProtocolError("bad frame", f"{self.label} unit {unit}: {err}") from err
+            finally:
+                self._quiet_until = loop.time() + after
 
     async def write(
-        self, table: str, address: int, values: list[int] | list[bool], unit: int, timeout_s: float
+        self,
+        table: str,
+        address: int,
+        values: list[int] | list[bool],
+        unit: int,
+        timeout_s: float,
+        *,
+        pause_s: float = 0.0,
     ) -> ExceptionReply | None:
         """Write registers (fc 6 or 16) or coils (fc 5 or 15) once; None when accepted."""
         c = self.client
@@ -171,18 +213,25 @@ class ModbusLink:
                 if len(words) == 1
                 else (lambda: c.write_registers(address, words, device_id=unit))
             )
-        resp = await self._transact(unit, timeout_s, call)
+        resp = await self._transact(unit, timeout_s, call, pause_s)
         if resp.isError():
             return ExceptionReply(int(getattr(resp, "exception_code", 0)))
         return None
 
     async def read(
-        self, table: str, address: int, count: int, unit: int, timeout_s: float
+        self,
+        table: str,
+        address: int,
+        count: int,
+        unit: int,
+        timeout_s: float,
+        *,
+        pause_s: float = 0.0,
     ) -> list[int] | list[bool] | ExceptionReply:
         """Read once; the words or bits, an exception reply, or raise."""
         fn = getattr(self.client, _READ_FN[table])
         resp = await self._transact(
-            unit, timeout_s, lambda: fn(address, count=count, device_id=unit)
+            unit, timeout_s, lambda: fn(address, count=count, device_id=unit), pause_s
         )
         if resp.isError():
             return ExceptionReply(int(getattr(resp, "exception_code", 0)))

@@ -21,6 +21,7 @@ import logging
 import os
 import termios
 import tty
+from collections import deque
 from pathlib import Path
 from typing import Final
 
@@ -62,6 +63,10 @@ class RtuBus:
         self.replugs = 0
         self.dropped_frames = 0  # requests dropped because the reply queue was full
         self.baudrate = devices[0].config.baudrate
+        # (unit that last answered, seconds of silence before the next request): how well a
+        # client keeps the inter-frame silence and a device's pause. The newest 1000.
+        self.gaps: deque[tuple[int, float]] = deque(maxlen=1000)
+        self._last_tx: tuple[int, float] | None = None
         self.wrong_speed = 0  # reads dropped: the client's line speed was not the bus's
         self._pty: _Pty | None = None
         self._parser = RtuParser()
@@ -151,6 +156,10 @@ class RtuBus:
             self.replug()
             return
         log.debug("bus %s: rx %s", self.name, data.hex(" "))
+        if self._last_tx is not None and not self._parser.pending:
+            unit, at = self._last_tx
+            self.gaps.append((unit, asyncio.get_running_loop().time() - at))
+            self._last_tx = None
         if not self._speed_matches():
             # At another baud rate a real UART sees framing errors, not frames: no answer.
             self.wrong_speed += 1
@@ -214,10 +223,10 @@ class RtuBus:
             elif action.prepare is not None:
                 prepared = action.prepare()
                 corrupt = action.kind == "bad_crc"
-                if (
-                    self._send(rtu_frame(device.unit, prepared.pdu, corrupt_crc=corrupt))
-                    and not corrupt
-                ):
+                sent = self._send(rtu_frame(device.unit, prepared.pdu, corrupt_crc=corrupt))
+                if sent:
+                    self._last_tx = (device.unit, asyncio.get_running_loop().time())
+                if sent and not corrupt:
                     prepared.commit()
 
     def _send(self, frame: bytes) -> bool:

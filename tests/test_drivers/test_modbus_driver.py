@@ -189,13 +189,13 @@ async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason
             real_read = ModbusLink.read
             calls = 0
 
-            async def first_then_quiet(self: ModbusLink, *args: Any) -> Any:
+            async def first_then_quiet(self: ModbusLink, *args: Any, **kw: Any) -> Any:
                 nonlocal calls
                 calls += 1
                 if calls == 1:
-                    return await real_read(self, *args)
+                    return await real_read(self, *args, **kw)
                 sim.device("dev").set_fault("no_reply")
-                return await real_read(self, *args)
+                return await real_read(self, *args, **kw)
 
             monkeypatch.setattr(ModbusLink, "read", first_then_quiet)
             samples = await drv.read()
@@ -469,3 +469,52 @@ async def test_each_device_gets_its_own_timeout(transport: str) -> None:
                 await drv.read()
             waited = loop.time() - started
     assert waited < 0.7, f"waited {waited:.2f} s for a 100 ms timeout"
+
+
+async def test_the_line_keeps_the_inter_frame_silence_and_a_devices_pause() -> None:
+    """At 9600 baud 8N1 the standard's silence is 3.5 characters of 10 bits: 3.65 ms. The
+    simulator measures the quiet time before each request, by the unit that spoke last."""
+    counter = [{"address": 0, "table": "holding", "kind": "counter"}]
+    sim_cfg = {
+        "devices": [
+            {"id": "a", "transport": "rtu", "unit": 1, "bus": "line", "registers": counter},
+            {"id": "b", "transport": "rtu", "unit": 2, "bus": "line", "registers": counter},
+        ]
+    }
+    async with Simulator(sim_cfg) as sim:
+        port = sim.endpoint("a")
+        resources = SharedResources()
+        regs = [{"name": "n", "address": 0}]
+        a = ModbusDriver(driver_config("rtu", port, regs, unit=1, id="a"), resources)
+        b = ModbusDriver(driver_config("rtu", port, regs, unit=2, id="b", pause="50ms"), resources)
+        async with a, b:
+            for _ in range(5):
+                await asyncio.gather(a.read(), b.read())
+        gaps = list(sim.buses["line"].gaps)
+    after_a = [g for unit, g in gaps if unit == 1]
+    after_b = [g for unit, g in gaps if unit == 2]
+    assert after_a
+    assert after_b
+    assert min(after_a) >= 3.5 * 10 / 9600 - 0.0005, min(after_a)
+    assert min(after_b) >= 0.050, min(after_b)
+
+
+async def test_retries_ask_again_and_every_request_is_counted() -> None:
+    async with Simulator(sim_config("tcp")) as sim:
+        sim.device("dev").set_fault("no_reply")
+        cfg = driver_config(
+            "tcp", sim.endpoint("dev"), [{"name": "v", "address": 0}], timeout="100ms", retries=2
+        )
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            with pytest.raises(DeviceUnavailable):
+                await drv.read()
+            assert sim.device("dev").requests == 3
+            sim.device("dev").set_fault("exception", code=4)
+            [bad] = await drv.read()
+            assert bad.reason == "modbus exception 4 (device failure)"
+            stats = drv.protocol_stats()
+    assert stats["requests"] == 4
+    assert stats["timeouts"] == 3
+    assert stats["retries"] == 2
+    assert stats["exceptions"] == 1
+    assert stats["latency_ms_avg"] is not None
