@@ -59,6 +59,7 @@ _DEVICE_KEYS: Final = (
     "id",
     "transport",
     "baudrate",
+    "wire_time",
     "profile",
     "unit",
     "bus",
@@ -112,6 +113,7 @@ class DeviceConfig:
     fault_code: int = 4
     delay_s: float = 2.0
     baudrate: int = 9600
+    wire_time: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,12 @@ class _Validator:
                 f"must be one of {', '.join(map(str, BAUDRATES))}, got {baudrate!r}",
             )
             baudrate = 9600
+        wire_time = raw.get("wire_time", False)
+        if "wire_time" in raw and transport != "rtu":
+            self.err(f"{path}.wire_time", "only valid for transport rtu")
+        elif not isinstance(wire_time, bool):
+            self.err(f"{path}.wire_time", f"must be true or false, got {wire_time!r}")
+            wire_time = False
         if "port" in raw and transport not in ("tcp", "rtu-tcp"):
             self.err(f"{path}.port", "only valid for transport tcp or rtu-tcp")
         fill_gaps = raw.get("fill_gaps", True)
@@ -297,6 +305,7 @@ class _Validator:
             fault_code=fault_code,
             delay_s=delay_s,
             baudrate=baudrate,
+            wire_time=wire_time,
         )
 
     def profile(self, name: object, path: str) -> list[dict[str, Any]]:

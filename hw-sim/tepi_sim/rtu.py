@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import termios
+import time
 import tty
 from collections import deque
 from pathlib import Path
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 # Bytes that stay incomplete this long are not the start of a frame: resync through them.
 SILENCE_S: Final = 0.05
 _QUEUE_LIMIT: Final = 64
+
+
+async def _precise_sleep(seconds: float) -> None:
+    """Sleep to within microseconds: the event loop's timers round up to whole milliseconds,
+    which at 115,200 baud would make the emulated wire a third slower than a real one."""
+    if seconds > 0:
+        await asyncio.to_thread(time.sleep, seconds)
 
 
 class _Pty:
@@ -63,6 +71,12 @@ class RtuBus:
         self.replugs = 0
         self.dropped_frames = 0  # requests dropped because the reply queue was full
         self.baudrate = devices[0].config.baudrate
+        # Wire-time emulation: answer only when the request and the reply would have crossed
+        # a real line at this baud rate (10-bit characters, 8N1), with the 3.5-character
+        # silence a slave waits for before it may answer.
+        self.wire_time = any(d.config.wire_time for d in devices)
+        self.char_s = 10 / self.baudrate
+        self.frame_gap_s = 3.5 * self.char_s if self.baudrate <= 19200 else 0.00175
         # (unit that last answered, seconds of silence before the next request): how well a
         # client keeps the inter-frame silence and a device's pause. The newest 1000.
         self.gaps: deque[tuple[int, float]] = deque(maxlen=1000)
@@ -71,7 +85,9 @@ class RtuBus:
         self._pty: _Pty | None = None
         self._parser = RtuParser()
         self._silence: asyncio.TimerHandle | None = None
-        self._queue: asyncio.Queue[tuple[int, Device, Action]] = asyncio.Queue(_QUEUE_LIMIT)
+        self._queue: asyncio.Queue[tuple[int, Device, Action, int, float]] = asyncio.Queue(
+            _QUEUE_LIMIT
+        )
         self._generation = 0
         self._worker: asyncio.Task[None] | None = None
         for device in devices:
@@ -204,14 +220,21 @@ class RtuBus:
             if action.kind == "silent":
                 continue
             try:
-                self._queue.put_nowait((self._generation, target, action))
+                self._queue.put_nowait(
+                    (self._generation, target, action, len(pdu) + 3, time.monotonic())
+                )
             except asyncio.QueueFull:
                 self.dropped_frames += 1
                 log.warning("bus %s: reply queue full, request dropped", self.name)
 
     async def _work(self) -> None:
         while True:
-            generation, device, action = await self._queue.get()
+            generation, device, action, request_len, arrived = await self._queue.get()
+            # With wire time: the request's bytes, the slave's 3.5-character wait, and (for an
+            # answer, below) the reply's bytes, waited in one precise sleep.
+            wire = request_len * self.char_s + self.frame_gap_s if self.wire_time else 0.0
+            if wire and action.prepare is None:
+                await _precise_sleep(arrived + wire - time.monotonic())
             if action.delay_s:
                 await asyncio.sleep(action.delay_s)
             if generation != self._generation or self._pty is None:
@@ -223,7 +246,16 @@ class RtuBus:
             elif action.prepare is not None:
                 prepared = action.prepare()
                 corrupt = action.kind == "bad_crc"
-                sent = self._send(rtu_frame(device.unit, prepared.pdu, corrupt_crc=corrupt))
+                frame = rtu_frame(device.unit, prepared.pdu, corrupt_crc=corrupt)
+                if wire:
+                    # Measured from the request's arrival: the simulator's own work runs
+                    # while the emulated bytes are on the wire, as a device's would.
+                    await _precise_sleep(
+                        arrived + wire + len(frame) * self.char_s - time.monotonic()
+                    )
+                if generation != self._generation or self._pty is None:
+                    continue
+                sent = self._send(frame)
                 if sent:
                     self._last_tx = (device.unit, asyncio.get_running_loop().time())
                 if sent and not corrupt:

@@ -271,3 +271,30 @@ async def test_write_then_read_back(sim: Simulator, rtu_client: RtuClientFactory
     assert not (await client.write_register(20, 1234, device_id=1)).isError()
     assert (await client.read_holding_registers(20, count=1, device_id=1)).registers == [1234]
     assert sim.device("aq").value(20) == 1234
+
+
+async def test_wire_time_makes_a_reply_take_as_long_as_on_a_real_line() -> None:
+    """At 9600 baud (10-bit characters) a read of 10 registers is 8 bytes out, a 3.5-character
+    silence, and 25 bytes back: 38.0 ms, which the emulated line must not beat."""
+    from pymodbus.client import AsyncModbusSerialClient
+
+    regs = [{"address": a, "kind": "constant", "value": a} for a in range(10)]
+    cfg = {
+        "devices": [
+            {"id": "w", "transport": "rtu", "unit": 1, "wire_time": True, "registers": regs}
+        ]
+    }
+    async with Simulator(cfg) as sim:
+        client = AsyncModbusSerialClient(port=sim.endpoint("w"), baudrate=9600, timeout=2)
+        await client.connect()
+        try:
+            loop = asyncio.get_running_loop()
+            took = []
+            for _ in range(3):
+                started = loop.time()
+                resp = await client.read_holding_registers(0, count=10, device_id=1)
+                took.append(loop.time() - started)
+                assert list(resp.registers) == list(range(10))
+        finally:
+            client.close()
+    assert min(took) >= (8 + 25 + 3.5) * 10 / 9600, took
