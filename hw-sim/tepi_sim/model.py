@@ -60,6 +60,7 @@ _DEVICE_KEYS: Final = (
     "transport",
     "baudrate",
     "wire_time",
+    "needs_pause_s",
     "profile",
     "unit",
     "bus",
@@ -114,6 +115,7 @@ class DeviceConfig:
     delay_s: float = 2.0
     baudrate: int = 9600
     wire_time: bool = False
+    needs_pause_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +270,11 @@ class _Validator:
         elif not isinstance(wire_time, bool):
             self.err(f"{path}.wire_time", f"must be true or false, got {wire_time!r}")
             wire_time = False
+        needs_pause_s = self.number(raw, "needs_pause_s", path, 0.0)
+        if "needs_pause_s" in raw and transport != "rtu":
+            self.err(f"{path}.needs_pause_s", "only valid for transport rtu")
+        if needs_pause_s < 0:
+            self.err(f"{path}.needs_pause_s", "must not be negative")
         if "port" in raw and transport not in ("tcp", "rtu-tcp"):
             self.err(f"{path}.port", "only valid for transport tcp or rtu-tcp")
         fill_gaps = raw.get("fill_gaps", True)
@@ -306,6 +313,7 @@ class _Validator:
             delay_s=delay_s,
             baudrate=baudrate,
             wire_time=wire_time,
+            needs_pause_s=needs_pause_s,
         )
 
     def profile(self, name: object, path: str) -> list[dict[str, Any]]:

@@ -80,6 +80,10 @@ class RtuBus:
         # (unit that last answered, seconds of silence before the next request): how well a
         # client keeps the inter-frame silence and a device's pause. The newest 1000.
         self.gaps: deque[tuple[int, float]] = deque(maxlen=1000)
+        # A device with needs_pause_s ignores a request that comes sooner after its last
+        # answer, as some slow sensors do: unit -> when it last answered.
+        self._answered_at: dict[int, float] = {}
+        self.ignored_too_soon = 0
         self._last_tx: tuple[int, float] | None = None
         self.wrong_speed = 0  # reads dropped: the client's line speed was not the bus's
         self._pty: _Pty | None = None
@@ -216,6 +220,10 @@ class RtuBus:
             target = self.devices.get(unit)
             if target is None:
                 continue  # another slave on the line may answer; we stay quiet
+            pause = target.config.needs_pause_s
+            if pause and time.monotonic() - self._answered_at.get(unit, 0.0) < pause:
+                self.ignored_too_soon += 1
+                continue  # not ready yet: a real one would not even have seen the frame
             action = target.handle(pdu)
             if action.kind == "silent":
                 continue
@@ -258,6 +266,7 @@ class RtuBus:
                 sent = self._send(frame)
                 if sent:
                     self._last_tx = (device.unit, asyncio.get_running_loop().time())
+                    self._answered_at[device.unit] = time.monotonic()
                 if sent and not corrupt:
                     prepared.commit()
 

@@ -518,3 +518,35 @@ async def test_retries_ask_again_and_every_request_is_counted() -> None:
     assert stats["retries"] == 2
     assert stats["exceptions"] == 1
     assert stats["latency_ms_avg"] is not None
+
+
+async def test_a_device_that_needs_a_pause_gets_it_from_the_pause_setting() -> None:
+    """The simulated sensor ignores a request that comes within 80 ms of its last answer.
+    Polled back to back without a pause it misses reads; with pause: 100ms it answers all."""
+    sim_cfg = {
+        "devices": [
+            {
+                "id": "slow",
+                "transport": "rtu",
+                "unit": 5,
+                "needs_pause_s": 0.08,
+                "registers": [
+                    {"address": 0, "kind": "counter"},
+                    {"address": 10, "kind": "constant", "value": 1},
+                ],
+            }
+        ]
+    }
+    regs = [{"name": "a", "address": 0}, {"name": "b", "address": 10}]  # two reads a poll
+    async with Simulator(sim_cfg) as sim:
+        port = sim.endpoint("slow")
+        hasty = driver_config("rtu", port, regs, unit=5, timeout="150ms", max_gap=0)
+        async with ModbusDriver(hasty, SharedResources()) as drv:
+            samples = await drv.read()
+        assert any(s.reason == "timeout" for s in samples), "the second read came too soon"
+        patient = driver_config(
+            "rtu", port, regs, unit=5, timeout="150ms", max_gap=0, pause="100ms"
+        )
+        async with ModbusDriver(patient, SharedResources()) as drv:
+            for _ in range(3):
+                assert all(s.reason is None for s in await drv.read())
