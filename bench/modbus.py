@@ -21,17 +21,16 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "hw-sim")]
+
+from harness import start_simulator  # noqa: E402
 
 from drivers.base import SharedResources  # noqa: E402
 from drivers.modbus import ModbusDriver, ModbusRtuConfig  # noqa: E402
@@ -64,29 +63,9 @@ async def run(baud: int, registers: int, devices: int, seconds: float) -> dict[s
             for u in range(1, devices + 1)
         ]
     }
-    (work / "sim.yaml").write_text(yaml.safe_dump(sim_cfg))
-    manifest = work / "sim.json"
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tepi_sim.cli",
-            "--config",
-            str(work / "sim.yaml"),
-            "--manifest",
-            str(manifest),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONPATH=str(REPO / "hw-sim")),
-    )
+    sim, endpoints = await start_simulator(work, sim_cfg)
     try:
-        deadline = time.monotonic() + 20
-        while not manifest.exists():
-            if sim.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the simulator did not start")
-            await asyncio.sleep(0.05)
-        port = json.loads(manifest.read_text())["devices"]["d1"]["endpoint"]
+        port = endpoints["d1"]["endpoint"]
         resources = SharedResources()
         drivers = [
             ModbusDriver(

@@ -26,22 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import start_broker
+
 from buffer import Reading
 from gateway.configload import parse_config
-from gateway.localbroker import find_mosquitto, free_port, mosquitto_conf, wait_port
+from gateway.localbroker import free_port, wait_port
 from gateway.runtime import Agent
 from gateway.sysinfo import cpu_seconds, rss_bytes
-
-
-def start_broker(work: Path, port: int) -> subprocess.Popen[bytes]:
-    mosq = find_mosquitto()
-    if mosq is None:
-        raise SystemExit("mosquitto is not installed: run .ci/setup")
-    conf = work / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(port))
-    return subprocess.Popen(
-        [mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
 
 
 def make_agent(work: Path, port: int) -> Agent:

@@ -48,8 +48,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "hw-sim")]
 
+from harness import start_broker, start_simulator  # noqa: E402
+
 from gateway.compact import decode_compact  # noqa: E402
-from gateway.localbroker import find_mosquitto, free_port, mosquitto_conf, wait_port  # noqa: E402
+from gateway.localbroker import free_port, wait_port  # noqa: E402
 from gateway.units import parse_duration  # noqa: E402
 
 WORKLOADS = REPO / "bench" / "workloads"
@@ -315,15 +317,8 @@ class Rig:
     endpoints: dict[str, Any] = field(default_factory=dict)
 
     async def start_broker(self) -> None:
-        mosq = find_mosquitto()
-        if mosq is None:
-            raise SystemExit("mosquitto is not installed: run .ci/setup")
         self.broker_port = free_port()
-        conf = self.work / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(self.broker_port, extra=["max_queued_messages 0"]))
-        self.broker = subprocess.Popen(
-            [mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.broker = start_broker(self.work, self.broker_port, ["max_queued_messages 0"])
         broker = self.broker
         await wait_port(self.broker_port, alive=lambda: broker.poll() is None)
         self.proxy = CountingProxy(self.broker_port)
@@ -332,32 +327,8 @@ class Rig:
 
     async def start_sim(self, devices: list[dict[str, Any]]) -> None:
         cfg = sim_config(devices)
-        if not cfg["devices"]:
-            return
-        (self.work / "sim.yaml").write_text(yaml.safe_dump(cfg))
-        manifest = self.work / "sim.json"
-        self.sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tepi_sim.cli",
-                "--config",
-                str(self.work / "sim.yaml"),
-                "--manifest",
-                str(manifest),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.work / "sim.log").open("wb"),
-            env=dict(os.environ, PYTHONPATH=str(REPO / "hw-sim")),
-        )
-        deadline = time.monotonic() + 30
-        while not manifest.exists():
-            if self.sim.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "simulator did not start: " + (self.work / "sim.log").read_text()
-                )
-            await asyncio.sleep(0.05)
-        self.endpoints = json.loads(manifest.read_text())["devices"]
+        if cfg["devices"]:
+            self.sim, self.endpoints = await start_simulator(self.work, cfg)
 
     def agent_config(self, devices: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
         assert self.proxy is not None

@@ -13,7 +13,6 @@ import os
 import re
 import types
 import typing
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -202,56 +201,39 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
             )
         first_seen.setdefault(dev.id, i)
 
-    ports: dict[str, list[int]] = defaultdict(list)
+    # Devices that share a transport (a serial port, or a TCP address) share one link: they
+    # must agree on its settings, and each needs its own unit id.
+    shared: dict[tuple[object, ...], tuple[int, object]] = {}
+    units: dict[tuple[object, ...], int] = {}
     for i, dev in enumerate(cfg.devices):
+        settings: object
         if isinstance(dev, ModbusRtuConfig):
-            ports[dev.port].append(i)
-    for port, idx in ports.items():
-        first = cfg.devices[idx[0]]
-        assert isinstance(first, ModbusRtuConfig)
-        units: dict[int, int] = {first.unit: idx[0]}
-        for i in idx[1:]:
-            dev = cfg.devices[i]
-            assert isinstance(dev, ModbusRtuConfig)
-            if dev.line_settings != first.line_settings:
-                add(
-                    ("devices", i, "baudrate"),
-                    f"{port} is shared with devices[{idx[0]}] but with other line settings "
-                    f"{dev.line_settings} vs {first.line_settings}",
-                    "devices on one port must use the same baudrate, parity, bytesize and stopbits",
-                )
-            if dev.unit in units:
-                add(
-                    ("devices", i, "unit"),
-                    f"unit {dev.unit} on {port} is already devices[{units[dev.unit]}]",
-                    "two slaves on one line need different unit ids",
-                )
-            units.setdefault(dev.unit, i)
-
-    hosts: dict[tuple[str, int], int] = {}
-    tcp_units: dict[tuple[str, int, int], int] = {}
-    for i, dev in enumerate(cfg.devices):
-        if not isinstance(dev, ModbusTcpConfig):
+            key: tuple[object, ...] = ("serial", dev.port)
+            where, settings, field = dev.port, dev.line_settings, "baudrate"
+            what = "line settings"
+            hint = "devices on one port must use the same baudrate, parity, bytesize and stopbits"
+        elif isinstance(dev, ModbusTcpConfig):
+            key = ("tcp", dev.host, dev.port)
+            where, settings, field = f"{dev.host}:{dev.port}", dev.framing, "framing"
+            what = "framing"
+            hint = "devices behind one address share one connection, with one framing"
+        else:
             continue
-        where = (dev.host, dev.port)
-        first_i = hosts.setdefault(where, i)
-        first_tcp = cfg.devices[first_i]
-        assert isinstance(first_tcp, ModbusTcpConfig)
-        if dev.framing != first_tcp.framing:
+        first, first_settings = shared.setdefault(key, (i, settings))
+        if settings != first_settings:
             add(
-                ("devices", i, "framing"),
-                f"{dev.host}:{dev.port} is shared with devices[{first_i}] but with framing "
-                f"{dev.framing} vs {first_tcp.framing}",
-                "devices behind one address share one connection, with one framing",
+                ("devices", i, field),
+                f"{where} is shared with devices[{first}] but with other {what} "
+                f"{settings} vs {first_settings}",
+                hint,
             )
-        key = (dev.host, dev.port, dev.unit)
-        if key in tcp_units:
+        if (*key, dev.unit) in units:
             add(
                 ("devices", i, "unit"),
-                f"unit {dev.unit} at {dev.host}:{dev.port} is already devices[{tcp_units[key]}]",
-                "units behind one gateway address need different unit ids",
+                f"unit {dev.unit} on {where} is already devices[{units[(*key, dev.unit)]}]",
+                "devices sharing a port or an address need different unit ids",
             )
-        tcp_units.setdefault(key, i)
+        units.setdefault((*key, dev.unit), i)
 
     if check_files:
         up = cfg.uplink

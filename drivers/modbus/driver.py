@@ -52,6 +52,7 @@ class LinkStats:
     bad_frames: int = 0
     exceptions: int = 0
     retries: int = 0
+    splits: int = 0  # merged reads split after the device refused them (exception 2)
     latency_total_s: float = 0.0
     latency_max_s: float = 0.0
     answered: int = 0
@@ -64,6 +65,7 @@ class LinkStats:
             "bad_frames": self.bad_frames,
             "exceptions": self.exceptions,
             "retries": self.retries,
+            "splits": self.splits,
             "latency_ms_avg": None if avg is None else round(avg * 1000, 2),
             "latency_ms_max": round(self.latency_max_s * 1000, 2) if self.answered else None,
         }
@@ -95,7 +97,6 @@ class ModbusDriver:
         self._plan = plan_reads(config.wire_registers(), max_gap=config.max_gap)
         self._by_name = {r.name: r for r in config.registers}
         self._sent: dict[str, _Sent] = {}
-        self.splits = 0
         self.link_stats = LinkStats()
         self._link: ModbusLink | None = None
         if isinstance(config, ModbusRtuConfig):
@@ -152,7 +153,7 @@ class ModbusDriver:
             if isinstance(data, ExceptionReply) and data.code == ILLEGAL_ADDRESS:
                 parts = split(req)
                 if len(parts) > 1:
-                    self.splits += 1
+                    self.link_stats.splits += 1
                     log.info(
                         "device %s refused a read of %d %s registers at %d (exception 2): "
                         "split into %d reads, kept for this device",

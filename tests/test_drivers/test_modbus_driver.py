@@ -259,7 +259,7 @@ async def test_a_refused_merged_read_is_split_once_and_remembered() -> None:
             driver_config("tcp", sim.endpoint("dev"), regs), SharedResources()
         ) as drv:
             counts, samples = await requests_per_poll(sim, drv, polls=3)
-            assert drv.splits == 1
+            assert drv.protocol_stats()["splits"] == 1
     assert counts == [3, 2, 2]  # refused 0-6, then 0 and 5-6; then 0 and 5-6 each poll
     assert {s.metric: (s.value, s.reason) for s in samples} == {
         "r0": (1000, None),

@@ -106,6 +106,30 @@ def test_devices_sharing_a_port_must_agree(tmp_path: Path) -> None:
     assert any("devices[2].baudrate" in i and "/dev/ttyUSB0 is shared" in i for i in got), got
 
 
+def test_devices_sharing_a_port_or_an_address_need_their_own_unit_ids() -> None:
+    got = issues_of(
+        """
+gateway: {id: gw}
+uplink: {url: "mqtt://127.0.0.1"}
+devices:
+  - {id: a, driver: modbus-rtu, port: /dev/ttyUSB0, unit: 1, registers: [{name: x, address: 0}]}
+  - {id: b, driver: modbus-rtu, port: /dev/ttyUSB0, unit: 1, registers: [{name: x, address: 0}]}
+  - {id: c, driver: modbus-tcp, host: 10.0.0.9, unit: 3, registers: [{name: x, address: 0}]}
+  - {id: d, driver: modbus-tcp, host: 10.0.0.9, unit: 3, registers: [{name: x, address: 0}]}
+  - {id: e, driver: modbus-tcp, host: 10.0.0.9, unit: 4, framing: rtu,
+     registers: [{name: x, address: 0}]}
+  - {id: f, driver: modbus-tcp, host: 10.0.0.8, unit: 3, registers: [{name: x, address: 0}]}
+""",
+        check_files=False,
+    )
+    assert any(
+        ":6: devices[1].unit: unit 1 on /dev/ttyUSB0 is already devices[0]" in i for i in got
+    )
+    assert any("devices[3].unit: unit 3 on 10.0.0.9:502 is already devices[2]" in i for i in got)
+    assert any("devices[4].framing: 10.0.0.9:502 is shared with devices[2]" in i for i in got)
+    assert len(got) == 3, got  # another host is another gateway: unit 3 is free there
+
+
 def test_yaml_syntax_error_has_a_line() -> None:
     got = issues_of("gateway:\n  id: [unclosed\n", check_files=False)
     assert len(got) == 1

@@ -1,0 +1,63 @@
+"""What the benchmarks share: a Mosquitto and a ``tepi-sim`` as child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "hw-sim")]
+
+from gateway.localbroker import find_mosquitto, mosquitto_conf  # noqa: E402
+
+
+def start_broker(work: Path, port: int, extra: Iterable[str] = ()) -> subprocess.Popen[bytes]:
+    """Mosquitto on 127.0.0.1:``port``, its config in ``work``."""
+    mosq = find_mosquitto()
+    if mosq is None:
+        raise SystemExit("mosquitto is not installed: run .ci/setup")
+    conf = work / "mosquitto.conf"
+    conf.write_text(mosquitto_conf(port, extra=extra))
+    return subprocess.Popen(
+        [mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def start_simulator(
+    work: Path, config: dict[str, Any]
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """``tepi-sim`` with ``config``, once it listens; returns it and its manifest's devices."""
+    (work / "sim.yaml").write_text(yaml.safe_dump(config))
+    manifest = work / "sim.json"
+    log = work / "sim.log"
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tepi_sim.cli",
+            "--config",
+            str(work / "sim.yaml"),
+            "--manifest",
+            str(manifest),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env=dict(os.environ, PYTHONPATH=str(REPO / "hw-sim")),
+    )
+    deadline = time.monotonic() + 30
+    while not manifest.exists():
+        if sim.poll() is not None or time.monotonic() > deadline:
+            sim.kill()
+            raise RuntimeError(f"simulator did not start: {log.read_text()}")
+        await asyncio.sleep(0.05)
+    devices: dict[str, Any] = json.loads(manifest.read_text())["devices"]
+    return sim, devices

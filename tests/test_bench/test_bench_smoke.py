@@ -1,0 +1,48 @@
+"""The benchmarks still run end to end, briefly. Only that they work is checked: each gives
+results with readings in them. No figure is ever asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from helpers import REPO
+
+
+def bench(script: str, *args: str, timeout: float) -> list[dict[str, Any]]:
+    """Run bench/``script`` and return the JSON objects it printed, one a line."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_pipeline_bench() -> None:
+    [result] = bench("pipeline.py", "throughput", "--seconds", "1", timeout=60)
+    assert result["mode"] == "throughput"
+    assert result["acked"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_every_workload_of_the_suite() -> None:
+    results = {r["workload"]: r for r in bench("suite.py", "--smoke", "--json", timeout=220)}
+    assert set(results) == {"reference", "idle", "stress", "throughput", "backlog"}
+    assert results["reference"]["readings_per_s"] > 0
+    assert results["stress"]["readings_per_s"] > 0
+    assert results["throughput"]["runs"][0]["readings_per_s"] > 0
+    assert results["backlog"]["backlog_readings"] >= 20_000
+
+
+def test_modbus_wire_bench() -> None:
+    [result] = bench("modbus.py", "--seconds", "1", "--bauds", "115200", timeout=60)
+    assert result["baud"] == 115200
+    assert result["polls_per_s"] > 0
