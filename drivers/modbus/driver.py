@@ -50,6 +50,7 @@ class LinkStats:
     requests: int = 0
     timeouts: int = 0
     bad_frames: int = 0
+    crc_errors: int = 0
     exceptions: int = 0
     retries: int = 0
     splits: int = 0  # merged reads split after the device refused them (exception 2)
@@ -63,6 +64,7 @@ class LinkStats:
             "requests": self.requests,
             "timeouts": self.timeouts,
             "bad_frames": self.bad_frames,
+            "crc_errors": self.crc_errors,
             "exceptions": self.exceptions,
             "retries": self.retries,
             "splits": self.splits,
@@ -208,8 +210,11 @@ class ModbusDriver:
                 if attempt == cfg.retries:
                     raise
                 continue
-            except ProtocolError:
-                st.bad_frames += 1
+            except ProtocolError as err:
+                if err.reason == "crc error":
+                    st.crc_errors += 1
+                else:
+                    st.bad_frames += 1
                 if attempt == cfg.retries:
                     raise
                 continue

@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import ModbusPDU
 
-from gateway.errors import DeviceUnavailable, ProtocolError
+from drivers.modbus.timer import PreciseTimer
+from gateway.errors import DeviceError, DeviceUnavailable, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,17 @@ def _check_port(path: str) -> None:
 
 
 LATE_REPLY_GUARD_S = 0.05
+RX_KEEP = 512  # bytes of a failed answer kept to say why it failed
 _PRECISE_BELOW_S = 0.005
 
 
-async def _quiet(seconds: float) -> None:
-    """Wait out a line's silence. The event loop's timers round up to whole milliseconds,
-    which would add a third to every request at 115,200 baud (1.75 ms of silence waited as
-    2 to 3); a short silence is waited in a worker thread instead, to the microsecond."""
-    if seconds < _PRECISE_BELOW_S:
-        await asyncio.to_thread(time.sleep, seconds)
-    else:
-        await asyncio.sleep(seconds)
+def _crc_ok_somewhere(frame: bytes) -> bool:
+    """Whether some prefix of ``frame`` (5 bytes or more) ends in its own valid CRC."""
+    for end in range(5, len(frame) + 1):
+        crc = int.from_bytes(frame[end - 2 : end], "big")
+        if FramerRTU.check_CRC(frame[: end - 2], crc):
+            return True
+    return False
 
 
 def frame_gap(baudrate: int, parity: str, bytesize: int, stopbits: int) -> float:
@@ -111,6 +112,43 @@ class ModbusLink:
         self._lock = asyncio.Lock()
         self.gap_s = gap_s
         self._quiet_until = 0.0
+        self._timer = PreciseTimer()
+        self.rtu = serial_path is not None
+        # What the current request got back: the raw bytes (to tell a bad CRC or a garbled
+        # answer from silence) and when its reply was complete (the line's silence counts
+        # from there, not from when this task next runs).
+        self._rx = bytearray()
+        self._replied_at: float | None = None
+
+    def trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's hook for every chunk of bytes sent or received."""
+        if not sending and len(self._rx) < RX_KEEP:
+            self._rx += data[: RX_KEEP - len(self._rx)]
+        return data
+
+    def trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        """pymodbus's hook for every frame decoded: a reply is complete."""
+        if not sending:
+            self._replied_at = asyncio.get_running_loop().time()
+        return pdu
+
+    def _why_no_reply(self, unit: int) -> DeviceError:
+        """Classify a request that got no valid reply from what did arrive."""
+        rx = bytes(self._rx)
+        if not rx:
+            return DeviceUnavailable("timeout", f"{self.label} unit {unit}: no answer")
+        shown = rx[:16].hex(" ") + (" ..." if len(rx) > 16 else "")
+        if self.rtu and rx[0] == unit and len(rx) >= 5 and not _crc_ok_somewhere(rx):
+            return ProtocolError(
+                "crc error", f"{self.label} unit {unit}: answer with a bad CRC: {shown}"
+            )
+        if self.rtu and rx[0] != unit and _crc_ok_somewhere(rx):
+            return ProtocolError(
+                "wrong unit", f"{self.label} unit {unit}: answer not from unit {unit}: {shown}"
+            )
+        return ProtocolError(
+            "bad frame", f"{self.label} unit {unit}: garbled or short answer: {shown}"
+        )
 
     @classmethod
     def serial(
@@ -126,9 +164,13 @@ class ModbusLink:
             retries=0,
             reconnect_delay=0,
             name=f"tepi:{port}",
+            # lambdas: ``link`` is bound below, once the client exists
+            trace_packet=lambda sending, data: link.trace_packet(sending, data),  # noqa: PLW0108
+            trace_pdu=lambda sending, pdu: link.trace_pdu(sending, pdu),  # noqa: PLW0108
         )
         gap = frame_gap(baudrate, parity, bytesize, stopbits)
-        return cls(client, port, serial_path=port, gap_s=gap)
+        link = cls(client, port, serial_path=port, gap_s=gap)
+        return link
 
     @classmethod
     def tcp(cls, host: str, port: int, framing: str = "mbap") -> ModbusLink:
@@ -140,11 +182,17 @@ class ModbusLink:
             retries=0,
             reconnect_delay=0,
             name=f"tepi:{host}:{port}",
+            # lambdas: ``link`` is bound below, once the client exists
+            trace_packet=lambda sending, data: link.trace_packet(sending, data),  # noqa: PLW0108
+            trace_pdu=lambda sending, pdu: link.trace_pdu(sending, pdu),  # noqa: PLW0108
         )
-        return cls(client, f"{host}:{port}")
+        link = cls(client, f"{host}:{port}")
+        link.rtu = framing == "rtu"
+        return link
 
     async def aclose(self) -> None:
         self.client.close()
+        self._timer.close()
 
     def _set_timeout(self, timeout_s: float) -> None:
         """pymodbus reads the reply timeout per request from its transaction manager's own
@@ -179,25 +227,31 @@ class ModbusLink:
         async with self._lock:
             loop = asyncio.get_running_loop()
             quiet = self._quiet_until - loop.time()
-            if quiet > 0:
-                await _quiet(quiet)
+            if quiet >= _PRECISE_BELOW_S:
+                await asyncio.sleep(quiet)
+            elif quiet > 0:
+                # The event loop's timers round up to whole milliseconds, which would add a
+                # third to every request at 115,200 baud (1.75 ms of silence waited as 2-3).
+                await self._timer.sleep_until(self._quiet_until)
             await self._ensure_connected(timeout_s)
             self._set_timeout(timeout_s)
             after = self.gap_s + pause_s
+            self._rx.clear()
+            self._replied_at = None
             try:
                 return await call()
             except ModbusIOException as err:
+                self._replied_at = None
                 if self._serial_path is not None:
                     after += LATE_REPLY_GUARD_S
-                raise DeviceUnavailable(
-                    "timeout", f"{self.label} unit {unit}: no valid answer"
-                ) from err
+                raise self._why_no_reply(unit) from err
             except ConnectionException as err:
                 raise DeviceUnavailable("disconnected", f"{self.label}: {err}") from err
             except ModbusException as err:
                 raise ProtocolError("bad frame", f"{self.label} unit {unit}: {err}") from err
             finally:
-                self._quiet_until = loop.time() + after
+                ended = loop.time() if self._replied_at is None else self._replied_at
+                self._quiet_until = ended + after
 
     async def write(
         self,

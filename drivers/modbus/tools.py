@@ -76,7 +76,9 @@ async def probe(link: ModbusLink, unit: int, reply_s: float) -> str | None:
         if err.reason in ("timeout", "disconnected"):
             return None
         raise
-    except DeviceError:
+    except DeviceError as err:
+        if err.reason == "wrong unit":
+            return None  # another unit spoke
         return "a garbled answer"  # something is there, at a speed or framing close to this
     if isinstance(got, ExceptionReply):
         return got.reason

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # Bytes that stay incomplete this long are not the start of a frame: resync through them.
 SILENCE_S: Final = 0.05
 _QUEUE_LIMIT: Final = 64
+_SPIN_S: Final = 0.0003
 
 
 async def _precise_sleep(seconds: float) -> None:
@@ -44,6 +45,24 @@ async def _precise_sleep(seconds: float) -> None:
     which at 115,200 baud would make the emulated wire a third slower than a real one."""
     if seconds > 0:
         await asyncio.to_thread(time.sleep, seconds)
+
+
+def _write_at(fd: int, frame: bytes, at: float) -> float | None:
+    """Sleep until ``at`` (monotonic), write ``frame`` to ``fd``, close it; when it was
+    written, or None if it was not. In a worker thread."""
+    try:
+        delay = at - time.monotonic() - _SPIN_S
+        if delay > 0:
+            time.sleep(delay)
+        while time.monotonic() < at:  # the last stretch spun: a sleep overshoots by 0.1 ms
+            pass
+        written = os.write(fd, frame)
+        return time.monotonic() if written == len(frame) else None
+    except OSError as err:
+        log.warning("write failed: %s", err)
+        return None
+    finally:
+        os.close(fd)
 
 
 class _Pty:
@@ -85,6 +104,7 @@ class RtuBus:
         self._answered_at: dict[int, float] = {}
         self.ignored_too_soon = 0
         self._last_tx: tuple[int, float] | None = None
+        self._rx_at = 0.0
         self.wrong_speed = 0  # reads dropped: the client's line speed was not the bus's
         self._pty: _Pty | None = None
         self._parser = RtuParser()
@@ -165,6 +185,7 @@ class RtuBus:
             self.replug()
 
     def _on_readable(self) -> None:
+        self._rx_at = time.monotonic()  # first: the request's bytes arrived by now
         if self._pty is None:
             return
         try:
@@ -178,7 +199,7 @@ class RtuBus:
         log.debug("bus %s: rx %s", self.name, data.hex(" "))
         if self._last_tx is not None and not self._parser.pending:
             unit, at = self._last_tx
-            self.gaps.append((unit, asyncio.get_running_loop().time() - at))
+            self.gaps.append((unit, self._rx_at - at))
             self._last_tx = None
         if not self._speed_matches():
             # At another baud rate a real UART sees framing errors, not frames: no answer.
@@ -229,7 +250,7 @@ class RtuBus:
                 continue
             try:
                 self._queue.put_nowait(
-                    (self._generation, target, action, len(pdu) + 3, time.monotonic())
+                    (self._generation, target, action, len(pdu) + 3, self._rx_at)
                 )
             except asyncio.QueueFull:
                 self.dropped_frames += 1
@@ -255,29 +276,41 @@ class RtuBus:
                 prepared = action.prepare()
                 corrupt = action.kind == "bad_crc"
                 frame = rtu_frame(device.unit, prepared.pdu, corrupt_crc=corrupt)
+                if generation != self._generation or self._pty is None:
+                    continue
                 if wire:
                     # Measured from the request's arrival: the simulator's own work runs
                     # while the emulated bytes are on the wire, as a device's would.
-                    await _precise_sleep(
-                        arrived + wire + len(frame) * self.char_s - time.monotonic()
-                    )
-                if generation != self._generation or self._pty is None:
-                    continue
-                sent = self._send(frame)
-                if sent:
-                    self._last_tx = (device.unit, asyncio.get_running_loop().time())
-                    self._answered_at[device.unit] = time.monotonic()
-                if sent and not corrupt:
+                    at = arrived + wire + len(frame) * self.char_s
+                    sent = await self._send_at(frame, at)
+                else:
+                    sent = self._send(frame)
+                if sent is not None:
+                    self._last_tx = (device.unit, sent)
+                    self._answered_at[device.unit] = sent
+                if sent is not None and not corrupt:
                     prepared.commit()
 
-    def _send(self, frame: bytes) -> bool:
+    async def _send_at(self, frame: bytes, at: float) -> float | None:
+        """Send ``frame`` at ``at`` (monotonic) to the microsecond: a worker thread sleeps and
+        writes, so the reply does not wait for the event loop's next turn as well. It writes
+        to its own duplicate of the pty's fd, so a replug meanwhile cannot redirect it."""
+        assert self._pty is not None
+        fd = os.dup(self._pty.master)
+        sent_at = await asyncio.to_thread(_write_at, fd, frame, at)
+        if sent_at is not None:
+            log.debug("bus %s: tx %s", self.name, frame.hex(" "))
+        return sent_at
+
+    def _send(self, frame: bytes) -> float | None:
+        """Send ``frame`` now; when it was sent, or None."""
         pty = self._pty
         if pty is None:
-            return False
+            return None
         try:
             written = os.write(pty.master, frame)
         except OSError as err:
             log.warning("bus %s: write failed: %s", self.name, err)
-            return False
+            return None
         log.debug("bus %s: tx %s", self.name, frame.hex(" "))
-        return written == len(frame)
+        return time.monotonic() if written == len(frame) else None

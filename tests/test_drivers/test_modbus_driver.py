@@ -10,7 +10,7 @@ from tepi_sim import Simulator
 
 from drivers.base import SharedResources
 from drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
-from gateway.errors import DeviceUnavailable, WriteRefused
+from gateway.errors import DeviceUnavailable, ProtocolError, WriteRefused
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -550,3 +550,57 @@ async def test_a_device_that_needs_a_pause_gets_it_from_the_pause_setting() -> N
         async with ModbusDriver(patient, SharedResources()) as drv:
             for _ in range(3):
                 assert all(s.reason is None for s in await drv.read())
+
+
+@pytest.mark.parametrize("transport", ["rtu", "rtu-tcp"])
+async def test_a_bad_crc_is_counted_as_a_crc_error_not_a_timeout(transport: str) -> None:
+    """pymodbus drops a frame whose CRC is wrong and waits out its timeout; the link looks at
+    the bytes that did arrive and says why, so noise on a line is not mistaken for silence."""
+    async with Simulator(sim_config(transport)) as sim:
+        sim.device("dev").set_fault("bad_crc")
+        cfg = driver_config(transport, sim.endpoint("dev"), [{"name": "v", "address": 0}])
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            with pytest.raises(ProtocolError) as info:
+                await drv.read()
+            assert info.value.reason == "crc error"
+            sim.device("dev").set_fault("garbage")
+            with pytest.raises(ProtocolError) as garbled:
+                await drv.read()
+            assert garbled.value.reason in ("bad frame", "crc error")
+            sim.device("dev").set_fault("none")
+            [ok] = await drv.read()
+            stats = drv.link_stats
+    assert ok.reason is None
+    assert ok.value == -123 & 0xFFFF  # read as the default uint16
+    assert stats.crc_errors >= 1
+    assert stats.crc_errors + stats.bad_frames == 2
+    assert stats.timeouts == 0
+
+
+async def test_at_115200_baud_the_silence_is_kept_to_the_microsecond() -> None:
+    """Above 19,200 baud the standard's silence is 1.75 ms. The link counts it from the
+    moment the reply was complete and wakes on a precise timer; the simulator, emulating
+    the wire's time, measures the silence before every request: never shorter."""
+    counter = [{"address": 0, "table": "holding", "kind": "counter"}]
+    sim_cfg = {
+        "devices": [
+            {
+                "id": "a",
+                "transport": "rtu",
+                "unit": 1,
+                "baudrate": 115200,
+                "wire_time": True,
+                "registers": counter,
+            }
+        ]
+    }
+    async with Simulator(sim_cfg) as sim:
+        regs = [{"name": "n", "address": 0}]
+        cfg = driver_config("rtu", sim.endpoint("a"), regs, unit=1, id="a", baudrate=115200)
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            for _ in range(40):
+                [s] = await drv.read()
+                assert s.reason is None
+        gaps = [g for _, g in sim.buses["a"].gaps]  # a bus is named after its device
+    assert len(gaps) >= 39
+    assert min(gaps) >= 0.00175, min(gaps)
