@@ -114,8 +114,8 @@ class UplinkSection(_Model):
     publish_timeout: Duration = Field(
         default=30.0,
         gt=0,
-        description="A publish not acknowledged in this time counts as a "
-        "dead link: reconnect and send again.",
+        description="While publishes await their ack, no ack at all for this long counts "
+        "as a dead link: reconnect and send again.",
     )
     health_interval: Duration = Field(
         default=60.0, ge=1, description="How often health is published."

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import ssl
 import time
@@ -29,6 +30,8 @@ from typing import Any, cast
 import aiomqtt
 import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer import Batch, Buffer
 from gateway import __version__
@@ -96,6 +99,23 @@ class _Client(aiomqtt.Client):
             # paho compares with >=; a little slack so the check finds the moment has come.
             await asyncio.sleep(max(due - time.monotonic(), 0.0) + 0.01)
 
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        # aiomqtt ignores a link lost before CONNACK, so the connect waits out its whole
+        # timeout; here the connect fails at once and the backoff takes over.
+        if not self._connected.done():
+            self._connected.set_exception(
+                aiomqtt.MqttCodeError(reason_code, "connection lost before the broker accepted it")
+            )
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
 
 class _PahoErrors(logging.Handler):
     """Keeps paho's last error line. aiomqtt reports a connection the broker drops before
@@ -159,6 +179,12 @@ class Uplink:
         self.stats = UplinkStats()
         self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
         self._kick = asyncio.Event()
+        # Liveness of a session: publishes awaiting a PUBACK (telemetry and health), and when
+        # the last acknowledgement (or the first publish after none waited) came.
+        self._awaiting = 0
+        self._progress_at = 0.0
+        self._busy = asyncio.Event()
+        self._refused = asyncio.Event()  # the broker refused a publish in this session
         self._changed = asyncio.Condition()
         self._refusal_logged = False
         self._password = up.read_password()
@@ -201,8 +227,8 @@ class Uplink:
 
         aiomqtt confirms a publish on any PUBACK, even one saying "not authorized": the
         readings would be deleted though the broker dropped them. Here such a PUBACK does not
-        confirm the publish, which then times out, and the batch is sent again on the next
-        connection until the broker takes it.
+        confirm the publish; it ends the session, and the batch is sent again on the next
+        connection (with the reconnect backoff) until the broker takes it.
         """
         # aiomqtt has no hook for PUBACK reason codes: wrap its paho callback.
         paho = client._client
@@ -221,6 +247,7 @@ class Uplink:
                         rc,
                         self.topic_telemetry.rsplit("/", 1)[0],
                     )
+                self._refused.set()  # end the session: send again after a reconnect
                 return
             if confirm is not None:
                 confirm(c, userdata, mid, rc, props)
@@ -260,7 +287,7 @@ class Uplink:
                 err: BaseException = group.exceptions[0]
                 why = self._paho_errors.last
                 self._paho_errors.last = None
-                if why is not None and "timed out" in str(err).lower():
+                if why is not None and why not in str(err):
                     err = aiomqtt.MqttError(f"{err} ({why})")
                 kind = _classify(err)
                 await self._set(connected=False, error=(kind, err))
@@ -299,41 +326,14 @@ class Uplink:
             await self._changed.wait_for(lambda: pred(self.stats))
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        await client.publish(
-            self.topic_status,
-            status_payload(
-                self.cfg.gateway.id,
-                "online",
-                self.boot_id,
-                "connected",
-                __version__,
-                first_seq=self.buffer.first_seq,
-            ),
-            qos=1,
-            retain=True,
-        )
-        # Everything not acknowledged goes to the file first, and deletes for batches acked
-        # in the last session land, so the backlog is exactly what the file holds.
-        await self.buffer.flush()
-        boundary = self.buffer.committed_seq
-        up = self.cfg.uplink
-        slots = asyncio.Semaphore(up.max_inflight)
-        backlog_first = asyncio.Event()
+        self._refused.clear()
         try:
             async with asyncio.TaskGroup() as tg:
+                # Watching from the start: a link lost while the status is on its way ends
+                # the session at once, not after a timeout.
                 tg.create_task(self._watch(client), name="tepi.uplink.watch")
-                tg.create_task(
-                    self._live_lane(client, tg, slots, boundary, backlog_first),
-                    name="tepi.uplink.live",
-                )
-                if self.buffer.stats().depth:
-                    tg.create_task(
-                        self._backlog_lane(client, tg, slots, boundary, backlog_first),
-                        name="tepi.uplink.backlog",
-                    )
-                else:
-                    backlog_first.set()
-                tg.create_task(self._health_loop(client), name="tepi.uplink.health")
+                tg.create_task(self._stall_watch(), name="tepi.uplink.stall")
+                tg.create_task(self._start_lanes(client, tg), name="tepi.uplink.start")
         except asyncio.CancelledError:
             # Shutting down: say so while the link is up (a clean disconnect sends no will).
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -349,11 +349,75 @@ class Uplink:
             raise
         finally:
             self._inflight = {"live": 0, "backlog": 0}
+            self._awaiting = 0
+            self._busy.clear()
+
+    async def _start_lanes(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        online = status_payload(
+            self.cfg.gateway.id,
+            "online",
+            self.boot_id,
+            "connected",
+            __version__,
+            first_seq=self.buffer.first_seq,
+        )
+        await self._acked(client, self.topic_status, online, retain=True)
+        # Everything not acknowledged goes to the file first, and deletes for batches acked
+        # in the last session land, so the backlog is exactly what the file holds.
+        await self.buffer.flush()
+        boundary = self.buffer.committed_seq
+        slots = asyncio.Semaphore(self.cfg.uplink.max_inflight)
+        backlog_first = asyncio.Event()
+        tg.create_task(
+            self._live_lane(client, tg, slots, boundary, backlog_first), name="tepi.uplink.live"
+        )
+        if self.buffer.stats().depth:
+            tg.create_task(
+                self._backlog_lane(client, tg, slots, boundary, backlog_first),
+                name="tepi.uplink.backlog",
+            )
+        else:
+            backlog_first.set()
+        tg.create_task(self._health_loop(client), name="tepi.uplink.health")
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         async for _ in client.messages:  # raises MqttError when the connection drops
             pass
         raise aiomqtt.MqttError("message stream ended")
+
+    async def _acked(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, retain: bool
+    ) -> None:
+        """Publish at QoS 1 and wait for the PUBACK, however long: a slow link that
+        acknowledges something now and then is alive (``_stall_watch`` judges that)."""
+        if not self._awaiting:
+            self._progress_at = time.monotonic()
+            self._busy.set()
+        self._awaiting += 1
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
+        finally:
+            self._awaiting -= 1
+            if not self._awaiting:
+                self._busy.clear()
+        self._progress_at = time.monotonic()
+
+    async def _stall_watch(self) -> None:
+        """End the session when publishes wait and no PUBACK at all has come for
+        ``publish_timeout``: the link is dead or refuses to confirm. A per-publish timeout
+        would instead give up on a healthy but slow link (4G at 30 kB/s with eight messages
+        in flight) and send everything again. Sleeps while nothing waits."""
+        limit = self.cfg.uplink.publish_timeout
+        while True:
+            if self._refused.is_set():
+                raise aiomqtt.MqttError("the broker refused a publish")
+            await self._busy.wait()
+            idle = time.monotonic() - self._progress_at
+            if idle >= limit:
+                raise aiomqtt.MqttError(f"no acknowledgement from the broker for {idle:.0f} s")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit - idle):
+                    await self._refused.wait()
 
     # ---- telemetry ----------------------------------------------------------------------
     #
@@ -478,9 +542,7 @@ class Uplink:
         sems: tuple[asyncio.Semaphore, ...],
     ) -> None:
         try:
-            await client.publish(
-                self.topic_telemetry, payload, qos=1, timeout=self.cfg.uplink.publish_timeout
-            )
+            await self._acked(client, self.topic_telemetry, payload, retain=False)
         finally:
             for sem in sems:
                 sem.release()
@@ -499,11 +561,5 @@ class Uplink:
 
     async def _health_loop(self, client: aiomqtt.Client) -> None:
         while True:
-            await client.publish(
-                self.topic_health,
-                health_payload(self._health()),
-                qos=1,
-                retain=True,
-                timeout=self.cfg.uplink.publish_timeout,
-            )
+            await self._acked(client, self.topic_health, health_payload(self._health()), True)
             await asyncio.sleep(self.cfg.uplink.health_interval)

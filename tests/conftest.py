@@ -1,5 +1,6 @@
 """Puts tests/ on sys.path so that test modules can import tests/helpers.py (the real parts:
-a Mosquitto broker, a subscriber, the agent as a process, a fault proxy)."""
+a Mosquitto broker, a subscriber, the agent as a process, a fault proxy), and bench/ for the
+tools the suite shares with the benchmarks (the completeness checker)."""
 
 from __future__ import annotations
 
@@ -7,3 +8,4 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parent.parent / "bench"))

@@ -14,12 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import yaml
+from completeness import Completeness
 
 from gateway.localbroker import find_mosquitto, free_port, mosquitto_conf, wait_port
 
@@ -95,6 +97,8 @@ class Subscriber:
         self.port = port
         self.topic = topic
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.received_at: list[float] = []  # wall time each message arrived, for delays
+        self.connects = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -118,6 +122,9 @@ class Subscriber:
                     "127.0.0.1", self.port, identifier=f"sub-{id(self)}", clean_session=False
                 ) as client:
                     await client.subscribe(self.topic, qos=1)
+                    async with self._changed:
+                        self.connects += 1
+                        self._changed.notify_all()
                     self._ready.set()
                     async for msg in client.messages:
                         payload = (
@@ -127,6 +134,7 @@ class Subscriber:
                         )
                         async with self._changed:
                             self.messages.append((str(msg.topic), payload, bool(msg.retain)))
+                            self.received_at.append(time.time())
                             self._changed.notify_all()
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.1)
@@ -136,6 +144,13 @@ class Subscriber:
 
     def readings(self) -> list[dict[str, Any]]:
         return [r for m in self.on("/telemetry") for r in m["readings"]]
+
+    def completeness(self) -> Completeness:
+        """The completeness checker, fed with everything received so far."""
+        check = Completeness()
+        for (topic, payload, _), at in zip(self.messages, self.received_at, strict=True):
+            check.feed(topic, payload, at)
+        return check
 
     async def wait_for(self, pred: Callable[[Subscriber], bool], timeout: float = 20.0) -> None:
         async with asyncio.timeout(timeout), self._changed:
@@ -212,15 +227,22 @@ class FaultProxy:
 
     ``blackhole()`` keeps every connection open but forwards nothing in either direction (a
     half-open link: no reset, packets swallowed). ``heal()`` drops the stuck connections and
-    forwards new ones again.
+    forwards new ones again. ``drop()`` resets every connection (the link went down);
+    ``refuse`` turns new connections away. ``latency_s`` delays each direction and
+    ``bytes_per_s`` caps each direction's rate, as a 4G link would.
     """
 
-    def __init__(self, upstream_port: int, *, latency_s: float = 0.0) -> None:
+    def __init__(
+        self, upstream_port: int, *, latency_s: float = 0.0, bytes_per_s: float | None = None
+    ) -> None:
         self.upstream_port = upstream_port
         self.latency_s = latency_s  # one way, like a 4G link
+        self.bytes_per_s = bytes_per_s
         self.port = 0
+        self.refuse = False
         self.holes = False
-        self.connections = 0
+        self.connections = 0  # connections forwarded to the broker
+        self.attempts = 0  # connections the agent opened, forwarded or not
         self.swallowed = 0  # bytes from the agent that never reached the broker
         self._changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
@@ -244,6 +266,17 @@ class FaultProxy:
         self._close_all()
         self.holes = False
 
+    def drop(self) -> None:
+        self._close_all()
+
+    async def wait_connections(self, n: int, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.connections >= n)
+
+    async def wait_attempts(self, n: int, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.attempts >= n)
+
     async def wait_swallowed(self, n_bytes: int, timeout: float = 20) -> None:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self.swallowed >= n_bytes)
@@ -254,16 +287,25 @@ class FaultProxy:
         self._writers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with self._changed:
+            self.attempts += 1
+            self._changed.notify_all()
+        if self.refuse:
+            writer.transport.abort()
+            return
         if self.holes:
             self._writers.add(writer)  # accept, then swallow everything
             return
-        self.connections += 1
+        self._writers.add(writer)  # from now on drop() resets it
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             writer.transport.abort()
             return
-        self._writers.update((writer, up_w))
+        self._writers.add(up_w)
+        async with self._changed:
+            self.connections += 1
+            self._changed.notify_all()
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             # Latency without throttling: stamp each chunk on arrival, release it later.
@@ -271,8 +313,12 @@ class FaultProxy:
             loop = asyncio.get_running_loop()
 
             async def release() -> None:
+                free_at = 0.0  # when the capped link has sent what it was given
                 while True:
                     due, data = await queue.get()
+                    if self.bytes_per_s:
+                        free_at = max(free_at, loop.time()) + len(data) / self.bytes_per_s
+                        due = max(due, free_at)
                     if (wait := due - loop.time()) > 0:
                         await asyncio.sleep(wait)
                     dst.write(data)

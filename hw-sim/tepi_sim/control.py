@@ -3,7 +3,9 @@
 ``tepi-sim --control PATH`` listens on a unix socket. Each request is one line of JSON,
 ``{"device": "aq-station-1", "fault": "slow", "delay_s": 1.5}`` (``delay_s`` and
 ``fault_code`` are optional), and each answer is one line: ``{"ok": true}`` or
-``{"ok": false, "error": "..."}``. Try it with
+``{"ok": false, "error": "..."}``. ``{"query": "counters"}`` answers with every device's
+counter registers and the last value each handed out (the completeness checker's expected
+counts): ``{"ok": true, "counters": {"aq-station-1": {"holding/10": 412}}}``. Try it with
 ``echo '{"device": "aq-station-1", "fault": "no_reply"}' | socat - UNIX-CONNECT:PATH``.
 """
 
@@ -47,6 +49,10 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
         cmd = json.loads(line)
     except ValueError as err:
         return {"ok": False, "error": f"invalid JSON: {err}"}
+    if isinstance(cmd, dict) and set(cmd) == {"query"}:
+        if cmd["query"] != "counters":
+            return {"ok": False, "error": f'unknown query {cmd["query"]!r}; try "counters"'}
+        return {"ok": True, "counters": {d: dev.counters() for d, dev in sim.devices.items()}}
     problem = _check(cmd)
     if problem is not None:
         return {"ok": False, "error": problem}

@@ -110,6 +110,10 @@ class Device:
         self._check_table(table)
         return self.memory.counter_value(table, address)
 
+    def counters(self) -> dict[str, int]:
+        """Every counter register's last value handed out, by ``table/address``."""
+        return self.memory.counters()
+
     def value(self, address: int, table: str = "holding") -> float:
         """The current physical value of a sensor, constant or toggle point."""
         self._check_table(table)

@@ -94,6 +94,14 @@ class Memory:
             raise ValueError(f"{table} {address} is a {point.reg.kind}, not a counter")
         return point.count
 
+    def counters(self) -> dict[str, int]:
+        """Every counter's last value handed out, by ``table/address``."""
+        return {
+            f"{table}/{address}": point.count
+            for (table, address), (point, offset) in self._points.items()
+            if point.walk is None and not offset
+        }
+
     def value(self, table: str, address: int) -> float:
         """The current physical value of a non-counter point."""
         point = self.point(table, address)

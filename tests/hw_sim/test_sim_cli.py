@@ -117,6 +117,14 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
         answer = json.loads(stream.readline())
         assert answer["ok"] is False
         assert "no device 'nope'" in answer["error"]
+        stream.write(b'{"query": "counters"}\n{"query": "nope"}\n')
+        stream.flush()
+        counters = json.loads(stream.readline())
+        assert counters["ok"] is True
+        assert set(counters["counters"]) == set(printed)
+        assert all(isinstance(v, int) for c in counters["counters"].values() for v in c.values())
+        assert any(counters["counters"].values()), "the demo devices have counter registers"
+        assert json.loads(stream.readline())["ok"] is False
 
     host, _, port = printed["river-level-3"]["endpoint"].rpartition(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:

@@ -13,191 +13,20 @@ import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import jsonschema
 import pytest
-from helpers import SCHEMA_PATH, AgentProc, Broker, FaultProxy, Subscriber, agent_config
+from helpers import AgentProc, Broker, FaultProxy, Subscriber, agent_config
+from rig import DEVICES, SIM, Rig, agent_devices, assert_continuous, running_rig, validator
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(120)
 
-SCHEMA = json.loads(SCHEMA_PATH.read_text())
-
-
-def validator(kind: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator({**SCHEMA, "$ref": f"#/$defs/{kind}"})
-
-
-SIM: dict[str, Any] = {
-    "seed": 7,
-    "devices": [
-        {
-            "id": "aq-station-1",
-            "transport": "rtu",
-            "unit": 1,
-            "bus": "bus0",
-            "registers": [
-                {"address": 0, "table": "holding", "kind": "pm25", "type": "uint16", "scale": 0.1},
-                {
-                    "address": 2,
-                    "table": "holding",
-                    "kind": "temperature",
-                    "type": "float32",
-                    "word_order": "little",
-                },
-                {"address": 10, "table": "holding", "kind": "counter", "type": "uint16"},
-            ],
-        },
-        {
-            "id": "noise-2",
-            "transport": "rtu",
-            "unit": 2,
-            "bus": "bus0",
-            "registers": [
-                {"address": 0, "table": "holding", "kind": "noise", "type": "uint16", "scale": 0.1},
-                {"address": 1, "table": "holding", "kind": "counter", "type": "uint16"},
-            ],
-        },
-        {
-            "id": "river-level-3",
-            "transport": "tcp",
-            "unit": 1,
-            "registers": [
-                {"address": 100, "table": "input", "kind": "level", "type": "int16", "scale": 0.01},
-                {"address": 101, "table": "input", "kind": "counter", "type": "uint16"},
-            ],
-        },
-    ],
-}
-DEVICES = ("aq-station-1", "noise-2", "river-level-3")
-POLL = "100ms"
-
-
-def agent_devices(endpoints: dict[str, str]) -> list[dict[str, Any]]:
-    host, port = endpoints["river-level-3"].split(":")
-    return [
-        {
-            "id": "aq-station-1",
-            "driver": "modbus-rtu",
-            "port": endpoints["aq-station-1"],
-            "baudrate": 9600,
-            "unit": 1,
-            "poll_interval": POLL,
-            "timeout": "500ms",
-            "registers": [
-                {"name": "pm25", "address": 0, "type": "uint16", "scale": 0.1, "unit": "ug/m3"},
-                {
-                    "name": "temperature",
-                    "address": 2,
-                    "type": "float32",
-                    "word_order": "little",
-                    "unit": "degC",
-                },
-                {"name": "counter", "address": 10},
-            ],
-        },
-        {
-            "id": "noise-2",
-            "driver": "modbus-rtu",
-            "port": endpoints["noise-2"],
-            "baudrate": 9600,
-            "unit": 2,
-            "poll_interval": POLL,
-            "timeout": "500ms",
-            "registers": [
-                {"name": "noise", "address": 0, "scale": 0.1, "unit": "dBA"},
-                {"name": "counter", "address": 1},
-            ],
-        },
-        {
-            "id": "river-level-3",
-            "driver": "modbus-tcp",
-            "host": host,
-            "port": int(port),
-            "unit": 1,
-            "poll_interval": POLL,
-            "timeout": "500ms",
-            "registers": [
-                {
-                    "name": "level",
-                    "address": 100,
-                    "table": "input",
-                    "type": "int16",
-                    "scale": 0.01,
-                    "unit": "m",
-                },
-                {"name": "counter", "address": 101, "table": "input"},
-            ],
-        },
-    ]
-
-
-@dataclass
-class Rig:
-    tmp: Path
-    broker: Broker
-    sim: Simulator
-    sub: Subscriber
-    agent: AgentProc
-
-    def counters(self, device: str) -> list[int]:
-        """Counter values in seq order (the IOC's order: after an outage live messages and
-        the backlog's interleave), duplicates (same seq) removed."""
-        by_seq = {
-            r["seq"]: int(r["value"])
-            for r in self.sub.readings()
-            if r["device"] == device and r["metric"] == "counter" and r["quality"] == "good"
-        }
-        return [by_seq[s] for s in sorted(by_seq)]
-
-    def sim_counter(self, device: str) -> int:
-        devices: list[dict[str, Any]] = SIM["devices"]
-        spec = next(d for d in devices if d["id"] == device)
-        reg = next(r for r in spec["registers"] if r["kind"] == "counter")
-        return self.sim.device(device).counter_value(address=reg["address"], table=reg["table"])
-
-    async def wait_counters(self, at_least: int, timeout: float = 30) -> None:
-        await self.sub.wait_for(
-            lambda s: all(len(self.counters(d)) >= at_least for d in DEVICES), timeout
-        )
-
-    async def wait_caught_up(self, timeout: float = 30) -> dict[str, int]:
-        """Wait until the subscriber has every counter value the simulator handed out so far."""
-        target = {d: self.sim_counter(d) for d in DEVICES}
-        await self.sub.wait_for(
-            lambda s: all(max(self.counters(d), default=0) >= target[d] for d in DEVICES), timeout
-        )
-        return target
-
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    broker = Broker(tmp_path, persistence=True)
-    await broker.start()
-    async with Simulator(SIM) as sim, Subscriber(broker.port, "ioc/v1/#") as sub:
-        cfg = agent_config(
-            tmp_path, broker.port, agent_devices(sim.endpoints()), health_interval="1s"
-        )
-        agent = AgentProc(cfg, tmp_path / "agent.log")
-        agent.start()
-        try:
-            yield Rig(tmp_path, broker, sim, sub, agent)
-        finally:
-            await agent.stop()
-            await broker.stop()
-    log = agent.log_text()
-    assert "Traceback" not in log, log
-
-
-def assert_continuous(rig: Rig, device: str, *, allowed_gaps: int = 0) -> None:
-    values = rig.counters(device)
-    assert values, f"no counter readings from {device}"
-    assert values == sorted(values), f"{device}: order not kept"
-    missing = set(range(values[0], values[-1] + 1)) - set(values)
-    assert len(missing) <= allowed_gaps, f"{device}: missing counter values {sorted(missing)[:20]}"
+    async with running_rig(tmp_path) as r:
+        yield r
 
 
 async def test_end_to_end_counters_are_continuous_and_payloads_valid(rig: Rig) -> None:
@@ -231,19 +60,6 @@ async def test_end_to_end_counters_are_continuous_and_payloads_valid(rig: Rig) -
         _topic, payload, retained = late.messages[0]
         assert retained
         assert json.loads(payload)["state"] == "online"
-
-
-async def test_broker_outage_of_10s_loses_nothing_and_keeps_order(rig: Rig) -> None:
-    await rig.wait_counters(5)
-    await rig.broker.stop()
-    await asyncio.sleep(10)  # the outage itself (the fault's duration, not a synchronisation)
-    during = {d: rig.sim_counter(d) for d in DEVICES}
-    await rig.broker.start()
-    target = await rig.wait_caught_up(timeout=40)
-    for d in DEVICES:
-        assert during[d] > 50, "the devices kept being polled during the outage"
-        assert_continuous(rig, d)
-        assert rig.counters(d)[-1] >= target[d]
 
 
 async def test_sigkill_and_restart_loses_nothing_committed(rig: Rig) -> None:
@@ -280,38 +96,6 @@ async def test_clean_stop_says_offline_and_commits(rig: Rig) -> None:
     assert rig.sub.on("/status")[-1]["reason"] == "shutdown"
     log = rig.agent.log_text()
     assert "stopping" in log
-
-
-async def test_half_open_link_loses_nothing(tmp_path: Path) -> None:
-    """Publishes swallowed by a half-open link are not acknowledged, so they are sent again."""
-    broker = Broker(tmp_path)
-    await broker.start()
-    async with (
-        Simulator(SIM) as sim,
-        Subscriber(broker.port, "ioc/v1/#") as sub,
-        FaultProxy(broker.port) as proxy,
-    ):
-        cfg = agent_config(tmp_path, proxy.port, agent_devices(sim.endpoints()))
-        agent = AgentProc(cfg, tmp_path / "agent.log")
-        agent.start()
-        rig = Rig(tmp_path, broker, sim, sub, agent)
-        try:
-            await rig.wait_counters(5)
-            proxy.blackhole()
-            swallowed_from = {d: rig.sim_counter(d) for d in DEVICES}
-            # Heal only once telemetry publishes (not just keepalives) went into the hole.
-            await proxy.wait_swallowed(2000)
-            aq = sim.device("aq-station-1")
-            await aq.wait_requests(aq.requests + 3 * 10, timeout=10)  # 10 more polls in the hole
-            proxy.heal()
-            await rig.wait_caught_up(timeout=40)
-            for d in DEVICES:
-                assert rig.sim_counter(d) > swallowed_from[d] + 10
-                assert_continuous(rig, d)
-            assert proxy.connections >= 2, "the agent must have reconnected"
-        finally:
-            await agent.stop()
-            await broker.stop()
 
 
 def good_ts(rig: Rig, device: str, metric: str = "counter") -> list[float]:

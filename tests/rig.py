@@ -1,0 +1,222 @@
+"""The end-to-end rig shared by the end-to-end and fault tests: the simulator (ptys, TCP) ->
+``tepi run`` -> Mosquitto -> a subscriber, and the checks on what arrived.
+
+The simulator's counter registers go up by one per answered read, so every lost reading shows
+as a gap in the counter values the subscriber receives; ``seq`` shows duplicates and order.
+The completeness checker (bench/completeness.py) reads both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from completeness import Row
+from helpers import SCHEMA_PATH, AgentProc, Broker, FaultProxy, Subscriber, agent_config
+from tepi_sim import Simulator
+
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+
+
+def validator(kind: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator({**SCHEMA, "$ref": f"#/$defs/{kind}"})
+
+
+SIM: dict[str, Any] = {
+    "seed": 7,
+    "devices": [
+        {
+            "id": "aq-station-1",
+            "transport": "rtu",
+            "unit": 1,
+            "bus": "bus0",
+            "registers": [
+                {"address": 0, "table": "holding", "kind": "pm25", "type": "uint16", "scale": 0.1},
+                {
+                    "address": 2,
+                    "table": "holding",
+                    "kind": "temperature",
+                    "type": "float32",
+                    "word_order": "little",
+                },
+                {"address": 10, "table": "holding", "kind": "counter", "type": "uint16"},
+            ],
+        },
+        {
+            "id": "noise-2",
+            "transport": "rtu",
+            "unit": 2,
+            "bus": "bus0",
+            "registers": [
+                {"address": 0, "table": "holding", "kind": "noise", "type": "uint16", "scale": 0.1},
+                {"address": 1, "table": "holding", "kind": "counter", "type": "uint16"},
+            ],
+        },
+        {
+            "id": "river-level-3",
+            "transport": "tcp",
+            "unit": 1,
+            "registers": [
+                {"address": 100, "table": "input", "kind": "level", "type": "int16", "scale": 0.01},
+                {"address": 101, "table": "input", "kind": "counter", "type": "uint16"},
+            ],
+        },
+    ],
+}
+DEVICES = ("aq-station-1", "noise-2", "river-level-3")
+POLL = "100ms"
+
+
+def agent_devices(endpoints: dict[str, str]) -> list[dict[str, Any]]:
+    host, port = endpoints["river-level-3"].split(":")
+    return [
+        {
+            "id": "aq-station-1",
+            "driver": "modbus-rtu",
+            "port": endpoints["aq-station-1"],
+            "baudrate": 9600,
+            "unit": 1,
+            "poll_interval": POLL,
+            "timeout": "500ms",
+            "registers": [
+                {"name": "pm25", "address": 0, "type": "uint16", "scale": 0.1, "unit": "ug/m3"},
+                {
+                    "name": "temperature",
+                    "address": 2,
+                    "type": "float32",
+                    "word_order": "little",
+                    "unit": "degC",
+                },
+                {"name": "counter", "address": 10},
+            ],
+        },
+        {
+            "id": "noise-2",
+            "driver": "modbus-rtu",
+            "port": endpoints["noise-2"],
+            "baudrate": 9600,
+            "unit": 2,
+            "poll_interval": POLL,
+            "timeout": "500ms",
+            "registers": [
+                {"name": "noise", "address": 0, "scale": 0.1, "unit": "dBA"},
+                {"name": "counter", "address": 1},
+            ],
+        },
+        {
+            "id": "river-level-3",
+            "driver": "modbus-tcp",
+            "host": host,
+            "port": int(port),
+            "unit": 1,
+            "poll_interval": POLL,
+            "timeout": "500ms",
+            "registers": [
+                {
+                    "name": "level",
+                    "address": 100,
+                    "table": "input",
+                    "type": "int16",
+                    "scale": 0.01,
+                    "unit": "m",
+                },
+                {"name": "counter", "address": 101, "table": "input"},
+            ],
+        },
+    ]
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    broker: Broker
+    sim: Simulator
+    sub: Subscriber
+    agent: AgentProc
+
+    def counters(self, device: str) -> list[int]:
+        """Counter values in seq order (the IOC's order: after an outage live messages and
+        the backlog's interleave), duplicates (same seq) removed."""
+        by_seq = {
+            r["seq"]: int(r["value"])
+            for r in self.sub.readings()
+            if r["device"] == device and r["metric"] == "counter" and r["quality"] == "good"
+        }
+        return [by_seq[s] for s in sorted(by_seq)]
+
+    def sim_counter(self, device: str) -> int:
+        devices: list[dict[str, Any]] = SIM["devices"]
+        spec = next(d for d in devices if d["id"] == device)
+        reg = next(r for r in spec["registers"] if r["kind"] == "counter")
+        return self.sim.device(device).counter_value(address=reg["address"], table=reg["table"])
+
+    async def wait_counters(self, at_least: int, timeout: float = 30) -> None:
+        await self.sub.wait_for(
+            lambda s: all(len(self.counters(d)) >= at_least for d in DEVICES), timeout
+        )
+
+    def table(self, upto: dict[str, int]) -> list[Row]:
+        """The completeness checker's table, counting counter values up to ``upto``."""
+        return self.sub.completeness().table(upto)
+
+    def assert_complete(self, upto: dict[str, int], *, allowed_lost: int = 0) -> list[Row]:
+        """Every counter value up to ``upto`` arrived (but ``allowed_lost``), none out of
+        order; and with nothing allowed lost, no gap in ``seq`` inside a run either."""
+        check = self.sub.completeness()
+        rows = check.table(upto)
+        for row in rows:
+            assert row.out_of_order == 0, row
+            assert row.lost <= allowed_lost, row
+        if not allowed_lost:
+            assert check.seq_gaps() == [], check.seq_gaps()[:10]
+        assert check.undecodable == 0
+        return rows
+
+    async def wait_caught_up(self, timeout: float = 30) -> dict[str, int]:
+        """Wait until the subscriber has every counter value the simulator handed out so far."""
+        target = {d: self.sim_counter(d) for d in DEVICES}
+        await self.sub.wait_for(
+            lambda s: all(max(self.counters(d), default=0) >= target[d] for d in DEVICES), timeout
+        )
+        return target
+
+
+@asynccontextmanager
+async def running_rig(
+    tmp_path: Path, *, persistence: bool = True, proxy: FaultProxy | None = None, **over: Any
+) -> AsyncIterator[Rig]:
+    """Broker, simulator, subscriber and agent, all started; with ``proxy``, the agent
+    reaches the broker through that fault proxy."""
+    broker = Broker(tmp_path, persistence=persistence)
+    await broker.start()
+    via = None
+    if proxy is not None:
+        proxy.upstream_port = broker.port
+        via = proxy.port
+    async with Simulator(SIM) as sim, Subscriber(broker.port, "ioc/v1/#") as sub:
+        over.setdefault("health_interval", "1s")
+        cfg = agent_config(
+            tmp_path, broker.port if via is None else via, agent_devices(sim.endpoints()), **over
+        )
+        agent = AgentProc(cfg, tmp_path / "agent.log")
+        agent.start()
+        try:
+            yield Rig(tmp_path, broker, sim, sub, agent)
+        finally:
+            await agent.stop()
+            await broker.stop()
+    log = agent.log_text()
+    assert "Traceback" not in log, log
+
+
+def assert_continuous(rig: Rig, device: str, *, allowed_gaps: int = 0) -> None:
+    values = rig.counters(device)
+    assert values, f"no counter readings from {device}"
+    assert values == sorted(values), f"{device}: order not kept"
+    missing = set(range(values[0], values[-1] + 1)) - set(values)
+    assert len(missing) <= allowed_gaps, f"{device}: missing counter values {sorted(missing)[:20]}"
