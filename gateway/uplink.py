@@ -349,8 +349,6 @@ class Uplink:
             raise
         finally:
             self._inflight = {"live": 0, "backlog": 0}
-            self._awaiting = 0
-            self._busy.clear()
 
     async def _start_lanes(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         online = status_payload(
