@@ -91,13 +91,21 @@ class Completeness:
         except (ValueError, KeyError, TypeError, AttributeError):
             self.undecodable += 1  # not what the payload contract says: counted, not fatal
 
-    def _parse(self, r: Mapping[str, Any]) -> tuple[int, str, int | None, float]:
-        """(seq, device, counter value or None, ts), or raise on a malformed reading."""
+    def _parse(self, r: Mapping[str, Any]) -> tuple[int, str, int | None, float | None]:
+        """(seq, device, counter value or None, ts), or raise on a malformed reading. A ts
+        the gateway flags "unsynced" is not a time to measure a delay from: None."""
         seq, device, ts = int(r["seq"]), str(r["device"]), float(r["ts"])
-        counter = r["metric"] == self.counter_metric and r.get("quality") == "good"
-        return seq, device, int(r["value"]) if counter else None, ts
+        if r.get("ts_status") == "unsynced":
+            return seq, device, self._counter(r), None
+        return seq, device, self._counter(r), ts
 
-    def _reading(self, seq: int, device: str, value: int | None, ts: float, now: float) -> None:
+    def _counter(self, r: Mapping[str, Any]) -> int | None:
+        counter = r["metric"] == self.counter_metric and r.get("quality") == "good"
+        return int(r["value"]) if counter else None
+
+    def _reading(
+        self, seq: int, device: str, value: int | None, ts: float | None, now: float
+    ) -> None:
         self.seqs[seq] += 1
         if value is None:
             return
@@ -107,6 +115,8 @@ class Completeness:
             return
         dev.by_seq[seq] = value
         dev.value_seqs[value].add(seq)
+        if ts is None:
+            return
         delay = now - ts
         dev.max_delay_s = delay if dev.max_delay_s is None else max(dev.max_delay_s, delay)
 

@@ -31,7 +31,8 @@ from buffer.records import Reading, StoredReading
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-FLAG_BOOL = 1
+FLAG_BOOL = 1  # the value is a bool (SQLite stores it as an integer)
+FLAG_UNSYNCED = 2  # read while the wall clock was not synchronised (Reading.synced False)
 CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 _ROW_OVERHEAD = 24  # rough per-row cost beyond the column bytes, for eviction estimates
 
@@ -282,7 +283,8 @@ class Database:
                 r.metric,
                 int(r.value) if isinstance(r.value, bool) else r.value,
                 r.unit,
-                FLAG_BOOL if isinstance(r.value, bool) else 0,
+                (FLAG_BOOL if isinstance(r.value, bool) else 0)
+                | (0 if r.synced else FLAG_UNSYNCED),
                 r.reason,
             )
             for seq, r in rows
@@ -345,10 +347,20 @@ class Database:
             ).rowcount
         return removed
 
-    def expire(self, before_ts: float) -> int:
-        """Delete rows read before ``before_ts`` (the optional age limit)."""
+    def expire(self, max_age_s: float, now_mono: float, now_ts: float | None) -> int:
+        """Delete rows older than ``max_age_s`` (the optional age limit), by clocks that can
+        be trusted: this boot's rows by ``mono`` (which never jumps); earlier boots' rows by
+        ``ts``, only if they were read with a synced clock and ``now_ts`` (the current wall
+        clock) is given, i.e. synced too. A row whose age cannot be known is kept: a clock
+        that jumps from 1970 to today must not expire a day of readings. ``max_bytes`` still
+        bounds the file."""
+        sql = "DELETE FROM readings WHERE (boot = ? AND mono < ?)"
+        args: list[object] = [self._boot_ref, now_mono - max_age_s]
+        if now_ts is not None:
+            sql += f" OR (boot != ? AND flags & {FLAG_UNSYNCED} = 0 AND ts < ?)"
+            args += [self._boot_ref, now_ts - max_age_s]
         with self._tx():
-            return self.conn.execute("DELETE FROM readings WHERE ts < ?", (before_ts,)).rowcount
+            return self.conn.execute(sql, args).rowcount
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -370,7 +382,10 @@ class Database:
             elif boot != boot_id:
                 break
             val = bool(value) if flags & FLAG_BOOL else value
-            out.append(StoredReading(seq, Reading(device, metric, val, unit, ts, mono, reason)))
+            synced = not flags & FLAG_UNSYNCED
+            out.append(
+                StoredReading(seq, Reading(device, metric, val, unit, ts, mono, reason, synced))
+            )
         return boot_id, out
 
     def oldest_ts(self) -> float | None:

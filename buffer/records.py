@@ -13,7 +13,9 @@ class Reading:
 
     ``ts`` is wall-clock UTC seconds; ``mono`` is seconds since boot (CLOCK_BOOTTIME), so a
     timestamp taken before the clock was synced can be corrected later from the boot id.
-    ``reason`` is None for a good reading and says why for a bad one.
+    ``reason`` is None for a good reading and says why for a bad one. ``synced`` is False
+    when the kernel did not consider the wall clock synchronised as the value was read: its
+    ``ts`` may be far off, and the sender corrects it from ``mono`` once the clock syncs.
     """
 
     device: str
@@ -23,6 +25,7 @@ class Reading:
     ts: float
     mono: float
     reason: str | None = None
+    synced: bool = True
 
     @property
     def good(self) -> bool:

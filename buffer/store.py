@@ -76,8 +76,15 @@ class _WriteResult:
 class Buffer:
     """Durable, bounded store-and-forward queue of readings; see the module docstring."""
 
-    def __init__(self, settings: BufferSettings, boot_id: str) -> None:
+    def __init__(
+        self,
+        settings: BufferSettings,
+        boot_id: str,
+        *,
+        clock_synced: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.settings = settings
+        self._clock_synced = clock_synced  # for max_age: may wall-clock ages be trusted?
         self.boot_id = boot_id
         self._db = Database(
             settings.path, sync_full=settings.sync_full, max_bytes=settings.max_bytes
@@ -505,5 +512,10 @@ class Buffer:
         now = time.monotonic()
         if self.settings.max_age_s is not None and now - self._last_expire >= _EXPIRE_EVERY_S:
             self._last_expire = now
-            expired = db.expire(time.time() - self.settings.max_age_s)
+            synced = self._clock_synced()
+            expired = db.expire(
+                self.settings.max_age_s,
+                time.clock_gettime(time.CLOCK_BOOTTIME),
+                time.time() if synced else None,
+            )
         return _WriteResult(removed, evicted, expired, used, db.oldest_ts(), quarantined)

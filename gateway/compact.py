@@ -11,7 +11,8 @@ squeezes to almost nothing:
      "ts":    [first ts in ms, then differences in ms ...],
      "off":   [first (ts - mono) in ms, then differences ...],
      "value": [each value],
-     "bad":   [[index, reason], ...]}            # only the bad readings
+     "bad":   [[index, reason], ...],            # only the bad readings
+     "ts_status": [[index, status], ...]}       # only if any reading has one
 
 :func:`decode_compact` turns a message back into exactly the object the JSON encoding gives
 for the same readings (docs/payload.md#the-compact-encoding), and the tests check that on
@@ -26,7 +27,7 @@ import orjson
 import zstandard
 
 from buffer.records import Batch
-from gateway.payload import PAYLOAD_VERSION, clock_obj, ms
+from gateway.payload import PAYLOAD_VERSION, clock_fix, clock_obj, ms, reading_ts
 
 ENCODING = "c1"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -36,7 +37,9 @@ _compressor = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True)
 _decompressor = zstandard.ZstdDecompressor()
 
 
-def _columns(gateway_id: str, batch: Batch, n: int, clock: dict[str, Any]) -> bytes:
+def _columns(
+    gateway_id: str, batch: Batch, n: int, clock: dict[str, Any], fix: float | None
+) -> bytes:
     series: dict[tuple[str, str, str | None], int] = {}
     s: list[int] = []
     seq: list[int] = []
@@ -44,6 +47,7 @@ def _columns(gateway_id: str, batch: Batch, n: int, clock: dict[str, Any]) -> by
     off: list[int] = []
     value: list[Any] = []
     bad: list[list[Any]] = []
+    tstat: list[list[Any]] = []
     prev_seq = prev_ts = prev_off = 0
     for i, item in enumerate(batch.items[:n]):
         r = item.reading
@@ -51,7 +55,8 @@ def _columns(gateway_id: str, batch: Batch, n: int, clock: dict[str, Any]) -> by
         s.append(series.setdefault(key, len(series)))
         seq.append(item.seq - prev_seq)
         prev_seq = item.seq
-        t = ms(r.ts)
+        rts, status = reading_ts(item, fix)
+        t = ms(rts)
         o = t - ms(r.mono)
         ts.append(t - prev_ts)
         off.append(o - prev_off)
@@ -59,7 +64,9 @@ def _columns(gateway_id: str, batch: Batch, n: int, clock: dict[str, Any]) -> by
         value.append(r.value)
         if r.reason is not None:
             bad.append([i, r.reason])
-    return orjson.dumps(
+        if status is not None:
+            tstat.append([i, status])
+    obj = orjson.dumps(
         {
             "v": PAYLOAD_VERSION,
             "enc": ENCODING,
@@ -75,6 +82,9 @@ def _columns(gateway_id: str, batch: Batch, n: int, clock: dict[str, Any]) -> by
             "bad": bad,
         }
     )
+    if not tstat:
+        return obj
+    return obj[:-1] + b',"ts_status":' + orjson.dumps(tstat) + b"}"
 
 
 def encode_compact(
@@ -82,9 +92,10 @@ def encode_compact(
 ) -> tuple[bytes, int]:
     """Encode as many of ``batch``'s readings as fit in ``max_bytes`` (at least one)."""
     clock = clock_obj(current_boot, clock_synced)
+    fix = clock_fix(batch.boot_id, current_boot, clock_synced, clock)
     n = len(batch)
     while True:
-        payload = _compressor.compress(_columns(gateway_id, batch, n, clock))
+        payload = _compressor.compress(_columns(gateway_id, batch, n, clock, fix))
         if len(payload) <= max_bytes or n == 1:
             return payload, n
         n = max(1, n * max_bytes // len(payload) * 9 // 10)
@@ -107,6 +118,7 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
             raise CompactError(f"unknown encoding {obj.get('enc')!r}")
         series = obj["series"]
         bad = {int(i): str(reason) for i, reason in obj["bad"]}
+        tstat = {int(i): str(status) for i, status in obj.get("ts_status", [])}
         readings: list[dict[str, Any]] = []
         seq = t = o = 0
         cols = zip(obj["s"], obj["seq"], obj["ts"], obj["off"], obj["value"], strict=True)
@@ -127,6 +139,8 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
             }
             if i in bad:
                 r["reason"] = bad[i]
+            if i in tstat:
+                r["ts_status"] = tstat[i]
             readings.append(r)
     except (zstandard.ZstdError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         if isinstance(err, CompactError):

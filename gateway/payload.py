@@ -24,20 +24,44 @@ def ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def reading_obj(item: StoredReading) -> dict[str, Any]:
+def reading_ts(item: StoredReading, fix: float | None) -> tuple[float, str | None]:
+    """The timestamp to send, and its ``ts_status``: None for a reading taken with a synced
+    clock; "corrected" when it was not, and ``fix`` (the synced wall clock minus ``mono``
+    now, same boot) dates it from ``mono``; "unsynced" when it cannot be corrected here."""
     r = item.reading
+    if r.synced:
+        return r.ts, None
+    if fix is None:
+        return r.ts, "unsynced"
+    return r.mono + fix, "corrected"
+
+
+def clock_fix(
+    batch_boot: str, current_boot: str, synced: bool, now: dict[str, Any]
+) -> float | None:
+    """The offset that dates this boot's readings from ``mono``, if the clock is synced."""
+    if not synced or batch_boot != current_boot:
+        return None
+    return float(now["ts"]) - float(now["mono"])
+
+
+def reading_obj(item: StoredReading, fix: float | None = None) -> dict[str, Any]:
+    r = item.reading
+    ts, status = reading_ts(item, fix)
     obj: dict[str, Any] = {
         "seq": item.seq,
         "device": r.device,
         "metric": r.metric,
         "value": r.value,
         "unit": r.unit,
-        "ts": ms(r.ts) / 1000,
+        "ts": ms(ts) / 1000,
         "mono": ms(r.mono) / 1000,
         "quality": "good" if r.reason is None else "bad",
     }
     if r.reason is not None:
         obj["reason"] = r.reason
+    if status is not None:
+        obj["ts_status"] = status
     return obj
 
 
@@ -57,18 +81,15 @@ def encode_telemetry(
 
     Returns the payload and how many readings it holds, counted from the start of the batch.
     """
+    clock = clock_obj(current_boot, clock_synced)
+    fix = clock_fix(batch.boot_id, current_boot, clock_synced, clock)
     head = _dumps(
-        {
-            "v": PAYLOAD_VERSION,
-            "gateway": gateway_id,
-            "boot": batch.boot_id,
-            "clock": clock_obj(current_boot, clock_synced),
-        }
+        {"v": PAYLOAD_VERSION, "gateway": gateway_id, "boot": batch.boot_id, "clock": clock}
     )
     parts: list[bytes] = []
     size = len(head) + len(b',"readings":[]}')
     for item in batch.items:
-        text = _dumps(reading_obj(item))
+        text = _dumps(reading_obj(item, fix))
         grown = size + len(text) + (1 if parts else 0)
         if parts and grown > max_bytes:
             break

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from buffer import Buffer, Reading
 from drivers.base import Driver, DriverConfig, boottime
 from gateway.errors import DeviceError, DeviceUnavailable
+from gateway.sysinfo import clock_synced
 
 log = logging.getLogger(__name__)
 _OPEN_RETRY_MAX_S = 60.0
@@ -75,7 +76,7 @@ async def poll_device(
                 retry = 1.0
                 await _poll_loop(cfg, driver, buffer, stats, loop)
         except DeviceError as err:
-            _failed(cfg, driver, buffer, stats, err)
+            _failed(cfg, driver, buffer, stats, err, synced=clock_synced())
             await asyncio.sleep(retry)
             retry = min(retry * 2, _OPEN_RETRY_MAX_S)
 
@@ -98,11 +99,14 @@ async def _poll_loop(
             await asyncio.sleep(delay)
         started = loop.time()
         stats.polls += 1
+        # Asked before the read: a reading taken as the clock syncs is flagged unsynced, and
+        # its timestamp is then recomputed from ``mono``, which is right either way.
+        synced = clock_synced()
         try:
             async with asyncio.timeout(guard):
                 samples = await driver.read()
         except DeviceError as err:
-            _failed(cfg, driver, buffer, stats, err)
+            _failed(cfg, driver, buffer, stats, err, synced=synced)
         except TimeoutError:
             _failed(
                 cfg,
@@ -110,6 +114,7 @@ async def _poll_loop(
                 buffer,
                 stats,
                 DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
+                synced=synced,
             )
         else:
             if stats.state in ("failing", "quarantined"):
@@ -120,7 +125,9 @@ async def _poll_loop(
             stats.consecutive_failures = 0
             stats.last_ok_ts = time.time()
             for s in samples:
-                buffer.put(Reading(cfg.id, s.metric, s.value, s.unit, s.ts, s.mono, s.reason))
+                buffer.put(
+                    Reading(cfg.id, s.metric, s.value, s.unit, s.ts, s.mono, s.reason, synced)
+                )
                 stats.readings += 1
                 if s.reason is not None:
                     stats.bad_readings += 1
@@ -168,7 +175,13 @@ async def _poll_loop(
 
 
 def _failed(
-    cfg: DriverConfig, driver: Driver, buffer: Buffer, stats: DeviceStats, err: DeviceError
+    cfg: DriverConfig,
+    driver: Driver,
+    buffer: Buffer,
+    stats: DeviceStats,
+    err: DeviceError,
+    *,
+    synced: bool,
 ) -> None:
     stats.errors[err.reason] += 1
     stats.consecutive_failures += 1
@@ -178,5 +191,5 @@ def _failed(
         log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
         ts, mono = time.time(), boottime()
         for m in driver.metrics():
-            buffer.put(Reading(cfg.id, m.name, None, m.unit, ts, mono, err.reason))
+            buffer.put(Reading(cfg.id, m.name, None, m.unit, ts, mono, err.reason, synced))
             stats.bad_readings += 1

@@ -56,10 +56,11 @@ class Agent:
                 max_pending=b.max_pending,
             ),
             self.boot_id,
+            clock_synced=clock_synced,
         )
         self.devices = {d.id: DeviceStats() for d in cfg.devices}
         self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
-        self.started = time.time()
+        self.started = time.monotonic()
         self.ready = asyncio.Event()  # set once the buffer is open and every task started
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
 
@@ -78,7 +79,7 @@ class Agent:
             "boot": self.boot_id,
             "version": __version__,
             "ts": round(time.time(), 3),
-            "uptime_s": round(time.time() - self.started, 1),
+            "uptime_s": round(time.monotonic() - self.started, 1),
             "clock_synced": clock_synced(),
             "buffer": {
                 "readings": bs.depth,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import resource
 import shutil
@@ -26,7 +25,9 @@ def clock_synced() -> bool:
     global _libc  # noqa: PLW0603 - loaded once, lazily
     try:
         if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # The process's own symbols (libc's adjtimex, or a preloaded one): not a second
+            # handle on libc, which would bypass LD_PRELOAD.
+            _libc = ctypes.CDLL(None, use_errno=True)
         buf = ctypes.create_string_buffer(512)  # struct timex, zeroed: modes = 0, read only
         state = _libc.adjtimex(buf)
     except (OSError, AttributeError):

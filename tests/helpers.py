@@ -27,6 +27,36 @@ from gateway.localbroker import find_mosquitto, free_port, mosquitto_conf, wait_
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO / "gateway" / "payload.schema.json"
+SHIMS = Path(__file__).resolve().parent / "shims"
+
+# Secrets every agent the tests start is given (MQTT password from a file; Mosquitto without
+# a password file lets any credentials in). No agent log may ever contain one: the session's
+# last step (conftest.py) reads every log in AGENT_LOGS and fails the run if it finds one.
+TEST_SECRETS = (
+    "pw-7f3a9c1e-never-logged",
+    "s3cret-Pa55-never-logged",
+    "wrong-password-also-secret",
+)
+AGENT_LOGS: list[Path] = []
+
+
+def find_secrets(paths: list[Path], secrets: tuple[str, ...]) -> list[str]:
+    """Each "file:line: secret" where a secret appears in one of ``paths``."""
+    found = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            found += [f"{path}:{n}: {s}" for s in secrets if s in line]
+    return found
+
+
+def compile_shim(name: str, out_dir: Path) -> Path:
+    """Build tests/shims/NAME.c into an LD_PRELOAD library (gcc: .ci/setup installs it)."""
+    out = out_dir / f"{name}.so"
+    cmd = ["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-shared", "-fPIC"]
+    subprocess.run([*cmd, "-o", str(out), str(SHIMS / f"{name}.c"), "-ldl"], check=True)
+    return out
 
 
 def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -157,11 +187,20 @@ class Subscriber:
             await self._changed.wait_for(lambda: pred(self))
 
 
+def secret_file(tmp: Path) -> Path:
+    path = tmp / "mqtt-password"
+    path.write_text(TEST_SECRETS[0] + "\n")
+    path.chmod(0o600)
+    return path
+
+
 def agent_config(tmp: Path, broker_port: int, devices: list[dict[str, Any]], **over: Any) -> Path:
     cfg: dict[str, Any] = {
         "gateway": {"id": over.pop("gateway_id", "gw-test"), "data_dir": str(tmp / "data")},
         "uplink": {
             "url": f"mqtt://127.0.0.1:{broker_port}",
+            "username": "tepi-test",
+            "password_file": str(secret_file(tmp)),
             "topic_prefix": "ioc/v1",
             "keepalive": "5s",
             "publish_timeout": "5s",
@@ -182,13 +221,15 @@ def agent_config(tmp: Path, broker_port: int, devices: list[dict[str, Any]], **o
 class AgentProc:
     """``tepi run`` as a real process, with its log kept for the secret and error checks."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log = log
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        AGENT_LOGS.append(log)
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
             stdout=subprocess.DEVNULL,

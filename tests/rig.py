@@ -188,10 +188,15 @@ class Rig:
 
 @asynccontextmanager
 async def running_rig(
-    tmp_path: Path, *, persistence: bool = True, proxy: FaultProxy | None = None, **over: Any
+    tmp_path: Path,
+    *,
+    persistence: bool = True,
+    proxy: FaultProxy | None = None,
+    env: dict[str, str] | None = None,
+    **over: Any,
 ) -> AsyncIterator[Rig]:
     """Broker, simulator, subscriber and agent, all started; with ``proxy``, the agent
-    reaches the broker through that fault proxy."""
+    reaches the broker through that fault proxy; ``env`` is added to the agent's."""
     broker = Broker(tmp_path, persistence=persistence)
     await broker.start()
     via = None
@@ -203,7 +208,7 @@ async def running_rig(
         cfg = agent_config(
             tmp_path, broker.port if via is None else via, agent_devices(sim.endpoints()), **over
         )
-        agent = AgentProc(cfg, tmp_path / "agent.log")
+        agent = AgentProc(cfg, tmp_path / "agent.log", env)
         agent.start()
         try:
             yield Rig(tmp_path, broker, sim, sub, agent)

@@ -128,18 +128,34 @@ async def test_full_buffer_drops_oldest_and_counts(tmp_path: Path) -> None:
     assert (tmp_path / "buffer.db").stat().st_size <= s.max_bytes * 1.1
 
 
-async def test_max_age_expires_old_readings(tmp_path: Path) -> None:
+async def test_max_age_expires_by_clocks_that_can_be_trusted(tmp_path: Path) -> None:
+    """This boot's readings age by ``mono``, earlier boots' by ``ts`` only where it was synced:
+    a clock that jumps (1970 to today) expires nothing that is not old."""
     s = settings_for(tmp_path, max_age_s=60.0)
+    mono, now = time.clock_gettime(time.CLOCK_BOOTTIME), time.time()
+    # Fresh by boot-a's own mono (it is this boot while boot-a runs), old by ts.
+    old_synced = Reading("d1", "m", 1.0, None, now - 120, mono - 1)
+    old_unsynced = Reading("d1", "m", 2.0, None, now - 120, mono - 1, synced=False)
+    fresh_earlier_boot = Reading("d1", "m", 3.0, None, now - 1, mono - 1)
     async with Buffer(s, "boot-a") as buf:
-        buf.put(Reading("d1", "m", 1.0, None, 1000.0, 1.0))  # from 1970: far too old
-        buf.put(reading(2))
-        fresh = Reading("d1", "m", 2.0, None, time.time(), 2.0)
-        buf.put(fresh)
+        for r in (old_synced, old_unsynced, fresh_earlier_boot):
+            buf.put(r)
+    async with Buffer(s, "boot-b", clock_synced=lambda: True) as buf:
+        stale_clock = Reading("d1", "m", 4.0, None, 1000.0, mono - 1, synced=False)
+        old_by_mono = Reading("d1", "m", 5.0, None, now - 1, mono - 120)
+        buf.put(stale_clock)
+        buf.put(old_by_mono)
         await buf.flush()
         assert buf.stats().dropped.get("expired") == 2
-        batch = await buf.fetch(0, 10)
-        assert batch is not None
-        assert [i.reading for i in batch.items] == [fresh]
+        kept = []
+        after = 0
+        while (batch := await buf.fetch(after, 10)) is not None:
+            kept += [i.reading for i in batch.items]
+            after = batch.last_seq
+        assert kept == [old_unsynced, fresh_earlier_boot, stale_clock]
+    async with Buffer(s, "boot-c") as buf:  # clock not synced: no wall-clock ages at all
+        await buf.flush()
+        assert buf.stats().depth == 3
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign-schema", "future-version"])

@@ -37,8 +37,8 @@ values = st.one_of(
     st.text(max_size=12),
 )
 readings = st.builds(
-    lambda dev, met, val, unit, ts, mono, bad: Reading(
-        dev, met, None if bad else val, unit, ts, mono, bad
+    lambda dev, met, val, unit, ts, mono, bad, synced: Reading(
+        dev, met, None if bad else val, unit, ts, mono, bad, synced
     ),
     names,
     st.sampled_from(["pm25", "level", "m0", "pm2.5"]),
@@ -47,6 +47,7 @@ readings = st.builds(
     st.floats(0, 4e9),
     st.floats(0, 1e7),
     st.one_of(st.none(), st.just("timeout")),
+    st.booleans(),
 )
 
 
@@ -65,18 +66,65 @@ def without_clock(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "clock"}
 
 
+def corrected_ts_apart(obj: dict[str, Any]) -> tuple[dict[str, Any], list[float]]:
+    """The message without its clock and with corrected readings' ts taken out: each encoder
+    reads the clock itself, a moment apart, so those may differ by a millisecond."""
+    readings, fixed = [], []
+    for r in obj["readings"]:
+        if r.get("ts_status") == "corrected":
+            fixed.append(r["ts"])
+        readings.append({**r, "ts": None} if r.get("ts_status") == "corrected" else r)
+    return {**without_clock(obj), "readings": readings}, fixed
+
+
 @settings(max_examples=150, deadline=None)
-@given(batches())
-def test_compact_decodes_to_exactly_the_json_encoding(batch: Batch) -> None:
-    kw: dict[str, Any] = {"max_bytes": 1 << 20, "current_boot": "boot-2", "clock_synced": True}
+@given(batches(), st.sampled_from(["boot-1", "boot-2"]), st.booleans())
+def test_compact_decodes_to_exactly_the_json_encoding(
+    batch: Batch, current_boot: str, synced: bool
+) -> None:
+    kw: dict[str, Any] = {
+        "max_bytes": 1 << 20,
+        "current_boot": current_boot,
+        "clock_synced": synced,
+    }
     compact, n = encode_compact("gw-1", batch, **kw)
     plain, m = encode_telemetry("gw-1", batch, **kw)
     assert n == m == len(batch)
-    decoded = decode_compact(compact)
-    expected = json.loads(plain)
-    assert without_clock(decoded) == without_clock(expected)
-    assert decoded["clock"].keys() == expected["clock"].keys()
-    TELEMETRY.validate(decoded)
+    decoded, decoded_fixed = corrected_ts_apart(decode_compact(compact))
+    expected, expected_fixed = corrected_ts_apart(json.loads(plain))
+    assert decoded == expected
+    assert decoded_fixed == pytest.approx(expected_fixed, abs=0.01)
+    assert decode_compact(compact)["clock"].keys() == json.loads(plain)["clock"].keys()
+    TELEMETRY.validate(decode_compact(compact))
+
+
+def test_readings_taken_before_the_clock_synced_are_dated_from_mono_or_flagged() -> None:
+    """Read unsynced, sent from the same boot with the clock synced: ts = mono + (clock.ts -
+    clock.mono), "corrected". From another boot, or still unsynced: ts as read, "unsynced"."""
+    stale = Reading("aq-1", "pm25", 1.0, None, 1000.0, 30.0, synced=False)
+    good = Reading("aq-1", "pm25", 2.0, None, 1_795_430_462.0, 31.0)
+    batch = Batch("boot-1", [StoredReading(1, stale), StoredReading(2, good)])
+    for encode in (encode_telemetry, encode_compact):
+        for current, synced, status in [
+            ("boot-1", True, "corrected"),
+            ("boot-2", True, "unsynced"),
+            ("boot-1", False, "unsynced"),
+        ]:
+            raw, _ = encode(
+                "gw", batch, max_bytes=1 << 20, current_boot=current, clock_synced=synced
+            )
+            msg = decode_compact(raw) if encode is encode_compact else json.loads(raw)
+            TELEMETRY.validate(msg)
+            first, second = msg["readings"]
+            assert first["ts_status"] == status
+            want = (
+                msg["clock"]["ts"] - (msg["clock"]["mono"] - 30.0)
+                if status == "corrected"
+                else 1000.0
+            )
+            assert first["ts"] == pytest.approx(want, abs=0.002)
+            assert "ts_status" not in second
+            assert second["ts"] == 1_795_430_462.0
 
 
 def reference_batch(n: int) -> Batch:

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async with running_rig(tmp_path) as r:
+    # At debug level: every line goes through the session's secret check (conftest.py).
+    async with running_rig(tmp_path, gateway__log_level="debug") as r:
         yield r
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from helpers import Subscriber, mosquitto_bin
+from helpers import TEST_SECRETS, Subscriber, find_secrets, mosquitto_bin
 
 from buffer import Reading
 from gateway.configload import parse_config
@@ -24,7 +24,7 @@ from gateway.localbroker import free_port, keep_user_line, wait_port
 from gateway.runtime import Agent
 
 pytestmark = pytest.mark.timeout(60)
-PASSWORD = "s3cret-Pa55-never-logged"
+PASSWORD, WRONG_PASSWORD = TEST_SECRETS[1], TEST_SECRETS[2]
 
 
 @dataclass
@@ -192,7 +192,7 @@ async def test_username_password_and_the_secret_is_never_logged(
     good = tmp_path / "pw-good"
     good.write_text(PASSWORD + "\n")
     bad = tmp_path / "pw-bad"
-    bad.write_text("wrong-password-also-secret\n")
+    bad.write_text(WRONG_PASSWORD + "\n")
     tls = f"{{ca_file: {tls_broker.ca}}}"
     refused = make_agent(
         tmp_path / "a",
@@ -214,7 +214,7 @@ async def test_username_password_and_the_secret_is_never_logged(
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "refused the connection" in text
     assert PASSWORD not in text
-    assert "wrong-password-also-secret" not in text
+    assert WRONG_PASSWORD not in text
 
 
 def test_plaintext_url_with_tls_settings_is_a_config_error(tmp_path: Path) -> None:
@@ -226,3 +226,11 @@ def test_plaintext_url_with_tls_settings_is_a_config_error(tmp_path: Path) -> No
             "uplink: {url: 'mqtt://localhost', tls: {}}\n",
             "t.yaml",
         )
+
+
+def test_the_session_log_check_finds_a_secret(tmp_path: Path) -> None:
+    """The check conftest.py runs over every log at the end of the session can fail."""
+    log = tmp_path / "planted.txt"
+    log.write_text(f"INFO ok\nDEBUG connecting with {TEST_SECRETS[0]}\n")
+    assert find_secrets([log], TEST_SECRETS) == [f"{log}:2: {TEST_SECRETS[0]}"]
+    assert find_secrets([log], ("absent",)) == []
