@@ -75,3 +75,4 @@ class BufferStats:
     acked_in_memory: int = 0  # acknowledged before their commit was due: never written
     written: int = 0  # readings inserted into the file
     commits: int = 0  # write transactions
+    file_error: str | None = None  # why the file cannot be used (readings in memory only)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import os
 import sqlite3
 import time
 from collections import Counter, OrderedDict
@@ -48,6 +49,21 @@ _RETRY_MIN_S = 0.5
 _RETRY_MAX_S = 30.0
 SEQ_BLOCK = 100_000
 RECENT_MAX = 20_000  # committed readings also kept in RAM, so a lagging sender needs no reads
+
+
+def _diagnose(data_dir: Path) -> str:
+    """Why a data dir may refuse the buffer, in words a technician can act on, or ''."""
+    try:
+        st = os.statvfs(data_dir)
+    except OSError as err:
+        return f"data dir {data_dir}: {err.strerror}: "
+    if st.f_flag & os.ST_RDONLY:
+        return f"data dir {data_dir} is on a read-only file system: "
+    if not os.access(data_dir, os.W_OK):
+        return f"data dir {data_dir} is not writable by uid {os.geteuid()}: "
+    if st.f_bavail * st.f_frsize < 1024 * 1024:
+        return f"data dir {data_dir}: the disk is full: "
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +138,15 @@ class Buffer:
         self._progress = asyncio.Event()
         self._lock = asyncio.Lock()
         self._opened = False
+        self._file_error: str | None = None  # the file cannot be used: memory only
 
     # ---- life cycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Buffer:
-        opened = await self._call(self._db.open, self.boot_id)
+        try:
+            opened = await self._call(self._db.open, self.boot_id)
+        except (sqlite3.Error, OSError) as err:
+            return await self._enter_memory_only(err)
         ceiling = await self._call(self._ceiling.load)
         self._next_seq = opened.last_seq + 1
         if (opened.created or opened.quarantined or not opened.clean) and ceiling > self._next_seq:
@@ -156,6 +176,38 @@ class Buffer:
         )
         return self
 
+    async def _enter_memory_only(self, err: BaseException) -> Buffer:
+        """The file cannot be opened (a read-only or full disk, wrong owner, I/O errors): run
+        on, with readings in memory only (bounded by ``max_pending``), and try the file again
+        with every commit's retry. Seqs start from the wall clock in milliseconds, above the
+        ceiling when it can be read: the ceiling cannot be raised, and the IOC must not see
+        seqs go back after a restart."""
+        self._file_error = f"{_diagnose(self.settings.path.parent)}{err}"
+        ceiling = await self._call(self._ceiling.load)
+        self._next_seq = self._first_seq = max(ceiling, int(time.time() * 1000), 1)
+        self._ceiling.value = self._next_seq + SEQ_BLOCK
+        self._opened = True
+        log.error(
+            "buffer %s cannot be opened (%s): readings are kept in memory only (at most %d) "
+            "until it can. Check that the data dir exists, is writable by this user and its "
+            "disk is not full or mounted read-only",
+            self.settings.path,
+            self._file_error,
+            self.settings.max_pending,
+        )
+        return self
+
+    def _reopen(self) -> int:
+        """In the writer thread: try the file again; return the rows already in it."""
+        opened = self._db.open(self.boot_id)
+        if opened.last_seq >= self._first_seq:  # cannot happen with clock seqs; never collide
+            self._db.close()
+            raise sqlite3.OperationalError(
+                f"the file's seqs ({opened.last_seq}) overlap this run's ({self._first_seq}+)"
+            )
+        self._ceiling.raise_to(self._next_seq + SEQ_BLOCK)
+        return opened.depth
+
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
@@ -168,6 +220,16 @@ class Buffer:
         try:
             await self._commit_once()
             await self._call(self._db.close_clean, self._next_seq - 1)
+        except (sqlite3.Error, OSError) as err:
+            # A full or failing disk at the last moment: say what is lost, then stop cleanly
+            # (a crash here would only make systemd restart into the same full disk).
+            log.error(
+                "buffer %s: could not commit before stopping (%s): %d readings held in "
+                "memory are lost, and the next run starts its seqs at the reserved ceiling",
+                self.settings.path,
+                err,
+                len(self._mem),
+            )
         finally:
             await self._call(self._db.close)
             self._exec.shutdown(wait=True)
@@ -185,7 +247,12 @@ class Buffer:
         self._next_seq += 1
         if self._next_seq >= self._ceiling.value:
             # Once per SEQ_BLOCK readings: a tiny fsynced write, so it is done right here.
-            self._ceiling.raise_to(self._next_seq + SEQ_BLOCK)
+            try:
+                self._ceiling.raise_to(self._next_seq + SEQ_BLOCK)
+            except OSError:
+                if self._file_error is None:
+                    raise
+                self._ceiling.value = self._next_seq + SEQ_BLOCK  # memory only: best effort
         mem = self._mem
         if len(mem) >= self.settings.max_pending:
             mem.popitem(last=False)
@@ -225,9 +292,17 @@ class Buffer:
             self._arm()  # the oldest waiting reading went: its deadline goes with it
         self._progress.set()
 
-    async def flush(self) -> None:
-        """Commit everything waiting now (used at shutdown and before a resend)."""
-        await self._commit_once()
+    async def flush(self) -> bool:
+        """Commit everything waiting now (before a resend). False if the disk refused: the
+        readings then stay in memory, and the commit loop retries as after any failure."""
+        try:
+            await self._commit_once()
+        except (sqlite3.Error, OSError) as err:
+            self._write_errors += 1
+            log.warning("buffer commit failed, %d readings held in memory: %s", len(self._mem), err)
+            self._wake.set()
+            return False
+        return True
 
     @property
     def committed_seq(self) -> int:
@@ -270,6 +345,8 @@ class Buffer:
         Readings still in memory come from memory, with no I/O; older ones from the file.
         """
         floor = self.committed_seq
+        if self._file_error is not None:
+            after_seq = max(after_seq, floor)  # no file: nothing below the floor to read
         if after_seq < floor and (upto is None or after_seq < upto):
             hi = floor if upto is None else min(upto, floor)
             recent = self._from_recent(after_seq, max_readings, hi)
@@ -338,6 +415,7 @@ class Buffer:
             write_errors=self._write_errors,
             acked_in_memory=self._acked_in_memory,
             written=self._written,
+            file_error=self._file_error,
             commits=self._commits,
         )
 
@@ -490,6 +568,15 @@ class Buffer:
         """In the writer thread: one transaction, then the limits."""
         db = self._db
         quarantined = False
+        if self._file_error is not None:
+            self._depth = self._reopen()
+            log.warning(
+                "buffer %s can be used again (it was: %s): committing %d readings",
+                self.settings.path,
+                self._file_error,
+                len(rows),
+            )
+            self._file_error = None
         depth = self._depth
         try:
             removed, evicted = db.commit(rows, deletes, depth)
@@ -500,8 +587,13 @@ class Buffer:
                 quarantined = True
                 removed, evicted = db.commit(rows, [], 0)
             elif getattr(err, "sqlite_errorname", "") == "SQLITE_FULL":
-                # The disk is fuller than max_bytes assumed: give back a tenth, retry once.
+                # The disk is fuller than max_bytes assumed: give back a tenth, retry once. If
+                # that frees nothing (another file filled the disk, or even a delete needs
+                # room), the commit fails: the readings wait in memory (max_pending) and the
+                # commit loop retries with backoff until the disk has room again.
                 freed = db.evict_oldest(depth, db.bytes_used() * 9 // 10)
+                if not freed:
+                    raise
                 log.warning("disk full: evicted the %d oldest readings to make room", freed)
                 removed, evicted = db.commit(rows, deletes, depth - freed)
                 evicted += freed

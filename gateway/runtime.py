@@ -95,6 +95,7 @@ class Agent:
                 "acked_in_memory": bs.acked_in_memory,
                 "written": bs.written,
                 "commits": bs.commits,
+                "file_error": bs.file_error,
             },
             "uplink": {
                 "connected": up.connected,

@@ -23,6 +23,7 @@ import aiomqtt
 import yaml
 from completeness import Completeness
 
+from gateway.compact import ZSTD_MAGIC, decode_compact
 from gateway.localbroker import find_mosquitto, free_port, mosquitto_conf, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,25 @@ def find_secrets(paths: list[Path], secrets: tuple[str, ...]) -> list[str]:
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             found += [f"{path}:{n}: {s}" for s in secrets if s in line]
     return found
+
+
+def mount_namespace(setup: str) -> list[str]:
+    """A prefix that runs the agent in a mount namespace of its own, after the shell commands
+    ``setup`` (a small tmpfs as its data dir, a read-only bind mount...). The machine's mounts
+    are untouched; the test sees the agent's through /proc/PID/root (the agent is the same
+    process: unshare and sh exec). Needs root, or unprivileged user namespaces (``-r``)."""
+    user = [] if os.geteuid() == 0 else ["-r"]
+    return [
+        "unshare",
+        *user,
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'{setup} && exec "$@"',
+        "sh",
+    ]
 
 
 def compile_shim(name: str, out_dir: Path) -> Path:
@@ -128,6 +148,7 @@ class Subscriber:
         self.topic = topic
         self.messages: list[tuple[str, bytes, bool]] = []
         self.received_at: list[float] = []  # wall time each message arrived, for delays
+        self.max_counter: dict[str, int] = {}  # device -> highest counter value, kept as they come
         self.connects = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -165,9 +186,22 @@ class Subscriber:
                         async with self._changed:
                             self.messages.append((str(msg.topic), payload, bool(msg.retain)))
                             self.received_at.append(time.time())
+                            self._track(str(msg.topic), payload)
                             self._changed.notify_all()
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.1)
+
+    def _track(self, topic: str, payload: bytes) -> None:
+        """Keep each device's highest counter as messages come: waits stay O(1) per message
+        however long the run (a soak receives hundreds of thousands of readings)."""
+        if not topic.endswith("/telemetry"):
+            return
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            msg = decode_compact(payload) if payload.startswith(ZSTD_MAGIC) else json.loads(payload)
+            top = self.max_counter
+            for r in msg["readings"]:
+                if r["metric"] == "counter" and r["quality"] == "good":
+                    top[r["device"]] = max(top.get(r["device"], 0), int(r["value"]))
 
     def on(self, suffix: str) -> list[dict[str, Any]]:
         return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix)]
@@ -221,17 +255,32 @@ def agent_config(tmp: Path, broker_port: int, devices: list[dict[str, Any]], **o
 class AgentProc:
     """``tepi run`` as a real process, with its log kept for the secret and error checks."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.config = config
         self.log = log
         self.env = env or {}
+        self.prefix = prefix or []  # a command the agent runs under (see ``mount_namespace``)
         self.proc: subprocess.Popen[bytes] | None = None
         AGENT_LOGS.append(log)
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+            [
+                *self.prefix,
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "run",
+                "--config",
+                str(self.config),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
             env=env,

@@ -180,10 +180,14 @@ class Rig:
     async def wait_caught_up(self, timeout: float = 30) -> dict[str, int]:
         """Wait until the subscriber has every counter value the simulator handed out so far."""
         target = {d: self.sim_counter(d) for d in DEVICES}
-        await self.sub.wait_for(
-            lambda s: all(max(self.counters(d), default=0) >= target[d] for d in DEVICES), timeout
-        )
+        await self.wait_past(target, timeout)
         return target
+
+    async def wait_past(self, target: dict[str, int], timeout: float = 120) -> None:
+        """Wait until each device's counter reached ``target`` at the subscriber."""
+        await self.sub.wait_for(
+            lambda s: all(s.max_counter.get(d, 0) >= target[d] for d in DEVICES), timeout
+        )
 
 
 @asynccontextmanager
@@ -193,10 +197,12 @@ async def running_rig(
     persistence: bool = True,
     proxy: FaultProxy | None = None,
     env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
     **over: Any,
 ) -> AsyncIterator[Rig]:
     """Broker, simulator, subscriber and agent, all started; with ``proxy``, the agent
-    reaches the broker through that fault proxy; ``env`` is added to the agent's."""
+    reaches the broker through that fault proxy; ``env`` is added to the agent's, and
+    ``prefix`` wraps its command (helpers.mount_namespace)."""
     broker = Broker(tmp_path, persistence=persistence)
     await broker.start()
     via = None
@@ -208,7 +214,7 @@ async def running_rig(
         cfg = agent_config(
             tmp_path, broker.port if via is None else via, agent_devices(sim.endpoints()), **over
         )
-        agent = AgentProc(cfg, tmp_path / "agent.log", env)
+        agent = AgentProc(cfg, tmp_path / "agent.log", env, prefix)
         agent.start()
         try:
             yield Rig(tmp_path, broker, sim, sub, agent)

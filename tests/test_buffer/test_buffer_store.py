@@ -495,3 +495,31 @@ async def test_a_sender_that_fell_behind_is_served_from_ram_not_the_file(
         monkeypatch.undo()
         await buf.flush()
         assert await drain(buf) == list(range(31, 51)), "acked rows are deleted, the rest kept"
+
+
+async def test_a_file_that_cannot_be_opened_means_memory_only_until_it_can(
+    tmp_path: Path,
+) -> None:
+    """No crash when the file cannot be opened (here its "dir" is a file): readings are served
+    from memory, ``file_error`` says why, and once the file can be opened the commit loop's
+    retry commits what is held, with the seqs it had."""
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    s = settings_for(blocker)
+    async with Buffer(s, "boot-a") as buf:
+        runner = asyncio.create_task(buf.run())
+        seqs = [buf.put(reading(i)) for i in range(5)]
+        assert buf.stats().file_error is not None
+        batch = await buf.fetch(0, 10)
+        assert batch is not None
+        assert [i.seq for i in batch.items] == seqs
+        blocker.unlink()
+        blocker.mkdir()
+        async with asyncio.timeout(10):
+            await buf.wait_committed(seqs[-1])
+        assert buf.stats().file_error is None
+        assert buf.stats().depth == 5
+        runner.cancel()
+    async with Buffer(s, "boot-b") as buf:
+        assert await drain(buf) == seqs
+        assert buf.put(reading(9)) > seqs[-1]
