@@ -163,7 +163,10 @@ class Database:
             os.umask(old_umask)
         self._conn = conn
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if self.sync_full else 'NORMAL'}")
+        # FULL until the open transaction below has committed, whatever sync_full says: it
+        # clears the clean flag, and that must be on disk before any seq is handed out, or a
+        # power cut brings back clean=1 and the next run reuses seqs (SeqCeiling is skipped).
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA journal_size_limit=4194304")
         conn.execute("PRAGMA temp_store=MEMORY")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -180,6 +183,7 @@ class Database:
                 "INSERT INTO meta(key, value) VALUES ('clean', 0)"
                 " ON CONFLICT(key) DO UPDATE SET value=0"
             )
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.sync_full else 'NORMAL'}")
         self._boot_ref = conn.execute(
             "SELECT id FROM boots WHERE boot_id=?", (boot_id,)
         ).fetchone()[0]

@@ -249,7 +249,9 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 for k in ("ca_file", "cert_file", "key_file")
             ]
         for path, f in files:
-            if f is not None and not os.access(f, os.R_OK):
+            if f is not None and "\0" in str(f):
+                add(path, "the path contains a NUL character", "fix the path")
+            elif f is not None and not os.access(f, os.R_OK):
                 why = "does not exist" if not f.exists() else "is not readable by this user"
                 add(path, f"{f} {why}", "create it, or fix the path or its permissions")
         if up.password_env is not None and up.password_env not in os.environ:
@@ -272,6 +274,41 @@ def load_config(path: Path | str, *, check_files: bool = True) -> Config:
 
 
 def parse_config(text: str, file: str = "<config>", *, check_files: bool = True) -> Config:
+    try:
+        return _parse(text, file, check_files=check_files)
+    except RecursionError:
+        # An alias that contains itself (``a: &x [*x]``), or thousands of nested brackets.
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file,
+                    _first_line(text, r"\*\w") or 1,
+                    "",
+                    "the YAML nests too deeply, or an alias (*name) refers to itself",
+                    "write the value out instead of referring to itself",
+                )
+            ]
+        ) from None
+    except ValueError as err:  # yaml's int(): a number of thousands of digits
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file,
+                    _first_line(text, r"\d{1000}") or 1,
+                    "",
+                    f"a value the YAML reader cannot take: {err}",
+                    "check the numbers on this line",
+                )
+            ]
+        ) from None
+
+
+def _first_line(text: str, pattern: str) -> int | None:
+    found = re.search(pattern, text)
+    return None if found is None else text.count("\n", 0, found.start()) + 1
+
+
+def _parse(text: str, file: str, *, check_files: bool) -> Config:
     try:
         doc = _Located(text, file)
     except yaml.YAMLError as err:

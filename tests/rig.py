@@ -198,22 +198,35 @@ async def running_rig(
     proxy: FaultProxy | None = None,
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
+    linked: bool = False,
     **over: Any,
 ) -> AsyncIterator[Rig]:
     """Broker, simulator, subscriber and agent, all started; with ``proxy``, the agent
     reaches the broker through that fault proxy; ``env`` is added to the agent's, and
-    ``prefix`` wraps its command (helpers.mount_namespace)."""
+    ``prefix`` wraps its command (helpers.mount_namespace). With ``linked``, the agent reaches
+    the RTU line through a symlink (as a udev rule's /dev/ttyRS485), so a replugged adapter
+    (the simulator's ``disconnect``) comes back at the same path."""
     broker = Broker(tmp_path, persistence=persistence)
     await broker.start()
     via = None
     if proxy is not None:
         proxy.upstream_port = broker.port
         via = proxy.port
-    async with Simulator(SIM) as sim, Subscriber(broker.port, "ioc/v1/#") as sub:
+    link = tmp_path / "ttyRS485"
+    sim_cfg = {
+        **SIM,
+        "devices": [
+            {**d, "link": str(link)} if linked and d["transport"] == "rtu" else d
+            for d in SIM["devices"]
+        ],
+    }
+    async with Simulator(sim_cfg) as sim, Subscriber(broker.port, "ioc/v1/#") as sub:
         over.setdefault("health_interval", "1s")
-        cfg = agent_config(
-            tmp_path, broker.port if via is None else via, agent_devices(sim.endpoints()), **over
-        )
+        devices = agent_devices(sim.endpoints())
+        for dev in devices:
+            if linked and dev["driver"] == "modbus-rtu":
+                dev["port"] = str(link)
+        cfg = agent_config(tmp_path, broker.port if via is None else via, devices, **over)
         agent = AgentProc(cfg, tmp_path / "agent.log", env, prefix)
         agent.start()
         try:

@@ -32,6 +32,7 @@ _READ_FN = {
     "coil": "read_coils",
     "discrete": "read_discrete_inputs",
 }
+_READ_FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
@@ -81,6 +82,42 @@ def _crc_ok_somewhere(frame: bytes) -> bool:
     return False
 
 
+def _answer_length(frame: bytes) -> int | None:
+    """How long the RTU answer that ``frame`` starts is meant to be, from its function code
+    (and byte count); None when that cannot be told."""
+    if len(frame) < 2:
+        return None
+    fc = frame[1]
+    if fc & 0x80:
+        return 5  # an exception reply
+    if fc in (1, 2, 3, 4):
+        return 5 + frame[2] if len(frame) >= 3 else None
+    if fc in (5, 6, 15, 16):
+        return 8
+    return None
+
+
+def _drop_undecodable(client: AsyncModbusSerialClient | AsyncModbusTcpClient) -> None:
+    """Make pymodbus drop an answer it cannot decode, as it drops one with a bad CRC.
+
+    An answer whose CRC is right but whose function code or length pymodbus cannot make sense
+    of (``01 80 19 80 0a``) makes its framer raise ``ModbusIOException`` from inside the
+    protocol's ``data_received``: asyncio then logs a traceback and, on TCP, drops the
+    connection. Dropped here, the request gets no answer, and ``_why_no_reply`` classifies it
+    from the bytes that came (a bad frame), like any other garbled answer.
+    """
+    framer = client.ctx.framer
+    handle = framer.handleFrame
+
+    def handle_frame(data: bytes, exp_devid: int, exp_tid: int) -> tuple[int, ModbusPDU | None]:
+        try:
+            return handle(data, exp_devid, exp_tid)
+        except ModbusIOException:
+            return len(data), None
+
+    framer.handleFrame = handle_frame  # type: ignore[method-assign]
+
+
 def frame_gap(baudrate: int, parity: str, bytesize: int, stopbits: int) -> float:
     """The silence Modbus RTU requires between frames: 3.5 character times, or a fixed
     1.75 ms above 19,200 baud (the standard's rule)."""
@@ -107,6 +144,7 @@ class ModbusLink:
         gap_s: float = 0.0,
     ) -> None:
         self.client = client
+        _drop_undecodable(client)
         self.label = label
         self._serial_path = serial_path
         self._lock = asyncio.Lock()
@@ -118,12 +156,19 @@ class ModbusLink:
         # answer from silence) and when its reply was complete (the line's silence counts
         # from there, not from when this task next runs).
         self._rx = bytearray()
+        self._rx_buffer = b""  # pymodbus's receive buffer, as last handed to trace_packet
         self._replied_at: float | None = None
 
     def trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """pymodbus's hook for every chunk of bytes sent or received."""
-        if not sending and len(self._rx) < RX_KEEP:
-            self._rx += data[: RX_KEEP - len(self._rx)]
+        """pymodbus's hook for the bytes sent or received. Received, it is handed pymodbus's
+        whole receive buffer (what is left of earlier chunks, then the new one), so only the
+        bytes not seen before are kept: an answer that came in pieces is kept once."""
+        if not sending:
+            seen = self._rx_buffer
+            new = data[len(seen) :] if seen and data.startswith(seen) else data
+            self._rx_buffer = data
+            if len(self._rx) < RX_KEEP:
+                self._rx += new[: RX_KEEP - len(self._rx)]
         return data
 
     def trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
@@ -138,7 +183,8 @@ class ModbusLink:
         if not rx:
             return DeviceUnavailable("timeout", f"{self.label} unit {unit}: no answer")
         shown = rx[:16].hex(" ") + (" ..." if len(rx) > 16 else "")
-        if self.rtu and rx[0] == unit and len(rx) >= 5 and not _crc_ok_somewhere(rx):
+        whole = len(rx) >= (_answer_length(rx) or 0)  # a frame cut short has no CRC to be wrong
+        if self.rtu and rx[0] == unit and len(rx) >= 5 and whole and not _crc_ok_somewhere(rx):
             return ProtocolError(
                 "crc error", f"{self.label} unit {unit}: answer with a bad CRC: {shown}"
             )
@@ -237,6 +283,7 @@ class ModbusLink:
             self._set_timeout(timeout_s)
             after = self.gap_s + pause_s
             self._rx.clear()
+            self._rx_buffer = b""  # pymodbus empties its own for each request
             self._replied_at = None
             try:
                 return await call()
@@ -299,6 +346,15 @@ class ModbusLink:
         resp = await self._transact(
             unit, timeout_s, lambda: fn(address, count=count, device_id=unit), pause_s
         )
+        answered = resp.function_code & 0x7F
+        if answered != _READ_FC[table]:
+            # pymodbus takes any frame from the unit; an answer to another function (a late
+            # reply to a read of another table) would give that table's values as these.
+            raise ProtocolError(
+                "bad frame",
+                f"{self.label} unit {unit}: an answer to function {answered}, "
+                f"not to the read of {table} (function {_READ_FC[table]})",
+            )
         if resp.isError():
             return ExceptionReply(int(getattr(resp, "exception_code", 0)))
         if table in ("coil", "discrete"):

@@ -2,7 +2,8 @@
 
 It stands in for field devices in tepi's tests and demos: RTU slaves on pseudo-terminals,
 TCP slaves on 127.0.0.1, plausible drifting sensor values, exact read counters, and faults
-(no reply, exceptions, bad CRC, garbage, disconnect, slow) switchable at run time. It
+(no reply, exceptions, bad CRC, garbage, partial frames, answers from the wrong unit,
+disconnect, unplugged, slow) switchable at run time. It
 imports nothing from tepi, so it is an independent check of tepi's Modbus client.
 """
 

@@ -24,7 +24,15 @@ __all__ = ["Action", "Device"]
 
 log = logging.getLogger(__name__)
 
-ActionKind = Literal["answer", "silent", "garbage", "bad_crc", "disconnect"]
+ActionKind = Literal[
+    "answer", "silent", "garbage", "bad_crc", "partial", "wrong_unit", "disconnect"
+]
+# Faults that answer, but wrongly: the transport builds the frame and breaks it.
+_FAULTY_ANSWERS: dict[str, ActionKind] = {
+    "bad_crc": "bad_crc",
+    "partial": "partial",
+    "wrong_unit": "wrong_unit",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +40,8 @@ class Action:
     """What a transport does with one request.
 
     ``answer``: after ``delay_s``, call ``prepare()``, send its PDU, then call its
-    ``commit``. ``bad_crc``: send ``prepare().pdu`` with a broken checksum, no commit.
+    ``commit``. ``bad_crc``, ``partial``, ``wrong_unit``: send ``prepare().pdu`` with a broken
+    checksum, cut off half way, or as from another unit id (``protocol.rtu_reply``), no commit.
     ``garbage``: send ``data`` raw. ``silent``: send nothing. ``disconnect``: drop the link.
     """
 
@@ -139,7 +148,7 @@ class Device:
         mode = self.fault
         if mode == "no_reply":
             return Action("silent")
-        if mode == "disconnect":
+        if mode in ("disconnect", "unplugged"):
             return Action("disconnect")
         if mode == "exception":
             fc = pdu[0] if pdu else 0
@@ -149,8 +158,8 @@ class Device:
         if mode == "garbage":
             return Action("garbage", data=self.garbage())
         prepare = self._preparer(pdu)
-        if mode == "bad_crc":
-            return Action("bad_crc", prepare)
+        if mode in _FAULTY_ANSWERS:
+            return Action(_FAULTY_ANSWERS[mode], prepare)
         return Action("answer", prepare, delay_s=self.delay_s if mode == "slow" else 0.0)
 
     def handle_broadcast(self, pdu: bytes) -> None:

@@ -51,7 +51,18 @@ WORD_ORDERS: Final = ("big", "little")
 SENSOR_KINDS: Final = ("pm25", "pm10", "temperature", "humidity", "level", "noise")
 KINDS: Final = (*SENSOR_KINDS, "counter", "constant", "toggle")
 TRANSPORTS: Final = ("rtu", "tcp", "rtu-tcp")
-FAULT_MODES: Final = ("none", "no_reply", "exception", "bad_crc", "garbage", "disconnect", "slow")
+FAULT_MODES: Final = (
+    "none",
+    "no_reply",
+    "exception",
+    "bad_crc",
+    "garbage",
+    "partial",
+    "wrong_unit",
+    "disconnect",
+    "unplugged",
+    "slow",
+)
 
 _TOP_KEYS: Final = ("devices", "seed")
 BAUDRATES: Final = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)

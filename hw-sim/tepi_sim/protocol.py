@@ -3,7 +3,8 @@
 Layers, bottom up (the same split pymodbus uses, written independently so the simulator
 is a real cross-check of the client):
 
-* ``crc16`` / ``rtu_frame``: the RTU checksum and frame builder.
+* ``crc16`` / ``rtu_frame``: the RTU checksum and frame builder; ``rtu_reply`` /
+  ``mbap_reply`` build an answer as a faulty device sends it (bad CRC, another unit id, cut off).
 * ``RtuParser``: finds request frames in a byte stream. A serial line has no packet
   boundaries, so the parser derives each frame's length from its function code, checks the
   CRC, and on any mismatch drops one byte and tries again (resync). When the line goes
@@ -34,9 +35,13 @@ __all__ = [
     "crc16",
     "exception_response",
     "mbap_frame",
+    "mbap_reply",
+    "other_unit",
     "parse_request",
     "registers_response",
     "rtu_frame",
+    "rtu_reply",
+    "truncated",
 ]
 
 EXC_ILLEGAL_FUNCTION: Final = 1
@@ -86,6 +91,33 @@ def rtu_frame(unit: int, pdu: bytes, *, corrupt_crc: bool = False) -> bytes:
 def mbap_frame(transaction_id: int, unit: int, pdu: bytes) -> bytes:
     """Build a Modbus TCP frame (MBAP header + PDU)."""
     return MBAP.pack(transaction_id, 0, len(pdu) + 1, unit) + pdu
+
+
+def other_unit(unit: int) -> int:
+    """The unit id a ``wrong_unit`` answer comes from: the next one (247 wraps to 1)."""
+    return unit % 247 + 1
+
+
+def truncated(frame: bytes) -> bytes:
+    """The first half of ``frame`` (at least one byte): an answer cut off half way."""
+    return frame[: max(1, len(frame) // 2)]
+
+
+def rtu_reply(unit: int, pdu: bytes, kind: str = "answer") -> bytes:
+    """The RTU frame a device sends: ``answer`` as it should be; ``bad_crc`` with the
+    checksum inverted; ``wrong_unit`` from :func:`other_unit`; ``partial`` cut off half way."""
+    if kind == "wrong_unit":
+        return rtu_frame(other_unit(unit), pdu)
+    frame = rtu_frame(unit, pdu, corrupt_crc=kind == "bad_crc")
+    return truncated(frame) if kind == "partial" else frame
+
+
+def mbap_reply(transaction_id: int, unit: int, pdu: bytes, kind: str = "answer") -> bytes:
+    """The Modbus TCP frame a device sends: as :func:`rtu_reply`, without a CRC to break."""
+    if kind == "wrong_unit":
+        return mbap_frame(transaction_id, other_unit(unit), pdu)
+    frame = mbap_frame(transaction_id, unit, pdu)
+    return truncated(frame) if kind == "partial" else frame
 
 
 _NEED_MORE: Final = -1

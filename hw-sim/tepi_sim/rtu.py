@@ -10,7 +10,9 @@ A serial line is half duplex, so replies are produced one at a time by a worker 
 request order; a ``slow`` reply holds up the line just as a slow real device would. When a
 device's fault becomes ``disconnect`` the bus is unplugged and replugged: a NEW pty is
 opened (before the old one is closed, so the path number changes), the ``link`` symlinks
-are repointed to it, and the old pty is closed so the client sees the port vanish.
+are repointed to it, and the old pty is closed so the client sees the port vanish. When it
+becomes ``unplugged`` the adapter stays out: the pty is closed and the links removed until no
+device on the bus is ``unplugged`` any more, when a new pty is plugged in behind the links.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Final
 
 from tepi_sim.device import Action, Device
 from tepi_sim.errors import StartupError
-from tepi_sim.protocol import RtuParser, rtu_frame
+from tepi_sim.protocol import RtuParser, rtu_reply
 
 __all__ = ["RtuBus"]
 
@@ -121,7 +123,7 @@ class RtuBus:
     def path(self) -> str:
         """The current slave path, e.g. ``/dev/pts/7``."""
         if self._pty is None:
-            raise RuntimeError(f"bus {self.name!r} is not running")
+            raise RuntimeError(f"bus {self.name!r} is not running, or unplugged")
         return self._pty.path
 
     def start(self) -> None:
@@ -143,13 +145,7 @@ class RtuBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        old = self._unplug()
-        for link in self.links:
-            with contextlib.suppress(OSError):
-                if old is not None and link.is_symlink() and str(link.readlink()) == old.path:
-                    link.unlink()
-        if old is not None:
-            old.close()
+        self._pull_out()
 
     def replug(self) -> None:
         """Simulate unplugging and replugging the adapter: new pty, links repointed."""
@@ -159,6 +155,17 @@ class RtuBus:
             old.close()
         self.replugs += 1
         log.info("bus %s: replugged, now %s", self.name, self.path)
+
+    def _pull_out(self) -> None:
+        """Close the pty and remove the links that still point at it."""
+        old = self._unplug()
+        if old is None:
+            return
+        for link in self.links:
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and str(link.readlink()) == old.path:
+                    link.unlink()
+        old.close()
 
     def _plug(self) -> None:
         self._pty = _Pty()
@@ -181,7 +188,15 @@ class RtuBus:
         return old
 
     def _on_fault(self, device: Device) -> None:
-        if device.fault == "disconnect" and self._pty is not None:
+        out = any(d.fault == "unplugged" for d in self.devices.values())
+        if out and self._pty is not None:
+            self._pull_out()
+            log.info("bus %s: unplugged", self.name)
+        elif not out and self._pty is None and self._worker is not None:
+            self._plug()
+            self.replugs += 1
+            log.info("bus %s: plugged back in, now %s", self.name, self.path)
+        elif device.fault == "disconnect" and self._pty is not None:
             self.replug()
 
     def _on_readable(self) -> None:
@@ -274,8 +289,8 @@ class RtuBus:
                 self._send(action.data)
             elif action.prepare is not None:
                 prepared = action.prepare()
-                corrupt = action.kind == "bad_crc"
-                frame = rtu_frame(device.unit, prepared.pdu, corrupt_crc=corrupt)
+                corrupt = action.kind != "answer"  # bad_crc, partial, wrong_unit
+                frame = rtu_reply(device.unit, prepared.pdu, action.kind)
                 if generation != self._generation or self._pty is None:
                     continue
                 if wire:

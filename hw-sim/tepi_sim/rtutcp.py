@@ -14,7 +14,7 @@ import logging
 
 from tepi_sim.device import Device
 from tepi_sim.errors import StartupError
-from tepi_sim.protocol import RtuParser, rtu_frame
+from tepi_sim.protocol import RtuParser, rtu_reply
 
 __all__ = ["RtuTcpEndpoint"]
 
@@ -94,9 +94,8 @@ class RtuTcpEndpoint:
             writer.write(action.data)
         elif action.prepare is not None:
             prepared = action.prepare()
-            corrupt = action.kind == "bad_crc"
-            writer.write(rtu_frame(unit, prepared.pdu, corrupt_crc=corrupt))
-            if not corrupt:
+            writer.write(rtu_reply(unit, prepared.pdu, action.kind))
+            if action.kind == "answer":  # not bad_crc, partial, wrong_unit
                 prepared.commit()
         await writer.drain()
         return True

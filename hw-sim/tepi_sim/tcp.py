@@ -6,9 +6,10 @@ connections run concurrently. TCP devices with the same ``bus`` sit behind one p
 units behind a Modbus TCP gateway. A request for a unit id nobody there has is answered
 with exception 0x0B (gateway target device failed to respond), as a gateway would.
 
-Faults: ``disconnect`` closes every open connection as soon as it is set and closes new
-ones as they arrive while it stays on; ``bad_crc`` has no meaning without a CRC and is
-sent as garbage.
+Faults: ``disconnect`` (and ``unplugged``) closes every open connection as soon as it is
+set and closes new ones as they arrive while it stays on; ``bad_crc`` has no meaning without
+a CRC and is sent as garbage; ``partial`` sends the first half of the MBAP frame,
+``wrong_unit`` the answer with the next unit id in its header.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import logging
 
 from tepi_sim.device import Device
 from tepi_sim.errors import StartupError
-from tepi_sim.protocol import EXC_TARGET_FAILED, MBAP, exception_response, mbap_frame
+from tepi_sim.protocol import (
+    EXC_TARGET_FAILED,
+    MBAP,
+    exception_response,
+    mbap_frame,
+    mbap_reply,
+)
 
 __all__ = ["TcpEndpoint"]
 
@@ -72,7 +79,7 @@ class TcpEndpoint:
             self._server = None
 
     def _on_fault(self, device: Device) -> None:
-        if device.fault == "disconnect":
+        if device.fault in ("disconnect", "unplugged"):
             for writer in list(self._writers):
                 writer.close()
 
@@ -90,7 +97,7 @@ class TcpEndpoint:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if all(d.fault != "disconnect" for d in self.devices.values()):
+            if all(d.fault not in ("disconnect", "unplugged") for d in self.devices.values()):
                 await self._requests(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             log.debug("device %s: client went away", self.device.id)
@@ -117,6 +124,8 @@ class TcpEndpoint:
                 return
             if action.kind in ("garbage", "bad_crc"):
                 writer.write(device.garbage() if action.kind == "bad_crc" else action.data)
+            elif action.kind in ("partial", "wrong_unit") and action.prepare is not None:
+                writer.write(mbap_reply(tid, unit, action.prepare().pdu, action.kind))
             elif action.kind == "answer" and action.prepare is not None:
                 if action.delay_s:
                     await asyncio.sleep(action.delay_s)

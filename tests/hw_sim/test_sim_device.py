@@ -62,7 +62,10 @@ def test_counter_not_advanced_when_reply_not_sent() -> None:
         ("exception", "answer"),
         ("bad_crc", "bad_crc"),
         ("garbage", "garbage"),
+        ("partial", "partial"),
+        ("wrong_unit", "wrong_unit"),
         ("disconnect", "disconnect"),
+        ("unplugged", "disconnect"),
     ],
 )
 def test_faulted_requests_are_counted_but_do_not_advance(mode: str, kind: str) -> None:

@@ -190,6 +190,39 @@ async def test_bad_crc_reply_is_right_answer_with_wrong_crc(sim: Simulator, raw:
     assert sim.device("aq").counter_value(10) == 0
 
 
+async def test_partial_reply_is_the_first_half_then_silence(sim: Simulator, raw: RawLine) -> None:
+    sim.device("aq").set_fault("partial")
+    raw.send(rtu_frame(1, bytes.fromhex("03 00 0A 00 01")))
+    assert await raw.receive(3) == bytes.fromhex("01 03 02")  # 3 of the answer's 7 bytes
+    with pytest.raises(TimeoutError):
+        await raw.receive(1, timeout=0.2)  # the rest never comes
+    assert sim.device("aq").counter_value(10) == 0
+    sim.device("aq").set_fault("none")
+    raw.send(rtu_frame(1, bytes.fromhex("03 00 0A 00 01")))
+    assert await raw.receive(7) == rtu_frame(1, bytes.fromhex("03 02 00 01"))
+
+
+async def test_wrong_unit_reply_is_the_answer_from_the_next_unit(
+    sim: Simulator, raw: RawLine
+) -> None:
+    sim.device("aq").set_fault("wrong_unit")
+    raw.send(rtu_frame(1, bytes.fromhex("03 00 0A 00 01")))
+    reply = await raw.receive(7)
+    assert reply == rtu_frame(2, bytes.fromhex("03 02 00 01")), "valid, but from unit 2"
+    assert sim.device("aq").counter_value(10) == 0
+
+
+async def test_a_real_client_skips_a_wrong_unit_reply(
+    sim: Simulator, rtu_client: RtuClientFactory
+) -> None:
+    client = await rtu_client(sim.endpoint("aq"), timeout=0.3)
+    sim.device("aq").set_fault("wrong_unit")
+    with pytest.raises(ModbusException):  # not its answer: skipped, then a timeout
+        await client.read_holding_registers(10, count=1, device_id=1)
+    sim.device("aq").set_fault("none")
+    assert (await client.read_holding_registers(10, count=1, device_id=1)).registers == [1]
+
+
 async def test_slow_reply_arrives_after_delay(sim: Simulator, rtu_client: RtuClientFactory) -> None:
     sim.device("aq").set_fault("slow", delay_s=0.3)
     client = await rtu_client(sim.endpoint("aq"), timeout=3.0)
@@ -218,6 +251,31 @@ async def test_disconnect_replugs_with_new_path_and_link(
     client.close()
 
     sim.device("aq").set_fault("none")
+    again = await rtu_client(str(link), timeout=1.0)
+    assert (await again.read_holding_registers(10, count=1, device_id=1)).registers == [2]
+
+
+async def test_unplugged_removes_the_port_until_plugged_back(
+    sim: Simulator, rtu_client: RtuClientFactory, tmp_path: Path
+) -> None:
+    link = tmp_path / "ttyAQ"
+    client = await rtu_client(str(link), timeout=0.3)
+    assert (await client.read_holding_registers(10, count=1, device_id=1)).registers == [1]
+
+    sim.device("aq").set_fault("unplugged")
+    assert not link.is_symlink(), "the adapter is out: its path is gone"
+    with pytest.raises(RuntimeError, match="unplugged"):
+        sim.endpoint("noise")  # the whole line went
+    with pytest.raises(ModbusException):
+        await client.read_holding_registers(10, count=1, device_id=1)
+    client.close()
+    sim.device("noise").set_fault("slow")  # another device's fault does not plug it back
+    assert not link.is_symlink()
+
+    sim.device("aq").set_fault("none")
+    assert sim.buses["b0"].replugs == 1, "plugged back in once"
+    assert link.readlink() == Path(sim.endpoint("aq"))
+    sim.device("noise").set_fault("none")
     again = await rtu_client(str(link), timeout=1.0)
     assert (await again.read_holding_registers(10, count=1, device_id=1)).registers == [2]
 

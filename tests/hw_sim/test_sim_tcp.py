@@ -11,7 +11,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from tepi_sim import Simulator
-from tepi_sim.protocol import mbap_frame
+from tepi_sim.protocol import mbap_frame, other_unit
 
 # The fixtures come from conftest.py; test modules cannot import from it by name.
 StartSim = Callable[[dict[str, Any]], Awaitable[Simulator]]
@@ -124,6 +124,22 @@ async def test_faults_seen_by_client(sim: Simulator, tcp_client: TcpClientFactor
 
     device.set_fault("none")
     assert (await client.read_input_registers(101, count=1, device_id=1)).registers == [1]
+
+
+async def test_partial_and_wrong_unit_replies(sim: Simulator, raw: Any) -> None:
+    reader, writer = raw
+    device = sim.device("river")
+    device.set_fault("wrong_unit")
+    writer.write(_read_input(4, 1, 101, 1))
+    assert await reader.readexactly(11) == mbap_frame(4, 2, bytes([4, 2, 0, 1]))
+    device.set_fault("partial")
+    writer.write(_read_input(5, 1, 101, 1))
+    assert await reader.readexactly(5) == mbap_frame(5, 1, bytes([4, 2, 0, 1]))[:5]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await reader.read(1)  # the rest of the frame never comes
+    assert device.counter_value(101, table="input") == 0
+    assert other_unit(247) == 1
 
 
 @pytest.mark.parametrize("mode", ["garbage", "bad_crc"])

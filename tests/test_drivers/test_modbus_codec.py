@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -18,7 +20,7 @@ from drivers.modbus.codec import (
     scaled,
     value_of,
 )
-from drivers.modbus.config import RegisterConfig
+from drivers.modbus.config import INTEGER_TYPES, WIDTH, RegisterConfig
 
 
 # One value, 0x0102030405060708 / 0x01020304, in every order: the registers on the wire.
@@ -204,3 +206,37 @@ def test_plan_covers_every_register_within_limits(spec: list[tuple[int, str]], g
         for r in p.registers:
             assert p.address <= r.address
             assert r.address + r.width <= p.address + p.count
+
+
+NUMBER_KINDS = sorted(set(WIDTH) - {"bool", "string"})
+register_specs = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(NUMBER_KINDS),
+            "byte_order": ORDERS,
+            "scale": st.sampled_from([1.0, 0.1, -2.5, 1e300]),
+            "offset": st.sampled_from([0.0, -40.0]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("string"), "length": st.integers(1, 8), "byte_order": ORDERS}
+    ),
+    st.fixed_dictionaries({"bit": st.integers(0, 15)}),
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(sorted(INTEGER_TYPES)),
+            "enum": st.dictionaries(st.integers(-2, 5), st.text(min_size=1), min_size=1),
+        }
+    ),
+)
+
+
+@given(register_specs, st.data())
+def test_any_words_give_a_value_or_the_reason_it_is_bad(spec: dict[str, Any], data: Any) -> None:
+    """Whatever a device answers for a register of any type, order, scale, bit or enum: a
+    value the payload can carry (JSON, no NaN or infinity), or None and the reason."""
+    reg = RegisterConfig.model_validate({"name": "r", "address": 0, **spec})
+    words = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=reg.width, max_size=reg.width))
+    value, why = value_of(decode_register(words, reg), reg)
+    assert (value is None) == (why is not None)
+    json.dumps(value, allow_nan=False)

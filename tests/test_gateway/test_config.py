@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from helpers import run_tepi
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, SecretStr
 
 from drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
+from drivers.registry import REGISTRY
+from gateway.config import Config
 from gateway.configload import load_config, parse_config
 from gateway.errors import ConfigError
 from gateway.units import parse_duration, parse_size
@@ -226,3 +233,270 @@ def test_fuzzed_configs_give_only_clean_errors(text: str) -> None:
         assert all(  # noqa: PT017
             str(i).startswith("f.yaml") for i in err.issues
         )
+
+
+# Structured fuzz, from the real schema: valid configs changed at any depth (``mutated``), and
+# mappings generated from the models (``mappings``). Either way the keys are the models' own at
+# every level (gateway, uplink.tls, uplink.batch, devices[] of each driver, registers[] ...),
+# with values of about the right kind (durations, sizes, enums, ids, ports, often at or past
+# their limits) or of a wrong type (any YAML tree), typo'd keys, and required keys left out. A
+# fair share are valid, so the cross-field checks (shared ports, unit ids, files) run too.
+TEXT = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["gw-1", "aq-1", "/dev/ttyUSB0", "ioc/v1", "192.0.2.10", "localhost"]),
+    st.sampled_from(["mqtt://127.0.0.1:1883", "mqtts://broker:8883", "http://x", "mqtt://:0"]),
+)
+INTS = st.one_of(
+    st.integers(-2, 300), st.sampled_from([65535, 65536, 2**31]), st.integers(-(2**40), 2**70)
+)
+NUMBERS = st.one_of(st.integers(-10, 10**7), st.floats(), st.just("1e999"))
+TREES = st.recursive(  # a wrong type: any YAML tree
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), TEXT),
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(TEXT, kids, max_size=4)),
+    max_leaves=20,
+)
+
+
+def _written(suffixes: list[str]) -> st.SearchStrategy[Any]:
+    as_text = st.builds(lambda n, u: f"{n}{u}", NUMBERS, st.sampled_from(suffixes))
+    return st.one_of(as_text, NUMBERS)
+
+
+DURATIONS = _written(["ms", "s", "m", "h", "", "d", " s", "min", "sec"])
+SIZES = _written(["B", "KiB", "MiB", "GiB", "", "KB", "kib", "MB"])
+PLAIN: dict[Any, st.SearchStrategy[Any]] = {
+    bool: st.booleans(),
+    int: INTS,
+    float: st.one_of(st.floats(), INTS),
+    str: TEXT,
+    Path: TEXT,
+    SecretStr: TEXT,
+}
+
+
+def values(tp: Any, metadata: list[Any]) -> st.SearchStrategy[Any]:
+    """Values of about the kind a field of type ``tp`` takes, the parsers' edge cases too."""
+    funcs = {getattr(m, "func", None) for m in metadata}
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if parse_duration in funcs:
+        return DURATIONS
+    if parse_size in funcs:
+        return SIZES
+    if origin is typing.Annotated:
+        return values(args[0], [*metadata, *args[1:]])
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of([values(a, metadata) for a in args])
+    if origin is typing.Literal:
+        return st.one_of(st.sampled_from(args), st.sampled_from(args).map(lambda a: f"{a}".upper()))
+    if origin is list:
+        return st.lists(values(args[0], []), max_size=3)
+    if origin is dict:
+        return st.dictionaries(values(args[0], []), values(args[1], []), max_size=3)
+    if tp is type(None):
+        return st.none()
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return mappings(tp)
+    return PLAIN.get(tp, TREES)
+
+
+def mappings(model: type[BaseModel]) -> st.SearchStrategy[dict[str, Any]]:
+    """A mapping with ``model``'s real keys: mostly the right kinds of value, now and then a
+    wrong type, a typo'd extra key, or a required key missing."""
+    fields = model.model_fields
+    each = {
+        name: st.one_of(*[values(f.annotation, f.metadata)] * 4, TREES)
+        for name, f in fields.items()
+    }
+    required = {n: s for n, s in each.items() if fields[n].is_required()}
+    optional = {n: s for n, s in each.items() if not fields[n].is_required()}
+    typos = st.dictionaries(
+        st.sampled_from([f"{n}s" for n in fields] + [n.replace("_", "-") + "-" for n in fields]),
+        TREES,
+        max_size=1,
+    )
+    complete = st.fixed_dictionaries(required, optional=optional)
+    partial = st.fixed_dictionaries({}, optional=each)
+    built = st.tuples(st.one_of(*[complete] * 6, partial), st.one_of(*[st.just({})] * 4, typos))
+    # deferred: its repr is this line, not the whole schema's strategies nested (which a
+    # failing example's report would print, and which grows as fast as the schema nests)
+    return st.deferred(lambda: built.map(lambda kv: {**kv[1], **kv[0]}))
+
+
+# A valid config that uses most of the schema, and needs no files (so check_files can pass).
+RICH = """
+gateway: {id: gw-1, data_dir: /tmp/tepi, log_level: debug}
+uplink:
+  url: mqtt://127.0.0.1:1883
+  topic_prefix: ioc/v1
+  client_id: gw-1
+  protocol: "5"
+  encoding: compact
+  keepalive: 10s
+  health_interval: 30s
+  batch: {max_readings: 100, max_bytes: 32KiB, max_wait: 1s}
+  reconnect: {min_delay: 500ms, max_delay: 1m}
+buffer: {max_bytes: 64MiB, max_age: 7d, commit_interval: 1s, sync: normal}
+devices:
+  - id: meter-1
+    driver: modbus-rtu
+    port: /dev/ttyUSB0
+    baudrate: 19200
+    parity: E
+    unit: 3
+    timeout: 300ms
+    retries: 1
+    quarantine_after: 5
+    registers:
+      - {name: energy, address: 0, type: uint32, word_order: little, scale: 0.01, unit: kWh}
+      - {name: mode, address: 4, enum: {0: 'off', 1: auto}, writable: true}
+      - {name: alarm, address: 5, bit: 3}
+      - {name: setpoint, address: 6, type: float32, writable: true, min: 0, max: 50}
+      - {name: serial, address: 10, type: string, length: 4}
+      - {name: relay, address: 0, table: coil, writable: true}
+  - id: meter-2
+    driver: modbus-rtu
+    port: /dev/ttyUSB0
+    baudrate: 19200
+    parity: E
+    unit: 4
+    registers: [{name: power, address: 2, type: int16, deadband: 0.5, byte_order: BADC}]
+  - id: pump-3
+    driver: modbus-tcp
+    host: 192.0.2.10
+    framing: rtu
+    max_gap: 0
+    registers: [{name: level, address: 100, table: input, type: int16, scale: 0.01}]
+  - {id: fake-4, driver: synthetic, metrics: 3, pattern: wave, poll_interval: 2s}
+"""
+BASES = [yaml.safe_load(EXAMPLE), yaml.safe_load(RICH)]
+
+
+def test_the_rich_base_is_valid() -> None:
+    assert len(parse_config(RICH, check_files=True).devices) == 4
+
+
+def _model(tp: Any, item: object) -> type[BaseModel] | None:
+    """The model a mapping at a field of type ``tp`` is validated against (a device's by
+    its driver), or None."""
+    while typing.get_origin(tp) in (typing.Annotated, typing.Union, types.UnionType, list):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) > 1:
+            driver = item.get("driver") if isinstance(item, dict) else None
+            return (
+                REGISTRY[driver].config if isinstance(driver, str) and driver in REGISTRY else None
+            )
+        tp = args[0]
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+# What a second device may share with the first: the cross-field checks' cases.
+SHARING: dict[str, dict[str, list[Any]]] = {
+    "modbus-rtu": {
+        "id": ["meter-9", "aq-station-1"],
+        "port": ["/dev/ttyUSB0", "/dev/ttyUSB1"],
+        "unit": [1, 3, 4],
+        "baudrate": [9600, 19200],
+        "parity": ["N", "E"],
+    },
+    "modbus-tcp": {
+        "id": ["pump-9", "river-level-3"],
+        "host": ["192.0.2.10", "192.0.2.11"],
+        "port": [502, 1502],
+        "unit": [1, 2],
+        "framing": ["mbap", "rtu"],
+    },
+    "synthetic": {"id": ["fake-4", "fake-9"]},
+}
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid config with 0-4 changes at any depth: a real key set to a value of about its
+    kind or to a wrong type, a key dropped, a typo'd key added, a device or register
+    doubled (ids, units and shared ports for the cross-field checks)."""
+    cfg: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(BASES)))
+    if draw(st.booleans()):  # one more device like another: same port? same unit? same id?
+        dev = copy.deepcopy(draw(st.sampled_from(cfg["devices"])))
+        for key, options in SHARING.get(dev["driver"], {}).items():
+            dev[key] = draw(st.sampled_from([dev.get(key, options[0]), *options]))
+        cfg["devices"].append(dev)
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 4]))):
+        node: Any = cfg
+        model: type[BaseModel] | None = Config
+        while model is not None:  # walk down to a random mapping
+            deeper = sorted(k for k in node if k in model.model_fields and node[k])
+            if not deeper or draw(st.booleans()):
+                break
+            key = draw(st.sampled_from(deeper))
+            child, tp = node[key], model.model_fields[key].annotation
+            if isinstance(child, list):
+                if draw(st.integers(0, 3)) == 0:  # the same item twice, perhaps changed below
+                    child.append(copy.deepcopy(draw(st.sampled_from(child))))
+                child = draw(st.sampled_from(child))
+            if not isinstance(child, dict):
+                break
+            node, model = child, _model(tp, child)
+        if model is None:
+            continue
+        name = draw(st.sampled_from(sorted(model.model_fields)))
+        field = model.model_fields[name]
+        change = draw(st.sampled_from(["value", "value", "wrong type", "drop", "typo"]))
+        if change == "value":
+            node[name] = draw(values(field.annotation, field.metadata))
+        elif change == "wrong type":
+            node[name] = draw(TREES)
+        elif change == "drop":
+            node.pop(name, None)
+        else:
+            node[draw(st.sampled_from([f"{name}s", name.replace("_", "-") + "-", name[:-1]]))] = 1
+    return cfg
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(config=st.one_of(mutated(), mappings(Config)), check_files=st.booleans())
+def test_structured_configs_give_a_config_or_clean_errors_with_lines(
+    config: dict[str, Any], check_files: bool
+) -> None:
+    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    try:
+        cfg = parse_config(text, "f.yaml", check_files=check_files)
+    except ConfigError as err:  # the only exception allowed out
+        event("refused")
+        event(f"issues: {'1' if len(err.issues) == 1 else 'several'}")
+        last = len(text.splitlines()) + 1  # YAML's line breaks include U+0085, U+2028 ...
+        assert err.issues  # noqa: PT017
+        for issue in err.issues:
+            assert issue.file == "f.yaml"
+            assert issue.line is not None, issue
+            assert 1 <= issue.line <= last, issue
+            assert str(issue).startswith(f"f.yaml:{issue.line}: "), issue
+            if "already" in issue.message or "shared with" in issue.message:
+                event("cross-field check failed")
+    else:
+        event("valid")
+        assert len(cfg.devices) == len(config.get("devices") or [])
+
+
+# Inputs that got out of the loader as something other than a ConfigError, found by hand while
+# writing the fuzz above; gateway/configload.py now turns each into a clean issue with a line.
+@pytest.mark.parametrize(
+    ("text", "check_files"),
+    [
+        pytest.param(
+            EXAMPLE.replace("/etc/tepi/secrets/mqtt-password", '"/etc/tepi/pass\\0word"'),
+            True,
+            id="nul-in-a-file-path",  # os.access: ValueError: embedded null byte
+        ),
+        pytest.param("devices: &d [*d]\n", False, id="self-referencing-alias"),  # RecursionError
+        pytest.param("gateway: " + "[" * 2000 + "]" * 2000, False, id="nested-2000-deep"),
+        pytest.param(
+            EXAMPLE.replace("baudrate: 9600", "baudrate: " + "9" * 5000),
+            False,
+            id="5000-digit-integer",  # yaml's int(): ValueError: exceeds the limit
+        ),
+    ],
+)
+def test_pathological_files_give_clean_errors(text: str, check_files: bool) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", check_files=check_files)
+    assert all(i.line is not None for i in info.value.issues)

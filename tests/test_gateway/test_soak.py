@@ -53,6 +53,7 @@ class Soak:
     count: Counter[str] = field(default_factory=Counter)
     recovery: dict[str, float] = field(default_factory=dict)
     device_faults: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
 
     async def inject(self, kind: str) -> None:
         rig, proxy, rng = self.rig, self.proxy, self.rng
@@ -90,6 +91,7 @@ class Soak:
             device = rng.choice(DEVICES)
             mode = rng.choice(DEVICE_FAULTS)
             self.device_faults[mode] += 1
+            print(f" ({mode} on {device})", end="", flush=True)
             rig.sim.device(device).set_fault(mode, delay_s=0.8 if mode == "slow" else None)
             await asyncio.sleep(rng.uniform(1, 8))
             rig.sim.device(device).set_fault("none")
@@ -99,12 +101,23 @@ class Soak:
         while time.monotonic() < end:
             await asyncio.sleep(self.rng.uniform(1, 5))
             kind = self.rng.choice(KINDS)
+            at = time.monotonic() - self.started
+            print(f"{at:7.1f} s  {kind}", end="", flush=True)
             await self.inject(kind)
             # Recovered: a reading taken after the fault's end has arrived from every device
             # (and, the agent sending oldest first, everything before it).
             started = time.monotonic()
-            await self.rig.wait_past({d: self.rig.sim_counter(d) + 1 for d in DEVICES})
+            target = {d: self.rig.sim_counter(d) + 1 for d in DEVICES}
+            try:
+                await self.rig.wait_past(target)
+            except TimeoutError:
+                got = self.rig.sub.max_counter
+                raise AssertionError(
+                    f"no recovery 120 s after {kind}: devices at {target}, arrived {got}\n"
+                    + self.rig.agent.log_text()[-3000:]
+                ) from None
             took = time.monotonic() - started
+            print(f"  recovered in {took:.1f} s", flush=True)
             self.count[kind] += 1
             self.recovery[kind] = max(self.recovery.get(kind, 0.0), took)
 
@@ -131,7 +144,7 @@ async def test_soak_random_faults_lose_nothing_committed(tmp_path: Path) -> None
     started = time.monotonic()
     async with (
         FaultProxy(0) as proxy,
-        running_rig(tmp_path, proxy=proxy, persistence=True) as rig,
+        running_rig(tmp_path, proxy=proxy, persistence=True, linked=True) as rig,
     ):
         await rig.wait_counters(5)
         soak = Soak(rig, proxy, random.Random(SEED))
