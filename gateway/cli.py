@@ -138,7 +138,8 @@ def cmd_run(path: Path, debug: bool) -> int:
     try:
         asyncio.run(run_agent(cfg))
     except OSError as err:
-        # Start-up problems with the host, e.g. a data_dir the service user cannot write.
+        # Start-up problems with the host that nothing else caught (a data dir that cannot
+        # be written is not one: the buffer runs from memory and says so).
         log.critical(
             "tepi cannot run: %s (check gateway.data_dir %s and its owner)",
             err,
