@@ -87,6 +87,7 @@ class _WriteResult:
     bytes_used: int
     oldest_ts: float | None
     quarantined: bool
+    reopened: int | None = None  # the file could be opened again, with this many rows
 
 
 class Buffer:
@@ -199,6 +200,7 @@ class Buffer:
 
     def _reopen(self) -> int:
         """In the writer thread: try the file again; return the rows already in it."""
+        self._db.close()  # in case an earlier try opened it and its commit failed
         opened = self._db.open(self.boot_id)
         if opened.last_seq >= self._first_seq:  # cannot happen with clock seqs; never collide
             self._db.close()
@@ -547,6 +549,9 @@ class Buffer:
                     recent[seq] = r
         while len(recent) > RECENT_MAX:
             recent.popitem(last=False)
+        if res.reopened is not None:
+            self._depth = res.reopened
+            self._file_error = None
         self._commits += 1
         self._written += len(rows)
         if res.quarantined:
@@ -568,16 +573,16 @@ class Buffer:
         """In the writer thread: one transaction, then the limits."""
         db = self._db
         quarantined = False
+        depth = self._depth
+        reopened = None
         if self._file_error is not None:
-            self._depth = self._reopen()
+            depth = reopened = self._reopen()
             log.warning(
                 "buffer %s can be used again (it was: %s): committing %d readings",
                 self.settings.path,
                 self._file_error,
                 len(rows),
             )
-            self._file_error = None
-        depth = self._depth
         try:
             removed, evicted = db.commit(rows, deletes, depth)
         except sqlite3.DatabaseError as err:
@@ -610,4 +615,4 @@ class Buffer:
                 time.clock_gettime(time.CLOCK_BOOTTIME),
                 time.time() if synced else None,
             )
-        return _WriteResult(removed, evicted, expired, used, db.oldest_ts(), quarantined)
+        return _WriteResult(removed, evicted, expired, used, db.oldest_ts(), quarantined, reopened)

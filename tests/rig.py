@@ -199,13 +199,15 @@ async def running_rig(
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
     linked: bool = False,
+    device_over: dict[str, dict[str, Any]] | None = None,
     **over: Any,
 ) -> AsyncIterator[Rig]:
     """Broker, simulator, subscriber and agent, all started; with ``proxy``, the agent
     reaches the broker through that fault proxy; ``env`` is added to the agent's, and
     ``prefix`` wraps its command (helpers.mount_namespace). With ``linked``, the agent reaches
     the RTU line through a symlink (as a udev rule's /dev/ttyRS485), so a replugged adapter
-    (the simulator's ``disconnect``) comes back at the same path."""
+    (the simulator's ``disconnect``) comes back at the same path. ``device_over`` adds keys
+    to one device's config by id, or to every device's with ``"*"``."""
     broker = Broker(tmp_path, persistence=persistence)
     await broker.start()
     via = None
@@ -226,6 +228,8 @@ async def running_rig(
         for dev in devices:
             if linked and dev["driver"] == "modbus-rtu":
                 dev["port"] = str(link)
+            for key in ("*", dev["id"]):
+                dev.update((device_over or {}).get(key, {}))
         cfg = agent_config(tmp_path, broker.port if via is None else via, devices, **over)
         agent = AgentProc(cfg, tmp_path / "agent.log", env, prefix)
         agent.start()

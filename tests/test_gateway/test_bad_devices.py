@@ -33,17 +33,16 @@ import asyncio
 import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from completeness import Row, format_table
-from helpers import AgentProc, Broker, Subscriber, agent_config
-from rig import DEVICES, SIM, Rig, agent_devices, validator
-from tepi_sim import Simulator
+from helpers import Subscriber
+from rig import DEVICES, Rig, running_rig, validator
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -165,37 +164,14 @@ async def until(rig: Rig, view: View, what: str, pred: Callable[[View], bool]) -
         ) from None
 
 
-@asynccontextmanager
-async def linked_rig(tmp_path: Path) -> AsyncIterator[Rig]:
+def linked_rig(tmp_path: Path) -> AbstractAsyncContextManager[Rig]:
     """The end-to-end rig, with the RTU line reached through a symlink (as a udev rule's
     ``/dev/ttyRS485`` would be), so that a replugged adapter comes back at the same path."""
-    link = tmp_path / "ttyRS485"
-    sim_cfg = {
-        **SIM,
-        "devices": [
-            {**d, "link": str(link)} if d["transport"] == "rtu" else d for d in SIM["devices"]
-        ],
-    }
-    broker = Broker(tmp_path)
-    await broker.start()
-    try:
-        async with Simulator(sim_cfg) as sim, Subscriber(broker.port, "ioc/v1/#") as sub:
-            devices = agent_devices(sim.endpoints())
-            for dev in devices:
-                dev["quarantine_max"] = "1s"
-                if dev["driver"] == "modbus-rtu":
-                    dev["port"] = str(link)
-                if dev["id"] == BAD:
-                    dev["timeout"] = "300ms"
-            cfg = agent_config(tmp_path, broker.port, devices, health_interval="1s")
-            agent = AgentProc(cfg, tmp_path / "agent.log")
-            agent.start()
-            try:
-                yield Rig(tmp_path, broker, sim, sub, agent)
-            finally:
-                await agent.stop()
-    finally:
-        await broker.stop()
+    return running_rig(
+        tmp_path,
+        linked=True,
+        device_over={"*": {"quarantine_max": "1s"}, BAD: {"timeout": "300ms"}},
+    )
 
 
 async def complete(rig: Rig) -> list[Row]:
