@@ -92,7 +92,10 @@ class Soak:
             mode = rng.choice(DEVICE_FAULTS)
             self.device_faults[mode] += 1
             print(f" ({mode} on {device})", end="", flush=True)
-            rig.sim.device(device).set_fault(mode, delay_s=0.8 if mode == "slow" else None)
+            # slow: 0.3 s, inside the 500 ms timeout. A reply later than the timeout is
+            # rightly thrown away by the agent, but the simulator has counted it handed out,
+            # so the checker could not tell that from a loss (the first 31 min soak showed it).
+            rig.sim.device(device).set_fault(mode, delay_s=0.3 if mode == "slow" else None)
             await asyncio.sleep(rng.uniform(1, 8))
             rig.sim.device(device).set_fault("none")
 
