@@ -247,8 +247,23 @@ class ModbusLink:
         self.client.comm_params.timeout_connect = timeout_s
         self.client.ctx.comm_params.timeout_connect = timeout_s
 
+    def _alive(self) -> bool:
+        """Connected, with a transport that is not closed. pymodbus can go on holding a
+        transport that asyncio has closed: ``connected`` stays True, each request is written
+        to a dead socket and times out, and the device never comes back. The soak saw it
+        once (a Modbus TCP device whose gateway dropped every connection for a while; asyncio
+        logged "socket.send() raised exception"); the exact race in pymodbus is not pinned
+        down. Checked before every request, it costs one attribute read."""
+        transport = getattr(self.client.ctx, "transport", None)
+        if transport is None:
+            return False
+        if transport.is_closing():
+            self.client.close()
+            return False
+        return True
+
     async def _ensure_connected(self, timeout_s: float) -> None:
-        if self.client.connected:
+        if self._alive():
             return
         if self._serial_path is not None:
             _check_port(self._serial_path)
@@ -259,7 +274,7 @@ class ModbusLink:
                 ok = await self.client.connect()
         except (OSError, TimeoutError, ModbusException) as err:
             raise DeviceUnavailable("cannot connect", f"{self.label}: {err}") from err
-        if not ok:
+        if not ok or not self._alive():
             raise DeviceUnavailable("cannot connect", self.label)
 
     async def _transact(

@@ -604,3 +604,30 @@ async def test_at_115200_baud_the_silence_is_kept_to_the_microsecond() -> None:
         gaps = [g for _, g in sim.buses["a"].gaps]  # a bus is named after its device
     assert len(gaps) >= 39
     assert min(gaps) >= 0.00175, min(gaps)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu-tcp"])
+async def test_a_tcp_device_comes_back_after_its_gateway_dropped_every_connection(
+    transport: str,
+) -> None:
+    """While its gateway drops each connection as soon as it is made, reads fail; once it
+    stops, the next reads succeed, each time. (The soak once saw a TCP device never come
+    back after this fault; this test has not reproduced that race, see ModbusLink._alive.)"""
+    async with Simulator(sim_config(transport)) as sim:
+        cfg = driver_config(transport, sim.endpoints()["dev"], DRIVER_REGISTERS, timeout="200ms")
+        async with ModbusDriver(cfg, SharedResources()) as drv:
+            await drv.read()
+            for _ in range(5):
+                sim.device("dev").set_fault("disconnect")
+                for _ in range(4):
+                    with pytest.raises((DeviceUnavailable, ProtocolError)):
+                        await drv.read()
+                sim.device("dev").set_fault("none")
+                async with asyncio.timeout(5):
+                    while True:
+                        try:
+                            samples = await drv.read()
+                            break
+                        except (DeviceUnavailable, ProtocolError):
+                            await asyncio.sleep(0.05)
+                assert all(s.reason is None for s in samples)
