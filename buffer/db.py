@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FLAG_BOOL = 1  # the value is a bool (SQLite stores it as an integer)
 FLAG_UNSYNCED = 2  # read while the wall clock was not synchronised (Reading.synced False)
+FLAG_UNCERTAIN = 4  # a value with a reason (Reading.uncertain): quality "uncertain"
+FLAG_GPS_TIME = 8  # ts dated from a GPS receiver's time, the system clock unsynced
 CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 _ROW_OVERHEAD = 24  # rough per-row cost beyond the column bytes, for eviction estimates
 
@@ -288,7 +290,9 @@ class Database:
                 int(r.value) if isinstance(r.value, bool) else r.value,
                 r.unit,
                 (FLAG_BOOL if isinstance(r.value, bool) else 0)
-                | (0 if r.synced else FLAG_UNSYNCED),
+                | (0 if r.synced else FLAG_UNSYNCED)
+                | (FLAG_UNCERTAIN if r.uncertain else 0)
+                | (FLAG_GPS_TIME if r.gps_time else 0),
                 r.reason,
             )
             for seq, r in rows
@@ -388,7 +392,21 @@ class Database:
             val = bool(value) if flags & FLAG_BOOL else value
             synced = not flags & FLAG_UNSYNCED
             out.append(
-                StoredReading(seq, Reading(device, metric, val, unit, ts, mono, reason, synced))
+                StoredReading(
+                    seq,
+                    Reading(
+                        device,
+                        metric,
+                        val,
+                        unit,
+                        ts,
+                        mono,
+                        reason,
+                        synced,
+                        bool(flags & FLAG_UNCERTAIN),
+                        bool(flags & FLAG_GPS_TIME),
+                    ),
+                )
             )
         return boot_id, out
 

@@ -16,6 +16,9 @@ class Reading:
     ``reason`` is None for a good reading and says why for a bad one. ``synced`` is False
     when the kernel did not consider the wall clock synchronised as the value was read: its
     ``ts`` may be far off, and the sender corrects it from ``mono`` once the clock syncs.
+    ``gps_time`` is True when the wall clock was not synced but ``ts`` was dated from a GPS
+    receiver's time (``synced`` is then True). ``uncertain`` marks a value that was read but
+    is not yet trustworthy (a sensor warming up): ``reason`` says why and ``value`` is kept.
     """
 
     device: str
@@ -26,10 +29,19 @@ class Reading:
     mono: float
     reason: str | None = None
     synced: bool = True
+    uncertain: bool = False
+    gps_time: bool = False
 
     @property
     def good(self) -> bool:
         return self.reason is None
+
+    @property
+    def quality(self) -> str:
+        """good, uncertain (a value with a reason) or bad (no value, a reason)."""
+        if self.reason is None:
+            return "good"
+        return "uncertain" if self.uncertain else "bad"
 
 
 @dataclass(slots=True, frozen=True)

@@ -42,6 +42,7 @@ class Sample:
     ts: float
     mono: float
     reason: str | None = None
+    uncertain: bool = False  # a value kept, with ``reason`` saying why it is not yet good
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,8 +106,11 @@ class SharedResource(Protocol):
 class SharedResources:
     """Reference-counted transports shared by the devices that use the same port or host."""
 
-    def __init__(self) -> None:
+    def __init__(self, gps_time: Callable[[float, float, str], None] | None = None) -> None:
         self._items: dict[tuple[Any, ...], tuple[SharedResource, int]] = {}
+        # Where a GPS device marked as the clock source reports each valid time:
+        # (UTC seconds, CLOCK_BOOTTIME when read, device id). None: nobody listens.
+        self.gps_time = gps_time
         self._lock = asyncio.Lock()
 
     async def acquire(

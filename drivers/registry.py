@@ -13,6 +13,8 @@ from pydantic import Field
 
 from drivers.base import Driver, DriverConfig, SharedResources
 from drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
+from drivers.serial.config import SerialConfig
+from drivers.serial.driver import SerialDriver
 from drivers.synthetic import SyntheticConfig, SyntheticDriver
 
 
@@ -27,11 +29,12 @@ REGISTRY: dict[str, DriverEntry] = {
     "modbus-rtu": DriverEntry("modbus-rtu", ModbusRtuConfig, ModbusDriver),
     "modbus-tcp": DriverEntry("modbus-tcp", ModbusTcpConfig, ModbusDriver),
     "synthetic": DriverEntry("synthetic", SyntheticConfig, SyntheticDriver),
+    "serial": DriverEntry("serial", SerialConfig, SerialDriver),
 }
 
 # The discriminated union of every registered device config, keyed on ``driver``.
 DeviceConfig = Annotated[
-    Union[ModbusRtuConfig, ModbusTcpConfig, SyntheticConfig],  # noqa: UP007
+    Union[ModbusRtuConfig, ModbusTcpConfig, SyntheticConfig, SerialConfig],  # noqa: UP007
     Field(discriminator="driver"),
 ]
 

@@ -12,6 +12,7 @@ squeezes to almost nothing:
      "off":   [first (ts - mono) in ms, then differences ...],
      "value": [each value],
      "bad":   [[index, reason], ...],            # only the bad readings
+     "uncertain": [[index, reason], ...],       # only if any reading is uncertain
      "ts_status": [[index, status], ...]}       # only if any reading has one
 
 :func:`decode_compact` turns a message back into exactly the object the JSON encoding gives
@@ -47,6 +48,7 @@ def _columns(
     off: list[int] = []
     value: list[Any] = []
     bad: list[list[Any]] = []
+    unsure: list[list[Any]] = []
     tstat: list[list[Any]] = []
     prev_seq = prev_ts = prev_off = 0
     for i, item in enumerate(batch.items[:n]):
@@ -63,7 +65,7 @@ def _columns(
         prev_ts, prev_off = t, o
         value.append(r.value)
         if r.reason is not None:
-            bad.append([i, r.reason])
+            (unsure if r.uncertain else bad).append([i, r.reason])
         if status is not None:
             tstat.append([i, status])
     obj = orjson.dumps(
@@ -82,9 +84,12 @@ def _columns(
             "bad": bad,
         }
     )
-    if not tstat:
-        return obj
-    return obj[:-1] + b',"ts_status":' + orjson.dumps(tstat) + b"}"
+    extra = b""
+    if unsure:
+        extra += b',"uncertain":' + orjson.dumps(unsure)
+    if tstat:
+        extra += b',"ts_status":' + orjson.dumps(tstat)
+    return obj[:-1] + extra + b"}" if extra else obj
 
 
 def encode_compact(
@@ -118,6 +123,7 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
             raise CompactError(f"unknown encoding {obj.get('enc')!r}")
         series = obj["series"]
         bad = {int(i): str(reason) for i, reason in obj["bad"]}
+        unsure = {int(i): str(reason) for i, reason in obj.get("uncertain", [])}
         tstat = {int(i): str(status) for i, status in obj.get("ts_status", [])}
         readings: list[dict[str, Any]] = []
         seq = t = o = 0
@@ -135,10 +141,12 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
                 "unit": unit,
                 "ts": t / 1000,
                 "mono": (t - o) / 1000,
-                "quality": "bad" if i in bad else "good",
+                "quality": "bad" if i in bad else "uncertain" if i in unsure else "good",
             }
             if i in bad:
                 r["reason"] = bad[i]
+            elif i in unsure:
+                r["reason"] = unsure[i]
             if i in tstat:
                 r["ts_status"] = tstat[i]
             readings.append(r)

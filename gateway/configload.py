@@ -22,6 +22,7 @@ from pydantic_core import ErrorDetails
 
 from drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
 from drivers.registry import REGISTRY
+from drivers.serial.config import SerialConfig
 from gateway.config import Config, resolve_credential
 from gateway.errors import ConfigError, ConfigIssue
 
@@ -217,6 +218,19 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
             where, settings, field = f"{dev.host}:{dev.port}", dev.framing, "framing"
             what = "framing"
             hint = "devices behind one address share one connection, with one framing"
+        elif isinstance(dev, SerialConfig):
+            # A UART sensor has its port to itself: nothing else may read its bytes.
+            for j, other in enumerate(cfg.devices):
+                if j == i or not isinstance(other, SerialConfig | ModbusRtuConfig):
+                    continue
+                if (j < i or isinstance(other, ModbusRtuConfig)) and other.port == dev.port:
+                    add(
+                        ("devices", i, "port"),
+                        f"{dev.port} is already used by devices[{j}] ({other.id})",
+                        "a serial sensor needs a port of its own",
+                    )
+                    break
+            continue
         else:
             continue
         first, first_settings = shared.setdefault(key, (i, settings))
@@ -234,6 +248,16 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 "devices sharing a port or an address need different unit ids",
             )
         units.setdefault((*key, dev.unit), i)
+
+    clocks = [
+        i for i, d in enumerate(cfg.devices) if isinstance(d, SerialConfig) and d.clock_source
+    ]
+    for i in clocks[1:]:
+        add(
+            ("devices", i, "clock_source"),
+            f"devices[{clocks[0]}] is the clock source already",
+            "mark one GPS receiver as clock_source",
+        )
 
     if check_files:
         up = cfg.uplink

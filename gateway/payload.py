@@ -26,11 +26,12 @@ def ms(seconds: float) -> int:
 
 def reading_ts(item: StoredReading, fix: float | None) -> tuple[float, str | None]:
     """The timestamp to send, and its ``ts_status``: None for a reading taken with a synced
-    clock; "corrected" when it was not, and ``fix`` (the synced wall clock minus ``mono``
+    clock; "gps" when the system clock was not synced but a GPS receiver's time dated it;
+    "corrected" when it was not synced, and ``fix`` (the synced wall clock minus ``mono``
     now, same boot) dates it from ``mono``; "unsynced" when it cannot be corrected here."""
     r = item.reading
     if r.synced:
-        return r.ts, None
+        return r.ts, "gps" if r.gps_time else None
     if fix is None:
         return r.ts, "unsynced"
     return r.mono + fix, "corrected"
@@ -56,7 +57,7 @@ def reading_obj(item: StoredReading, fix: float | None = None) -> dict[str, Any]
         "unit": r.unit,
         "ts": ms(ts) / 1000,
         "mono": ms(r.mono) / 1000,
-        "quality": "good" if r.reason is None else "bad",
+        "quality": r.quality,
     }
     if r.reason is not None:
         obj["reason"] = r.reason

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from buffer import Buffer, Reading
-from drivers.base import Driver, DriverConfig, boottime
+from drivers.base import Driver, DriverConfig, Sample, boottime
+from gateway.clock import Stamp, WallClock
 from gateway.errors import DeviceError, DeviceUnavailable
-from gateway.sysinfo import clock_synced
 
 log = logging.getLogger(__name__)
 _OPEN_RETRY_MAX_S = 60.0
@@ -64,19 +64,35 @@ class DeviceStats:
         }
 
 
+def reading(device: str, s: Sample, stamp: Stamp) -> Reading:
+    """A sample as the buffer keeps it, dated by the poll's time source."""
+    if stamp.gps_fix is not None:
+        ts, synced, gps = s.mono + stamp.gps_fix, True, True
+    else:
+        ts, synced, gps = s.ts, stamp.synced, False
+    return Reading(
+        device, s.metric, s.value, s.unit, ts, s.mono, s.reason, synced, s.uncertain, gps
+    )
+
+
 async def poll_device(
-    cfg: DriverConfig, driver: Driver, buffer: Buffer, stats: DeviceStats
+    cfg: DriverConfig,
+    driver: Driver,
+    buffer: Buffer,
+    stats: DeviceStats,
+    clock: WallClock | None = None,
 ) -> None:
     """Run forever for one device (cancel to stop)."""
     loop = asyncio.get_running_loop()
+    clock = clock or WallClock()
     retry = 1.0
     while True:
         try:
             async with driver:
                 retry = 1.0
-                await _poll_loop(cfg, driver, buffer, stats, loop)
+                await _poll_loop(cfg, driver, buffer, stats, loop=loop, clock=clock)
         except DeviceError as err:
-            _failed(cfg, driver, buffer, stats, err, synced=clock_synced())
+            _failed(cfg, driver, buffer, stats, err, stamp=clock.stamp())
             await asyncio.sleep(retry)
             retry = min(retry * 2, _OPEN_RETRY_MAX_S)
 
@@ -86,11 +102,16 @@ async def _poll_loop(
     driver: Driver,
     buffer: Buffer,
     stats: DeviceStats,
+    *,
     loop: asyncio.AbstractEventLoop,
+    clock: WallClock,
 ) -> None:
     interval = cfg.poll_interval
     # A poll may take several requests, each up to ``timeout``; this only guards a hang.
     guard = cfg.timeout * 8 + 5.0
+    # A driver alone on its port (a UART sensor) says so: quarantine saves bus time for the
+    # devices that share a port, and would only delay the read after a replug.
+    quarantine = getattr(driver, "quarantine", True)
     next_t = loop.time()
     late_logged = False
     while True:
@@ -101,12 +122,12 @@ async def _poll_loop(
         stats.polls += 1
         # Asked before the read: a reading taken as the clock syncs is flagged unsynced, and
         # its timestamp is then recomputed from ``mono``, which is right either way.
-        synced = clock_synced()
+        stamp = clock.stamp()
         try:
             async with asyncio.timeout(guard):
                 samples = await driver.read()
         except DeviceError as err:
-            _failed(cfg, driver, buffer, stats, err, synced=synced)
+            _failed(cfg, driver, buffer, stats, err, stamp=stamp)
         except TimeoutError:
             _failed(
                 cfg,
@@ -114,7 +135,7 @@ async def _poll_loop(
                 buffer,
                 stats,
                 DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
-                synced=synced,
+                stamp=stamp,
             )
         else:
             if stats.state in ("failing", "quarantined"):
@@ -125,14 +146,12 @@ async def _poll_loop(
             stats.consecutive_failures = 0
             stats.last_ok_ts = time.time()
             for s in samples:
-                buffer.put(
-                    Reading(cfg.id, s.metric, s.value, s.unit, s.ts, s.mono, s.reason, synced)
-                )
+                buffer.put(reading(cfg.id, s, stamp))
                 stats.readings += 1
-                if s.reason is not None:
+                if s.reason is not None and not s.uncertain:
                     stats.bad_readings += 1
         stats.last_poll_s = loop.time() - started
-        if stats.consecutive_failures >= cfg.quarantine_after:
+        if stats.consecutive_failures >= cfg.quarantine_after and quarantine:
             # Quarantined: probe with backoff instead of every tick.
             # A probe of a dead device costs one timeout of bus time: probing no more often
             # than every 10 timeouts keeps its share of the bus under a tenth.
@@ -181,7 +200,7 @@ def _failed(
     stats: DeviceStats,
     err: DeviceError,
     *,
-    synced: bool,
+    stamp: Stamp,
 ) -> None:
     stats.errors[err.reason] += 1
     stats.consecutive_failures += 1
@@ -191,5 +210,5 @@ def _failed(
         log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
         ts, mono = time.time(), boottime()
         for m in driver.metrics():
-            buffer.put(Reading(cfg.id, m.name, None, m.unit, ts, mono, err.reason, synced))
+            buffer.put(reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp))
             stats.bad_readings += 1

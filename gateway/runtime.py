@@ -22,6 +22,7 @@ from buffer import Buffer, BufferSettings
 from drivers.base import SharedResources
 from drivers.registry import make_driver
 from gateway import __version__
+from gateway.clock import WallClock
 from gateway.config import Config
 from gateway.poller import DeviceStats, poll_device
 from gateway.sysinfo import boot_id as read_boot_id
@@ -58,6 +59,7 @@ class Agent:
             self.boot_id,
             clock_synced=clock_synced,
         )
+        self.clock = WallClock()
         self.devices = {d.id: DeviceStats() for d in cfg.devices}
         self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
         self.started = time.monotonic()
@@ -81,6 +83,7 @@ class Agent:
             "ts": round(time.time(), 3),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "clock_synced": clock_synced(),
+            "clock": self.clock.health(),
             "buffer": {
                 "readings": bs.depth,
                 "bytes": bs.bytes_used,
@@ -117,7 +120,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; commit what is pending before returning."""
-        resources = SharedResources()
+        resources = SharedResources(gps_time=self.clock.gps_update)
         tasks: list[asyncio.Task[None]] = []
         async with self.buffer:
             try:
@@ -129,7 +132,9 @@ class Agent:
                         self.devices[dev.id].protocol = getattr(driver, "protocol_stats", None)
                         tasks.append(
                             tg.create_task(
-                                poll_device(dev, driver, self.buffer, self.devices[dev.id]),
+                                poll_device(
+                                    dev, driver, self.buffer, self.devices[dev.id], self.clock
+                                ),
                                 name=f"tepi.device[{dev.id}]",
                             )
                         )

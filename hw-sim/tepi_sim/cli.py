@@ -1,8 +1,9 @@
-"""``tepi-sim``: run simulated Modbus devices until SIGINT/SIGTERM.
+"""``tepi-sim``: run simulated Modbus devices and serial sensors until SIGINT/SIGTERM.
 
 Output contract (stdout, flushed; scripts and tests read it): one line per device,
 ``<id>  <transport>  unit=<n>  <endpoint>`` (columns separated by two spaces, the id
-padded to the longest id), then a line ``ready``. Logs go to stderr.
+padded to the longest id), for a serial sensor ``<id>  uart  protocol=<name>  <endpoint>``
+(``unplugged`` instead of a path while it is), then a line ``ready``. Logs go to stderr.
 
 Exit codes: 0 stopped by a signal, 2 bad arguments / invalid config / could not start
 (one line on stderr, no traceback unless ``--debug``), 1 an unexpected internal error.
@@ -23,7 +24,7 @@ from pathlib import Path
 from tepi_sim.control import ControlServer
 from tepi_sim.demo import DEMO_CONFIG
 from tepi_sim.errors import SimError
-from tepi_sim.model import FAULT_MODES, load_config
+from tepi_sim.model import FAULT_MODES, UART_FAULT_MODES, load_config
 from tepi_sim.simulator import Simulator
 
 __all__ = ["main"]
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tepi-sim",
         description="Simulate Modbus RTU (on pseudo-terminals) and Modbus TCP (on 127.0.0.1) "
-        "field devices with drifting values, exact read counters and switchable faults.",
+        "field devices, and serial sensors (PMS5003, SDS011, MH-Z19B, NMEA GPS, text lines) on "
+        "pseudo-terminals, with drifting values, exact counters and switchable faults.",
         epilog="Prints '<id>  <transport>  unit=<n>  <endpoint>' per device, then 'ready'. "
         "Exit codes: 0 stopped by SIGINT/SIGTERM, 2 usage/config/startup error, 1 internal error.",
     )
@@ -61,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DEVICE=MODE",
-        help=f"start DEVICE in fault MODE (repeatable); modes: {', '.join(FAULT_MODES)}",
+        help=f"start DEVICE in fault MODE (repeatable); Modbus modes: {', '.join(FAULT_MODES)}; "
+        f"uart modes: {', '.join(UART_FAULT_MODES)}",
     )
     parser.add_argument(
         "--control",
@@ -85,7 +88,7 @@ def _apply_faults(sim: Simulator, specs: Sequence[str]) -> None:
         if not sep:
             raise SimError(f"--fault {spec!r}: expected DEVICE=MODE, e.g. aq-station-1=no_reply")
         try:
-            sim.device(device_id).set_fault(mode)
+            sim.set_fault(device_id, mode)
         except KeyError as err:
             raise SimError(f"--fault {spec!r}: {err.args[0]}") from err
         except ValueError as err:
@@ -107,12 +110,15 @@ async def _run(args: argparse.Namespace) -> None:
                     await control.start()
                 except OSError as err:
                     raise SimError(f"--control {args.control}: {err.strerror}") from err
-            width = max(len(d) for d in sim.devices)
+            width = max(len(d) for d in [*sim.devices, *sim.uart_devices])
             for device in sim.devices.values():
                 print(
                     f"{device.id:<{width}}  {device.config.transport}  unit={device.unit}  "
                     f"{sim.endpoint(device.id)}"
                 )
+            for sensor in sim.uart_devices.values():
+                path = sensor.status()["path"] or "unplugged"
+                print(f"{sensor.id:<{width}}  uart  protocol={sensor.protocol}  {path}")
             if args.manifest:
                 try:
                     _write_manifest(args.manifest, sim)

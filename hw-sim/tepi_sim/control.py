@@ -5,8 +5,13 @@
 ``fault_code`` are optional), and each answer is one line: ``{"ok": true}`` or
 ``{"ok": false, "error": "..."}``. ``{"query": "counters"}`` answers with every device's
 counter registers and the last value each handed out (the completeness checker's expected
-counts): ``{"ok": true, "counters": {"aq-station-1": {"holding/10": 412}}}``. Try it with
-``echo '{"device": "aq-station-1", "fault": "no_reply"}' | socat - UNIX-CONNECT:PATH``.
+counts): ``{"ok": true, "counters": {"aq-station-1": {"holding/10": 412}}}``.
+``{"query": "uart"}`` answers with every serial sensor's counters, current pty path (null
+while unplugged) and state: ``{"ok": true, "uart": {"pm-1": {"frames_sent": 40,
+"bad_frames_sent": 0, "path": "/dev/pts/5", "mode": "active", ...}}}``. Serial sensors take
+the same fault command with their own modes (``{"device": "pm-1", "fault": "garbage"}``).
+Try it with ``echo '{"device": "aq-station-1", "fault": "no_reply"}' | socat -
+UNIX-CONNECT:PATH``.
 """
 
 from __future__ import annotations
@@ -50,15 +55,19 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
     except ValueError as err:
         return {"ok": False, "error": f"invalid JSON: {err}"}
     if isinstance(cmd, dict) and set(cmd) == {"query"}:
-        if cmd["query"] != "counters":
-            return {"ok": False, "error": f'unknown query {cmd["query"]!r}; try "counters"'}
-        return {"ok": True, "counters": {d: dev.counters() for d, dev in sim.devices.items()}}
+        if cmd["query"] == "counters":
+            counters = {d: dev.counters() for d, dev in sim.devices.items()}
+            return {"ok": True, "counters": counters}
+        if cmd["query"] == "uart":
+            return {"ok": True, "uart": {d: dev.status() for d, dev in sim.uart_devices.items()}}
+        return {"ok": False, "error": f'unknown query {cmd["query"]!r}; try "counters" or "uart"'}
     problem = _check(cmd)
     if problem is not None:
         return {"ok": False, "error": problem}
     try:
-        device = sim.device(cmd["device"])
-        device.set_fault(cmd["fault"], delay_s=cmd.get("delay_s"), code=cmd.get("fault_code"))
+        sim.set_fault(
+            cmd["device"], cmd["fault"], delay_s=cmd.get("delay_s"), code=cmd.get("fault_code")
+        )
     except KeyError as err:
         return {"ok": False, "error": str(err.args[0])}
     except ValueError as err:

@@ -13,9 +13,13 @@ nothing but the standard library and PyYAML.
 from __future__ import annotations
 
 import difflib
+import math
+import re
+import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import yaml
@@ -28,10 +32,14 @@ __all__ = [
     "KINDS",
     "REGISTER_TABLES",
     "TYPES",
+    "UART_FAULT_MODES",
+    "UART_METRICS",
+    "UART_PROTOCOLS",
     "ConfigError",
     "DeviceConfig",
     "RegisterConfig",
     "SimConfig",
+    "UartDeviceConfig",
     "load_config",
 ]
 
@@ -50,7 +58,7 @@ INT_RANGES: Final = {
 WORD_ORDERS: Final = ("big", "little")
 SENSOR_KINDS: Final = ("pm25", "pm10", "temperature", "humidity", "level", "noise")
 KINDS: Final = (*SENSOR_KINDS, "counter", "constant", "toggle")
-TRANSPORTS: Final = ("rtu", "tcp", "rtu-tcp")
+TRANSPORTS: Final = ("rtu", "tcp", "rtu-tcp", "uart")
 FAULT_MODES: Final = (
     "none",
     "no_reply",
@@ -63,6 +71,63 @@ FAULT_MODES: Final = (
     "unplugged",
     "slow",
 )
+
+# UART (serial) sensors, each on its own pty (``uart.py``, ``uart_protocols.py``).
+UART_PROTOCOLS: Final = ("pms5003", "pms7003", "sds011", "mhz19", "nmea", "line")
+UART_FAULT_MODES: Final = (
+    "none",
+    "garbage",
+    "split",
+    "bad_checksum",
+    "silence",
+    "baud_mismatch",
+    "unplugged",
+)
+_PMS_METRICS: Final = (
+    "pm1_cf1",
+    "pm25_cf1",
+    "pm10_cf1",
+    "pm1_atm",
+    "pm25_atm",
+    "pm10_atm",
+    "n0_3",
+    "n0_5",
+    "n1_0",
+    "n2_5",
+    "n5_0",
+    "n10",
+)
+# What each protocol can carry on the wire: metric -> (lowest, highest, integer only). The
+# metrics a ``values`` list may fix. ``line`` takes any metric its ``line_format`` names.
+UART_METRICS: Final[Mapping[str, Mapping[str, tuple[float, float, bool]]]] = {
+    "pms5003": dict.fromkeys(_PMS_METRICS, (0, 65535, True)),
+    "pms7003": dict.fromkeys(_PMS_METRICS, (0, 65535, True)),
+    "sds011": {"pm25": (0, 6553.5, False), "pm10": (0, 6553.5, False)},
+    "mhz19": {"co2": (0, 65535, True), "temperature": (-40, 215, True)},
+    "nmea": {
+        "speed_knots": (0, 999.99, False),
+        "course": (0, 359.9, False),
+        "satellites": (0, 99, True),
+        "hdop": (0, 99.99, False),
+    },
+    "line": {},
+}
+DEFAULT_LINE_FORMAT: Final = "T={temperature:.1f},H={humidity:.1f}"
+LINE_ENDINGS: Final = ("\n", "\r\n", "\r")
+_NMEA_KEYS: Final = ("talker", "fix", "position", "clock_offset_s")
+_LINE_KEYS: Final = ("line_format", "line_ending")
+_UART_KEYS: Final = (
+    "id",
+    "transport",
+    "protocol",
+    "link",
+    "interval_s",
+    "fault",
+    "values",
+    *_NMEA_KEYS,
+    *_LINE_KEYS,
+)
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _TOP_KEYS: Final = ("devices", "seed")
 BAUDRATES: Final = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
@@ -130,11 +195,40 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UartDeviceConfig:
+    """One simulated serial sensor on its own pty, speaking ``protocol``.
+
+    ``values`` fixes a metric to a list of values played in a cycle (one per data frame);
+    the other metrics drift. The ``nmea`` and ``line`` keys apply to those protocols only.
+    """
+
+    id: str
+    protocol: str
+    link: str | None = None
+    interval_s: float = 1.0
+    fault: str = "none"
+    values: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    talker: str = "GP"
+    fix: bool = True
+    position: tuple[float, float, float] = (16.0544, 108.2022, 12.5)  # lat, lon, altitude m
+    clock_offset_s: float = 0.0
+    line_format: str = DEFAULT_LINE_FORMAT
+    line_ending: str = "\n"
+
+    @property
+    def transport(self) -> str:
+        """Always ``uart``: the transport key these devices are configured with."""
+        return "uart"
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
-    """The whole simulator: its devices and an optional seed for reproducible values."""
+    """The whole simulator: its Modbus devices, its serial sensors (``transport: uart``)
+    and an optional seed for reproducible values."""
 
     devices: tuple[DeviceConfig, ...]
     seed: int | None = None
+    uart_devices: tuple[UartDeviceConfig, ...] = ()
 
 
 def load_config(source: SimConfig | Mapping[str, Any] | str | Path) -> SimConfig:
@@ -174,9 +268,22 @@ class _Validator:
     def err(self, path: str, msg: str) -> None:
         self.errors.append(f"{path}: {msg}")
 
-    def keys(self, data: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
+    def keys(
+        self,
+        data: Mapping[str, Any],
+        allowed: tuple[str, ...],
+        path: str,
+        elsewhere: tuple[tuple[str, ...], str] = ((), ""),
+    ) -> None:
+        """Report keys not in ``allowed``; those in ``elsewhere[0]`` as only valid for the
+        ``elsewhere[1]`` (a Modbus key on a serial sensor, say)."""
+        other, where = elsewhere
         for key in data:
-            if key not in allowed:
+            if key in allowed:
+                continue
+            if key in other:
+                self.err(f"{path}.{key}", f"only valid for {where}")
+            else:
                 self.err(
                     f"{path}.{key}" if path else str(key),
                     "unknown key" + _suggest(str(key), allowed),
@@ -236,7 +343,7 @@ class _Validator:
             self.err("seed", f"must be an integer, got {seed!r}")
             seed = None
         raw_devices = data.get("devices")
-        devices: list[DeviceConfig] = []
+        devices: list[DeviceConfig | UartDeviceConfig] = []
         if not isinstance(raw_devices, list) or not raw_devices:
             self.err("devices", "must be a non-empty list of devices")
         else:
@@ -247,13 +354,20 @@ class _Validator:
             self.cross_device(devices)
         if self.errors:
             raise ConfigError(self.errors, source)
-        return SimConfig(devices=tuple(devices), seed=seed)
+        return SimConfig(
+            devices=tuple(d for d in devices if isinstance(d, DeviceConfig)),
+            seed=seed,
+            uart_devices=tuple(d for d in devices if isinstance(d, UartDeviceConfig)),
+        )
 
-    def device(self, raw: object, path: str) -> DeviceConfig | None:
+    def device(self, raw: object, path: str) -> DeviceConfig | UartDeviceConfig | None:
         if not isinstance(raw, Mapping):
             self.err(path, "must be a mapping")
             return None
-        self.keys(raw, _DEVICE_KEYS, path)
+        if raw.get("transport") == "uart":
+            return self.uart_device(raw, path)
+        uart_only = tuple(k for k in _UART_KEYS if k not in _DEVICE_KEYS)
+        self.keys(raw, _DEVICE_KEYS, path, (uart_only, "transport uart"))
         dev_id = raw.get("id")
         if not isinstance(dev_id, str) or not dev_id.strip():
             self.err(f"{path}.id", "required, a non-empty string")
@@ -326,6 +440,144 @@ class _Validator:
             wire_time=wire_time,
             needs_pause_s=needs_pause_s,
         )
+
+    def uart_device(self, raw: Mapping[str, Any], path: str) -> UartDeviceConfig:
+        """A serial sensor (``transport: uart``): its protocol and that protocol's options.
+        Like a Modbus device it is returned even when invalid (with defaults in place of
+        the bad values), so the cross-device rules still see every device at its index."""
+        modbus_only = tuple(k for k in _DEVICE_KEYS if k not in _UART_KEYS)
+        self.keys(raw, _UART_KEYS, path, (modbus_only, "transport rtu, tcp or rtu-tcp"))
+        dev_id = raw.get("id")
+        if not isinstance(dev_id, str) or not dev_id.strip():
+            self.err(f"{path}.id", "required, a non-empty string")
+            dev_id = f"<{path}>"
+        protocol = self.choice(raw, "protocol", UART_PROTOCOLS, path)
+        link = raw.get("link")
+        if "link" in raw and (not isinstance(link, str) or not link):
+            self.err(f"{path}.link", "must be a non-empty string")
+            link = None
+        interval_s = self.number(raw, "interval_s", path, 1.0)
+        if not 0.001 <= interval_s <= 86400:
+            self.err(f"{path}.interval_s", f"must be between 0.001 and 86400, got {interval_s}")
+        fault = self.choice(raw, "fault", UART_FAULT_MODES, path, default="none")
+        for keys, owner in ((_NMEA_KEYS, "nmea"), (_LINE_KEYS, "line")):
+            for key in keys:
+                if key in raw and protocol != owner:
+                    self.err(f"{path}.{key}", f"only valid for protocol {owner}")
+        values = self.uart_values(raw.get("values", {}), protocol, f"{path}.values")
+        talker = raw.get("talker", "GP")
+        if not isinstance(talker, str) or not re.fullmatch(r"[A-Z]{2}", talker):
+            self.err(f"{path}.talker", f"must be two capital letters like GP or GN, got {talker!r}")
+            talker = "GP"
+        fix = raw.get("fix", True)
+        if not isinstance(fix, bool):
+            self.err(f"{path}.fix", f"must be true or false, got {fix!r}")
+            fix = True
+        position = self.position(raw.get("position", [16.0544, 108.2022, 12.5]), path)
+        clock_offset_s = self.number(raw, "clock_offset_s", path, 0.0)
+        line_ending = self.choice(raw, "line_ending", LINE_ENDINGS, path, default="\n")
+        line_format = raw.get("line_format", DEFAULT_LINE_FORMAT)
+        if protocol == "line" and not self.line_format(line_format, values, f"{path}.line_format"):
+            line_format = DEFAULT_LINE_FORMAT
+        return UartDeviceConfig(
+            id=dev_id,
+            protocol=protocol,
+            link=link,
+            interval_s=interval_s,
+            fault=fault,
+            values=values,
+            talker=talker,
+            fix=fix,
+            position=position,
+            clock_offset_s=clock_offset_s,
+            line_format=line_format,
+            line_ending=line_ending,
+        )
+
+    def uart_values(self, raw: object, protocol: str, path: str) -> Mapping[str, tuple[float, ...]]:
+        """``{metric: [value, ...]}``: metrics the protocol carries, values that fit the wire."""
+        if not isinstance(raw, Mapping):
+            self.err(path, f"must be a mapping of metric to a list of values, got {raw!r}")
+            return MappingProxyType({})
+        known = UART_METRICS.get(protocol, {})
+        out: dict[str, tuple[float, ...]] = {}
+        for metric, seq in raw.items():
+            where = f"{path}.{metric}"
+            if protocol == "line":
+                if not isinstance(metric, str) or not _IDENTIFIER.fullmatch(metric):
+                    self.err(where, "a metric name must be an identifier like 'pressure'")
+                    continue
+                lo, hi, integer = -math.inf, math.inf, False
+            elif metric not in known:
+                suggestion = _suggest(str(metric), tuple(known))
+                self.err(where, f"unknown metric for {protocol}{suggestion}")
+                continue
+            else:
+                lo, hi, integer = known[metric]
+            if not isinstance(seq, list) or not seq:
+                self.err(where, "must be a non-empty list of numbers")
+                continue
+            ok = True
+            for k, value in enumerate(seq):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    self.err(f"{where}[{k}]", f"must be a number, got {value!r}")
+                elif not math.isfinite(value) or not lo <= value <= hi:
+                    self.err(f"{where}[{k}]", f"must be between {lo:g} and {hi:g}, got {value}")
+                elif integer and value != int(value):
+                    self.err(f"{where}[{k}]", f"{metric} is a whole number, got {value}")
+                else:
+                    continue
+                ok = False
+            if ok:
+                out[str(metric)] = tuple(float(v) for v in seq)
+        return MappingProxyType(out)
+
+    def position(self, raw: object, path: str) -> tuple[float, float, float]:
+        """``[latitude, longitude, altitude_m]`` in degrees and metres."""
+        if (
+            not isinstance(raw, list)
+            or len(raw) != 3
+            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in raw)
+        ):
+            self.err(f"{path}.position", f"must be [latitude, longitude, altitude_m], got {raw!r}")
+            return (0.0, 0.0, 0.0)
+        lat, lon, alt = (float(v) for v in raw)
+        if not -90 <= lat <= 90:
+            self.err(f"{path}.position", f"latitude must be between -90 and 90, got {lat}")
+        if not -180 <= lon <= 180:
+            self.err(f"{path}.position", f"longitude must be between -180 and 180, got {lon}")
+        if not -1000 <= alt <= 99999:
+            self.err(f"{path}.position", f"altitude must be between -1000 and 99999 m, got {alt}")
+        return (lat, lon, alt)
+
+    def line_format(self, fmt: object, values: Mapping[str, tuple[float, ...]], path: str) -> bool:
+        """The format string names only metrics the line sensor has, as plain identifiers.
+        True if it is valid."""
+        if not isinstance(fmt, str) or not fmt:
+            self.err(path, f"must be a non-empty format string, got {fmt!r}")
+            return False
+        sample = {"temperature": 0.0, "humidity": 0.0, **{m: v[0] for m, v in values.items()}}
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None]
+            for name in fields:
+                if not _IDENTIFIER.fullmatch(name):
+                    self.err(path, f"field {{{name}}} must name a metric, like {{temperature}}")
+                    return False
+                if name not in sample:
+                    self.err(
+                        path,
+                        f"unknown metric {{{name}}}; add it to values, or use one of: "
+                        + ", ".join(sample),
+                    )
+                    return False
+            text = fmt.format(**sample)
+        except (ValueError, IndexError) as err:
+            self.err(path, f"invalid format string: {err}")
+            return False
+        if "\n" in text or "\r" in text:
+            self.err(path, "must not contain a line break (line_ending adds one)")
+            return False
+        return True
 
     def profile(self, name: object, path: str) -> list[dict[str, Any]]:
         """The register map of one of tepi's device profiles, played as its ``sim`` hints say
@@ -444,7 +696,7 @@ class _Validator:
                     break
                 owner[key] = j
 
-    def cross_device(self, devices: list[DeviceConfig]) -> None:
+    def cross_device(self, devices: list[DeviceConfig | UartDeviceConfig]) -> None:
         seen_ids: dict[str, int] = {}
         bus_units: dict[tuple[str, str, int], str] = {}
         ports: dict[int, str] = {}
@@ -456,6 +708,12 @@ class _Validator:
                     f"{path}.id", f"duplicate id {dev.id!r} (also devices[{seen_ids[dev.id]}])"
                 )
             seen_ids.setdefault(dev.id, i)
+            if isinstance(dev, UartDeviceConfig):
+                # Every serial sensor has a pty of its own, so its link is its own too.
+                own = f"<uart:{dev.id}>"
+                if dev.link is not None and link_bus.setdefault(dev.link, own) != own:
+                    self.err(f"{path}.link", f"{dev.link!r} is already the link of another pty")
+                continue
             if dev.transport in ("rtu", "rtu-tcp") or dev.bus is not None:
                 bus = dev.bus or f"<own:{dev.id}>"
                 if (dev.transport, bus, dev.unit) in bus_units:

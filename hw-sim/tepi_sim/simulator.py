@@ -1,8 +1,13 @@
 """The Simulator: builds devices from a config and runs their transports on the loop.
 
 Devices that share an RTU ``bus`` name share one pty; every other RTU device gets its own.
-Each TCP device gets its own port. Everything runs on the caller's running event loop
-(``loop.add_reader`` for ptys, ``asyncio.start_server`` for TCP); there are no threads.
+Each TCP device gets its own port, and each serial sensor (``transport: uart``) its own
+pty. Everything runs on the caller's running event loop (``loop.add_reader`` for ptys,
+``asyncio.start_server`` for TCP); there are no threads.
+
+Modbus devices are :class:`Device` (``devices``, ``device()``); serial sensors are
+:class:`UartDevice` (``uart_devices``, ``uart_device()``). ``endpoint()``, ``set_fault()``
+and ``manifest()`` take either kind.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from tepi_sim.model import SimConfig, load_config
 from tepi_sim.rtu import RtuBus
 from tepi_sim.rtutcp import RtuTcpEndpoint
 from tepi_sim.tcp import TcpEndpoint
+from tepi_sim.uart import UartDevice
 
 __all__ = ["Simulator"]
 
@@ -25,11 +31,13 @@ log = logging.getLogger(__name__)
 
 
 class Simulator:
-    """A set of simulated Modbus devices. Use ``async with`` or ``start()``/``stop()``."""
+    """A set of simulated Modbus devices and serial sensors. Use ``async with`` or
+    ``start()``/``stop()``."""
 
     def __init__(self, config: SimConfig | Mapping[str, Any] | str | Path) -> None:
         self.config = load_config(config)
         self._devices = {d.id: Device(d, self.config.seed) for d in self.config.devices}
+        self._uart = {c.id: UartDevice(c, self.config.seed) for c in self.config.uart_devices}
         members: dict[str, list[Device]] = {}
         links: dict[str, list[str]] = {}
         self._tcp: dict[str, TcpEndpoint] = {}
@@ -75,16 +83,58 @@ class Simulator:
         """RTU buses by name (a device without ``bus`` has a bus named after its id)."""
         return self._buses
 
+    @property
+    def uart_devices(self) -> Mapping[str, UartDevice]:
+        """Serial sensors (``transport: uart``) by id."""
+        return self._uart
+
     def device(self, device_id: str) -> Device:
-        """The device with this id; KeyError naming the known ids if there is none."""
+        """The Modbus device with this id; KeyError naming the known ids if there is none."""
         try:
             return self._devices[device_id]
         except KeyError:
-            known = ", ".join(self._devices)
-            raise KeyError(f"no device {device_id!r}; known devices: {known}") from None
+            if device_id in self._uart:
+                raise KeyError(
+                    f"{device_id!r} is a uart device: use uart_device({device_id!r})"
+                ) from None
+            raise KeyError(f"no device {device_id!r}; known devices: {self._known()}") from None
+
+    def uart_device(self, device_id: str) -> UartDevice:
+        """The serial sensor with this id; KeyError naming the known ids if there is none."""
+        try:
+            return self._uart[device_id]
+        except KeyError:
+            raise KeyError(
+                f"no uart device {device_id!r}; known devices: {self._known()}"
+            ) from None
+
+    def _known(self) -> str:
+        return ", ".join([*self._devices, *self._uart])
+
+    def set_fault(
+        self,
+        device_id: str,
+        mode: str,
+        *,
+        delay_s: float | None = None,
+        code: int | None = None,
+    ) -> None:
+        """Switch the fault mode of any device. ``delay_s`` and ``code`` are Modbus only.
+
+        KeyError for an unknown id; ValueError for a mode the device does not have.
+        """
+        if device_id in self._uart:
+            if delay_s is not None or code is not None:
+                raise ValueError("delay_s and fault_code apply to Modbus devices only")
+            self._uart[device_id].set_fault(mode)
+            return
+        self.device(device_id).set_fault(mode, delay_s=delay_s, code=code)
 
     def endpoint(self, device_id: str) -> str:
-        """Where a client connects: the pty slave path or ``127.0.0.1:PORT``."""
+        """Where a client connects: the pty slave path or ``127.0.0.1:PORT``. RuntimeError
+        while the device's pty is unplugged."""
+        if device_id in self._uart:
+            return self._uart[device_id].path
         self.device(device_id)
         if device_id in self._tcp:
             return self._tcp[device_id].address
@@ -93,21 +143,31 @@ class Simulator:
         return self._bus_of[device_id].path
 
     def endpoints(self) -> dict[str, str]:
-        """``{device_id: endpoint}`` for every device, in config order."""
-        return {device_id: self.endpoint(device_id) for device_id in self._devices}
+        """``{device_id: endpoint}`` for every device: the Modbus devices in config order,
+        then the serial sensors in config order."""
+        return {device_id: self.endpoint(device_id) for device_id in [*self._devices, *self._uart]}
 
     def manifest(self) -> dict[str, Any]:
-        """What a client needs to connect, as written by ``tepi-sim --manifest``."""
-        return {
-            "devices": {
-                d.id: {
-                    "transport": d.config.transport,
-                    "unit": d.unit,
-                    "endpoint": self.endpoint(d.id),
-                }
-                for d in self._devices.values()
+        """What a client needs to connect, as written by ``tepi-sim --manifest``. Serial
+        sensors have ``protocol`` (and ``link`` when configured) instead of ``unit``, and
+        an ``endpoint`` of None while unplugged."""
+        devices: dict[str, Any] = {
+            d.id: {
+                "transport": d.config.transport,
+                "unit": d.unit,
+                "endpoint": self.endpoint(d.id),
             }
+            for d in self._devices.values()
         }
+        for u in self._uart.values():
+            devices[u.id] = {
+                "transport": "uart",
+                "protocol": u.protocol,
+                "endpoint": u.status()["path"],
+            }
+            if u.config.link is not None:
+                devices[u.id]["link"] = u.config.link
+        return {"devices": devices}
 
     async def start(self) -> None:
         """Open every pty and TCP port. On failure, whatever started is stopped again."""
@@ -121,6 +181,8 @@ class Simulator:
                 await endpoint.start()
             for converter in self._rtu_tcp.values():
                 await converter.start()
+            for uart in self._uart.values():
+                uart.start()
         except BaseException:
             await self.stop()
             raise
@@ -137,6 +199,8 @@ class Simulator:
             await converter.stop()
         for bus in self._buses.values():
             await bus.stop()
+        for uart in self._uart.values():
+            await uart.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()

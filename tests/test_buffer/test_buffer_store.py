@@ -261,6 +261,24 @@ def test_values_round_trip_with_their_types(
     assert [type(g) for g in got] == [type(v) for v in vals]
 
 
+async def test_quality_and_time_source_flags_survive_the_file(tmp_path: Path) -> None:
+    rows = [
+        Reading("d", "pm25", 12.5, "ug/m3", 1.0, 1.0, "warming up", True, uncertain=True),
+        Reading("d", "pm25", 13.0, "ug/m3", 2.0, 2.0, None, True, gps_time=True),
+        Reading("d", "pm25", None, "ug/m3", 3.0, 3.0, "no data", False),
+        Reading("d", "ok", True, None, 4.0, 4.0),
+    ]
+    async with Buffer(settings_for(tmp_path), "boot-a") as buf:
+        for r in rows:
+            buf.put(r)
+        assert await buf.flush()
+    async with Buffer(settings_for(tmp_path), "boot-b") as buf:  # read back from the file
+        batch = await buf.fetch(0, 100)
+        assert batch is not None
+        assert [i.reading for i in batch.items] == rows
+        assert [i.reading.quality for i in batch.items] == ["uncertain", "good", "bad", "good"]
+
+
 async def test_put_before_open_is_refused(tmp_path: Path) -> None:
     buf = Buffer(settings_for(tmp_path), "boot-a")
     with pytest.raises(RuntimeError, match="before the buffer is open"):

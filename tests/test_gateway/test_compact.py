@@ -36,18 +36,39 @@ values = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
 )
+
+
+def _reading(
+    dev: str,
+    met: str,
+    val: Any,
+    unit: str | None,
+    ts: float,
+    mono: float,
+    quality: str,
+    clock: str,
+) -> Reading:
+    """good, bad (no value) or uncertain (a value and a reason); dated by a synced clock,
+    an unsynced one, or GPS."""
+    reason = {"good": None, "bad": "timeout", "uncertain": "warming up"}[quality]
+    if quality == "bad":
+        val = None
+    elif quality == "uncertain" and val is None:
+        val = 0.0
+    synced, gps = {"synced": (True, False), "unsynced": (False, False), "gps": (True, True)}[clock]
+    return Reading(dev, met, val, unit, ts, mono, reason, synced, quality == "uncertain", gps)
+
+
 readings = st.builds(
-    lambda dev, met, val, unit, ts, mono, bad, synced: Reading(
-        dev, met, None if bad else val, unit, ts, mono, bad, synced
-    ),
+    _reading,
     names,
     st.sampled_from(["pm25", "level", "m0", "pm2.5"]),
     values,
     st.one_of(st.none(), st.just("ug/m3")),
     st.floats(0, 4e9),
     st.floats(0, 1e7),
-    st.one_of(st.none(), st.just("timeout")),
-    st.booleans(),
+    st.sampled_from(["good", "bad", "uncertain"]),
+    st.sampled_from(["synced", "unsynced", "gps"]),
 )
 
 

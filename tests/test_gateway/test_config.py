@@ -367,12 +367,29 @@ devices:
     max_gap: 0
     registers: [{name: level, address: 100, table: input, type: int16, scale: 0.01}]
   - {id: fake-4, driver: synthetic, metrics: 3, pattern: wave, poll_interval: 2s}
+  - id: pm-5
+    driver: serial
+    protocol: pms5003
+    port: /dev/serial/by-id/usb-pms
+    mode: active
+    metrics: [pm25_atm, pm10_atm]
+    aggregates: {pm25_atm: [mean, max]}
+    warmup: 45s
+  - id: node-6
+    driver: serial
+    protocol: line
+    port: /dev/ttyAMA0
+    format: regex
+    regex: 'T=(?P<t>[-0-9.]+) H=(?P<h>[0-9.]+)'
+    line_ending: "\r"
+    fields: {t: {unit: degC, name: temperature}, h: {unit: "%RH", scale: 1.0}}
+  - {id: gps-7, driver: serial, protocol: nmea, port: /dev/ttyS0, clock_source: true}
 """
 BASES = [yaml.safe_load(EXAMPLE), yaml.safe_load(RICH)]
 
 
 def test_the_rich_base_is_valid() -> None:
-    assert len(parse_config(RICH, check_files=True).devices) == 4
+    assert len(parse_config(RICH, check_files=True).devices) == 7
 
 
 def _model(tp: Any, item: object) -> type[BaseModel] | None:

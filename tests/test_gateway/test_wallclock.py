@@ -1,0 +1,51 @@
+"""The agent's time sources: the kernel clock when synced, else a fresh GPS time."""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers.base import Sample, boottime
+from gateway.clock import WINDOW, Stamp, WallClock
+from gateway.poller import reading
+
+
+def test_the_least_delayed_of_the_recent_gps_times_is_the_offset() -> None:
+    synced = [False]
+    clock = WallClock(lambda: synced[0], max_age_s=100)
+    assert clock.stamp() == Stamp(False, None)  # no GPS yet: nothing trustworthy
+    # true offset utc - mono = 1000; each sentence arrives 0.1 .. 0.5 s late
+    for i, late in enumerate([0.3, 0.1, 0.5, 0.2]):
+        clock.gps_update(1000.0 + 10 * i, 10 * i + late, "gps-1")
+    assert clock.gps_fix(40) == pytest.approx(1000 - 0.1)
+    # older ones leave the window: a worse recent set gives its own best
+    for i in range(WINDOW):
+        clock.gps_update(2000.0 + i, 1000.0 + i + 0.4, "gps-1")
+    assert clock.gps_fix(1100) == pytest.approx(1000 - 0.4)
+    assert clock.gps_fix(1016 + 100.5) is None  # the last fix is too old
+    now = boottime()
+    clock.gps_update(now + 7.0, now, "gps-1")
+    assert clock.stamp().gps_fix is not None
+    assert clock.health()["source"] == "gps"
+    synced[0] = True
+    assert clock.stamp() == Stamp(True, None)  # the kernel's own clock wins once synced
+    health = clock.health()
+    assert health["source"] == "system"
+    assert health["gps_device"] == "gps-1"
+
+
+def test_a_poll_is_dated_by_its_stamp() -> None:
+    s = Sample("pm25", 12.0, "ug/m3", ts=5.0, mono=100.0, reason="warming up", uncertain=True)
+    r = reading("d", s, Stamp(False, 1_800_000_000.0))
+    assert r.ts == 1_800_000_100.0
+    assert r.synced
+    assert r.gps_time
+    assert r.uncertain
+    assert r.quality == "uncertain"
+    r = reading("d", s, Stamp(False, None))
+    assert r.ts == 5.0
+    assert not r.synced
+    assert not r.gps_time
+    r = reading("d", Sample("x", None, None, 5.0, 100.0, "timeout"), Stamp(True, None))
+    assert r.ts == 5.0
+    assert r.synced
+    assert r.quality == "bad"
