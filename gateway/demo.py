@@ -64,6 +64,7 @@ def render_config(work: Path, manifest: dict[str, Any], broker_port: int) -> Pat
         broker_port=broker_port,
         aq_port=devs["aq-station-1"]["endpoint"],
         noise_port=devs["noise-meter-2"]["endpoint"],
+        pm_port=devs["pm-sensor-4"]["endpoint"],
         level_host=host,
         level_port=port,
     )
@@ -76,7 +77,9 @@ def _format(r: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(r["ts"]))
     value = r["value"]
     shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-    if r["quality"] != "good":
+    if r["quality"] == "uncertain":  # a value to take with care: a sensor warming up
+        shown = f"~{shown}"
+    elif r["quality"] != "good":
         shown = f"BAD ({r.get('reason')})"
     unit = r["unit"] or ""
     return f"{when}  {r['device']:<14} {r['metric']:<12} {shown:>10} {unit:<6} seq {r['seq']}"

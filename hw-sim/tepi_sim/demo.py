@@ -1,7 +1,8 @@
 """The built-in demo config (``tepi-sim --demo``), reusable as ``tepi_sim.DEMO_CONFIG``.
 
 An air-quality station and a noise meter share one RS-485 line (one pty, units 1 and 2),
-and a river-level gauge speaks Modbus TCP. Every device has a counter so a client can
+a river-level gauge speaks Modbus TCP, and a PMS5003 particulate counter streams a frame
+a second on a serial port of its own. Every Modbus device has a counter so a client can
 prove that no reading was lost.
 """
 
@@ -57,5 +58,6 @@ DEMO_CONFIG: Final[dict[str, Any]] = {
                 {"address": 101, "table": "input", "kind": "counter", "type": "uint16"},
             ],
         },
+        {"id": "pm-sensor-4", "transport": "uart", "protocol": "pms5003", "interval_s": 1.0},
     ]
 }

@@ -18,7 +18,10 @@ import pytest
 from tepi_sim.protocol import mbap_frame
 
 HW_SIM = Path(__file__).resolve().parents[2] / "hw-sim"
-LINE = re.compile(r"^(?P<id>\S+) +(?P<transport>rtu|tcp)  unit=(?P<unit>\d+)  (?P<endpoint>\S+)$")
+LINE = re.compile(
+    r"^(?P<id>\S+) +(?P<transport>rtu|tcp|uart)  (?:unit|protocol)=(?P<unit>\w+)  "
+    r"(?P<endpoint>\S+)$"
+)
 
 
 def _env() -> dict[str, str]:
@@ -90,7 +93,9 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
     sim = Running("--demo", "--manifest", str(manifest), "--control", str(control))
     running.append(sim)
     printed = sim.endpoints()
-    assert list(printed) == ["aq-station-1", "noise-meter-2", "river-level-3"]
+    assert list(printed) == ["aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4"]
+    assert printed["pm-sensor-4"]["transport"] == "uart"
+    assert Path(printed["pm-sensor-4"]["endpoint"]).exists()
     assert printed["aq-station-1"]["transport"] == "rtu"
     assert printed["aq-station-1"]["endpoint"] == printed["noise-meter-2"]["endpoint"]
     assert Path(printed["aq-station-1"]["endpoint"]).exists()
@@ -121,7 +126,7 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
         stream.flush()
         counters = json.loads(stream.readline())
         assert counters["ok"] is True
-        assert set(counters["counters"]) == set(printed)
+        assert set(counters["counters"]) == set(printed) - {"pm-sensor-4"}  # Modbus only
         assert all(isinstance(v, int) for c in counters["counters"].values() for v in c.values())
         assert any(counters["counters"].values()), "the demo devices have counter registers"
         assert json.loads(stream.readline())["ok"] is False

@@ -46,3 +46,12 @@ def test_modbus_wire_bench() -> None:
     [result] = bench("modbus.py", "--seconds", "1", "--bauds", "115200", timeout=60)
     assert result["baud"] == 115200
     assert result["polls_per_s"] > 0
+
+
+def test_serial_bench() -> None:
+    [result] = bench(
+        "serial_sensors.py", "--sensors", "2", "--seconds", "2", "--rate", "5", timeout=90
+    )
+    assert result["busy"]["sensors"] == 2
+    assert result["busy"]["frames"] >= 10
+    assert result["cpu_percent_per_sensor"] >= 0

@@ -19,11 +19,14 @@ READING = re.compile(r"^\d\d:\d\d:\d\d  (\S+)\s+(\S+)\s+(\S+)\s+(\S*)\s+seq (\d+
 
 
 def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
-    out = run_tepi("demo", "--dir", str(tmp_path), "--count", "12", timeout=60)
+    out = run_tepi("demo", "--dir", str(tmp_path), "--count", "24", timeout=60)
     assert out.returncode == 0, out.stderr
     rows = [m.groups() for line in out.stdout.splitlines() if (m := READING.match(line))]
-    assert len(rows) >= 12, out.stdout
-    assert {r[0] for r in rows} == {"aq-station-1", "noise-meter-2", "river-level-3"}
+    assert len(rows) >= 24, out.stdout
+    devices = {"aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4"}
+    assert {r[0] for r in rows} == devices
+    # the particulate counter's first values are its warm-up's: shown, marked uncertain
+    assert any(r[0] == "pm-sensor-4" and r[2].startswith("~") for r in rows), out.stdout
     seqs = [int(r[4]) for r in rows]
     assert seqs == sorted(seqs)
     assert "broker: mosquitto on 127.0.0.1:" in out.stdout
@@ -59,6 +62,7 @@ def test_render_config_uses_the_simulator_endpoints(tmp_path: Path) -> None:
             "aq-station-1": {"endpoint": "/dev/pts/41"},
             "noise-meter-2": {"endpoint": "/dev/pts/41"},
             "river-level-3": {"endpoint": "127.0.0.1:15020"},
+            "pm-sensor-4": {"endpoint": "/dev/pts/42"},
         }
     }
     cfg = load_config(render_config(tmp_path, manifest, 18830), check_files=False)
@@ -68,6 +72,7 @@ def test_render_config_uses_the_simulator_endpoints(tmp_path: Path) -> None:
         "aq-station-1": "/dev/pts/41",
         "noise-meter-2": "/dev/pts/41",
         "river-level-3": 15020,
+        "pm-sensor-4": "/dev/pts/42",
     }
 
 
