@@ -318,13 +318,25 @@ class SerialDriver:
                 out.append(Sample(name, value, unit, ts, mono))
         return out
 
+    def _silent(self) -> bool:
+        """Open, but no valid frame for two poll intervals (and two timeouts) since it
+        opened: a sensor powered off, or on the wrong pins."""
+        cfg = self.config
+        quiet = max(2 * cfg.poll_interval, 2 * cfg.timeout)
+        last = self.stats.last_frame_mono
+        since = self._woken_mono if last is None or last < self._woken_mono else last
+        return boottime() - since > quiet
+
     def protocol_stats(self) -> dict[str, object]:
         """The ``protocol`` part of this device's health."""
         port, st, fs = self._port, self.stats, self._h.framer.stats
         age = None if st.last_frame_mono is None else round(boottime() - st.last_frame_mono, 1)
+        state: str = port.state
+        if state == "open" and self._silent():
+            state = "no data"
         return {
             "port": port.path,
-            "port_state": port.state,
+            "port_state": state,
             "opens": port.stats.opens,
             "losses": port.stats.losses,
             "down_s": None if (d := port.down_for()) is None else round(d, 1),

@@ -163,10 +163,14 @@ async def test_a_request_response_sensor_is_asked_on_each_poll(tmp_path: Path) -
 async def test_a_silent_sensor_is_no_data_and_a_garbled_one_no_valid_frame(
     tmp_path: Path,
 ) -> None:
-    async with running(tmp_path, protocol="pms5003", timeout=0.3) as (drv, port):
+    async with running(tmp_path, protocol="pms5003", timeout=0.3, poll_interval=0.1) as (drv, port):
         with pytest.raises(DeviceUnavailable) as err:
             await drv.read()
         assert err.value.reason == "no data"
+        await until(lambda: drv.protocol_stats()["port_state"] == "no data")
+        port.send(codecs.pms_encode({"pm25_atm": 5}))
+        await until(lambda: drv.protocol_stats()["port_state"] == "open")
+        await drv.read()
         frame = bytearray(codecs.pms_encode({"pm25_atm": 5}))
         frame[-1] ^= 0xFF  # a wrong checksum, as at a wrong baud rate or with noise
         port.send(bytes(frame) * 3 + os.urandom(50).replace(b"BM", b"bm"))
