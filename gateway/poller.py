@@ -14,6 +14,7 @@ drifting, and the first overrun is logged, so a bus without the capacity is said
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -75,25 +76,41 @@ def reading(device: str, s: Sample, stamp: Stamp) -> Reading:
     )
 
 
+async def _pause(stopping: asyncio.Event | None, seconds: float) -> None:
+    """Sleep, but wake at once when the agent is stopping."""
+    if stopping is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+
+
 async def poll_device(
     cfg: DriverConfig,
     driver: Driver,
     buffer: Buffer,
     stats: DeviceStats,
+    *,
     clock: WallClock | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> None:
-    """Run forever for one device (cancel to stop)."""
+    """Run until ``stopping`` is set (or forever; cancel to stop at once). Set, it lets the
+    poll in flight finish and hand its readings to the buffer, then returns: a value the
+    device handed out during a clean stop is kept, not thrown away with its request."""
     loop = asyncio.get_running_loop()
     clock = clock or WallClock()
     retry = 1.0
-    while True:
+    while stopping is None or not stopping.is_set():
         try:
             async with driver:
                 retry = 1.0
-                await _poll_loop(cfg, driver, buffer, stats, loop=loop, clock=clock)
+                await _poll_loop(
+                    cfg, driver, buffer, stats, loop=loop, clock=clock, stopping=stopping
+                )
         except DeviceError as err:
             _failed(cfg, driver, buffer, stats, err, stamp=clock.stamp())
-            await asyncio.sleep(retry)
+            await _pause(stopping, retry)
             retry = min(retry * 2, _OPEN_RETRY_MAX_S)
 
 
@@ -105,6 +122,7 @@ async def _poll_loop(
     *,
     loop: asyncio.AbstractEventLoop,
     clock: WallClock,
+    stopping: asyncio.Event | None = None,
 ) -> None:
     interval = cfg.poll_interval
     # A poll may take several requests, each up to ``timeout``; this only guards a hang.
@@ -117,7 +135,9 @@ async def _poll_loop(
     while True:
         delay = next_t - loop.time()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await _pause(stopping, delay)
+        if stopping is not None and stopping.is_set():
+            return
         started = loop.time()
         stats.polls += 1
         # Asked before the read: a reading taken as the clock syncs is flagged unsynced, and

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 
 STOP_DEADLINE_S = 8.0
+DRAIN_S = 2.0  # at a stop, how long the polls in flight may take to finish
 
 
 class _Stop(Exception):
@@ -63,6 +64,7 @@ class Agent:
         self.devices = {d.id: DeviceStats() for d in cfg.devices}
         self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
         self.started = time.monotonic()
+        self._stopping = asyncio.Event()  # set at a stop: pollers finish their poll and end
         self.ready = asyncio.Event()  # set once the buffer is open and every task started
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
 
@@ -127,18 +129,27 @@ class Agent:
                 async with asyncio.TaskGroup() as tg:
                     tasks.append(tg.create_task(self.buffer.run(), name="tepi.buffer.commit"))
                     tasks.append(tg.create_task(self.uplink.run(), name="tepi.uplink"))
+                    pollers: list[asyncio.Task[None]] = []
                     for dev in self.cfg.devices:
                         driver = make_driver(dev, resources)
                         self.devices[dev.id].protocol = getattr(driver, "protocol_stats", None)
-                        tasks.append(
+                        pollers.append(
                             tg.create_task(
                                 poll_device(
-                                    dev, driver, self.buffer, self.devices[dev.id], self.clock
+                                    dev,
+                                    driver,
+                                    self.buffer,
+                                    self.devices[dev.id],
+                                    clock=self.clock,
+                                    stopping=self._stopping,
                                 ),
                                 name=f"tepi.device[{dev.id}]",
                             )
                         )
-                    tg.create_task(self._until(stop, tasks), name="tepi.stop")
+                    tasks += pollers
+                    tg.create_task(
+                        self._until(stop, tasks, pollers, self._stopping), name="tepi.stop"
+                    )
                     self.ready.set()
                     log.info(
                         "tepi %s running: gateway %s, %d devices",
@@ -150,8 +161,21 @@ class Agent:
                 log.info("stopping: committing %d pending readings", self.buffer.stats().pending)
 
     @staticmethod
-    async def _until(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    async def _until(
+        stop: asyncio.Event,
+        tasks: list[asyncio.Task[None]],
+        pollers: list[asyncio.Task[None]] | None = None,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
         await stop.wait()
+        # First the polls in flight finish (a device that answered has handed out its
+        # value: keep it), for at most DRAIN_S; then everything is cancelled.
+        if stopping is not None:
+            stopping.set()
+        if pollers:
+            _, late = await asyncio.wait(pollers, timeout=DRAIN_S)
+            if late:
+                log.info("stop: %d polls still in flight after %.0f s", len(late), DRAIN_S)
         loop = asyncio.get_running_loop()
         started = loop.time()
 

@@ -73,3 +73,34 @@ async def test_a_dead_device_is_quarantined_and_the_live_one_keeps_its_interval(
     assert dead_requests <= 1, dead_requests
     assert stats["dead"].next_probe_s == 4.0
     assert any("quarantined" in r.getMessage() for r in caplog.records)
+
+
+async def test_at_a_stop_the_poll_in_flight_finishes_and_its_readings_are_kept(
+    tmp_path: Path,
+) -> None:
+    """A device that answered has handed out its value (a counter moved): a clean stop
+    must keep that reading, not cancel the request it answered."""
+    sim_cfg = {"devices": [{"id": "d", "transport": "rtu", "unit": 1, "registers": REG}]}
+    async with Simulator(sim_cfg) as sim:
+        sim.device("d").set_fault("slow", delay_s=0.5)
+        cfg = rtu("d", sim.endpoint("d"), 1, poll_interval=0.05, timeout=2.0)
+        stopping = asyncio.Event()
+        async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+            task = asyncio.create_task(
+                poll_device(
+                    cfg,
+                    ModbusDriver(cfg, SharedResources()),
+                    buf,
+                    DeviceStats(),
+                    stopping=stopping,
+                )
+            )
+            await sim.device("d").wait_requests(1, timeout=10)  # a request is in flight
+            stopping.set()
+            async with asyncio.timeout(5):
+                await task  # returns by itself, once its poll is done
+            handed_out = sim.device("d").counter_value(address=0, table="holding")
+            batch = await buf.fetch(0, 100)
+    assert batch is not None
+    assert [i.reading.value for i in batch.items] == list(range(1, handed_out + 1))
+    assert handed_out >= 1
