@@ -59,20 +59,27 @@ class Window:
     def __init__(self) -> None:
         self._acc: dict[str, Acc] = {}
         self.frames = 0  # data frames since the last take
+        self.warming = False  # a frame from a sensor's warm-up is in the window
 
-    def add(self, values: dict[str, Value]) -> None:
+    def add(self, values: dict[str, Value], *, warming: bool = False) -> None:
         self.frames += 1
+        self.warming = self.warming or warming
         for name, value in values.items():
             if value is None:
                 continue
             acc = self._acc.get(name)
             if acc is None:
-                acc = self._acc[name] = Acc()
-            acc.add(value)
+                acc = Acc()
+                acc.add(value)
+                self._acc[name] = acc
+            else:
+                acc.add(value)
 
-    def take(self) -> tuple[int, dict[str, Acc]]:
-        """(frames, accumulators) since the last take; the window starts empty again."""
-        out = (self.frames, self._acc)
+    def take(self) -> tuple[int, dict[str, Acc], bool]:
+        """(frames, accumulators, whether any frame came in a warm-up) since the last take;
+        the window starts empty again."""
+        out = (self.frames, self._acc, self.warming)
         self._acc = {}
         self.frames = 0
+        self.warming = False
         return out

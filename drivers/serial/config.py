@@ -231,6 +231,13 @@ class SerialConfig(DriverConfig):
         for name in [*(self.metrics or []), *self.aggregates]:
             if name not in known:
                 raise ValueError(f"{p} has no metric {name!r}; it has: {', '.join(known)}")
+        names = [name for name, *_ in self.outputs()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"metric {', '.join(twice)} would be published twice (a field's name, or a "
+                "<metric>_<function> from aggregates); rename one"
+            )
         for name, funcs in self.aggregates.items():
             if not funcs:
                 raise ValueError(f"aggregates.{name} is empty: give at least one function")

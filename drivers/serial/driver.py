@@ -148,6 +148,21 @@ class _Handler:
         return out
 
 
+INT64 = 2**63
+
+
+def check_values(values: dict[str, Value]) -> None:
+    """A device's values as the buffer can keep them: integers in 64 bits, finite floats.
+    Raises FrameError for anything else (an unset uint64 sentinel, 1e999)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        if isinstance(v, int) and not -INT64 <= v < INT64:
+            raise codecs.FrameError(f"{name}: {v} does not fit in 64 bits")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise codecs.FrameError(f"{name}: {v} is not a finite number")
+
+
 def convert(text: str, kind: str, scale: float, offset: float) -> Value:
     """A text field as its configured type (ValueError if it is not one)."""
     text = text.strip()
@@ -187,6 +202,7 @@ class SerialDriver:
         self._frame = asyncio.Event()
         self._answer: asyncio.Future[dict[str, Value]] | None = None
         self._woken_mono = 0.0
+        self._noise_mark = 0  # framing noise counted up to the last good poll
         self._port = SerialPort(
             config.port,
             config.baudrate,
@@ -218,7 +234,10 @@ class SerialDriver:
         for frame in self._h.framer.feed(data):
             try:
                 values = self._h.decode(frame, mono)
-            except codecs.FrameError as err:
+                if values is not None:
+                    check_values(values)
+            except Exception as err:  # noqa: BLE001 - whatever a device sends is counted,
+                # never raised into the event loop (which would lose the rest of the chunk)
                 self.stats.parse_errors += 1
                 if self.stats.parse_errors == 1:
                     log.warning("device %s: a frame that does not parse: %s", self.config.id, err)
@@ -230,8 +249,12 @@ class SerialDriver:
             if self._answer is not None and not self._answer.done():
                 self._answer.set_result(values)
             elif self.config.streaming:
-                self._window.add(values)
+                self._window.add(values, warming=mono - self._woken_mono < self.config.warmup_s)
                 self._frame.set()
+
+    def _noise(self) -> int:
+        fs = self._h.framer.stats
+        return fs.bad_checksums + fs.garbage_bytes + fs.too_long + self.stats.parse_errors
 
     def _unavailable(self) -> DeviceUnavailable:
         port = self._port
@@ -247,7 +270,7 @@ class SerialDriver:
         if not port.is_open and (port.state != "closed" or not await port.wait_open(cfg.timeout)):
             raise self._unavailable()
         if cfg.streaming:
-            frames, accs = self._window.take()
+            frames, accs, warming = self._window.take()
             if frames == 0:
                 self._frame.clear()
                 try:
@@ -255,7 +278,9 @@ class SerialDriver:
                         await self._frame.wait()
                 except TimeoutError:
                     raise self._no_data() from None
-                frames, accs = self._window.take()
+                frames, accs, warming = self._window.take()
+            # A window with any frame from the warm-up is as uncertain as that frame.
+            self._noise_mark = self._noise()
             values = dict(accs)
             ts, mono = time.time(), boottime()
             return self._samples(
@@ -266,16 +291,20 @@ class SerialDriver:
                 },
                 ts,
                 mono,
+                warming,
             )
         answer = await self._ask()
+        self._noise_mark = self._noise()
         ts, mono = time.time(), boottime()
-        return self._samples({name: answer.get(src) for name, src, _, _ in self._outputs}, ts, mono)
+        warming = mono - self._woken_mono < cfg.warmup_s
+        return self._samples(
+            {name: answer.get(src) for name, src, _, _ in self._outputs}, ts, mono, warming
+        )
 
     def _no_data(self) -> DeviceUnavailable | ProtocolError:
         if not self._port.is_open:
             return self._unavailable()
-        fs = self._h.framer.stats
-        if fs.bad_checksums or fs.garbage_bytes or self.stats.parse_errors:
+        if self._noise() > self._noise_mark:  # noise since the last good poll, not ever
             return ProtocolError(
                 "no valid frame",
                 f"{self._port.path}: bytes arrive but no valid frame in "
@@ -304,8 +333,9 @@ class SerialDriver:
                 self._answer = None
         raise self._no_data()
 
-    def _samples(self, values: dict[str, Value], ts: float, mono: float) -> list[Sample]:
-        warming = mono - self._woken_mono < self.config.warmup_s
+    def _samples(
+        self, values: dict[str, Value], ts: float, mono: float, warming: bool
+    ) -> list[Sample]:
         out: list[Sample] = []
         for name, src, unit, _ in self._outputs:
             value = values.get(name)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import serial
 import serial_asyncio_fast
 
 from drivers.base import boottime
@@ -32,6 +31,8 @@ from drivers.base import boottime
 log = logging.getLogger(__name__)
 
 REOPEN_S = 1.0
+STABLE_S = 5.0
+MAX_BACKOFF_S = 30.0
 MAX_GAPS = 10
 PortState = Literal["closed", "open", "missing", "error"]
 
@@ -107,17 +108,24 @@ class SerialPort:
         self._lost_evt = asyncio.Event()
         self._opened_evt = asyncio.Event()
         self._down_since: tuple[float, float] | None = None  # (ts, mono) the port went away
+        self._opened_mono = 0.0
 
     async def __aenter__(self) -> SerialPort:
         self._task = asyncio.get_running_loop().create_task(
             self._keep_open(), name=f"tepi.serial[{self._name}]"
         )
+        self._task.add_done_callback(self._ended)
         return self
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.state, self.reason = "error", "reopen failed"
+            log.error("serial port %s: reopening stopped", self.path, exc_info=task.exception())
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):  # cancelled, or it had failed: logged
                 await self._task
             self._task = None
         self._close()
@@ -149,8 +157,9 @@ class SerialPort:
         must not pass for the answer)."""
         t = self._transport
         ser = getattr(t, "serial", None)
-        if ser is not None:
-            with contextlib.suppress(OSError, serial.SerialException):
+        if ser is not None and t is not None and not t.is_closing():
+            # A port just pulled out raises termios.error here, which is not an OSError.
+            with contextlib.suppress(Exception):
                 ser.reset_input_buffer()
 
     def down_for(self) -> float | None:
@@ -161,10 +170,12 @@ class SerialPort:
 
     async def _keep_open(self) -> None:
         logged = False
+        backoff = 0.0
         while True:
             try:
                 await self._open()
-            except (OSError, serial.SerialException, ValueError) as err:
+            except Exception as err:  # noqa: BLE001 - an adapter bouncing mid-open raises
+                # termios.error from pyserial's tcsetattr: any failure is retried, never fatal
                 state, reason = _why(err)
                 if self._down_since is None:
                     self._down_since = (time.time(), boottime())
@@ -177,7 +188,13 @@ class SerialPort:
                 continue
             logged = False
             await self._lost_evt.wait()
-            await asyncio.sleep(0)  # let the loss settle before reopening
+            # A port that opens and fails at once (another process reads it too) must not
+            # spin: back off while connections last under STABLE_S, up to MAX_BACKOFF_S.
+            if boottime() - self._opened_mono < STABLE_S:
+                backoff = min(max(backoff * 2, REOPEN_S), MAX_BACKOFF_S)
+            else:
+                backoff = 0.0
+            await asyncio.sleep(backoff)
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -186,6 +203,7 @@ class SerialPort:
             loop, lambda: _Proto(self), self.path, baudrate=self.baudrate, timeout=0
         )
         self._transport = transport
+        self._opened_mono = boottime()
         self.state, self.reason = "open", None
         self.stats.opens += 1
         if self._down_since is not None:
@@ -213,7 +231,12 @@ class SerialPort:
             self.state = "missing" if gone else "error"
             self.reason = "port missing" if gone else "disconnected"
             self.stats.last_error = f"{self.reason}: {exc}" if exc else self.reason
-            log.warning("serial port %s lost (%s); reopening when it is back", self.path, exc)
+            # One line per outage, not one per failed reopen of a flapping port.
+            lived = boottime() - self._opened_mono
+            level = (
+                logging.WARNING if self.stats.losses == 1 or lived >= STABLE_S else logging.DEBUG
+            )
+            log.log(level, "serial port %s lost (%s); reopening when it is back", self.path, exc)
         self._lost_evt.set()
 
     def _close(self) -> None:

@@ -48,6 +48,15 @@ def issues(devices: str) -> list[str]:
             "one of: float, int, str, bool",
         ),
         ("{protocol: pms9000}", "did you mean pms7003?"),
+        (
+            "{protocol: line, format: kv, fields: {a: {name: x}, b: {name: x}}}",
+            "metric x would be published twice",
+        ),
+        (
+            "{protocol: line, format: kv, fields: {t: {}, t_max: {}}, "
+            "aggregates: {t: [mean, max]}}",
+            "metric t_max would be published twice",
+        ),
     ],
 )
 def test_each_protocol_option_is_checked_with_its_line(device: str, expected: str) -> None:

@@ -295,3 +295,86 @@ async def test_a_passive_pms_is_asked_and_its_stream_ignored(tmp_path: Path) -> 
         got = by_name(await drv.read())
         await task
     assert got["pm25_atm"].value == 41
+
+
+async def test_a_port_pulled_out_as_a_request_goes_is_port_missing_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Flushing a port that just vanished raises termios.error (not an OSError)."""
+    async with running(tmp_path, protocol="mhz19", timeout=0.3, warmup=0) as (drv, port):
+        port.unplug()
+        with pytest.raises(DeviceUnavailable):
+            await drv.read()
+        port.plug()
+        await until(lambda: drv.protocol_stats()["port_state"] == "open")
+
+
+async def test_an_adapter_that_bounces_while_opening_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import termios
+
+    import serial.serialposix as sp
+
+    orig = sp.Serial._reset_input_buffer
+    calls = [0]
+
+    def bouncing(self: sp.Serial) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise termios.error(5, "Input/output error")
+        orig(self)
+
+    monkeypatch.setattr(sp.Serial, "_reset_input_buffer", bouncing)
+    async with running(tmp_path, protocol="nmea") as (drv, _port):
+        assert drv.protocol_stats()["opens"] == 1
+    assert calls[0] >= 2
+
+
+async def test_a_window_with_warm_up_frames_is_uncertain_even_after_the_warm_up(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, protocol="sds011", warmup=0.5) as (drv, port):
+        port.send(codecs.sds_encode(99.9, 99.9))  # in the warm-up
+        await until(lambda: drv.stats.data_frames == 1)
+        await asyncio.sleep(0.6)  # the warm-up's length: the only way past it
+        port.send(codecs.sds_encode(10.0, 10.0))
+        await until(lambda: drv.stats.data_frames == 2)
+        mixed = by_name(await drv.read())
+        port.send(codecs.sds_encode(10.0, 10.0))
+        after = by_name(await drv.read())
+    assert mixed["pm25"].uncertain
+    assert mixed["pm25"].value == pytest.approx(54.95)
+    assert not after["pm25"].uncertain
+    assert after["pm25"].value == pytest.approx(10.0)
+
+
+async def test_silence_after_earlier_noise_is_no_data(tmp_path: Path) -> None:
+    async with running(tmp_path, protocol="pms5003", timeout=0.3) as (drv, port):
+        port.send(b"\x42\x4d\x00garbage" + codecs.pms_encode({"pm25_atm": 7}))
+        await drv.read()
+        with pytest.raises(DeviceUnavailable) as err:
+            await drv.read()
+    assert err.value.reason == "no data"
+
+
+async def test_values_the_buffer_cannot_keep_are_counted_not_raised(tmp_path: Path) -> None:
+    async with running(
+        tmp_path,
+        protocol="line",
+        format="kv",
+        max_line=4096,
+        fields={"c": {"type": "int"}, "x": {}},
+    ) as (drv, port):
+        port.send(b"c=18446744073709551615\nx=1e999\nc=" + b"9" * 400 + b"\nc=5,x=2.5\n")
+        await until(lambda: drv.stats.parse_errors == 3 and drv.stats.data_frames == 1)
+        got = by_name(await drv.read())
+    assert got["c"].value == 5
+    assert got["x"].value == 2.5
+
+
+async def test_abc_on_reaches_the_sensor(tmp_path: Path) -> None:
+    async with running(tmp_path, protocol="mhz19", abc=True) as (_drv, port):
+        await until(lambda: len(port.received) >= 9)
+    assert bytes(port.received[:9]) == codecs.mhz_abc(on=True)
+    assert codecs.mhz_abc(on=True) != codecs.mhz_abc(on=False)

@@ -49,3 +49,21 @@ def test_a_poll_is_dated_by_its_stamp() -> None:
     assert r.ts == 5.0
     assert r.synced
     assert r.quality == "bad"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (2**63, "value out of range"),
+        (-(2**63) - 1, "value out of range"),
+        (float("inf"), "not a finite number"),
+        (float("nan"), "not a finite number"),
+    ],
+)
+def test_a_value_the_buffer_cannot_keep_becomes_a_bad_reading(value: float, why: str) -> None:
+    r = reading("d", Sample("energy", value, "Wh", 1.0, 1.0), Stamp(True, None))
+    assert r.value is None
+    assert r.reason == why
+    assert r.quality == "bad"
+    ok = reading("d", Sample("energy", 2**63 - 1, "Wh", 1.0, 1.0), Stamp(True, None))
+    assert ok.value == 2**63 - 1
