@@ -116,6 +116,7 @@ class Buffer:
         # behind (a slow broker, a busy CPU) is served from here, not from the file.
         self._recent: OrderedDict[int, Reading] = OrderedDict()
         self._writing: list[tuple[int, Reading]] = []  # handed to the writer thread
+        self._write_started: float | None = None  # monotonic, while a write is in the thread
         self._acked_writing: set[int] = set()
         self._writing_seqs: list[int] = []
         self._deletes: list[tuple[int, int]] = []
@@ -400,6 +401,15 @@ class Buffer:
             seq += 1
         return out
 
+    def _write_done(self, _fut: object) -> None:
+        self._write_started = None
+
+    def writing_for(self) -> float | None:
+        """Seconds the writer thread has been in its current write, or None when idle:
+        the watchdog's sign of a disk that hangs (a dying SD card blocks in fsync)."""
+        started = self._write_started
+        return None if started is None else time.monotonic() - started
+
     def stats(self) -> BufferStats:
         waiting = len(self._mem) + len(self._writing)
         oldest = self._oldest_ts
@@ -501,6 +511,8 @@ class Buffer:
         deletes, self._deletes = self._deletes, []
         self._disarm()
         write = asyncio.get_running_loop().run_in_executor(self._exec, self._write, rows, deletes)
+        self._write_started = time.monotonic()
+        write.add_done_callback(self._write_done)
         try:
             res = await asyncio.shield(write)
         except asyncio.CancelledError:

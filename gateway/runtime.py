@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from buffer import Buffer, BufferSettings
@@ -24,6 +25,7 @@ from drivers.registry import make_driver
 from gateway import __version__
 from gateway.clock import WallClock
 from gateway.config import Config
+from gateway.notify import Notifier
 from gateway.poller import DeviceStats, poll_device
 from gateway.sysinfo import boot_id as read_boot_id
 from gateway.sysinfo import clock_synced, cpu_seconds, free_disk_bytes, rss_bytes
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 STOP_DEADLINE_S = 8.0
+STATUS_EVERY_S = 10.0  # how often the STATUS= line for systemctl is refreshed
 DRAIN_S = 2.0  # at a stop, how long the polls in flight may take to finish
 
 
@@ -66,6 +69,9 @@ class Agent:
         self.started = time.monotonic()
         self._stopping = asyncio.Event()  # set at a stop: pollers finish their poll and end
         self.ready = asyncio.Event()  # set once the buffer is open and every task started
+        self.notify = Notifier()
+        self._stuck_logged: str | None = None
+        self._rate = (time.monotonic(), 0)  # (when, readings acked): for the status line
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
 
     def health(self) -> dict[str, Any]:
@@ -148,9 +154,12 @@ class Agent:
                         )
                     tasks += pollers
                     tg.create_task(
-                        self._until(stop, tasks, pollers, self._stopping), name="tepi.stop"
+                        self._until(stop, tasks, pollers, self._stopping, self._on_stop),
+                        name="tepi.stop",
                     )
+                    tg.create_task(self._notify_loop(), name="tepi.notify")
                     self.ready.set()
+                    self.notify.ready(self.status_line())
                     log.info(
                         "tepi %s running: gateway %s, %d devices",
                         __version__,
@@ -160,14 +169,74 @@ class Agent:
             except* _Stop:
                 log.info("stopping: committing %d pending readings", self.buffer.stats().pending)
 
+    def _on_stop(self) -> None:
+        self.notify.stopping(f"stopping: committing {self.buffer.stats().pending} readings")
+
+    def stuck(self) -> str | None:
+        """Why the pipeline is stuck, or None while it works or waits for a reason. The
+        event loop turning is shown by this being asked at all (from a loop task)."""
+        limit = max(1.0, (self.notify.watchdog_s or 30.0) / 2)
+        writing = self.buffer.writing_for()
+        if writing is not None and writing > limit:
+            return f"the buffer's writer has been in one write for {writing:.0f} s"
+        stalled = self.uplink.stalled_for()
+        if stalled > self.cfg.uplink.publish_timeout + limit:
+            return f"the uplink has waited {stalled:.0f} s for an acknowledgement"
+        return None
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: link, rate, buffer."""
+        now, acked = time.monotonic(), self.uplink.stats.readings_acked
+        then, before = self._rate
+        self._rate = (now, acked)
+        per_min = (acked - before) * 60 / (now - then) if now - then >= 1 else 0.0
+        up = self.uplink.stats
+        bs = self.buffer.stats()
+        link = "online" if up.connected else f"offline ({up.last_error or 'connecting'})"
+        text = f"{link}, {per_min:,.0f} readings/min, buffer {bs.depth:,}"
+        if bs.oldest_ts is not None and bs.depth:
+            text += f" (oldest {max(time.time() - bs.oldest_ts, 0):.0f} s)"
+        failing = [d for d, st in self.devices.items() if st.state in ("failing", "quarantined")]
+        if failing:
+            text += f", {len(failing)} of {len(self.devices)} devices failing"
+        return text
+
+    async def _notify_loop(self) -> None:
+        """WATCHDOG=1 while the pipeline is alive (every quarter of WatchdogSec), and a
+        fresh STATUS= line every STATUS_EVERY_S."""
+        if not self.notify.enabled:
+            return
+        wd = self.notify.watchdog_s
+        tick = min(wd / 4, STATUS_EVERY_S) if wd else STATUS_EVERY_S
+        last_status = time.monotonic()
+        while True:
+            why = self.stuck()
+            if why is None:
+                if wd:
+                    self.notify.watchdog()
+                if self._stuck_logged is not None:
+                    log.warning("pipeline moving again; watchdog pings resume")
+                    self._stuck_logged = None
+            elif why != self._stuck_logged:
+                log.error("pipeline stuck: %s; not pinging the watchdog", why)
+                self._stuck_logged = why
+                self.notify.status(f"stuck: {why}")
+            if why is None and time.monotonic() - last_status >= STATUS_EVERY_S:
+                self.notify.status(self.status_line())
+                last_status = time.monotonic()
+            await asyncio.sleep(tick)
+
     @staticmethod
     async def _until(
         stop: asyncio.Event,
         tasks: list[asyncio.Task[None]],
         pollers: list[asyncio.Task[None]] | None = None,
         stopping: asyncio.Event | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         await stop.wait()
+        if on_stop is not None:
+            on_stop()
         # First the polls in flight finish (a device that answered has handed out its
         # value: keep it), for at most DRAIN_S; then everything is cancelled.
         if stopping is not None:

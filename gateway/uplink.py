@@ -400,6 +400,14 @@ class Uplink:
                 self._busy.clear()
         self._progress_at = time.monotonic()
 
+    def stalled_for(self) -> float:
+        """Seconds publishes have waited with no acknowledgement at all (0 when none wait):
+        past ``publish_timeout`` the stall watch ends the session; much later, the uplink
+        itself is wedged, which the watchdog must see."""
+        if not self._busy.is_set():
+            return 0.0
+        return time.monotonic() - self._progress_at
+
     async def _stall_watch(self) -> None:
         """End the session when publishes wait and no PUBACK at all has come for
         ``publish_timeout``: the link is dead or refuses to confirm. A per-publish timeout
