@@ -136,7 +136,7 @@ def cmd_run(path: Path, debug: bool) -> int:
         return EXIT_CONFIG
     setup_logging(cfg.gateway.log_level, debug)
     try:
-        asyncio.run(run_agent(cfg))
+        asyncio.run(run_agent(cfg, path))
     except OSError as err:
         # Start-up problems with the host that nothing else caught (a data dir that cannot
         # be written is not one: the buffer runs from memory and says so).

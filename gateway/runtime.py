@@ -10,6 +10,7 @@ process exits 0 within a few seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -17,14 +18,17 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from buffer import Buffer, BufferSettings
 from drivers.base import SharedResources
-from drivers.registry import make_driver
+from drivers.registry import DeviceConfig, make_driver
 from gateway import __version__
 from gateway.clock import WallClock
 from gateway.config import Config
+from gateway.configload import load_config
+from gateway.errors import ConfigError
 from gateway.notify import Notifier
 from gateway.poller import DeviceStats, poll_device
 from gateway.sysinfo import boot_id as read_boot_id
@@ -46,8 +50,11 @@ class _Stop(Exception):
 class Agent:
     """The tepi agent for one config."""
 
-    def __init__(self, cfg: Config, *, boot_id: str | None = None) -> None:
+    def __init__(
+        self, cfg: Config, *, boot_id: str | None = None, config_path: Path | None = None
+    ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # re-read on SIGHUP
         self.boot_id = boot_id or read_boot_id()
         b = cfg.buffer
         self.buffer = Buffer(
@@ -72,6 +79,20 @@ class Agent:
         self.notify = Notifier()
         self._stuck_logged: str | None = None
         self._rate = (time.monotonic(), 0)  # (when, readings acked): for the status line
+        self._reload_wanted = asyncio.Event()
+        self.reloads: dict[str, Any] = {
+            "count": 0,
+            "last_ts": None,
+            "ok": None,
+            "errors": [],
+            "restart_needed": [],
+            "devices_restarted": [],
+        }
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._uplink_task: asyncio.Task[None] | None = None
+        self._resources = SharedResources(gps_time=self.clock.gps_update)
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
 
     def health(self) -> dict[str, Any]:
@@ -118,6 +139,13 @@ class Agent:
                 "errors": up.errors,
             },
             "devices": {k: v.as_dict() for k, v in self.devices.items()},
+            "config": {
+                "reloads": self.reloads["count"],
+                "last_reload_ts": self.reloads["last_ts"],
+                "last_reload_ok": self.reloads["ok"],
+                "errors": list(self.reloads["errors"]),
+                "restart_needed": list(self.reloads["restart_needed"]),
+            },
             "process": {
                 "cpu_percent": round(100 * (cpu - last_cpu) / span, 2),
                 "cpu_seconds": round(cpu, 2),
@@ -128,36 +156,22 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; commit what is pending before returning."""
-        resources = SharedResources(gps_time=self.clock.gps_update)
-        tasks: list[asyncio.Task[None]] = []
+        tasks = self._tasks
         async with self.buffer:
             try:
                 async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
                     tasks.append(tg.create_task(self.buffer.run(), name="tepi.buffer.commit"))
-                    tasks.append(tg.create_task(self.uplink.run(), name="tepi.uplink"))
-                    pollers: list[asyncio.Task[None]] = []
+                    self._uplink_task = tg.create_task(self.uplink.run(), name="tepi.uplink")
+                    tasks.append(self._uplink_task)
                     for dev in self.cfg.devices:
-                        driver = make_driver(dev, resources)
-                        self.devices[dev.id].protocol = getattr(driver, "protocol_stats", None)
-                        pollers.append(
-                            tg.create_task(
-                                poll_device(
-                                    dev,
-                                    driver,
-                                    self.buffer,
-                                    self.devices[dev.id],
-                                    clock=self.clock,
-                                    stopping=self._stopping,
-                                ),
-                                name=f"tepi.device[{dev.id}]",
-                            )
-                        )
-                    tasks += pollers
+                        self._start_device(dev)
                     tg.create_task(
-                        self._until(stop, tasks, pollers, self._stopping, self._on_stop),
+                        self._until(stop, tasks, self._pollers, self._stopping, self._on_stop),
                         name="tepi.stop",
                     )
                     tg.create_task(self._notify_loop(), name="tepi.notify")
+                    tg.create_task(self._reload_loop(), name="tepi.reload")
                     self.ready.set()
                     self.notify.ready(self.status_line())
                     log.info(
@@ -168,6 +182,122 @@ class Agent:
                     )
             except* _Stop:
                 log.info("stopping: committing %d pending readings", self.buffer.stats().pending)
+            finally:
+                self._tg = None
+
+    def _start_device(self, dev: DeviceConfig) -> None:
+        assert self._tg is not None
+        stats = self.devices[dev.id] = DeviceStats()
+        driver = make_driver(dev, self._resources)
+        stats.protocol = getattr(driver, "protocol_stats", None)
+        task = self._tg.create_task(
+            poll_device(dev, driver, self.buffer, stats, clock=self.clock, stopping=self._stopping),
+            name=f"tepi.device[{dev.id}]",
+        )
+        self._pollers[dev.id] = task
+        self._tasks.append(task)
+
+    # ---- reload (SIGHUP) ----------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config at the next turn of the loop (one reload at a time)."""
+        self._reload_wanted.set()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read and validate the config file. A valid one is applied: only the devices
+        whose config changed restart, the uplink only if its settings changed, the buffer
+        and what it holds are untouched. An invalid one changes nothing; every problem is
+        logged with file:line and kept in health. Whether the new config was applied."""
+        self.notify.reloading()
+        self.reloads["count"] += 1
+        self.reloads["last_ts"] = round(time.time(), 3)
+        if self.config_path is None:
+            return self._reload_failed(["no config file to re-read"])
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as err:
+            return self._reload_failed([str(i) for i in err.issues])
+        old = self.cfg
+        restart_needed = [
+            key
+            for key, a, b in (
+                ("gateway.id", old.gateway.id, new.gateway.id),
+                ("gateway.data_dir", old.gateway.data_dir, new.gateway.data_dir),
+                ("buffer", old.buffer, new.buffer),
+            )
+            if a != b
+        ]
+        if new.gateway.log_level != old.gateway.log_level:
+            logging.getLogger().setLevel(new.gateway.log_level.upper())
+        # What cannot change live keeps its old value until a restart, and says so.
+        applied = new.model_copy(
+            update={
+                "gateway": old.gateway.model_copy(update={"log_level": new.gateway.log_level}),
+                "buffer": old.buffer,
+            }
+        )
+        restarted = await self._apply_devices(old, applied)
+        if applied.uplink != old.uplink:
+            await self._restart_uplink(applied)
+            log.info("reload: uplink settings changed: reconnecting")
+        self.cfg = applied
+        self.reloads.update(
+            ok=True, errors=[], restart_needed=restart_needed, devices_restarted=restarted
+        )
+        log.info(
+            "reload: config applied (%d devices restarted: %s)%s",
+            len(restarted),
+            ", ".join(restarted) or "none",
+            f"; needs a restart to change {', '.join(restart_needed)}" if restart_needed else "",
+        )
+        self.notify.ready(self.status_line())
+        return True
+
+    def _reload_failed(self, errors: list[str]) -> bool:
+        for e in errors:
+            log.error("reload: %s", e)
+        log.error(
+            "reload refused: %d problem%s in the config; still running the previous one",
+            len(errors),
+            "" if len(errors) == 1 else "s",
+        )
+        self.reloads.update(ok=False, errors=errors[:20])
+        self.notify.ready(f"reload failed ({len(errors)} problems); {self.status_line()}")
+        return False
+
+    async def _apply_devices(self, old: Config, new: Config) -> list[str]:
+        """Stop removed and changed devices, start new and changed ones; the ids touched."""
+        before = {d.id: d for d in old.devices}
+        after = {d.id: d for d in new.devices}
+        gone = [i for i in before if i not in after or before[i] != after[i]]
+        for dev_id in gone:
+            task = self._pollers.pop(dev_id)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.devices.pop(dev_id, None)
+        for dev in new.devices:
+            if dev.id not in self._pollers:
+                self._start_device(dev)
+        return sorted(set(gone) | (set(after) - set(before)))
+
+    async def _restart_uplink(self, cfg: Config) -> None:
+        assert self._tg is not None
+        if self._uplink_task is not None:
+            self._uplink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._uplink_task
+        stats = self.uplink.stats
+        self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
+        self.uplink.stats = stats  # counters run on across a reconnect
+        self._uplink_task = self._tg.create_task(self.uplink.run(), name="tepi.uplink")
+        self._tasks.append(self._uplink_task)
 
     def _on_stop(self) -> None:
         self.notify.stopping(f"stopping: committing {self.buffer.stats().pending} readings")
@@ -230,7 +360,7 @@ class Agent:
     async def _until(
         stop: asyncio.Event,
         tasks: list[asyncio.Task[None]],
-        pollers: list[asyncio.Task[None]] | None = None,
+        pollers: dict[str, asyncio.Task[None]] | None = None,
         stopping: asyncio.Event | None = None,
         on_stop: Callable[[], None] | None = None,
     ) -> None:
@@ -242,7 +372,7 @@ class Agent:
         if stopping is not None:
             stopping.set()
         if pollers:
-            _, late = await asyncio.wait(pollers, timeout=DRAIN_S)
+            _, late = await asyncio.wait(list(pollers.values()), timeout=DRAIN_S)
             if late:
                 log.info("stop: %d polls still in flight after %.0f s", len(late), DRAIN_S)
         loop = asyncio.get_running_loop()
@@ -272,8 +402,8 @@ class Agent:
 SWITCH_INTERVAL_S = 0.0005
 
 
-async def run_agent(cfg: Config) -> None:
-    """Run with SIGTERM/SIGINT wired to a clean stop."""
+async def run_agent(cfg: Config, config_path: Path | None = None) -> None:
+    """Run with SIGTERM/SIGINT wired to a clean stop, and SIGHUP to a reload."""
     # The buffer's writer thread releases the GIL in every SQLite call and must win it back
     # from the event loop; at the default 5 ms a busy loop made each retake cost up to 5 ms
     # (the "GIL convoy", docs/performance.md). 0.5 ms bounds that; with no other thread
@@ -284,7 +414,9 @@ async def run_agent(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    await Agent(cfg).run(stop)
+    agent = Agent(cfg, config_path=config_path)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    await agent.run(stop)
 
 
 def dump_tasks() -> None:
