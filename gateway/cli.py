@@ -79,9 +79,35 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--baud", type=int, default=9600, help="baud rate (serial only)")
     read.add_argument("--timeout", type=float, default=1.0, help="seconds to wait")
     read.add_argument("--framing", choices=["mbap", "rtu"], default="mbap", help="TCP framing")
+    status = sub.add_parser(
+        "status", help="the running agent's link, buffer and devices, in one screen"
+    )
+    status.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file, to find the status socket (default /etc/tepi/tepi.yaml)",
+    )
+    status.add_argument("--socket", type=Path, default=None, help="the status socket itself")
+    status.add_argument("--json", action="store_true", help="the raw health and devices JSON")
     profiles = sub.add_parser("profiles", help="list the device profiles, or show one")
     profiles.add_argument("name", nargs="?", help="a profile to show")
     return p
+
+
+def cmd_status(config: Path, sock: Path | None, as_json: bool) -> int:
+    from gateway.configload import load_config
+    from gateway.status import run_status
+
+    if sock is None:
+        try:
+            sock = load_config(config, check_files=False).status_socket()
+        except ConfigError as err:
+            for issue in err.issues:
+                print(issue, file=sys.stderr)
+            return EXIT_CONFIG
+    return run_status(sock, as_json=as_json)
 
 
 def cmd_profiles(name: str | None) -> int:
@@ -164,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.config, not args.no_files)
     if args.command == "run":
         return cmd_run(args.config, args.debug)
+    if args.command == "status":
+        return cmd_status(args.config, args.socket, args.json)
     if args.command == "profiles":
         return cmd_profiles(args.name)
     if args.command in ("scan", "read"):

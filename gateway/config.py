@@ -211,10 +211,42 @@ class BufferSection(_Model):
     )
 
 
+RUN_DIR = Path("/run/tepi")
+
+
+class StatusSection(_Model):
+    socket: Path | None = Field(
+        default=None,
+        description="Unix socket of the local status API (tepi status, Prometheus). "
+        "Default: /run/tepi/status.sock when /run/tepi exists (the unit's "
+        "RuntimeDirectory), else status.sock in gateway.data_dir. Readable by the service's "
+        "user and group only.",
+    )
+    tcp_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also serve the status API on 127.0.0.1:PORT (loopback only), e.g. for "
+        "a local Prometheus. Off by default.",
+    )
+    enabled: bool = Field(default=True, description="Serve the local status API at all.")
+
+
 class Config(_Model):
     """The whole config file."""
+
+    def status_socket(self) -> Path:
+        """Where the status API listens (and ``tepi status`` looks)."""
+        if self.status.socket is not None:
+            return self.status.socket
+        # The unit's RuntimeDirectory; the agent and ``tepi status`` both look there first.
+        base = RUN_DIR if RUN_DIR.is_dir() else self.gateway.data_dir
+        return base / "status.sock"
 
     gateway: GatewaySection = Field(description="This gateway.")
     uplink: UplinkSection = Field(description="The MQTT broker at the IOC.")
     buffer: BufferSection = Field(default_factory=BufferSection, description="Store-and-forward.")
+    status: StatusSection = Field(
+        default_factory=StatusSection, description="The local status API."
+    )
     devices: list[DeviceConfig] = Field(default_factory=list, description="Field devices to poll.")

@@ -48,6 +48,8 @@ class DeviceStats:
     last_error: str | None = None
     last_poll_s: float | None = None
     next_probe_s: float | None = None  # while quarantined: seconds between probes
+    # The latest reading of each metric, for the local status API and ``tepi status``.
+    last: dict[str, Reading] = field(default_factory=dict)
     # The driver's own counters (Modbus: requests, timeouts, ...), when it has any.
     protocol: Callable[[], dict[str, object]] | None = None
 
@@ -185,7 +187,9 @@ async def _poll_loop(
             stats.consecutive_failures = 0
             stats.last_ok_ts = time.time()
             for s in samples:
-                buffer.put(reading(cfg.id, s, stamp))
+                r = reading(cfg.id, s, stamp)
+                buffer.put(r)
+                stats.last[s.metric] = r
                 stats.readings += 1
                 if s.reason is not None and not s.uncertain:
                     stats.bad_readings += 1
@@ -249,5 +253,7 @@ def _failed(
         log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
         ts, mono = time.time(), boottime()
         for m in driver.metrics():
-            buffer.put(reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp))
+            r = reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp)
+            buffer.put(r)
+            stats.last[m.name] = r
             stats.bad_readings += 1

@@ -31,6 +31,7 @@ from gateway.configload import load_config
 from gateway.errors import ConfigError
 from gateway.notify import Notifier
 from gateway.poller import DeviceStats, poll_device
+from gateway.statusapi import StatusServer
 from gateway.sysinfo import boot_id as read_boot_id
 from gateway.sysinfo import clock_synced, cpu_seconds, free_disk_bytes, rss_bytes
 from gateway.uplink import Uplink
@@ -89,19 +90,22 @@ class Agent:
             "devices_restarted": [],
         }
         self._tg: asyncio.TaskGroup | None = None
+        self.status_server: StatusServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._uplink_task: asyncio.Task[None] | None = None
         self._resources = SharedResources(gps_time=self.clock.gps_update)
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
 
-    def health(self) -> dict[str, Any]:
-        """The health message (docs/payload.md#health)."""
+    def health(self, *, mark: bool = True) -> dict[str, Any]:
+        """The health message (docs/payload.md#health). Its rates run from the previous
+        message; ``mark=False`` (the status API) reads them without starting a new span."""
         now_m, cpu = time.monotonic(), cpu_seconds()
         last_m, last_cpu, last_acked = self._last_cpu
         acked = self.uplink.stats.readings_acked
         span = max(now_m - last_m, 1e-6)
-        self._last_cpu = (now_m, cpu, acked)
+        if mark:
+            self._last_cpu = (now_m, cpu, acked)
         bs = self.buffer.stats()
         up = self.uplink.stats
         return {
@@ -172,6 +176,14 @@ class Agent:
                     )
                     tg.create_task(self._notify_loop(), name="tepi.notify")
                     tg.create_task(self._reload_loop(), name="tepi.reload")
+                    if self.cfg.status.enabled:
+                        self.status_server = StatusServer(
+                            lambda: self.health(mark=False),
+                            self.device_status,
+                            self.cfg.status_socket(),
+                            self.cfg.status.tcp_port,
+                        )
+                        tg.create_task(self.status_server.run(), name="tepi.status")
                     self.ready.set()
                     self.notify.ready(self.status_line())
                     log.info(
@@ -184,6 +196,24 @@ class Agent:
                 log.info("stopping: committing %d pending readings", self.buffer.stats().pending)
             finally:
                 self._tg = None
+
+    def device_status(self) -> dict[str, Any]:
+        """``/devices`` of the status API: each device's health and its latest readings."""
+        out: dict[str, Any] = {}
+        for dev_id, st in self.devices.items():
+            d = st.as_dict()
+            d["last"] = {
+                m: {
+                    "value": r.value,
+                    "unit": r.unit,
+                    "quality": r.quality,
+                    "reason": r.reason,
+                    "ts": round(r.ts, 3),
+                }
+                for m, r in st.last.items()
+            }
+            out[dev_id] = d
+        return out
 
     def _start_device(self, dev: DeviceConfig) -> None:
         assert self._tg is not None

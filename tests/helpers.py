@@ -246,7 +246,7 @@ def agent_config(tmp: Path, broker_port: int, devices: list[dict[str, Any]], **o
     }
     for key, value in over.items():
         section, _, name = key.partition("__")
-        cfg[section][name] = value
+        cfg.setdefault(section, {})[name] = value
     path = tmp / "tepi.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -1,0 +1,153 @@
+"""``tepi status``: is it working, and if not, why, in one screen, for the technician on site.
+
+It asks the running agent's local status API (its unix socket) for ``/health`` and
+``/devices`` and prints the link, the time since the broker last acknowledged, the buffer,
+and a line per device: its state, its latest values, its errors and how its polls go. It
+reads; it never touches the buffer file or the service, so it is safe while tepi runs.
+
+Exit codes: 0 all is well; 5 the agent cannot be reached (not running, or another socket);
+6 it runs but something needs attention (link down, a device failing, the buffer file
+unusable, the last reload refused).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_UNREACHABLE = 5
+EXIT_DEGRADED = 6
+
+_COLOURS = {"good": "32", "bad": "31", "warn": "33", "dim": "2"}
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def fetch(path: Path, route: str, timeout: float = 5.0) -> Any:
+    """GET ``route`` from the status API at the unix socket ``path``, decoded."""
+    conn = _UnixHTTP(path, timeout)
+    try:
+        conn.request("GET", route)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise OSError(f"{route}: HTTP {resp.status}")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    s = max(seconds, 0)
+    if s < 90:
+        return f"{s:.0f} s ago"
+    if s < 5400:
+        return f"{s / 60:.0f} min ago"
+    return f"{s / 3600:.1f} h ago"
+
+
+def _value(v: dict[str, Any]) -> str:
+    if v["quality"] == "bad":
+        return f"BAD ({v['reason']})"
+    x = v["value"]
+    text = f"{x:.4g}" if isinstance(x, float) else str(x)
+    unit = f" {v['unit']}" if v["unit"] else ""
+    mark = "~" if v["quality"] == "uncertain" else ""
+    return f"{mark}{text}{unit}"
+
+
+def problems(health: dict[str, Any]) -> list[str]:
+    """What needs attention, one short line each (empty: all is well)."""
+    out = []
+    up, buf = health["uplink"], health["buffer"]
+    if not up["connected"]:
+        out.append("not connected to the broker: readings wait in the buffer")
+    if buf["file_error"]:
+        out.append(f"buffer file unusable: {buf['file_error']}")
+    if buf["dropped"]:
+        out.append(f"readings dropped: {buf['dropped']}")
+    for dev, d in health["devices"].items():
+        if d["state"] in ("failing", "quarantined"):
+            out.append(f"device {dev} is {d['state']}: {d['last_error']}")
+    if health["config"]["last_reload_ok"] is False:
+        out.append("the last reload was refused: " + "; ".join(health["config"]["errors"][:3]))
+    if health["config"]["restart_needed"]:
+        out.append("restart to apply: " + ", ".join(health["config"]["restart_needed"]))
+    return out
+
+
+def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str:
+    def c(kind: str, text: str) -> str:
+        return f"\033[{_COLOURS[kind]}m{text}\033[0m" if colour else text
+
+    now = time.time()
+    up, buf = health["uplink"], health["buffer"]
+    link = c("good", "online") if up["connected"] else c("bad", "OFFLINE")
+    last_ack = None if up["last_ack_ts"] is None else now - up["last_ack_ts"]
+    oldest = buf["oldest_age_s"]
+    lines = [
+        f"tepi {health['version']}  gateway {health['gateway']}  up {health['uptime_s']:.0f} s"
+        f"  clock {'synced' if health['clock_synced'] else c('warn', 'NOT synced')}",
+        f"link    {link}  last ack {_ago(last_ack)}  {up['publish_rate']:.1f} readings/s",
+        f"buffer  {buf['readings']:,} waiting"
+        + (f", oldest {_ago(oldest)}" if oldest is not None else "")
+        + f"  file {buf['bytes'] / 1e6:.1f} of {buf['max_bytes'] / 1e6:.0f} MB"
+        + (f"  {c('bad', 'FILE: ' + buf['file_error'])}" if buf["file_error"] else ""),
+        "",
+        f"{'device':<16} {'state':<12} {'polls':>7} {'errors':>7}  {'last poll':>9}  latest",
+    ]
+    for dev, d in devices.items():
+        state = d["state"]
+        kind = "good" if state == "ok" else "warn" if state == "starting" else "bad"
+        errors = sum(d["errors"].values())
+        poll = "" if d["last_poll_ms"] is None else f"{d['last_poll_ms']:.0f} ms"
+        latest = ", ".join(f"{m} {_value(v)}" for m, v in list(d["last"].items())[:4])
+        if len(d["last"]) > 4:
+            latest += f", … (+{len(d['last']) - 4})"
+        lines.append(
+            f"{dev:<16} {c(kind, f'{state:<12}')} {d['polls']:>7} {errors:>7}  {poll:>9}  {latest}"
+        )
+        if state in ("failing", "quarantined") and d["last_error"]:
+            lines.append(c("dim", f"{'':<16} {d['last_error']}"))
+    found = problems(health)
+    lines.append("")
+    if found:
+        lines += [c("bad", "! " + p) for p in found]
+    else:
+        lines.append(c("good", "all is well"))
+    return "\n".join(lines)
+
+
+def run_status(socket_path: Path, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+    try:
+        health = fetch(socket_path, "/health")
+        devices = fetch(socket_path, "/devices")
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        print(
+            f"tepi status: cannot reach the agent at {socket_path}: {err}\n"
+            "Is it running? (systemctl status tepi)  Is this the right config (--config)?",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    if as_json:
+        out.write(json.dumps({"health": health, "devices": devices}, indent=2) + "\n")
+    else:
+        out.write(render(health, devices, colour=out.isatty()) + "\n")
+    return EXIT_DEGRADED if problems(health) else 0

@@ -1,0 +1,131 @@
+"""The local status API and ``tepi status`` against a running agent and a real broker: the
+unix socket (0660), /health (valid against the IOC's schema), /metrics (Prometheus text that
+prometheus-client parses back), /devices (latest readings), loopback TCP only when asked,
+and ``tepi status``'s screen and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import AgentProc, Broker, agent_config, run_tepi
+from prometheus_client.parser import text_string_to_metric_families
+from rig import validator
+
+from gateway.localbroker import free_port
+from gateway.status import EXIT_DEGRADED, EXIT_UNREACHABLE, fetch
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def wait_socket(path: Path, agent: AgentProc) -> None:
+    async with asyncio.timeout(20):
+        while not path.exists():
+            assert agent.proc is not None
+            assert agent.proc.poll() is None, agent.log_text()
+            await asyncio.sleep(0.05)
+
+
+async def fetch_async(path: Path, route: str) -> Any:
+    return await asyncio.to_thread(fetch, path, route)
+
+
+async def test_health_metrics_devices_and_tepi_status(tmp_path: Path) -> None:
+    broker = Broker(tmp_path)
+    await broker.start()
+    tcp = free_port()
+    devices = [
+        {"id": "aq-1", "driver": "synthetic", "metrics": 3, "poll_interval": "100ms"},
+        {  # nothing listens there: a device that fails
+            "id": "dead-2",
+            "driver": "modbus-tcp",
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "timeout": "200ms",
+            "poll_interval": "500ms",
+            "registers": [{"name": "level", "address": 0}],
+        },
+    ]
+    cfg = agent_config(tmp_path, broker.port, devices, status__tcp_port=tcp)
+    sock = tmp_path / "data" / "status.sock"
+    agent = AgentProc(cfg, tmp_path / "agent.log")
+    agent.start()
+    try:
+        await wait_socket(sock, agent)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660  # the service's user and group
+
+        async with asyncio.timeout(20):
+            while (await fetch_async(sock, "/devices"))["dead-2"]["state"] == "starting" or not (
+                await fetch_async(sock, "/health")
+            )["uplink"]["connected"]:
+                await asyncio.sleep(0.1)
+        health = await fetch_async(sock, "/health")
+        validator("health").validate(health)
+        assert health["devices"]["aq-1"]["state"] == "ok"
+
+        devs = await fetch_async(sock, "/devices")
+        last = devs["aq-1"]["last"]
+        assert set(last) == {"m0", "m1", "m2"}
+        assert last["m0"]["quality"] == "good"
+        assert last["m0"]["value"] >= 1
+        assert devs["dead-2"]["last"]["level"]["quality"] == "bad"
+
+        # Prometheus text, over loopback TCP (asked for in the config)
+        url = f"http://127.0.0.1:{tcp}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        assert families["tepi_uplink_connected"].samples[0].value == 1
+        states = {
+            (s.labels["device"], s.labels["state"]): s.value
+            for s in families["tepi_device_state"].samples
+        }
+        assert states[("aq-1", "ok")] == 1
+        assert states[("dead-2", "ok")] == 0
+        assert families["tepi_device_readings"].samples  # counters carry _total
+        assert any(
+            s.name == "tepi_device_readings_total" for s in families["tepi_device_readings"].samples
+        )
+
+        # tepi status: one screen, and it says what is wrong
+        out = await asyncio.to_thread(run_tepi, "status", "--config", str(cfg))
+        assert out.returncode == EXIT_DEGRADED, out.stderr
+        assert "link    online" in out.stdout
+        assert "aq-1" in out.stdout
+        assert "device dead-2 is" in out.stdout
+        assert "\033[" not in out.stdout  # no colour when not on a terminal
+        raw = await asyncio.to_thread(run_tepi, "status", "--socket", str(sock), "--json")
+        assert '"health"' in raw.stdout
+    finally:
+        await agent.stop()
+        await broker.stop()
+    assert not sock.exists()  # removed at a clean stop
+    out = run_tepi("status", "--socket", str(sock))
+    assert out.returncode == EXIT_UNREACHABLE
+    assert "cannot reach the agent" in out.stderr
+
+
+async def test_no_tcp_unless_asked_and_all_is_well(tmp_path: Path) -> None:
+    broker = Broker(tmp_path)
+    await broker.start()
+    devices = [{"id": "aq-1", "driver": "synthetic", "metrics": 1, "poll_interval": "200ms"}]
+    cfg = agent_config(tmp_path, broker.port, devices)
+    sock = tmp_path / "data" / "status.sock"
+    agent = AgentProc(cfg, tmp_path / "agent.log")
+    agent.start()
+    try:
+        await wait_socket(sock, agent)
+        async with asyncio.timeout(20):
+            while not (await fetch_async(sock, "/health"))["uplink"]["connected"]:
+                await asyncio.sleep(0.1)
+        out = await asyncio.to_thread(run_tepi, "status", "--config", str(cfg))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "all is well" in out.stdout
+        assert "status API on" in agent.log_text()
+        assert "127.0.0.1" not in agent.log_text().split("status API on", 1)[1].splitlines()[0]
+    finally:
+        await agent.stop()
+        await broker.stop()
