@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from gateway import __version__
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_RUNTIME, EXIT_MISSING = 0, 1, 2, 3, 4
+EXIT_REFUSED = 7  # not done: unsafe now (tepi buffer purge while the agent runs)
 log = logging.getLogger("tepi")
 
 
@@ -91,6 +93,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--socket", type=Path, default=None, help="the status socket itself")
     status.add_argument("--json", action="store_true", help="the raw health and devices JSON")
+    buf = sub.add_parser("buffer", help="the buffer file: stats, export, purge")
+    buf.add_argument("action", choices=["stats", "export", "purge"], help="what to do")
+    buf.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file, to find the buffer (default /etc/tepi/tepi.yaml)",
+    )
+    buf.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="export format")
+    buf.add_argument(
+        "--output", "-o", type=Path, default=None, help="export to FILE (default stdout)"
+    )
+    buf.add_argument("--device", default=None, help="export only this device")
+    buf.add_argument(
+        "--before", default=None, help="purge only readings older than this, e.g. 7d, 12h"
+    )
+    buf.add_argument("--yes", action="store_true", help="purge without asking")
     profiles = sub.add_parser("profiles", help="list the device profiles, or show one")
     profiles.add_argument("name", nargs="?", help="a profile to show")
     return p
@@ -108,6 +128,61 @@ def cmd_status(config: Path, sock: Path | None, as_json: bool) -> int:
                 print(issue, file=sys.stderr)
             return EXIT_CONFIG
     return run_status(sock, as_json=as_json)
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.buffertool import BufferToolError, confirm, export, purge, stats
+    from gateway.configload import load_config
+    from gateway.status import fetch
+    from gateway.units import parse_duration
+
+    try:
+        cfg = load_config(args.config, check_files=False)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
+    path = cfg.gateway.data_dir / "buffer.db"
+    try:
+        if args.action == "stats":
+            print(json.dumps(stats(path), indent=2))
+            return EXIT_OK
+        if args.action == "export":
+            progress = sys.stderr if sys.stderr.isatty() else None
+            if args.output is None:
+                n = export(path, sys.stdout, args.format, device=args.device, progress=progress)
+            else:
+                with args.output.open("w", newline="") as out:
+                    n = export(path, out, args.format, device=args.device, progress=progress)
+            print(f"{n:,} readings exported", file=sys.stderr)
+            return EXIT_OK
+        # purge: never behind the running agent's back
+        try:
+            fetch(cfg.status_socket(), "/health", timeout=2)
+        except (OSError, ValueError):
+            pass
+        else:
+            print(
+                "tepi buffer purge: the agent is running and holds the buffer; stop it first "
+                "(systemctl stop tepi)",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+        before = None if args.before is None else time.time() - parse_duration(args.before)
+        what = "ALL readings" if before is None else f"readings older than {args.before}"
+        if not args.yes and not confirm(
+            f"Delete {what} in {path}? They will never reach the IOC. Type 'purge' to go on: "
+        ):
+            print("tepi buffer purge: not confirmed (type 'purge', or pass --yes)", file=sys.stderr)
+            return EXIT_USAGE
+        n = purge(path, before_ts=before)
+        print(f"{n:,} readings deleted from {path}", file=sys.stderr)
+        return EXIT_OK
+    except BufferToolError as err:
+        print(f"tepi buffer {args.action}: {err}", file=sys.stderr)
+        return EXIT_MISSING
 
 
 def cmd_profiles(name: str | None) -> int:
@@ -192,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args.config, args.debug)
     if args.command == "status":
         return cmd_status(args.config, args.socket, args.json)
+    if args.command == "buffer":
+        return cmd_buffer(args)
     if args.command == "profiles":
         return cmd_profiles(args.name)
     if args.command in ("scan", "read"):
