@@ -111,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         "--before", default=None, help="purge only readings older than this, e.g. 7d, 12h"
     )
     buf.add_argument("--yes", action="store_true", help="purge without asking")
+    doctor = sub.add_parser("doctor", help="check ports, broker, TLS, clock, disk, buffer")
+    doctor.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file (default /etc/tepi/tepi.yaml)",
+    )
     profiles = sub.add_parser("profiles", help="list the device profiles, or show one")
     profiles.add_argument("name", nargs="?", help="a profile to show")
     return p
@@ -269,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(args.config, args.socket, args.json)
     if args.command == "buffer":
         return cmd_buffer(args)
+    if args.command == "doctor":
+        from gateway.doctor import run_doctor
+
+        setup_logging("error", args.debug)
+        return run_doctor(args.config, sys.stdout)
     if args.command == "profiles":
         return cmd_profiles(args.name)
     if args.command in ("scan", "read"):
