@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TEST_SECRETS, Broker, agent_config, run_tepi
+from helpers import TEST_SECRETS, Broker, agent_config, run_tepi, start_tls_broker
 
 from gateway.localbroker import free_port
 
@@ -84,3 +84,30 @@ def test_an_invalid_config_is_reported_first(tmp_path: Path) -> None:
     assert out.returncode == 6
     assert "FAIL  config" in out.stdout
     assert "devices[0].metrics" in out.stdout
+
+
+async def test_the_tls_check_verifies_the_certificate_and_the_host_name(tmp_path: Path) -> None:
+    broker, proc = await start_tls_broker(tmp_path, require_cert=False, auth=False)
+    try:
+
+        def doctor(host: str, ca: Path) -> str:
+            data = {
+                "gateway": {"id": "gw-test", "data_dir": str(tmp_path / "data")},
+                "uplink": {"url": f"mqtts://{host}:{broker.tls_port}", "tls": {"ca_file": str(ca)}},
+            }
+            cfg = tmp_path / "tls.yaml"
+            cfg.write_text(yaml.safe_dump(data))
+            return run_tepi("doctor", "--config", str(cfg)).stdout
+
+        good = doctor("localhost", broker.ca)
+        assert "ok    tls        localhost: certificate and host name verified" in good
+        assert "ok    login" in good
+        wrong_ca = doctor("localhost", broker.other_ca)
+        assert "FAIL  tls" in wrong_ca
+        assert "certificates are always verified" in wrong_ca
+        assert "login" not in wrong_ca  # no fallback to anything after a failed handshake
+        wrong_host = doctor("127.0.0.1", broker.ca)  # the certificate is for localhost
+        assert "FAIL  tls" in wrong_host
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -8,85 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
-from helpers import TEST_SECRETS, Subscriber, find_secrets, mosquitto_bin
+from helpers import TEST_SECRETS, Subscriber, TlsBroker, find_secrets, start_tls_broker
 
 from buffer import Reading
 from gateway.configload import parse_config
-from gateway.localbroker import free_port, keep_user_line, wait_port
 from gateway.runtime import Agent
 
 pytestmark = pytest.mark.timeout(60)
 PASSWORD, WRONG_PASSWORD = TEST_SECRETS[1], TEST_SECRETS[2]
-
-
-@dataclass
-class TlsBroker:
-    tls_port: int
-    plain_port: int
-    ca: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path
-
-
-async def start_tls_broker(
-    tmp: Path, *, require_cert: bool, auth: bool
-) -> tuple[TlsBroker, subprocess.Popen[bytes]]:
-    ca, other = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("localhost")
-    client = ca.issue_cert("gw-test")
-    paths = {
-        n: tmp / n
-        for n in ("ca.pem", "other.pem", "server.pem", "server.key", "client.pem", "client.key")
-    }
-    ca.cert_pem.write_to_path(str(paths["ca.pem"]))
-    other.cert_pem.write_to_path(str(paths["other.pem"]))
-    server.cert_chain_pems[0].write_to_path(str(paths["server.pem"]))
-    server.private_key_pem.write_to_path(str(paths["server.key"]))
-    client.cert_chain_pems[0].write_to_path(str(paths["client.pem"]))
-    client.private_key_pem.write_to_path(str(paths["client.key"]))
-    tls_port, plain_port = free_port(), free_port()
-    conf = [
-        "per_listener_settings true",
-        keep_user_line(),
-        f"listener {tls_port} 127.0.0.1",
-        f"cafile {paths['ca.pem']}",
-        f"certfile {paths['server.pem']}",
-        f"keyfile {paths['server.key']}",
-        f"require_certificate {'true' if require_cert else 'false'}",
-    ]
-    if auth:
-        pwfile = tmp / "passwd"
-        pwfile.write_text(f"gw-test:{PASSWORD}\n")
-        subprocess.run(["mosquitto_passwd", "-U", str(pwfile)], check=True, timeout=30)
-        conf += ["allow_anonymous false", f"password_file {pwfile}"]
-    else:
-        conf += ["allow_anonymous true"]
-    conf += [f"listener {plain_port} 127.0.0.1", "allow_anonymous true"]
-    (tmp / "mosquitto.conf").write_text("\n".join(conf) + "\n")
-    proc = subprocess.Popen(
-        [mosquitto_bin(), "-c", str(tmp / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "mosq.log").open("wb"),
-    )
-    await wait_port(tls_port)
-    await wait_port(plain_port)
-    return TlsBroker(
-        tls_port,
-        plain_port,
-        paths["ca.pem"],
-        paths["client.pem"],
-        paths["client.key"],
-        paths["other.pem"],
-    ), proc
 
 
 @pytest.fixture
