@@ -83,6 +83,15 @@ def test_cli_help(arg: str) -> None:
     assert "tepi" in out.stdout
 
 
+@pytest.mark.parametrize(
+    "command", ["run", "check", "demo", "scan", "read", "status", "doctor", "buffer", "profiles"]
+)
+def test_every_command_has_help(command: str) -> None:
+    out = run_tepi(command, "--help", timeout=30)
+    assert out.returncode == 0
+    assert f"usage: tepi {command}" in out.stdout
+
+
 def test_unknown_command_is_a_usage_error() -> None:
     out = run_tepi("frobnicate", timeout=30)
     assert out.returncode == 2
