@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -444,9 +445,29 @@ async def run_agent(cfg: Config, config_path: Path | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    loop.set_exception_handler(loop_exception)
     agent = Agent(cfg, config_path=config_path)
     loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     await agent.run(stop)
+
+
+def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's handler for errors in callbacks. One is known and harmless: aiomqtt asks
+    the loop to watch the MQTT socket with ``call_soon_threadsafe(add_writer, fd)``, and
+    when the connection drops in between the socket is closed by the time that runs (EBADF;
+    the fifth soak logged it as a traceback). The session is being torn down anyway and the
+    uplink reconnects: one debug line. Anything else keeps the default report."""
+    exc = context.get("exception")
+    handle = context.get("handle")
+    callback = getattr(handle, "_callback", None)
+    name = getattr(callback, "__name__", "")
+    if isinstance(exc, OSError) and exc.errno == errno.EBADF and name in _WATCHERS:
+        log.debug("a socket closed before the loop could watch it (%s): ignored", name)
+        return
+    loop.default_exception_handler(context)
+
+
+_WATCHERS = frozenset({"add_writer", "add_reader", "remove_writer", "remove_reader"})
 
 
 def dump_tasks() -> None:

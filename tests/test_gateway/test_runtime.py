@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,36 @@ async def test_an_impossible_data_dir_is_a_clear_error_not_a_crash(tmp_path: Pat
     log = agent.log_text()
     assert f"data dir {ro / 'file' / 'data'}: Not a directory" in log, log
     assert "Traceback" not in log
+
+
+async def test_a_socket_closed_before_the_loop_watches_it_is_one_quiet_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiomqtt's call_soon_threadsafe(add_writer, fd) racing a dropped connection."""
+    import socket
+
+    from gateway.runtime import loop_exception
+
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(loop_exception)
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    a.close()
+    b.close()
+    with caplog.at_level(logging.DEBUG):
+        loop.call_soon(loop.add_writer, fd, lambda: None)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    assert "ignored" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert "Exception in callback" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):  # any other error still gets the full report
+
+        def boom() -> None:
+            raise ValueError("other")
+
+        loop.call_soon(boom)
+        await asyncio.sleep(0)
+    assert "Exception in callback" in caplog.text
+    loop.set_exception_handler(None)
