@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 Value = float | int | bool | str | None
+_INT64 = 2**63
+
+
+def storable(value: Value) -> str | None:
+    """Why the buffer cannot keep ``value`` (SQLite integers are 64-bit, JSON has no NaN),
+    or None: a uint64 register at 2**63 or more, or a text node's 1e999."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        return "value out of range"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    return None
 
 
 @dataclass(slots=True, frozen=True)

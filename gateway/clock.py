@@ -50,17 +50,12 @@ class WallClock:
         self._fixes: deque[float] = deque(maxlen=WINDOW)
         self._last_mono: float | None = None
         self.source_device: str | None = None
-        self.gps_fixes = 0
-
-    def synced(self) -> bool:
-        return self._synced()
 
     def gps_update(self, utc: float, mono: float, device: str) -> None:
         """A valid GPS time ``utc`` read at boot time ``mono``, from ``device``."""
         self._fixes.append(utc - mono)
         self._last_mono = mono
         self.source_device = device
-        self.gps_fixes += 1
 
     def gps_fix(self, now_mono: float | None = None) -> float | None:
         """``utc - mono`` from GPS, if a fix is fresh enough to date readings by."""

@@ -43,7 +43,6 @@ class Notifier:
         pid = env.get("WATCHDOG_PID")
         if usec and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_s = int(usec) / 1e6
-        self.sent = 0
         self._failed_logged = False
 
     @property
@@ -61,7 +60,6 @@ class Notifier:
                 self._failed_logged = True
                 log.warning("cannot notify the service manager (%s): %s", self._addr, err)
             return False
-        self.sent += 1
         return True
 
     def ready(self, status: str) -> None:

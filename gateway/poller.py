@@ -16,20 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from buffer import Buffer, Reading
-from buffer.records import Value
+from buffer.records import storable
 from drivers.base import Driver, DriverConfig, Sample, boottime
 from gateway.clock import Stamp, WallClock
 from gateway.errors import DeviceError, DeviceUnavailable
 
 log = logging.getLogger(__name__)
-_INT64 = 2**63
 _OPEN_RETRY_MAX_S = 60.0
 
 
@@ -70,21 +68,10 @@ class DeviceStats:
         }
 
 
-def storable(value: Value) -> str | None:
-    """Why the buffer cannot keep ``value`` (SQLite integers are 64-bit, JSON has no NaN),
-    or None. Any driver's value passes here: a uint64 register at 2**63 or more, or a text
-    node's 1e999, becomes a bad reading instead of a failed commit."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and not -_INT64 <= value < _INT64:
-        return "value out of range"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "not a finite number"
-    return None
-
-
 def reading(device: str, s: Sample, stamp: Stamp) -> Reading:
     """A sample as the buffer keeps it, dated by the poll's time source."""
+    # Any driver's value passes here: one the buffer cannot keep becomes a bad reading
+    # instead of a failed commit.
     why = storable(s.value)
     if why is not None:
         s = Sample(s.metric, None, s.unit, s.ts, s.mono, why)

@@ -88,7 +88,6 @@ class Agent:
             "ok": None,
             "errors": [],
             "restart_needed": [],
-            "devices_restarted": [],
         }
         self._tg: asyncio.TaskGroup | None = None
         self.status_server: StatusServer | None = None
@@ -278,9 +277,7 @@ class Agent:
             await self._restart_uplink(applied)
             log.info("reload: uplink settings changed: reconnecting")
         self.cfg = applied
-        self.reloads.update(
-            ok=True, errors=[], restart_needed=restart_needed, devices_restarted=restarted
-        )
+        self.reloads.update(ok=True, errors=[], restart_needed=restart_needed)
         log.info(
             "reload: config applied (%d devices restarted: %s)%s",
             len(restarted),

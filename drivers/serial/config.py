@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.base import DriverConfig
+from drivers.serial import codecs
 from gateway.units import Duration
 
 Protocol = Literal["pms5003", "pms7003", "sds011", "mhz19", "nmea", "line"]
@@ -28,21 +29,11 @@ class MetricSpec:
 _PM = "ug/m3"
 _COUNT = "1/0.1L"
 PROTOCOL_METRICS: dict[str, tuple[MetricSpec, ...]] = {
-    "pms5003": (
-        MetricSpec("pm1_cf1", _PM),
-        MetricSpec("pm25_cf1", _PM),
-        MetricSpec("pm10_cf1", _PM),
-        MetricSpec("pm1_atm", _PM),
-        MetricSpec("pm25_atm", _PM),
-        MetricSpec("pm10_atm", _PM),
-        MetricSpec("n0_3", _COUNT),
-        MetricSpec("n0_5", _COUNT),
-        MetricSpec("n1_0", _COUNT),
-        MetricSpec("n2_5", _COUNT),
-        MetricSpec("n5_0", _COUNT),
-        MetricSpec("n10", _COUNT),
+    # mass concentrations (pm*) in ug/m3, particle counts (n*) per 0.1 L of air
+    "pms5003": tuple(
+        MetricSpec(m, _PM if m.startswith("pm") else _COUNT) for m in codecs.PMS_METRICS
     ),
-    "sds011": (MetricSpec("pm25", _PM), MetricSpec("pm10", _PM)),
+    "sds011": tuple(MetricSpec(m, _PM) for m in codecs.SDS_METRICS),
     "mhz19": (MetricSpec("co2", "ppm"), MetricSpec("temperature", "degC")),
     "nmea": (
         MetricSpec("latitude", "deg", "last"),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from buffer.records import Value
+from buffer.records import Value, storable
 from drivers.base import MetricInfo, Sample, SharedResources, boottime
 from drivers.serial import codecs
 from drivers.serial.aggregate import Window
@@ -148,19 +148,13 @@ class _Handler:
         return out
 
 
-INT64 = 2**63
-
-
 def check_values(values: dict[str, Value]) -> None:
-    """A device's values as the buffer can keep them: integers in 64 bits, finite floats.
-    Raises FrameError for anything else (an unset uint64 sentinel, 1e999)."""
+    """Raise FrameError for a value the buffer cannot keep (an unset uint64 sentinel,
+    1e999): counted as a parse error before it reaches the window."""
     for name, v in values.items():
-        if isinstance(v, bool) or v is None or isinstance(v, str):
-            continue
-        if isinstance(v, int) and not -INT64 <= v < INT64:
-            raise codecs.FrameError(f"{name}: {v} does not fit in 64 bits")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise codecs.FrameError(f"{name}: {v} is not a finite number")
+        why = storable(v)
+        if why is not None:
+            raise codecs.FrameError(f"{name}: {v}: {why}")
 
 
 def convert(text: str, kind: str, scale: float, offset: float) -> Value:

@@ -53,7 +53,6 @@ class PortStats:
     opens: int = 0
     losses: int = 0
     bytes_in: int = 0
-    bytes_out: int = 0
     last_error: str | None = None
     gaps: deque[Gap] = field(default_factory=lambda: deque(maxlen=MAX_GAPS))
     gap_total_s: float = 0.0
@@ -149,7 +148,6 @@ class SerialPort:
         if self._transport is None or self._transport.is_closing():
             return False
         self._transport.write(data)
-        self.stats.bytes_out += len(data)
         return True
 
     def discard_input(self) -> None:
