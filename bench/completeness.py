@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -40,10 +39,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from gateway.compact import ZSTD_MAGIC, decode_compact  # noqa: E402
+from tepi.gateway.compact import ZSTD_MAGIC, decode_compact  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)

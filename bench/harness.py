@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,9 +14,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "hw-sim")]
 
-from gateway.localbroker import find_mosquitto, mosquitto_conf  # noqa: E402
+from tepi.gateway.localbroker import find_mosquitto, mosquitto_conf  # noqa: E402
 
 
 def start_broker(work: Path, port: int, extra: Iterable[str] = ()) -> subprocess.Popen[bytes]:
@@ -51,7 +49,6 @@ async def start_simulator(
         ],
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),
-        env=dict(os.environ, PYTHONPATH=str(REPO / "hw-sim")),
     )
     deadline = time.monotonic() + 30
     while not manifest.exists():

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "hw-sim")]
 
 from harness import start_simulator  # noqa: E402
 
-from drivers.base import SharedResources  # noqa: E402
-from drivers.modbus import ModbusDriver, ModbusRtuConfig  # noqa: E402
-from drivers.modbus.link import frame_gap  # noqa: E402
+from tepi.drivers.base import SharedResources  # noqa: E402
+from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig  # noqa: E402
+from tepi.drivers.modbus.link import frame_gap  # noqa: E402
 
 
 def theoretical_polls_per_s(baud: int, registers: int, devices: int) -> float:

@@ -28,11 +28,11 @@ from typing import Any
 
 from harness import start_broker
 
-from buffer import Reading
-from gateway.configload import parse_config
-from gateway.localbroker import free_port, wait_port
-from gateway.runtime import Agent
-from gateway.sysinfo import cpu_seconds, rss_bytes
+from tepi.core.records import Reading
+from tepi.gateway.configload import parse_config
+from tepi.gateway.localbroker import free_port, wait_port
+from tepi.gateway.runtime import Agent
+from tepi.gateway.sysinfo import cpu_seconds, rss_bytes
 
 
 def make_agent(work: Path, port: int) -> Agent:

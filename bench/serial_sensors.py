@@ -31,13 +31,12 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "hw-sim")]
 
 from harness import start_broker  # noqa: E402
 from suite import sample  # noqa: E402
 
-from drivers.serial import codecs  # noqa: E402
-from gateway.localbroker import free_port  # noqa: E402
+from tepi.drivers.serial import codecs  # noqa: E402
+from tepi.gateway.localbroker import free_port  # noqa: E402
 
 TEPI = Path(sys.executable).with_name("tepi")
 

@@ -46,13 +46,12 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "hw-sim")]
 
 from harness import start_broker, start_simulator  # noqa: E402
 
-from gateway.compact import decode_compact  # noqa: E402
-from gateway.localbroker import free_port, wait_port  # noqa: E402
-from gateway.units import parse_duration  # noqa: E402
+from tepi.core.units import parse_duration  # noqa: E402
+from tepi.gateway.compact import decode_compact  # noqa: E402
+from tepi.gateway.localbroker import free_port, wait_port  # noqa: E402
 
 WORKLOADS = REPO / "bench" / "workloads"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -302,7 +301,16 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 # ---- one run ---------------------------------------------------------------------------------
 
 
-AGENT_SRC = REPO  # where ``python -m gateway.cli`` is imported from (--agent-src)
+AGENT_SRC = REPO  # the checkout whose agent runs (--agent-src)
+
+
+def agent_command(src: Path) -> tuple[list[str], str]:
+    """``python -m`` for the agent of checkout ``src``, and its PYTHONPATH: the tepi namespace
+    layout, or the flat layout of checkouts before it (for before/after figures)."""
+    if (src / "gateway" / "cli.py").exists():
+        return [sys.executable, "-m", "gateway.cli"], str(src)
+    roots = os.pathsep.join(str(src / d) for d in ("drivers", "buffer", "gateway"))
+    return [sys.executable, "-m", "tepi.gateway.cli"], roots
 
 
 @dataclass
@@ -344,12 +352,13 @@ class Rig:
 
     def start_agent(self, config: Path) -> float:
         t0 = time.monotonic()
+        command, pythonpath = agent_command(AGENT_SRC)
         self.agent = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            [*command, "run", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=(self.work / "agent.log").open("ab"),
             cwd=AGENT_SRC,
-            env=dict(os.environ, PYTHONPATH=str(AGENT_SRC)),
+            env=dict(os.environ, PYTHONPATH=pythonpath),
         )
         return t0
 

@@ -25,11 +25,17 @@ import trustme
 import yaml
 from completeness import Completeness
 
-from gateway.compact import ZSTD_MAGIC, decode_compact
-from gateway.localbroker import find_mosquitto, free_port, keep_user_line, mosquitto_conf, wait_port
+from tepi.gateway.compact import ZSTD_MAGIC, decode_compact
+from tepi.gateway.localbroker import (
+    find_mosquitto,
+    free_port,
+    keep_user_line,
+    mosquitto_conf,
+    wait_port,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO / "gateway" / "payload.schema.json"
+SCHEMA_PATH = REPO / "gateway" / "tepi" / "gateway" / "payload.schema.json"
 SHIMS = Path(__file__).resolve().parent / "shims"
 
 # Secrets every agent the tests start is given (MQTT password from a file; Mosquitto without
@@ -84,7 +90,7 @@ def compile_shim(name: str, out_dir: Path) -> Path:
 def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the ``tepi`` CLI as a person would, and capture what it says."""
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "tepi.gateway.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -278,7 +284,7 @@ class AgentProc:
                 *self.prefix,
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "tepi.gateway.cli",
                 "run",
                 "--config",
                 str(self.config),

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 from completeness import Row
 from helpers import SCHEMA_PATH, AgentProc, Broker, FaultProxy, Subscriber, agent_config
+
 from tepi_sim import Simulator
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())

@@ -13,6 +13,7 @@ nothing but the standard library and PyYAML.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import re
 import string
@@ -43,10 +44,25 @@ __all__ = [
     "load_config",
 ]
 
+
+def profile_dir() -> Path | None:
+    """Where tepi's device profiles are (``profile: NAME`` on a device), or None.
+
+    The simulator depends on nothing in tepi; it only reads these YAML files when tepi is
+    installed beside it. ``find_spec`` locates the package without running its code."""
+    try:
+        spec = importlib.util.find_spec("tepi.drivers")
+    except ImportError:
+        return None
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        found = Path(loc) / "modbus" / "profiles"
+        if found.is_dir():
+            return found
+    return None
+
+
 REGISTER_TABLES: Final = ("holding", "input")
 BIT_TABLES: Final = ("coil", "discrete")
-# tepi's device profiles, which the simulator can play (``profile: NAME`` on a device).
-PROFILE_DIR: Final = Path(__file__).resolve().parents[2] / "drivers" / "modbus" / "profiles"
 TABLES: Final = REGISTER_TABLES + BIT_TABLES
 TYPES: Final = ("int16", "uint16", "int32", "uint32", "float32")
 INT_RANGES: Final = {
@@ -582,11 +598,15 @@ class _Validator:
     def profile(self, name: object, path: str) -> list[dict[str, Any]]:
         """The register map of one of tepi's device profiles, played as its ``sim`` hints say
         (a kind and a value; by default a constant 0)."""
-        known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+        profiles = profile_dir()
+        if profiles is None:
+            self.err(path, "device profiles come from tepi, which is not installed here")
+            return []
+        known = sorted(p.stem for p in profiles.glob("*.yaml"))
         if not isinstance(name, str) or name not in known:
             self.err(path, f"unknown profile {name!r}{_suggest(str(name), tuple(known))}")
             return []
-        data = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text())
+        data = yaml.safe_load((profiles / f"{name}.yaml").read_text())
         out: list[dict[str, Any]] = []
         seen: set[tuple[str, int]] = set()
         for reg in data.get("registers", []):

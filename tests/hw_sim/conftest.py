@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
 from tepi_sim import Simulator
 
 StartSim = Callable[[dict[str, Any]], Awaitable[Simulator]]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tepi_sim.protocol import mbap_frame
 
 HW_SIM = Path(__file__).resolve().parents[2] / "hw-sim"

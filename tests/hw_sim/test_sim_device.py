@@ -7,6 +7,7 @@ import struct
 from typing import Any
 
 import pytest
+
 from tepi_sim import Device, load_config
 
 

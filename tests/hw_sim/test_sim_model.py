@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tepi_sim import DEMO_CONFIG, ConfigError, SimConfig, load_config
 
 

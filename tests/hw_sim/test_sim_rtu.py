@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
+
 from tepi_sim import Simulator
 from tepi_sim.protocol import crc16, rtu_frame
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
+
 from tepi_sim import Simulator
 from tepi_sim.protocol import mbap_frame, other_unit
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tepi_sim import ConfigError, Simulator, load_config
 from tepi_sim.control import apply_command
 from tepi_sim.model import UartDeviceConfig

@@ -8,6 +8,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tepi_sim.model import RegisterConfig
 from tepi_sim.values import PROFILES, TICK_S, Walk, decode_words, encode_value, make_source
 

@@ -11,8 +11,9 @@ from completeness import Completeness, format_table
 from hypothesis import given
 from hypothesis import strategies as st
 
-from buffer.records import Batch, Reading, StoredReading
-from gateway.compact import encode_compact
+from tepi.buffer.records import Batch, StoredReading
+from tepi.core.records import Reading
+from tepi.gateway.compact import encode_compact
 
 pytestmark = pytest.mark.timeout(60)
 

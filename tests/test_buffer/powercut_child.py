@@ -21,8 +21,9 @@ import random
 import sys
 from pathlib import Path
 
-import buffer.store
-from buffer import Buffer, BufferSettings, Reading
+import tepi.buffer.store
+from tepi.buffer import Buffer, BufferSettings
+from tepi.core.records import Reading
 
 
 def say(*words: object) -> None:
@@ -76,7 +77,7 @@ async def main(
     data: Path, run: int, seed: int, max_bytes: int, sync_full: bool, pages: int
 ) -> None:
     rng = random.Random(seed)
-    buffer.store.SEQ_BLOCK = rng.choice([500, 5000, 100_000])  # the .seq ceiling moves too
+    tepi.buffer.store.SEQ_BLOCK = rng.choice([500, 5000, 100_000])  # the .seq ceiling moves too
     settings = BufferSettings(
         path=data / "buffer.db",
         max_bytes=max_bytes,

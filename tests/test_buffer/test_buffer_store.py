@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buffer import Batch, Buffer, BufferSettings, Reading
-from buffer.db import Database
+from tepi.buffer import Batch, Buffer, BufferSettings
+from tepi.buffer.db import Database
+from tepi.core.records import Reading
 
 
 def reading(i: int, device: str = "d1") -> Reading:
@@ -199,8 +200,8 @@ async def test_committed_readings_survive_kill_9(tmp_path: Path) -> None:
     """A writer process is SIGKILLed right after it reports a commit: nothing committed is lost."""
     script = textwrap.dedent(f"""
         import asyncio, os, signal, sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-        from buffer import Buffer, BufferSettings, Reading
+        from tepi.buffer import Buffer, BufferSettings
+        from tepi.core.records import Reading
         async def main():
             path = __import__('pathlib').Path({str(tmp_path / "buffer.db")!r})
             buf = Buffer(BufferSettings(path=path, commit_interval_s=0.01), "boot-k")
@@ -301,7 +302,7 @@ async def test_seq_never_goes_back_when_the_file_is_lost(
     tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The IOC deduplicates on seq: a reused seq would make it drop a new reading."""
-    monkeypatch.setattr("buffer.store.SEQ_BLOCK", 5)
+    monkeypatch.setattr("tepi.buffer.store.SEQ_BLOCK", 5)
     async with Buffer(settings_for(tmp_path), "boot-a") as buf:
         issued = [buf.put(reading(i)) for i in range(12)]  # crosses the ceiling twice
     assert issued == list(range(1, 13))

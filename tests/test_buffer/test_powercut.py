@@ -41,7 +41,8 @@ from pathlib import Path
 import pytest
 from helpers import compile_shim
 
-from buffer import Buffer, BufferSettings, Reading
+from tepi.buffer import Buffer, BufferSettings
+from tepi.core.records import Reading
 
 CHILD = Path(__file__).with_name("powercut_child.py")
 SECTOR = 512

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.codec import (
+from tepi.drivers.modbus.codec import (
     MAX_REGISTERS,
     decode,
     decode_register,
@@ -20,7 +20,7 @@ from drivers.modbus.codec import (
     scaled,
     value_of,
 )
-from drivers.modbus.config import INTEGER_TYPES, WIDTH, RegisterConfig
+from tepi.drivers.modbus.config import INTEGER_TYPES, WIDTH, RegisterConfig
 
 
 # One value, 0x0102030405060708 / 0x01020304, in every order: the registers on the wire.

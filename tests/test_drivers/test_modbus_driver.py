@@ -6,11 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from tepi_sim import Simulator
 
-from drivers.base import SharedResources
-from drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
-from gateway.errors import DeviceUnavailable, ProtocolError, WriteRefused
+from tepi.core.errors import DeviceUnavailable, ProtocolError, WriteRefused
+from tepi.drivers.base import SharedResources
+from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
+from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -181,7 +181,7 @@ async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason
 ) -> None:
     """The device answered the first request and then went quiet: the first request's values
     are kept, and the rest are bad with the stable reason ("timeout"), not the error text."""
-    from drivers.modbus.link import ModbusLink
+    from tepi.drivers.modbus.link import ModbusLink
 
     async with Simulator(sim_config("tcp")) as sim:
         cfg = driver_config("tcp", sim.endpoints()["dev"], DRIVER_REGISTERS)

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pymodbus.framer.rtu import FramerRTU
 
-from drivers.modbus.link import ExceptionReply, ModbusLink
-from gateway.errors import DeviceError, DeviceUnavailable, ProtocolError
+from tepi.core.errors import DeviceError, DeviceUnavailable, ProtocolError
+from tepi.drivers.modbus.link import ExceptionReply, ModbusLink
 
 pytestmark = pytest.mark.timeout(60)
 

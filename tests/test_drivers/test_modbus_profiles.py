@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import yaml
 from helpers import run_tepi
-from tepi_sim import Simulator
 
-from drivers.base import SharedResources
-from drivers.modbus import ModbusDriver, ModbusTcpConfig
-from drivers.modbus.profiles import PROFILE_DIR, profile_names
-from gateway.configload import parse_config
-from gateway.errors import ConfigError
+from tepi.core.errors import ConfigError
+from tepi.drivers.base import SharedResources
+from tepi.drivers.modbus import ModbusDriver, ModbusTcpConfig
+from tepi.drivers.modbus.profiles import PROFILE_DIR, profile_names
+from tepi.gateway.configload import parse_config
+from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from drivers.modbus import timer as timer_mod
-from drivers.modbus.timer import PreciseTimer
+from tepi.drivers.modbus import timer as timer_mod
+from tepi.drivers.modbus.timer import PreciseTimer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from helpers import REPO, run_tepi
+
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -18,7 +19,7 @@ async def tepi(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.cli",
+        "tepi.gateway.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.serial.codecs import (
+from tepi.drivers.serial.codecs import (
     MHZ_READ,
     PMS_ACTIVE,
     PMS_FRAME_LEN,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.serial.config import SerialConfig
-from gateway.configload import parse_config
-from gateway.errors import ConfigError
+from tepi.core.errors import ConfigError
+from tepi.drivers.serial.config import SerialConfig
+from tepi.gateway.configload import parse_config
 
 HEAD = """gateway: {id: gw-1, data_dir: /tmp/x}
 uplink: {url: "mqtt://127.0.0.1:1883", client_id: gw-1}

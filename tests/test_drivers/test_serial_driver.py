@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from drivers.base import SharedResources
-from drivers.serial import codecs
-from drivers.serial.config import SerialConfig
-from drivers.serial.driver import SerialDriver
-from gateway.errors import DeviceUnavailable, ProtocolError
+from tepi.core.errors import DeviceUnavailable, ProtocolError
+from tepi.drivers.base import SharedResources
+from tepi.drivers.serial import codecs
+from tepi.drivers.serial.config import SerialConfig
+from tepi.drivers.serial.driver import SerialDriver
 
 pytestmark = pytest.mark.timeout(30)
 

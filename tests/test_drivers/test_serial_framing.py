@@ -16,7 +16,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from drivers.serial.codecs import (
+from tepi.drivers.serial.codecs import (
     PMS_METRICS,
     mhz_encode,
     mhz_framer,
@@ -25,7 +25,7 @@ from drivers.serial.codecs import (
     sds_encode,
     sds_framer,
 )
-from drivers.serial.framing import BinaryFramer, FramerStats, LineFramer
+from tepi.drivers.serial.framing import BinaryFramer, FramerStats, LineFramer
 
 # ---- the protocols, from the datasheets ----------------------------------------------------------
 

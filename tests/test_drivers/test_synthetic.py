@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from drivers.base import SharedResources
-from drivers.registry import make_driver
-from gateway.configload import parse_config
+from tepi.drivers.base import SharedResources
+from tepi.drivers.registry import make_driver
+from tepi.gateway.configload import parse_config
 
 CFG = """
 gateway: {id: gw}

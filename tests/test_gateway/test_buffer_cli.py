@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import AgentProc, agent_config, run_tepi
 
-from gateway.localbroker import free_port
+from tepi.gateway.localbroker import free_port
 
 pytestmark = pytest.mark.timeout(90)
 

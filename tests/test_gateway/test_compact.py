@@ -18,12 +18,13 @@ from helpers import SCHEMA_PATH, Broker, Subscriber
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffer import Batch, Reading
-from buffer.records import StoredReading
-from gateway.compact import CompactError, decode_compact, encode_compact
-from gateway.configload import parse_config
-from gateway.payload import encode_telemetry
-from gateway.runtime import Agent
+from tepi.buffer import Batch
+from tepi.buffer.records import StoredReading
+from tepi.core.records import Reading
+from tepi.gateway.compact import CompactError, decode_compact, encode_compact
+from tepi.gateway.configload import parse_config
+from tepi.gateway.payload import encode_telemetry
+from tepi.gateway.runtime import Agent
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 TELEMETRY = jsonschema.Draft202012Validator({**SCHEMA, "$ref": "#/$defs/telemetry"})

@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, SecretStr
 
-from drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
-from drivers.registry import REGISTRY
-from gateway.config import Config
-from gateway.configload import load_config, parse_config
-from gateway.errors import ConfigError
-from gateway.units import parse_duration, parse_size
+from tepi.core.errors import ConfigError
+from tepi.core.units import parse_duration, parse_size
+from tepi.drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
+from tepi.drivers.registry import REGISTRY
+from tepi.gateway.config import Config
+from tepi.gateway.configload import load_config, parse_config
 
 EXAMPLE = (Path(__file__).parent / "example.yaml").read_text()
 
@@ -495,7 +495,7 @@ def test_structured_configs_give_a_config_or_clean_errors_with_lines(
 
 
 # Inputs that got out of the loader as something other than a ConfigError, found by hand while
-# writing the fuzz above; gateway/configload.py now turns each into a clean issue with a line.
+# writing the fuzz above; tepi.gateway.configload now turns each into a clean issue with a line.
 @pytest.mark.parametrize(
     ("text", "check_files"),
     [

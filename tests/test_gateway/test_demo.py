@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import run_tepi
 
-from gateway.configload import load_config
-from gateway.demo import render_config
+from tepi.gateway.configload import load_config
+from tepi.gateway.demo import render_config
 
 READING = re.compile(r"^\d\d:\d\d:\d\d  (\S+)\s+(\S+)\s+(\S+)\s+(\S*)\s+seq (\d+)$")
 
@@ -36,7 +36,7 @@ def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
 
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "demo", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "tepi.gateway.cli", "demo", "--dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gateway.config import Config
-from gateway.configload import parse_config
+from tepi.gateway.config import Config
+from tepi.gateway.configload import parse_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -82,7 +82,9 @@ def schema_fields(node: dict[str, Any], defs: dict[str, Any], prefix: str = "") 
 def test_every_payload_field_is_documented() -> None:
     import json
 
-    schema = json.loads((DOCS.parent / "gateway" / "payload.schema.json").read_text())
+    schema = json.loads(
+        (DOCS.parent / "gateway" / "tepi" / "gateway" / "payload.schema.json").read_text()
+    )
     doc = (DOCS / "payload.md").read_text()
     missing = []
     for kind in ("telemetry", "status", "health"):

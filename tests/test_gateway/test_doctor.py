@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import TEST_SECRETS, Broker, agent_config, run_tepi, start_tls_broker
 
-from gateway.localbroker import free_port
+from tepi.gateway.localbroker import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

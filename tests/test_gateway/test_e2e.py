@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import AgentProc, Broker, FaultProxy, Subscriber, agent_config
 from rig import DEVICES, SIM, Rig, agent_devices, assert_continuous, running_rig, validator
+
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(120)

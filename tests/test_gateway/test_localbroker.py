@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import mosquitto_bin
 
-from gateway.localbroker import free_port, mosquitto_conf, wait_port
+from tepi.gateway.localbroker import free_port, mosquitto_conf, wait_port
 
 
 async def test_a_broker_that_exits_fails_fast_not_at_the_timeout(tmp_path: Path) -> None:

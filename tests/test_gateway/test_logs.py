@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import AgentProc, Broker, Subscriber, agent_config
+
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import AgentProc, agent_config, compile_shim
 
-from gateway.localbroker import free_port
-from gateway.notify import Notifier
+from tepi.gateway.localbroker import free_port
+from tepi.gateway.notify import Notifier
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tepi_sim import Simulator
 
-from buffer import Buffer, BufferSettings
-from drivers.base import SharedResources
-from drivers.modbus import ModbusDriver, ModbusRtuConfig
-from gateway.poller import DeviceStats, poll_device
+from tepi.buffer import Buffer, BufferSettings
+from tepi.drivers.base import SharedResources
+from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig
+from tepi.gateway.poller import DeviceStats, poll_device
+from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(30)
 

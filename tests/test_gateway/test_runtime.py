@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import AgentProc
 
-from gateway.runtime import Agent, _Stop
+from tepi.gateway.runtime import Agent, _Stop
 
 
 async def test_stop_cancels_again_a_task_that_swallowed_its_cancellation() -> None:
@@ -69,7 +69,7 @@ async def test_a_socket_closed_before_the_loop_watches_it_is_one_quiet_line(
     """aiomqtt's call_soon_threadsafe(add_writer, fd) racing a dropped connection."""
     import socket
 
-    from gateway.runtime import loop_exception
+    from tepi.gateway.runtime import loop_exception
 
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(loop_exception)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from helpers import TEST_SECRETS, Subscriber, TlsBroker, find_secrets, start_tls_broker
 
-from buffer import Reading
-from gateway.configload import parse_config
-from gateway.runtime import Agent
+from tepi.core.records import Reading
+from tepi.gateway.configload import parse_config
+from tepi.gateway.runtime import Agent
 
 pytestmark = pytest.mark.timeout(60)
 PASSWORD, WRONG_PASSWORD = TEST_SECRETS[1], TEST_SECRETS[2]
@@ -152,7 +152,7 @@ async def test_username_password_and_the_secret_is_never_logged(
 
 
 def test_plaintext_url_with_tls_settings_is_a_config_error(tmp_path: Path) -> None:
-    from gateway.errors import ConfigError
+    from tepi.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="use mqtts://"):
         parse_config(

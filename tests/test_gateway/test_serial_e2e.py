@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from helpers import AgentProc, Broker, Subscriber, agent_config, compile_shim
 from rig import validator
+
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(120)

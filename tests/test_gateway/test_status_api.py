@@ -16,8 +16,8 @@ from helpers import AgentProc, Broker, agent_config, run_tepi
 from prometheus_client.parser import text_string_to_metric_families
 from rig import validator
 
-from gateway.localbroker import free_port
-from gateway.status import EXIT_DEGRADED, EXIT_UNREACHABLE, fetch
+from tepi.gateway.localbroker import free_port
+from tepi.gateway.status import EXIT_DEGRADED, EXIT_UNREACHABLE, fetch
 
 pytestmark = pytest.mark.timeout(90)
 

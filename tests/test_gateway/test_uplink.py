@@ -15,12 +15,13 @@ from helpers import SCHEMA_PATH, Broker, FaultProxy, Subscriber
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffer import Batch, Reading
-from buffer.records import StoredReading
-from gateway.configload import parse_config
-from gateway.payload import encode_telemetry
-from gateway.runtime import Agent
-from gateway.uplink import backoff_delay
+from tepi.buffer import Batch
+from tepi.buffer.records import StoredReading
+from tepi.core.records import Reading
+from tepi.gateway.configload import parse_config
+from tepi.gateway.payload import encode_telemetry
+from tepi.gateway.runtime import Agent
+from tepi.gateway.uplink import backoff_delay
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 TELEMETRY = jsonschema.Draft202012Validator({**SCHEMA, "$ref": "#/$defs/telemetry"})
@@ -224,7 +225,7 @@ async def test_last_will_says_offline_when_the_gateway_vanishes(tmp_path: Path) 
     try:
         async with Subscriber(broker.port, "ioc/v1/gw-will/status") as sub:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+                [sys.executable, "-m", "tepi.gateway.cli", "run", "--config", str(cfg)],
                 stderr=subprocess.DEVNULL,
             )
             await sub.wait_for(lambda s: any(m["state"] == "online" for m in s.on("/status")), 20)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.base import Sample, boottime
-from gateway.clock import WINDOW, Stamp, WallClock
-from gateway.poller import reading
+from tepi.core.clock import WINDOW, Stamp, WallClock, boottime
+from tepi.core.records import Sample
+from tepi.gateway.poller import reading
 
 
 def test_the_least_delayed_of_the_recent_gps_times_is_the_offset() -> None:

@@ -26,13 +26,14 @@ import socket
 import subprocess
 import sys
 import tarfile
-import tomllib
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 import pytest
 from helpers import TEST_SECRETS
+
+from tepi.core import __version__
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "systemd"
@@ -43,7 +44,7 @@ UNIT = SYSTEMD / "tepi.service"
 TEPI = Path(sys.executable).parent / "tepi"
 # The installer's default: the system's Python, as on a device.
 DEVICE_PYTHON = Path("/usr/bin/python3")
-VERSION: str = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+VERSION: str = __version__
 PASSWORD = TEST_SECRETS[0]
 # Runtime dependencies with compiled code: each needs a wheel per platform in the bundle.
 COMPILED = (

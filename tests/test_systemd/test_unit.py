@@ -197,7 +197,7 @@ def test_every_remaining_exposure_has_a_reason() -> None:
 
 
 def test_notify_watchdog_and_reload_match_the_agent() -> None:
-    """The agent (gateway/notify.py) sends READY=1, pings at a quarter of WATCHDOG_USEC and
+    """The agent (tepi.gateway.notify) sends READY=1, pings at a quarter of WATCHDOG_USEC and
     re-reads its config on SIGHUP."""
     assert one("Service", "Type") == "notify"
     assert one("Service", "NotifyAccess") == "main"
@@ -238,7 +238,7 @@ def test_devices_are_serial_lines_only() -> None:
 
 
 def test_paths_credentials_and_limits_match_the_agent() -> None:
-    from gateway.config import RUN_DIR, GatewaySection
+    from tepi.gateway.config import RUN_DIR, GatewaySection
 
     assert one("Service", "User") == "tepi"
     assert "dialout" in one("Service", "SupplementaryGroups").split()
@@ -464,7 +464,7 @@ def assert_confined(status: dict[str, str]) -> None:
 PROBE = """
 import ctypes, errno, json, mmap, socket, sys, threading
 from pathlib import Path
-from gateway.sysinfo import clock_synced
+from tepi.core.clock import clock_synced
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -479,7 +479,7 @@ def c_fails(rc):
     return 0 if rc >= 0 else ctypes.get_errno()
 
 out = {}
-# modes = 0: read only, as gateway/sysinfo.py asks. glibc makes it clock_adjtime().
+# modes = 0: read only, as gateway/tepi/gateway/sysinfo.py asks. glibc makes it clock_adjtime().
 timex = ctypes.create_string_buffer(512)
 state = libc.adjtimex(timex)
 out["adjtimex"] = state if state >= 0 else -ctypes.get_errno()
@@ -513,7 +513,7 @@ def test_under_the_policy_the_clock_check_works_and_the_rest_is_refused(tmp_path
     """adjtimex (read-only), sd_notify's datagram socket, TCP/IPv6 sockets and threads work;
     writable+executable memory, netlink, clone3 (namespaces), personality changes and the
     scheduler are refused with systemd's errors, which shows the sandbox is really in force."""
-    from gateway.sysinfo import clock_synced
+    from tepi.core.clock import clock_synced
 
     kernel_clock_state = ctypes.CDLL(None).adjtimex(ctypes.create_string_buffer(512))
     assert kernel_clock_state >= 0
@@ -538,7 +538,7 @@ async def test_the_agent_delivers_and_checks_its_config_under_the_policy(tmp_pat
     agent confined as the unit confines it, writing only in its data directory."""
     from rig import running_rig
 
-    from gateway.sysinfo import clock_synced
+    from tepi.core.clock import clock_synced
 
     prefix = sandboxed(tmp_path, writable=tmp_path / "data")
     async with running_rig(tmp_path, prefix=prefix) as rig:
@@ -546,7 +546,7 @@ async def test_the_agent_delivers_and_checks_its_config_under_the_policy(tmp_pat
         await rig.sub.wait_for(lambda s: len(s.on("/health")) > 0)
         assert rig.agent.proc is not None
         pid = rig.agent.proc.pid
-        assert b"gateway.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert b"tepi.gateway.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()
         status = proc_status(pid)
         assert_confined(status)
         assert int(status["Threads"]) <= int(one("Service", "TasksMax")) // 2
@@ -558,7 +558,14 @@ async def test_the_agent_delivers_and_checks_its_config_under_the_policy(tmp_pat
         assert refusal not in log, log
 
     # ExecStartPre= runs under the same policy.
-    check = [sys.executable, "-m", "gateway.cli", "check", "--config", str(tmp_path / "tepi.yaml")]
+    check = [
+        sys.executable,
+        "-m",
+        "tepi.gateway.cli",
+        "check",
+        "--config",
+        str(tmp_path / "tepi.yaml"),
+    ]
     proc = run([*sandboxed(tmp_path, writable=tmp_path / "data"), *check])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -1,0 +1,83 @@
+"""The records a value travels in: a driver's :class:`Sample`, then a :class:`Reading`.
+
+A driver returns samples (one metric of its own device); the poller turns each into a reading
+(with the device id and how its clock was), which the buffer stores and the uplink sends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Value = float | int | bool | str | None
+_INT64 = 2**63
+
+
+def storable(value: Value) -> str | None:
+    """Why the buffer cannot keep ``value`` (SQLite integers are 64-bit, JSON has no NaN),
+    or None: a uint64 register at 2**63 or more, or a text node's 1e999."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        return "value out of range"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    return None
+
+
+@dataclass(slots=True, frozen=True)
+class Reading:
+    """One value read from one metric of one device, stamped when it was read.
+
+    ``ts`` is wall-clock UTC seconds; ``mono`` is seconds since boot (CLOCK_BOOTTIME), so a
+    timestamp taken before the clock was synced can be corrected later from the boot id.
+    ``reason`` is None for a good reading and says why for a bad one. ``synced`` is False
+    when the kernel did not consider the wall clock synchronised as the value was read: its
+    ``ts`` may be far off, and the sender corrects it from ``mono`` once the clock syncs.
+    ``gps_time`` is True when the wall clock was not synced but ``ts`` was dated from a GPS
+    receiver's time (``synced`` is then True). ``uncertain`` marks a value that was read but
+    is not yet trustworthy (a sensor warming up): ``reason`` says why and ``value`` is kept.
+    """
+
+    device: str
+    metric: str
+    value: Value
+    unit: str | None
+    ts: float
+    mono: float
+    reason: str | None = None
+    synced: bool = True
+    uncertain: bool = False
+    gps_time: bool = False
+
+    @property
+    def good(self) -> bool:
+        return self.reason is None
+
+    @property
+    def quality(self) -> str:
+        """good, uncertain (a value with a reason) or bad (no value, a reason)."""
+        if self.reason is None:
+            return "good"
+        return "uncertain" if self.uncertain else "bad"
+
+
+@dataclass(slots=True, frozen=True)
+class Sample:
+    """One metric's value from one read, with the wall and boot clocks at read time."""
+
+    metric: str
+    value: Value
+    unit: str | None
+    ts: float
+    mono: float
+    reason: str | None = None
+    uncertain: bool = False  # a value kept, with ``reason`` saying why it is not yet good
+
+
+@dataclass(slots=True, frozen=True)
+class MetricInfo:
+    """A metric a device is configured to give: used to report it bad when the device fails."""
+
+    name: str
+    unit: str | None

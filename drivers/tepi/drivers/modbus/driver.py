@@ -1,0 +1,291 @@
+"""A Modbus device: plan its reads once, then read, decode and stamp on every poll.
+
+The plan merges registers into few requests, filling gaps of up to ``max_gap`` unused
+registers. A device that answers a merged read with exception 2 (illegal data address) has a
+hole there: the read is split, at once and for good (the device keeps its own plan), so only
+a register that is itself refused ends up as a bad reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from tepi.core.clock import boottime
+from tepi.core.errors import DeviceError, DeviceUnavailable, ProtocolError, WriteRefused
+from tepi.core.records import MetricInfo, Sample
+from tepi.drivers.base import SharedResources
+from tepi.drivers.modbus.codec import (
+    ReadRequest,
+    Value,
+    decode_register,
+    plan_reads,
+    raw_for_write,
+    value_of,
+)
+from tepi.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig, RegisterConfig
+from tepi.drivers.modbus.link import ExceptionReply, ModbusLink
+
+log = logging.getLogger(__name__)
+ILLEGAL_ADDRESS = 2
+
+
+def split(req: ReadRequest) -> list[ReadRequest]:
+    """A refused merged read, in smaller reads: first without the gaps, then one by one."""
+    parts = plan_reads(req.registers, max_gap=0)
+    if len(parts) > 1:
+        return parts
+    if len(req.registers) > 1:
+        return [ReadRequest(req.table, r.address, r.width, (r,)) for r in req.registers]
+    return [req]
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """What one device's requests met on the wire, for the health message."""
+
+    requests: int = 0
+    timeouts: int = 0
+    bad_frames: int = 0
+    crc_errors: int = 0
+    exceptions: int = 0
+    retries: int = 0
+    splits: int = 0  # merged reads split after the device refused them (exception 2)
+    latency_total_s: float = 0.0
+    latency_max_s: float = 0.0
+    answered: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        avg = self.latency_total_s / self.answered if self.answered else None
+        return {
+            "requests": self.requests,
+            "timeouts": self.timeouts,
+            "bad_frames": self.bad_frames,
+            "crc_errors": self.crc_errors,
+            "exceptions": self.exceptions,
+            "retries": self.retries,
+            "splits": self.splits,
+            "latency_ms_avg": None if avg is None else round(avg * 1000, 2),
+            "latency_ms_max": round(self.latency_max_s * 1000, 2) if self.answered else None,
+        }
+
+
+@dataclass(slots=True)
+class _Sent:
+    value: Value | None
+    reason: str | None
+    mono: float
+
+
+def changed(old: Value | None, new: Value | None, deadband: float) -> bool:
+    if isinstance(old, bool) or isinstance(new, bool) or old is None or new is None:
+        return old != new
+    if isinstance(old, int | float) and isinstance(new, int | float):
+        return abs(new - old) > deadband
+    return old != new
+
+
+class ModbusDriver:
+    """Reads one Modbus device's configured registers; see ``tepi.drivers.base.Driver``."""
+
+    def __init__(
+        self, config: ModbusRtuConfig | ModbusTcpConfig, resources: SharedResources
+    ) -> None:
+        self.config = config
+        self._resources = resources
+        self._plan = plan_reads(config.wire_registers(), max_gap=config.max_gap)
+        self._by_name = {r.name: r for r in config.registers}
+        self._sent: dict[str, _Sent] = {}
+        self.link_stats = LinkStats()
+        self._link: ModbusLink | None = None
+        if isinstance(config, ModbusRtuConfig):
+            self._key: tuple[object, ...] = ("modbus-serial", config.port)
+        else:
+            self._key = ("modbus-tcp", config.host, config.port, config.framing)
+
+    async def _make_link(self) -> ModbusLink:
+        cfg = self.config
+        if isinstance(cfg, ModbusRtuConfig):
+            return ModbusLink.serial(cfg.port, cfg.baudrate, cfg.parity, cfg.bytesize, cfg.stopbits)
+        return ModbusLink.tcp(cfg.host, cfg.port, cfg.framing)
+
+    async def __aenter__(self) -> Self:
+        link = await self._resources.acquire(self._key, self._make_link)
+        assert isinstance(link, ModbusLink)
+        self._link = link
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._link is not None:
+            self._link = None
+            await self._resources.release(self._key)
+
+    def metrics(self) -> list[MetricInfo]:
+        return [MetricInfo(r.name, r.unit) for r in self.config.registers]
+
+    @property
+    def requests_per_poll(self) -> int:
+        return len(self._plan)
+
+    async def read(self) -> list[Sample]:
+        """One poll. Raises when no request got an answer; otherwise the requests that failed
+        come back as bad samples with the failure's short reason."""
+        if self._link is None:
+            raise RuntimeError("ModbusDriver.read() outside its context")
+        cfg = self.config
+        samples: list[Sample] = []
+        errors: list[DeviceError] = []
+        answered = 0
+        todo = deque(self._plan)
+        plan: list[ReadRequest] = []
+        while todo:
+            req = todo.popleft()
+            data: list[int] | list[bool] | ExceptionReply | DeviceError
+            try:
+                data = await self._request(req)
+            except DeviceError as err:
+                if isinstance(err, DeviceUnavailable) and answered == 0:
+                    raise  # not answering: do not spend a timeout on each request
+                data = err
+            if isinstance(data, ExceptionReply) and data.code == ILLEGAL_ADDRESS:
+                parts = split(req)
+                if len(parts) > 1:
+                    self.link_stats.splits += 1
+                    log.info(
+                        "device %s refused a read of %d %s registers at %d (exception 2): "
+                        "split into %d reads, kept for this device",
+                        cfg.id,
+                        req.count,
+                        req.table,
+                        req.address,
+                        len(parts),
+                    )
+                    todo.extendleft(reversed(parts))
+                    continue
+            plan.append(req)
+            ts, mono = time.time(), boottime()
+            if isinstance(data, DeviceError | ExceptionReply):
+                if isinstance(data, DeviceError):
+                    errors.append(data)
+                else:
+                    answered += 1
+                samples.extend(
+                    Sample(r.name, None, r.unit, ts, mono, data.reason) for r in req.registers
+                )
+                continue
+            answered += 1
+            for reg in req.registers:
+                i = reg.address - req.address
+                value, why = value_of(decode_register(data[i : i + reg.width], reg), reg)
+                samples.append(Sample(reg.name, value, reg.unit, ts, mono, why))
+        self._plan = plan
+        if answered == 0 and errors:
+            raise errors[0]
+        return self._report(samples)
+
+    async def _request(self, req: ReadRequest) -> list[int] | list[bool] | ExceptionReply:
+        """One read, asked again up to ``retries`` times on no answer or a garbled one."""
+        assert self._link is not None
+        cfg = self.config
+        st = self.link_stats
+        loop = asyncio.get_running_loop()
+        for attempt in range(cfg.retries + 1):
+            st.requests += 1
+            if attempt:
+                st.retries += 1
+            started = loop.time()
+            try:
+                data = await self._link.read(
+                    req.table, req.address, req.count, cfg.unit, cfg.timeout, pause_s=cfg.pause
+                )
+            except DeviceUnavailable as err:
+                if err.reason != "timeout":
+                    raise
+                st.timeouts += 1
+                if attempt == cfg.retries:
+                    raise
+                continue
+            except ProtocolError as err:
+                if err.reason == "crc error":
+                    st.crc_errors += 1
+                else:
+                    st.bad_frames += 1
+                if attempt == cfg.retries:
+                    raise
+                continue
+            took = loop.time() - started
+            st.answered += 1
+            st.latency_total_s += took
+            st.latency_max_s = max(st.latency_max_s, took)
+            if isinstance(data, ExceptionReply):
+                st.exceptions += 1
+            return data
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def protocol_stats(self) -> dict[str, object]:
+        return self.link_stats.as_dict()
+
+    async def write(self, name: str, value: Value) -> Value:
+        """Write one register marked ``writable``, read it back, and return what it now holds.
+
+        Refused (``WriteRefused``) when the register is not writable, the value is out of its
+        ``min``/``max`` or its type's range, the device answers with an exception, or the value
+        read back differs. The remote commands of a later issue call this.
+        """
+        if self._link is None:
+            raise RuntimeError("ModbusDriver.write() outside its context")
+        cfg = self.config
+        reg = self._by_name.get(name)
+        if reg is None:
+            raise WriteRefused("unknown register", f"{cfg.id} has no register {name!r}")
+        if not reg.writable:
+            raise WriteRefused(
+                "not writable", f"{cfg.id}.{name} is not marked writable: true in the config"
+            )
+        words = raw_for_write(value, reg)
+        wire = reg.address - cfg.address_base
+        reply = await self._link.write(
+            reg.table, wire, words, cfg.unit, cfg.timeout, pause_s=cfg.pause
+        )
+        if reply is not None:
+            raise WriteRefused("refused by device", f"{cfg.id}.{name}: {reply.reason}")
+        back = await self._link.read(
+            reg.table, wire, reg.width, cfg.unit, cfg.timeout, pause_s=cfg.pause
+        )
+        if isinstance(back, ExceptionReply):
+            raise WriteRefused("read-back failed", f"{cfg.id}.{name}: {back.reason}")
+        if [int(w) for w in back] != [int(w) for w in words]:
+            raise WriteRefused(
+                "read-back differs", f"{cfg.id}.{name}: wrote {words}, the device holds {back}"
+            )
+        got, _ = value_of(decode_register(back, reg), reg)
+        if got is None:
+            raise WriteRefused("read-back failed", f"{cfg.id}.{name}: not a valid value")
+        log.info("device %s: wrote %s = %r (read back %r)", cfg.id, name, value, got)
+        return got
+
+    def _report(self, samples: list[Sample]) -> list[Sample]:
+        """Drop unchanged values of registers with a deadband, until their heartbeat."""
+        out: list[Sample] = []
+        heartbeat = self.config.heartbeat
+        for s in samples:
+            reg: RegisterConfig = self._by_name[s.metric]
+            if reg.deadband is not None:
+                last = self._sent.get(s.metric)
+                if (
+                    last is not None
+                    and last.reason == s.reason
+                    and s.mono - last.mono < heartbeat
+                    and not changed(last.value, s.value, reg.deadband)
+                ):
+                    continue
+                self._sent[s.metric] = _Sent(s.value, s.reason, s.mono)
+            out.append(s)
+        return out

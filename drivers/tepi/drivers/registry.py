@@ -1,0 +1,44 @@
+"""The explicit map from a driver name (the ``driver:`` key) to its config model and class.
+
+Adding a driver family means adding a line here; nothing scans folders or executes files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from tepi.drivers.base import Driver, DriverConfig, SharedResources
+from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
+from tepi.drivers.serial.config import SerialConfig
+from tepi.drivers.serial.driver import SerialDriver
+from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
+
+
+@dataclass(frozen=True, slots=True)
+class DriverEntry:
+    name: str
+    config: type[DriverConfig]
+    factory: Callable[[Any, SharedResources], Driver]
+
+
+REGISTRY: dict[str, DriverEntry] = {
+    "modbus-rtu": DriverEntry("modbus-rtu", ModbusRtuConfig, ModbusDriver),
+    "modbus-tcp": DriverEntry("modbus-tcp", ModbusTcpConfig, ModbusDriver),
+    "synthetic": DriverEntry("synthetic", SyntheticConfig, SyntheticDriver),
+    "serial": DriverEntry("serial", SerialConfig, SerialDriver),
+}
+
+# The discriminated union of every registered device config, keyed on ``driver``.
+DeviceConfig = Annotated[
+    Union[ModbusRtuConfig, ModbusTcpConfig, SyntheticConfig, SerialConfig],  # noqa: UP007
+    Field(discriminator="driver"),
+]
+
+
+def make_driver(config: DriverConfig, resources: SharedResources) -> Driver:
+    entry = REGISTRY[getattr(config, "driver")]  # noqa: B009 - every DeviceConfig has it
+    return entry.factory(config, resources)

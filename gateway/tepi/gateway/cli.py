@@ -1,0 +1,299 @@
+"""``tepi``: the agent and the technician's tools.
+
+Exit codes (also in docs/operations.md):
+    0  success
+    1  the config is invalid (every problem is printed with file:line)
+    2  wrong usage (unknown command or option)
+    3  the agent failed at run time (see the log; systemd restarts it)
+    4  something tepi needs is missing (for example mosquitto for the demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tepi.core import __version__
+from tepi.core.errors import ConfigError
+
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_RUNTIME, EXIT_MISSING = 0, 1, 2, 3, 4
+EXIT_REFUSED = 7  # not done: unsafe now (tepi buffer purge while the agent runs)
+log = logging.getLogger("tepi")
+
+
+def setup_logging(level: str, debug: bool) -> None:
+    # Under systemd (JOURNAL_STREAM set) journald adds the timestamp itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(
+        level=logging.DEBUG if debug else getattr(logging, level.upper()),
+        format=fmt,
+        stream=sys.stderr,
+        force=True,
+    )
+    if not debug:
+        # pymodbus logs every timeout as an error; tepi logs state changes instead.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        logging.getLogger("tepi.mqtt").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tepi", description="tepi edge gateway agent")
+    p.add_argument("--version", action="version", version=f"tepi {__version__}")
+    p.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the agent in the foreground until SIGTERM/SIGINT")
+    run.add_argument("--config", "-c", type=Path, required=True, help="config file (YAML)")
+    check = sub.add_parser("check", help="validate a config file and report every problem")
+    check.add_argument("--config", "-c", type=Path, required=True, help="config file (YAML)")
+    check.add_argument(
+        "--no-files",
+        action="store_true",
+        help="do not check that referenced files (certificates, secrets) exist",
+    )
+    demo = sub.add_parser("demo", help="simulator + local broker + agent; prints readings")
+    demo.add_argument(
+        "--dir", type=Path, default=None, help="working directory (default: a temp dir)"
+    )
+    demo.add_argument(
+        "--count", type=int, default=0, help="stop after this many readings (0: until Ctrl-C)"
+    )
+    scan = sub.add_parser("scan", help="find the Modbus units that answer on a port")
+    scan.add_argument("--port", required=True, help="/dev/ttyUSB0 (RTU) or host:port (TCP)")
+    scan.add_argument("--baud", default="9600", help="9600, 19200, ... or auto (serial only)")
+    scan.add_argument("--units", default="1-247", help="unit ids: 1-247, 5, or 1,3,10-12")
+    scan.add_argument("--timeout", type=float, default=0.2, help="seconds to wait per unit")
+    scan.add_argument("--framing", choices=["mbap", "rtu"], default="mbap", help="TCP framing")
+    read = sub.add_parser("read", help="read registers once; print every decoding")
+    read.add_argument("--port", required=True, help="/dev/ttyUSB0 (RTU) or host:port (TCP)")
+    read.add_argument("--unit", type=int, default=1, help="unit id")
+    read.add_argument("--address", type=int, required=True, help="first address (0-based)")
+    read.add_argument("--count", type=int, default=2, help="registers to read (1-125)")
+    read.add_argument(
+        "--table", choices=["holding", "input", "coil", "discrete"], default="holding"
+    )
+    read.add_argument("--baud", type=int, default=9600, help="baud rate (serial only)")
+    read.add_argument("--timeout", type=float, default=1.0, help="seconds to wait")
+    read.add_argument("--framing", choices=["mbap", "rtu"], default="mbap", help="TCP framing")
+    status = sub.add_parser(
+        "status", help="the running agent's link, buffer and devices, in one screen"
+    )
+    status.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file, to find the status socket (default /etc/tepi/tepi.yaml)",
+    )
+    status.add_argument("--socket", type=Path, default=None, help="the status socket itself")
+    status.add_argument("--json", action="store_true", help="the raw health and devices JSON")
+    buf = sub.add_parser("buffer", help="the buffer file: stats, export, purge")
+    buf.add_argument("action", choices=["stats", "export", "purge"], help="what to do")
+    buf.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file, to find the buffer (default /etc/tepi/tepi.yaml)",
+    )
+    buf.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="export format")
+    buf.add_argument(
+        "--output", "-o", type=Path, default=None, help="export to FILE (default stdout)"
+    )
+    buf.add_argument("--device", default=None, help="export only this device")
+    buf.add_argument(
+        "--before", default=None, help="purge only readings older than this, e.g. 7d, 12h"
+    )
+    buf.add_argument("--yes", action="store_true", help="purge without asking")
+    doctor = sub.add_parser("doctor", help="check ports, broker, TLS, clock, disk, buffer")
+    doctor.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file (default /etc/tepi/tepi.yaml)",
+    )
+    profiles = sub.add_parser("profiles", help="list the device profiles, or show one")
+    profiles.add_argument("name", nargs="?", help="a profile to show")
+    return p
+
+
+def cmd_status(config: Path, sock: Path | None, as_json: bool) -> int:
+    from tepi.gateway.configload import load_config
+    from tepi.gateway.status import run_status
+
+    if sock is None:
+        try:
+            sock = load_config(config, check_files=False).status_socket()
+        except ConfigError as err:
+            for issue in err.issues:
+                print(issue, file=sys.stderr)
+            return EXIT_CONFIG
+    return run_status(sock, as_json=as_json)
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    import time
+
+    from tepi.core.units import parse_duration
+    from tepi.gateway.buffertool import BufferToolError, confirm, export, purge, stats
+    from tepi.gateway.configload import load_config
+    from tepi.gateway.status import fetch
+
+    try:
+        cfg = load_config(args.config, check_files=False)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
+    path = cfg.gateway.data_dir / "buffer.db"
+    try:
+        if args.action == "stats":
+            print(json.dumps(stats(path), indent=2))
+            return EXIT_OK
+        if args.action == "export":
+            progress = sys.stderr if sys.stderr.isatty() else None
+            if args.output is None:
+                n = export(path, sys.stdout, args.format, device=args.device, progress=progress)
+            else:
+                with args.output.open("w", newline="") as out:
+                    n = export(path, out, args.format, device=args.device, progress=progress)
+            print(f"{n:,} readings exported", file=sys.stderr)
+            return EXIT_OK
+        # purge: never behind the running agent's back
+        try:
+            fetch(cfg.status_socket(), "/health", timeout=2)
+        except (OSError, ValueError):
+            pass
+        else:
+            print(
+                "tepi buffer purge: the agent is running and holds the buffer; stop it first "
+                "(systemctl stop tepi)",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+        before = None if args.before is None else time.time() - parse_duration(args.before)
+        what = "ALL readings" if before is None else f"readings older than {args.before}"
+        if not args.yes and not confirm(
+            f"Delete {what} in {path}? They will never reach the IOC. Type 'purge' to go on: "
+        ):
+            print("tepi buffer purge: not confirmed (type 'purge', or pass --yes)", file=sys.stderr)
+            return EXIT_USAGE
+        n = purge(path, before_ts=before)
+        print(f"{n:,} readings deleted from {path}", file=sys.stderr)
+        return EXIT_OK
+    except BufferToolError as err:
+        print(f"tepi buffer {args.action}: {err}", file=sys.stderr)
+        return EXIT_MISSING
+
+
+def cmd_profiles(name: str | None) -> int:
+    from tepi.drivers.modbus.profiles import describe
+
+    try:
+        print("\n".join(describe(name)))
+    except ValueError as err:
+        print(f"tepi profiles: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_modbus_tool(args: argparse.Namespace) -> int:
+    from tepi.core.errors import DeviceError
+    from tepi.drivers.modbus.tools import run_read, run_scan
+
+    try:
+        return (run_scan if args.command == "scan" else run_read)(args, sys.stdout)
+    except DeviceError as err:
+        print(f"tepi {args.command}: {err.detail or err.reason}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except ValueError as err:
+        print(f"tepi {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_check(path: Path, check_files: bool) -> int:
+    from tepi.gateway.configload import load_config
+
+    try:
+        cfg = load_config(path, check_files=check_files)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        n = len(err.issues)
+        print(f"{path}: {n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: OK (gateway {cfg.gateway.id}, {len(cfg.devices)} devices)")
+    return EXIT_OK
+
+
+def cmd_run(path: Path, debug: bool) -> int:
+    from tepi.gateway.configload import load_config
+    from tepi.gateway.runtime import run_agent
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(cfg.gateway.log_level, debug)
+    try:
+        asyncio.run(run_agent(cfg, path))
+    except OSError as err:
+        # Start-up problems with the host that nothing else caught (a data dir that cannot
+        # be written is not one: the buffer runs from memory and says so).
+        log.critical(
+            "tepi cannot run: %s (check gateway.data_dir %s and its owner)",
+            err,
+            cfg.gateway.data_dir,
+        )
+        return EXIT_RUNTIME
+    except Exception as err:  # the top of the process: report, exit for systemd to restart
+        if debug:
+            raise
+        log.critical(
+            "tepi stopped on an internal error: %s: %s (run with --debug for details)",
+            type(err).__name__,
+            err,
+        )
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args.config, not args.no_files)
+    if args.command == "run":
+        return cmd_run(args.config, args.debug)
+    if args.command == "status":
+        return cmd_status(args.config, args.socket, args.json)
+    if args.command == "buffer":
+        return cmd_buffer(args)
+    if args.command == "doctor":
+        from tepi.gateway.doctor import run_doctor
+
+        setup_logging("error", args.debug)
+        return run_doctor(args.config, sys.stdout)
+    if args.command == "profiles":
+        return cmd_profiles(args.name)
+    if args.command in ("scan", "read"):
+        setup_logging("warning", args.debug)
+        return cmd_modbus_tool(args)
+    if args.command == "demo":
+        from tepi.gateway.demo import run_demo
+
+        setup_logging("warning", args.debug)
+        return run_demo(args.dir, args.count)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The config models: what ``tepi.yaml`` may contain. Loading and error reports are in
+``tepi.gateway.configload``; every key is documented in docs/config.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from tepi.core.units import Duration, Size
+from tepi.drivers.registry import DeviceConfig
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Model):
+    id: str = Field(pattern=_ID, description="Unique gateway id; part of every MQTT topic.")
+    data_dir: Path = Field(
+        default=Path("/var/lib/tepi"), description="Where the buffer database and state live."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level: debug, info, warning or error."
+    )
+
+
+class TlsSection(_Model):
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signs the broker's certificate. "
+        "Default: the system's trusted CAs.",
+    )
+    cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(default=None, description="Client private key (mutual TLS).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
+class BatchSection(_Model):
+    max_readings: int = Field(
+        default=500, ge=1, le=100_000, description="Most readings in one message."
+    )
+    max_bytes: Size = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest message payload, e.g. 64KiB.",
+    )
+    max_wait: Duration = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="How long a reading may wait to fill a batch while earlier publishes are "
+        "still unacknowledged. With nothing in flight, readings are sent at once.",
+    )
+    linger: Duration = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Hold new readings this long (or until max_readings wait) before sending, "
+        "for fewer, bigger messages on a metered link. 0: send at once.",
+    )
+
+
+class ReconnectSection(_Model):
+    min_delay: Duration = Field(default=1.0, gt=0, description="First reconnect delay cap.")
+    max_delay: Duration = Field(default=120.0, gt=0, description="Largest reconnect delay cap.")
+
+
+class UplinkSection(_Model):
+    url: str = Field(description="Broker: mqtt://host[:1883] or mqtts://host[:8883].")
+    topic_prefix: str = Field(
+        default="ioc/v1",
+        pattern=r"^[^#+\s]+$",
+        description="Topics are {topic_prefix}/{gateway.id}/...",
+    )
+    client_id: str | None = Field(
+        default=None, description="MQTT client id. Default: tepi-{gateway.id}."
+    )
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1", description="MQTT version: 3.1.1 or 5."
+    )
+    username: str | None = Field(default=None, description="MQTT user name.")
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the MQTT password. A relative name is looked "
+        "up in $CREDENTIALS_DIRECTORY (systemd LoadCredential).",
+    )
+    password_env: str | None = Field(
+        default=None, description="Name of an environment variable holding the MQTT password."
+    )
+    tls: TlsSection | None = Field(default=None, description="TLS settings; only with mqtts://.")
+    batch: BatchSection = Field(default_factory=BatchSection, description="Batching of telemetry.")
+    encoding: Literal["json", "compact"] = Field(
+        default="json",
+        description="Telemetry payloads: json, or compact (zstd-compressed columns, for metered "
+        "links; see docs/payload.md).",
+    )
+    max_inflight: int = Field(
+        default=8, ge=1, le=100, description="Telemetry messages awaiting the broker's ack at once."
+    )
+    keepalive: Duration = Field(default=30.0, ge=5, le=3600, description="MQTT keepalive.")
+    publish_timeout: Duration = Field(
+        default=30.0,
+        gt=0,
+        description="While publishes await their ack, no ack at all for this long counts "
+        "as a dead link: reconnect and send again.",
+    )
+    health_interval: Duration = Field(
+        default=60.0, ge=1, description="How often health is published."
+    )
+    reconnect: ReconnectSection = Field(
+        default_factory=ReconnectSection, description="Reconnect backoff (full jitter)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(
+                f"the scheme must be mqtt:// or mqtts://, not {parts.scheme or 'none'}"
+            )
+        if not parts.hostname:
+            raise ValueError("the url has no host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as err:
+            raise ValueError(f"bad port in url: {err}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.tls is not None and not self.secure:
+            raise ValueError("tls is set but the url is mqtt://: use mqtts:// (never plaintext)")
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("set password_file or password_env, not both")
+        return self
+
+    @property
+    def secure(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.secure else 1883)
+
+    def read_password(self) -> SecretStr | None:
+        """The password from its file or variable. Raises OSError/KeyError if missing."""
+        if self.password_env is not None:
+            return SecretStr(os.environ[self.password_env])
+        if self.password_file is None:
+            return None
+        return SecretStr(resolve_credential(self.password_file).read_text().strip("\r\n"))
+
+
+def resolve_credential(path: Path) -> Path:
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and creds:
+        return Path(creds) / path
+    return path
+
+
+class BufferSection(_Model):
+    max_bytes: Size = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest the buffer file may grow; then the oldest go.",
+    )
+    max_age: Duration | None = Field(
+        default=None, gt=0, description="Optional: drop readings older than this."
+    )
+    commit_interval: Duration = Field(
+        default=0.2,
+        gt=0,
+        le=60,
+        description="Every reading is acknowledged by the broker or committed to disk within "
+        "this time of being read.",
+    )
+    commit_max_readings: int = Field(
+        default=10_000,
+        ge=1,
+        le=100_000,
+        description="Commit sooner once this many readings wait in RAM.",
+    )
+    sync: Literal["full", "normal"] = Field(
+        default="full",
+        description="full: each commit survives a power cut (fsync). normal: "
+        "survives a crash of tepi, may lose the last commits on a power cut; fewer SD writes.",
+    )
+    max_pending: int = Field(
+        default=100_000,
+        ge=1000,
+        description="Readings held in RAM "
+        "while the disk refuses writes; beyond this the oldest are dropped.",
+    )
+
+
+RUN_DIR = Path("/run/tepi")
+
+
+class StatusSection(_Model):
+    socket: Path | None = Field(
+        default=None,
+        description="Unix socket of the local status API (tepi status, Prometheus). "
+        "Default: /run/tepi/status.sock when /run/tepi exists (the unit's "
+        "RuntimeDirectory), else status.sock in gateway.data_dir. Readable by the service's "
+        "user and group only.",
+    )
+    tcp_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also serve the status API on 127.0.0.1:PORT (loopback only), e.g. for "
+        "a local Prometheus. Off by default.",
+    )
+    enabled: bool = Field(default=True, description="Serve the local status API at all.")
+
+
+class Config(_Model):
+    """The whole config file."""
+
+    def status_socket(self) -> Path:
+        """Where the status API listens (and ``tepi status`` looks)."""
+        if self.status.socket is not None:
+            return self.status.socket
+        # The unit's RuntimeDirectory; the agent and ``tepi status`` both look there first.
+        base = RUN_DIR if RUN_DIR.is_dir() else self.gateway.data_dir
+        return base / "status.sock"
+
+    gateway: GatewaySection = Field(description="This gateway.")
+    uplink: UplinkSection = Field(description="The MQTT broker at the IOC.")
+    buffer: BufferSection = Field(default_factory=BufferSection, description="Store-and-forward.")
+    status: StatusSection = Field(
+        default_factory=StatusSection, description="The local status API."
+    )
+    devices: list[DeviceConfig] = Field(default_factory=list, description="Field devices to poll.")

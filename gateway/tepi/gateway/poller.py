@@ -1,0 +1,246 @@
+"""Polls one device on its interval and hands each sample to the buffer as a reading.
+
+A device failure never leaves this task: the first failure is logged as an error and sent
+once as bad-quality readings (so the IOC sees the moment a device went quiet), the retries
+in between are only counted, and the recovery is logged as info. After ``quarantine_after``
+failed polls in a row the device is *quarantined*: it is probed only now and then, first
+after ten timeouts (or its poll interval, if longer), the wait doubling up to
+``quarantine_max``, so a dead device takes at most a tenth of the bus time of the live devices
+that share its port. Polls keep to a fixed grid (start + k *
+interval); a poll that overruns skips the ticks it missed and counts them, rather than
+drifting, and the first overrun is logged, so a bus without the capacity is said, not hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tepi.buffer import Buffer
+from tepi.core.clock import Stamp, WallClock, boottime
+from tepi.core.errors import DeviceError, DeviceUnavailable
+from tepi.core.records import Reading, Sample, storable
+from tepi.drivers.base import Driver, DriverConfig
+
+log = logging.getLogger(__name__)
+_OPEN_RETRY_MAX_S = 60.0
+
+
+@dataclass
+class DeviceStats:
+    """What the health message says about one device."""
+
+    state: str = "starting"  # starting | ok | failing | quarantined
+    polls: int = 0
+    readings: int = 0
+    bad_readings: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    consecutive_failures: int = 0
+    missed_polls: int = 0
+    last_ok_ts: float | None = None
+    last_error: str | None = None
+    last_poll_s: float | None = None
+    next_probe_s: float | None = None  # while quarantined: seconds between probes
+    # The latest reading of each metric, for the local status API and ``tepi status``.
+    last: dict[str, Reading] = field(default_factory=dict)
+    # The driver's own counters (Modbus: requests, timeouts, ...), when it has any.
+    protocol: Callable[[], dict[str, object]] | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "polls": self.polls,
+            "readings": self.readings,
+            "bad_readings": self.bad_readings,
+            "errors": dict(self.errors),
+            "consecutive_failures": self.consecutive_failures,
+            "missed_polls": self.missed_polls,
+            "last_ok_ts": self.last_ok_ts,
+            "last_error": self.last_error,
+            "last_poll_ms": None if self.last_poll_s is None else round(self.last_poll_s * 1000, 1),
+            "probe_interval_s": self.next_probe_s,
+            "protocol": None if self.protocol is None else self.protocol(),
+        }
+
+
+def reading(device: str, s: Sample, stamp: Stamp) -> Reading:
+    """A sample as the buffer keeps it, dated by the poll's time source."""
+    # Any driver's value passes here: one the buffer cannot keep becomes a bad reading
+    # instead of a failed commit.
+    why = storable(s.value)
+    if why is not None:
+        s = Sample(s.metric, None, s.unit, s.ts, s.mono, why)
+    if stamp.gps_fix is not None:
+        ts, synced, gps = s.mono + stamp.gps_fix, True, True
+    else:
+        ts, synced, gps = s.ts, stamp.synced, False
+    return Reading(
+        device, s.metric, s.value, s.unit, ts, s.mono, s.reason, synced, s.uncertain, gps
+    )
+
+
+async def _pause(stopping: asyncio.Event | None, seconds: float) -> None:
+    """Sleep, but wake at once when the agent is stopping."""
+    if stopping is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+
+
+async def poll_device(
+    cfg: DriverConfig,
+    driver: Driver,
+    buffer: Buffer,
+    stats: DeviceStats,
+    *,
+    clock: WallClock | None = None,
+    stopping: asyncio.Event | None = None,
+) -> None:
+    """Run until ``stopping`` is set (or forever; cancel to stop at once). Set, it lets the
+    poll in flight finish and hand its readings to the buffer, then returns: a value the
+    device handed out during a clean stop is kept, not thrown away with its request."""
+    loop = asyncio.get_running_loop()
+    clock = clock or WallClock()
+    retry = 1.0
+    while stopping is None or not stopping.is_set():
+        try:
+            async with driver:
+                retry = 1.0
+                await _poll_loop(
+                    cfg, driver, buffer, stats, loop=loop, clock=clock, stopping=stopping
+                )
+        except DeviceError as err:
+            _failed(cfg, driver, buffer, stats, err, stamp=clock.stamp())
+            await _pause(stopping, retry)
+            retry = min(retry * 2, _OPEN_RETRY_MAX_S)
+
+
+async def _poll_loop(
+    cfg: DriverConfig,
+    driver: Driver,
+    buffer: Buffer,
+    stats: DeviceStats,
+    *,
+    loop: asyncio.AbstractEventLoop,
+    clock: WallClock,
+    stopping: asyncio.Event | None = None,
+) -> None:
+    interval = cfg.poll_interval
+    # A poll may take several requests, each up to ``timeout``; this only guards a hang.
+    guard = cfg.timeout * 8 + 5.0
+    # A driver alone on its port (a UART sensor) says so: quarantine saves bus time for the
+    # devices that share a port, and would only delay the read after a replug.
+    quarantine = getattr(driver, "quarantine", True)
+    next_t = loop.time()
+    late_logged = False
+    while True:
+        delay = next_t - loop.time()
+        if delay > 0:
+            await _pause(stopping, delay)
+        if stopping is not None and stopping.is_set():
+            return
+        started = loop.time()
+        stats.polls += 1
+        # Asked before the read: a reading taken as the clock syncs is flagged unsynced, and
+        # its timestamp is then recomputed from ``mono``, which is right either way.
+        stamp = clock.stamp()
+        try:
+            async with asyncio.timeout(guard):
+                samples = await driver.read()
+        except DeviceError as err:
+            _failed(cfg, driver, buffer, stats, err, stamp=stamp)
+        except TimeoutError:
+            _failed(
+                cfg,
+                driver,
+                buffer,
+                stats,
+                DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
+                stamp=stamp,
+            )
+        else:
+            if stats.state in ("failing", "quarantined"):
+                log.info(
+                    "device %s recovered after %d failed polls", cfg.id, stats.consecutive_failures
+                )
+            stats.state = "ok"
+            stats.consecutive_failures = 0
+            stats.last_ok_ts = time.time()
+            for s in samples:
+                r = reading(cfg.id, s, stamp)
+                buffer.put(r)
+                stats.last[s.metric] = r
+                stats.readings += 1
+                if s.reason is not None and not s.uncertain:
+                    stats.bad_readings += 1
+        stats.last_poll_s = loop.time() - started
+        if stats.consecutive_failures >= cfg.quarantine_after and quarantine:
+            # Quarantined: probe with backoff instead of every tick.
+            # A probe of a dead device costs one timeout of bus time: probing no more often
+            # than every 10 timeouts keeps its share of the bus under a tenth.
+            first = max(interval, 10 * cfg.timeout)
+            wait = min(
+                cfg.quarantine_max,
+                first * 2 ** (stats.consecutive_failures - cfg.quarantine_after),
+            )
+            if stats.state != "quarantined":
+                log.warning(
+                    "device %s: %d failed polls in a row; quarantined, probing every %.0f s "
+                    "at most (backing off to %.0f s)",
+                    cfg.id,
+                    stats.consecutive_failures,
+                    wait,
+                    cfg.quarantine_max,
+                )
+                stats.state = "quarantined"
+            stats.next_probe_s = round(wait, 3)
+            next_t = loop.time() + wait
+            continue
+        stats.next_probe_s = None
+        next_t += interval
+        now = loop.time()
+        if next_t <= now:
+            missed = int((now - next_t) // interval) + 1
+            stats.missed_polls += missed
+            next_t += missed * interval
+            if not late_logged:
+                late_logged = True
+                log.warning(
+                    "device %s cannot keep its %.3g s poll interval: a poll took %.2f s (its "
+                    "port is busy, or it has too many reads); %d ticks skipped, counted as "
+                    "missed_polls",
+                    cfg.id,
+                    interval,
+                    stats.last_poll_s,
+                    missed,
+                )
+
+
+def _failed(
+    cfg: DriverConfig,
+    driver: Driver,
+    buffer: Buffer,
+    stats: DeviceStats,
+    err: DeviceError,
+    *,
+    stamp: Stamp,
+) -> None:
+    stats.errors[err.reason] += 1
+    stats.consecutive_failures += 1
+    stats.last_error = str(err)
+    if stats.state not in ("failing", "quarantined"):
+        stats.state = "failing"
+        log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
+        ts, mono = time.time(), boottime()
+        for m in driver.metrics():
+            r = reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp)
+            buffer.put(r)
+            stats.last[m.name] = r
+            stats.bad_readings += 1

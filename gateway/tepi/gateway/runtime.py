@@ -1,0 +1,480 @@
+"""The agent: one event loop, one TaskGroup, everything under it.
+
+Tasks: the buffer's group-commit loop, the uplink, one poller per device. A device's
+failure stays in its poller. A component's failure (the buffer writer, the uplink's own
+code) ends the TaskGroup and the process exits non-zero, for systemd to restart. On SIGTERM
+or SIGINT the pollers stop, what is pending is committed, the uplink says offline, and the
+process exits 0 within a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import io
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tepi.buffer import Buffer, BufferSettings
+from tepi.core import __version__
+from tepi.core.clock import WallClock, clock_synced
+from tepi.core.errors import ConfigError
+from tepi.drivers.base import SharedResources
+from tepi.drivers.registry import DeviceConfig, make_driver
+from tepi.gateway.config import Config
+from tepi.gateway.configload import load_config
+from tepi.gateway.notify import Notifier
+from tepi.gateway.poller import DeviceStats, poll_device
+from tepi.gateway.statusapi import StatusServer
+from tepi.gateway.sysinfo import boot_id as read_boot_id
+from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
+from tepi.gateway.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+STOP_DEADLINE_S = 8.0
+STATUS_EVERY_S = 10.0  # how often the STATUS= line for systemctl is refreshed
+DRAIN_S = 2.0  # at a stop, how long the polls in flight may take to finish
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end it on a stop request."""
+
+
+class Agent:
+    """The tepi agent for one config."""
+
+    def __init__(
+        self, cfg: Config, *, boot_id: str | None = None, config_path: Path | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path  # re-read on SIGHUP
+        self.boot_id = boot_id or read_boot_id()
+        b = cfg.buffer
+        self.buffer = Buffer(
+            BufferSettings(
+                path=cfg.gateway.data_dir / "buffer.db",
+                max_bytes=b.max_bytes,
+                max_age_s=b.max_age,
+                commit_interval_s=b.commit_interval,
+                commit_max_readings=b.commit_max_readings,
+                sync_full=b.sync == "full",
+                max_pending=b.max_pending,
+            ),
+            self.boot_id,
+            clock_synced=clock_synced,
+        )
+        self.clock = WallClock()
+        self.devices = {d.id: DeviceStats() for d in cfg.devices}
+        self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
+        self.started = time.monotonic()
+        self._stopping = asyncio.Event()  # set at a stop: pollers finish their poll and end
+        self.ready = asyncio.Event()  # set once the buffer is open and every task started
+        self.notify = Notifier()
+        self._stuck_logged: str | None = None
+        self._rate = (time.monotonic(), 0)  # (when, readings acked): for the status line
+        self._reload_wanted = asyncio.Event()
+        self.reloads: dict[str, Any] = {
+            "count": 0,
+            "last_ts": None,
+            "ok": None,
+            "errors": [],
+            "restart_needed": [],
+        }
+        self._tg: asyncio.TaskGroup | None = None
+        self.status_server: StatusServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._uplink_task: asyncio.Task[None] | None = None
+        self._resources = SharedResources(gps_time=self.clock.gps_update)
+        self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
+
+    def health(self, *, mark: bool = True) -> dict[str, Any]:
+        """The health message (docs/payload.md#health). Its rates run from the previous
+        message; ``mark=False`` (the status API) reads them without starting a new span."""
+        now_m, cpu = time.monotonic(), cpu_seconds()
+        last_m, last_cpu, last_acked = self._last_cpu
+        acked = self.uplink.stats.readings_acked
+        span = max(now_m - last_m, 1e-6)
+        if mark:
+            self._last_cpu = (now_m, cpu, acked)
+        bs = self.buffer.stats()
+        up = self.uplink.stats
+        return {
+            "v": 1,
+            "gateway": self.cfg.gateway.id,
+            "boot": self.boot_id,
+            "version": __version__,
+            "ts": round(time.time(), 3),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "clock_synced": clock_synced(),
+            "clock": self.clock.health(),
+            "buffer": {
+                "readings": bs.depth,
+                "bytes": bs.bytes_used,
+                "max_bytes": bs.max_bytes,
+                "oldest_age_s": None
+                if bs.oldest_ts is None
+                else round(max(time.time() - bs.oldest_ts, 0), 1),
+                "pending": bs.pending,
+                "dropped": bs.dropped,
+                "quarantined_files": bs.quarantined_files,
+                "write_errors": bs.write_errors,
+                "acked_in_memory": bs.acked_in_memory,
+                "written": bs.written,
+                "commits": bs.commits,
+                "file_error": bs.file_error,
+            },
+            "uplink": {
+                "connected": up.connected,
+                "connects": up.connects,
+                "messages": up.messages,
+                "readings_acked": up.readings_acked,
+                "publish_rate": round((acked - last_acked) / span, 2),
+                "last_ack_ts": up.last_ack_ts,
+                "errors": up.errors,
+            },
+            "devices": {k: v.as_dict() for k, v in self.devices.items()},
+            "config": {
+                "reloads": self.reloads["count"],
+                "last_reload_ts": self.reloads["last_ts"],
+                "last_reload_ok": self.reloads["ok"],
+                "errors": list(self.reloads["errors"]),
+                "restart_needed": list(self.reloads["restart_needed"]),
+            },
+            "process": {
+                "cpu_percent": round(100 * (cpu - last_cpu) / span, 2),
+                "cpu_seconds": round(cpu, 2),
+                "rss_bytes": rss_bytes(),
+                "disk_free_bytes": free_disk_bytes(self.cfg.gateway.data_dir),
+            },
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; commit what is pending before returning."""
+        tasks = self._tasks
+        async with self.buffer:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
+                    tasks.append(tg.create_task(self.buffer.run(), name="tepi.buffer.commit"))
+                    self._uplink_task = tg.create_task(self.uplink.run(), name="tepi.uplink")
+                    tasks.append(self._uplink_task)
+                    for dev in self.cfg.devices:
+                        self._start_device(dev)
+                    tg.create_task(
+                        self._until(stop, tasks, self._pollers, self._stopping, self._on_stop),
+                        name="tepi.stop",
+                    )
+                    tg.create_task(self._notify_loop(), name="tepi.notify")
+                    tg.create_task(self._reload_loop(), name="tepi.reload")
+                    if self.cfg.status.enabled:
+                        self.status_server = StatusServer(
+                            lambda: self.health(mark=False),
+                            self.device_status,
+                            self.cfg.status_socket(),
+                            self.cfg.status.tcp_port,
+                        )
+                        tg.create_task(self.status_server.run(), name="tepi.status")
+                    self.ready.set()
+                    self.notify.ready(self.status_line())
+                    log.info(
+                        "tepi %s running: gateway %s, %d devices",
+                        __version__,
+                        self.cfg.gateway.id,
+                        len(self.cfg.devices),
+                    )
+            except* _Stop:
+                log.info("stopping: committing %d pending readings", self.buffer.stats().pending)
+            finally:
+                self._tg = None
+
+    def device_status(self) -> dict[str, Any]:
+        """``/devices`` of the status API: each device's health and its latest readings."""
+        out: dict[str, Any] = {}
+        for dev_id, st in self.devices.items():
+            d = st.as_dict()
+            d["last"] = {
+                m: {
+                    "value": r.value,
+                    "unit": r.unit,
+                    "quality": r.quality,
+                    "reason": r.reason,
+                    "ts": round(r.ts, 3),
+                }
+                for m, r in st.last.items()
+            }
+            out[dev_id] = d
+        return out
+
+    def _start_device(self, dev: DeviceConfig) -> None:
+        assert self._tg is not None
+        stats = self.devices[dev.id] = DeviceStats()
+        driver = make_driver(dev, self._resources)
+        stats.protocol = getattr(driver, "protocol_stats", None)
+        task = self._tg.create_task(
+            poll_device(dev, driver, self.buffer, stats, clock=self.clock, stopping=self._stopping),
+            name=f"tepi.device[{dev.id}]",
+        )
+        self._pollers[dev.id] = task
+        self._tasks.append(task)
+
+    # ---- reload (SIGHUP) ----------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config at the next turn of the loop (one reload at a time)."""
+        self._reload_wanted.set()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read and validate the config file. A valid one is applied: only the devices
+        whose config changed restart, the uplink only if its settings changed, the buffer
+        and what it holds are untouched. An invalid one changes nothing; every problem is
+        logged with file:line and kept in health. Whether the new config was applied."""
+        self.notify.reloading()
+        self.reloads["count"] += 1
+        self.reloads["last_ts"] = round(time.time(), 3)
+        if self.config_path is None:
+            return self._reload_failed(["no config file to re-read"])
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as err:
+            return self._reload_failed([str(i) for i in err.issues])
+        old = self.cfg
+        restart_needed = [
+            key
+            for key, a, b in (
+                ("gateway.id", old.gateway.id, new.gateway.id),
+                ("gateway.data_dir", old.gateway.data_dir, new.gateway.data_dir),
+                ("buffer", old.buffer, new.buffer),
+            )
+            if a != b
+        ]
+        if new.gateway.log_level != old.gateway.log_level:
+            logging.getLogger().setLevel(new.gateway.log_level.upper())
+        # What cannot change live keeps its old value until a restart, and says so.
+        applied = new.model_copy(
+            update={
+                "gateway": old.gateway.model_copy(update={"log_level": new.gateway.log_level}),
+                "buffer": old.buffer,
+            }
+        )
+        restarted = await self._apply_devices(old, applied)
+        if applied.uplink != old.uplink:
+            await self._restart_uplink(applied)
+            log.info("reload: uplink settings changed: reconnecting")
+        self.cfg = applied
+        self.reloads.update(ok=True, errors=[], restart_needed=restart_needed)
+        log.info(
+            "reload: config applied (%d devices restarted: %s)%s",
+            len(restarted),
+            ", ".join(restarted) or "none",
+            f"; needs a restart to change {', '.join(restart_needed)}" if restart_needed else "",
+        )
+        self.notify.ready(self.status_line())
+        return True
+
+    def _reload_failed(self, errors: list[str]) -> bool:
+        for e in errors:
+            log.error("reload: %s", e)
+        log.error(
+            "reload refused: %d problem%s in the config; still running the previous one",
+            len(errors),
+            "" if len(errors) == 1 else "s",
+        )
+        self.reloads.update(ok=False, errors=errors[:20])
+        self.notify.ready(f"reload failed ({len(errors)} problems); {self.status_line()}")
+        return False
+
+    async def _apply_devices(self, old: Config, new: Config) -> list[str]:
+        """Stop removed and changed devices, start new and changed ones; the ids touched."""
+        before = {d.id: d for d in old.devices}
+        after = {d.id: d for d in new.devices}
+        gone = [i for i in before if i not in after or before[i] != after[i]]
+        for dev_id in gone:
+            task = self._pollers.pop(dev_id)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.devices.pop(dev_id, None)
+        for dev in new.devices:
+            if dev.id not in self._pollers:
+                self._start_device(dev)
+        return sorted(set(gone) | (set(after) - set(before)))
+
+    async def _restart_uplink(self, cfg: Config) -> None:
+        assert self._tg is not None
+        if self._uplink_task is not None:
+            self._uplink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._uplink_task
+        stats = self.uplink.stats
+        self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
+        self.uplink.stats = stats  # counters run on across a reconnect
+        self._uplink_task = self._tg.create_task(self.uplink.run(), name="tepi.uplink")
+        self._tasks.append(self._uplink_task)
+
+    def _on_stop(self) -> None:
+        self.notify.stopping(f"stopping: committing {self.buffer.stats().pending} readings")
+
+    def stuck(self) -> str | None:
+        """Why the pipeline is stuck, or None while it works or waits for a reason. The
+        event loop turning is shown by this being asked at all (from a loop task)."""
+        limit = max(1.0, (self.notify.watchdog_s or 30.0) / 2)
+        writing = self.buffer.writing_for()
+        if writing is not None and writing > limit:
+            return f"the buffer's writer has been in one write for {writing:.0f} s"
+        stalled = self.uplink.stalled_for()
+        if stalled > self.cfg.uplink.publish_timeout + limit:
+            return f"the uplink has waited {stalled:.0f} s for an acknowledgement"
+        return None
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: link, rate, buffer."""
+        now, acked = time.monotonic(), self.uplink.stats.readings_acked
+        then, before = self._rate
+        self._rate = (now, acked)
+        per_min = (acked - before) * 60 / (now - then) if now - then >= 1 else 0.0
+        up = self.uplink.stats
+        bs = self.buffer.stats()
+        link = "online" if up.connected else f"offline ({up.last_error or 'connecting'})"
+        text = f"{link}, {per_min:,.0f} readings/min, buffer {bs.depth:,}"
+        if bs.oldest_ts is not None and bs.depth:
+            text += f" (oldest {max(time.time() - bs.oldest_ts, 0):.0f} s)"
+        failing = [d for d, st in self.devices.items() if st.state in ("failing", "quarantined")]
+        if failing:
+            text += f", {len(failing)} of {len(self.devices)} devices failing"
+        return text
+
+    async def _notify_loop(self) -> None:
+        """WATCHDOG=1 while the pipeline is alive (every quarter of WatchdogSec), and a
+        fresh STATUS= line every STATUS_EVERY_S."""
+        if not self.notify.enabled:
+            return
+        wd = self.notify.watchdog_s
+        tick = min(wd / 4, STATUS_EVERY_S) if wd else STATUS_EVERY_S
+        last_status = time.monotonic()
+        while True:
+            why = self.stuck()
+            if why is None:
+                if wd:
+                    self.notify.watchdog()
+                if self._stuck_logged is not None:
+                    log.warning("pipeline moving again; watchdog pings resume")
+                    self._stuck_logged = None
+            elif why != self._stuck_logged:
+                log.error("pipeline stuck: %s; not pinging the watchdog", why)
+                self._stuck_logged = why
+                self.notify.status(f"stuck: {why}")
+            if why is None and time.monotonic() - last_status >= STATUS_EVERY_S:
+                self.notify.status(self.status_line())
+                last_status = time.monotonic()
+            await asyncio.sleep(tick)
+
+    @staticmethod
+    async def _until(
+        stop: asyncio.Event,
+        tasks: list[asyncio.Task[None]],
+        pollers: dict[str, asyncio.Task[None]] | None = None,
+        stopping: asyncio.Event | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        await stop.wait()
+        if on_stop is not None:
+            on_stop()
+        # First the polls in flight finish (a device that answered has handed out its
+        # value: keep it), for at most DRAIN_S; then everything is cancelled.
+        if stopping is not None:
+            stopping.set()
+        if pollers:
+            _, late = await asyncio.wait(list(pollers.values()), timeout=DRAIN_S)
+            if late:
+                log.info("stop: %d polls still in flight after %.0f s", len(late), DRAIN_S)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        def reap() -> None:
+            # The TaskGroup cancels each task once. A library that swallows that cancellation
+            # (Python 3.11's wait_for can) would keep the agent alive forever: cancel again,
+            # and past the deadline log where each task is stuck and exit for systemd.
+            stuck = [t for t in tasks if not t.done()]
+            if not stuck:
+                return
+            if loop.time() - started > STOP_DEADLINE_S:
+                log.critical(
+                    "stop: %d tasks did not finish in %.0f s; exiting", len(stuck), STOP_DEADLINE_S
+                )
+                dump_tasks()
+                os._exit(3)
+            for t in stuck:
+                t.cancel()
+            loop.call_later(1.0, reap)
+
+        loop.call_later(1.0, reap)
+        raise _Stop
+
+
+SWITCH_INTERVAL_S = 0.0005
+
+
+async def run_agent(cfg: Config, config_path: Path | None = None) -> None:
+    """Run with SIGTERM/SIGINT wired to a clean stop, and SIGHUP to a reload."""
+    # The buffer's writer thread releases the GIL in every SQLite call and must win it back
+    # from the event loop; at the default 5 ms a busy loop made each retake cost up to 5 ms
+    # (the "GIL convoy", docs/performance.md). 0.5 ms bounds that; with no other thread
+    # waiting, the interval costs nothing.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    loop.set_exception_handler(loop_exception)
+    agent = Agent(cfg, config_path=config_path)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    await agent.run(stop)
+
+
+def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's handler for errors in callbacks. One is known and harmless: aiomqtt asks
+    the loop to watch the MQTT socket with ``call_soon_threadsafe(add_writer, fd)``, and
+    when the connection drops in between the socket is closed by the time that runs (EBADF;
+    the fifth soak logged it as a traceback). The session is being torn down anyway and the
+    uplink reconnects: one debug line. Anything else keeps the default report."""
+    exc = context.get("exception")
+    handle = context.get("handle")
+    callback = getattr(handle, "_callback", None)
+    name = getattr(callback, "__name__", "")
+    if isinstance(exc, OSError) and exc.errno == errno.EBADF and name in _WATCHERS:
+        log.debug("a socket closed before the loop could watch it (%s): ignored", name)
+        return
+    loop.default_exception_handler(context)
+
+
+_WATCHERS = frozenset({"add_writer", "add_reader", "remove_writer", "remove_reader"})
+
+
+def dump_tasks() -> None:
+    """On SIGUSR1: log every task and where it waits (for diagnosing a stuck agent)."""
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(limit=12, file=out)
+        log.warning(
+            "task %s (%s):\n%s",
+            task.get_name(),
+            "done" if task.done() else "pending",
+            out.getvalue(),
+        )

@@ -1,0 +1,571 @@
+"""The uplink: committed readings -> MQTT batches -> broker; PUBACK -> delete.
+
+One connection at a time, each a *session* that runs three tasks in a TaskGroup: a watcher
+that raises when the link drops, the sender, and the health publisher. When any of them
+fails, the TaskGroup cancels the rest and every unacknowledged batch is sent again on the
+next connection (duplicates are possible there and carry the same ``seq``; loss is not).
+
+Sending keeps up to ``max_inflight`` batches awaiting their PUBACK, so draining a backlog is
+not one round trip per batch. Latency: with nothing in flight a reading goes out as soon as
+it is committed; only while publishes are waiting for acks do readings wait (up to
+``max_wait``) to fill a batch.
+
+Reconnects back off exponentially with full jitter (a random delay between 0 and the cap),
+so the gateways of a city do not all come back at the same moment after an IOC outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from tepi.buffer import Batch, Buffer
+from tepi.core import __version__
+from tepi.core.clock import clock_synced
+from tepi.gateway.compact import encode_compact
+from tepi.gateway.config import Config
+from tepi.gateway.payload import encode_telemetry, health_payload, status_payload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UplinkStats:
+    """Counters for health and the CLI."""
+
+    connected: bool = False
+    attempts: int = 0
+    connects: int = 0
+    messages: int = 0
+    readings_acked: int = 0
+    peak_inflight: int = 0
+    last_ack_ts: float | None = None
+    last_error: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+_WHAT = {
+    "tls": "refused by TLS (certificates are always verified: check tls.ca_file, the "
+    "broker's host name and the client certificate)",
+    "refused": "refused the connection (check username, password and ACL)",
+    "link": "unreachable or lost",
+}
+
+
+def backoff_delay(
+    attempt: int, min_delay: float, max_delay: float, rng: random.Random | None = None
+) -> float:
+    """Full jitter: a uniform wait in [0, cap], the cap doubling from min_delay to max_delay."""
+    cap = min(max_delay, min_delay * 2 ** min(attempt, 30))
+    return (rng or random).uniform(0, cap)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, without its once-a-second timer.
+
+    aiomqtt calls paho's ``loop_misc`` (keepalive: send PINGREQ, drop a link whose PINGRESP
+    is late) every second, so an idle agent woke 86,400 times a day for nothing. Here it is
+    called when the next keepalive check is due, computed from paho's own timestamps, so an
+    idle connection wakes once per keepalive period (the PINGREQ it must send anyway). The
+    dead-link detection time is unchanged: a PINGRESP missing for ``keepalive`` drops the link.
+    """
+
+    async def _misc_loop(self) -> None:
+        paho = self._client
+        while paho.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+            keepalive = paho._keepalive  # paho keeps these private; pinned in constraints
+            if keepalive <= 0:
+                await asyncio.sleep(3600)
+                continue
+            with paho._msgtime_mutex:
+                last = min(paho._last_msg_out, paho._last_bytes_received)
+            due = last + keepalive
+            if paho._ping_t > 0:
+                due = min(due, paho._ping_t + keepalive)
+            # paho compares with >=; a little slack so the check finds the moment has come.
+            await asyncio.sleep(max(due - time.monotonic(), 0.0) + 0.01)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        # aiomqtt ignores a link lost before CONNACK, so the connect waits out its whole
+        # timeout; here the connect fails at once and the backoff takes over.
+        if not self._connected.done():
+            self._connected.set_exception(
+                aiomqtt.MqttCodeError(reason_code, "connection lost before the broker accepted it")
+            )
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+
+class _PahoErrors(logging.Handler):
+    """Keeps paho's last error line. aiomqtt reports a connection the broker drops before
+    CONNACK (for example a TLS 1.3 alert: client certificate required) only as a timeout;
+    paho's own log line says why."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+def _classify(err: BaseException) -> str:
+    """tls, refused (the broker said no) or link (everything else), from the cause chain."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return "tls"
+        if isinstance(seen, MqttConnectError):
+            return "refused"
+        seen = seen.__cause__ or seen.__context__
+    # aiomqtt re-raises OSError (so SSLError) as MqttError(str(exc)) from None: read the text.
+    text = str(err).lower()
+    if "ssl" in text or "certificate" in text or "tls" in text:
+        return "tls"
+    return "link"
+
+
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    up = cfg.uplink
+    if not up.secure:
+        return None
+    tls = up.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # create_default_context verifies the chain and the host name; keep it that way.
+    if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
+        raise RuntimeError("TLS context does not verify the broker: refusing to connect")
+    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return ctx
+
+
+class Uplink:
+    """Publishes the buffer's readings to the IOC broker; see the module docstring."""
+
+    def __init__(
+        self, cfg: Config, buffer: Buffer, boot_id: str, health: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.cfg = cfg
+        self.buffer = buffer
+        self.boot_id = boot_id
+        self._health = health
+        up = cfg.uplink
+        base = f"{up.topic_prefix}/{cfg.gateway.id}"
+        self.topic_telemetry = f"{base}/telemetry"
+        self.topic_status = f"{base}/status"
+        self.topic_health = f"{base}/health"
+        self.stats = UplinkStats()
+        self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
+        self._kick = asyncio.Event()
+        # Liveness of a session: publishes awaiting a PUBACK (telemetry and health), and when
+        # the last acknowledgement (or the first publish after none waited) came.
+        self._awaiting = 0
+        self._progress_at = 0.0
+        self._busy = asyncio.Event()
+        self._refused = asyncio.Event()  # the broker refused a publish in this session
+        self._changed = asyncio.Condition()
+        self._refusal_logged = False
+        self._password = up.read_password()
+        self._tls = _tls_context(cfg)
+        self._paho_log = logging.getLogger(f"tepi.mqtt.{cfg.gateway.id}")
+        self._paho_errors = _PahoErrors()
+
+    # ---- connection management --------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        up = self.cfg.uplink
+        v5 = up.protocol == "5"
+        will = aiomqtt.Will(
+            self.topic_status,
+            status_payload(self.cfg.gateway.id, "offline", None, "connection lost", __version__),
+            qos=1,
+            retain=True,
+        )
+        client = _Client(
+            up.host,
+            up.port,
+            username=up.username,
+            password=self._password.get_secret_value() if self._password else None,
+            identifier=up.client_id or f"tepi-{self.cfg.gateway.id}",
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            clean_session=None if v5 else True,
+            keepalive=int(up.keepalive),
+            # for connect and disconnect; each publish passes its own publish_timeout
+            timeout=min(up.publish_timeout, 10.0),
+            tls_context=self._tls,
+            max_inflight_messages=up.max_inflight + 4,
+            logger=self._paho_log,
+        )
+        self._guard_refusals(client)
+        return client
+
+    def _guard_refusals(self, client: aiomqtt.Client) -> None:
+        """Treat an MQTT 5 PUBACK with a failure reason code as *no* acknowledgement.
+
+        aiomqtt confirms a publish on any PUBACK, even one saying "not authorized": the
+        readings would be deleted though the broker dropped them. Here such a PUBACK does not
+        confirm the publish; it ends the session, and the batch is sent again on the next
+        connection (with the reconnect backoff) until the broker takes it.
+        """
+        # aiomqtt has no hook for PUBACK reason codes: wrap its paho callback.
+        paho = client._client
+        confirm = cast("Callable[..., None] | None", paho.on_publish)
+
+        def on_publish(c: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+            if getattr(rc, "is_failure", False):
+                self.stats.errors["publish_refused"] = (
+                    self.stats.errors.get("publish_refused", 0) + 1
+                )
+                if not self._refusal_logged:
+                    self._refusal_logged = True
+                    log.error(
+                        "broker refused a publish (%s): the readings stay buffered and "
+                        "are sent again; check the gateway's ACL for %s/#",
+                        rc,
+                        self.topic_telemetry.rsplit("/", 1)[0],
+                    )
+                self._refused.set()  # end the session: send again after a reconnect
+                return
+            if confirm is not None:
+                confirm(c, userdata, mid, rc, props)
+
+        paho.on_publish = on_publish
+
+    async def run(self) -> None:
+        """Connect, run sessions, reconnect with backoff: forever (cancel to stop)."""
+        self._paho_log.addHandler(self._paho_errors)
+        try:
+            await self._run()
+        finally:
+            self._paho_log.removeHandler(self._paho_errors)
+
+    async def _run(self) -> None:
+        up = self.cfg.uplink
+        attempt = 0
+        down_since: float | None = None
+        while True:
+            try:
+                async with self._client() as client:
+                    self._paho_errors.last = None
+                    await self._set(connected=True)
+                    if down_since is None:
+                        log.info("connected to broker %s:%d", up.host, up.port)
+                    else:
+                        log.info(
+                            "reconnected to broker %s:%d after %.1f s (%d attempts)",
+                            up.host,
+                            up.port,
+                            time.monotonic() - down_since,
+                            attempt,
+                        )
+                    attempt, down_since = 0, None
+                    await self._session(client)
+            except* (aiomqtt.MqttError, OSError) as group:
+                err: BaseException = group.exceptions[0]
+                why = self._paho_errors.last
+                self._paho_errors.last = None
+                if why is not None and why not in str(err):
+                    err = aiomqtt.MqttError(f"{err} ({why})")
+                kind = _classify(err)
+                await self._set(connected=False, error=(kind, err))
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error(
+                        "broker %s:%d %s: %s; readings stay buffered",
+                        up.host,
+                        up.port,
+                        _WHAT[kind],
+                        err,
+                    )
+                else:
+                    log.debug("reconnect attempt %d failed: %s", attempt, err)
+            delay = backoff_delay(attempt, up.reconnect.min_delay, up.reconnect.max_delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _set(
+        self, *, connected: bool, error: tuple[str, BaseException] | None = None
+    ) -> None:
+        st = self.stats
+        async with self._changed:
+            if connected:
+                st.connects += 1
+            st.connected = connected
+            st.attempts += 1
+            if error is not None:
+                st.errors[error[0]] = st.errors.get(error[0], 0) + 1
+                st.last_error = f"{error[0]}: {error[1]}"
+            self._changed.notify_all()
+
+    async def wait_for(self, pred: Callable[[UplinkStats], bool]) -> None:
+        """Wait until ``pred(stats)`` holds (checked on every connect, failure and ack)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: pred(self.stats))
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._refused.clear()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                # Watching from the start: a link lost while the status is on its way ends
+                # the session at once, not after a timeout.
+                tg.create_task(self._watch(client), name="tepi.uplink.watch")
+                tg.create_task(self._stall_watch(), name="tepi.uplink.stall")
+                tg.create_task(self._start_lanes(client, tg), name="tepi.uplink.start")
+        except asyncio.CancelledError:
+            # Shutting down: say so while the link is up (a clean disconnect sends no will).
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await client.publish(
+                        self.topic_status,
+                        status_payload(
+                            self.cfg.gateway.id, "offline", self.boot_id, "shutdown", __version__
+                        ),
+                        qos=1,
+                        retain=True,
+                    )
+            raise
+        finally:
+            self._inflight = {"live": 0, "backlog": 0}
+
+    async def _start_lanes(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        online = status_payload(
+            self.cfg.gateway.id,
+            "online",
+            self.boot_id,
+            "connected",
+            __version__,
+            first_seq=self.buffer.first_seq,
+        )
+        await self._acked(client, self.topic_status, online, retain=True)
+        # Everything not acknowledged goes to the file first, and deletes for batches acked
+        # in the last session land, so the backlog is exactly what the file holds.
+        await self.buffer.flush()
+        boundary = self.buffer.committed_seq
+        slots = asyncio.Semaphore(self.cfg.uplink.max_inflight)
+        backlog_first = asyncio.Event()
+        tg.create_task(
+            self._live_lane(client, tg, slots, boundary, backlog_first), name="tepi.uplink.live"
+        )
+        if self.buffer.stats().depth:
+            tg.create_task(
+                self._backlog_lane(client, tg, slots, boundary, backlog_first),
+                name="tepi.uplink.backlog",
+            )
+        else:
+            backlog_first.set()
+        tg.create_task(self._health_loop(client), name="tepi.uplink.health")
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        async for _ in client.messages:  # raises MqttError when the connection drops
+            pass
+        raise aiomqtt.MqttError("message stream ended")
+
+    async def _acked(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, retain: bool
+    ) -> None:
+        """Publish at QoS 1 and wait for the PUBACK, however long: a slow link that
+        acknowledges something now and then is alive (``_stall_watch`` judges that)."""
+        if not self._awaiting:
+            self._progress_at = time.monotonic()
+            self._busy.set()
+        self._awaiting += 1
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
+        finally:
+            self._awaiting -= 1
+            if not self._awaiting:
+                self._busy.clear()
+        self._progress_at = time.monotonic()
+
+    def stalled_for(self) -> float:
+        """Seconds publishes have waited with no acknowledgement at all (0 when none wait):
+        past ``publish_timeout`` the stall watch ends the session; much later, the uplink
+        itself is wedged, which the watchdog must see."""
+        if not self._busy.is_set():
+            return 0.0
+        return time.monotonic() - self._progress_at
+
+    async def _stall_watch(self) -> None:
+        """End the session when publishes wait and no PUBACK at all has come for
+        ``publish_timeout``: the link is dead or refuses to confirm. A per-publish timeout
+        would instead give up on a healthy but slow link (4G at 30 kB/s with eight messages
+        in flight) and send everything again. Sleeps while nothing waits."""
+        limit = self.cfg.uplink.publish_timeout
+        while True:
+            if self._refused.is_set():
+                raise aiomqtt.MqttError("the broker refused a publish")
+            await self._busy.wait()
+            idle = time.monotonic() - self._progress_at
+            if idle >= limit:
+                raise aiomqtt.MqttError(f"no acknowledgement from the broker for {idle:.0f} s")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit - idle):
+                    await self._refused.wait()
+
+    # ---- telemetry ----------------------------------------------------------------------
+    #
+    # Two lanes share the ``max_inflight`` slots. The live lane sends what is read during
+    # this session, at once when nothing of its own is in flight. The backlog lane sends
+    # what was buffered before the session began, oldest first, in full batches, and may
+    # hold at most ``max_inflight - 1`` slots, so live readings never queue behind a
+    # backlog. The live lane starts once the backlog's first batch is on its way, so a
+    # short backlog (one batch) still arrives in seq order. The IOC orders by ``seq``;
+    # the messages of the two lanes interleave.
+
+    async def _live_lane(
+        self,
+        client: aiomqtt.Client,
+        tg: asyncio.TaskGroup,
+        slots: asyncio.Semaphore,
+        start: int,
+        backlog_first: asyncio.Event,
+    ) -> None:
+        up = self.cfg.uplink
+        cursor = start
+        await backlog_first.wait()
+        while True:
+            await self.buffer.wait_for_data(cursor)
+            if up.batch.linger > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(up.batch.linger):
+                        await self.buffer.wait_for_data(cursor + up.batch.max_readings - 1)
+            elif self._inflight["live"]:
+                await self._fill_wait(cursor, up.batch.max_readings, up.batch.max_wait)
+            await slots.acquire()
+            upto = self.buffer.last_seq
+            batch = await self.buffer.fetch(cursor, up.batch.max_readings)
+            if batch is None:
+                # Rows up to ``upto`` are gone (dropped by a limit): move past them.
+                cursor = max(cursor, upto)
+                slots.release()
+                continue
+            cursor = self._send(client, tg, batch, "live", slots)
+
+    async def _backlog_lane(
+        self,
+        client: aiomqtt.Client,
+        tg: asyncio.TaskGroup,
+        slots: asyncio.Semaphore,
+        upto: int,
+        backlog_first: asyncio.Event,
+    ) -> None:
+        up = self.cfg.uplink
+        own = asyncio.Semaphore(max(1, up.max_inflight - 1))
+        cursor = 0
+        started, sent = time.monotonic(), 0
+        while True:
+            await own.acquire()
+            await slots.acquire()
+            batch = await self.buffer.fetch(cursor, up.batch.max_readings, upto=upto)
+            if batch is None:
+                slots.release()
+                own.release()
+                break
+            cursor = self._send(client, tg, batch, "backlog", slots, own)
+            sent += len(batch)
+            backlog_first.set()
+        backlog_first.set()
+        # Wait for the last acks before saying the backlog is delivered.
+        for _ in range(max(1, up.max_inflight - 1)):
+            await own.acquire()
+        if sent:
+            log.info("backlog of %d readings delivered in %.1f s", sent, time.monotonic() - started)
+
+    def _send(
+        self,
+        client: aiomqtt.Client,
+        tg: asyncio.TaskGroup,
+        batch: Batch,
+        lane: str,
+        *sems: asyncio.Semaphore,
+    ) -> int:
+        """Encode (cut to ``max_bytes``) and start publishing; return the new cursor."""
+        up = self.cfg.uplink
+        encode = encode_compact if up.encoding == "compact" else encode_telemetry
+        payload, n = encode(
+            self.cfg.gateway.id,
+            batch,
+            max_bytes=up.batch.max_bytes,
+            current_boot=self.boot_id,
+            clock_synced=clock_synced(),
+        )
+        if n < len(batch):
+            batch = Batch(batch.boot_id, batch.items[:n])
+        self._inflight[lane] += 1
+        total = self._inflight["live"] + self._inflight["backlog"]
+        self.stats.peak_inflight = max(self.stats.peak_inflight, total)
+        tg.create_task(
+            self._publish(client, batch, payload, lane, sems),
+            name=f"tepi.uplink.publish[{batch.first_seq}]",
+        )
+        return batch.last_seq
+
+    async def _fill_wait(self, cursor: int, max_readings: int, max_wait: float) -> None:
+        """While live publishes are in flight, wait up to ``max_wait`` for a fuller batch."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait):
+                while self._inflight["live"] and self.buffer.last_seq - cursor < max_readings:
+                    self._kick.clear()
+                    more = asyncio.ensure_future(
+                        self.buffer.wait_for_data(cursor + max_readings - 1)
+                    )
+                    kick = asyncio.ensure_future(self._kick.wait())
+                    try:
+                        await asyncio.wait((more, kick), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        more.cancel()
+                        kick.cancel()
+
+    async def _publish(
+        self,
+        client: aiomqtt.Client,
+        batch: Batch,
+        payload: bytes,
+        lane: str,
+        sems: tuple[asyncio.Semaphore, ...],
+    ) -> None:
+        try:
+            await self._acked(client, self.topic_telemetry, payload, retain=False)
+        finally:
+            for sem in sems:
+                sem.release()
+        # PUBACK received: only now may the readings go.
+        self._inflight[lane] -= 1
+        self.buffer.ack(batch)
+        self.stats.messages += 1
+        self.stats.readings_acked += len(batch)
+        self.stats.last_ack_ts = time.time()
+        if lane == "live":
+            self._kick.set()
+        async with self._changed:
+            self._changed.notify_all()
+
+    # ---- health ------------------------------------------------------------------------
+
+    async def _health_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._acked(client, self.topic_health, health_payload(self._health()), True)
+            await asyncio.sleep(self.cfg.uplink.health_interval)
