@@ -34,9 +34,28 @@ def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
     assert load_config(tmp_path / "tepi.yaml").gateway.id == "demo-gateway-01"
 
 
+# Ctrl-C's SIGINT as a terminal's foreground job has it. A non-interactive shell starts its
+# background jobs (``pytest &``, some CI runners) with SIGINT ignored, children inherit that,
+# and then the SIGINT below did nothing: that was the demo's intermittent "hang". A small
+# launcher sets SIGINT back to its default and execs the demo (the setting survives exec).
+AS_FROM_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tepi.gateway.cli", "demo", "--dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-c",
+            AS_FROM_A_TERMINAL,
+            "-m",
+            "tepi.gateway.cli",
+            "demo",
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
