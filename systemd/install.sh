@@ -274,8 +274,9 @@ find_source() {
     fi
     SRC_KIND=checkout
     SRC_TREE=$repo
-    VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/pyproject.toml")
-    [[ -n $VERSION ]] || die "no version in $repo/pyproject.toml"
+    # The version is written once, in the core package (pyproject.toml reads it from there).
+    VERSION=$(sed -n 's/^__version__ = "\([^"]*\)".*$/\1/p' "$repo/drivers/tepi/core/__init__.py")
+    [[ -n $VERSION ]] || die "no version in $repo/drivers/tepi/core/__init__.py"
     SRC_UNIT=$SELF_DIR/tepi.service
     SRC_SAMPLE=$SELF_DIR/tepi.yaml.sample
     SRC_CONSTRAINTS=$repo/constraints.txt
