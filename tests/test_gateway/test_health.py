@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
-from rig import SCHEMA, validator
+from rig import SCHEMA, metrics_table, validator
 
 from tepi.gateway.health import (
     EXPORTED,
@@ -315,14 +315,6 @@ def test_every_model_metric_is_exposed_once_and_follows_conventions() -> None:
 
 
 # ---- the docs --------------------------------------------------------------------------
-
-
-def metrics_table() -> dict[str, tuple[str, str]]:
-    """docs/operations.md's metrics table: name -> (type, labels)."""
-    doc = (DOCS / "operations.md").read_text()
-    section = doc.split("### Metrics", 1)[1].split("\n#", 1)[0]
-    rows = re.findall(r"^\| `(tepi_[a-z_]+)` \| (\w+) \| ([^|]*) \|", section, re.M)
-    return {name: (kind, labels.strip()) for name, kind, labels in rows}
 
 
 def test_every_metric_is_in_the_docs_table() -> None:
