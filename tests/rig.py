@@ -9,6 +9,7 @@ The completeness checker (bench/completeness.py) reads both.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 def validator(kind: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator({**SCHEMA, "$ref": f"#/$defs/{kind}"})
+
+
+def metrics_table() -> dict[str, tuple[str, str]]:
+    """docs/operations.md's metrics table: name -> (type, labels)."""
+    doc = (SCHEMA_PATH.parents[3] / "docs" / "operations.md").read_text()
+    section = doc.split("### Metrics", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(tepi_[a-z_]+)` \| (\w+) \| ([^|]*) \|", section, re.M)
+    return {name: (kind, labels.strip()) for name, kind, labels in rows}
 
 
 SIM: dict[str, Any] = {

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from helpers import AgentProc, Broker, agent_config, run_tepi
 from prometheus_client.parser import text_string_to_metric_families
-from rig import validator
+from rig import metrics_table, validator
 
 from tepi.gateway.localbroker import free_port
 from tepi.gateway.status import EXIT_DEGRADED, EXIT_UNREACHABLE, fetch
@@ -89,6 +89,13 @@ async def test_health_metrics_devices_and_tepi_status(tmp_path: Path) -> None:
         assert any(
             s.name == "tepi_device_readings_total" for s in families["tepi_device_readings"].samples
         )
+        # every metric the agent exposes is in docs/operations.md's table, with its type
+        table = metrics_table()
+        for f in families.values():
+            for s in f.samples:
+                assert table[s.name][0] == f.type, s.name
+        polled = families["tepi_device_polls"].samples
+        assert {s.labels["device"] for s in polled} == {"aq-1", "dead-2"}
 
         # tepi status: one screen, and it says what is wrong
         out = await asyncio.to_thread(run_tepi, "status", "--config", str(cfg))

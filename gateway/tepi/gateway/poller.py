@@ -33,7 +33,7 @@ _OPEN_RETRY_MAX_S = 60.0
 
 @dataclass
 class DeviceStats:
-    """What the health message says about one device."""
+    """A device's counters; health.DeviceHealth.of makes its part of the health message."""
 
     state: str = "starting"  # starting | ok | failing | quarantined
     polls: int = 0
@@ -50,22 +50,6 @@ class DeviceStats:
     last: dict[str, Reading] = field(default_factory=dict)
     # The driver's own counters (Modbus: requests, timeouts, ...), when it has any.
     protocol: Callable[[], dict[str, object]] | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "state": self.state,
-            "polls": self.polls,
-            "readings": self.readings,
-            "bad_readings": self.bad_readings,
-            "errors": dict(self.errors),
-            "consecutive_failures": self.consecutive_failures,
-            "missed_polls": self.missed_polls,
-            "last_ok_ts": self.last_ok_ts,
-            "last_error": self.last_error,
-            "last_poll_ms": None if self.last_poll_s is None else round(self.last_poll_s * 1000, 1),
-            "probe_interval_s": self.next_probe_s,
-            "protocol": None if self.protocol is None else self.protocol(),
-        }
 
 
 def reading(device: str, s: Sample, stamp: Stamp) -> Reading:

@@ -30,6 +30,15 @@ from tepi.drivers.base import SharedResources
 from tepi.drivers.registry import DeviceConfig, make_driver
 from tepi.gateway.config import Config
 from tepi.gateway.configload import load_config
+from tepi.gateway.health import (
+    BufferHealth,
+    ClockHealth,
+    ConfigHealth,
+    DeviceHealth,
+    Health,
+    ProcessHealth,
+    UplinkHealth,
+)
 from tepi.gateway.notify import Notifier
 from tepi.gateway.poller import DeviceStats, poll_device
 from tepi.gateway.statusapi import StatusServer
@@ -98,8 +107,12 @@ class Agent:
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
 
     def health(self, *, mark: bool = True) -> dict[str, Any]:
-        """The health message (docs/payload.md#health). Its rates run from the previous
-        message; ``mark=False`` (the status API) reads them without starting a new span."""
+        """The health message as published (docs/payload.md#health)."""
+        return self.snapshot(mark=mark).payload()
+
+    def snapshot(self, *, mark: bool = True) -> Health:
+        """The agent's health now. Its rates run from the previous health message;
+        ``mark=False`` (the status API) reads them without starting a new span."""
         now_m, cpu = time.monotonic(), cpu_seconds()
         last_m, last_cpu, last_acked = self._last_cpu
         acked = self.uplink.stats.readings_acked
@@ -108,55 +121,54 @@ class Agent:
             self._last_cpu = (now_m, cpu, acked)
         bs = self.buffer.stats()
         up = self.uplink.stats
-        return {
-            "v": 1,
-            "gateway": self.cfg.gateway.id,
-            "boot": self.boot_id,
-            "version": __version__,
-            "ts": round(time.time(), 3),
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "clock_synced": clock_synced(),
-            "clock": self.clock.health(),
-            "buffer": {
-                "readings": bs.depth,
-                "bytes": bs.bytes_used,
-                "max_bytes": bs.max_bytes,
-                "oldest_age_s": None
+        return Health(
+            gateway=self.cfg.gateway.id,
+            boot=self.boot_id,
+            version=__version__,
+            ts=round(time.time(), 3),
+            uptime_s=round(time.monotonic() - self.started, 1),
+            clock_synced=clock_synced(),
+            clock=ClockHealth.model_validate(self.clock.health()),
+            buffer=BufferHealth(
+                readings=bs.depth,
+                bytes=bs.bytes_used,
+                max_bytes=bs.max_bytes,
+                oldest_age_s=None
                 if bs.oldest_ts is None
                 else round(max(time.time() - bs.oldest_ts, 0), 1),
-                "pending": bs.pending,
-                "dropped": bs.dropped,
-                "quarantined_files": bs.quarantined_files,
-                "write_errors": bs.write_errors,
-                "acked_in_memory": bs.acked_in_memory,
-                "written": bs.written,
-                "commits": bs.commits,
-                "file_error": bs.file_error,
-            },
-            "uplink": {
-                "connected": up.connected,
-                "connects": up.connects,
-                "messages": up.messages,
-                "readings_acked": up.readings_acked,
-                "publish_rate": round((acked - last_acked) / span, 2),
-                "last_ack_ts": up.last_ack_ts,
-                "errors": up.errors,
-            },
-            "devices": {k: v.as_dict() for k, v in self.devices.items()},
-            "config": {
-                "reloads": self.reloads["count"],
-                "last_reload_ts": self.reloads["last_ts"],
-                "last_reload_ok": self.reloads["ok"],
-                "errors": list(self.reloads["errors"]),
-                "restart_needed": list(self.reloads["restart_needed"]),
-            },
-            "process": {
-                "cpu_percent": round(100 * (cpu - last_cpu) / span, 2),
-                "cpu_seconds": round(cpu, 2),
-                "rss_bytes": rss_bytes(),
-                "disk_free_bytes": free_disk_bytes(self.cfg.gateway.data_dir),
-            },
-        }
+                pending=bs.pending,
+                dropped=bs.dropped,
+                quarantined_files=bs.quarantined_files,
+                write_errors=bs.write_errors,
+                acked_in_memory=bs.acked_in_memory,
+                written=bs.written,
+                commits=bs.commits,
+                file_error=bs.file_error,
+            ),
+            uplink=UplinkHealth(
+                connected=up.connected,
+                connects=up.connects,
+                messages=up.messages,
+                readings_acked=up.readings_acked,
+                publish_rate=round((acked - last_acked) / span, 2),
+                last_ack_ts=up.last_ack_ts,
+                errors=up.errors,
+            ),
+            devices={k: DeviceHealth.of(v) for k, v in self.devices.items()},
+            config=ConfigHealth(
+                reloads=self.reloads["count"],
+                last_reload_ts=self.reloads["last_ts"],
+                last_reload_ok=self.reloads["ok"],
+                errors=list(self.reloads["errors"]),
+                restart_needed=list(self.reloads["restart_needed"]),
+            ),
+            process=ProcessHealth(
+                cpu_percent=round(100 * (cpu - last_cpu) / span, 2),
+                cpu_seconds=round(cpu, 2),
+                rss_bytes=rss_bytes(),
+                disk_free_bytes=free_disk_bytes(self.cfg.gateway.data_dir),
+            ),
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; commit what is pending before returning."""
@@ -178,7 +190,7 @@ class Agent:
                     tg.create_task(self._reload_loop(), name="tepi.reload")
                     if self.cfg.status.enabled:
                         self.status_server = StatusServer(
-                            lambda: self.health(mark=False),
+                            lambda: self.snapshot(mark=False),
                             self.device_status,
                             self.cfg.status_socket(),
                             self.cfg.status.tcp_port,
@@ -201,7 +213,7 @@ class Agent:
         """``/devices`` of the status API: each device's health and its latest readings."""
         out: dict[str, Any] = {}
         for dev_id, st in self.devices.items():
-            d = st.as_dict()
+            d = DeviceHealth.of(st).payload()
             d["last"] = {
                 m: {
                     "value": r.value,

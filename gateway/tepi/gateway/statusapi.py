@@ -24,110 +24,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+
+from tepi.gateway.health import Health, prometheus
 
 log = logging.getLogger(__name__)
 
-STATES = ("starting", "ok", "failing", "quarantined")
-
 
 class _HealthCollector(Collector):
-    """Prometheus metrics made from one health snapshot per scrape."""
+    """Prometheus metrics made from one health snapshot per scrape (tepi.gateway.health)."""
 
-    def __init__(self, health: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, health: Callable[[], Health]) -> None:
         self._health = health
 
     def collect(self) -> Iterator[Metric]:
-        h = self._health()
-        b, up, proc = h["buffer"], h["uplink"], h["process"]
-
-        def gauge(name: str, doc: str, value: float | None) -> Metric:
-            g = GaugeMetricFamily(name, doc)
-            if value is not None:
-                g.add_metric([], float(value))
-            return g
-
-        def counter(name: str, doc: str, value: float) -> Metric:
-            c = CounterMetricFamily(name, doc)
-            c.add_metric([], float(value))
-            return c
-
-        yield gauge("tepi_up", "The agent answers (1).", 1)
-        yield gauge("tepi_uptime_seconds", "Seconds since the agent started.", h["uptime_s"])
-        yield gauge(
-            "tepi_clock_synced", "The system clock is synchronised (1/0).", h["clock_synced"]
-        )
-        yield gauge(
-            "tepi_buffer_readings", "Readings not yet acknowledged by the broker.", b["readings"]
-        )
-        yield gauge("tepi_buffer_bytes", "Bytes used by the buffer file.", b["bytes"])
-        yield gauge("tepi_buffer_max_bytes", "The buffer file's limit.", b["max_bytes"])
-        yield gauge(
-            "tepi_buffer_oldest_age_seconds", "Age of the oldest unsent reading.", b["oldest_age_s"]
-        )
-        yield gauge("tepi_buffer_pending", "Readings in RAM, not yet committed.", b["pending"])
-        yield gauge(
-            "tepi_buffer_file_ok", "The buffer file can be written (1/0).", b["file_error"] is None
-        )
-        dropped = CounterMetricFamily(
-            "tepi_buffer_dropped", "Readings dropped, by reason.", labels=["reason"]
-        )
-        for reason in ("buffer_full", "expired", "overflow"):
-            dropped.add_metric([reason], float(b["dropped"].get(reason, 0)))
-        yield dropped
-        yield counter("tepi_buffer_written", "Readings written to the file.", b["written"])
-        yield counter("tepi_buffer_commits", "Write transactions.", b["commits"])
-        yield counter("tepi_buffer_write_errors", "Commits that failed.", b["write_errors"])
-        yield gauge("tepi_uplink_connected", "Connected to the broker (1/0).", up["connected"])
-        yield counter("tepi_uplink_connects", "Connections made.", up["connects"])
-        yield counter("tepi_uplink_messages", "Telemetry messages acknowledged.", up["messages"])
-        yield counter(
-            "tepi_uplink_readings_acked",
-            "Readings acknowledged by the broker.",
-            up["readings_acked"],
-        )
-        yield gauge(
-            "tepi_uplink_last_ack_timestamp_seconds",
-            "When the broker last acknowledged.",
-            up["last_ack_ts"],
-        )
-        errs = CounterMetricFamily("tepi_uplink_errors", "Link failures, by kind.", labels=["kind"])
-        for kind, n in sorted(up["errors"].items()):
-            errs.add_metric([kind], float(n))
-        yield errs
-        state = GaugeMetricFamily(
-            "tepi_device_state", "1 for the state each device is in.", labels=["device", "state"]
-        )
-        readings = CounterMetricFamily("tepi_device_readings", "Readings taken.", labels=["device"])
-        bad = CounterMetricFamily("tepi_device_bad_readings", "Bad readings.", labels=["device"])
-        polls = CounterMetricFamily("tepi_device_polls", "Polls.", labels=["device"])
-        missed = CounterMetricFamily(
-            "tepi_device_missed_polls", "Poll ticks skipped.", labels=["device"]
-        )
-        errors = CounterMetricFamily(
-            "tepi_device_errors", "Failed polls, by reason.", labels=["device", "reason"]
-        )
-        for dev, d in sorted(h["devices"].items()):
-            for s in STATES:
-                state.add_metric([dev, s], 1.0 if d["state"] == s else 0.0)
-            readings.add_metric([dev], float(d["readings"]))
-            bad.add_metric([dev], float(d["bad_readings"]))
-            polls.add_metric([dev], float(d["polls"]))
-            missed.add_metric([dev], float(d["missed_polls"]))
-            for reason, n in sorted(d["errors"].items()):
-                errors.add_metric([dev, reason], float(n))
-        yield from (state, readings, bad, polls, missed, errors)
-        yield counter("tepi_process_cpu_seconds", "CPU time used.", proc["cpu_seconds"])
-        yield gauge("tepi_process_resident_memory_bytes", "Resident memory.", proc["rss_bytes"])
-        yield gauge(
-            "tepi_disk_free_bytes", "Free space under the data dir.", proc["disk_free_bytes"]
-        )
-        yield gauge(
-            "tepi_config_last_reload_ok",
-            "The last reload was applied (1/0); absent before the first.",
-            h["config"]["last_reload_ok"],
-        )
+        yield from prometheus(self._health())
 
 
 def _json(obj: Any) -> web.Response:
@@ -139,7 +51,7 @@ class StatusServer:
 
     def __init__(
         self,
-        health: Callable[[], dict[str, Any]],
+        health: Callable[[], Health],
         devices: Callable[[], dict[str, Any]],
         socket_path: Path,
         tcp_port: int | None = None,
@@ -158,7 +70,7 @@ class StatusServer:
         self.listening = asyncio.Event()
 
     async def _get_health(self, _req: web.Request) -> web.Response:
-        return _json(self._health())
+        return _json(self._health().payload())
 
     async def _get_devices(self, _req: web.Request) -> web.Response:
         return _json(self._devices())
