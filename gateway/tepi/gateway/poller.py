@@ -195,7 +195,9 @@ async def _poll_loop(
                     stats.bad_readings += 1
         stats.last_poll_s = loop.time() - started
         if stats.consecutive_failures >= cfg.quarantine_after and quarantine:
-            # Quarantined: probe with backoff instead of every tick.
+            # Quarantined: probe with backoff instead of every tick. Not a retry policy
+            # (tepi.core.retry): each probe is a poll like any other, counted, sent and kept on
+            # the device's grid, and its backoff is in bus time (timeouts), so it stays here.
             # A probe of a dead device costs one timeout of bus time: probing no more often
             # than every 10 timeouts keeps its share of the bus under a tenth.
             first = max(interval, 10 * cfg.timeout)
