@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from tepi.core.records import Reading
 from tepi.gateway.configload import parse_config
 from tepi.gateway.payload import encode_telemetry
 from tepi.gateway.runtime import Agent
-from tepi.gateway.uplink import backoff_delay
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 TELEMETRY = jsonschema.Draft202012Validator({**SCHEMA, "$ref": "#/$defs/telemetry"})
@@ -87,22 +85,6 @@ def test_batches_are_cut_at_max_bytes_and_a_huge_reading_still_goes() -> None:
     )
     assert n == 1
     assert len(payload) > 5000
-
-
-@given(st.integers(0, 200), st.floats(0.01, 10), st.floats(10, 600))
-def test_backoff_is_full_jitter_below_a_doubling_cap(attempt: int, lo: float, hi: float) -> None:
-    cap = min(hi, lo * 2**attempt)
-    assert 0 <= backoff_delay(attempt, lo, hi, random.Random(attempt)) <= cap
-
-
-def test_backoff_spreads_gateways_out() -> None:
-    rng = random.Random(1)
-    delays = [backoff_delay(10, 1.0, 120.0, rng) for _ in range(2000)]
-    assert max(delays) <= 120.0
-    # Full jitter: spread over the whole range, not bunched at the cap.
-    assert 50 < sum(delays) / len(delays) < 70
-    assert min(delays) < 5
-    assert max(delays) > 115
 
 
 def agent_for(tmp: Path, port: int, **uplink: Any) -> Agent:

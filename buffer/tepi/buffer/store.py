@@ -42,12 +42,11 @@ from typing import TypeVar
 from tepi.buffer.db import Database, SeqCeiling, is_corrupt
 from tepi.buffer.records import Batch, BufferStats, StoredReading
 from tepi.core.records import Reading
+from tepi.core.retry import BUFFER_COMMIT, Outage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _EXPIRE_EVERY_S = 10.0
-_RETRY_MIN_S = 0.5
-_RETRY_MAX_S = 30.0
 SEQ_BLOCK = 100_000
 RECENT_MAX = 20_000  # committed readings also kept in RAM, so a lagging sender needs no reads
 
@@ -130,6 +129,13 @@ class Buffer:
         self._dropped: Counter[str] = Counter()
         self._quarantined = 0
         self._write_errors = 0
+        # A failing disk is logged as it changes: the first failed commit, then the recovery.
+        self._outage = Outage(
+            log,
+            "buffer commit",
+            level=logging.ERROR,
+            then=f"readings held in memory (at most {settings.max_pending}), retrying",
+        )
         self._acked_in_memory = 0
         self._written = 0
         self._commits = 0
@@ -302,10 +308,11 @@ class Buffer:
         try:
             await self._commit_once()
         except (sqlite3.Error, OSError) as err:
-            self._write_errors += 1
-            log.warning("buffer commit failed, %d readings held in memory: %s", len(self._mem), err)
+            self._failed(err)
+            self._outage.failed(err)
             self._wake.set()
             return False
+        self._outage.recovered()
         return True
 
     @property
@@ -475,27 +482,20 @@ class Buffer:
 
     async def run(self) -> None:
         """Commit when a deadline comes, forever. Run it as a task; cancel it to stop."""
-        retry = _RETRY_MIN_S
         while True:
             await self._wake.wait()
             self._wake.clear()
             if not self._due():
                 self._arm()
                 continue
-            try:
-                await self._commit_once()
-                retry = _RETRY_MIN_S
-            except (sqlite3.Error, OSError) as err:
-                self._write_errors += 1
-                if self._write_errors == 1 or retry == _RETRY_MIN_S:
-                    log.error(
-                        "buffer commit failed, %d readings held in memory: %s",
-                        len(self._mem),
-                        err,
-                    )
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, _RETRY_MAX_S)
-                self._wake.set()
+            # A failed commit put its readings back in front, in seq order (``_requeue``);
+            # each retry commits them with whatever came since, so nothing is lost or reordered.
+            await BUFFER_COMMIT.call(
+                self._commit_once, (sqlite3.Error, OSError), self._outage, on_failure=self._failed
+            )
+
+    def _failed(self, err: BaseException) -> None:
+        self._write_errors += 1
 
     async def _commit_once(self) -> None:
         async with self._lock:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -25,10 +26,10 @@ from tepi.buffer import Buffer
 from tepi.core.clock import Stamp, WallClock, boottime
 from tepi.core.errors import DeviceError, DeviceUnavailable
 from tepi.core.records import Reading, Sample, storable
+from tepi.core.retry import DEVICE_OPEN
 from tepi.drivers.base import Driver, DriverConfig
 
 log = logging.getLogger(__name__)
-_OPEN_RETRY_MAX_S = 60.0
 
 
 @dataclass
@@ -92,18 +93,30 @@ async def poll_device(
     device handed out during a clean stop is kept, not thrown away with its request."""
     loop = asyncio.get_running_loop()
     clock = clock or WallClock()
-    retry = 1.0
+
+    def failed(err: BaseException) -> None:
+        assert isinstance(err, DeviceError)  # the only type retried
+        _failed(cfg, driver, buffer, stats, err, stamp=clock.stamp())
+
     while stopping is None or not stopping.is_set():
         try:
-            async with driver:
-                retry = 1.0
+            async with contextlib.AsyncExitStack() as stack:
+                # A failed open is a failed poll for the device's state (``_failed`` logs the
+                # first, the first good read the recovery): no log of the retry's own.
+                await DEVICE_OPEN.call(
+                    functools.partial(stack.enter_async_context, driver),
+                    (DeviceError,),
+                    on_failure=failed,
+                    stopping=stopping,
+                )
                 await _poll_loop(
                     cfg, driver, buffer, stats, loop=loop, clock=clock, stopping=stopping
                 )
         except DeviceError as err:
-            _failed(cfg, driver, buffer, stats, err, stamp=clock.stamp())
-            await _pause(stopping, retry)
-            retry = min(retry * 2, _OPEN_RETRY_MAX_S)
+            # The open gave up (the agent is stopping), or the close failed: the loop's
+            # condition decides; a close that failed counts like a failed poll.
+            if stopping is None or not stopping.is_set():
+                failed(err)
 
 
 async def _poll_loop(
@@ -166,7 +179,9 @@ async def _poll_loop(
                     stats.bad_readings += 1
         stats.last_poll_s = loop.time() - started
         if stats.consecutive_failures >= cfg.quarantine_after and quarantine:
-            # Quarantined: probe with backoff instead of every tick.
+            # Quarantined: probe with backoff instead of every tick. Not a retry policy
+            # (tepi.core.retry): each probe is a poll like any other, counted, sent and kept on
+            # the device's grid, and its backoff is in bus time (timeouts), so it stays here.
             # A probe of a dead device costs one timeout of bus time: probing no more often
             # than every 10 timeouts keeps its share of the bus under a tenth.
             first = max(interval, 10 * cfg.timeout)

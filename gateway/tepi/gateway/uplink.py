@@ -10,17 +10,18 @@ not one round trip per batch. Latency: with nothing in flight a reading goes out
 it is committed; only while publishes are waiting for acks do readings wait (up to
 ``max_wait``) to fill a batch.
 
-Reconnects back off exponentially with full jitter (a random delay between 0 and the cap),
-so the gateways of a city do not all come back at the same moment after an IOC outage.
+Reconnects back off by the ``uplink reconnect`` policy (tepi.core.retry, caps from
+``uplink.reconnect``): full jitter (a random delay between 0 and a doubling cap), so the
+gateways of a city do not all come back at the same moment after an IOC outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
-import random
 import ssl
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from tepi.buffer import Batch, Buffer
 from tepi.core import __version__
 from tepi.core.clock import clock_synced
+from tepi.core.retry import UPLINK_RECONNECT, Outage
 from tepi.gateway.compact import encode_compact
 from tepi.gateway.config import Config
 from tepi.gateway.payload import encode_telemetry, health_payload, status_payload
@@ -66,12 +68,12 @@ _WHAT = {
 }
 
 
-def backoff_delay(
-    attempt: int, min_delay: float, max_delay: float, rng: random.Random | None = None
-) -> float:
-    """Full jitter: a uniform wait in [0, cap], the cap doubling from min_delay to max_delay."""
-    cap = min(max_delay, min_delay * 2 ** min(attempt, 30))
-    return (rng or random).uniform(0, cap)
+class _LinkDown(Exception):
+    """The broker refused or could not be reached, or the link was lost: why, in words."""
+
+    def __init__(self, kind: str, err: BaseException) -> None:
+        super().__init__(f"{_WHAT[kind]}: {err}")
+        self.kind = kind
 
 
 class _Client(aiomqtt.Client):
@@ -191,6 +193,10 @@ class Uplink:
         self._tls = _tls_context(cfg)
         self._paho_log = logging.getLogger(f"tepi.mqtt.{cfg.gateway.id}")
         self._paho_errors = _PahoErrors()
+        # The link's state, logged as it changes: the first failure, then the reconnect.
+        self._outage = Outage(
+            log, f"broker {up.host}:{up.port}", level=logging.ERROR, then="readings stay buffered"
+        )
 
     # ---- connection management --------------------------------------------------------
 
@@ -263,48 +269,45 @@ class Uplink:
             self._paho_log.removeHandler(self._paho_errors)
 
     async def _run(self) -> None:
+        # Not one tenacity retry around everything: a session that connected and ran is not a
+        # failed attempt (its loss starts a new outage, with the caps from the first again),
+        # so sessions loop here, and tenacity retries the operation that fails: the connect.
         up = self.cfg.uplink
-        attempt = 0
-        down_since: float | None = None
+        policy = UPLINK_RECONNECT.with_caps(up.reconnect.min_delay, up.reconnect.max_delay)
         while True:
             try:
-                async with self._client() as client:
-                    self._paho_errors.last = None
-                    await self._set(connected=True)
-                    if down_since is None:
-                        log.info("connected to broker %s:%d", up.host, up.port)
-                    else:
-                        log.info(
-                            "reconnected to broker %s:%d after %.1f s (%d attempts)",
-                            up.host,
-                            up.port,
-                            time.monotonic() - down_since,
-                            attempt,
-                        )
-                    attempt, down_since = 0, None
+                async with contextlib.AsyncExitStack() as stack:
+                    client = await policy.call(
+                        functools.partial(self._connect, stack), (_LinkDown,), self._outage
+                    )
                     await self._session(client)
             except* (aiomqtt.MqttError, OSError) as group:
-                err: BaseException = group.exceptions[0]
-                why = self._paho_errors.last
-                self._paho_errors.last = None
-                if why is not None and why not in str(err):
-                    err = aiomqtt.MqttError(f"{err} ({why})")
-                kind = _classify(err)
-                await self._set(connected=False, error=(kind, err))
-                if down_since is None:
-                    down_since = time.monotonic()
-                    log.error(
-                        "broker %s:%d %s: %s; readings stay buffered",
-                        up.host,
-                        up.port,
-                        _WHAT[kind],
-                        err,
-                    )
-                else:
-                    log.debug("reconnect attempt %d failed: %s", attempt, err)
-            delay = backoff_delay(attempt, up.reconnect.min_delay, up.reconnect.max_delay)
-            attempt += 1
-            await asyncio.sleep(delay)
+                self._outage.failed(await self._down(group.exceptions[0]))
+            # A link every gateway of a city lost at once (a broker restart) must not bring
+            # them all back at once: the first reconnect waits too, by the same policy.
+            await asyncio.sleep(policy.delay(1))
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:
+        """One connect attempt; a failure is raised as ``_LinkDown``, with its reason."""
+        try:
+            client = await stack.enter_async_context(self._client())
+        except (aiomqtt.MqttError, OSError) as err:
+            raise await self._down(err) from err
+        self._paho_errors.last = None
+        if not self._outage.down:
+            log.info("connected to broker %s:%d", self.cfg.uplink.host, self.cfg.uplink.port)
+        await self._set(connected=True)
+        return client
+
+    async def _down(self, err: BaseException) -> _LinkDown:
+        """Count a failed connect or a lost session, and say why (paho's note added)."""
+        why = self._paho_errors.last
+        self._paho_errors.last = None
+        if why is not None and why not in str(err):
+            err = aiomqtt.MqttError(f"{err} ({why})")
+        kind = _classify(err)
+        await self._set(connected=False, error=(kind, err))
+        return _LinkDown(kind, err)
 
     async def _set(
         self, *, connected: bool, error: tuple[str, BaseException] | None = None

@@ -5,9 +5,10 @@ no thread, no polling). Opening goes to a worker thread, since a USB adapter tha
 enumerating can block an ``open()`` for a while.
 
 When the port vanishes (a USB adapter pulled, a pty closed) the transport loses its
-connection; the port then retries the *path* it was given every ``REOPEN_S`` seconds,
-so an adapter replugged behind the same ``/dev/serial/by-id/...`` link is found again, even
-when the kernel names it ``ttyUSB1`` this time. Each outage is kept as a gap (when, how long)
+connection; the port then retries the *path* it was given every second (the ``serial
+reopen`` policy of tepi.core.retry), so an adapter replugged behind the same
+``/dev/serial/by-id/...`` link is found again, even when the kernel names it ``ttyUSB1``
+this time. Each outage is kept as a gap (when, how long)
 for the health message.
 """
 
@@ -27,12 +28,11 @@ from typing import Literal
 import serial_asyncio_fast
 
 from tepi.core.clock import boottime
+from tepi.core.retry import SERIAL_FLAPPING, SERIAL_REOPEN, Outage
 
 log = logging.getLogger(__name__)
 
-REOPEN_S = 1.0
-STABLE_S = 5.0
-MAX_BACKOFF_S = 30.0
+STABLE_S = 5.0  # a connection that lasted less is a flap (tepi.core.retry.SERIAL_FLAPPING)
 MAX_GAPS = 10
 PortState = Literal["closed", "open", "missing", "error"]
 
@@ -56,6 +56,10 @@ class PortStats:
     last_error: str | None = None
     gaps: deque[Gap] = field(default_factory=lambda: deque(maxlen=MAX_GAPS))
     gap_total_s: float = 0.0
+
+
+class _Flapped(Exception):
+    """The port was lost within STABLE_S of opening."""
 
 
 class _Proto(asyncio.Protocol):
@@ -108,6 +112,7 @@ class SerialPort:
         self._opened_evt = asyncio.Event()
         self._down_since: tuple[float, float] | None = None  # (ts, mono) the port went away
         self._opened_mono = 0.0
+        self._outage = Outage(log, f"serial port {path}", then="reopening when it is back")
 
     async def __aenter__(self) -> SerialPort:
         self._task = asyncio.get_running_loop().create_task(
@@ -167,32 +172,35 @@ class SerialPort:
         return boottime() - self._down_since[1]
 
     async def _keep_open(self) -> None:
-        logged = False
-        backoff = 0.0
+        # Two policies: the open is retried by path every second (SERIAL_REOPEN), and a port
+        # that opens and fails at once (another process reads it too) must not spin: a
+        # connection that lasted under STABLE_S is a failed attempt of SERIAL_FLAPPING
+        # (full jitter up to 30 s); one that lasted longer starts afresh.
         while True:
-            try:
-                await self._open()
-            except Exception as err:  # noqa: BLE001 - an adapter bouncing mid-open raises
-                # termios.error from pyserial's tcsetattr: any failure is retried, never fatal
-                state, reason = _why(err)
-                if self._down_since is None:
-                    self._down_since = (time.time(), boottime())
-                self.state, self.reason = state, reason
-                self.stats.last_error = f"{reason}: {err}"
-                if not logged:
-                    log.warning("serial port %s: %s (%s); retrying", self.path, reason, err)
-                    logged = True
-                await asyncio.sleep(REOPEN_S)
-                continue
-            logged = False
-            await self._lost_evt.wait()
-            # A port that opens and fails at once (another process reads it too) must not
-            # spin: back off while connections last under STABLE_S, up to MAX_BACKOFF_S.
-            if boottime() - self._opened_mono < STABLE_S:
-                backoff = min(max(backoff * 2, REOPEN_S), MAX_BACKOFF_S)
-            else:
-                backoff = 0.0
-            await asyncio.sleep(backoff)
+            await SERIAL_FLAPPING.call(self._hold, (_Flapped,))
+
+    async def _hold(self) -> None:
+        """Open the port (retrying), keep it until it is lost; raise ``_Flapped`` if it was
+        lost within STABLE_S. The outage's recovery is logged once the port has lasted."""
+        await SERIAL_REOPEN.call(self._open, (Exception,), on_failure=self._open_failed)
+        opened = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STABLE_S):
+                await self._lost_evt.wait()
+        if self._lost_evt.is_set():
+            raise _Flapped
+        self._outage.recovered(at=opened)
+        await self._lost_evt.wait()
+
+    def _open_failed(self, err: BaseException) -> None:
+        # Any failure is retried, never fatal: an adapter bouncing mid-open raises
+        # termios.error (not an OSError) from pyserial's tcsetattr.
+        state, reason = _why(err)
+        if self._down_since is None:
+            self._down_since = (time.time(), boottime())
+        self.state, self.reason = state, reason
+        self.stats.last_error = f"{reason}: {err}"
+        self._outage.failed(self.stats.last_error)
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -210,7 +218,6 @@ class SerialPort:
             self.stats.gaps.append(gap)
             self.stats.gap_total_s += gap.seconds
             self._down_since = None
-            log.info("serial port %s is back after %.1f s", self.path, gap.seconds)
         self._opened_evt.set()
         if self._on_open is not None:
             self._on_open()
@@ -229,12 +236,8 @@ class SerialPort:
             self.state = "missing" if gone else "error"
             self.reason = "port missing" if gone else "disconnected"
             self.stats.last_error = f"{self.reason}: {exc}" if exc else self.reason
-            # One line per outage, not one per failed reopen of a flapping port.
-            lived = boottime() - self._opened_mono
-            level = (
-                logging.WARNING if self.stats.losses == 1 or lived >= STABLE_S else logging.DEBUG
-            )
-            log.log(level, "serial port %s lost (%s); reopening when it is back", self.path, exc)
+            # One line per outage: a flapping port is still the outage its first loss began.
+            self._outage.failed(self.stats.last_error)
         self._lost_evt.set()
 
     def _close(self) -> None:
