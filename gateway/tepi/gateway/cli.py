@@ -158,12 +158,11 @@ def cmd_buffer(args: argparse.Namespace) -> int:
             print(json.dumps(stats(path), indent=2))
             return EXIT_OK
         if args.action == "export":
-            progress = sys.stderr if sys.stderr.isatty() else None
             if args.output is None:
-                n = export(path, sys.stdout, args.format, device=args.device, progress=progress)
+                n = export(path, sys.stdout, args.format, device=args.device, progress=sys.stderr)
             else:
                 with args.output.open("w", newline="") as out:
-                    n = export(path, out, args.format, device=args.device, progress=progress)
+                    n = export(path, out, args.format, device=args.device, progress=sys.stderr)
             print(f"{n:,} readings exported", file=sys.stderr)
             return EXIT_OK
         # purge: never behind the running agent's back
