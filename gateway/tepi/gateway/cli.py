@@ -205,7 +205,7 @@ def cmd_profiles(name: str | None) -> int:
 
 def cmd_modbus_tool(args: argparse.Namespace) -> int:
     from tepi.core.errors import DeviceError
-    from tepi.drivers.modbus.tools import run_read, run_scan
+    from tepi.gateway.modbustool import run_read, run_scan
 
     try:
         return (run_scan if args.command == "scan" else run_read)(args, sys.stdout)
