@@ -12,10 +12,11 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import aiomqtt
 import trustme
 import yaml
 from completeness import Completeness
+from sqlite_utils import Database
 
 from tepi.gateway.compact import ZSTD_MAGIC, decode_compact
 from tepi.gateway.localbroker import (
@@ -85,6 +87,21 @@ def compile_shim(name: str, out_dir: Path) -> Path:
     cmd = ["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-shared", "-fPIC"]
     subprocess.run([*cmd, "-o", str(out), str(SHIMS / f"{name}.c"), "-ldl"], check=True)
     return out
+
+
+@contextlib.contextmanager
+def read_db(path: Path) -> Iterator[Database]:
+    """A SQLite file (the buffer) opened to look into: read-only (``mode=ro``), so it can sit
+    beside a running agent and never change what it reads."""
+    db = Database(
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5),
+        recursive_triggers=False,
+        execute_plugins=False,
+    )
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

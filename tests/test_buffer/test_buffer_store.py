@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import read_db
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -351,11 +352,8 @@ async def test_cancel_during_a_commit_neither_loses_nor_duplicates(
 
 
 def rows_in_file(tmp: Path) -> int:
-    conn = sqlite3.connect(tmp / "buffer.db")
-    try:
-        return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
-    finally:
-        conn.close()
+    with read_db(tmp / "buffer.db") as db:
+        return db["readings"].count
 
 
 async def test_readings_acked_in_time_never_touch_the_file(tmp_path: Path) -> None:

@@ -1,33 +1,19 @@
-"""``tepi scan`` and ``tepi read`` as a technician runs them, against the simulator."""
+"""The data behind ``tepi scan`` and ``tepi read``, against the simulator: which units answer
+at which speed, and every decoding of a read (how the CLI prints them:
+tests/test_gateway/test_modbus_cli.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from typing import Any
 
 import pytest
-from helpers import REPO, run_tepi
 
+from tepi.core.errors import DeviceUnavailable
+from tepi.drivers.modbus.link import ExceptionReply
+from tepi.drivers.modbus.tools import BAUD_RATES, Decodings, Port, Probe, read, scan
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def tepi(*args: str) -> tuple[int, str, str]:
-    """The CLI in a subprocess, while the simulator keeps running in this loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tepi.gateway.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def device(id_: str, transport: str, unit: int, **kw: Any) -> dict[str, Any]:
@@ -35,7 +21,11 @@ def device(id_: str, transport: str, unit: int, **kw: Any) -> dict[str, Any]:
     return {"id": id_, "transport": transport, "unit": unit, "registers": regs, **kw}
 
 
-async def test_scan_finds_the_units_on_a_line_and_its_baud_rate() -> None:
+async def probes(port: Port, units: range, bauds: tuple[int, ...], reply_s: float) -> list[Probe]:
+    return [p async for p in scan(port, units, bauds, reply_s)]
+
+
+async def test_scan_asks_each_unit_and_stops_at_the_first_speed_that_answers() -> None:
     cfg = {
         "devices": [
             device("a", "rtu", 3, bus="line", baudrate=19200),
@@ -43,39 +33,23 @@ async def test_scan_finds_the_units_on_a_line_and_its_baud_rate() -> None:
         ]
     }
     async with Simulator(cfg) as sim:
-        code, out, err = await tepi(
-            "scan", "--port", sim.endpoint("a"), "--baud", "auto", "--units", "1-8",
-            "--timeout", "0.1",
-        )  # fmt: skip
-        assert sim.buses["line"].wrong_speed > 0, "9600 was tried first, and got no answer"
-    assert code == 0, err
-    assert out.splitlines() == [
-        "unit   3 at 19200 baud: answers (registers)",
-        "unit   7 at 19200 baud: answers (registers)",
+        got = await probes(Port.parse(sim.endpoint("a")), range(1, 9), BAUD_RATES, 0.1)
+    assert BAUD_RATES[:2] == (9600, 19200)
+    assert [(p.unit, p.baud) for p in got] == [(u, b) for b in BAUD_RATES[:2] for u in range(1, 9)]
+    assert [p for p in got if p.answer] == [
+        Probe(3, 19200, "registers"),
+        Probe(7, 19200, "registers"),
     ]
 
 
-async def test_scan_finds_units_behind_a_tcp_gateway() -> None:
+async def test_scan_over_tcp_asks_once_without_a_baud_rate() -> None:
     cfg = {"devices": [device("a", "tcp", 1, bus="gw"), device("b", "tcp", 2, bus="gw")]}
     async with Simulator(cfg) as sim:
-        code, out, err = await tepi(
-            "scan", "--port", sim.endpoint("a"), "--units", "1-2", "--timeout", "0.2"
-        )
-    assert code == 0, err
-    assert out.splitlines() == ["unit   1: answers (registers)", "unit   2: answers (registers)"]
+        got = await probes(Port.parse(sim.endpoint("a")), range(1, 3), BAUD_RATES, 0.2)
+    assert got == [Probe(1, None, "registers"), Probe(2, None, "registers")]
 
 
-async def test_scan_that_finds_nothing_says_what_to_check() -> None:
-    async with Simulator({"devices": [device("a", "rtu", 3)]}) as sim:
-        code, out, _ = await tepi(
-            "scan", "--port", sim.endpoint("a"), "--units", "1-2", "--timeout", "0.05"
-        )
-    assert code == 1
-    assert "no unit answered" in out
-    assert "wiring" in out
-
-
-async def test_read_prints_every_decoding_side_by_side() -> None:
+async def test_read_returns_every_decoding() -> None:
     regs = [
         {
             "address": 0,
@@ -85,43 +59,52 @@ async def test_read_prints_every_decoding_side_by_side() -> None:
             "word_order": "little",
         },
         {"address": 2, "kind": "constant", "type": "int16", "value": -7},
+        {"address": 3, "kind": "constant", "type": "uint16", "value": 0x4142},
     ]
     cfg = {"devices": [{"id": "m", "transport": "tcp", "unit": 4, "registers": regs}]}
     async with Simulator(cfg) as sim:
-        code, out, err = await tepi(
-            "read", "--port", sim.endpoint("m"), "--unit", "4", "--address", "0", "--count", "3"
-        )
-    assert code == 0, err
-    lines = out.splitlines()
-    header = next(line for line in lines if "CDAB float32" in line)
-    row0 = lines[lines.index(header) + 1].split()
-    # columns: addr, then float32 and int32 for ABCD, CDAB, BADC, DCBA
-    assert row0[0] == "0"
-    floats = dict(zip(["ABCD", "CDAB", "BADC", "DCBA"], row0[1::2], strict=True))
-    assert floats["CDAB"] == "12.5", "stored low word first: only CDAB reads 12.5"
-    assert [o for o, v in floats.items() if v == "12.5"] == ["CDAB"]
-    assert any(line.split()[:5] == ["2", "0xFFF9", "65529", "-7", ".."] for line in lines)
+        got = await read(Port.parse(sim.endpoint("m")), "holding", 0, 4, 4)
+    assert isinstance(got, Decodings)
+    assert [(r.address, r.word, r.int16, r.ascii) for r in got.registers][2:] == [
+        (2, 0xFFF9, -7, ".."),
+        (3, 0x4142, 0x4142, "AB"),
+    ]
+    assert [w.address for w in got.x32] == [0, 1, 2]
+    assert [o for o, v in got.x32[0].floats.items() if v == 12.5] == ["CDAB"]
+    assert got.x32[1].ints["ABCD"] == 0x4148FFF9  # registers 1 and 2, high word first
+    assert len(got.x64) == 1
+    assert set(got.x64[0].floats) == {"ABCD", "CDAB", "BADC", "DCBA"}
 
 
-async def test_read_of_a_missing_address_explains_exception_2() -> None:
-    cfg = {"devices": [device("m", "tcp", 1, fill_gaps=False)]}
+async def test_read_returns_bits_and_exceptions() -> None:
+    regs = [
+        {"address": 0, "table": "coil", "kind": "constant", "value": True},
+        {"address": 1, "table": "coil", "kind": "constant", "value": False},
+    ]
+    cfg = {
+        "devices": [
+            {"id": "m", "transport": "tcp", "unit": 1, "registers": regs, "fill_gaps": False}
+        ]
+    }
     async with Simulator(cfg) as sim:
-        code, out, _ = await tepi("read", "--port", sim.endpoint("m"), "--address", "50")
-    assert code == 1
-    assert "modbus exception 2 (illegal data address)" in out
-    assert "address_base" in out
+        port = Port.parse(sim.endpoint("m"))
+        assert await read(port, "coil", 0, 2, 1) == [True, False]
+        missing = await read(port, "holding", 50, 2, 1)
+    assert isinstance(missing, ExceptionReply)
+    assert missing.code == 2
 
 
-def test_a_missing_port_is_explained() -> None:
-    out = run_tepi("read", "--port", "/dev/ttyNOPE0", "--address", "0", timeout=30)
-    assert out.returncode == 3
-    assert "/dev/ttyNOPE0 does not exist: is the adapter plugged in?" in out.stderr
+async def test_read_refuses_a_count_beyond_the_protocol_and_a_missing_port() -> None:
+    with pytest.raises(ValueError, match="1 to 125"):
+        await read(Port.parse("/dev/ttyNOPE0"), "holding", 0, 126, 1)
+    with pytest.raises(DeviceUnavailable):
+        await read(Port.parse("/dev/ttyNOPE0"), "holding", 0, 2, 1)
 
 
-def test_bad_arguments_are_usage_errors() -> None:
-    out = run_tepi("read", "--port", "/dev/ttyNOPE0", "--address", "0", "--count", "200")
-    assert out.returncode == 2
-    assert "1 to 125" in out.stderr
-    out = run_tepi("scan", "--port", "/dev/ttyNOPE0", "--units", "1-300")
-    assert out.returncode == 2
-    assert "0-247" in out.stderr
+def test_ports_are_serial_devices_or_host_and_port() -> None:
+    assert Port.parse("/dev/ttyUSB0").serial
+    tcp = Port.parse("10.0.0.5:1502", "rtu")
+    assert (tcp.host, tcp.tcp_port, tcp.framing, tcp.serial) == ("10.0.0.5", 1502, "rtu", False)
+    assert str(Port.parse("gw")) == "gw:502"
+    with pytest.raises(ValueError, match="neither a serial port"):
+        Port.parse("gw:modbus")

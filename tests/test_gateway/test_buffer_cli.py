@@ -9,11 +9,10 @@ import asyncio
 import csv
 import io
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import AgentProc, agent_config, run_tepi
+from helpers import AgentProc, agent_config, read_db, run_tepi
 
 from tepi.gateway.localbroker import free_port
 
@@ -74,8 +73,8 @@ async def test_stats_export_and_purge_beside_a_running_agent(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert "readings deleted" in done.stderr
     assert stats(cfg)["readings"] == 0
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with read_db(db) as inspect:
+        assert list(inspect.query("PRAGMA integrity_check")) == [{"integrity_check": "ok"}]
 
 
 def test_a_missing_buffer_is_a_clear_error(tmp_path: Path) -> None:

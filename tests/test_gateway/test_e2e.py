@@ -10,13 +10,12 @@ import asyncio
 import itertools
 import json
 import random
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from helpers import AgentProc, Broker, FaultProxy, Subscriber, agent_config
+from helpers import AgentProc, Broker, FaultProxy, Subscriber, agent_config, read_db
 from rig import DEVICES, SIM, Rig, agent_devices, assert_continuous, running_rig, validator
 
 from tepi_sim import Simulator
@@ -69,14 +68,11 @@ async def test_sigkill_and_restart_loses_nothing_committed(rig: Rig) -> None:
     for _ in range(2):
         rig.agent.kill9()
         # The dead process can write no more: what is in the file now is what was committed.
-        conn = sqlite3.connect(f"file:{rig.tmp / 'data' / 'buffer.db'}?mode=ro", uri=True)
-        committed = {
-            (d, int(v))
-            for d, v in conn.execute(
-                "SELECT device, value FROM readings WHERE metric='counter' AND reason IS NULL"
-            )
-        }
-        conn.close()
+        with read_db(rig.tmp / "data" / "buffer.db") as db:
+            committed = {
+                (r["device"], int(r["value"]))
+                for r in db["readings"].rows_where("metric='counter' AND reason IS NULL")
+            }
         rig.agent.start()
         target = await rig.wait_caught_up(timeout=40)
         for d in DEVICES:

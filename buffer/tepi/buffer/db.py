@@ -161,6 +161,10 @@ class Database:
     def _open_checked(self, boot_id: str) -> Opened:
         old_umask = os.umask(0o077)  # the buffer holds site data: not for other users
         try:
+            # Raw sqlite3, not sqlite-utils (which the read-only ``tepi buffer`` tools use): the
+            # writer's hot path is its multi-row INSERTs and transactions that begin and commit
+            # exactly where the fsync boundaries must be (isolation_level=None), and a wrapper
+            # that opens or commits transactions of its own would move them.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         finally:
             os.umask(old_umask)

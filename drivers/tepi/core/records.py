@@ -51,10 +51,6 @@ class Reading:
     gps_time: bool = False
 
     @property
-    def good(self) -> bool:
-        return self.reason is None
-
-    @property
     def quality(self) -> str:
         """good, uncertain (a value with a reason) or bad (no value, a reason)."""
         if self.reason is None:

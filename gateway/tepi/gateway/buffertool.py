@@ -20,7 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlite_utils import Database
+
 from tepi.buffer.db import FLAG_BOOL, FLAG_GPS_TIME, FLAG_UNCERTAIN, FLAG_UNSYNCED
+from tepi.gateway.progress import Progress
 
 BATCH = 5000
 CSV_FIELDS = (
@@ -39,8 +42,8 @@ CSV_FIELDS = (
 
 
 _SELECT = (
-    "SELECT r.seq, b.boot_id, r.device, r.metric, r.value, r.unit, r.ts, r.mono, r.flags,"
-    " r.reason FROM readings r JOIN boots b ON b.id = r.boot WHERE r.seq > ?"
+    "SELECT r.seq, b.boot_id AS boot, r.device, r.metric, r.value, r.unit, r.ts, r.mono,"
+    " r.flags, r.reason FROM readings r JOIN boots b ON b.id = r.boot WHERE r.seq > ?"
 )
 _SQL_ALL = _SELECT + " ORDER BY r.seq LIMIT ?"
 _SQL_DEVICE = _SELECT + " AND r.device = ? ORDER BY r.seq LIMIT ?"
@@ -50,102 +53,98 @@ class BufferToolError(Exception):
     """A clear message for the technician; the command exits non-zero."""
 
 
-def open_ro(path: Path) -> sqlite3.Connection:
+def open_ro(path: Path) -> Database:
+    """The buffer, read-only: sqlite-utils over a ``mode=ro`` connection, so nothing here
+    can write, and without its plugins or connection pragmas."""
     if not path.exists():
         raise BufferToolError(f"no buffer file at {path} (check gateway.data_dir)")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        db = Database(conn, recursive_triggers=False, execute_plugins=False)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as err:
         raise BufferToolError(f"cannot read {path}: {err} (run as root or as user tepi)") from err
-    return conn
+    return db
 
 
 def stats(path: Path) -> dict[str, Any]:
-    conn = open_ro(path)
+    db = open_ro(path)
     try:
-        n, lo, hi, t0, t1 = conn.execute(
-            "SELECT count(*), min(seq), max(seq), min(ts), max(ts) FROM readings"
-        ).fetchone()
-        per_device = dict(
-            conn.execute("SELECT device, count(*) FROM readings GROUP BY device ORDER BY device")
+        (summary,) = db.query(
+            "SELECT count(*) AS n, min(seq) AS lo, max(seq) AS hi, min(ts) AS t0,"
+            " max(ts) AS t1, count(DISTINCT boot) AS boots FROM readings"
         )
-        boots = conn.execute("SELECT count(DISTINCT boot) FROM readings").fetchone()[0]
+        per_device = {
+            r["device"]: r["n"]
+            for r in db.query(
+                "SELECT device, count(*) AS n FROM readings GROUP BY device ORDER BY device"
+            )
+        }
     finally:
-        conn.close()
+        db.close()
     size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    t0 = summary["t0"]
     return {
         "file": str(path),
         "bytes": size,
-        "readings": n,
-        "first_seq": lo,
-        "last_seq": hi,
+        "readings": summary["n"],
+        "first_seq": summary["lo"],
+        "last_seq": summary["hi"],
         "oldest_ts": t0,
-        "newest_ts": t1,
+        "newest_ts": summary["t1"],
         "oldest_age_s": None if t0 is None else round(time.time() - t0, 1),
-        "boots": boots,
+        "boots": summary["boots"],
         "devices": per_device,
     }
 
 
-def _rows(conn: sqlite3.Connection, device: str | None) -> Iterator[dict[str, Any]]:
+def _rows(db: Database, device: str | None) -> Iterator[dict[str, Any]]:
     """Every reading, oldest first, read in batches (short read transactions)."""
     after = 0
     while True:
         args: tuple[Any, ...] = (after, device, BATCH) if device else (after, BATCH)
-        sql = _SQL_DEVICE if device else _SQL_ALL
-        batch = conn.execute(sql, args).fetchall()
+        batch = list(db.query(_SQL_DEVICE if device else _SQL_ALL, args))
         if not batch:
             return
-        for seq, boot, dev, metric, value, unit, ts, mono, flags, reason in batch:
-            quality = "good" if reason is None else "uncertain" if flags & FLAG_UNCERTAIN else "bad"
-            status = (
+        for row in batch:
+            flags = row.pop("flags")
+            if flags & FLAG_BOOL:
+                row["value"] = bool(row["value"])
+            row["quality"] = (
+                "good"
+                if row["reason"] is None
+                else "uncertain"
+                if flags & FLAG_UNCERTAIN
+                else "bad"
+            )
+            row["ts_status"] = (
                 "gps" if flags & FLAG_GPS_TIME else "unsynced" if flags & FLAG_UNSYNCED else None
             )
-            yield {
-                "seq": seq,
-                "boot": boot,
-                "device": dev,
-                "metric": metric,
-                "value": bool(value) if flags & FLAG_BOOL else value,
-                "unit": unit,
-                "ts": ts,
-                "mono": mono,
-                "quality": quality,
-                "reason": reason,
-                "ts_status": status,
-            }
-        after = batch[-1][0]
+            yield {k: row[k] for k in CSV_FIELDS}  # the documented key order
+        after = batch[-1]["seq"]
 
 
 def export(
     path: Path, out: TextIO, fmt: str, *, device: str | None = None, progress: TextIO | None = None
 ) -> int:
-    """Write every reading to ``out``; how many."""
-    conn = open_ro(path)
+    """Write every reading to ``out``; how many. A progress bar on ``progress`` if a tty."""
+    db = open_ro(path)
     try:
-        total = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        bar = Progress(progress, db["readings"].count)
         writer = csv.DictWriter(out, CSV_FIELDS) if fmt == "csv" else None
         if writer is not None:
             writer.writeheader()
         n = 0
-        shown = -1
-        for row in _rows(conn, device):
+        for row in _rows(db, device):
             if writer is not None:
                 writer.writerow(row)
             else:
                 out.write(json.dumps(row, separators=(",", ":")) + "\n")
             n += 1
-            pct = 100 * n // max(total, 1)
-            if progress is not None and pct != shown:
-                shown = pct
-                bar = "#" * (pct // 4)
-                progress.write(f"\r[{bar:<25}] {pct:3d}%  {n:,} readings")
-                progress.flush()
-        if progress is not None:
-            progress.write("\n")
+            bar.update(n, "readings")
+        bar.close()
     finally:
-        conn.close()
+        db.close()
     return n
 
 

@@ -158,12 +158,11 @@ def cmd_buffer(args: argparse.Namespace) -> int:
             print(json.dumps(stats(path), indent=2))
             return EXIT_OK
         if args.action == "export":
-            progress = sys.stderr if sys.stderr.isatty() else None
             if args.output is None:
-                n = export(path, sys.stdout, args.format, device=args.device, progress=progress)
+                n = export(path, sys.stdout, args.format, device=args.device, progress=sys.stderr)
             else:
                 with args.output.open("w", newline="") as out:
-                    n = export(path, out, args.format, device=args.device, progress=progress)
+                    n = export(path, out, args.format, device=args.device, progress=sys.stderr)
             print(f"{n:,} readings exported", file=sys.stderr)
             return EXIT_OK
         # purge: never behind the running agent's back
@@ -206,7 +205,7 @@ def cmd_profiles(name: str | None) -> int:
 
 def cmd_modbus_tool(args: argparse.Namespace) -> int:
     from tepi.core.errors import DeviceError
-    from tepi.drivers.modbus.tools import run_read, run_scan
+    from tepi.gateway.modbustool import run_read, run_scan
 
     try:
         return (run_scan if args.command == "scan" else run_read)(args, sys.stdout)
