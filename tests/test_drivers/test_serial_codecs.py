@@ -12,6 +12,7 @@ from typing import TypeVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serial_frames import PMS_SLEEP, mhz_encode, sds_encode, sds_reply
 
 from tepi.drivers.serial.codecs import (
     MHZ_READ,
@@ -20,7 +21,6 @@ from tepi.drivers.serial.codecs import (
     PMS_METRICS,
     PMS_PASSIVE,
     PMS_READ,
-    PMS_SLEEP,
     PMS_WAKE,
     SDS_QUERY,
     ChecksumError,
@@ -31,7 +31,6 @@ from tepi.drivers.serial.codecs import (
     mhz_checksum,
     mhz_command,
     mhz_decode,
-    mhz_encode,
     mhz_framer,
     nmea_checksum,
     nmea_framer,
@@ -42,9 +41,7 @@ from tepi.drivers.serial.codecs import (
     pms_framer,
     sds_command,
     sds_decode,
-    sds_encode,
     sds_framer,
-    sds_reply,
     sds_set_query_mode,
     sds_set_working_period,
     sds_sleep,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from tepi.core.errors import ConfigError
-from tepi.drivers.serial.config import SerialConfig
+from tepi.drivers.serial.config import Protocol, SerialConfig
+from tepi.drivers.serial.protocols import PROTOCOLS
 from tepi.gateway.configload import parse_config
 
 HEAD = """gateway: {id: gw-1, data_dir: /tmp/x}
@@ -112,3 +115,9 @@ def test_outputs_name_the_extra_aggregates_and_defaults_follow_the_protocol() ->
     )
     assert not co2.streaming
     assert co2.warmup_s == 0
+
+
+def test_every_protocol_name_has_one_class_in_the_table() -> None:
+    # The config's literal (for pydantic's messages) and the driver's table name the same
+    # protocols, so a name the config accepts always picks code.
+    assert set(get_args(Protocol)) == set(PROTOCOLS)

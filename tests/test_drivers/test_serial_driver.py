@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serial_frames import mhz_encode, sds_encode
 
 from tepi.core.errors import DeviceUnavailable, ProtocolError
 from tepi.drivers.base import SharedResources
@@ -125,14 +126,14 @@ async def test_a_window_gives_mean_min_max_count_and_last_over_a_known_sequence(
 
 async def test_values_in_the_warm_up_are_uncertain(tmp_path: Path) -> None:
     async with running(tmp_path, protocol="sds011", warmup="1h") as (drv, port):
-        port.send(codecs.sds_encode(12.3, 45.6))
+        port.send(sds_encode(12.3, 45.6))
         got = by_name(await drv.read())
         assert drv.protocol_stats()["warming_up"] is True
     assert got["pm25"].value == pytest.approx(12.3)
     assert got["pm25"].uncertain
     assert got["pm25"].reason == "warming up"
     async with running(tmp_path, protocol="sds011", warmup=0) as (drv, port):
-        port.send(codecs.sds_encode(12.3, 45.6))
+        port.send(sds_encode(12.3, 45.6))
         got = by_name(await drv.read())
     assert not got["pm10"].uncertain
     assert got["pm10"].reason is None
@@ -147,7 +148,7 @@ async def test_a_request_response_sensor_is_asked_on_each_poll(tmp_path: Path) -
 
         async def answer() -> None:
             await until(lambda: bytes(port.received).endswith(codecs.MHZ_READ))
-            port.send(codecs.mhz_encode(812, 27))
+            port.send(mhz_encode(812, 27))
 
         task = asyncio.create_task(answer())
         got = by_name(await drv.read())
@@ -335,13 +336,13 @@ async def test_a_window_with_warm_up_frames_is_uncertain_even_after_the_warm_up(
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path, protocol="sds011", warmup=0.5) as (drv, port):
-        port.send(codecs.sds_encode(99.9, 99.9))  # in the warm-up
+        port.send(sds_encode(99.9, 99.9))  # in the warm-up
         await until(lambda: drv.stats.data_frames == 1)
         await asyncio.sleep(0.6)  # the warm-up's length: the only way past it
-        port.send(codecs.sds_encode(10.0, 10.0))
+        port.send(sds_encode(10.0, 10.0))
         await until(lambda: drv.stats.data_frames == 2)
         mixed = by_name(await drv.read())
-        port.send(codecs.sds_encode(10.0, 10.0))
+        port.send(sds_encode(10.0, 10.0))
         after = by_name(await drv.read())
     assert mixed["pm25"].uncertain
     assert mixed["pm25"].value == pytest.approx(54.95)

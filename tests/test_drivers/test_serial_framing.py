@@ -15,14 +15,13 @@ from itertools import pairwise
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from serial_frames import mhz_encode, sds_encode
 
 from tepi.drivers.serial.codecs import (
     PMS_METRICS,
-    mhz_encode,
     mhz_framer,
     pms_encode,
     pms_framer,
-    sds_encode,
     sds_framer,
 )
 from tepi.drivers.serial.framing import BinaryFramer, FramerStats, LineFramer

@@ -9,10 +9,11 @@ config asks for (mean by default). Text and booleans have no mean: they give the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tepi.core.records import Value
-from tepi.drivers.serial.config import Aggregate
+from tepi.drivers.serial.protocols import Aggregate
 
 
 @dataclass(slots=True)
@@ -61,7 +62,7 @@ class Window:
         self.frames = 0  # data frames since the last take
         self.warming = False  # a frame from a sensor's warm-up is in the window
 
-    def add(self, values: dict[str, Value], *, warming: bool = False) -> None:
+    def add(self, values: Mapping[str, Value], *, warming: bool = False) -> None:
         self.frames += 1
         self.warming = self.warming or warming
         for name, value in values.items():

@@ -99,12 +99,11 @@ def pms_command(cmd: int, data: int = 0) -> bytes:
 PMS_PASSIVE = pms_command(0xE1, 0)
 PMS_ACTIVE = pms_command(0xE1, 1)
 PMS_READ = pms_command(0xE2, 0)
-PMS_SLEEP = pms_command(0xE4, 0)
 PMS_WAKE = pms_command(0xE4, 1)
 
 
 def pms_encode(values: dict[str, int]) -> bytes:
-    """A valid PMS frame holding ``values`` (missing metrics are 0); for tests and benchmarks."""
+    """A valid PMS frame holding ``values`` (missing metrics are 0); for the bench and tests."""
     unknown = set(values) - set(PMS_METRICS)
     if unknown:
         raise ValueError(f"not PMS metrics: {sorted(unknown)}")
@@ -153,14 +152,6 @@ def sds_decode(frame: bytes) -> dict[str, float] | None:
     return {"pm25": pm25 / 10, "pm10": pm10 / 10}
 
 
-def sds_reply(frame: bytes) -> tuple[int, bytes] | None:
-    """(command id, data bytes 3..7) of a ``C5`` command reply; None for a data frame."""
-    _sds_check(frame)
-    if frame[1] != _SDS_REPLY:
-        return None
-    return frame[2], frame[3:8]
-
-
 def sds_command(command: int, data: bytes = b"", device_id: int = 0xFFFF) -> bytes:
     """The 19-byte ``AA B4`` command frame. ``device_id`` 0xFFFF addresses every sensor; it
     goes high byte first, as the datasheet's example id A160 appears as ``A1 60``."""
@@ -193,16 +184,6 @@ SDS_QUERY = sds_command(4)
 def sds_sleep(sleep: bool) -> bytes:
     """Stop the fan and laser (True) or start them again (False)."""
     return sds_command(6, bytes([_SDS_SET, int(not sleep)]))
-
-
-def sds_encode(pm25: float, pm10: float, device_id: int = 0x1234) -> bytes:
-    """A valid ``C0`` data frame; for tests and benchmarks."""
-    raw = [round(pm25 * 10), round(pm10 * 10)]
-    for name, value in zip(SDS_METRICS, raw, strict=True):
-        _check_range(value, f"{name} x 10", 0xFFFF)
-    _check_range(device_id, "device_id", 0xFFFF)
-    body = struct.pack("<HH", *raw) + device_id.to_bytes(2, "big")
-    return b"\xaa\xc0" + body + bytes([sum(body) & 0xFF, _SDS_TAIL])
 
 
 # ---- Winsen MH-Z19B ------------------------------------------------------------------------------
@@ -255,14 +236,6 @@ def mhz_decode(frame: bytes) -> dict[str, int] | None:
     if frame[1] != 0x86:
         return None
     return {"co2": 256 * frame[2] + frame[3], "temperature": frame[4] - 40}
-
-
-def mhz_encode(co2: int, temperature: int) -> bytes:
-    """A valid read answer; for tests and benchmarks."""
-    _check_range(co2, "co2", 0xFFFF)
-    _check_range(temperature + 40, "temperature + 40")
-    frame = bytes([0xFF, 0x86, *co2.to_bytes(2, "big"), temperature + 40, 0, 0, 0])
-    return frame + bytes([mhz_checksum(frame)])
 
 
 # ---- NMEA 0183 -----------------------------------------------------------------------------------

@@ -3,57 +3,19 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tepi.core.units import Duration
 from tepi.drivers.base import DriverConfig
-from tepi.drivers.serial import codecs
+from tepi.drivers.serial.protocols import PROTOCOLS, Aggregate, MetricSpec
 
+__all__ = ["Aggregate", "FieldType", "LineField", "MetricSpec", "Protocol", "SerialConfig"]
+
+# The names of drivers.serial.protocols.PROTOCOLS, spelled out for pydantic's messages.
 Protocol = Literal["pms5003", "pms7003", "sds011", "mhz19", "nmea", "line"]
-Aggregate = Literal["mean", "last", "min", "max", "count"]
 FieldType = Literal["float", "int", "str", "bool"]
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """A metric a protocol gives: its unit and how a streaming window is summed up."""
-
-    name: str
-    unit: str | None
-    aggregate: Aggregate = "mean"
-
-
-_PM = "ug/m3"
-_COUNT = "1/0.1L"
-PROTOCOL_METRICS: dict[str, tuple[MetricSpec, ...]] = {
-    # mass concentrations (pm*) in ug/m3, particle counts (n*) per 0.1 L of air
-    "pms5003": tuple(
-        MetricSpec(m, _PM if m.startswith("pm") else _COUNT) for m in codecs.PMS_METRICS
-    ),
-    "sds011": tuple(MetricSpec(m, _PM) for m in codecs.SDS_METRICS),
-    "mhz19": (MetricSpec("co2", "ppm"), MetricSpec("temperature", "degC")),
-    "nmea": (
-        MetricSpec("latitude", "deg", "last"),
-        MetricSpec("longitude", "deg", "last"),
-        MetricSpec("altitude", "m", "last"),
-        MetricSpec("speed", "m/s", "last"),
-        MetricSpec("course", "deg", "last"),
-        MetricSpec("satellites", None, "last"),
-        MetricSpec("fix_quality", None, "last"),
-        MetricSpec("hdop", None, "last"),
-    ),
-}
-PROTOCOL_METRICS["pms7003"] = PROTOCOL_METRICS["pms5003"]
-# Seconds after the sensor is woken (the port opened) during which values are "uncertain".
-WARMUP_S: dict[str, float] = {"pms5003": 30.0, "pms7003": 30.0, "sds011": 30.0, "mhz19": 180.0}
-MODES: dict[str, tuple[str, ...]] = {
-    "pms5003": ("active", "passive"),
-    "pms7003": ("active", "passive"),
-    "sds011": ("active", "passive"),
-}
 
 
 class LineField(BaseModel):
@@ -205,7 +167,7 @@ class SerialConfig(DriverConfig):
             )
             if wrong:
                 raise ValueError(f"{', '.join(wrong)} apply to protocol line only, not {p}")
-        if self.mode is not None and p not in MODES:
+        if self.mode is not None and not PROTOCOLS[p].modes:
             raise ValueError(f"mode applies to pms5003 and sds011, not {p}")
         if self.working_period is not None and p != "sds011":
             raise ValueError(f"working_period applies to sds011 only, not {p}")
@@ -239,23 +201,15 @@ class SerialConfig(DriverConfig):
     @property
     def streaming(self) -> bool:
         """The sensor pushes data between polls (else the driver asks on each poll)."""
-        if self.protocol == "mhz19":
-            return False
-        return self.mode != "passive"
+        return PROTOCOLS[self.protocol].streams and self.mode != "passive"
 
     @property
     def warmup_s(self) -> float:
-        return self.warmup if self.warmup is not None else WARMUP_S.get(self.protocol, 0.0)
+        return self.warmup if self.warmup is not None else PROTOCOLS[self.protocol].warmup_s
 
     def specs(self, *, all_metrics: bool = False) -> list[MetricSpec]:
         """The metrics this device publishes (before aggregation suffixes), in order."""
-        if self.protocol == "line":
-            out = [
-                MetricSpec(f.name or name, f.unit, "mean" if f.type in ("float", "int") else "last")
-                for name, f in self.fields.items()
-            ]
-        else:
-            out = list(PROTOCOL_METRICS[self.protocol])
+        out = PROTOCOLS[self.protocol].specs(self)
         if not all_metrics and self.metrics is not None:
             chosen = set(self.metrics)
             out = [m for m in out if m.name in chosen]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -28,7 +28,7 @@ from tepi.drivers.base import SharedResources
 from tepi.drivers.serial import codecs
 from tepi.drivers.serial.aggregate import Window
 from tepi.drivers.serial.config import SerialConfig
-from tepi.drivers.serial.framing import BinaryFramer, LineFramer
+from tepi.drivers.serial.protocols import PROTOCOLS
 from tepi.drivers.serial.transport import SerialPort
 
 log = logging.getLogger(__name__)
@@ -48,137 +48,13 @@ class SerialStats:
     last_frame_mono: float | None = None
 
 
-class _Handler:
-    """One protocol: its framer, its set-up commands and how a frame becomes values."""
-
-    def __init__(self, cfg: SerialConfig, resources: SharedResources) -> None:
-        self.cfg = cfg
-        self.gps_time = resources.gps_time if cfg.clock_source else None
-        p = cfg.protocol
-        self.framer: BinaryFramer | LineFramer
-        self.line: codecs.LineParser | None = None
-        if p in ("pms5003", "pms7003"):
-            self.framer = codecs.pms_framer()
-        elif p == "sds011":
-            self.framer = codecs.sds_framer()
-        elif p == "mhz19":
-            self.framer = codecs.mhz_framer()
-        elif p == "nmea":
-            self.framer = codecs.nmea_framer()
-        else:
-            ending = cfg.line_ending.encode()
-            self.framer = LineFramer(ending=ending, max_len=cfg.max_line)
-            assert cfg.format is not None
-            self.line = codecs.LineParser(
-                mode=cfg.format,
-                regex=cfg.regex,
-                columns=cfg.columns,
-                separator=cfg.separator,
-            )
-
-    def setup(self) -> list[bytes]:
-        """Commands sent each time the port opens."""
-        cfg, p = self.cfg, self.cfg.protocol
-        if p in ("pms5003", "pms7003"):
-            return [codecs.PMS_WAKE, codecs.PMS_PASSIVE if not cfg.streaming else codecs.PMS_ACTIVE]
-        if p == "sds011":
-            cmds = [codecs.sds_sleep(False), codecs.sds_set_query_mode(not cfg.streaming)]
-            if cfg.working_period is not None:
-                cmds.append(codecs.sds_set_working_period(cfg.working_period))
-            return cmds
-        if p == "mhz19":
-            return [codecs.mhz_abc(cfg.abc)]
-        return []
-
-    def request(self) -> bytes:
-        p = self.cfg.protocol
-        if p in ("pms5003", "pms7003"):
-            return codecs.PMS_READ
-        if p == "sds011":
-            return codecs.SDS_QUERY
-        return codecs.MHZ_READ
-
-    def decode(self, frame: bytes, mono: float) -> dict[str, Value] | None:
-        """The values in a frame; None for a frame that carries none (a command's reply).
-        Raises codecs.FrameError for a frame that is malformed."""
-        p = self.cfg.protocol
-        if p in ("pms5003", "pms7003"):
-            return dict(codecs.pms_decode(frame))
-        if p == "sds011":
-            sds = codecs.sds_decode(frame)
-            return None if sds is None else dict(sds)
-        if p == "mhz19":
-            mhz = codecs.mhz_decode(frame)
-            return None if mhz is None else dict(mhz)
-        if p == "nmea":
-            return self._nmea(frame, mono)
-        return self._line(frame)
-
-    def _nmea(self, frame: bytes, mono: float) -> dict[str, Value] | None:
-        fix = codecs.nmea_parse(frame)
-        if fix is None:
-            return None
-        out: dict[str, Value] = {}
-        if fix.valid:
-            out["latitude"], out["longitude"] = fix.lat, fix.lon
-        if fix.sentence == "GGA":
-            out["fix_quality"] = fix.fix_quality
-            out["satellites"] = fix.satellites
-            out["hdop"] = fix.hdop
-            if fix.valid:
-                out["altitude"] = fix.altitude
-        elif fix.valid:
-            out["speed"] = fix.speed_ms
-            out["course"] = fix.course
-            if fix.utc is not None and self.gps_time is not None:
-                self.gps_time(fix.utc.timestamp(), mono, self.cfg.id)
-        return out
-
-    def _line(self, frame: bytes) -> dict[str, Value]:
-        assert self.line is not None
-        raw = self.line.parse(frame)
-        out: dict[str, Value] = {}
-        for name, f in self.cfg.fields.items():
-            text = raw.get(name)
-            if text is None:
-                continue
-            try:
-                out[f.name or name] = convert(text, f.type, f.scale, f.offset)
-            except ValueError as err:
-                raise codecs.FrameError(f"field {name}: {err}") from None
-        return out
-
-
-def check_values(values: dict[str, Value]) -> None:
+def check_values(values: Mapping[str, Value]) -> None:
     """Raise FrameError for a value the buffer cannot keep (an unset uint64 sentinel,
     1e999): counted as a parse error before it reaches the window."""
     for name, v in values.items():
         why = storable(v)
         if why is not None:
             raise codecs.FrameError(f"{name}: {v}: {why}")
-
-
-def convert(text: str, kind: str, scale: float, offset: float) -> Value:
-    """A text field as its configured type (ValueError if it is not one)."""
-    text = text.strip()
-    if kind == "str":
-        return text
-    if kind == "bool":
-        low = text.lower()
-        if low in ("1", "true", "on", "yes"):
-            return True
-        if low in ("0", "false", "off", "no"):
-            return False
-        raise ValueError(f"{text!r} is not a boolean")
-    if kind == "int":
-        n = int(text, 0) if text.lower().startswith(("0x", "-0x")) else int(text)
-        if scale == 1.0 and offset == 0.0:
-            return n
-        return n * scale + offset
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
-    return value * scale + offset
 
 
 class SerialDriver:
@@ -190,12 +66,15 @@ class SerialDriver:
 
     def __init__(self, config: SerialConfig, resources: SharedResources) -> None:
         self.config = config
-        self._h = _Handler(config, resources)
+        # The protocol is picked here, once; from then on the driver only calls it.
+        self._protocol = PROTOCOLS[config.protocol](config, resources.gps_time)
+        self._decode = self._protocol.decode
+        self._framer = self._protocol.framer()
         self._outputs = config.outputs()
         self._window = Window()
         self.stats = SerialStats()
         self._frame = asyncio.Event()
-        self._answer: asyncio.Future[dict[str, Value]] | None = None
+        self._answer: asyncio.Future[Mapping[str, Value]] | None = None
         self._woken_mono = 0.0
         self._noise_mark = 0  # framing noise counted up to the last good poll
         self._port = SerialPort(
@@ -219,16 +98,16 @@ class SerialDriver:
         return [MetricInfo(name, unit) for name, _, unit, _ in self._outputs]
 
     def _on_open(self) -> None:
-        self._h.framer.reset()
+        self._framer.reset()
         self._window.take()
         self._woken_mono = boottime()
-        for cmd in self._h.setup():
+        for cmd in self._protocol.setup():
             self._port.write(cmd)
 
     def _on_data(self, data: bytes, mono: float) -> None:
-        for frame in self._h.framer.feed(data):
+        for frame in self._framer.feed(data):
             try:
-                values = self._h.decode(frame, mono)
+                values = self._decode(frame, mono)
                 if values is not None:
                     check_values(values)
             except Exception as err:  # noqa: BLE001 - whatever a device sends is counted,
@@ -248,7 +127,7 @@ class SerialDriver:
                 self._frame.set()
 
     def _noise(self) -> int:
-        fs = self._h.framer.stats
+        fs = self._framer.stats
         return fs.bad_checksums + fs.garbage_bytes + fs.too_long + self.stats.parse_errors
 
     def _unavailable(self) -> DeviceUnavailable:
@@ -309,16 +188,16 @@ class SerialDriver:
             "no data", f"{self._port.path}: nothing received in {self.config.timeout:g} s"
         )
 
-    async def _ask(self) -> dict[str, Value]:
+    async def _ask(self) -> Mapping[str, Value]:
         cfg = self.config
         loop = asyncio.get_running_loop()
         for _ in range(cfg.retries + 1):
             self.stats.requests += 1
             self._port.discard_input()
-            self._h.framer.reset()
+            self._framer.reset()
             self._answer = loop.create_future()
             try:
-                if not self._port.write(self._h.request()):
+                if not self._port.write(self._protocol.request()):
                     raise self._unavailable()
                 async with asyncio.timeout(cfg.timeout):
                     return await self._answer
@@ -354,7 +233,7 @@ class SerialDriver:
 
     def protocol_stats(self) -> dict[str, object]:
         """The ``protocol`` part of this device's health."""
-        port, st, fs = self._port, self.stats, self._h.framer.stats
+        port, st, fs = self._port, self.stats, self._framer.stats
         age = None if st.last_frame_mono is None else round(boottime() - st.last_frame_mono, 1)
         state: str = port.state
         if state == "open" and self._silent():
