@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -37,6 +38,8 @@ from suite import sample  # noqa: E402
 
 from tepi.drivers.serial import codecs  # noqa: E402
 from tepi.gateway.localbroker import free_port  # noqa: E402
+from tepi_sim.model import UartDeviceConfig  # noqa: E402
+from tepi_sim.uart_protocols import make_player  # noqa: E402
 
 TEPI = Path(sys.executable).with_name("tepi")
 
@@ -85,7 +88,11 @@ async def run(sensors: int, seconds: float, rate: float, work: Path) -> dict[str
                 with contextlib.suppress(BlockingIOError):
                     got[i] += os.read(master, 4096)
             await asyncio.sleep(0.05)
-        frame = codecs.pms_encode({"pm25_atm": 35, "pm10_atm": 50})
+        # The simulator's PMS5003 frame (tepi's codecs only decode): PM2.5 35, PM10 50 ug/m3.
+        pms = UartDeviceConfig(
+            id="pm", protocol="pms5003", values={"pm25_atm": (35.0,), "pm10_atm": (50.0,)}
+        )
+        frame = make_player(pms, random.Random(1), time.time).stream()[0].data
         start = sample(agent.pid)
         t0 = time.monotonic()
         sent = 0

@@ -1,15 +1,15 @@
 """Frames the serial sensors send and tepi never does: built here for the tests, from the
 datasheets, so the production codecs hold only what the driver decodes and sends.
 
-(``codecs.pms_encode`` stays in production: the CPU bench streams its frames. The simulator,
-hw-sim/tepi_sim/uart_protocols.py, has encoders of its own and imports nothing of tepi.)
+(The simulator, hw-sim/tepi_sim/uart_protocols.py, has encoders of its own and imports
+nothing of tepi; the CPU bench streams the simulator's frames.)
 """
 
 from __future__ import annotations
 
 import struct
 
-from tepi.drivers.serial.codecs import mhz_checksum, pms_command, sds_decode
+from tepi.drivers.serial.codecs import PMS_METRICS, mhz_checksum, pms_command, sds_decode
 
 PMS_SLEEP = pms_command(0xE4, 0)
 """Stop the fan and laser; tepi never sends it (it wakes the sensor on every open)."""
@@ -44,3 +44,15 @@ def mhz_encode(co2: int, temperature: int) -> bytes:
     _check_range(temperature + 40, "temperature + 40")
     frame = bytes([0xFF, 0x86, *co2.to_bytes(2, "big"), temperature + 40, 0, 0, 0])
     return frame + bytes([mhz_checksum(frame)])
+
+
+def pms_encode(values: dict[str, int]) -> bytes:
+    """A valid PMS frame holding ``values`` (missing metrics are 0): 42 4D 00 1C, 13 words, sum."""
+    unknown = set(values) - set(PMS_METRICS)
+    if unknown:
+        raise ValueError(f"not PMS metrics: {sorted(unknown)}")
+    for name, value in values.items():
+        _check_range(value, name, 0xFFFF)
+    body = b"\x42\x4d\x00\x1c"
+    body += struct.pack(">13H", *(values.get(m, 0) for m in PMS_METRICS), 0)
+    return body + (sum(body) & 0xFFFF).to_bytes(2, "big")

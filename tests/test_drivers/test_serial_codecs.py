@@ -12,7 +12,7 @@ from typing import TypeVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from serial_frames import PMS_SLEEP, mhz_encode, sds_encode, sds_reply
+from serial_frames import PMS_SLEEP, mhz_encode, pms_encode, sds_encode, sds_reply
 
 from tepi.drivers.serial.codecs import (
     MHZ_READ,
@@ -37,7 +37,6 @@ from tepi.drivers.serial.codecs import (
     nmea_parse,
     pms_command,
     pms_decode,
-    pms_encode,
     pms_framer,
     sds_command,
     sds_decode,

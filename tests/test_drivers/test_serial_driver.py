@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serial_frames import mhz_encode, sds_encode
+from serial_frames import mhz_encode, pms_encode, sds_encode
 
 from tepi.core.errors import DeviceUnavailable, ProtocolError
 from tepi.drivers.base import SharedResources
@@ -104,7 +104,7 @@ async def test_a_window_gives_mean_min_max_count_and_last_over_a_known_sequence(
         port,
     ):
         seq = [12, 7, 30, 25, 1]
-        data = b"".join(codecs.pms_encode({"pm25_atm": v, "pm10_atm": 2 * v}) for v in seq)
+        data = b"".join(pms_encode({"pm25_atm": v, "pm10_atm": 2 * v}) for v in seq)
         # garbage, and the frames cut at odd places: the framer must not care
         data = b"\x42\x00\xff" + data
         for i in range(0, len(data), 13):
@@ -169,10 +169,10 @@ async def test_a_silent_sensor_is_no_data_and_a_garbled_one_no_valid_frame(
             await drv.read()
         assert err.value.reason == "no data"
         await until(lambda: drv.protocol_stats()["port_state"] == "no data")
-        port.send(codecs.pms_encode({"pm25_atm": 5}))
+        port.send(pms_encode({"pm25_atm": 5}))
         await until(lambda: drv.protocol_stats()["port_state"] == "open")
         await drv.read()
-        frame = bytearray(codecs.pms_encode({"pm25_atm": 5}))
+        frame = bytearray(pms_encode({"pm25_atm": 5}))
         frame[-1] ^= 0xFF  # a wrong checksum, as at a wrong baud rate or with noise
         port.send(bytes(frame) * 3 + os.urandom(50).replace(b"BM", b"bm"))
         with pytest.raises(ProtocolError) as perr:
@@ -286,11 +286,11 @@ async def test_a_passive_pms_is_asked_and_its_stream_ignored(tmp_path: Path) -> 
         await until(lambda: len(port.received) >= 14)
         assert bytes(port.received[:14]) == codecs.PMS_WAKE + codecs.PMS_PASSIVE
         port.received.clear()
-        port.send(codecs.pms_encode({"pm25_atm": 99}))  # unasked: not this poll's answer
+        port.send(pms_encode({"pm25_atm": 99}))  # unasked: not this poll's answer
 
         async def answer() -> None:
             await until(lambda: bytes(port.received).endswith(codecs.PMS_READ))
-            port.send(codecs.pms_encode({"pm25_atm": 41}))
+            port.send(pms_encode({"pm25_atm": 41}))
 
         task = asyncio.create_task(answer())
         got = by_name(await drv.read())
@@ -352,7 +352,7 @@ async def test_a_window_with_warm_up_frames_is_uncertain_even_after_the_warm_up(
 
 async def test_silence_after_earlier_noise_is_no_data(tmp_path: Path) -> None:
     async with running(tmp_path, protocol="pms5003", timeout=0.3) as (drv, port):
-        port.send(b"\x42\x4d\x00garbage" + codecs.pms_encode({"pm25_atm": 7}))
+        port.send(b"\x42\x4d\x00garbage" + pms_encode({"pm25_atm": 7}))
         await drv.read()
         with pytest.raises(DeviceUnavailable) as err:
             await drv.read()

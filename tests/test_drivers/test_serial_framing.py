@@ -15,12 +15,11 @@ from itertools import pairwise
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from serial_frames import mhz_encode, sds_encode
+from serial_frames import mhz_encode, pms_encode, sds_encode
 
 from tepi.drivers.serial.codecs import (
     PMS_METRICS,
     mhz_framer,
-    pms_encode,
     pms_framer,
     sds_framer,
 )

@@ -102,18 +102,6 @@ PMS_READ = pms_command(0xE2, 0)
 PMS_WAKE = pms_command(0xE4, 1)
 
 
-def pms_encode(values: dict[str, int]) -> bytes:
-    """A valid PMS frame holding ``values`` (missing metrics are 0); for the bench and tests."""
-    unknown = set(values) - set(PMS_METRICS)
-    if unknown:
-        raise ValueError(f"not PMS metrics: {sorted(unknown)}")
-    for name, value in values.items():
-        _check_range(value, name, 0xFFFF)
-    body = _PMS_HEADER + _PMS_LENGTH
-    body += struct.pack(">13H", *(values.get(m, 0) for m in PMS_METRICS), 0)
-    return body + (sum(body) & 0xFFFF).to_bytes(2, "big")
-
-
 # ---- Nova Fitness SDS011 -------------------------------------------------------------------------
 
 SDS_METRICS = ("pm25", "pm10")
