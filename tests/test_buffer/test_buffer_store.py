@@ -540,3 +540,36 @@ async def test_a_file_that_cannot_be_opened_means_memory_only_until_it_can(
     async with Buffer(s, "boot-b") as buf:
         assert await drain(buf) == seqs
         assert buf.put(reading(9)) > seqs[-1]
+
+
+async def test_while_unlinked_each_tick_is_committed_at_once_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """With the uplink down no ack can come, so waiting commit_interval only puts readings at
+    risk: the readings put in one turn of the loop (one poll tick, across devices) go into
+    the file at once, in one commit; linked again, the commit_interval rule is back."""
+    s = BufferSettings(path=tmp_path / "buffer.db", commit_interval_s=60)
+    async with Buffer(s, "boot-a") as buf:
+        task = asyncio.create_task(buf.run())
+        buf.linked = False
+        for tick in range(3):
+            last = [buf.put(reading(tick * 10 + i, f"d{i}")) for i in range(4)][-1]
+            async with asyncio.timeout(5):  # far below commit_interval
+                await buf.wait_committed(last)
+            assert rows_in_file(tmp_path) == 4 * (tick + 1)
+            assert buf.stats().commits == tick + 1, "one transaction per tick"
+        buf.put(reading(99))  # readings held when the link drops are committed at once too
+        buf.linked = True
+        seq = buf.put(reading(100))
+        buf.linked = False
+        async with asyncio.timeout(5):
+            await buf.wait_committed(seq)
+        assert rows_in_file(tmp_path) == 14
+        buf.linked = True
+        buf.put(reading(101))  # linked: it waits for an ack, up to commit_interval
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        assert buf.stats().commits == 4
+        assert rows_in_file(tmp_path) == 14
+        task.cancel()

@@ -82,3 +82,52 @@ def test_a_missing_buffer_is_a_clear_error(tmp_path: Path) -> None:
     out = run_tepi("buffer", "stats", "--config", str(cfg))
     assert out.returncode == 4
     assert "no buffer file at" in out.stderr
+
+
+async def wait_rows(cfg: Path, db: Path, n: int) -> None:
+    async with asyncio.timeout(30):
+        while not db.exists() or int(str(stats(cfg)["readings"])) < n:
+            await asyncio.sleep(0.2)
+
+
+async def test_the_data_dir_lock_keeps_purge_and_a_second_agent_away(tmp_path: Path) -> None:
+    """With the status API off nothing answers on a socket: the agent's lock on the data dir
+    alone keeps purge from deleting rows under it, and a second agent from starting on the
+    same data dir. A kill -9 releases the lock (the kernel drops a dead process's flock)."""
+    devices = [{"id": "s1", "driver": "synthetic", "metrics": 4, "poll_interval": "50ms"}]
+    cfg = agent_config(tmp_path, free_port(), devices, status__enabled=False)
+    db = tmp_path / "data" / "buffer.db"
+    agent = AgentProc(cfg, tmp_path / "agent.log")
+    agent.start()
+    assert agent.proc is not None
+    pid = agent.proc.pid
+    try:
+        await wait_rows(cfg, db, 50)
+        refused = await asyncio.to_thread(
+            run_tepi, "buffer", "purge", "--yes", "--config", str(cfg)
+        )
+        assert refused.returncode == 7, refused.stderr
+        assert "stop it first" in refused.stderr
+        assert f"process {pid}" in refused.stderr, "names the pid that holds the lock"
+        assert int(str(stats(cfg)["readings"])) >= 50, "nothing was deleted"
+
+        second = await asyncio.to_thread(run_tepi, "run", "--config", str(cfg), timeout=30)
+        assert second.returncode == 7, second.stderr
+        assert f"process {pid}" in second.stderr
+        assert "another agent runs on data dir" in second.stderr
+        assert agent.proc.poll() is None, "the first agent runs on"
+        before = int(str(stats(cfg)["readings"]))
+        async with asyncio.timeout(10):  # and keeps writing
+            while int(str(stats(cfg)["readings"])) <= before:
+                await asyncio.sleep(0.1)
+    finally:
+        agent.kill9()
+    done = run_tepi("buffer", "purge", "--yes", "--config", str(cfg))
+    assert done.returncode == 0, done.stderr
+    assert stats(cfg)["readings"] == 0
+    # once the purge is done (its lock released), an agent starts again on the data dir
+    agent.start()
+    try:
+        await wait_rows(cfg, db, 10)
+    finally:
+        assert await agent.stop() == 0

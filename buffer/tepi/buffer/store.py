@@ -8,9 +8,15 @@ at once. The rule that makes this safe, and the durability boundary of the whole
     within ``commit_interval`` of being put.
 
 A reading the broker acknowledges in time is dropped from memory and never touches the SD
-card: with the broker up, that is nearly every reading. One that is not acknowledged in time
-is committed by :meth:`Buffer.run` in a group commit, together with everything else waiting,
-and its row is deleted in a later commit once the ack comes. Nothing wakes up while nothing
+card: with the broker up, that is nearly every reading. While the uplink is not connected
+(:attr:`Buffer.linked` False) no acknowledgement can come, and waiting for one would only put
+readings at risk: every put then schedules a commit on the next turn of the event loop, so
+the readings of one poll tick (across devices) go into the file at once, in one transaction,
+and a ``kill -9`` or a power cut during an outage loses nothing that was put.
+
+With the link up, a reading not acknowledged in time is committed by :meth:`Buffer.run` in
+a group commit, together with everything else waiting, and its row is deleted in a later
+commit once the ack comes. Nothing wakes up while nothing
 waits: the commit loop sleeps on an event, and a single timer is armed for the oldest
 unacknowledged reading's deadline (and moved when that reading is acknowledged).
 
@@ -148,6 +154,8 @@ class Buffer:
         self._lock = asyncio.Lock()
         self._opened = False
         self._file_error: str | None = None  # the file cannot be used: memory only
+        self._linked = True  # the uplink can deliver acks; False: commit every put at once
+        self._soon: asyncio.Handle | None = None  # the commit scheduled for the next turn
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -227,6 +235,9 @@ class Buffer:
             return
         self._opened = False
         self._disarm()
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         try:
             await self._commit_once()
             await self._call(self._db.close_clean, self._next_seq - 1)
@@ -248,6 +259,26 @@ class Buffer:
         return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
 
     # ---- the event-loop side API -----------------------------------------------------------
+
+    @property
+    def linked(self) -> bool:
+        """Whether the uplink is connected and acks can come (set by the uplink). While it
+        is False, readings are committed on the next turn of the loop after their put."""
+        return self._linked
+
+    @linked.setter
+    def linked(self, value: bool) -> None:
+        self._linked = value
+        if not value and self._mem:
+            self._commit_soon()  # what waited for an ack that will not come: commit it now
+
+    def _commit_soon(self) -> None:
+        if self._soon is None:
+            self._soon = asyncio.get_running_loop().call_soon(self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._soon = None
+        self._wake.set()
 
     def put(self, reading: Reading) -> int:
         """Take ``reading`` and return its sequence number (no I/O, no await)."""
@@ -273,6 +304,8 @@ class Buffer:
             self._arm()
         if len(mem) >= self.settings.commit_max_readings:
             self._wake.set()
+        elif not self._linked:
+            self._commit_soon()
         self._data.set()
         return seq
 
@@ -474,6 +507,8 @@ class Buffer:
 
     def _due(self) -> bool:
         if len(self._mem) >= self.settings.commit_max_readings:
+            return True
+        if not self._linked and self._mem:
             return True
         due = self._deadline()
         return due is not None and due <= time.monotonic() + 0.001

@@ -6,6 +6,8 @@ Exit codes (also in docs/operations.md):
     2  wrong usage (unknown command or option)
     3  the agent failed at run time (see the log; systemd restarts it)
     4  something tepi needs is missing (for example mosquitto for the demo)
+    7  refused: unsafe now (another process holds the data dir's lock: a second
+       ``tepi run`` on the same data dir, or ``tepi buffer purge`` beside the agent)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tepi.core import __version__
 from tepi.core.errors import ConfigError
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_RUNTIME, EXIT_MISSING = 0, 1, 2, 3, 4
-EXIT_REFUSED = 7  # not done: unsafe now (tepi buffer purge while the agent runs)
+EXIT_REFUSED = 7  # not done: unsafe now (the data dir is locked by another process)
 log = logging.getLogger("tepi")
 
 
@@ -144,7 +146,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     from tepi.core.units import parse_duration
     from tepi.gateway.buffertool import BufferToolError, confirm, export, purge, stats
     from tepi.gateway.configload import load_config
-    from tepi.gateway.status import fetch
+    from tepi.gateway.datalock import DataDirBusy, hold
 
     try:
         cfg = load_config(args.config, check_files=False)
@@ -165,28 +167,29 @@ def cmd_buffer(args: argparse.Namespace) -> int:
                     n = export(path, out, args.format, device=args.device, progress=sys.stderr)
             print(f"{n:,} readings exported", file=sys.stderr)
             return EXIT_OK
-        # purge: never behind the running agent's back
-        try:
-            fetch(cfg.status_socket(), "/health", timeout=2)
-        except (OSError, ValueError):
-            pass
-        else:
-            print(
-                "tepi buffer purge: the agent is running and holds the buffer; stop it first "
-                "(systemctl stop tepi)",
-                file=sys.stderr,
-            )
-            return EXIT_REFUSED
-        before = None if args.before is None else time.time() - parse_duration(args.before)
-        what = "ALL readings" if before is None else f"readings older than {args.before}"
-        if not args.yes and not confirm(
-            f"Delete {what} in {path}? They will never reach the IOC. Type 'purge' to go on: "
-        ):
-            print("tepi buffer purge: not confirmed (type 'purge', or pass --yes)", file=sys.stderr)
-            return EXIT_USAGE
-        n = purge(path, before_ts=before)
+        # purge: never behind the running agent's back; its lock says whether it runs,
+        # whether or not its status API is on, and keeps it from starting meanwhile.
+        with hold(cfg.gateway.data_dir):
+            before = None if args.before is None else time.time() - parse_duration(args.before)
+            what = "ALL readings" if before is None else f"readings older than {args.before}"
+            if not args.yes and not confirm(
+                f"Delete {what} in {path}? They will never reach the IOC. Type 'purge' to go on: "
+            ):
+                print(
+                    "tepi buffer purge: not confirmed (type 'purge', or pass --yes)",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            n = purge(path, before_ts=before)
         print(f"{n:,} readings deleted from {path}", file=sys.stderr)
         return EXIT_OK
+    except DataDirBusy as err:
+        print(
+            f"tepi buffer {args.action}: the agent is running and holds the buffer ({err}); "
+            "stop it first (systemctl stop tepi)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
     except BufferToolError as err:
         print(f"tepi buffer {args.action}: {err}", file=sys.stderr)
         return EXIT_MISSING
@@ -234,6 +237,7 @@ def cmd_check(path: Path, check_files: bool) -> int:
 
 def cmd_run(path: Path, debug: bool) -> int:
     from tepi.gateway.configload import load_config
+    from tepi.gateway.datalock import DataDirBusy, hold
     from tepi.gateway.runtime import run_agent
 
     try:
@@ -244,7 +248,16 @@ def cmd_run(path: Path, debug: bool) -> int:
         return EXIT_CONFIG
     setup_logging(cfg.gateway.log_level, debug)
     try:
-        asyncio.run(run_agent(cfg, path))
+        with hold(cfg.gateway.data_dir):  # for the agent's whole life: one agent per data dir
+            asyncio.run(run_agent(cfg, path))
+    except DataDirBusy as err:
+        log.critical(
+            "tepi cannot run: %s: another agent runs on data dir %s (stop it, or give this "
+            "one its own gateway.data_dir)",
+            err,
+            cfg.gateway.data_dir,
+        )
+        return EXIT_REFUSED
     except OSError as err:
         # Start-up problems with the host that nothing else caught (a data dir that cannot
         # be written is not one: the buffer runs from memory and says so).

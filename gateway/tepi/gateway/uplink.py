@@ -171,6 +171,7 @@ class Uplink:
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
+        buffer.linked = False  # no acks until a session is up: the buffer commits at once
         self.boot_id = boot_id
         self._health = health
         up = cfg.uplink
@@ -317,6 +318,7 @@ class Uplink:
             if connected:
                 st.connects += 1
             st.connected = connected
+            self.buffer.linked = connected
             st.attempts += 1
             if error is not None:
                 st.errors[error[0]] = st.errors.get(error[0], 0) + 1
