@@ -155,16 +155,21 @@ async def test_a_bad_certificate_refuses_the_whole_reload(tmp_path: Path) -> Non
                 path.write_text(yaml.safe_dump(cfg))
                 seen = len(counters(sub, "a"))
                 agent.proc.send_signal(signal.SIGHUP)
-                await health_or_exit(
-                    sub, agent, lambda s, n=n: last_health(s)["config"]["reloads"] == n
-                )
+
+                def reloaded(s: Subscriber, n: int = n) -> bool:
+                    return bool(last_health(s)["config"]["reloads"] == n)
+
+                def delivered(s: Subscriber, seen: int = seen) -> bool:
+                    return len(counters(s, "a")) > seen + 3
+
+                await health_or_exit(sub, agent, reloaded)
                 assert agent.proc.poll() is None, agent.log_text()[-3000:]  # it did not crash
                 h = last_health(sub)
                 assert h["config"]["last_reload_ok"] is False
                 assert any(str(file) in e for e in h["config"]["errors"]), h["config"]
                 assert h["uplink"]["connects"] == 1  # the old connection was kept
                 # the old uplink delivers on; the device added in the refused file never ran
-                await sub.wait_for(lambda s, seen=seen: len(counters(s, "a")) > seen + 3)
+                await sub.wait_for(delivered)
                 assert not [r for r in sub.readings() if r["device"] == "c"]
             assert "reload refused" in agent.log_text()
             assert await agent.stop() == 0
