@@ -4,15 +4,27 @@ resolve, a damaged buffer file and an invalid config, each reported with its fix
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import re
 import subprocess
 import tty
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TEST_SECRETS, Broker, agent_config, run_tepi, start_tls_broker
+from helpers import (
+    REPO,
+    TEST_SECRETS,
+    Broker,
+    TlsBroker,
+    agent_config,
+    run_tepi,
+    start_tls_broker,
+)
 
+from tepi.gateway.config import PASSWORD_CREDENTIAL, SECRETS_DIR
 from tepi.gateway.localbroker import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,7 +46,8 @@ async def test_a_healthy_setup_passes_and_each_problem_has_its_fix(tmp_path: Pat
     try:
         dev = {"id": "pm", "driver": "serial", "protocol": "pms5003", "port": port}
         cfg = agent_config(tmp_path, broker.port, [dev])
-        out = run_tepi("doctor", "--config", str(cfg))
+        me = pwd.getpwuid(os.geteuid()).pw_name  # the pty is this user's own
+        out = run_tepi("doctor", "--config", str(cfg), "--service-user", me)
         assert out.returncode == 0, out.stdout + out.stderr
         for check in ("config", "serial", "dns", "tcp", "login", "clock", "disk"):
             assert any(line.split()[1:2] == [check] for line in out.stdout.splitlines()), (
@@ -47,7 +60,7 @@ async def test_a_healthy_setup_passes_and_each_problem_has_its_fix(tmp_path: Pat
         # a wrong password is a failed login, with what to check
         data = yaml.safe_load(cfg.read_text())
         Path(data["uplink"]["password_file"]).write_text("wrong\n")
-        bad = run_tepi("doctor", "--config", str(cfg))
+        bad = run_tepi("doctor", "--config", str(cfg), "--service-user", me)
         assert bad.returncode == 6
         assert "FAIL  login" in bad.stdout
         assert "check uplink.username and the password" in bad.stdout
@@ -111,3 +124,108 @@ async def test_the_tls_check_verifies_the_certificate_and_the_host_name(tmp_path
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def sample_for_site(tmp: Path, broker: TlsBroker, ports: tuple[str, str]) -> Path:
+    """The config the installer ships, edited for this site as a technician would: the
+    broker, its CA, the user name, the two serial ports. ``password_file: mqtt-password``
+    (a credential the unit loads) is left as shipped."""
+    text = (REPO / "systemd" / "tepi.yaml.sample").read_text()
+    edits = [
+        ("url: mqtts://ioc.example.org:8883", f"url: mqtts://localhost:{broker.tls_port}"),
+        ("username: site-gateway-01", "username: gw-test"),
+        ("  # tls:\n  #   ca_file: /etc/tepi/ca.pem\n", f"  tls:\n    ca_file: {broker.ca}\n"),
+        ("data_dir: /var/lib/tepi", f"data_dir: {tmp / 'data'}"),
+        ("port: /dev/ttyUSB0", f"port: {ports[0]}"),
+        ("port: /dev/serial0", f"port: {ports[1]}"),
+    ]
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    assert "password_file: mqtt-password\n" in text
+    path = tmp / "tepi.yaml"
+    path.write_text(text)
+    return path
+
+
+def pty(group: int, mode: int) -> tuple[int, int, str]:
+    """A real pty standing in for a serial port, with the group and mode given."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    name = os.ttyname(slave)
+    os.chown(name, -1, group)
+    Path(name).chmod(mode)
+    return master, slave, name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a pty another group needs root")
+async def test_the_shipped_sample_reads_the_password_and_checks_ports_as_the_service(
+    tmp_path: Path,
+) -> None:
+    """Doctor, run by hand (no $CREDENTIALS_DIRECTORY, as root), reads the password where the
+    unit's LoadCredential= loads it from, and checks the serial ports for the service's user
+    (here ``nobody``: it is in no group of the ports; root could open them all)."""
+    broker, mosq = await start_tls_broker(tmp_path, require_cert=False, auth=True)
+    dialout, root, nogroup = grp.getgrnam("dialout").gr_gid, 0, grp.getgrnam("nogroup").gr_gid
+    fds: list[int] = []
+    try:
+        m1, s1, by_unit = pty(dialout, 0o660)  # the unit's SupplementaryGroups=dialout
+        m2, s2, closed = pty(root, 0o660)
+        fds += [m1, s1, m2, s2]
+        cfg = sample_for_site(tmp_path, broker, (by_unit, closed))
+        secrets = tmp_path / "secrets"
+        secrets.mkdir(mode=0o750)
+        (secrets / "mqtt-password").write_text(TEST_SECRETS[1] + "\n")
+        (secrets / "mqtt-password").chmod(0o600)
+
+        def doctor(user: str = "nobody") -> subprocess.CompletedProcess[str]:
+            args = ("--config", str(cfg), "--service-user", user, "--secrets-dir", str(secrets))
+            return run_tepi("doctor", *args)
+
+        out = doctor()
+        text = out.stdout + out.stderr
+        assert out.returncode == 6, text
+        assert (
+            f"ok    password   {secrets}/mqtt-password (the unit's LoadCredential=mqtt-password"
+        ) in text
+        assert "ok    login      MQTT login as gw-test accepted" in text
+        assert TEST_SECRETS[1] not in text
+        lines = text.splitlines()
+        assert any(f"ok    serial     {by_unit} " in ln and "user nobody" in ln for ln in lines)
+        assert any(
+            f"FAIL  serial     {closed} " in ln
+            and "is not readable and writable by user nobody" in ln
+            for ln in lines
+        ), text
+        assert "sudo usermod -aG root nobody" in text
+
+        # the port given a group of the user: nothing fails any more
+        os.chown(closed, -1, nogroup)
+        out = doctor()
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "FAIL" not in out.stdout
+
+        # a service user that does not exist is said, not taken for the one running doctor
+        out = doctor("no-such-tepi-user")
+        assert out.returncode == 6
+        assert "the service user no-such-tepi-user does not exist" in out.stdout
+
+        # the password missing: the file looked at is named, with how to create it
+        (secrets / "mqtt-password").unlink()
+        out = doctor()
+        assert f"FAIL  password   cannot read {secrets}/mqtt-password" in out.stdout
+        assert f"umask 077; cat > {secrets}/mqtt-password" in out.stdout
+    finally:
+        for fd in fds:
+            os.close(fd)
+        mosq.terminate()
+        mosq.wait(10)
+
+
+def test_the_credential_doctor_reads_is_the_one_the_unit_loads() -> None:
+    """Doctor's default (config.SECRETS_DIR, PASSWORD_CREDENTIAL) is the unit's own line."""
+    unit = (REPO / "systemd" / "tepi.service").read_text()
+    loads = re.findall(r"^LoadCredential=-?([^:\s]+):(\S+)$", unit, re.MULTILINE)
+    assert (PASSWORD_CREDENTIAL, str(SECRETS_DIR / PASSWORD_CREDENTIAL)) in loads, loads
+    sample = (REPO / "systemd" / "tepi.yaml.sample").read_text()
+    assert f"password_file: {PASSWORD_CREDENTIAL}\n" in sample

@@ -121,6 +121,19 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("/etc/tepi/tepi.yaml"),
         help="config file (default /etc/tepi/tepi.yaml)",
     )
+    doctor.add_argument(
+        "--service-user",
+        default=None,
+        help="the user the service runs as, whose access to the serial ports is checked "
+        "(default tepi)",
+    )
+    doctor.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=None,
+        help="where the unit's LoadCredential= loads a relative uplink.password_file from "
+        "(default /etc/tepi/secrets)",
+    )
     profiles = sub.add_parser("profiles", help="list the device profiles, or show one")
     profiles.add_argument("name", nargs="?", help="a profile to show")
     return p
@@ -293,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         from tepi.gateway.doctor import run_doctor
 
         setup_logging("error", args.debug)
-        return run_doctor(args.config, sys.stdout)
+        return run_doctor(
+            args.config,
+            sys.stdout,
+            service_user=args.service_user,
+            secrets_dir=args.secrets_dir,
+        )
     if args.command == "profiles":
         return cmd_profiles(args.name)
     if args.command in ("scan", "read"):

@@ -160,19 +160,33 @@ class UplinkSection(_Model):
     def port(self) -> int:
         return urlsplit(self.url).port or (8883 if self.secure else 1883)
 
-    def read_password(self) -> SecretStr | None:
-        """The password from its file or variable. Raises OSError/KeyError if missing."""
+    def read_password(self, secrets_dir: Path | None = None) -> SecretStr | None:
+        """The password from its file or variable. Raises OSError/KeyError if missing.
+        ``secrets_dir``: see resolve_credential."""
         if self.password_env is not None:
             return SecretStr(os.environ[self.password_env])
         if self.password_file is None:
             return None
-        return SecretStr(resolve_credential(self.password_file).read_text().strip("\r\n"))
+        path = resolve_credential(self.password_file, secrets_dir)
+        return SecretStr(path.read_text().strip("\r\n"))
 
 
-def resolve_credential(path: Path) -> Path:
+# The unit's LoadCredential=mqtt-password:/etc/tepi/secrets/mqtt-password (systemd/tepi.service,
+# written by systemd/install.sh): the credential's name, and where systemd loads it from.
+PASSWORD_CREDENTIAL = "mqtt-password"  # noqa: S105 - a name, not a secret
+SECRETS_DIR = Path("/etc/tepi/secrets")
+
+
+def resolve_credential(path: Path, secrets_dir: Path | None = None) -> Path:
+    """Where a ``password_file`` is read. A relative name is a credential in
+    $CREDENTIALS_DIRECTORY (the unit's LoadCredential=). Outside the unit (``tepi doctor``
+    run by hand) and given ``secrets_dir``, the file LoadCredential= loads it from:
+    ``secrets_dir/NAME``."""
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     if not path.is_absolute() and creds:
         return Path(creds) / path
+    if not path.is_absolute() and secrets_dir is not None:
+        return secrets_dir / path
     return path
 
 

@@ -1,18 +1,22 @@
 """``tepi doctor``: check what a gateway needs, and say how to fix each problem found.
 
 Each check prints one line, ``ok``, ``WARN`` or ``FAIL``, and for a problem the fix, e.g.
-"user pi is not in group dialout: run sudo usermod -aG dialout pi". The checks, in order:
-the config (every problem, with file:line); each serial port (exists, readable and writable
-by this user, the group to join); the broker (DNS, TCP, the TLS handshake with certificate
-and host name verification, then an MQTT login with the configured credentials); the clock
-(synchronised?); free disk under the data dir; the buffer file (``PRAGMA quick_check``,
-read-only); and the service itself (its status socket answers). It changes nothing, so it is
-safe while the service runs. Exit code 0 when nothing failed, 6 otherwise.
+"user tepi is not in group plugdev: run sudo usermod -aG plugdev tepi". The checks, in
+order: the config (every problem, with file:line); each serial port (exists, readable and
+writable by the service's user, tepi, with its groups and the unit's SupplementaryGroups=,
+not by whoever runs doctor); the MQTT password, read where the service reads it (a relative
+password_file from where the unit's LoadCredential= loads it); the broker (DNS, TCP, the
+TLS handshake with certificate and host name verification, then an MQTT login with the
+configured credentials); the clock (synchronised?); free disk under the data dir; the buffer
+file (``PRAGMA quick_check``, read-only); and the service itself (its status socket
+answers). It changes nothing, so it is safe while the service runs. Exit code 0 when
+nothing failed, 6 otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import os
 import pwd
@@ -27,11 +31,11 @@ import aiomqtt
 
 from tepi.core.clock import clock_synced
 from tepi.core.errors import ConfigError
-from tepi.gateway.config import Config
+from tepi.gateway.config import PASSWORD_CREDENTIAL, SECRETS_DIR, Config, resolve_credential
 from tepi.gateway.configload import load_config
 from tepi.gateway.status import fetch
 from tepi.gateway.sysinfo import free_disk_bytes
-from tepi.gateway.uplink import _tls_context
+from tepi.gateway.uplink import UplinkSetupError, _tls_context
 
 EXIT_PROBLEMS = 6
 TIMEOUT_S = 5.0
@@ -49,13 +53,38 @@ class Finding:
         return f"{text}\n      {'':<10} fix: {self.fix}" if self.fix else text
 
 
-def _user() -> str:
-    return pwd.getpwuid(os.geteuid()).pw_name
+SERVICE_USER = "tepi"
+# The unit's SupplementaryGroups=: the service has these groups whatever the user's own are.
+UNIT_GROUPS = ("dialout",)
 
 
-def check_ports(cfg: Config) -> list[Finding]:
+def _may_read_write(st: os.stat_result, user: pwd.struct_passwd) -> bool:
+    """Whether the service, as ``user`` with its groups and the unit's, may open a file
+    with this owner, group and mode for reading and writing."""
+    if user.pw_uid == 0:
+        return True
+    gids = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    for name in UNIT_GROUPS:
+        with contextlib.suppress(KeyError):
+            gids.add(grp.getgrnam(name).gr_gid)
+    if st.st_uid == user.pw_uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in gids:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & 0o6 == 0o6
+
+
+def check_ports(cfg: Config, service_user: str = SERVICE_USER) -> list[Finding]:
+    """Each serial port: there, and open to the service's user (not to whoever runs doctor,
+    which under sudo is root and may open anything)."""
     out: list[Finding] = []
     ports = sorted({p for d in cfg.devices if isinstance(p := getattr(d, "port", None), str)})
+    try:
+        user: pwd.struct_passwd | None = pwd.getpwnam(service_user)
+    except KeyError:
+        user = None
     for port in ports:
         path = Path(port)
         if not path.exists():
@@ -68,25 +97,98 @@ def check_ports(cfg: Config) -> list[Finding]:
                 )
             )
             continue
-        if os.access(path, os.R_OK | os.W_OK):
-            out.append(Finding("ok", "serial", f"{port} ({os.path.realpath(path)}) readable"))
-            continue
         st = path.stat()
-        group = grp.getgrgid(st.st_gid).gr_name
-        user = _user()
-        out.append(
-            Finding(
-                "FAIL",
-                "serial",
-                f"{port} is not readable and writable by user {user}",
-                f"user {user} is not in group {group}: run sudo usermod -aG {group} {user} "
-                "(then log in again, or restart the service)",
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        where = f"{port} ({os.path.realpath(path)}, group {group}, mode {st.st_mode & 0o777:o})"
+        if user is None:
+            out.append(
+                Finding(
+                    "FAIL",
+                    "serial",
+                    f"{where}: the service user {service_user} does not exist, so who may "
+                    "open it cannot be checked",
+                    "install tepi with systemd/install.sh (it creates the user), or name the "
+                    "service's user with --service-user",
+                )
             )
-        )
+        elif _may_read_write(st, user):
+            out.append(
+                Finding("ok", "serial", f"{where} readable and writable by user {service_user}")
+            )
+        else:
+            out.append(
+                Finding(
+                    "FAIL",
+                    "serial",
+                    f"{where} is not readable and writable by user {service_user}",
+                    f"user {service_user} is not in group {group}: run sudo usermod -aG {group} "
+                    f"{service_user} (then restart the service), or give the port group "
+                    "dialout and mode 0660 with a udev rule",
+                )
+            )
     return out
 
 
-async def check_broker(cfg: Config) -> list[Finding]:
+def check_secret(cfg: Config, secrets_dir: Path = SECRETS_DIR) -> tuple[list[Finding], bool]:
+    """The MQTT password, read where the service will read it; whether it could be.
+
+    Under the unit a relative ``password_file`` is a credential in $CREDENTIALS_DIRECTORY,
+    which systemd fills from the unit's LoadCredential=. Doctor runs outside the unit, so it
+    reads the file LoadCredential= loads from (``secrets_dir``), and says which file."""
+    up = cfg.uplink
+    if up.password_env is not None:
+        if up.password_env in os.environ:
+            return [Finding("ok", "password", f"from the variable {up.password_env}")], True
+        return [
+            Finding(
+                "FAIL",
+                "password",
+                f"the variable {up.password_env} is not set here",
+                "set it in the service's environment (and here, to check the login)",
+            )
+        ], False
+    name = up.password_file
+    if name is None:
+        return [], True
+    how = ""
+    if not name.is_absolute():
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            how = " ($CREDENTIALS_DIRECTORY)"
+        else:
+            if str(name) != PASSWORD_CREDENTIAL:
+                return [
+                    Finding(
+                        "FAIL",
+                        "password",
+                        f"uplink.password_file {name} is a credential name, but the unit loads "
+                        f"only {PASSWORD_CREDENTIAL} (LoadCredential={PASSWORD_CREDENTIAL}:"
+                        f"{SECRETS_DIR / PASSWORD_CREDENTIAL})",
+                        f"set uplink.password_file: {PASSWORD_CREDENTIAL}, or an absolute path",
+                    )
+                ], False
+            how = f" (the unit's LoadCredential={PASSWORD_CREDENTIAL}, as the service reads it)"
+    file = resolve_credential(name, secrets_dir)
+    try:
+        up.read_password(secrets_dir)
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return [
+            Finding(
+                "FAIL",
+                "password",
+                f"cannot read {file}{how}: {why}",
+                f"put the password (one line) in {file}: sudo sh -c 'umask 077; cat > {file}'",
+            )
+        ], False
+    return [Finding("ok", "password", f"{file}{how} read")], True
+
+
+async def check_broker(
+    cfg: Config, secrets_dir: Path = SECRETS_DIR, password_ok: bool = True
+) -> list[Finding]:
     up = cfg.uplink
     out: list[Finding] = []
     try:
@@ -128,7 +230,7 @@ async def check_broker(cfg: Config) -> list[Finding]:
                     up.host, up.port, ssl=tls, server_hostname=up.host
                 )
             writer.close()
-        except (ssl.SSLError, OSError, TimeoutError) as err:
+        except (ssl.SSLError, OSError, TimeoutError, UplinkSetupError) as err:
             out.append(
                 Finding(
                     "FAIL",
@@ -140,18 +242,10 @@ async def check_broker(cfg: Config) -> list[Finding]:
             )
             return out
         out.append(Finding("ok", "tls", f"{up.host}: certificate and host name verified"))
-    try:
-        password = up.read_password()
-    except (OSError, KeyError) as err:
-        out.append(
-            Finding(
-                "FAIL",
-                "login",
-                f"cannot read the password: {err}",
-                "check uplink.password_file / password_env",
-            )
-        )
+    if not password_ok:
+        out.append(Finding("FAIL", "login", "not tried: the password cannot be read (above)"))
         return out
+    password = up.read_password(secrets_dir)
     try:
         async with aiomqtt.Client(
             up.host,
@@ -246,9 +340,23 @@ def check_host(cfg: Config) -> list[Finding]:
     return out
 
 
-def run_doctor(path: Path, out: TextIO) -> int:
+def run_doctor(
+    path: Path,
+    out: TextIO,
+    *,
+    service_user: str | None = None,
+    secrets_dir: Path | None = None,
+) -> int:
+    """Run every check, print one line each; 0, or EXIT_PROBLEMS when one failed.
+    ``service_user`` (default tepi) is the user whose access to the serial ports counts;
+    ``secrets_dir`` (default /etc/tepi/secrets) where the unit's LoadCredential= loads a
+    relative password_file from."""
+    service_user = service_user or SERVICE_USER
+    secrets_dir = secrets_dir or SECRETS_DIR
     try:
-        cfg = load_config(path)
+        # The files are checked below, where the service will read them: a relative
+        # password_file is a credential, not a file in the current directory.
+        cfg = load_config(path, check_files=False)
     except ConfigError as err:
         for issue in err.issues:
             out.write(Finding("FAIL", "config", str(issue)).line() + "\n")
@@ -257,8 +365,10 @@ def run_doctor(path: Path, out: TextIO) -> int:
     findings = [
         Finding("ok", "config", f"{path}: gateway {cfg.gateway.id}, {len(cfg.devices)} devices")
     ]
-    findings += check_ports(cfg)
-    findings += asyncio.run(check_broker(cfg))
+    findings += check_ports(cfg, service_user)
+    secret, password_ok = check_secret(cfg, secrets_dir)
+    findings += secret
+    findings += asyncio.run(check_broker(cfg, secrets_dir, password_ok))
     findings += check_host(cfg)
     for f in findings:
         out.write(f.line() + "\n")

@@ -44,7 +44,7 @@ from tepi.gateway.poller import DeviceStats, poll_device
 from tepi.gateway.statusapi import StatusServer
 from tepi.gateway.sysinfo import boot_id as read_boot_id
 from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
-from tepi.gateway.uplink import Uplink
+from tepi.gateway.uplink import Uplink, UplinkSetupError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class Agent:
         }
         self._tg: asyncio.TaskGroup | None = None
         self.status_server: StatusServer | None = None
+        self._status_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._uplink_task: asyncio.Task[None] | None = None
@@ -188,14 +189,7 @@ class Agent:
                     )
                     tg.create_task(self._notify_loop(), name="tepi.notify")
                     tg.create_task(self._reload_loop(), name="tepi.reload")
-                    if self.cfg.status.enabled:
-                        self.status_server = StatusServer(
-                            lambda: self.snapshot(mark=False),
-                            self.device_status,
-                            self.cfg.status_socket(),
-                            self.cfg.status.tcp_port,
-                        )
-                        tg.create_task(self.status_server.run(), name="tepi.status")
+                    self._start_status(self.cfg)
                     self.ready.set()
                     self.notify.ready(self.status_line())
                     log.info(
@@ -275,8 +269,6 @@ class Agent:
             )
             if a != b
         ]
-        if new.gateway.log_level != old.gateway.log_level:
-            logging.getLogger().setLevel(new.gateway.log_level.upper())
         # What cannot change live keeps its old value until a restart, and says so.
         applied = new.model_copy(
             update={
@@ -284,10 +276,22 @@ class Agent:
                 "buffer": old.buffer,
             }
         )
-        restarted = await self._apply_devices(old, applied)
+        # All or nothing: the new uplink (password read, TLS files loaded) is built before
+        # anything changes; a file it cannot use refuses the whole reload.
+        uplink: Uplink | None = None
         if applied.uplink != old.uplink:
-            await self._restart_uplink(applied)
+            try:
+                uplink = Uplink(applied, self.buffer, self.boot_id, self.health)
+            except UplinkSetupError as err:
+                return self._reload_failed([str(err)])
+        if new.gateway.log_level != old.gateway.log_level:
+            logging.getLogger().setLevel(new.gateway.log_level.upper())
+        restarted = await self._apply_devices(old, applied)
+        if uplink is not None:
+            await self._restart_uplink(uplink)
             log.info("reload: uplink settings changed: reconnecting")
+        if applied.status != old.status:
+            await self._restart_status(applied)
         self.cfg = applied
         self.reloads.update(ok=True, errors=[], restart_needed=restart_needed)
         log.info(
@@ -327,17 +331,41 @@ class Agent:
                 self._start_device(dev)
         return sorted(set(gone) | (set(after) - set(before)))
 
-    async def _restart_uplink(self, cfg: Config) -> None:
+    async def _restart_uplink(self, uplink: Uplink) -> None:
         assert self._tg is not None
         if self._uplink_task is not None:
             self._uplink_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._uplink_task
-        stats = self.uplink.stats
-        self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
-        self.uplink.stats = stats  # counters run on across a reconnect
+        uplink.stats = self.uplink.stats  # counters run on across a reconnect
+        self.uplink = uplink
         self._uplink_task = self._tg.create_task(self.uplink.run(), name="tepi.uplink")
         self._tasks.append(self._uplink_task)
+
+    def _start_status(self, cfg: Config) -> None:
+        assert self._tg is not None
+        self.status_server = None
+        self._status_task = None
+        if cfg.status.enabled:
+            self.status_server = StatusServer(
+                lambda: self.snapshot(mark=False),
+                self.device_status,
+                cfg.status_socket(),
+                cfg.status.tcp_port,
+            )
+            self._status_task = self._tg.create_task(self.status_server.run(), name="tepi.status")
+
+    async def _restart_status(self, cfg: Config) -> None:
+        """The status API moves to the new socket and port (or stops, or starts)."""
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+        self._start_status(cfg)
+        log.info(
+            "reload: status API settings changed: %s",
+            self.status_server.where() if self.status_server else "not served",
+        )
 
     def _on_stop(self) -> None:
         self.notify.stopping(f"stopping: committing {self.buffer.stats().pending} readings")

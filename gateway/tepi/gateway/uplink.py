@@ -33,13 +33,14 @@ import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
 
 from tepi.buffer import Batch, Buffer
 from tepi.core import __version__
 from tepi.core.clock import clock_synced
 from tepi.core.retry import UPLINK_RECONNECT, Outage
 from tepi.gateway.compact import encode_compact
-from tepi.gateway.config import Config
+from tepi.gateway.config import Config, resolve_credential
 from tepi.gateway.payload import encode_telemetry, health_payload, status_payload
 
 log = logging.getLogger(__name__)
@@ -148,19 +149,49 @@ def _classify(err: BaseException) -> str:
     return "link"
 
 
+class UplinkSetupError(Exception):
+    """A credential or TLS file that is there but cannot be used (a garbage PEM, a key that
+    is not the certificate's, a CA file that holds no certificate): which key, which file."""
+
+
 def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """The verifying TLS context of the config; UplinkSetupError names a file it could not
+    use. Everything is loaded here, at once, so a bad file is found before connecting."""
     up = cfg.uplink
     if not up.secure:
         return None
     tls = up.tls
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    ca = tls.ca_file if tls else None
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except (ssl.SSLError, OSError) as err:
+        raise UplinkSetupError(
+            f"uplink.tls.ca_file {ca}: not a usable CA certificate: {err}"
+        ) from err
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # create_default_context verifies the chain and the host name; keep it that way.
     if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
         raise RuntimeError("TLS context does not verify the broker: refusing to connect")
     if tls is not None and tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (ssl.SSLError, OSError) as err:
+            raise UplinkSetupError(
+                f"uplink.tls.cert_file {tls.cert_file} with key_file {tls.key_file}: not a "
+                f"usable certificate and its key: {err}"
+            ) from err
     return ctx
+
+
+def _password(cfg: Config) -> SecretStr | None:
+    up = cfg.uplink
+    try:
+        return up.read_password()
+    except KeyError as err:
+        raise UplinkSetupError(f"uplink.password_env: {up.password_env} is not set") from err
+    except (OSError, UnicodeDecodeError) as err:
+        where = resolve_credential(up.password_file) if up.password_file else None
+        raise UplinkSetupError(f"uplink.password_file {where}: cannot read it: {err}") from err
 
 
 class Uplink:
@@ -190,7 +221,8 @@ class Uplink:
         self._refused = asyncio.Event()  # the broker refused a publish in this session
         self._changed = asyncio.Condition()
         self._refusal_logged = False
-        self._password = up.read_password()
+        # Both raise UplinkSetupError: a reload builds the new uplink before it stops the old.
+        self._password = _password(cfg)
         self._tls = _tls_context(cfg)
         self._paho_log = logging.getLogger(f"tepi.mqtt.{cfg.gateway.id}")
         self._paho_errors = _PahoErrors()
