@@ -492,8 +492,10 @@ install_tepi() {
     if ((!config_valid)); then
         die "not started: $CONFIG is invalid (above). Fix it, check it with '$VENV_LINK/bin/tepi check --config $CONFIG', then: $next"
     fi
-    if [[ ! -e $SECRET ]]; then
-        die "not started: the unit loads the MQTT password from $SECRET, and there is none. Create it (root:root 0600, one line; empty if the broker needs no password): sudo sh -c 'umask 077; cat > $SECRET'; then: $next"
+    # The unit starts without the file (SetCredential= is its default), but a config that
+    # names the credential needs it.
+    if [[ ! -e $SECRET ]] && grep -Eq '^[[:space:]]+password_file:[[:space:]]*["'\'']?mqtt-password["'\'']?[[:space:]]*(#.*)?$' "$CONFIG"; then
+        die "not started: the config's password_file is the unit's credential from $SECRET, and there is none. Create it (root:root 0600, one line): sudo sh -c 'umask 077; cat > $SECRET', or remove password_file from $CONFIG if the broker needs no password; then: $next"
     fi
     if [[ -z $ROOT ]] && ! systemd_running; then
         say "not started: systemd is not running here (not booted with systemd). Once it is: $next"

@@ -262,7 +262,7 @@ def test_second_install_keeps_the_config_and_starts(
     assert res.returncode == 1, output(res)
     assert config.read_text() == edited
     assert f"kept {config}" in res.stdout
-    assert "not started: the unit loads the MQTT password" in res.stderr
+    assert "not started: the config's password_file is the unit's credential" in res.stderr
     assert "would run: systemctl enable" not in res.stdout
     second = current(root)
     assert second != first
