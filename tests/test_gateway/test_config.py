@@ -551,6 +551,17 @@ def test_an_empty_password_the_config_asks_for_is_explained(tmp_path: Path, cont
     assert "uplink.password_file: the password is empty" in out, out
     assert "/etc/tepi/secrets/mqtt-password" in out, out
     assert "remove uplink.password_file" in out, out
+    # tepi doctor says the same, first.
+    res = subprocess.run(
+        [sys.executable, "-m", "tepi.gateway.cli", "doctor", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "uplink.password_file: the password is empty" in res.stdout + res.stderr
 
     # Without password_file (an anonymous broker) the same empty credential is no matter.
     config.write_text(config.read_text().replace("  password_file: mqtt-password\n", ""))
