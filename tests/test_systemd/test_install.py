@@ -489,6 +489,45 @@ def test_a_bundle_without_a_good_signature_is_refused(native_bundle: Path, tmp_p
 
 
 @pytest.mark.timeout(300)
+def test_what_is_installed_is_the_copy_that_was_verified(
+    native_bundle: Path, tmp_path: Path
+) -> None:
+    """The bundle is checked and used from a private copy: a file changed in the bundle
+    given after the check (another user's directory, a USB stick) does not reach the
+    install."""
+    need_offline_install()
+    bundle = unpacked(native_bundle, tmp_path / "unpacked")
+    root = tmp_path / "root"
+    sample = bundle / "tepi.yaml.sample"
+    original = sample.read_bytes()
+    cmd = [INSTALL, "--prefix", root, "--bundle", bundle, "--key", signing_keys()[1]]
+    proc = subprocess.Popen(
+        ["unshare", "-n", "--", *map(str, cmd), "--no-start"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "bundle checksums match" in line:
+                break
+        else:
+            pytest.fail("".join(seen))
+        # Checked: now the given bundle changes, while the venv is being built.
+        sample.write_text("gateway: {id: swapped-after-the-check}\n")
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=280) == 0, "".join(seen) + rest
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (root / "etc/tepi/tepi.yaml").read_bytes() == original
+    assert (root / "opt/tepi/share/tepi.yaml.sample").read_bytes() == original
+
+
+@pytest.mark.timeout(300)
 def test_links_in_a_bundle_are_refused(native_bundle: Path, tmp_path: Path) -> None:
     bundle = unpacked(native_bundle, tmp_path / "unpacked")
     root = tmp_path / "root"
