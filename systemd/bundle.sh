@@ -2,7 +2,7 @@
 # Build the offline bundle: one tarball that installs tepi on a Raspberry Pi OS / Debian 12
 # machine with no network (a site whose APN reaches only the IOC).
 #
-#   systemd/bundle.sh [--native] [--python PATH] OUT.tar.gz
+#   systemd/bundle.sh --key SIGNING.pem [--native] [--python PATH] OUT.tar.gz
 #
 # It holds, in tepi-bundle-VERSION/:
 #   wheels/            a wheel of tepi (pip wheel --no-deps .) and of every runtime dependency,
@@ -12,12 +12,16 @@
 #   tepi.service, tepi.yaml.sample, constraints.txt, doc/ (README.md, docs/*.md);
 #   bundle.info        version, Python, platforms, source;
 #   README.txt         how to install, and the wheels of each platform;
-#   MANIFEST           the sha256 of every file (sha256sum -c MANIFEST); install.sh checks it.
+#   MANIFEST           the sha256 of every file (sha256sum -c MANIFEST); install.sh checks it;
+#   MANIFEST.sig       the Ed25519 signature of MANIFEST, made with --key (openssl pkeyutl
+#                      -rawin); install.sh refuses a bundle without a good one.
 #
 # Every dependency must have a binary wheel for both platforms (no compiler on the device):
 # pip download --only-binary=:all: fails otherwise, and then an offline resolution from the
 # bundle alone (pip install --dry-run --no-index) is run for each platform.
 #
+# --key:    the builder's Ed25519 private key (PEM, from openssl genpkey -algorithm ed25519;
+#           never in the repository). Required: an unsigned bundle would not install.
 # --native: only this machine's platform (a smaller bundle, for tests).
 # --python: the Python whose pip does the work (default: python3). It must be 3.11, the
 #           devices' Python: pip evaluates the dependencies' markers (python_version < "3.11")
@@ -38,6 +42,7 @@ ALL_ARCHES=(aarch64 x86_64)
 PYTHON=python3
 NATIVE=0
 OUT=""
+KEY=""
 WORK=""
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
@@ -46,7 +51,7 @@ die() {
     exit 1
 }
 usage_error() {
-    printf '%s: %s\nusage: %s [--native] [--python PATH] OUT.tar.gz\n' "$PROG" "$*" "$PROG" >&2
+    printf '%s: %s\nusage: %s --key SIGNING.pem [--native] [--python PATH] OUT.tar.gz\n' "$PROG" "$*" "$PROG" >&2
     exit 2
 }
 cleanup() {
@@ -62,6 +67,11 @@ trap cleanup EXIT
 while (($#)); do
     case $1 in
         --native) NATIVE=1 && shift ;;
+        --key)
+            (($# >= 2)) || usage_error "--key needs a file"
+            KEY=$2
+            shift 2
+            ;;
         --python)
             (($# >= 2)) || usage_error "--python needs a path"
             PYTHON=$2
@@ -80,11 +90,16 @@ while (($#)); do
     esac
 done
 [[ -n $OUT ]] || usage_error "no output file"
+[[ -n $KEY ]] || usage_error "no signing key: --key SIGNING.pem (see docs/operations.md, Signing bundles)"
 [[ $OUT == *.tar.gz ]] || usage_error "the output is a .tar.gz: $OUT"
 OUT=$(realpath -m -- "$OUT")
 [[ -d $(dirname -- "$OUT") ]] || die "no directory for $OUT"
 [[ -f $REPO/pyproject.toml && -f $REPO/constraints.txt ]] || die "$REPO is not a tepi checkout"
 
+command -v openssl >/dev/null || die "no openssl: apt-get install openssl"
+[[ -f $KEY && -r $KEY ]] || die "cannot read the signing key $KEY"
+openssl pkey -in "$KEY" -noout -text 2>/dev/null | grep -q '^ED25519 Private-Key' ||
+    die "$KEY is not an Ed25519 private key (openssl genpkey -algorithm ed25519 -out $KEY)"
 command -v "$PYTHON" >/dev/null || die "no Python at $PYTHON (give --python PATH)"
 py_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [[ $py_version == "$TARGET_PY" ]] || die "$PYTHON is Python $py_version: build with a Python $TARGET_PY (the devices' own), e.g. --python .venv/bin/python"
@@ -219,15 +234,19 @@ or, without unpacking: sudo install.sh --bundle $NAME.tar.gz (any tepi install.s
 Run it again with a newer bundle to upgrade; /etc/tepi/tepi.yaml is never overwritten.
 Remove: sudo /opt/tepi/share/install.sh --uninstall [--purge]. See doc/docs/operations.md.
 
-MANIFEST holds the sha256 of every file: sha256sum -c MANIFEST (install.sh checks it).
+MANIFEST holds the sha256 of every file: sha256sum -c MANIFEST. MANIFEST.sig is its Ed25519
+signature: install.sh verifies it against /etc/tepi/bundle-signing.pub (or --key FILE) first.
 
 The wheels each platform installs:
 $(cat "$WORK/wheels.txt")
 EOF
 
-(cd -- "$STAGE" && find . -type f ! -name MANIFEST -printf '%P\0' | LC_ALL=C sort -z |
+(cd -- "$STAGE" && find . -type f ! -name MANIFEST ! -name MANIFEST.sig -printf '%P\0' | LC_ALL=C sort -z |
     xargs -0 sha256sum --) >"$WORK/MANIFEST"
 mv -- "$WORK/MANIFEST" "$STAGE/MANIFEST"
+openssl pkeyutl -sign -rawin -inkey "$KEY" -in "$STAGE/MANIFEST" -out "$STAGE/MANIFEST.sig" ||
+    die "openssl could not sign the MANIFEST with $KEY"
+say "signed MANIFEST with $KEY (public key sha256 $(openssl pkey -in "$KEY" -pubout -outform DER | sha256sum | cut -d' ' -f1))"
 
 tar -C "$WORK" --sort=name --owner=0 --group=0 --numeric-owner -czf "$OUT.part" "$NAME"
 mv -f -- "$OUT.part" "$OUT"

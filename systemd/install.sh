@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install, upgrade or remove tepi on Raspberry Pi OS / Debian 12 (bookworm), aarch64 or x86_64.
 #
-#   sudo systemd/install.sh [--bundle FILE.tar.gz|DIR] [--no-start] [--python PATH] [--prefix DIR]
+#   sudo systemd/install.sh [--bundle FILE.tar.gz|DIR [--key PUB.pem]] [--no-start] [--python PATH] [--prefix DIR]
 #   sudo systemd/install.sh --uninstall [--purge] [--prefix DIR]
 #
 # Install (also the upgrade: run it again with the new checkout or bundle):
@@ -10,9 +10,12 @@
 #     switched only once the new venv is complete and accepts the config. The previous venv is
 #     kept for a rollback, older ones are removed;
 #     from a checkout: pip install -c constraints.txt . (needs PyPI);
-#     from a bundle (systemd/bundle.sh): pip install --no-index from its wheels (no network);
+#     from a bundle (systemd/bundle.sh): copied to a private directory (root, 0700), its
+#     MANIFEST's Ed25519 signature verified with openssl against /etc/tepi/bundle-signing.pub
+#     (or --key), every file checked against MANIFEST, links refused; then pip install
+#     --no-index --require-hashes from its wheels, with the MANIFEST's sha256 (no network);
 #   - /etc/tepi/tepi.yaml from the commented sample, only if there is none (a config is never
-#     overwritten), root:tepi 0640; /etc/tepi/secrets (root:tepi 0750) for the MQTT password;
+#     overwritten), root:tepi 0640; /etc/tepi/secrets (root:root 0700) for the MQTT password;
 #   - /var/lib/tepi (tepi:tepi 0750), the buffer;
 #   - /etc/systemd/system/tepi.service, daemon-reload, enable --now (restart on an upgrade).
 #     Not started: with --no-start, while tepi.yaml is the unedited sample, when `tepi check`
@@ -40,6 +43,7 @@ SELF_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 
 ROOT=""
 BUNDLE=""
+KEY=""
 PYTHON=/usr/bin/python3
 START=1
 ACTION=install
@@ -59,13 +63,15 @@ die() {
 
 usage() {
     cat <<EOF
-usage: sudo $PROG [--bundle FILE.tar.gz|DIR] [--no-start] [--python PATH] [--prefix DIR]
+usage: sudo $PROG [--bundle FILE.tar.gz|DIR [--key PUB.pem]] [--no-start] [--python PATH] [--prefix DIR]
        sudo $PROG --uninstall [--purge] [--prefix DIR]
 
 Install or upgrade tepi: user tepi, /opt/tepi/venv, /etc/tepi/tepi.yaml (from a commented
 sample, never overwritten), the systemd unit, enabled and started.
 
   --bundle FILE   install from an offline bundle (systemd/bundle.sh): no network needed
+  --key FILE      the Ed25519 public key the bundle's signature is verified with (default
+                  /etc/tepi/bundle-signing.pub; installed there when there is none)
   --no-start      install and enable nothing: do not enable or (re)start the service
   --python PATH   the Python to build the venv with (default /usr/bin/python3)
   --prefix DIR    install into the scratch root DIR; only print what would change the machine
@@ -105,6 +111,11 @@ while (($#)); do
             [[ $ROOT != / ]] || usage_error "--prefix / is the machine itself: leave --prefix out"
             shift 2
             ;;
+        --key)
+            (($# >= 2)) || usage_error "--key needs a file"
+            KEY=$(realpath -m -- "$2")
+            shift 2
+            ;;
         --python)
             (($# >= 2)) || usage_error "--python needs a path"
             PYTHON=$2
@@ -132,6 +143,7 @@ VENV_LINK=$OPT/venv
 ETC=$ROOT/etc/tepi
 CONFIG=$ETC/tepi.yaml
 SECRETS=$ETC/secrets
+ETC_KEY=$ETC/bundle-signing.pub
 SECRET=$SECRETS/mqtt-password
 UNIT=$ROOT/etc/systemd/system/tepi.service
 STATE=$ROOT/var/lib/tepi
@@ -217,38 +229,95 @@ uninstall() {
 
 # Sets SRC_KIND (bundle|checkout), VERSION, SRC_UNIT, SRC_SAMPLE, SRC_CONSTRAINTS, SRC_README,
 # SRC_DOCS, SRC_INSTALLER, and for a bundle WHEELS and BUNDLE_PY, for a checkout SRC_TREE.
-find_bundle() {
-    local dirs
+# A version as tepi writes it (PEP 440, the forms tepi uses): checked before it names a path.
+VERSION_RE='^[0-9]+(\.[0-9]+){1,3}((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?$'
+
+check_version() {
+    [[ $VERSION =~ $VERSION_RE ]] || die "refusing the version '$VERSION' from $1: not a version (digits and dots, e.g. 0.1.0)"
+}
+
+# The public key bundles are verified with: --key FILE, or the one installed in /etc/tepi.
+signing_key() {
+    if [[ -n $KEY ]]; then
+        [[ -f $KEY && -r $KEY ]] || die "cannot read the public key $KEY"
+        printf '%s\n' "$KEY"
+    elif [[ -f $ETC_KEY ]]; then
+        printf '%s\n' "$ETC_KEY"
+    else
+        die "no public key to verify the bundle with: put the builder's Ed25519 public key in $ETC_KEY, or give --key FILE (see docs/operations.md, Signing bundles)"
+    fi
+}
+
+# The bundle is copied into a private directory (root, 0700) first, and only that copy is
+# checked and used: nobody can change it between the check and the use. Symbolic links, and
+# anything but regular files and directories, are refused.
+copy_bundle() {
+    local dest=$TMP/bundle odd
+    install -d -m 0700 "$dest"
     if [[ -d $BUNDLE ]]; then
-        BUNDLE_DIR=$(cd -- "$BUNDLE" && pwd)
+        odd=$(find "$BUNDLE" -mindepth 1 ! -type f ! -type d -printf '%P\n' | head -5)
+        [[ -z $odd ]] || die "refusing the bundle: it holds symbolic links or special files: $odd"
+        cp -R --no-preserve=ownership,mode -- "$BUNDLE/." "$dest/" || die "cannot copy $BUNDLE"
     elif [[ -f $BUNDLE ]]; then
         say "unpacking $BUNDLE"
-        tar -xzf "$BUNDLE" -C "$TMP" --no-same-owner || die "cannot unpack $BUNDLE: is it a tepi bundle (.tar.gz)?"
-        mapfile -t dirs < <(find "$TMP" -mindepth 2 -maxdepth 2 -name MANIFEST -printf '%h\n')
-        ((${#dirs[@]} == 1)) || die "$BUNDLE is not a tepi bundle: no single directory with a MANIFEST"
-        BUNDLE_DIR=${dirs[0]}
+        # Only regular files and directories: a link in a bundle is refused, not followed.
+        odd=$(tar -tvzf "$BUNDLE" | awk 'substr($0, 1, 1) != "-" && substr($0, 1, 1) != "d"' | head -5) ||
+            die "cannot read $BUNDLE: is it a tepi bundle (.tar.gz)?"
+        [[ -z $odd ]] || die "refusing the bundle: it holds symbolic links or special files: $odd"
+        tar -xzf "$BUNDLE" -C "$dest" --no-same-owner --no-same-permissions ||
+            die "cannot unpack $BUNDLE: is it a tepi bundle (.tar.gz)?"
     else
         die "no bundle at $BUNDLE"
     fi
+    # The copy is what counts: checked again, now that nobody else can change it.
+    odd=$(find "$dest" -mindepth 1 ! -type f ! -type d -printf '%P\n' | head -5)
+    [[ -z $odd ]] || die "refusing the bundle: it holds symbolic links or special files: $odd"
+    local dirs
+    if [[ -f $dest/MANIFEST ]]; then
+        BUNDLE_DIR=$dest
+    else
+        mapfile -t dirs < <(find "$dest" -mindepth 2 -maxdepth 2 -name MANIFEST -printf '%h\n')
+        ((${#dirs[@]} == 1)) || die "$BUNDLE is not a tepi bundle: no single directory with a MANIFEST"
+        BUNDLE_DIR=${dirs[0]}
+    fi
+}
+
+find_bundle() {
+    command -v openssl >/dev/null || die "no openssl to verify the bundle's signature: it is part of Debian 12 and Raspberry Pi OS (apt-get install openssl)"
+    local key
+    key=$(signing_key)
+    copy_bundle
     [[ -f $BUNDLE_DIR/MANIFEST && -f $BUNDLE_DIR/bundle.info ]] || die "$BUNDLE is not a tepi bundle: no MANIFEST or bundle.info"
+    [[ -f $BUNDLE_DIR/MANIFEST.sig ]] || die "refusing the bundle: it is not signed (no MANIFEST.sig). Build it with bundle.sh --key"
+    if ! openssl pkeyutl -verify -pubin -inkey "$key" -rawin -in "$BUNDLE_DIR/MANIFEST" \
+        -sigfile "$BUNDLE_DIR/MANIFEST.sig" >/dev/null 2>&1; then
+        die "refusing the bundle: its signature does not verify with $key (not built with the matching key, or changed since)"
+    fi
+    say "bundle signature verified ($key)"
     if ! (cd -- "$BUNDLE_DIR" && sha256sum --quiet --strict -c MANIFEST); then
         die "the bundle is damaged: the files above do not match their sha256 in MANIFEST (copy the bundle again)"
     fi
     local extra
-    extra=$(cd -- "$BUNDLE_DIR" && comm -23 <(find . -type f ! -name MANIFEST -printf '%P\n' | LC_ALL=C sort) \
+    extra=$(cd -- "$BUNDLE_DIR" && comm -23 <(find . -type f ! -name MANIFEST ! -name MANIFEST.sig -printf '%P\n' | LC_ALL=C sort) \
         <(sed 's/^[0-9a-f]*  //' MANIFEST | LC_ALL=C sort))
     [[ -z $extra ]] || die "the bundle has files that are not in its MANIFEST: $extra"
     say "bundle checksums match (MANIFEST)"
+    if [[ -n $KEY && ! -e $ETC_KEY ]]; then
+        install -d -m 0755 "$ETC"
+        install -m 0644 "$KEY" "$ETC_KEY"
+        say "installed $ETC_KEY: later bundles are verified with it"
+    fi
     SRC_KIND=bundle
     VERSION=$(sed -n 's/^version=//p' "$BUNDLE_DIR/bundle.info")
+    check_version "$BUNDLE_DIR/bundle.info"
     BUNDLE_PY=$(sed -n 's/^python=//p' "$BUNDLE_DIR/bundle.info")
+    [[ $BUNDLE_PY =~ ^3\.[0-9]+$ ]] || die "$BUNDLE_DIR/bundle.info has no valid python"
     local platforms machine
     platforms=$(sed -n 's/^platforms=//p' "$BUNDLE_DIR/bundle.info")
     machine=$(uname -m)
     if [[ " $platforms " != *" $machine "* ]]; then
         die "this bundle has wheels for: $platforms; this machine is $machine (32-bit Raspberry Pi OS is armv7l: use the 64-bit one)"
     fi
-    [[ -n $VERSION && -n $BUNDLE_PY ]] || die "$BUNDLE_DIR/bundle.info has no version or python"
     WHEELS=$BUNDLE_DIR/wheels
     SRC_UNIT=$BUNDLE_DIR/tepi.service
     SRC_SAMPLE=$BUNDLE_DIR/tepi.yaml.sample
@@ -256,6 +325,19 @@ find_bundle() {
     SRC_README=$BUNDLE_DIR/doc/README.md
     SRC_DOCS=$BUNDLE_DIR/doc/docs
     SRC_INSTALLER=$BUNDLE_DIR/install.sh
+}
+
+# pip's requirements with --require-hashes, from the (signed) MANIFEST: each wheel's
+# name==version with the sha256 of every wheel of it (one per platform).
+hashed_requirements() {
+    awk '$2 ~ /^wheels\/.*\.whl$/ {
+            f = substr($2, 8); n = split(f, p, "-")
+            if (n < 5) { print "bad wheel name: " f > "/dev/stderr"; exit 1 }
+            key = p[1] "==" p[2]
+            if (!(key in h)) order[++k] = key
+            h[key] = h[key] " --hash=sha256:" $1
+        }
+        END { for (i = 1; i <= k; i++) print order[i] h[order[i]] }' "$BUNDLE_DIR/MANIFEST"
 }
 
 find_source() {
@@ -277,6 +359,7 @@ find_source() {
     # The version is written once, in the core package (pyproject.toml reads it from there).
     VERSION=$(sed -n 's/^__version__ = "\([^"]*\)".*$/\1/p' "$repo/drivers/tepi/core/__init__.py")
     [[ -n $VERSION ]] || die "no version in $repo/drivers/tepi/core/__init__.py"
+    check_version "$repo/drivers/tepi/core/__init__.py"
     SRC_UNIT=$SELF_DIR/tepi.service
     SRC_SAMPLE=$SELF_DIR/tepi.yaml.sample
     SRC_CONSTRAINTS=$repo/constraints.txt
@@ -335,9 +418,11 @@ build_venv() {
     "$PYTHON" -m venv "$NEW_VENV" || die "$PYTHON -m venv $NEW_VENV failed (see above)"
     if [[ $SRC_KIND == bundle ]]; then
         say "installing tepi $VERSION from the bundle's wheels (no network)"
+        hashed_requirements >"$TMP/requirements.txt" || die "cannot read the wheels in MANIFEST"
+        grep -qx "tepi==$VERSION .*" "$TMP/requirements.txt" || die "the bundle has no wheel of tepi $VERSION"
         isolated_pip install --no-index --find-links "$WHEELS" --only-binary=:all: \
             --no-cache-dir --disable-pip-version-check --no-input --quiet \
-            -c "$SRC_CONSTRAINTS" "tepi==$VERSION" ||
+            --require-hashes -r "$TMP/requirements.txt" -c "$SRC_CONSTRAINTS" ||
             die "pip could not install tepi $VERSION from $WHEELS (see above): is the bundle for this machine ($(uname -m))?"
     else
         # A copy of the tree: building in the checkout would leave root-owned build/ and
@@ -380,8 +465,10 @@ ensure_user() {
 # A different mode on an existing directory makes systemd warn at every start.
 make_dirs() {
     install -d -m 0755 "$ETC"
-    install -d -m 0750 "$SECRETS"
-    host chown root:tepi "$SECRETS"
+    # systemd reads the secrets (LoadCredential=), not the agent: root's alone.
+    install -d -m 0700 "$SECRETS"
+    chmod 0700 "$SECRETS"
+    host chown root:root "$SECRETS"
     install -d -m 0750 "$STATE"
     host chown tepi:tepi "$STATE"
     if [[ -e $CONFIG ]]; then
@@ -492,8 +579,10 @@ install_tepi() {
     if ((!config_valid)); then
         die "not started: $CONFIG is invalid (above). Fix it, check it with '$VENV_LINK/bin/tepi check --config $CONFIG', then: $next"
     fi
-    if [[ ! -e $SECRET ]]; then
-        die "not started: the unit loads the MQTT password from $SECRET, and there is none. Create it (root:root 0600, one line; empty if the broker needs no password): sudo sh -c 'umask 077; cat > $SECRET'; then: $next"
+    # The unit starts without the file (SetCredential= is its default), but a config that
+    # names the credential needs it.
+    if [[ ! -e $SECRET ]] && grep -Eq '^[[:space:]]+password_file:[[:space:]]*["'\'']?mqtt-password["'\'']?[[:space:]]*(#.*)?$' "$CONFIG"; then
+        die "not started: the config's password_file is the unit's credential from $SECRET, and there is none. Create it (root:root 0600, one line): sudo sh -c 'umask 077; cat > $SECRET', or remove password_file from $CONFIG if the broker needs no password; then: $next"
     fi
     if [[ -z $ROOT ]] && ! systemd_running; then
         say "not started: systemd is not running here (not booted with systemd). Once it is: $next"

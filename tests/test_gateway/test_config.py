@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 import types
 import typing
 from pathlib import Path
@@ -517,3 +518,59 @@ def test_pathological_files_give_clean_errors(text: str, check_files: bool) -> N
     with pytest.raises(ConfigError) as info:
         parse_config(text, "f.yaml", check_files=check_files)
     assert all(i.line is not None for i in info.value.issues)
+
+
+@pytest.mark.parametrize("content", ["", "\n"])
+def test_an_empty_password_the_config_asks_for_is_explained(tmp_path: Path, content: str) -> None:
+    """Under systemd the unit's SetCredential= gives one newline when
+    /etc/tepi/secrets/mqtt-password is missing (so a site without a password still starts):
+    `tepi check`, the unit's ExecStartPre, must then say what is missing."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text(content)
+    config = tmp_path / "tepi.yaml"
+    config.write_text(
+        "gateway: {id: gw-1, data_dir: /tmp}\n"
+        "uplink:\n"
+        "  url: mqtt://127.0.0.1:1883\n"
+        "  username: gw-1\n"
+        "  password_file: mqtt-password\n"
+        "devices: [{id: s, driver: synthetic, metrics: 1}]\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds)}
+    res = subprocess.run(
+        [sys.executable, "-m", "tepi.gateway.cli", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert res.returncode != 0, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "uplink.password_file: the password is empty" in out, out
+    assert "/etc/tepi/secrets/mqtt-password" in out, out
+    assert "remove uplink.password_file" in out, out
+    # tepi doctor says the same, first.
+    res = subprocess.run(
+        [sys.executable, "-m", "tepi.gateway.cli", "doctor", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "uplink.password_file: the password is empty" in res.stdout + res.stderr
+
+    # Without password_file (an anonymous broker) the same empty credential is no matter.
+    config.write_text(config.read_text().replace("  password_file: mqtt-password\n", ""))
+    res = subprocess.run(
+        [sys.executable, "-m", "tepi.gateway.cli", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import AgentProc, agent_config, compile_shim
+from helpers import AgentProc, Broker, agent_config, compile_shim
 
 from tepi.gateway.localbroker import free_port
 from tepi.gateway.notify import Notifier
@@ -111,6 +111,41 @@ async def test_ready_status_watchdog_that_stops_when_stuck_and_stopping(tmp_path
     finally:
         stall.unlink(missing_ok=True)
         await agent.stop()
+        ns.close()
+
+
+async def test_a_status_line_follows_the_link_at_once(tmp_path: Path) -> None:
+    """``systemctl status`` once showed "offline (connecting)" for a minute after the agent
+    had connected: STATUS= follows a change of the link within a second or two, not at the
+    next periodic refresh (10 s; no watchdog here, so nothing else wakes the loop sooner)."""
+    ns = NotifySocket(tmp_path / "notify.sock")
+    broker = Broker(tmp_path)
+    cfg = agent_config(
+        tmp_path,
+        broker.port,
+        [{"id": "s", "driver": "synthetic", "metrics": 2, "poll_interval": "200ms"}],
+    )
+    agent = AgentProc(cfg, tmp_path / "agent.log", {"NOTIFY_SOCKET": str(ns.path)})
+    try:
+        agent.start()
+        await ns.wait_for("READY", "1")
+        ready = next(m for _, m in ns.messages if "READY" in m)
+        assert ready["STATUS"].startswith("offline"), ready
+        # The agent retries every 200 ms..1 s (agent_config): it connects within a second.
+        await asyncio.sleep(1.0)
+        started = time.monotonic()
+        await broker.start()
+        online = await ns.wait_for("STATUS", "online", timeout=30)
+        assert online - started < 3.0, online - started
+        # and back: the broker goes away, the line says offline as soon
+        await asyncio.sleep(0.5)
+        gone = time.monotonic()
+        await broker.stop()
+        offline = await ns.wait_for("STATUS", "offline", timeout=30)
+        assert offline - gone < 3.0, offline - gone
+    finally:
+        await agent.stop()
+        await broker.stop()
         ns.close()
 
 

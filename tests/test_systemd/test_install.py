@@ -76,8 +76,12 @@ def output(res: subprocess.CompletedProcess[str]) -> str:
 
 
 def install(
-    root: Path, *args: str | Path, offline: bool = True
+    root: Path, *args: str | Path, offline: bool = True, key: bool = True
 ) -> subprocess.CompletedProcess[str]:
+    """The installer into ``root``; from a bundle, verified with the test key unless ``key``
+    is False (then /etc/tepi/bundle-signing.pub in ``root``, if any)."""
+    if key and "--bundle" in args and "--key" not in args:
+        args = (*args, "--key", signing_keys()[1])
     res = run([INSTALL, "--prefix", root, *args], offline=offline)
     assert PASSWORD not in res.stdout + res.stderr
     if offline:
@@ -86,6 +90,52 @@ def install(
         for attempt in ("Retrying", "NewConnectionError", "name resolution"):
             assert attempt not in res.stderr, output(res)
     return res
+
+
+@cache
+def signing_keys() -> tuple[Path, Path]:
+    """A test Ed25519 key pair (private, public), made once per run in a private directory:
+    a real key is the builder's and is never in the repository."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="tepi-sign-"))
+    private, public = d / "signing.pem", d / "signing.pub"
+    cmds: list[list[str | Path]] = [
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", private],
+        ["openssl", "pkey", "-in", private, "-pubout", "-out", public],
+    ]
+    for cmd in cmds:
+        res = run(cmd)
+        assert res.returncode == 0, output(res)
+    return private, public
+
+
+def resign(bundle: Path, private: Path) -> None:
+    """Rewrite an unpacked bundle's MANIFEST for its files and sign it with ``private``,
+    as bundle.sh does (what the builder, or a thief of the key, could do)."""
+    files = sorted(
+        p.relative_to(bundle).as_posix()
+        for p in bundle.rglob("*")
+        if p.is_file() and p.name not in {"MANIFEST", "MANIFEST.sig"}
+    )
+    (bundle / "MANIFEST").write_text(
+        "".join(f"{hashlib.sha256((bundle / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
+    )
+    res = run(
+        [
+            "openssl",
+            "pkeyutl",
+            "-sign",
+            "-rawin",
+            "-inkey",
+            private,
+            "-in",
+            bundle / "MANIFEST",
+            "-out",
+            bundle / "MANIFEST.sig",
+        ]
+    )
+    assert res.returncode == 0, output(res)
 
 
 @cache
@@ -186,7 +236,8 @@ def mode(path: Path) -> int:
 def native_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline bundle for this machine's platform, built once."""
     out = tmp_path_factory.mktemp("bundle") / f"tepi-bundle-{VERSION}-native.tar.gz"
-    res = run([BUNDLE, "--native", "--python", sys.executable, out], timeout=280)
+    key: list[str | Path] = ["--key", signing_keys()[0]]
+    res = run([BUNDLE, "--native", "--python", sys.executable, *key, out], timeout=280)
     assert res.returncode == 0, output(res)
     return out
 
@@ -223,7 +274,10 @@ def test_offline_install_from_the_bundle(
     assert config.read_bytes() == SAMPLE.read_bytes()
     assert mode(config) == 0o640
     assert mode(root / "etc/tepi") == 0o755  # as the unit's ConfigurationDirectory= makes it
-    assert mode(root / "etc/tepi/secrets") == 0o750
+    assert mode(root / "etc/tepi/secrets") == 0o700  # systemd reads the secrets, not tepi
+    assert f"would run: chown root:root {root}/etc/tepi/secrets" in res.stdout
+    # The key the bundle was verified with stays for the next upgrade.
+    assert (root / "etc/tepi/bundle-signing.pub").read_bytes() == signing_keys()[1].read_bytes()
     assert mode(root / "var/lib/tepi") == 0o750  # StateDirectoryMode=
     assert (root / "etc/systemd/system/tepi.service").read_bytes() == UNIT.read_bytes()
     assert (root / "opt/tepi/share/install.sh").read_bytes() == INSTALL.read_bytes()
@@ -262,7 +316,7 @@ def test_second_install_keeps_the_config_and_starts(
     assert res.returncode == 1, output(res)
     assert config.read_text() == edited
     assert f"kept {config}" in res.stdout
-    assert "not started: the unit loads the MQTT password" in res.stderr
+    assert "not started: the config's password_file is the unit's credential" in res.stderr
     assert "would run: systemctl enable" not in res.stdout
     second = current(root)
     assert second != first
@@ -354,9 +408,7 @@ def test_uninstall_keeps_config_and_buffer_and_purge_removes_them(
 def test_a_damaged_bundle_is_refused_before_anything_changes(
     native_bundle: Path, tmp_path: Path
 ) -> None:
-    with tarfile.open(native_bundle) as tar:
-        tar.extractall(tmp_path, filter="data")
-    (bundle,) = tmp_path.glob("tepi-bundle-*")
+    bundle = unpacked(native_bundle, tmp_path)
     root = tmp_path / "root"
     stray = bundle / "wheels/orjson-3.13.0-cp311-cp311-manylinux_2_99_x86_64.whl"
     stray.write_bytes(b"not built by bundle.sh")  # pip could prefer its newer tag
@@ -372,6 +424,145 @@ def test_a_damaged_bundle_is_refused_before_anything_changes(
     assert "the bundle is damaged" in res.stderr
     assert f"wheels/{wheel.name}: FAILED" in res.stdout + res.stderr
     assert not root.exists()
+
+
+def unpacked(bundle: Path, into: Path) -> Path:
+    with tarfile.open(bundle) as tar:
+        tar.extractall(into, filter="data")
+    (found,) = into.glob("tepi-bundle-*")
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_a_bundle_without_a_good_signature_is_refused(native_bundle: Path, tmp_path: Path) -> None:
+    bundle = unpacked(native_bundle, tmp_path)
+    root = tmp_path / "root"
+    private, public = signing_keys()
+
+    # No key to verify with: none given, none in /etc/tepi.
+    res = install(root, "--bundle", bundle, offline=False, key=False)
+    assert res.returncode == 1, output(res)
+    assert "no public key to verify the bundle with" in res.stderr
+
+    # Unsigned.
+    sig = (bundle / "MANIFEST.sig").read_bytes()
+    (bundle / "MANIFEST.sig").unlink()
+    res = install(root, "--bundle", bundle, offline=False)
+    assert res.returncode == 1, output(res)
+    assert "it is not signed" in res.stderr
+
+    # A file changed, and the MANIFEST rewritten to match, by someone without the key.
+    (bundle / "MANIFEST.sig").write_bytes(sig)
+    installer = bundle / "install.sh"
+    installer.write_text(
+        installer.read_text().replace("set -euo pipefail", "set -euo pipefail\nid")
+    )
+    manifest = (bundle / "MANIFEST").read_text()
+    digest = hashlib.sha256(installer.read_bytes()).hexdigest()
+    (bundle / "MANIFEST").write_text(
+        re.sub(r"^[0-9a-f]{64}  install\.sh$", f"{digest}  install.sh", manifest, flags=re.M)
+    )
+    res = install(root, "--bundle", bundle, offline=False)
+    assert res.returncode == 1, output(res)
+    assert "its signature does not verify" in res.stderr
+
+    # Signed, but with another key.
+    other = tmp_path / "other.pem"
+    assert run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", other]).returncode == 0
+    resign(bundle, other)
+    res = install(root, "--bundle", bundle, offline=False)
+    assert res.returncode == 1, output(res)
+    assert "its signature does not verify" in res.stderr
+    assert not root.exists()
+
+    # The public key installed in /etc/tepi is the default: the same bundle signed with the
+    # right key gets past the signature (and on, to the Python check).
+    resign(bundle, private)
+    (root / "etc/tepi").mkdir(parents=True)
+    shutil.copy(public, root / "etc/tepi/bundle-signing.pub")
+    python = tmp_path / "python3"
+    python.write_text("#!/bin/sh\necho 3.12\n")
+    python.chmod(0o755)
+    res = install(root, "--bundle", bundle, "--python", python, offline=False, key=False)
+    assert f"bundle signature verified ({root}/etc/tepi/bundle-signing.pub)" in res.stdout
+    assert "the bundle's wheels are for Python 3.11" in res.stderr
+
+
+@pytest.mark.timeout(300)
+def test_what_is_installed_is_the_copy_that_was_verified(
+    native_bundle: Path, tmp_path: Path
+) -> None:
+    """The bundle is checked and used from a private copy: a file changed in the bundle
+    given after the check (another user's directory, a USB stick) does not reach the
+    install."""
+    need_offline_install()
+    bundle = unpacked(native_bundle, tmp_path / "unpacked")
+    root = tmp_path / "root"
+    sample = bundle / "tepi.yaml.sample"
+    original = sample.read_bytes()
+    cmd = [INSTALL, "--prefix", root, "--bundle", bundle, "--key", signing_keys()[1]]
+    proc = subprocess.Popen(
+        ["unshare", "-n", "--", *map(str, cmd), "--no-start"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "bundle checksums match" in line:
+                break
+        else:
+            pytest.fail("".join(seen))
+        # Checked: now the given bundle changes, while the venv is being built.
+        sample.write_text("gateway: {id: swapped-after-the-check}\n")
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=280) == 0, "".join(seen) + rest
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (root / "etc/tepi/tepi.yaml").read_bytes() == original
+    assert (root / "opt/tepi/share/tepi.yaml.sample").read_bytes() == original
+
+
+@pytest.mark.timeout(300)
+def test_links_in_a_bundle_are_refused(native_bundle: Path, tmp_path: Path) -> None:
+    bundle = unpacked(native_bundle, tmp_path / "unpacked")
+    root = tmp_path / "root"
+    (bundle / "doc/shadow").symlink_to("/etc/shadow")
+    resign(bundle, signing_keys()[0])  # a link is refused even in a signed bundle
+    res = install(root, "--bundle", bundle, offline=False)
+    assert res.returncode == 1, output(res)
+    assert "symbolic links or special files: doc/shadow" in res.stderr
+
+    packed = tmp_path / "linked.tar.gz"
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(bundle, arcname=bundle.name)
+    res = install(root, "--bundle", packed, offline=False)
+    assert res.returncode == 1, output(res)
+    assert "symbolic links or special files" in res.stderr
+    assert "/etc/shadow" in res.stderr
+    assert not root.exists()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("version", ["../../../../etc", "0.1.0 -rf", "", "0.1.0/x", "$(id)"])
+def test_a_version_that_is_not_one_is_refused(
+    native_bundle: Path, tmp_path: Path, version: str
+) -> None:
+    """bundle.info's version names the venv directory (and so an rm -rf target): a signed
+    bundle with a bad one is refused before it names anything."""
+    bundle = unpacked(native_bundle, tmp_path)
+    info = bundle / "bundle.info"
+    info.write_text(re.sub(r"^version=.*$", f"version={version}", info.read_text(), flags=re.M))
+    resign(bundle, signing_keys()[0])
+    root = tmp_path / "root"
+    res = install(root, "--bundle", bundle, offline=False)
+    assert res.returncode == 1, output(res)
+    assert f"refusing the version '{version}'" in res.stderr
+    assert not (root / "opt").exists()
 
 
 @pytest.mark.timeout(300)
@@ -400,8 +591,11 @@ def test_usage() -> None:
     res = run([BUNDLE])
     assert res.returncode == 2
     assert "usage:" in res.stderr
-    res = run([BUNDLE, "--python", sys.executable, "bundle.zip"])
+    res = run([BUNDLE, "--python", sys.executable, "--key", "k.pem", "bundle.zip"])
     assert res.returncode == 2
+    res = run([BUNDLE, "--python", sys.executable, "/nonexistent/bundle.tar.gz"])
+    assert res.returncode == 2
+    assert "no signing key" in res.stderr
 
 
 @pytest.mark.timeout(60)
@@ -454,7 +648,7 @@ def test_online_install_from_the_checkout(tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 def test_the_full_bundle_has_every_wheel_for_both_platforms(tmp_path: Path) -> None:
     out = tmp_path / "tepi-bundle.tar.gz"
-    res = run([BUNDLE, "--python", sys.executable, out], timeout=580)
+    res = run([BUNDLE, "--python", sys.executable, "--key", signing_keys()[0], out], timeout=580)
     assert res.returncode == 0, output(res)
     files = tar_files(out)
     wheels = [Path(n).name for n in files if n.startswith("wheels/")]
@@ -474,7 +668,8 @@ def test_the_full_bundle_has_every_wheel_for_both_platforms(tmp_path: Path) -> N
     for line in files["MANIFEST"].decode().splitlines():
         digest, name = line.split("  ", 1)
         manifest[name] = digest
-    assert set(manifest) == set(files) - {"MANIFEST"}
+    assert set(manifest) == set(files) - {"MANIFEST", "MANIFEST.sig"}
+    assert len(files["MANIFEST.sig"]) == 64  # an Ed25519 signature
     for name, digest in manifest.items():
         assert hashlib.sha256(files[name]).hexdigest() == digest, name
     assert "platforms=aarch64 x86_64" in files["bundle.info"].decode()
@@ -495,14 +690,14 @@ def test_the_full_bundle_has_every_wheel_for_both_platforms(tmp_path: Path) -> N
 # then the real installer, with no --prefix: useradd, chown and userdel act on the overlay.
 IN_NAMESPACE = r"""
 set -eu
-top=$1 installer=$2 bundle=$3
+top=$1 installer=$2 bundle=$3 key=$5
 for d in etc opt var; do
     mkdir -p "$top/$d/upper" "$top/$d/work"
     mount -t overlay overlay \
         -o "lowerdir=/$d,upperdir=$top/$d/upper,workdir=$top/$d/work" "/$d"
 done
 echo "== install"
-"$installer" --bundle "$bundle" || echo "EXIT $?"
+"$installer" --bundle "$bundle" --key "$key" || echo "EXIT $?"
 for p in /etc/tepi /etc/tepi/tepi.yaml /etc/tepi/secrets /var/lib/tepi /opt/tepi/venv/bin/python; do
     stat -L -c 'STAT %n %U:%G %a' "$p"
 done
@@ -531,7 +726,7 @@ def test_real_install_in_a_private_mount_namespace(native_bundle: Path, tmp_path
     if probe.returncode != 0:
         pytest.skip(f"cannot mount in a new mount namespace here: {probe.stderr.strip()}")
     host_user = run(["getent", "passwd", "tepi"]).stdout
-    args: list[str | Path] = [tmp_path, INSTALL, native_bundle, PASSWORD]
+    args: list[str | Path] = [tmp_path, INSTALL, native_bundle, PASSWORD, signing_keys()[1]]
     res = run(["unshare", "-m", "-n", "--", "bash", "-c", IN_NAMESPACE, "ns", *args], timeout=280)
     assert res.returncode == 0, output(res)
     log = res.stdout + res.stderr
@@ -542,7 +737,7 @@ def test_real_install_in_a_private_mount_namespace(native_bundle: Path, tmp_path
     assert stats == {
         "/etc/tepi": ["root:root", "755"],
         "/etc/tepi/tepi.yaml": ["root:tepi", "640"],
-        "/etc/tepi/secrets": ["root:tepi", "750"],
+        "/etc/tepi/secrets": ["root:root", "700"],
         "/var/lib/tepi": ["tepi:tepi", "750"],
         "/opt/tepi/venv/bin/python": ["root:root", "755"],
     }, first

@@ -36,6 +36,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -202,11 +203,60 @@ def test_notify_watchdog_and_reload_match_the_agent() -> None:
     assert one("Service", "Type") == "notify"
     assert one("Service", "NotifyAccess") == "main"
     assert 10 <= seconds(one("Service", "WatchdogSec")) <= 120
-    assert one("Service", "ExecReload").split() == ["/bin/kill", "-HUP", "$MAINPID"]
+    # /bin/kill is procps, missing on a minimal image: dash's builtin kill instead.
+    assert shlex.split(one("Service", "ExecReload")) == ["/bin/sh", "-c", 'kill -HUP "$MAINPID"']
     assert one("Service", "ExecStart") == f"{INSTALLED_TEPI} run --config /etc/tepi/tepi.yaml"
     assert one("Service", "ExecStartPre").startswith(f"{INSTALLED_TEPI} check ")
     assert one("Service", "KillSignal") == "SIGTERM"
     assert seconds(one("Service", "TimeoutStopSec")) == 15
+
+
+@pytest.mark.timeout(30)
+def test_reload_signals_the_main_process_without_procps(tmp_path: Path) -> None:
+    """ExecReload= runs with $MAINPID set (systemd.exec(5)) and no /bin/kill (procps) on a
+    minimal image: it must signal the agent all the same."""
+    argv = shlex.split(one("Service", "ExecReload"))
+    hangup = tmp_path / "hup"
+    main = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import signal, pathlib, time\n"
+            f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(hangup)!r}).touch())\n"
+            "print('ready', flush=True)\ntime.sleep(20)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert main.stdout is not None
+        assert main.stdout.readline() == b"ready\n"
+        # /bin/kill and /usr/bin/kill hidden, as on an image without procps; no PATH either.
+        hide = "; ".join(
+            f"if [ -e {k} ]; then mount --bind /dev/null {k}; fi"
+            for k in ("/bin/kill", "/usr/bin/kill")
+        )
+        user = [] if os.geteuid() == 0 else ["-r"]
+        cmd = [
+            "unshare",
+            *user,
+            "-m",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            f'{hide} && exec env -i MAINPID={main.pid} "$@"',
+            "sh",
+            *argv,
+        ]
+        proc = run(cmd)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        deadline = time.monotonic() + 10
+        while not hangup.exists():
+            assert time.monotonic() < deadline, "no SIGHUP reached the main process"
+            time.sleep(0.05)
+    finally:
+        main.kill()
+        main.wait()
 
 
 def test_restarts_stop_at_a_start_limit() -> None:
@@ -249,6 +299,11 @@ def test_paths_credentials_and_limits_match_the_agent() -> None:
     assert one("Service", "LogsDirectory") == "tepi"
     assert one("Service", "ProtectSystem") == "strict"
     assert one("Service", "LoadCredential") == "mqtt-password:/etc/tepi/secrets/mqtt-password"
+    # A site with no password has no file: SetCredential= of the same ID is the default when
+    # LoadCredential= cannot read its file (systemd.exec(5), 252), so the start does not fail
+    # with 243/CREDENTIALS. Its value, one newline, reads as an empty password, which
+    # `tepi check` explains when the config asks for one.
+    assert one("Service", "SetCredential") == "mqtt-password:\\n"
     assert re.fullmatch(r"\d+[KMG]", one("Service", "MemoryMax"))
     assert 16 <= int(one("Service", "TasksMax")) <= 256
     assert one("Service", "CapabilityBoundingSet") == ""

@@ -278,6 +278,15 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
             elif f is not None and not os.access(f, os.R_OK):
                 why = "does not exist" if not f.exists() else "is not readable by this user"
                 add(path, f"{f} {why}", "create it, or fix the path or its permissions")
+            elif f is not None and path == ("uplink", "password_file") and _blank(f):
+                # The unit's SetCredential= gives one newline when the file it loads is missing.
+                add(
+                    path,
+                    f"the password is empty ({f}): under systemd, "
+                    "/etc/tepi/secrets/mqtt-password is missing or empty",
+                    "put the password (one line) in /etc/tepi/secrets/mqtt-password, root:root "
+                    "0600; or, if the broker needs none, remove uplink.password_file",
+                )
         if up.password_env is not None and up.password_env not in os.environ:
             add(
                 ("uplink", "password_env"),
@@ -285,6 +294,15 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 "set it in the service's environment",
             )
     return issues
+
+
+def _blank(f: Path) -> bool:
+    """Whether the file holds no password: empty, or line ends only (read as empty)."""
+    try:
+        with f.open("rb") as fh:
+            return not fh.read(4096).strip(b"\r\n")
+    except OSError:
+        return False
 
 
 def load_config(path: Path | str, *, check_files: bool = True) -> Config:

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STOP_DEADLINE_S = 8.0
 STATUS_EVERY_S = 10.0  # how often the STATUS= line for systemctl is refreshed
+STATUS_CHANGE_CHECK_S = 0.5  # how often a change of link or failing devices is looked for
 DRAIN_S = 2.0  # at a stop, how long the polls in flight may take to finish
 
 
@@ -401,17 +402,24 @@ class Agent:
 
     async def _notify_loop(self) -> None:
         """WATCHDOG=1 while the pipeline is alive (every quarter of WatchdogSec), and a
-        fresh STATUS= line every STATUS_EVERY_S."""
+        fresh STATUS= line every STATUS_EVERY_S and within STATUS_CHANGE_CHECK_S of a change
+        of the link or of the failing devices."""
         if not self.notify.enabled:
             return
         wd = self.notify.watchdog_s
         tick = min(wd / 4, STATUS_EVERY_S) if wd else STATUS_EVERY_S
-        last_status = time.monotonic()
+        last_status = last_ping = time.monotonic()
+        shown = self._status_key()
         while True:
             why = self.stuck()
+            if why is None and self._status_key() != shown:
+                # The link or the failing devices changed: say so now, not at the next refresh.
+                last_status = -STATUS_EVERY_S
+            # (0.9: the loop wakes every STATUS_CHANGE_CHECK_S, a ping is never a step late)
+            if why is None and wd and time.monotonic() - last_ping >= 0.9 * tick:
+                self.notify.watchdog()
+                last_ping = time.monotonic()
             if why is None:
-                if wd:
-                    self.notify.watchdog()
                 if self._stuck_logged is not None:
                     log.warning("pipeline moving again; watchdog pings resume")
                     self._stuck_logged = None
@@ -420,9 +428,18 @@ class Agent:
                 self._stuck_logged = why
                 self.notify.status(f"stuck: {why}")
             if why is None and time.monotonic() - last_status >= STATUS_EVERY_S:
+                shown = self._status_key()
                 self.notify.status(self.status_line())
                 last_status = time.monotonic()
-            await asyncio.sleep(tick)
+            await asyncio.sleep(min(tick, STATUS_CHANGE_CHECK_S))
+
+    def _status_key(self) -> tuple[object, ...]:
+        """What a change of makes the STATUS= line stale: the link and the failing devices."""
+        up = self.uplink.stats
+        failing = sorted(
+            d for d, st in self.devices.items() if st.state in ("failing", "quarantined")
+        )
+        return (up.connected, up.last_error, tuple(failing))
 
     @staticmethod
     async def _until(
