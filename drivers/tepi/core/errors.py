@@ -6,7 +6,8 @@
     ├── ConfigError            fatal: the config cannot be used (carries every issue found)
     └── DeviceError            a device did not give a reading this poll
         ├── DeviceUnavailable  temporary: no answer, port missing, connection refused (retry)
-        └── ProtocolError      the device answered, but wrongly (count it and continue)
+        ├── ProtocolError      the device answered, but wrongly (count it and continue)
+        └── DriverFault        the driver raised what it should not (a bug): count, back off
 
 Buffer failures are ``sqlite3`` and ``OSError`` errors, handled inside the buffer itself.
 Uplink failures are aiomqtt's, classified by the uplink as tls, refused or link.
@@ -60,6 +61,18 @@ class DeviceUnavailable(DeviceError):
 
 class ProtocolError(DeviceError):
     """The device answered with something that is not a valid reply."""
+
+
+class DriverFault(DeviceError):
+    """A driver's open, read or close raised something other than a DeviceError: a bug in the
+    driver or an exception its library was not expected to raise. The agent classifies it
+    (``raise DriverFault(...) from err``) so that it stays with the device, whose readings are
+    bad with the reason ``internal error``; ``__cause__`` holds the original, for its
+    traceback."""
+
+    def __init__(self, err: BaseException) -> None:
+        super().__init__("internal error", f"{type(err).__name__}: {err}")
+        self.logged = False  # its traceback went to the log (the device's first one)
 
 
 class WriteRefused(TepiError):

@@ -283,10 +283,10 @@ def cmd_run(path: Path, debug: bool) -> int:
     except Exception as err:  # the top of the process: report, exit for systemd to restart
         if debug:
             raise
+        # The traceback always: under systemd there is no --debug, and without it a crash
+        # would leave one line and no cause in the journal.
         log.critical(
-            "tepi stopped on an internal error: %s: %s (run with --debug for details)",
-            type(err).__name__,
-            err,
+            "tepi stopped on an internal error: %s: %s", type(err).__name__, err, exc_info=err
         )
         return EXIT_RUNTIME
     return EXIT_OK

@@ -193,6 +193,9 @@ class DeviceHealth(_Model):
     missed_polls: Annotated[int, counter("tepi_device_missed_polls_total")] = Field(
         description="Poll ticks skipped because an earlier poll overran."
     )
+    internal_errors: Annotated[int, counter("tepi_device_internal_errors_total")] = Field(
+        description="Exceptions the driver raised that it should not have (a driver bug)."
+    )
     last_ok_ts: Annotated[float | None, gauge("tepi_device_last_ok_timestamp_seconds")] = Field(
         description="When the last good poll was."
     )
@@ -222,6 +225,7 @@ class DeviceHealth(_Model):
             errors=dict(st.errors),
             consecutive_failures=st.consecutive_failures,
             missed_polls=st.missed_polls,
+            internal_errors=st.internal_errors,
             last_ok_ts=st.last_ok_ts,
             last_error=st.last_error,
             last_poll_ms=None if st.last_poll_s is None else round(st.last_poll_s * 1000, 1),

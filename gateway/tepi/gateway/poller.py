@@ -9,6 +9,13 @@ after ten timeouts (or its poll interval, if longer), the wait doubling up to
 that share its port. Polls keep to a fixed grid (start + k *
 interval); a poll that overruns skips the ticks it missed and counts them, rather than
 drifting, and the first overrun is logged, so a bus without the capacity is said, not hidden.
+
+A driver's bug stays here too. Whatever its open, read, close or counters raise that is not
+a ``DeviceError`` (a ValueError from a decoder, a library's own exception) is classified at
+this boundary as ``DriverFault``: a failed poll like any other (bad readings, reason
+``internal error``, backoff and quarantine), counted in ``internal_errors``, its traceback
+logged the first time. ``CancelledError``, ``KeyboardInterrupt`` and ``SystemExit`` are not
+``Exception`` and go through untouched.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
 
 from tepi.buffer import Buffer
 from tepi.core.clock import Stamp, WallClock, boottime
-from tepi.core.errors import DeviceError, DeviceUnavailable
-from tepi.core.records import Reading, Sample, storable
+from tepi.core.errors import DeviceError, DeviceUnavailable, DriverFault
+from tepi.core.records import MetricInfo, Reading, Sample, storable
 from tepi.core.retry import DEVICE_OPEN
 from tepi.drivers.base import Driver, DriverConfig
 
@@ -43,6 +52,7 @@ class DeviceStats:
     errors: Counter[str] = field(default_factory=Counter)
     consecutive_failures: int = 0
     missed_polls: int = 0
+    internal_errors: int = 0  # exceptions the driver should not have raised (DriverFault)
     last_ok_ts: float | None = None
     last_error: str | None = None
     last_poll_s: float | None = None
@@ -50,7 +60,7 @@ class DeviceStats:
     # The latest reading of each metric, for the local status API and ``tepi status``.
     last: dict[str, Reading] = field(default_factory=dict)
     # The driver's own counters (Modbus: requests, timeouts, ...), when it has any.
-    protocol: Callable[[], dict[str, object]] | None = None
+    protocol: Callable[[], dict[str, object] | None] | None = None
 
 
 def reading(device: str, s: Sample, stamp: Stamp) -> Reading:
@@ -79,6 +89,91 @@ async def _pause(stopping: asyncio.Event | None, seconds: float) -> None:
             await stopping.wait()
 
 
+class _Guarded:
+    """The driver as the poller sees it: anything but a ``DeviceError`` it raises becomes a
+    ``DriverFault`` (see the module docstring); a read must give a list of samples."""
+
+    def __init__(self, device: str, driver: Driver, stats: DeviceStats) -> None:
+        self.device = device
+        self.driver = driver
+        self.stats = stats
+        protocol = getattr(driver, "protocol_stats", None)
+        if protocol is not None:
+            stats.protocol = self._protocol(protocol)
+
+    def fault(self, err: Exception) -> DriverFault:
+        """Count ``err`` and classify it; its traceback is logged the device's first time."""
+        fault = DriverFault(err)
+        fault.__cause__ = err
+        self.stats.internal_errors += 1
+        if self.stats.internal_errors == 1:
+            fault.logged = True
+            log.error(
+                "device %s: driver bug: %s (its readings are bad, reason 'internal error'; "
+                "further internal errors are counted in health, not logged)",
+                self.device,
+                fault.detail,
+                exc_info=err,
+            )
+        return fault
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.driver.__aenter__()
+        except DeviceError:
+            raise
+        except Exception as err:
+            raise self.fault(err) from err
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.driver.__aexit__(et, e, tb)
+        except DeviceError:
+            if e is not None and not isinstance(e, Exception):
+                return  # a cancellation (or exit) in flight goes on; never replaced
+            raise
+        except Exception as err:
+            fault = self.fault(err)
+            if e is not None and not isinstance(e, Exception):
+                return
+            raise fault from err
+
+    async def read(self) -> list[Sample]:
+        try:
+            samples = list(await self.driver.read())
+            wrong = next((s for s in samples if not isinstance(s, Sample)), None)
+        except (DeviceError, TimeoutError):
+            raise
+        except Exception as err:
+            raise self.fault(err) from err
+        if wrong is not None:
+            bad = TypeError(f"read() gave a {type(wrong).__name__}, not a Sample")
+            raise self.fault(bad) from bad
+        return samples
+
+    def metrics(self) -> list[MetricInfo]:
+        try:
+            return list(self.driver.metrics())
+        except Exception as err:  # noqa: BLE001 - counted and logged by fault(); no bad readings
+            self.fault(err)
+            return []
+
+    def _protocol(
+        self, protocol: Callable[[], dict[str, object]]
+    ) -> Callable[[], dict[str, object] | None]:
+        def guarded() -> dict[str, object] | None:
+            try:
+                return protocol()
+            except Exception as err:  # noqa: BLE001 - counted and logged by fault()
+                self.fault(err)
+                return None
+
+        return guarded
+
+
 async def poll_device(
     cfg: DriverConfig,
     driver: Driver,
@@ -93,6 +188,8 @@ async def poll_device(
     device handed out during a clean stop is kept, not thrown away with its request."""
     loop = asyncio.get_running_loop()
     clock = clock or WallClock()
+    quarantine = getattr(driver, "quarantine", True)
+    driver = _Guarded(cfg.id, driver, stats)
 
     def failed(err: BaseException) -> None:
         assert isinstance(err, DeviceError)  # the only type retried
@@ -110,7 +207,14 @@ async def poll_device(
                     stopping=stopping,
                 )
                 await _poll_loop(
-                    cfg, driver, buffer, stats, loop=loop, clock=clock, stopping=stopping
+                    cfg,
+                    driver,
+                    buffer,
+                    stats,
+                    loop=loop,
+                    clock=clock,
+                    stopping=stopping,
+                    quarantine=quarantine,
                 )
         except DeviceError as err:
             # The open gave up (the agent is stopping), or the close failed: the loop's
@@ -128,13 +232,14 @@ async def _poll_loop(
     loop: asyncio.AbstractEventLoop,
     clock: WallClock,
     stopping: asyncio.Event | None = None,
+    quarantine: bool = True,
 ) -> None:
     interval = cfg.poll_interval
     # A poll may take several requests, each up to ``timeout``; this only guards a hang.
     guard = cfg.timeout * 8 + 5.0
-    # A driver alone on its port (a UART sensor) says so: quarantine saves bus time for the
-    # devices that share a port, and would only delay the read after a replug.
-    quarantine = getattr(driver, "quarantine", True)
+    # ``quarantine``: a driver alone on its port (a UART sensor) says so (its attribute of that
+    # name): quarantine saves bus time for the devices that share a port, and would only delay
+    # the read after a replug.
     next_t = loop.time()
     late_logged = False
     while True:
@@ -236,7 +341,8 @@ def _failed(
     stats.last_error = str(err)
     if stats.state not in ("failing", "quarantined"):
         stats.state = "failing"
-        log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
+        if not (isinstance(err, DriverFault) and err.logged):  # logged with its traceback
+            log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
         ts, mono = time.time(), boottime()
         for m in driver.metrics():
             r = reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp)

@@ -26,7 +26,7 @@ from tepi.buffer import Buffer, BufferSettings
 from tepi.core import __version__
 from tepi.core.clock import WallClock, clock_synced
 from tepi.core.errors import ConfigError
-from tepi.drivers.base import SharedResources
+from tepi.drivers.base import Driver, SharedResources
 from tepi.drivers.registry import DeviceConfig, make_driver
 from tepi.gateway.config import Config
 from tepi.gateway.configload import load_config
@@ -63,9 +63,15 @@ class Agent:
     """The tepi agent for one config."""
 
     def __init__(
-        self, cfg: Config, *, boot_id: str | None = None, config_path: Path | None = None
+        self,
+        cfg: Config,
+        *,
+        boot_id: str | None = None,
+        config_path: Path | None = None,
+        drivers: Callable[[Any, SharedResources], Driver] = make_driver,
     ) -> None:
         self.cfg = cfg
+        self._make_driver = drivers  # the registry's; a test adds its own drivers here
         self.config_path = config_path  # re-read on SIGHUP
         self.boot_id = boot_id or read_boot_id()
         b = cfg.buffer
@@ -225,8 +231,7 @@ class Agent:
     def _start_device(self, dev: DeviceConfig) -> None:
         assert self._tg is not None
         stats = self.devices[dev.id] = DeviceStats()
-        driver = make_driver(dev, self._resources)
-        stats.protocol = getattr(driver, "protocol_stats", None)
+        driver = self._make_driver(dev, self._resources)
         task = self._tg.create_task(
             poll_device(dev, driver, self.buffer, stats, clock=self.clock, stopping=self._stopping),
             name=f"tepi.device[{dev.id}]",

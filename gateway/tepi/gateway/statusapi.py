@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,34 @@ class StatusServer:
         self.tcp_port = tcp_port
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_HealthCollector(health))
-        app = web.Application()
+        self._failing: set[str] = set()  # routes whose last request failed (logged once)
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/health", self._get_health)
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/devices", self._get_devices)
         self._app = app
         self.listening = asyncio.Event()
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A handler's bug fails that request (500), never the agent; its traceback is
+        logged the first time in a row the route fails, its recovery as info."""
+        route = request.path
+        try:
+            resp: web.StreamResponse = await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as err:  # one request's failure: a 500, logged
+            if route not in self._failing:
+                self._failing.add(route)
+                log.error("status API %s failed: %s", route, err, exc_info=err)
+            return web.Response(status=500, text="internal error\n")
+        if route in self._failing:
+            self._failing.discard(route)
+            log.info("status API %s answers again", route)
+        return resp
 
     async def _get_health(self, _req: web.Request) -> web.Response:
         return _json(self._health().payload())
