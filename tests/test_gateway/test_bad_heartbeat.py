@@ -11,6 +11,7 @@ from typing import Any
 
 from helpers import AgentProc, Broker, Subscriber, agent_config
 
+from tepi.gateway.poller import BadHeartbeat
 from tepi_sim import Simulator
 
 SIM: dict[str, Any] = {
@@ -73,3 +74,17 @@ async def test_a_register_refused_every_poll_is_sent_once_then_as_a_heartbeat(
     health = json.loads([p for t, p, _ in sub.messages if t.endswith("/health")][-1])
     assert health["devices"]["meter"]["bad_suppressed"] >= 20
     assert health["devices"]["meter"]["bad_readings"] >= len(ghosts)
+
+
+def test_a_new_reason_or_a_good_reading_between_is_sent_at_once() -> None:
+    beat = BadHeartbeat()
+    busy, refused = "modbus exception 6 (device busy)", "modbus exception 2 (illegal data address)"
+    assert beat.send("v", busy, 0.0, 10.0)  # the first
+    assert not beat.send("v", busy, 1.0, 10.0)  # the same again: counted, not sent
+    assert beat.send("v", refused, 2.0, 10.0)  # another reason: at once
+    assert not beat.send("v", refused, 3.0, 10.0)
+    assert beat.send("v", None, 4.0, 10.0)  # good
+    assert beat.send("v", refused, 5.0, 10.0)  # bad again after a good one: at once
+    assert beat.send("w", refused, 5.5, 10.0)  # each metric on its own
+    assert not beat.send("v", refused, 14.9, 10.0)
+    assert beat.send("v", refused, 15.0, 10.0)  # the heartbeat
