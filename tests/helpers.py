@@ -114,15 +114,33 @@ def read_db(path: Path) -> Iterator[Database]:
 
 
 def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the ``tepi`` CLI as a person would, and capture what it says."""
-    return subprocess.run(
-        [sys.executable, "-m", "tepi.gateway.cli", *args],
-        capture_output=True,
+    """Run the ``tepi`` CLI as a person would, and capture what it says. One that does not
+    finish in ``timeout`` is asked for its task stacks (SIGUSR1: ``tepi run`` and the demo
+    log them), then killed, and the failure shows what it said."""
+    cmd = [sys.executable, "-m", "tepi.gateway.cli", *args]
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
         cwd=REPO,
-    )
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            try:
+                out, err = proc.communicate(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            raise AssertionError(
+                f"tepi {' '.join(args)} did not finish in {timeout} s; it said:\n"
+                f"---- stdout\n{out[-6000:]}\n---- stderr (task stacks at the end)\n"
+                f"{err[-12000:]}"
+            ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def mosquitto_bin() -> str:

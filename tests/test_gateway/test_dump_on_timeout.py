@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import RUNNING, AgentProc, Broker, Subscriber, agent_config
+from helpers import RUNNING, AgentProc, Broker, Subscriber, agent_config, run_tepi
 
 from tepi.gateway.localbroker import free_port
 
@@ -42,3 +42,15 @@ async def test_a_wait_that_times_out_dumps_the_agents_task_stacks(tmp_path: Path
     assert "task tepi.uplink" in text, text
     assert "Stack for <Task" in text, text
     assert agent not in RUNNING
+
+
+def test_a_cli_run_that_does_not_finish_fails_with_what_it_said(tmp_path: Path) -> None:
+    """``tepi run`` against a broker that is not there never finishes: run_tepi's timeout
+    fails with its log and its task stacks, not a bare TimeoutExpired."""
+    device = {"id": "s", "driver": "synthetic", "metrics": 1, "poll_interval": "1s"}
+    cfg = agent_config(tmp_path, free_port(), [device])
+    with pytest.raises(AssertionError) as failed:
+        run_tepi("run", "--config", str(cfg), timeout=4)
+    text = str(failed.value)
+    assert "did not finish in 4 s" in text, text
+    assert "Stack for <Task" in text, text
