@@ -54,19 +54,21 @@ def _write_at(fd: int, frame: bytes, at: float, on_sent: Callable[[float], None]
     """Sleep until ``at`` (monotonic), write ``frame`` to ``fd``, close it; when it was
     written, or None if it was not. In a worker thread. ``on_sent`` is told the time, in
     this thread, before the client can have read the frame and answered: the event loop
-    may run the client's next request before the coroutine that awaits this one resumes."""
+    may run the client's next request before the coroutine that awaits this one resumes
+    (the test at 115,200 baud then counted 38 silences for 39 requests)."""
     try:
         delay = at - time.monotonic() - _SPIN_S
         if delay > 0:
             time.sleep(delay)
         while time.monotonic() < at:  # the last stretch spun: a sleep overshoots by 0.1 ms
             pass
-        written = os.write(fd, frame)
-        if written != len(frame):
-            return None
+        # Dated before the write: after it, this thread may wait for the GIL (milliseconds
+        # on a loaded machine) while the client already reads the reply and answers, and a
+        # late date would make the line's silence look shorter than it was.
         sent = time.monotonic()
         on_sent(sent)
-        return sent
+        written = os.write(fd, frame)
+        return sent if written == len(frame) else None
     except OSError as err:
         log.warning("write failed: %s", err)
         return None
