@@ -14,7 +14,9 @@ sys.path.insert(1, str(Path(__file__).parent.parent / "bench"))
 # ---- no secret in any log the suite produced --------------------------------------------
 
 import logging
-from collections.abc import Iterator
+import os
+import re
+from collections.abc import Generator, Iterator
 
 import pytest
 from helpers import AGENT_LOGS, TEST_SECRETS, find_secrets
@@ -43,3 +45,50 @@ def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     logs = sorted({*AGENT_LOGS, *base.rglob("*.log")})
     found = find_secrets(logs, TEST_SECRETS)
     assert not found, "secrets in logs:\n" + "\n".join(found[:20])
+
+
+# ---- CI is honest about what it skips ------------------------------------------------------
+
+# What .ci/setup installs (apt), by the names a skip reason uses for it. Under CI=true a test
+# that skips because one of these is *missing* fails instead: the runner was meant to have it,
+# so the skip would hide a test that never ran. A skip for a reason the runner cannot help
+# (PyPI unreachable, unshare not permitted in a container) stays a skip.
+INSTALLED_BY_SETUP = (
+    "mosquitto",
+    "mosquitto_passwd",
+    "gcc",
+    "systemd-analyze",
+    "systemd",
+    "unshare",
+    "util-linux",
+    "python3-venv",
+    "/usr/bin/python3",
+)
+_MISSING = re.compile(r"\bno\b|not installed|not found|missing|is needed|cannot find", re.I)
+
+
+def missing_tool(reason: str) -> str | None:
+    """The tool .ci/setup installs that ``reason`` (a skip's) says is missing, or None."""
+    if not _MISSING.search(reason):
+        return None
+    for tool in INSTALLED_BY_SETUP:
+        if re.search(rf"(?<![\w/-]){re.escape(tool)}(?![\w-])", reason):
+            return tool
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.skipped and os.environ.get("CI") == "true" and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        tool = missing_tool(reason)
+        if tool is not None:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"skipped under CI=true, but .ci/setup installs {tool} "
+                f"(tests/conftest.py INSTALLED_BY_SETUP): {reason}"
+            )
+    return report

@@ -49,6 +49,15 @@ TEST_SECRETS = (
     "wrong-password-also-secret",
 )
 AGENT_LOGS: list[Path] = []
+# Agents started and not yet stopped: a wait that times out dumps each one's log and task
+# stacks into its failure message (``dump_running``), so an intermittent failure explains
+# itself.
+RUNNING: list[AgentProc] = []
+
+
+async def dump_running() -> str:
+    """Every running agent's task stacks (SIGUSR1 makes it log them) and its log's end."""
+    return "\n".join([await agent.dump() for agent in list(RUNNING)])
 
 
 def find_secrets(paths: list[Path], secrets: tuple[str, ...]) -> list[str]:
@@ -105,15 +114,33 @@ def read_db(path: Path) -> Iterator[Database]:
 
 
 def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the ``tepi`` CLI as a person would, and capture what it says."""
-    return subprocess.run(
-        [sys.executable, "-m", "tepi.gateway.cli", *args],
-        capture_output=True,
+    """Run the ``tepi`` CLI as a person would, and capture what it says. One that does not
+    finish in ``timeout`` is asked for its task stacks (SIGUSR1: ``tepi run`` and the demo
+    log them), then killed, and the failure shows what it said."""
+    cmd = [sys.executable, "-m", "tepi.gateway.cli", *args]
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
         cwd=REPO,
-    )
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            try:
+                out, err = proc.communicate(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            raise AssertionError(
+                f"tepi {' '.join(args)} did not finish in {timeout} s; it said:\n"
+                f"---- stdout\n{out[-6000:]}\n---- stderr (task stacks at the end)\n"
+                f"{err[-12000:]}"
+            ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def mosquitto_bin() -> str:
@@ -242,8 +269,14 @@ class Subscriber:
         return check
 
     async def wait_for(self, pred: Callable[[Subscriber], bool], timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: pred(self))
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: pred(self))
+        except TimeoutError:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {pred.__qualname__} "
+                f"({len(self.messages)} messages received)\n{await dump_running()}"
+            ) from None
 
 
 def secret_file(tmp: Path) -> Path:
@@ -311,11 +344,39 @@ class AgentProc:
             env=env,
             cwd=REPO,
         )
+        RUNNING.append(self)
+
+    def _gone(self) -> None:
+        with contextlib.suppress(ValueError):
+            RUNNING.remove(self)
+
+    async def dump(self, timeout: float = 5.0) -> str:
+        """Its task stacks (SIGUSR1: runtime.dump_tasks logs them), then its log's end."""
+        head = f"---- agent {self.config} (log {self.log})"
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            return f"{head}: not running (exit {code})\n{self.log_text()[-6000:]}"
+        start = self.log.stat().st_size if self.log.exists() else 0
+        self.proc.send_signal(signal.SIGUSR1)
+        # The stacks come as one log record per task: wait until they stop coming.
+        size, still = -1, 0
+        async with asyncio.timeout(timeout):
+            while still < 3:
+                await asyncio.sleep(0.1)
+                now = self.log.stat().st_size if self.log.exists() else 0
+                still = still + 1 if now == size and now > start else 0
+                size = now
+        text = self.log.read_bytes()[start:].decode(errors="replace")
+        return (
+            f"{head}: task stacks\n{text[-12000:]}\n"
+            f"---- its log before\n{self.log_text()[max(0, start - 6000) : start]}"
+        )
 
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        self._gone()
 
     async def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM and wait. An agent that does not stop is killed, and that is a failure."""
@@ -323,15 +384,19 @@ class AgentProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return await asyncio.to_thread(self.proc.wait, timeout)
+            code = await asyncio.to_thread(self.proc.wait, timeout)
         except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR1)  # log where its tasks are stuck
-            await asyncio.sleep(0.5)
+            dump = self.log_text()[-6000:]
+            with contextlib.suppress(TimeoutError):
+                dump = await self.dump()  # where its tasks are stuck
             self.proc.kill()
             self.proc.wait(10)
+            self._gone()
             raise AssertionError(
-                f"agent did not stop within {timeout} s of SIGTERM:\n{self.log_text()[-4000:]}"
+                f"agent did not stop within {timeout} s of SIGTERM:\n{dump}"
             ) from None
+        self._gone()
+        return code
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

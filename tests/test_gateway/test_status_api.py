@@ -6,6 +6,7 @@ and ``tepi status``'s screen and exit codes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import stat
 import urllib.request
 from pathlib import Path
@@ -115,11 +116,56 @@ async def test_health_metrics_devices_and_tepi_status(tmp_path: Path) -> None:
     assert "cannot reach the agent" in out.stderr
 
 
+def _listeners() -> dict[int, int]:
+    """Socket inode -> port of every TCP socket in LISTEN state (IPv4 and IPv6)."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A":  # LISTEN
+                    found[int(f[9])] = int(f[1].rsplit(":", 1)[1], 16)
+    return found
+
+
+def listening_tcp_ports() -> set[int]:
+    return set(_listeners().values())
+
+
+def agent_listening_sockets(pid: int) -> list[int]:
+    """The ports of the TCP listening sockets among the process's open files."""
+    listeners = _listeners()
+    ports = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in listeners:
+                    ports.append(listeners[inode])
+    return ports
+
+
+async def health_on(port: int) -> str:
+    """What 127.0.0.1:port answers to GET /health ("" when it does not, or not in time)."""
+    try:
+        async with asyncio.timeout(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                await writer.drain()
+                return (await reader.read(65536)).decode(errors="replace")
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return ""
+
+
 async def test_no_tcp_unless_asked_and_all_is_well(tmp_path: Path) -> None:
     broker = Broker(tmp_path)
     await broker.start()
     devices = [{"id": "aq-1", "driver": "synthetic", "metrics": 1, "poll_interval": "200ms"}]
-    cfg = agent_config(tmp_path, broker.port, devices)
+    cfg = agent_config(tmp_path, broker.port, devices, gateway_id="gw-no-tcp-7c2e")
     sock = tmp_path / "data" / "status.sock"
     agent = AgentProc(cfg, tmp_path / "agent.log")
     agent.start()
@@ -131,6 +177,14 @@ async def test_no_tcp_unless_asked_and_all_is_well(tmp_path: Path) -> None:
         out = await asyncio.to_thread(run_tepi, "status", "--config", str(cfg))
         assert out.returncode == 0, out.stdout + out.stderr
         assert "all is well" in out.stdout
+        # Not only what it says: ask every TCP port listening on this machine for /health.
+        # None may answer with this agent's (its gateway id is unique to this test).
+        assert agent.proc is not None
+        ports = listening_tcp_ports() - {broker.port}
+        assert ports, "no listener found at all: /proc/net/tcp unreadable?"
+        answered = await asyncio.gather(*(health_on(port) for port in sorted(ports)))
+        assert not [b for b in answered if "gw-no-tcp-7c2e" in b], "status API on TCP"
+        assert not agent_listening_sockets(agent.proc.pid), "the agent listens on TCP"
         assert "status API on" in agent.log_text()
         assert "127.0.0.1" not in agent.log_text().split("status API on", 1)[1].splitlines()[0]
     finally:

@@ -57,6 +57,12 @@ class DriverConfig(BaseModel):
         gt=0,
         description="The longest wait between two probes of a quarantined device.",
     )
+    bad_heartbeat: Duration = Field(
+        default=300.0,
+        gt=0,
+        description="A metric that stays bad for the same reason (a register refused every "
+        "poll) is sent once, then again only this often; the polls between are counted.",
+    )
 
 
 class Driver(Protocol):

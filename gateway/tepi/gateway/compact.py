@@ -119,6 +119,8 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
         if zstandard.frame_content_size(payload) > _MAX_DECODED:
             raise CompactError("compact message larger than 64 MiB decoded")
         obj = orjson.loads(_decompressor.decompress(payload, max_output_size=_MAX_DECODED))
+        if not isinstance(obj, dict):
+            raise CompactError("a compact message is a JSON object")
         if obj.get("enc") != ENCODING:
             raise CompactError(f"unknown encoding {obj.get('enc')!r}")
         series = obj["series"]
@@ -132,6 +134,8 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
             seq += dseq
             t += dt
             o += doff
+            if not isinstance(si, int) or not 0 <= si < len(series):
+                raise CompactError(f"reading {i} names series {si!r}, not one of {len(series)}")
             device, metric, unit = series[si]
             r: dict[str, Any] = {
                 "seq": seq,
@@ -150,14 +154,14 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
             if i in tstat:
                 r["ts_status"] = tstat[i]
             readings.append(r)
+        return {
+            "v": obj["v"],
+            "gateway": obj["gateway"],
+            "boot": obj["boot"],
+            "clock": obj["clock"],
+            "readings": readings,
+        }
     except (zstandard.ZstdError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         if isinstance(err, CompactError):
             raise
         raise CompactError(f"malformed compact message: {err}") from err
-    return {
-        "v": obj["v"],
-        "gateway": obj["gateway"],
-        "boot": obj["boot"],
-        "clock": obj["clock"],
-        "readings": readings,
-    }

@@ -184,6 +184,10 @@ class DeviceHealth(_Model):
     bad_readings: Annotated[int, counter("tepi_device_bad_readings_total")] = Field(
         description="Bad readings taken."
     )
+    bad_suppressed: Annotated[int, counter("tepi_device_bad_suppressed_total")] = Field(
+        description="Bad readings not sent: the same reason as the last one sent for the "
+        "metric, within bad_heartbeat of it."
+    )
     errors: Annotated[Counts, counter("tepi_device_errors_total", label="reason")] = Field(
         description="Failed polls, by reason."
     )
@@ -222,6 +226,7 @@ class DeviceHealth(_Model):
             polls=st.polls,
             readings=st.readings,
             bad_readings=st.bad_readings,
+            bad_suppressed=st.bad_suppressed,
             errors=dict(st.errors),
             consecutive_failures=st.consecutive_failures,
             missed_polls=st.missed_polls,

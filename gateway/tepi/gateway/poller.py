@@ -42,6 +42,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class BadHeartbeat:
+    """Which bad readings to send: per metric, the reason last sent and when (poll loop time).
+
+    A bad reading with the reason last sent for its metric, less than ``every`` seconds after
+    it, is not sent (it is counted); a new reason, or the first bad reading after a good one,
+    is sent at once; and every ``every`` seconds the same reason is sent again, a heartbeat."""
+
+    sent: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def send(self, metric: str, reason: str | None, now: float, every: float) -> bool:
+        if reason is None:
+            self.sent.pop(metric, None)
+            return True
+        last = self.sent.get(metric)
+        if last is not None and last[0] == reason and now - last[1] < every:
+            return False
+        self.sent[metric] = (reason, now)
+        return True
+
+
+@dataclass
 class DeviceStats:
     """A device's counters; health.DeviceHealth.of makes its part of the health message."""
 
@@ -61,6 +82,10 @@ class DeviceStats:
     last: dict[str, Reading] = field(default_factory=dict)
     # The driver's own counters (Modbus: requests, timeouts, ...), when it has any.
     protocol: Callable[[], dict[str, object] | None] | None = None
+    # Bad readings not sent: the same reason as the one last sent for the metric, within
+    # ``bad_heartbeat`` of it (see ``BadHeartbeat``).
+    bad_suppressed: int = 0
+    heartbeat: BadHeartbeat = field(default_factory=BadHeartbeat)
 
 
 def reading(device: str, s: Sample, stamp: Stamp) -> Reading:
@@ -272,16 +297,23 @@ async def _poll_loop(
                 log.info(
                     "device %s recovered after %d failed polls", cfg.id, stats.consecutive_failures
                 )
+                stats.heartbeat.sent.clear()  # the failure's own bad readings went between
             stats.state = "ok"
             stats.consecutive_failures = 0
             stats.last_ok_ts = time.time()
             for s in samples:
                 r = reading(cfg.id, s, stamp)
-                buffer.put(r)
                 stats.last[s.metric] = r
                 stats.readings += 1
-                if s.reason is not None and not s.uncertain:
+                bad = s.reason is not None and not s.uncertain
+                if bad:
                     stats.bad_readings += 1
+                if stats.heartbeat.send(
+                    s.metric, s.reason if bad else None, started, cfg.bad_heartbeat
+                ):
+                    buffer.put(r)
+                else:
+                    stats.bad_suppressed += 1
         stats.last_poll_s = loop.time() - started
         if stats.consecutive_failures >= cfg.quarantine_after and quarantine:
             # Quarantined: probe with backoff instead of every tick. Not a retry policy

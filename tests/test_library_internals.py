@@ -1,0 +1,121 @@
+"""The private parts of paho-mqtt, aiomqtt and pymodbus that tepi reads, wraps or overrides,
+each checked against the installed library, so an upgrade that changes one fails here with
+a message that names it, not as a hang or a wrong reading in the field. pyproject.toml holds
+these libraries to the minor version tested (the pins in constraints.txt).
+
+Written against paho-mqtt 2.2.0, aiomqtt 2.5.1 and pymodbus 3.16.1."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import threading
+from importlib.metadata import version
+from pathlib import Path
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.framer.rtu import FramerRTU
+
+from tepi.gateway import uplink
+
+REPO = Path(__file__).resolve().parent.parent
+WRITTEN_FOR = {"paho-mqtt": "2.2", "aiomqtt": "2.5", "pymodbus": "3.16"}
+
+
+def _why(lib: str, what: str) -> str:
+    return (
+        f"{lib} {version(lib)} changed {what}, which tepi relies on (written against "
+        f"{lib} {WRITTEN_FOR[lib]}.x): see tests/test_library_internals.py and the code it names"
+    )
+
+
+@pytest.mark.parametrize("lib", sorted(WRITTEN_FOR))
+def test_pyproject_holds_each_to_the_minor_version_tested(lib: str) -> None:
+    """A plain ``pip install tepi`` resolves within the tested minor version, the one
+    constraints.txt pins."""
+    deps = (REPO / "pyproject.toml").read_text()
+    found = re.search(rf'"{lib}>=([\d.]+),<([\d.]+)"', deps)
+    assert found, f"{lib} has no range in pyproject.toml"
+    low, high = found.groups()
+    pins = (REPO / "constraints.txt").read_text()
+    pin = re.search(rf"^{lib}==([\d.]+)$", pins, re.M | re.I)
+    assert pin, f"{lib} is not pinned in constraints.txt"
+    minor = ".".join(pin.group(1).split(".")[:2])
+    assert minor == WRITTEN_FOR[lib], f"constraints.txt pins {lib} {pin.group(1)}"
+    assert tuple(map(int, low.split("."))) >= tuple(map(int, minor.split("."))), low
+    major, mn = map(int, minor.split("."))
+    assert high == f"{major}.{mn + 1}", f"{lib}: pyproject allows up to <{high}, tested {minor}"
+    assert version(lib).startswith(minor + "."), f"installed {lib} {version(lib)}"
+
+
+def test_paho_keepalive_timestamps_read_by_the_misc_loop() -> None:
+    """uplink._Client._misc_loop reads paho's keepalive, its message times (under their
+    mutex) and its ping time, to wake only when the keepalive check is due."""
+    paho = mqtt.Client(CallbackAPIVersion.VERSION2)
+    for name, kind in (
+        ("_keepalive", int),
+        ("_last_msg_out", float),
+        ("_last_bytes_received", float),
+        ("_ping_t", (int, float)),
+    ):
+        assert hasattr(paho, name), _why("paho-mqtt", f"Client.{name} (gone)")
+        assert isinstance(getattr(paho, name), kind), _why("paho-mqtt", f"Client.{name}'s type")
+    assert isinstance(paho._msgtime_mutex, type(threading.Lock())), _why(
+        "paho-mqtt", "Client._msgtime_mutex"
+    )
+    assert "_last_msg_out" in inspect.getsource(mqtt.Client._check_keepalive), _why(
+        "paho-mqtt", "Client._check_keepalive (no longer reads _last_msg_out)"
+    )
+    assert callable(paho.loop_misc)
+
+
+async def test_aiomqtt_misc_loop_and_disconnect_overridden_by_the_uplink() -> None:
+    """uplink._Client overrides aiomqtt.Client._misc_loop (started on connect) and
+    _on_disconnect (paho's callback, five arguments), reads ``_connected`` and wraps the paho
+    client's on_publish through ``_client``."""
+    assert hasattr(aiomqtt.Client, "_misc_loop"), _why("aiomqtt", "Client._misc_loop (gone)")
+    assert "create_task(self._misc_loop())" in inspect.getsource(aiomqtt.client), _why(
+        "aiomqtt", "how it starts Client._misc_loop (on its paho socket's open)"
+    )
+    ours = list(inspect.signature(uplink._Client._on_disconnect).parameters)
+    theirs = list(inspect.signature(aiomqtt.Client._on_disconnect).parameters)
+    assert theirs == ours, _why("aiomqtt", f"Client._on_disconnect's signature: {theirs}")
+    client = aiomqtt.Client("127.0.0.1", 1)
+    assert isinstance(client._client, mqtt.Client), _why("aiomqtt", "Client._client")
+    assert hasattr(client._connected, "done"), _why("aiomqtt", "Client._connected (a future)")
+    assert client._client.on_publish is not None, _why(
+        "aiomqtt", "its paho on_publish callback (the PUBACK hook uplink wraps)"
+    )
+    assert len(inspect.signature(client._client.on_publish).parameters) == 5, _why(
+        "aiomqtt", "its on_publish callback's signature"
+    )
+
+
+async def test_pymodbus_parts_the_link_uses() -> None:
+    """tepi.drivers.modbus.link wraps the framer's handleFrame, sets the transaction
+    manager's own timeout copy, reads its transport, checks CRCs with FramerRTU.check_CRC,
+    and takes pymodbus's public trace hooks (trace_packet, trace_pdu)."""
+    client = AsyncModbusTcpClient(
+        "127.0.0.1",
+        port=1,
+        trace_packet=lambda sending, data: data,
+        trace_pdu=lambda sending, pdu: pdu,
+    )
+    ctx = client.ctx
+    params = list(inspect.signature(ctx.framer.handleFrame).parameters)
+    assert params == ["data", "exp_devid", "exp_tid"], _why(
+        "pymodbus", f"FramerBase.handleFrame's signature: {params}"
+    )
+    assert hasattr(ctx.comm_params, "timeout_connect"), _why(
+        "pymodbus", "ctx.comm_params.timeout_connect (the per-request reply timeout)"
+    )
+    assert hasattr(ctx, "transport"), _why("pymodbus", "ctx.transport")
+    for hook in ("trace_packet", "trace_pdu"):
+        assert getattr(ctx, hook, None) is not None, _why("pymodbus", f"the client's {hook} hook")
+    assert FramerRTU.check_CRC(b"\x01\x03\x02\x00\x01", 0x7984), _why(
+        "pymodbus", "FramerRTU.check_CRC"
+    )
