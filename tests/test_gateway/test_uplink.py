@@ -254,3 +254,41 @@ async def test_mqtt5_refused_publish_is_not_an_ack(tmp_path: Path) -> None:
         stop.set()
         await run
         await broker.stop()
+
+
+async def test_a_health_message_that_fails_to_build_is_skipped_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in building health (here: the health source raises twice) leaves one traceback;
+    the session, the telemetry and later health messages go on."""
+    calls = 0
+    real = Agent.health
+
+    def flaky(self: Agent, *, mark: bool = True) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls in (2, 3):
+            raise ZeroDivisionError("a bug in a health field")
+        return real(self, mark=mark)
+
+    monkeypatch.setattr(Agent, "health", flaky)
+    broker = Broker(tmp_path)
+    await broker.start()
+    agent = agent_for(tmp_path, broker.port, health_interval="1s")
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-up/#") as sub:
+            await agent.ready.wait()
+            await sub.wait_for(lambda s: len(s.on("/health")) >= 3, 20)
+            assert calls >= 5, "health was built again after the failures"
+            agent.buffer.put(Reading("d", "counter", 7, None, time.time(), 1.0))
+            await sub.wait_for(lambda s: [r["value"] for r in s.readings()] == [7], 10)
+            assert not run.done(), "the agent runs on"
+        assert agent.uplink.stats.connects == 1, "the session was never lost"
+        tracebacks = [r for r in caplog.records if r.exc_info and "health" in r.getMessage()]
+        assert len(tracebacks) == 1
+    finally:
+        stop.set()
+        await run
+        await broker.stop()

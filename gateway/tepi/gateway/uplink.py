@@ -603,6 +603,20 @@ class Uplink:
     # ---- health ------------------------------------------------------------------------
 
     async def _health_loop(self, client: aiomqtt.Client) -> None:
+        failing = False
         while True:
-            await self._acked(client, self.topic_health, health_payload(self._health()), True)
+            # A bug in building the health message must not end the session (and with it
+            # the telemetry) or the agent: the first failure is logged with its traceback,
+            # the recovery once, and health is tried again at the next interval.
+            try:
+                payload = health_payload(self._health())
+            except Exception:  # any bug here stays here (a cancel is not an Exception)
+                if not failing:
+                    log.exception("the health message could not be built; trying again")
+                failing = True
+            else:
+                if failing:
+                    log.info("the health message is built again")
+                failing = False
+                await self._acked(client, self.topic_health, payload, True)
             await asyncio.sleep(self.cfg.uplink.health_interval)
