@@ -1,8 +1,10 @@
 """Store-and-forward buffer: the durability boundary between drivers and the uplink.
 
-A reading is safe once :meth:`Buffer.put` has handed it over and the next group commit
-has run (at most ``commit_interval`` later). The uplink takes batches oldest first and
-acknowledges them only after the broker has; only then are their rows deleted.
+:meth:`Buffer.put` takes a reading into RAM and gives it its seq. It is then either
+acknowledged by the broker or committed to SQLite within ``commit_interval`` (at once while
+the uplink is down); a reading acknowledged first is never written. The uplink takes batches
+oldest first, from RAM and then from the file, and a reading's row (if it has one) is deleted
+only after the broker has acknowledged it.
 """
 
 from tepi.buffer.records import Batch, BufferStats

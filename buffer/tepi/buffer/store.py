@@ -281,7 +281,8 @@ class Buffer:
         self._wake.set()
 
     def put(self, reading: Reading) -> int:
-        """Take ``reading`` and return its sequence number (no I/O, no await)."""
+        """Take ``reading`` and return its sequence number (no await). No I/O, except once
+        every ``SEQ_BLOCK`` readings: the seq ceiling's tiny fsynced write, on the loop."""
         if not self._opened:
             raise RuntimeError("Buffer.put() before the buffer is open: seq would be reused")
         seq = self._next_seq
