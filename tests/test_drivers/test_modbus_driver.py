@@ -464,11 +464,15 @@ async def test_each_device_gets_its_own_timeout(transport: str) -> None:
         )
         async with ModbusDriver(cfg, SharedResources()) as drv:
             loop = asyncio.get_running_loop()
-            started = loop.time()
-            with pytest.raises(DeviceUnavailable):
-                await drv.read()
-            waited = loop.time() - started
-    assert waited < 0.7, f"waited {waited:.2f} s for a 100 ms timeout"
+            waits = []
+            for _ in range(3):
+                started = loop.time()
+                with pytest.raises(DeviceUnavailable):
+                    await drv.read()
+                waits.append(loop.time() - started)
+    # The bug waits the client's 1 s every time; a loaded runner may stall one read, not all:
+    # the quickest of three is the link's own timeout.
+    assert min(waits) < 0.7, f"waited {min(waits):.2f} s at best for a 100 ms timeout"
 
 
 async def test_the_line_keeps_the_inter_frame_silence_and_a_devices_pause() -> None:

@@ -10,7 +10,7 @@ from helpers import run_tepi
 from tepi.core.errors import ConfigError
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusTcpConfig
-from tepi.drivers.modbus.profiles import PROFILE_DIR, profile_names
+from tepi.drivers.modbus.profile import PROFILE_DIR, profile_names
 from tepi.gateway.configload import parse_config
 from tepi_sim import Simulator
 

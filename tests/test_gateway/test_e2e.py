@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import random
+import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -123,7 +124,10 @@ async def test_dead_device_is_reported_bad_then_recovers_and_stalls_no_other(rig
     aq_before = len(good_ts(rig, "aq-station-1"))
     await rig.sub.wait_for(lambda s: len(good_ts(rig, "aq-station-1")) >= aq_before + 15, 10)
     aq = [t for t in good_ts(rig, "aq-station-1") if t > t_fault]
-    assert max(b - a for a, b in itertools.pairwise(aq)) < 0.45, "other port was stalled"
+    # Stalled behind the dead device, every poll of the other port would wait its 500 ms
+    # timeout; the median gap says so, and a loaded runner's one slow tick does not move it.
+    gaps = [b - a for a, b in itertools.pairwise(aq)]
+    assert statistics.median(gaps) < 0.3, f"other port was stalled: {sorted(gaps)}"
 
     # A device on the SAME port dies: it costs the bus its 500 ms timeout per poll, no more.
     rig.sim.device("noise-2").set_fault("no_reply")

@@ -209,7 +209,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(name: str | None) -> int:
-    from tepi.drivers.modbus.profiles import describe
+    from tepi.drivers.modbus.profile import describe
 
     try:
         print("\n".join(describe(name)))

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tepi.core.units import Duration
 from tepi.drivers.base import DriverConfig
-from tepi.drivers.modbus.profiles import apply_profile
+from tepi.drivers.modbus.profile import apply_profile
 
 Table = Literal["holding", "input", "coil", "discrete"]
 RegisterType = Literal[

@@ -1,8 +1,9 @@
 """Device profiles: a device's register map as a data file, chosen with ``profile: NAME``.
 
-Profiles are YAML files in ``drivers/modbus/profiles/``: a ``description``, ``defaults`` for
-device keys (``baudrate``, ``address_base``, ...), and ``registers`` in the config's own form.
-A register may carry a ``sim`` entry, which only the simulator reads (how to play it).
+Profiles are YAML files in ``drivers/tepi/drivers/modbus/profiles/``: a ``description``,
+``defaults`` for device keys (``baudrate``, ``address_base``, ...), and ``registers`` in the
+config's own form. A register may carry a ``sim`` entry, which only the simulator reads (how to
+play it).
 
 In a device's config, the profile's registers come first; an entry in the device's own
 ``registers`` with the same ``name`` changes that register (only the keys it gives), and one
