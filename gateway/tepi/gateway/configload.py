@@ -24,7 +24,7 @@ from tepi.core.errors import ConfigError, ConfigIssue
 from tepi.drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
 from tepi.drivers.registry import REGISTRY
 from tepi.drivers.serial.config import SerialConfig
-from tepi.gateway.config import Config, resolve_credential
+from tepi.gateway.config import PASSWORD_CREDENTIAL, SECRETS_DIR, Config, resolve_credential
 
 Path_ = tuple[str | int, ...]
 
@@ -279,14 +279,7 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 why = "does not exist" if not f.exists() else "is not readable by this user"
                 add(path, f"{f} {why}", "create it, or fix the path or its permissions")
             elif f is not None and path == ("uplink", "password_file") and _blank(f):
-                # The unit's SetCredential= gives one newline when the file it loads is missing.
-                add(
-                    path,
-                    f"the password is empty ({f}): under systemd, "
-                    "/etc/tepi/secrets/mqtt-password is missing or empty",
-                    "put the password (one line) in /etc/tepi/secrets/mqtt-password, root:root "
-                    "0600; or, if the broker needs none, remove uplink.password_file",
-                )
+                add(path, *empty_password(f))
         if up.password_env is not None and up.password_env not in os.environ:
             add(
                 ("uplink", "password_env"),
@@ -294,6 +287,17 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 "set it in the service's environment",
             )
     return issues
+
+
+def empty_password(f: Path) -> tuple[str, str]:
+    """What is wrong, and the fix, when the password file ``f`` the config names is empty.
+    The unit's SetCredential= gives one newline when the file it loads is missing."""
+    secret = SECRETS_DIR / PASSWORD_CREDENTIAL
+    return (
+        f"the password is empty ({f}): under systemd, {secret} is missing or empty",
+        f"put the password (one line) in {secret}, root:root 0600; or, if the broker needs "
+        "none, remove uplink.password_file",
+    )
 
 
 def _blank(f: Path) -> bool:

@@ -32,7 +32,7 @@ import aiomqtt
 from tepi.core.clock import clock_synced
 from tepi.core.errors import ConfigError
 from tepi.gateway.config import PASSWORD_CREDENTIAL, SECRETS_DIR, Config, resolve_credential
-from tepi.gateway.configload import load_config
+from tepi.gateway.configload import empty_password, load_config
 from tepi.gateway.status import fetch
 from tepi.gateway.sysinfo import free_disk_bytes
 from tepi.gateway.uplink import UplinkSetupError, _tls_context
@@ -172,7 +172,7 @@ def check_secret(cfg: Config, secrets_dir: Path = SECRETS_DIR) -> tuple[list[Fin
             how = f" (the unit's LoadCredential={PASSWORD_CREDENTIAL}, as the service reads it)"
     file = resolve_credential(name, secrets_dir)
     try:
-        up.read_password(secrets_dir)
+        password = up.read_password(secrets_dir)
     except (OSError, UnicodeDecodeError) as err:
         why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         return [
@@ -183,6 +183,9 @@ def check_secret(cfg: Config, secrets_dir: Path = SECRETS_DIR) -> tuple[list[Fin
                 f"put the password (one line) in {file}: sudo sh -c 'umask 077; cat > {file}'",
             )
         ], False
+    if password is None or not password.get_secret_value():
+        what, fix = empty_password(file)
+        return [Finding("FAIL", "password", f"uplink.password_file: {what}{how}", fix)], False
     return [Finding("ok", "password", f"{file}{how} read")], True
 
 
