@@ -113,10 +113,12 @@ def read_db(path: Path) -> Iterator[Database]:
         db.close()
 
 
-def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_tepi(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the ``tepi`` CLI as a person would, and capture what it says. One that does not
     finish in ``timeout`` is asked for its task stacks (SIGUSR1: ``tepi run`` and the demo
-    log them), then killed, and the failure shows what it said."""
+    log them), then killed, and the failure shows what it said. ``env`` adds variables."""
     cmd = [sys.executable, "-m", "tepi.gateway.cli", *args]
     with subprocess.Popen(
         cmd,
@@ -124,7 +126,7 @@ def run_tepi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 import types
 import typing
 from pathlib import Path
@@ -23,6 +22,7 @@ from tepi.drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
 from tepi.drivers.registry import REGISTRY
 from tepi.gateway.config import Config
 from tepi.gateway.configload import load_config, parse_config
+from tepi.gateway.localbroker import free_port
 
 EXAMPLE = (Path(__file__).parent / "example.yaml").read_text()
 
@@ -530,47 +530,26 @@ def test_an_empty_password_the_config_asks_for_is_explained(tmp_path: Path, cont
     (creds / "mqtt-password").write_text(content)
     config = tmp_path / "tepi.yaml"
     config.write_text(
-        "gateway: {id: gw-1, data_dir: /tmp}\n"
+        f"gateway: {{id: gw-1, data_dir: {tmp_path / 'data'}}}\n"
         "uplink:\n"
-        "  url: mqtt://127.0.0.1:1883\n"
+        f"  url: mqtt://127.0.0.1:{free_port()}\n"
         "  username: gw-1\n"
         "  password_file: mqtt-password\n"
         "devices: [{id: s, driver: synthetic, metrics: 1}]\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds)}
-    res = subprocess.run(
-        [sys.executable, "-m", "tepi.gateway.cli", "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    res = run_tepi("check", "--config", str(config), env=env)
     assert res.returncode != 0, res.stdout + res.stderr
     out = res.stdout + res.stderr
     assert "uplink.password_file: the password is empty" in out, out
     assert "/etc/tepi/secrets/mqtt-password" in out, out
     assert "remove uplink.password_file" in out, out
     # tepi doctor says the same, first.
-    res = subprocess.run(
-        [sys.executable, "-m", "tepi.gateway.cli", "doctor", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    res = run_tepi("doctor", "--config", str(config), env=env)
     assert res.returncode != 0, res.stdout + res.stderr
     assert "uplink.password_file: the password is empty" in res.stdout + res.stderr
 
     # Without password_file (an anonymous broker) the same empty credential is no matter.
     config.write_text(config.read_text().replace("  password_file: mqtt-password\n", ""))
-    res = subprocess.run(
-        [sys.executable, "-m", "tepi.gateway.cli", "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    res = run_tepi("check", "--config", str(config), env=env)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -52,6 +52,16 @@ class NotifySocket:
                 self._changed.clear()
                 await self._changed.wait()
 
+    async def first(self, key: str, part: str, timeout: float = 20) -> float:
+        """When the first message (so far or to come) whose ``key`` holds ``part`` arrived."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for at, m in self.messages:
+                    if part in m.get(key, ""):
+                        return at
+                self._changed.clear()
+                await self._changed.wait()
+
     def pings(self, since: float, until: float = float("inf")) -> list[float]:
         return [at for at, m in self.messages if "WATCHDOG" in m and since <= at <= until]
 
@@ -123,14 +133,28 @@ async def test_a_status_line_follows_the_link_at_once(tmp_path: Path) -> None:
     cfg = agent_config(
         tmp_path,
         broker.port,
-        [{"id": "s", "driver": "synthetic", "metrics": 2, "poll_interval": "200ms"}],
+        [
+            {"id": "s", "driver": "synthetic", "metrics": 2, "poll_interval": "200ms"},
+            {  # nobody listens there: the device fails at its first poll
+                "id": "gone",
+                "driver": "modbus-tcp",
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "timeout": "100ms",
+                "poll_interval": "200ms",
+                "registers": [{"name": "v", "address": 0}],
+            },
+        ],
     )
     agent = AgentProc(cfg, tmp_path / "agent.log", {"NOTIFY_SOCKET": str(ns.path)})
     try:
         agent.start()
-        await ns.wait_for("READY", "1")
+        ready_at = await ns.wait_for("READY", "1")
         ready = next(m for _, m in ns.messages if "READY" in m)
         assert ready["STATUS"].startswith("offline"), ready
+        # A device that starts failing is said at once too (the poller wakes the loop).
+        failing = await ns.first("STATUS", "1 of 2 devices failing", timeout=30)
+        assert failing - ready_at < 3.0, failing - ready_at
         # The agent retries every 200 ms..1 s (agent_config): it connects within a second.
         await asyncio.sleep(1.0)
         started = time.monotonic()

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field
 
+from tepi.buffer import BufferStats
 from tepi.gateway.poller import DeviceStats
 
 STATES = ("starting", "ok", "failing", "quarantined")
@@ -141,6 +142,25 @@ class BufferHealth(_Model):
         description="Why the buffer file cannot be used (readings are then kept in memory "
         "only); null when it can."
     )
+
+    @classmethod
+    def of(cls, st: BufferStats, now: float) -> BufferHealth:
+        """The buffer's part of health from its stats, at wall-clock ``now``."""
+        oldest = None if st.oldest_ts is None else round(max(now - st.oldest_ts, 0), 1)
+        return cls(
+            readings=st.depth,
+            bytes=st.bytes_used,
+            max_bytes=st.max_bytes,
+            oldest_age_s=oldest,
+            pending=st.pending,
+            dropped=st.dropped,
+            quarantined_files=st.quarantined_files,
+            write_errors=st.write_errors,
+            acked_in_memory=st.acked_in_memory,
+            written=st.written,
+            commits=st.commits,
+            file_error=st.file_error,
+        )
 
 
 class UplinkHealth(_Model):

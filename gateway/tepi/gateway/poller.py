@@ -86,6 +86,14 @@ class DeviceStats:
     # ``bad_heartbeat`` of it (see ``BadHeartbeat``).
     bad_suppressed: int = 0
     heartbeat: BadHeartbeat = field(default_factory=BadHeartbeat)
+    # Called when ``state`` changes (the agent's STATUS= line for systemd follows it).
+    on_state: Callable[[], None] | None = None
+
+    def set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            if self.on_state is not None:
+                self.on_state()
 
 
 def reading(device: str, s: Sample, stamp: Stamp) -> Reading:
@@ -129,7 +137,6 @@ class _Guarded:
     def fault(self, err: Exception) -> DriverFault:
         """Count ``err`` and classify it; its traceback is logged the device's first time."""
         fault = DriverFault(err)
-        fault.__cause__ = err
         self.stats.internal_errors += 1
         if self.stats.internal_errors == 1:
             fault.logged = True
@@ -298,19 +305,21 @@ async def _poll_loop(
                     "device %s recovered after %d failed polls", cfg.id, stats.consecutive_failures
                 )
                 stats.heartbeat.sent.clear()  # the failure's own bad readings went between
-            stats.state = "ok"
+            stats.set_state("ok")
             stats.consecutive_failures = 0
             stats.last_ok_ts = time.time()
+            heartbeat = stats.heartbeat
             for s in samples:
                 r = reading(cfg.id, s, stamp)
                 stats.last[s.metric] = r
                 stats.readings += 1
-                bad = s.reason is not None and not s.uncertain
-                if bad:
-                    stats.bad_readings += 1
-                if stats.heartbeat.send(
-                    s.metric, s.reason if bad else None, started, cfg.bad_heartbeat
-                ):
+                if s.reason is None or s.uncertain:
+                    if heartbeat.sent:  # a metric good again: its next bad reading goes at once
+                        heartbeat.sent.pop(s.metric, None)
+                    buffer.put(r)
+                    continue
+                stats.bad_readings += 1
+                if heartbeat.send(s.metric, s.reason, started, cfg.bad_heartbeat):
                     buffer.put(r)
                 else:
                     stats.bad_suppressed += 1
@@ -335,7 +344,7 @@ async def _poll_loop(
                     wait,
                     cfg.quarantine_max,
                 )
-                stats.state = "quarantined"
+                stats.set_state("quarantined")
             stats.next_probe_s = round(wait, 3)
             next_t = loop.time() + wait
             continue
@@ -372,7 +381,7 @@ def _failed(
     stats.consecutive_failures += 1
     stats.last_error = str(err)
     if stats.state not in ("failing", "quarantined"):
-        stats.state = "failing"
+        stats.set_state("failing")
         if not (isinstance(err, DriverFault) and err.logged):  # logged with its traceback
             log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
         ts, mono = time.time(), boottime()

@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 STOP_DEADLINE_S = 8.0
 STATUS_EVERY_S = 10.0  # how often the STATUS= line for systemctl is refreshed
-STATUS_CHANGE_CHECK_S = 0.5  # how often a change of link or failing devices is looked for
 DRAIN_S = 2.0  # at a stop, how long the polls in flight may take to finish
 
 
@@ -89,8 +88,11 @@ class Agent:
             clock_synced=clock_synced,
         )
         self.clock = WallClock()
-        self.devices = {d.id: DeviceStats() for d in cfg.devices}
+        # Set when the link or a device's state changes: the STATUS= line is sent at once.
+        self._status_changed = asyncio.Event()
+        self.devices = {d.id: DeviceStats(on_state=self._status_changed.set) for d in cfg.devices}
         self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
+        self.uplink.on_link = self._status_changed.set
         self.started = time.monotonic()
         self._stopping = asyncio.Event()  # set at a stop: pollers finish their poll and end
         self.ready = asyncio.Event()  # set once the buffer is open and every task started
@@ -127,7 +129,6 @@ class Agent:
         span = max(now_m - last_m, 1e-6)
         if mark:
             self._last_cpu = (now_m, cpu, acked)
-        bs = self.buffer.stats()
         up = self.uplink.stats
         return Health(
             gateway=self.cfg.gateway.id,
@@ -137,22 +138,7 @@ class Agent:
             uptime_s=round(time.monotonic() - self.started, 1),
             clock_synced=clock_synced(),
             clock=ClockHealth.model_validate(self.clock.health()),
-            buffer=BufferHealth(
-                readings=bs.depth,
-                bytes=bs.bytes_used,
-                max_bytes=bs.max_bytes,
-                oldest_age_s=None
-                if bs.oldest_ts is None
-                else round(max(time.time() - bs.oldest_ts, 0), 1),
-                pending=bs.pending,
-                dropped=bs.dropped,
-                quarantined_files=bs.quarantined_files,
-                write_errors=bs.write_errors,
-                acked_in_memory=bs.acked_in_memory,
-                written=bs.written,
-                commits=bs.commits,
-                file_error=bs.file_error,
-            ),
+            buffer=BufferHealth.of(self.buffer.stats(), time.time()),
             uplink=UplinkHealth(
                 connected=up.connected,
                 connects=up.connects,
@@ -230,7 +216,7 @@ class Agent:
 
     def _start_device(self, dev: DeviceConfig) -> None:
         assert self._tg is not None
-        stats = self.devices[dev.id] = DeviceStats()
+        stats = self.devices[dev.id] = DeviceStats(on_state=self._status_changed.set)
         driver = self._make_driver(dev, self._resources)
         task = self._tg.create_task(
             poll_device(dev, driver, self.buffer, stats, clock=self.clock, stopping=self._stopping),
@@ -288,6 +274,7 @@ class Agent:
         if applied.uplink != old.uplink:
             try:
                 uplink = Uplink(applied, self.buffer, self.boot_id, self.health)
+                uplink.on_link = self._status_changed.set
             except UplinkSetupError as err:
                 return self._reload_failed([str(err)])
         if new.gateway.log_level != old.gateway.log_level:
@@ -407,8 +394,8 @@ class Agent:
 
     async def _notify_loop(self) -> None:
         """WATCHDOG=1 while the pipeline is alive (every quarter of WatchdogSec), and a
-        fresh STATUS= line every STATUS_EVERY_S and within STATUS_CHANGE_CHECK_S of a change
-        of the link or of the failing devices."""
+        fresh STATUS= line every STATUS_EVERY_S and at once when the link or a device's state
+        changes (woken by the uplink and the pollers, not by a timer)."""
         if not self.notify.enabled:
             return
         wd = self.notify.watchdog_s
@@ -420,7 +407,7 @@ class Agent:
             if why is None and self._status_key() != shown:
                 # The link or the failing devices changed: say so now, not at the next refresh.
                 last_status = -STATUS_EVERY_S
-            # (0.9: the loop wakes every STATUS_CHANGE_CHECK_S, a ping is never a step late)
+            # (0.9: a wake-up for a change may come just before the tick: no ping a step late)
             if why is None and wd and time.monotonic() - last_ping >= 0.9 * tick:
                 self.notify.watchdog()
                 last_ping = time.monotonic()
@@ -436,7 +423,15 @@ class Agent:
                 shown = self._status_key()
                 self.notify.status(self.status_line())
                 last_status = time.monotonic()
-            await asyncio.sleep(min(tick, STATUS_CHANGE_CHECK_S))
+            # Sleep until the next ping or refresh is due, or a change wakes the loop.
+            due = last_status + STATUS_EVERY_S
+            if wd and why is None:
+                due = min(due, last_ping + tick)
+            wait = tick if why is not None else min(max(due - time.monotonic(), 0.05), tick)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._status_changed.wait()
+            self._status_changed.clear()
 
     def _status_key(self) -> tuple[object, ...]:
         """What a change of makes the STATUS= line stale: the link and the failing devices."""

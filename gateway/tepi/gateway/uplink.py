@@ -226,6 +226,8 @@ class Uplink:
         self._tls = _tls_context(cfg)
         self._paho_log = logging.getLogger(f"tepi.mqtt.{cfg.gateway.id}")
         self._paho_errors = _PahoErrors()
+        # Called on every connect and link failure (the agent's STATUS= line follows it).
+        self.on_link: Callable[[], None] | None = None
         # The link's state, logged as it changes: the first failure, then the reconnect.
         self._outage = Outage(
             log, f"broker {up.host}:{up.port}", level=logging.ERROR, then="readings stay buffered"
@@ -356,6 +358,8 @@ class Uplink:
                 st.errors[error[0]] = st.errors.get(error[0], 0) + 1
                 st.last_error = f"{error[0]}: {error[1]}"
             self._changed.notify_all()
+        if self.on_link is not None:
+            self.on_link()
 
     async def wait_for(self, pred: Callable[[UplinkStats], bool]) -> None:
         """Wait until ``pred(stats)`` holds (checked on every connect, failure and ack)."""
