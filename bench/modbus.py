@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from harness import start_simulator  # noqa: E402
 
+from tepi.core.records import as_samples  # noqa: E402
 from tepi.drivers.base import SharedResources  # noqa: E402
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig  # noqa: E402
 from tepi.drivers.modbus.link import frame_gap  # noqa: E402
@@ -91,7 +92,7 @@ async def run(baud: int, registers: int, devices: int, seconds: float) -> dict[s
             started = time.monotonic()
             while time.monotonic() - started < seconds:
                 for d in drivers:
-                    samples = await d.read()
+                    samples = as_samples(await d.read())
                     if any(s.reason for s in samples):
                         raise SystemExit(f"a read failed: {samples}")
                 polls += 1

@@ -119,7 +119,7 @@ def test_compact_messages_are_read_too() -> None:
         StoredReading(s, Reading("d1", "counter", s, None, T0 + s, float(s))) for s in range(1, 6)
     ]
     payload, n = encode_compact(
-        "gw", Batch("boot", items), max_bytes=65536, current_boot="boot", clock_synced=True
+        "gw", Batch.of("boot", items), max_bytes=65536, current_boot="boot", clock_synced=True
     )
     assert n == 5
     c = Completeness()

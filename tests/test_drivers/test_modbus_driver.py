@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tepi.core.errors import DeviceUnavailable, ProtocolError, WriteRefused
+from tepi.core.records import as_samples
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
 from tepi_sim import Simulator
@@ -96,9 +97,9 @@ async def test_every_table_and_type_decodes(transport: str) -> None:
     async with Simulator(sim_config(transport)) as sim:
         cfg = driver_config(transport, sim.endpoints()["dev"], DRIVER_REGISTERS)
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            samples = await drv.read()
+            samples = as_samples(await drv.read())
             # adjacent holding registers 0..9 are one request
-            assert drv.requests_per_poll == 4
+            assert len(drv.plan) == 4
         got = {s.metric: s.value for s in samples}
         assert got == pytest.approx(EXPECTED)
         assert all(s.reason is None for s in samples)
@@ -112,7 +113,7 @@ async def test_an_exception_reply_marks_only_its_registers_bad() -> None:
         regs = [*DRIVER_REGISTERS[:2], {"name": "hole", "address": 50}]
         cfg = driver_config("tcp", sim.endpoints()["dev"], regs)
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            samples = {s.metric: s for s in await drv.read()}
+            samples = {s.metric: s for s in as_samples(await drv.read())}
     assert samples["hole"].value is None
     assert samples["hole"].reason == "modbus exception 2 (illegal data address)"
     assert samples["i16"].value == -123
@@ -126,7 +127,7 @@ async def test_no_reply_raises_unavailable_after_one_timeout(transport: str) -> 
         cfg = driver_config(transport, sim.endpoints()["dev"], DRIVER_REGISTERS)
         async with ModbusDriver(cfg, SharedResources()) as drv:
             with pytest.raises(DeviceUnavailable) as info:
-                await drv.read()
+                as_samples(await drv.read())
         assert info.value.reason == "timeout"
         # the first request timed out; the other three were not tried
         assert sim.device("dev").requests == 1
@@ -136,7 +137,7 @@ async def test_a_missing_port_says_what_to_do(tmp_path: Any) -> None:
     cfg = driver_config("rtu", str(tmp_path / "ttyUSB9"), DRIVER_REGISTERS)
     async with ModbusDriver(cfg, SharedResources()) as drv:
         with pytest.raises(DeviceUnavailable, match="is the adapter plugged in"):
-            await drv.read()
+            as_samples(await drv.read())
 
 
 async def test_devices_on_one_port_share_one_link() -> None:
@@ -171,8 +172,8 @@ async def test_devices_on_one_port_share_one_link() -> None:
         ]
         async with drivers[0] as a, drivers[1] as b:
             assert a._link is b._link
-            assert [s.value for s in await a.read()] == [10]
-            assert [s.value for s in await b.read()] == [20]
+            assert [s.value for s in as_samples(await a.read())] == [10]
+            assert [s.value for s in as_samples(await b.read())] == [20]
         assert res._items == {}, "the link is closed when its last device goes"
 
 
@@ -198,7 +199,7 @@ async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason
                 return await real_read(self, *args, **kw)
 
             monkeypatch.setattr(ModbusLink, "read", first_then_quiet)
-            samples = await drv.read()
+            samples = as_samples(await drv.read())
     good = [s for s in samples if s.reason is None]
     bad = [s for s in samples if s.reason is not None]
     assert {s.metric for s in good} == {
@@ -230,7 +231,7 @@ async def requests_per_poll(
     counts, samples = [], []
     for _ in range(polls):
         before = sim.device("dev").requests
-        samples = await drv.read()
+        samples = as_samples(await drv.read())
         counts.append(sim.device("dev").requests - before)
     return counts, samples
 
@@ -293,7 +294,7 @@ async def test_reads_never_exceed_125_registers() -> None:
             driver_config("tcp", sim.endpoint("dev"), regs), SharedResources()
         ) as drv:
             counts, samples = await requests_per_poll(sim, drv)
-            assert all(req.count <= 125 for req in drv._plan)
+            assert all(req.count <= 125 for req in drv.plan)
     assert counts == [3]  # 299 registers: 125 + 125 + 49
     assert len(samples) == 150
     assert all(s.value == int(s.metric[1:]) + 1000 for s in samples)
@@ -304,7 +305,7 @@ async def test_address_base_1_reads_the_same_registers() -> None:
         regs = [{"name": "first", "address": 1}, {"name": "second", "address": 2}]
         cfg = driver_config("tcp", sim.endpoint("dev"), regs, address_base=1)
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            samples = await drv.read()
+            samples = as_samples(await drv.read())
     assert {s.metric: s.value for s in samples} == {"first": 1000, "second": 1001}
 
 
@@ -326,12 +327,12 @@ async def test_report_on_change_with_a_deadband_and_a_heartbeat() -> None:
         ]
         cfg = driver_config("tcp", sim.endpoint("dev"), regs, heartbeat="1h")
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            first = {s.metric for s in await drv.read()}
-            unchanged = {s.metric for s in await drv.read()}
+            first = {s.metric for s in as_samples(await drv.read())}
+            unchanged = {s.metric for s in as_samples(await drv.read())}
             sim.device("dev").set_value(0, 503)  # 50.3: moved 0.3, inside the deadband
-            small = {s.metric for s in await drv.read()}
+            small = {s.metric for s in as_samples(await drv.read())}
             sim.device("dev").set_value(0, 510)  # 51.0: moved 1.0 since the last one sent
-            big = [s for s in await drv.read() if s.metric == "level"]
+            big = [s for s in as_samples(await drv.read()) if s.metric == "level"]
     assert first == {"level", "always"}
     assert unchanged == {"always"}
     assert small == {"always"}
@@ -353,10 +354,10 @@ async def test_an_unchanged_value_is_still_sent_when_its_heartbeat_is_due() -> N
         regs = [{"name": "level", "address": 0, "deadband": 0}]
         cfg = driver_config("tcp", sim.endpoint("dev"), regs, heartbeat="50ms")
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            assert [s.value for s in await drv.read()] == [500]
-            assert await drv.read() == []
+            assert [s.value for s in as_samples(await drv.read())] == [500]
+            assert as_samples(await drv.read()) == []
             await asyncio.sleep(0.06)  # the heartbeat period passing is what is tested
-            assert [s.value for s in await drv.read()] == [500]
+            assert [s.value for s in as_samples(await drv.read())] == [500]
 
 
 WRITE_SIM = {
@@ -394,7 +395,7 @@ async def test_writes_go_only_to_writable_registers_in_range_and_are_read_back()
             assert await drv.write("mode", "auto") == "auto"
             assert sim.device("dev").value(4) == 1
             assert await drv.write("pump", True) is True
-            assert {s.metric: s.value for s in await drv.read()}["setpoint"] == 23.5
+            assert {s.metric: s.value for s in as_samples(await drv.read())}["setpoint"] == 23.5
 
             before = sim.device("dev").requests
             refusals: list[tuple[str, float | str, str]] = [
@@ -443,14 +444,14 @@ async def test_several_units_behind_one_address_share_one_connection(transport: 
             drivers.append(ModbusDriver(cfg, resources))
         async with drivers[0] as d1, drivers[1] as d2, drivers[2] as d3:
             assert len(resources._items) == 1
-            assert [s.value for s in await d1.read()] == [101]
-            assert [s.value for s in await d2.read()] == [102]
+            assert [s.value for s in as_samples(await d1.read())] == [101]
+            assert [s.value for s in as_samples(await d2.read())] == [102]
             if transport == "tcp":
-                [bad] = await d3.read()
+                [bad] = as_samples(await d3.read())
                 assert bad.reason == "modbus exception 11 (gateway target failed to respond)"
             else:
                 with pytest.raises(DeviceUnavailable):
-                    await d3.read()
+                    as_samples(await d3.read())
 
 
 @pytest.mark.parametrize("transport", ["rtu", "tcp"])
@@ -468,7 +469,7 @@ async def test_each_device_gets_its_own_timeout(transport: str) -> None:
             for _ in range(3):
                 started = loop.time()
                 with pytest.raises(DeviceUnavailable):
-                    await drv.read()
+                    as_samples(await drv.read())
                 waits.append(loop.time() - started)
     # The bug waits the client's 1 s every time; a loaded runner may stall one read, not all:
     # the quickest of three is the link's own timeout.
@@ -511,10 +512,10 @@ async def test_retries_ask_again_and_every_request_is_counted() -> None:
         )
         async with ModbusDriver(cfg, SharedResources()) as drv:
             with pytest.raises(DeviceUnavailable):
-                await drv.read()
+                as_samples(await drv.read())
             assert sim.device("dev").requests == 3
             sim.device("dev").set_fault("exception", code=4)
-            [bad] = await drv.read()
+            [bad] = as_samples(await drv.read())
             assert bad.reason == "modbus exception 4 (device failure)"
             stats = drv.protocol_stats()
     assert stats["requests"] == 4
@@ -546,14 +547,14 @@ async def test_a_device_that_needs_a_pause_gets_it_from_the_pause_setting() -> N
         port = sim.endpoint("slow")
         hasty = driver_config("rtu", port, regs, unit=5, timeout="150ms", max_gap=0)
         async with ModbusDriver(hasty, SharedResources()) as drv:
-            samples = await drv.read()
+            samples = as_samples(await drv.read())
         assert any(s.reason == "timeout" for s in samples), "the second read came too soon"
         patient = driver_config(
             "rtu", port, regs, unit=5, timeout="150ms", max_gap=0, pause="100ms"
         )
         async with ModbusDriver(patient, SharedResources()) as drv:
             for _ in range(3):
-                assert all(s.reason is None for s in await drv.read())
+                assert all(s.reason is None for s in as_samples(await drv.read()))
 
 
 @pytest.mark.parametrize("transport", ["rtu", "rtu-tcp"])
@@ -565,14 +566,14 @@ async def test_a_bad_crc_is_counted_as_a_crc_error_not_a_timeout(transport: str)
         cfg = driver_config(transport, sim.endpoint("dev"), [{"name": "v", "address": 0}])
         async with ModbusDriver(cfg, SharedResources()) as drv:
             with pytest.raises(ProtocolError) as info:
-                await drv.read()
+                as_samples(await drv.read())
             assert info.value.reason == "crc error"
             sim.device("dev").set_fault("garbage")
             with pytest.raises(ProtocolError) as garbled:
-                await drv.read()
+                as_samples(await drv.read())
             assert garbled.value.reason in ("bad frame", "crc error")
             sim.device("dev").set_fault("none")
-            [ok] = await drv.read()
+            [ok] = as_samples(await drv.read())
             stats = drv.link_stats
     assert ok.reason is None
     assert ok.value == -123 & 0xFFFF  # read as the default uint16
@@ -603,7 +604,7 @@ async def test_at_115200_baud_the_silence_is_kept_to_the_microsecond() -> None:
         cfg = driver_config("rtu", sim.endpoint("a"), regs, unit=1, id="a", baudrate=115200)
         async with ModbusDriver(cfg, SharedResources()) as drv:
             for _ in range(40):
-                [s] = await drv.read()
+                [s] = as_samples(await drv.read())
                 assert s.reason is None
         gaps = [g for _, g in sim.buses["a"].gaps]  # a bus is named after its device
     assert len(gaps) >= 39
@@ -620,17 +621,17 @@ async def test_a_tcp_device_comes_back_after_its_gateway_dropped_every_connectio
     async with Simulator(sim_config(transport)) as sim:
         cfg = driver_config(transport, sim.endpoints()["dev"], DRIVER_REGISTERS, timeout="200ms")
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            await drv.read()
+            as_samples(await drv.read())
             for _ in range(5):
                 sim.device("dev").set_fault("disconnect")
                 for _ in range(4):
                     with pytest.raises((DeviceUnavailable, ProtocolError)):
-                        await drv.read()
+                        as_samples(await drv.read())
                 sim.device("dev").set_fault("none")
                 async with asyncio.timeout(5):
                     while True:
                         try:
-                            samples = await drv.read()
+                            samples = as_samples(await drv.read())
                             break
                         except (DeviceUnavailable, ProtocolError):
                             await asyncio.sleep(0.05)

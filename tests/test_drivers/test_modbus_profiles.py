@@ -8,6 +8,7 @@ import yaml
 from helpers import run_tepi
 
 from tepi.core.errors import ConfigError
+from tepi.core.records import as_samples
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusTcpConfig
 from tepi.drivers.modbus.profile import PROFILE_DIR, profile_names
@@ -36,7 +37,7 @@ async def test_the_simulator_plays_each_profile_and_the_driver_reads_it_all(name
             {"id": "d", "driver": "modbus-tcp", "host": host, "port": int(port), "profile": name}
         )
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            samples = await drv.read()
+            samples = as_samples(await drv.read())
     got = {s.metric: s for s in samples}
     assert set(got) == {r["name"] for r in spec["registers"]}
     assert all(s.reason is None for s in samples), [s for s in samples if s.reason]

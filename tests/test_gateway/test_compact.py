@@ -81,7 +81,7 @@ def batches(draw: st.DrawFn) -> Batch:
     for r, g in zip(rs, gaps, strict=True):
         seq += g
         items.append(StoredReading(seq, r))
-    return Batch("boot-1", items)
+    return Batch.of("boot-1", items)
 
 
 def without_clock(obj: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def test_readings_taken_before_the_clock_synced_are_dated_from_mono_or_flagged()
     clock.mono), "corrected". From another boot, or still unsynced: ts as read, "unsynced"."""
     stale = Reading("aq-1", "pm25", 1.0, None, 1000.0, 30.0, synced=False)
     good = Reading("aq-1", "pm25", 2.0, None, 1_795_430_462.0, 31.0)
-    batch = Batch("boot-1", [StoredReading(1, stale), StoredReading(2, good)])
+    batch = Batch.of("boot-1", [StoredReading(1, stale), StoredReading(2, good)])
     for encode in (encode_telemetry, encode_compact):
         for current, synced, status in [
             ("boot-1", True, "corrected"),
@@ -159,7 +159,7 @@ def reference_batch(n: int) -> Batch:
         value = round(rng.uniform(0, 200), 1)
         r = Reading(f"station-{dev:02d}", f"metric-{met}", value, "ug/m3", t0 + i // 250, 5000.0)
         items.append(StoredReading(1000 + i, r))
-    return Batch("boot-1", items)
+    return Batch.of("boot-1", items)
 
 
 def test_compact_is_far_smaller_than_json() -> None:

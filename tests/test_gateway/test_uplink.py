@@ -44,7 +44,7 @@ readings = st.builds(
 
 
 def batch_of(rs: list[Reading]) -> Batch:
-    return Batch("boot-1", [StoredReading(i + 1, r) for i, r in enumerate(rs)])
+    return Batch.of("boot-1", [StoredReading(i + 1, r) for i, r in enumerate(rs)])
 
 
 @settings(max_examples=80, deadline=None)

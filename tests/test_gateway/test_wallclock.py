@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tepi.buffer import Buffer, BufferSettings
 from tepi.core.clock import WINDOW, Stamp, WallClock, boottime
-from tepi.core.records import Sample
-from tepi.gateway.poller import reading
+from tepi.core.records import Sample, Value, Values
+from tepi.gateway.poller import DeviceStats, put_values, reading
 
 
 def test_the_least_delayed_of_the_recent_gps_times_is_the_offset() -> None:
@@ -67,3 +70,35 @@ def test_a_value_the_buffer_cannot_keep_becomes_a_bad_reading(value: float, why:
     assert r.quality == "bad"
     ok = reading("d", Sample("energy", 2**63 - 1, "Wh", 1.0, 1.0), Stamp(True, None))
     assert ok.value == 2**63 - 1
+
+
+async def test_a_polls_values_get_the_same_rules_as_samples(tmp_path: Path) -> None:
+    """``put_values``: values the buffer cannot keep become bad, the stamp dates the run, a
+    bad value the heartbeat holds back is left out and counted, the rest goes as one run."""
+    settings = BufferSettings(path=tmp_path / "b.db", commit_interval_s=60.0)
+    stats = DeviceStats()
+    values: list[Value] = [2**63, float("inf"), 7, 2**63 - 1, None, True, "ok"]
+    reasons: list[str | None] = [None, None, None, None, "timeout", None, None]
+    names = tuple(f"m{i}" for i in range(len(values)))
+    async with Buffer(settings, "boot") as buf:
+        for _ in range(2):
+            polled = Values(names, (None,) * len(names), list(values), 5.0, 100.0, reasons)
+            put_values("d", polled, Stamp(False, 1_800_000_000.0), buf, stats, now=1.0, every=60)
+        batch = await buf.fetch(0, 100)
+    assert batch is not None
+    got = [(i.reading.metric, i.reading.value, i.reading.reason) for i in batch.items]
+    first = [
+        ("m0", None, "value out of range"),
+        ("m1", None, "not a finite number"),
+        ("m2", 7, None),
+        ("m3", 2**63 - 1, None),
+        ("m4", None, "timeout"),
+        ("m5", True, None),
+        ("m6", "ok", None),
+    ]
+    assert got == first + [g for g in first if g[2] is None]  # the bad ones held back once
+    assert stats.bad_suppressed == 3
+    assert stats.readings == 14
+    assert {i.reading.ts for i in batch.items} == {1_800_000_100.0}
+    assert all(i.reading.gps_time and i.reading.synced for i in batch.items)
+    assert stats.latest()["m4"].reason == "timeout"

@@ -26,8 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tepi.buffer.records import StoredReading
-from tepi.core.records import Reading
+from tepi.buffer.records import Run
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +107,34 @@ class SeqCeiling:
         self.value = value
 
 
-def _estimate(r: Reading) -> int:
+def _estimate(row: tuple[object, ...]) -> int:
     """Rough bytes a row takes in the file, to make room before inserting it."""
-    v = r.value
-    text = len(r.device) + len(r.metric) + len(r.unit or "") + len(r.reason or "")
-    return _ROW_OVERHEAD + 24 + text + (len(v) if isinstance(v, str) else 8)
+    text = sum(len(c) for c in row if isinstance(c, str))
+    return _ROW_OVERHEAD + 24 + text + 8
+
+
+def _row(seq: int, run: Run, boot: int) -> tuple[object, ...]:
+    """The file's columns for the reading ``seq`` of ``run``."""
+    i = seq - run.first
+    value = run.values[i]
+    is_bool = isinstance(value, bool)
+    if isinstance(value, bool):
+        value = int(value)  # SQLite has no bool; FLAG_BOOL says it was one
+    return (
+        seq,
+        boot,
+        run.ts,
+        run.mono,
+        run.device,
+        run.metrics[i],
+        value,
+        run.units[i],
+        (FLAG_BOOL if is_bool else 0)
+        | (0 if run.synced else FLAG_UNSYNCED)
+        | (FLAG_UNCERTAIN if run.uncertain is not None and run.uncertain[i] else 0)
+        | (FLAG_GPS_TIME if run.gps_time else 0),
+        None if run.reasons is None else run.reasons[i],
+    )
 
 
 def is_corrupt(err: sqlite3.Error) -> bool:
@@ -275,7 +297,7 @@ class Database:
         return Database._Tx(self.conn)
 
     def commit(
-        self, rows: list[tuple[int, Reading]], deletes: Iterable[tuple[int, int]], depth: int
+        self, rows: list[tuple[int, Run]], deletes: Iterable[tuple[int, int]], depth: int
     ) -> tuple[int, int]:
         """Delete acknowledged ranges, make room, and insert ``rows``: one transaction.
 
@@ -284,24 +306,7 @@ class Database:
         """
         conn = self.conn
         boot = self._boot_ref
-        params: list[tuple[object, ...]] = [
-            (
-                seq,
-                boot,
-                r.ts,
-                r.mono,
-                r.device,
-                r.metric,
-                int(r.value) if isinstance(r.value, bool) else r.value,
-                r.unit,
-                (FLAG_BOOL if isinstance(r.value, bool) else 0)
-                | (0 if r.synced else FLAG_UNSYNCED)
-                | (FLAG_UNCERTAIN if r.uncertain else 0)
-                | (FLAG_GPS_TIME if r.gps_time else 0),
-                r.reason,
-            )
-            for seq, r in rows
-        ]
+        params = [_row(seq, run, boot) for seq, run in rows]
         removed = evicted = 0
         with self._tx():
             for lo, hi in deletes:
@@ -309,7 +314,7 @@ class Database:
                     "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)
                 ).rowcount
             if params:
-                incoming = sum(_estimate(r) for _, r in rows)
+                incoming = sum(map(_estimate, params))
                 room = self.max_bytes * 95 // 100
                 if self.bytes_used() + incoming > room:
                     evicted = self._evict(depth - removed, max(room - incoming, 0))
@@ -377,10 +382,9 @@ class Database:
 
     # ---- reading -----------------------------------------------------------------------
 
-    def fetch(
-        self, after_seq: int, limit: int, upto: int | None = None
-    ) -> tuple[str, list[StoredReading]]:
-        """The oldest rows after ``after_seq`` (and up to ``upto``), cut where the boot changes."""
+    def fetch(self, after_seq: int, limit: int, upto: int | None = None) -> tuple[str, list[Run]]:
+        """The oldest rows after ``after_seq`` (and up to ``upto``), cut where the boot changes:
+        each a run of one reading (``first`` is its seq)."""
         cur = self.conn.execute(
             "SELECT r.seq, b.boot_id, r.ts, r.mono, r.device, r.metric, r.value, r.unit,"
             " r.flags, r.reason FROM readings r JOIN boots b ON b.id = r.boot"
@@ -388,29 +392,25 @@ class Database:
             (after_seq, 2**63 - 1 if upto is None else upto, limit),
         )
         boot_id = ""
-        out: list[StoredReading] = []
+        out: list[Run] = []
         for seq, boot, ts, mono, device, metric, value, unit, flags, reason in cur:
             if not out:
                 boot_id = boot
             elif boot != boot_id:
                 break
-            val = bool(value) if flags & FLAG_BOOL else value
-            synced = not flags & FLAG_UNSYNCED
             out.append(
-                StoredReading(
+                Run(
+                    device,
+                    (metric,),
+                    (unit,),
+                    [bool(value) if flags & FLAG_BOOL else value],
+                    ts,
+                    mono,
+                    not flags & FLAG_UNSYNCED,
+                    bool(flags & FLAG_GPS_TIME),
+                    None if reason is None else [reason],
+                    [True] if flags & FLAG_UNCERTAIN else None,
                     seq,
-                    Reading(
-                        device,
-                        metric,
-                        val,
-                        unit,
-                        ts,
-                        mono,
-                        reason,
-                        synced,
-                        bool(flags & FLAG_UNCERTAIN),
-                        bool(flags & FLAG_GPS_TIME),
-                    ),
                 )
             )
         return boot_id, out

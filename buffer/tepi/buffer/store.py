@@ -39,14 +39,15 @@ import os
 import sqlite3
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import TypeVar
 
 from tepi.buffer.db import Database, SeqCeiling, is_corrupt
-from tepi.buffer.records import Batch, BufferStats, StoredReading
+from tepi.buffer.records import Batch, BufferStats, Run, Span
 from tepi.core.records import Reading
 from tepi.core.retry import BUFFER_COMMIT, Outage
 
@@ -114,14 +115,16 @@ class Buffer:
         )
         self._ceiling = SeqCeiling(settings.path.with_name(settings.path.name + ".seq"))
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tepi-buffer")
-        # Neither acknowledged nor committed: seq -> (reading, monotonic time of put), in seq
-        # order. An OrderedDict, not a dict: finding or dropping the oldest stays O(1) however
-        # many were dropped before it (a plain dict rescans its deleted slots each time).
-        self._mem: OrderedDict[int, tuple[Reading, float]] = OrderedDict()
+        # Neither acknowledged nor committed: seq -> the run (a poll's readings, put at once)
+        # that holds it, in seq order. Every seq of a run maps to the one run object, so a
+        # poll costs one object however many values it has, and an ack or a fetch still
+        # works seq by seq. An OrderedDict, not a dict: finding or dropping the oldest stays
+        # O(1) however many were dropped before it (a plain dict rescans its deleted slots).
+        self._mem: OrderedDict[int, Run] = OrderedDict()
         # Committed, not yet acknowledged, the newest RECENT_MAX: a sender that fell a little
         # behind (a slow broker, a busy CPU) is served from here, not from the file.
-        self._recent: OrderedDict[int, Reading] = OrderedDict()
-        self._writing: list[tuple[int, Reading]] = []  # handed to the writer thread
+        self._recent: OrderedDict[int, Run] = OrderedDict()
+        self._writing: list[tuple[int, Run]] = []  # handed to the writer thread
         self._write_started: float | None = None  # monotonic, while a write is in the thread
         self._acked_writing: set[int] = set()
         self._writing_seqs: list[int] = []
@@ -281,12 +284,20 @@ class Buffer:
         self._wake.set()
 
     def put(self, reading: Reading) -> int:
-        """Take ``reading`` and return its sequence number (no await). No I/O, except once
-        every ``SEQ_BLOCK`` readings: the seq ceiling's tiny fsynced write, on the loop."""
+        """Take one reading and return its sequence number (see :meth:`put_many`)."""
+        return self.put_many(Run.of(reading))
+
+    def put_many(self, run: Run) -> int:
+        """Take a poll's readings and return the first one's sequence number (no await).
+
+        The run's values get consecutive seqs, ``run.first`` onwards; the run is kept as it
+        is (the buffer sets ``first`` and ``put_at``). No I/O, except once every
+        ``SEQ_BLOCK`` readings: the seq ceiling's tiny fsynced write, on the loop."""
         if not self._opened:
             raise RuntimeError("Buffer.put() before the buffer is open: seq would be reused")
-        seq = self._next_seq
-        self._next_seq += 1
+        n = len(run.values)
+        first = self._next_seq
+        self._next_seq = first + n
         if self._next_seq >= self._ceiling.value:
             # Once per SEQ_BLOCK readings: a tiny fsynced write, so it is done right here.
             try:
@@ -295,12 +306,20 @@ class Buffer:
                 if self._file_error is None:
                     raise
                 self._ceiling.value = self._next_seq + SEQ_BLOCK  # memory only: best effort
+        run.first = first
+        run.put_at = time.monotonic()
         mem = self._mem
-        if len(mem) >= self.settings.max_pending:
-            mem.popitem(last=False)
-            self._dropped["overflow"] += 1
+        over = len(mem) + n - self.settings.max_pending
+        if over > 0:
+            for _ in range(min(over, len(mem))):
+                mem.popitem(last=False)
+            self._dropped["overflow"] += over
+            if n > self.settings.max_pending:  # a run larger than the bound: keep its newest
+                keep = self.settings.max_pending
+                first += n - keep
+                n = keep
         was_empty = not mem
-        mem[seq] = (reading, time.monotonic())
+        mem.update(zip(range(first, first + n), repeat(run)))
         if was_empty:
             self._arm()
         if len(mem) >= self.settings.commit_max_readings:
@@ -308,7 +327,7 @@ class Buffer:
         elif not self._linked:
             self._commit_soon()
         self._data.set()
-        return seq
+        return run.first
 
     def ack(self, batch: Batch) -> None:
         """The broker has this batch: forget it, or delete its rows in the next commit."""
@@ -317,16 +336,21 @@ class Buffer:
         in_memory = 0
         recent = self._recent
         w = self._writing_seqs
-        for item in batch.items:
-            if mem.pop(item.seq, None) is not None:
-                in_memory += 1
-            else:
-                if recent:
-                    recent.pop(item.seq, None)
-                if w and w[0] <= item.seq <= w[-1]:
-                    self._acked_writing.add(item.seq)  # keep it out of the recent cache
+        pop = mem.pop
+        total = 0
+        for run, start, stop in batch.spans:
+            first = run.first
+            total += stop - start
+            for seq in range(first + start, first + stop):
+                if pop(seq, None) is not None:
+                    in_memory += 1
+                else:
+                    if recent:
+                        recent.pop(seq, None)
+                    if w and w[0] <= seq <= w[-1]:
+                        self._acked_writing.add(seq)  # keep it out of the recent cache
         self._acked_in_memory += in_memory
-        if in_memory < len(batch):
+        if in_memory < total:
             # Some rows are in the file, or on their way into it.
             if not self._deletes:
                 self._deletes_since = time.monotonic()
@@ -399,49 +423,39 @@ class Buffer:
                 if recent:
                     return Batch(self.boot_id, recent)
             else:
-                boot_id, items = await self._call(self._db.fetch, after_seq, max_readings, hi)
-                if items:
-                    return Batch(boot_id, items)
+                boot_id, runs = await self._call(self._db.fetch, after_seq, max_readings, hi)
+                if runs:
+                    return Batch(boot_id, [(run, 0, 1) for run in runs])
             after_seq = max(after_seq, hi)
-        items = self._from_memory(after_seq, max_readings, upto)
-        return Batch(self.boot_id, items) if items else None
+        spans = self._from_memory(after_seq, max_readings, upto)
+        return Batch(self.boot_id, spans) if spans else None
 
-    def _from_recent(self, after: int, limit: int, hi: int) -> list[StoredReading] | None:
+    def _from_recent(self, after: int, limit: int, hi: int) -> list[Span] | None:
         """Rows (after, hi] from the recent cache, or None when older rows are needed: a
         seq missing from the cache at or above its oldest was acknowledged (or never put)."""
         recent = self._recent
         if not recent or after + 1 < next(iter(recent)):
             return None
-        out: list[StoredReading] = []
         get = recent.get
-        seq = after + 1
-        while seq <= hi and len(out) < limit:
-            r = get(seq)
-            if r is not None:
-                out.append(StoredReading(seq, r))
-            seq += 1
-        return out
+        return _spans(((seq, get(seq)) for seq in range(after + 1, hi + 1)), limit)
 
-    def _from_memory(self, after: int, limit: int, upto: int | None) -> list[StoredReading]:
-        out: list[StoredReading] = []
+    def _from_memory(self, after: int, limit: int, upto: int | None) -> list[Span]:
         top = self._next_seq - 1 if upto is None else min(upto, self._next_seq - 1)
+        out: list[Span] = []
         if self._writing:
             i = bisect.bisect_right(self._writing_seqs, after)
-            for seq, r in self._writing[i : i + limit]:
-                if seq > top:
-                    return out
-                out.append(StoredReading(seq, r))
+            out = _spans(((seq, r) for seq, r in self._writing[i : i + limit] if seq <= top), limit)
         mem = self._mem
-        if not mem or len(out) >= limit:
+        got = sum(stop - start for _, start, stop in out)
+        if not mem or got >= limit or (out and _last(out) >= top):
             return out
-        seq = max(after + 1, next(iter(mem)))
         get = mem.get
-        while seq <= top and len(out) < limit:
-            hit = get(seq)
-            if hit is not None:
-                out.append(StoredReading(seq, hit[0]))
-            seq += 1
-        return out
+        seqs = range(max(after + 1, next(iter(mem))), top + 1)
+        more = _spans(((seq, get(seq)) for seq in seqs), limit - got)
+        if out and more and more[0][0] is out[-1][0] and more[0][1] == out[-1][2]:
+            run, start, _ = out.pop()
+            more[0] = (run, start, more[0][2])
+        return out + more
 
     def _write_done(self, _fut: object) -> None:
         self._write_started = None
@@ -456,7 +470,7 @@ class Buffer:
         waiting = len(self._mem) + len(self._writing)
         oldest = self._oldest_ts
         if oldest is None and self._mem:
-            oldest = next(iter(self._mem.values()))[0].ts
+            oldest = next(iter(self._mem.values())).ts
         return BufferStats(
             depth=self._depth + waiting,
             bytes_used=self._bytes_used,
@@ -480,7 +494,7 @@ class Buffer:
         interval = self.settings.commit_interval_s
         due: float | None = None
         if self._mem:
-            due = next(iter(self._mem.values()))[1] + interval
+            due = next(iter(self._mem.values())).put_at + interval
         if self._deletes:
             d = self._deletes_since + interval
             due = d if due is None else min(due, d)
@@ -542,7 +556,7 @@ class Buffer:
             self._disarm()
             return
         mem, self._mem = self._mem, OrderedDict()
-        rows = [(seq, r) for seq, (r, _) in mem.items()]
+        rows = list(mem.items())
         self._writing = rows
         self._writing_seqs = [seq for seq, _ in rows]
         deletes, self._deletes = self._deletes, []
@@ -567,9 +581,7 @@ class Buffer:
             raise
         self._applied(rows, res)
 
-    def _requeue(
-        self, mem: OrderedDict[int, tuple[Reading, float]], deletes: list[tuple[int, int]]
-    ) -> None:
+    def _requeue(self, mem: OrderedDict[int, Run], deletes: list[tuple[int, int]]) -> None:
         """The write failed, nothing was committed: put it all back in front, in order."""
         self._writing, self._writing_seqs = [], []
         self._acked_writing = set()
@@ -586,7 +598,7 @@ class Buffer:
         self._deletes = deletes + self._deletes
         self._arm()
 
-    def _applied(self, rows: list[tuple[int, Reading]], res: _WriteResult) -> None:
+    def _applied(self, rows: list[tuple[int, Run]], res: _WriteResult) -> None:
         self._writing, self._writing_seqs = [], []
         recent = self._recent
         acked, self._acked_writing = self._acked_writing, set()
@@ -616,9 +628,7 @@ class Buffer:
         self._progress.set()
         self._arm()
 
-    def _write(
-        self, rows: list[tuple[int, Reading]], deletes: list[tuple[int, int]]
-    ) -> _WriteResult:
+    def _write(self, rows: list[tuple[int, Run]], deletes: list[tuple[int, int]]) -> _WriteResult:
         """In the writer thread: one transaction, then the limits."""
         db = self._db
         quarantined = False
@@ -665,3 +675,33 @@ class Buffer:
                 time.time() if synced else None,
             )
         return _WriteResult(removed, evicted, expired, used, db.oldest_ts(), quarantined, reopened)
+
+
+def _last(spans: list[Span]) -> int:
+    run, _, stop = spans[-1]
+    return run.first + stop - 1
+
+
+def _spans(pairs: Iterator[tuple[int, Run | None]], limit: int) -> list[Span]:
+    """``(seq, run)`` pairs in seq order (None: not there) as spans of runs, at most
+    ``limit`` readings: consecutive seqs of one run make one span."""
+    out: list[Span] = []
+    run: Run | None = None
+    start = stop = 0
+    n = 0
+    for seq, r in pairs:
+        if r is None:
+            continue
+        i = seq - r.first
+        if r is run and i == stop:
+            stop += 1
+        else:
+            if run is not None:
+                out.append((run, start, stop))
+            run, start, stop = r, i, i + 1
+        n += 1
+        if n >= limit:
+            break
+    if run is not None:
+        out.append((run, start, stop))
+    return out

@@ -7,6 +7,7 @@ A driver returns samples (one metric of its own device); the poller turns each i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 Value = float | int | bool | str | None
@@ -71,9 +72,45 @@ class Sample:
     uncertain: bool = False  # a value kept, with ``reason`` saying why it is not yet good
 
 
+@dataclass(slots=True)
+class Values:
+    """Several metrics of one device read at one instant: a poll's samples in compact form.
+
+    What a driver that reads many values at once (a Modbus request) returns instead of one
+    :class:`Sample` each: the names and units are the driver's own tuples, shared by every
+    poll, and ``values`` is one list. ``reasons`` is None when every value is good; else it
+    says, per value, why a value is bad (the value is then None)."""
+
+    metrics: tuple[str, ...]
+    units: tuple[str | None, ...]
+    values: list[Value]
+    ts: float
+    mono: float
+    reasons: list[str | None] | None = None
+
+    def samples(self) -> list[Sample]:
+        """The same values one :class:`Sample` each (tools and tests; not the hot path)."""
+        reasons = self.reasons or [None] * len(self.values)
+        return [
+            Sample(m, v, u, self.ts, self.mono, why)
+            for m, u, v, why in zip(self.metrics, self.units, self.values, reasons, strict=True)
+        ]
+
+
 @dataclass(slots=True, frozen=True)
 class MetricInfo:
     """A metric a device is configured to give: used to report it bad when the device fails."""
 
     name: str
     unit: str | None
+
+
+def as_samples(polled: Sequence[Sample | Values]) -> list[Sample]:
+    """A read's result one :class:`Sample` a value (tools and tests; not the hot path)."""
+    out: list[Sample] = []
+    for item in polled:
+        if isinstance(item, Values):
+            out.extend(item.samples())
+        else:
+            out.append(item)
+    return out

@@ -2,9 +2,10 @@
 
 The agent owns scheduling: it enters a driver's context once, then calls ``read()`` every
 ``poll_interval``. ``read()`` returns one :class:`Sample` per metric it could read, stamped
-when the value was read (not when it was converted or sent). A register the device refused
-comes back as a bad sample with a reason; a device that did not answer at all raises
-:class:`tepi.core.errors.DeviceUnavailable`, and a garbled answer
+when the value was read (not when it was converted or sent), or, for values read at one
+instant (a Modbus request), one :class:`Values` for all of them: the fast path. A register
+the device refused comes back as a bad sample (or value) with a reason; a device that did
+not answer at all raises :class:`tepi.core.errors.DeviceUnavailable`, and a garbled answer
 :class:`tepi.core.errors.ProtocolError`.
 
 Devices that share a transport (several Modbus slaves on one RS-485 port, several unit ids
@@ -15,16 +16,24 @@ the last one closes it, and each transport serialises its own requests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tepi.core.records import MetricInfo, Sample
+from tepi.core.records import MetricInfo, Sample, Values
 from tepi.core.units import Duration
 
-__all__ = ["Driver", "DriverConfig", "MetricInfo", "Sample", "SharedResource", "SharedResources"]
+__all__ = [
+    "Driver",
+    "DriverConfig",
+    "MetricInfo",
+    "Sample",
+    "SharedResource",
+    "SharedResources",
+    "Values",
+]
 
 
 class DriverConfig(BaseModel):
@@ -74,7 +83,7 @@ class Driver(Protocol):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
-    async def read(self) -> list[Sample]: ...
+    async def read(self) -> Sequence[Sample | Values]: ...
 
     def metrics(self) -> list[MetricInfo]: ...
 

@@ -18,7 +18,7 @@ from typing import Literal, Self
 from pydantic import Field
 
 from tepi.core.clock import boottime
-from tepi.core.records import MetricInfo, Sample
+from tepi.core.records import MetricInfo, Value, Values
 from tepi.drivers.base import DriverConfig
 
 
@@ -38,7 +38,8 @@ class SyntheticDriver:
 
     def __init__(self, config: SyntheticConfig, _resources: object = None) -> None:
         self.config = config
-        self._names = [f"m{i}" for i in range(config.metrics)]
+        self._names = tuple(f"m{i}" for i in range(config.metrics))
+        self._units: tuple[str | None, ...] = (None,) * config.metrics
         self._polls = 0
 
     async def __aenter__(self) -> Self:
@@ -49,16 +50,17 @@ class SyntheticDriver:
     ) -> None:
         return None
 
-    async def read(self) -> list[Sample]:
+    async def read(self) -> list[Values]:
         self._polls += 1
-        ts, mono, unit = time.time(), boottime(), None
+        ts, mono = time.time(), boottime()
+        values: list[Value]
         if self.config.pattern == "counter":
-            n = self._polls
-            return [Sample(name, n, unit, ts, mono) for name in self._names]
-        return [
-            Sample(name, round(20.0 + 5.0 * math.sin(mono / 600.0 + i), 2), unit, ts, mono)
-            for i, name in enumerate(self._names)
-        ]
+            values = [self._polls] * len(self._names)
+        else:
+            values = [
+                round(20.0 + 5.0 * math.sin(mono / 600.0 + i), 2) for i in range(len(self._names))
+            ]
+        return [Values(self._names, self._units, values, ts, mono)]
 
     def metrics(self) -> list[MetricInfo]:
         return [MetricInfo(name, None) for name in self._names]

@@ -28,7 +28,7 @@ import orjson
 import zstandard
 
 from tepi.buffer.records import Batch
-from tepi.gateway.payload import PAYLOAD_VERSION, clock_fix, clock_obj, ms, reading_ts
+from tepi.gateway.payload import PAYLOAD_VERSION, clock_fix, clock_obj, ms, run_ts
 
 ENCODING = "c1"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -51,23 +51,27 @@ def _columns(
     unsure: list[list[Any]] = []
     tstat: list[list[Any]] = []
     prev_seq = prev_ts = prev_off = 0
-    for i, item in enumerate(batch.items[:n]):
-        r = item.reading
-        key = (r.device, r.metric, r.unit)
-        s.append(series.setdefault(key, len(series)))
-        seq.append(item.seq - prev_seq)
-        prev_seq = item.seq
-        rts, status = reading_ts(item, fix)
+    i = 0
+    for run, start, stop in batch.head(n).spans:
+        rts, status = run_ts(run, fix)
         t = ms(rts)
-        o = t - ms(r.mono)
-        ts.append(t - prev_ts)
-        off.append(o - prev_off)
-        prev_ts, prev_off = t, o
-        value.append(r.value)
-        if r.reason is not None:
-            (unsure if r.uncertain else bad).append([i, r.reason])
-        if status is not None:
-            tstat.append([i, status])
+        o = t - ms(run.mono)
+        reasons, uncertain = run.reasons, run.uncertain
+        for k in range(start, stop):
+            key = (run.device, run.metrics[k], run.units[k])
+            s.append(series.setdefault(key, len(series)))
+            seq.append(run.first + k - prev_seq)
+            prev_seq = run.first + k
+            ts.append(t - prev_ts)
+            off.append(o - prev_off)
+            prev_ts, prev_off = t, o
+            value.append(run.values[k])
+            why = None if reasons is None else reasons[k]
+            if why is not None:
+                (unsure if uncertain is not None and uncertain[k] else bad).append([i, why])
+            if status is not None:
+                tstat.append([i, status])
+            i += 1
     obj = orjson.dumps(
         {
             "v": PAYLOAD_VERSION,

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from tepi.buffer.records import Batch, StoredReading
+from tepi.buffer.records import Batch, Run
 from tepi.core.clock import boottime
 
 PAYLOAD_VERSION = 1
@@ -24,17 +24,17 @@ def ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def reading_ts(item: StoredReading, fix: float | None) -> tuple[float, str | None]:
-    """The timestamp to send, and its ``ts_status``: None for a reading taken with a synced
-    clock; "gps" when the system clock was not synced but a GPS receiver's time dated it;
-    "corrected" when it was not synced, and ``fix`` (the synced wall clock minus ``mono``
-    now, same boot) dates it from ``mono``; "unsynced" when it cannot be corrected here."""
-    r = item.reading
-    if r.synced:
-        return r.ts, "gps" if r.gps_time else None
+def run_ts(run: Run, fix: float | None) -> tuple[float, str | None]:
+    """The timestamp to send for a run's readings, and its ``ts_status``: None for readings
+    taken with a synced clock; "gps" when the system clock was not synced but a GPS
+    receiver's time dated them; "corrected" when it was not synced, and ``fix`` (the synced
+    wall clock minus ``mono`` now, same boot) dates them from ``mono``; "unsynced" when they
+    cannot be corrected here."""
+    if run.synced:
+        return run.ts, "gps" if run.gps_time else None
     if fix is None:
-        return r.ts, "unsynced"
-    return r.mono + fix, "corrected"
+        return run.ts, "unsynced"
+    return run.mono + fix, "corrected"
 
 
 def clock_fix(
@@ -46,24 +46,56 @@ def clock_fix(
     return float(now["ts"]) - float(now["mono"])
 
 
-def reading_obj(item: StoredReading, fix: float | None = None) -> dict[str, Any]:
-    r = item.reading
-    ts, status = reading_ts(item, fix)
-    obj: dict[str, Any] = {
-        "seq": item.seq,
-        "device": r.device,
-        "metric": r.metric,
-        "value": r.value,
-        "unit": r.unit,
-        "ts": ms(ts) / 1000,
-        "mono": ms(r.mono) / 1000,
-        "quality": r.quality,
-    }
-    if r.reason is not None:
-        obj["reason"] = r.reason
-    if status is not None:
-        obj["ts_status"] = status
-    return obj
+def reading_objs(batch: Batch, fix: float | None) -> list[dict[str, Any]]:
+    """The ``readings`` of a telemetry message, one object each, in seq order."""
+    out: list[dict[str, Any]] = []
+    append = out.append
+    for run, start, stop in batch.spans:
+        # What a poll's readings share is worked out once a run, not once a reading.
+        ts, status = run_ts(run, fix)
+        ts = ms(ts) / 1000
+        mono = ms(run.mono) / 1000
+        device, metrics, units, values = run.device, run.metrics, run.units, run.values
+        first = run.first
+        reasons = run.reasons
+        if reasons is None and status is None:
+            for i in range(start, stop):
+                append(
+                    {
+                        "seq": first + i,
+                        "device": device,
+                        "metric": metrics[i],
+                        "value": values[i],
+                        "unit": units[i],
+                        "ts": ts,
+                        "mono": mono,
+                        "quality": "good",
+                    }
+                )
+            continue
+        uncertain = run.uncertain
+        for i in range(start, stop):
+            why = None if reasons is None else reasons[i]
+            obj: dict[str, Any] = {
+                "seq": first + i,
+                "device": device,
+                "metric": metrics[i],
+                "value": values[i],
+                "unit": units[i],
+                "ts": ts,
+                "mono": mono,
+                "quality": "good"
+                if why is None
+                else "uncertain"
+                if uncertain is not None and uncertain[i]
+                else "bad",
+            }
+            if why is not None:
+                obj["reason"] = why
+            if status is not None:
+                obj["ts_status"] = status
+            append(obj)
+    return out
 
 
 def clock_obj(boot_id: str, synced: bool) -> dict[str, Any]:
@@ -87,10 +119,14 @@ def encode_telemetry(
     head = _dumps(
         {"v": PAYLOAD_VERSION, "gateway": gateway_id, "boot": batch.boot_id, "clock": clock}
     )
+    objs = reading_objs(batch, fix)
+    body = _dumps(objs)  # one call for the whole batch: the usual case, it fits
+    if len(head) + len(body) + len(b',"readings":}') <= max_bytes or len(objs) == 1:
+        return head[:-1] + b',"readings":' + body + b"}", len(objs)
     parts: list[bytes] = []
     size = len(head) + len(b',"readings":[]}')
-    for item in batch.items:
-        text = _dumps(reading_obj(item, fix))
+    for obj in objs:
+        text = _dumps(obj)
         grown = size + len(text) + (1 if parts else 0)
         if parts and grown > max_bytes:
             break

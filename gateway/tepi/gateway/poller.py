@@ -26,19 +26,21 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
 from tepi.buffer import Buffer
+from tepi.buffer.records import Run
 from tepi.core.clock import Stamp, WallClock, boottime
 from tepi.core.errors import DeviceError, DeviceUnavailable, DriverFault
-from tepi.core.records import MetricInfo, Reading, Sample, storable
+from tepi.core.records import MetricInfo, Reading, Sample, Value, Values, storable
 from tepi.core.retry import DEVICE_OPEN
 from tepi.drivers.base import Driver, DriverConfig
 
 log = logging.getLogger(__name__)
+_INT64 = 2**63
 
 
 @dataclass
@@ -78,8 +80,9 @@ class DeviceStats:
     last_error: str | None = None
     last_poll_s: float | None = None
     next_probe_s: float | None = None  # while quarantined: seconds between probes
-    # The latest reading of each metric, for the local status API and ``tepi status``.
-    last: dict[str, Reading] = field(default_factory=dict)
+    # The latest reading of each metric, for the local status API and ``tepi status``: the
+    # run (the poll) that holds it, so a poll updates this without one object per value.
+    last: dict[str, Run] = field(default_factory=dict)
     # The driver's own counters (Modbus: requests, timeouts, ...), when it has any.
     protocol: Callable[[], dict[str, object] | None] | None = None
     # Bad readings not sent: the same reason as the one last sent for the metric, within
@@ -88,6 +91,10 @@ class DeviceStats:
     heartbeat: BadHeartbeat = field(default_factory=BadHeartbeat)
     # Called when ``state`` changes (the agent's STATUS= line for systemd follows it).
     on_state: Callable[[], None] | None = None
+
+    def latest(self) -> dict[str, Reading]:
+        """The latest reading of each metric."""
+        return {m: run.reading(run.metrics.index(m)) for m, run in self.last.items()}
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -110,6 +117,101 @@ def reading(device: str, s: Sample, stamp: Stamp) -> Reading:
     return Reading(
         device, s.metric, s.value, s.unit, ts, s.mono, s.reason, synced, s.uncertain, gps
     )
+
+
+def _unstorable(values: list[Value]) -> list[tuple[int, str]] | None:
+    """The values the buffer cannot keep (see ``storable``), with why; None: all can be.
+    A type check first: most values are small ints or finite floats, and this runs for every
+    value of every poll."""
+    bad: list[tuple[int, str]] | None = None
+    for i, v in enumerate(values):
+        t = type(v)
+        if t is float:
+            if v - v == 0.0:  # type: ignore[operator]  # inf - inf and nan - nan are nan
+                continue
+        elif t is int:
+            if -_INT64 <= v < _INT64:  # type: ignore[operator]
+                continue
+        elif t is bool or t is str or v is None:
+            continue
+        why = storable(v)
+        if why is None:
+            continue
+        if bad is None:
+            bad = []
+        bad.append((i, why))
+    return bad
+
+
+def put_values(
+    device: str,
+    polled: Values,
+    stamp: Stamp,
+    buffer: Buffer,
+    stats: DeviceStats,
+    *,
+    now: float,
+    every: float,
+) -> None:
+    """A driver's :class:`Values` into the buffer as one run (the hot path of a poll).
+
+    The same rules as for samples (``reading`` and the bad-reading heartbeat), on the poll's
+    lists: what the buffer cannot keep becomes bad, and a bad value the heartbeat holds back
+    is left out of the run and counted."""
+    values = polled.values
+    reasons = polled.reasons
+    bad = _unstorable(values)
+    if bad is not None:
+        values = list(values)
+        reasons = list(reasons) if reasons is not None else [None] * len(values)
+        for i, why in bad:
+            values[i] = None
+            reasons[i] = why
+    if stamp.gps_fix is not None:
+        ts, synced, gps = polled.mono + stamp.gps_fix, True, True
+    else:
+        ts, synced, gps = polled.ts, stamp.synced, False
+    metrics = polled.metrics
+    run = Run(device, metrics, polled.units, values, ts, polled.mono, synced, gps, reasons)
+    stats.readings += len(values)
+    last = stats.last
+    for m in metrics:
+        last[m] = run
+    heartbeat = stats.heartbeat
+    if reasons is None:
+        if heartbeat.sent:  # a metric good again: its next bad reading goes at once
+            for m in metrics:
+                heartbeat.sent.pop(m, None)
+        buffer.put_many(run)
+        return
+    keep: list[int] = []
+    for i, reason in enumerate(reasons):
+        if reason is None:
+            if heartbeat.sent:
+                heartbeat.sent.pop(metrics[i], None)
+            keep.append(i)
+            continue
+        stats.bad_readings += 1
+        if heartbeat.send(metrics[i], reason, now, every):
+            keep.append(i)
+        else:
+            stats.bad_suppressed += 1
+    if len(keep) == len(values):
+        buffer.put_many(run)
+    elif keep:
+        buffer.put_many(
+            Run(
+                device,
+                tuple(metrics[i] for i in keep),
+                tuple(polled.units[i] for i in keep),
+                [values[i] for i in keep],
+                ts,
+                polled.mono,
+                synced,
+                gps,
+                [reasons[i] for i in keep],
+            )
+        )
 
 
 async def _pause(stopping: asyncio.Event | None, seconds: float) -> None:
@@ -173,16 +275,16 @@ class _Guarded:
                 return
             raise fault from err
 
-    async def read(self) -> list[Sample]:
+    async def read(self) -> Sequence[Sample | Values]:
         try:
-            samples = list(await self.driver.read())
-            wrong = next((s for s in samples if not isinstance(s, Sample)), None)
+            samples = await self.driver.read()
+            wrong = next((s for s in samples if not isinstance(s, Sample | Values)), None)
         except (DeviceError, TimeoutError):
             raise
         except Exception as err:
             raise self.fault(err) from err
         if wrong is not None:
-            bad = TypeError(f"read() gave a {type(wrong).__name__}, not a Sample")
+            bad = TypeError(f"read() gave a {type(wrong).__name__}, not a Sample or Values")
             raise self.fault(bad) from bad
         return samples
 
@@ -310,8 +412,13 @@ async def _poll_loop(
             stats.last_ok_ts = time.time()
             heartbeat = stats.heartbeat
             for s in samples:
+                if isinstance(s, Values):
+                    put_values(
+                        cfg.id, s, stamp, buffer, stats, now=started, every=cfg.bad_heartbeat
+                    )
+                    continue
                 r = reading(cfg.id, s, stamp)
-                stats.last[s.metric] = r
+                stats.last[s.metric] = Run.of(r)
                 stats.readings += 1
                 if s.reason is None or s.uncertain:
                     if heartbeat.sent:  # a metric good again: its next bad reading goes at once
@@ -388,5 +495,5 @@ def _failed(
         for m in driver.metrics():
             r = reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp)
             buffer.put(r)
-            stats.last[m.name] = r
+            stats.last[m.name] = Run.of(r)
             stats.bad_readings += 1

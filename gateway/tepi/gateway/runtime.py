@@ -209,7 +209,7 @@ class Agent:
                     "reason": r.reason,
                     "ts": round(r.ts, 3),
                 }
-                for m, r in st.last.items()
+                for m, r in st.latest().items()
             }
             out[dev_id] = d
         return out

@@ -554,7 +554,7 @@ class Uplink:
             clock_synced=clock_synced(),
         )
         if n < len(batch):
-            batch = Batch(batch.boot_id, batch.items[:n])
+            batch = batch.head(n)
         self._inflight[lane] += 1
         total = self._inflight["live"] + self._inflight["backlog"]
         self.stats.peak_inflight = max(self.stats.peak_inflight, total)

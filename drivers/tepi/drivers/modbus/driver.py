@@ -18,7 +18,7 @@ from typing import Self
 
 from tepi.core.clock import boottime
 from tepi.core.errors import DeviceError, DeviceUnavailable, ProtocolError, WriteRefused
-from tepi.core.records import MetricInfo, Sample
+from tepi.core.records import MetricInfo, Values
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus.codec import (
     ReadRequest,
@@ -28,7 +28,8 @@ from tepi.drivers.modbus.codec import (
     raw_for_write,
     value_of,
 )
-from tepi.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig, RegisterConfig
+from tepi.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
+from tepi.drivers.modbus.decoder import Decoder, compile_request
 from tepi.drivers.modbus.link import ExceptionReply, ModbusLink
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,12 @@ class ModbusDriver:
     ) -> None:
         self.config = config
         self._resources = resources
-        self._plan = plan_reads(config.wire_registers(), max_gap=config.max_gap)
+        self._plan = [
+            (req, compile_request(req))
+            for req in plan_reads(config.wire_registers(), max_gap=config.max_gap)
+        ]
         self._by_name = {r.name: r for r in config.registers}
+        self._deadbands = {r.name: r.deadband for r in config.registers if r.deadband is not None}
         self._sent: dict[str, _Sent] = {}
         self.link_stats = LinkStats()
         self._link: ModbusLink | None = None
@@ -131,23 +136,25 @@ class ModbusDriver:
         return [MetricInfo(r.name, r.unit) for r in self.config.registers]
 
     @property
-    def requests_per_poll(self) -> int:
-        return len(self._plan)
+    def plan(self) -> list[ReadRequest]:
+        """The reads a poll makes now (a refused merged read is split for good)."""
+        return [req for req, _ in self._plan]
 
-    async def read(self) -> list[Sample]:
-        """One poll. Raises when no request got an answer; otherwise the requests that failed
-        come back as bad samples with the failure's short reason."""
+    async def read(self) -> list[Values]:
+        """One poll: the values of each request as one :class:`Values`. Raises when no
+        request got an answer; otherwise a request that failed gives its registers as bad
+        values with the failure's short reason."""
         if self._link is None:
             raise RuntimeError("ModbusDriver.read() outside its context")
         cfg = self.config
-        samples: list[Sample] = []
+        out: list[Values] = []
         errors: list[DeviceError] = []
         answered = 0
         todo = deque(self._plan)
-        plan: list[ReadRequest] = []
+        plan: list[tuple[ReadRequest, Decoder]] = []
         while todo:
-            req = todo.popleft()
-            data: list[int] | list[bool] | ExceptionReply | DeviceError
+            req, decoder = todo.popleft()
+            data: bytes | list[bool] | ExceptionReply | DeviceError
             try:
                 data = await self._request(req)
             except DeviceError as err:
@@ -167,30 +174,31 @@ class ModbusDriver:
                         req.address,
                         len(parts),
                     )
-                    todo.extendleft(reversed(parts))
+                    todo.extendleft(reversed([(p, compile_request(p)) for p in parts]))
                     continue
-            plan.append(req)
+            plan.append((req, decoder))
             ts, mono = time.time(), boottime()
             if isinstance(data, DeviceError | ExceptionReply):
                 if isinstance(data, DeviceError):
                     errors.append(data)
                 else:
                     answered += 1
-                samples.extend(
-                    Sample(r.name, None, r.unit, ts, mono, data.reason) for r in req.registers
+                n = len(decoder.names)
+                out.append(
+                    Values(decoder.names, decoder.units, [None] * n, ts, mono, [data.reason] * n)
                 )
                 continue
             answered += 1
-            for reg in req.registers:
-                i = reg.address - req.address
-                value, why = value_of(decode_register(data[i : i + reg.width], reg), reg)
-                samples.append(Sample(reg.name, value, reg.unit, ts, mono, why))
+            values, reasons = decoder(data)
+            out.append(Values(decoder.names, decoder.units, values, ts, mono, reasons))
         self._plan = plan
         if answered == 0 and errors:
             raise errors[0]
-        return self._report(samples)
+        if self._deadbands:
+            return [v for v in map(self._report, out) if v is not None]
+        return out
 
-    async def _request(self, req: ReadRequest) -> list[int] | list[bool] | ExceptionReply:
+    async def _request(self, req: ReadRequest) -> bytes | list[bool] | ExceptionReply:
         """One read, asked again up to ``retries`` times on no answer or a garbled one."""
         assert self._link is not None
         cfg = self.config
@@ -202,7 +210,7 @@ class ModbusDriver:
                 st.retries += 1
             started = loop.time()
             try:
-                data = await self._link.read(
+                data = await self._link.read_bytes(
                     req.table, req.address, req.count, cfg.unit, cfg.timeout, pause_s=cfg.pause
                 )
             except DeviceUnavailable as err:
@@ -271,21 +279,38 @@ class ModbusDriver:
         log.info("device %s: wrote %s = %r (read back %r)", cfg.id, name, value, got)
         return got
 
-    def _report(self, samples: list[Sample]) -> list[Sample]:
+    def _report(self, polled: Values) -> Values | None:
         """Drop unchanged values of registers with a deadband, until their heartbeat."""
-        out: list[Sample] = []
+        deadbands = self._deadbands
+        keep: list[int] = []
+        reasons = polled.reasons
+        mono = polled.mono
         heartbeat = self.config.heartbeat
-        for s in samples:
-            reg: RegisterConfig = self._by_name[s.metric]
-            if reg.deadband is not None:
-                last = self._sent.get(s.metric)
-                if (
-                    last is not None
-                    and last.reason == s.reason
-                    and s.mono - last.mono < heartbeat
-                    and not changed(last.value, s.value, reg.deadband)
-                ):
-                    continue
-                self._sent[s.metric] = _Sent(s.value, s.reason, s.mono)
-            out.append(s)
-        return out
+        for i, (name, value) in enumerate(zip(polled.metrics, polled.values, strict=True)):
+            band = deadbands.get(name)
+            if band is None:
+                keep.append(i)
+                continue
+            reason = None if reasons is None else reasons[i]
+            last = self._sent.get(name)
+            if (
+                last is not None
+                and last.reason == reason
+                and mono - last.mono < heartbeat
+                and not changed(last.value, value, band)
+            ):
+                continue
+            self._sent[name] = _Sent(value, reason, mono)
+            keep.append(i)
+        if len(keep) == len(polled.values):
+            return polled
+        if not keep:
+            return None
+        return Values(
+            tuple(polled.metrics[i] for i in keep),
+            tuple(polled.units[i] for i in keep),
+            [polled.values[i] for i in keep],
+            polled.ts,
+            mono,
+            None if reasons is None else [reasons[i] for i in keep],
+        )

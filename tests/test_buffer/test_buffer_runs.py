@@ -1,0 +1,140 @@
+"""A poll's readings put at once (``put_many``): one run in RAM, handed out and acknowledged
+seq by seq as before, whatever the batch boundaries, commits and restarts in between."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tepi.buffer import Buffer, BufferSettings
+from tepi.buffer.records import Run
+from tepi.core.records import Reading
+
+
+def run(device: str, n: int, base: int) -> Run:
+    """A poll of ``n`` metrics; each value says which put and which metric it is."""
+    return Run(
+        device,
+        tuple(f"m{i}" for i in range(n)),
+        tuple("u" if i % 2 else None for i in range(n)),
+        [base * 1000 + i for i in range(n)],
+        1_700_000_000.0 + base,
+        10.0 + base,
+        reasons=[None if i % 3 else "timeout" for i in range(n)] if base % 2 else None,
+    )
+
+
+def expected(device: str, n: int, base: int) -> list[Reading]:
+    r = run(device, n, base)
+    return [r.reading(i) for i in range(n)]
+
+
+def buffer(tmp: Path, **kw: int) -> Buffer:
+    s = BufferSettings(path=tmp / "b.db", commit_interval_s=60.0, **kw)  # type: ignore[arg-type]
+    return Buffer(s, "boot-a")
+
+
+async def test_a_run_gets_consecutive_seqs_and_its_readings_come_back(tmp_path: Path) -> None:
+    async with buffer(tmp_path) as buf:
+        assert buf.put_many(run("d1", 5, 1)) == 1
+        assert buf.put_many(run("d2", 3, 2)) == 6
+        batch = await buf.fetch(0, 100)
+        assert batch is not None
+        assert len(batch.spans) == 2  # one object a poll, not one a value
+        assert [i.seq for i in batch.items] == list(range(1, 9))
+        assert [i.reading for i in batch.items] == expected("d1", 5, 1) + expected("d2", 3, 2)
+        assert batch.items[3].reading.quality == "bad"
+
+
+async def test_a_batch_limit_cuts_a_run_and_the_rest_follows(tmp_path: Path) -> None:
+    async with buffer(tmp_path) as buf:
+        buf.put_many(run("d1", 10, 1))
+        first = await buf.fetch(0, 4)
+        assert first is not None
+        assert (first.first_seq, first.last_seq, len(first)) == (1, 4, 4)
+        buf.ack(first)
+        rest = await buf.fetch(first.last_seq, 100)
+        assert rest is not None
+        assert [i.seq for i in rest.items] == list(range(5, 11))
+        assert [i.reading for i in rest.items] == expected("d1", 10, 1)[4:]
+        buf.ack(rest)
+        assert buf.stats().pending == 0
+        assert buf.stats().acked_in_memory == 10
+
+
+async def test_a_partly_acknowledged_run_commits_only_the_rest(tmp_path: Path) -> None:
+    async with buffer(tmp_path) as buf:
+        buf.put_many(run("d1", 10, 1))
+        head = await buf.fetch(0, 6)
+        assert head is not None
+        buf.ack(head)
+        assert await buf.flush()
+        assert buf.stats().written == 4
+    async with buffer(tmp_path) as buf:  # a restart reads them from the file, as readings
+        batch = await buf.fetch(0, 100)
+        assert batch is not None
+        assert [i.seq for i in batch.items] == [7, 8, 9, 10]
+        assert [i.reading for i in batch.items] == expected("d1", 10, 1)[6:]
+
+
+async def test_max_pending_drops_the_oldest_readings_of_runs(tmp_path: Path) -> None:
+    async with buffer(tmp_path, max_pending=8) as buf:
+        buf.put_many(run("d1", 5, 1))
+        buf.put_many(run("d1", 5, 2))  # 10 > 8: the two oldest go
+        assert buf.stats().dropped == {"overflow": 2}
+        batch = await buf.fetch(0, 100)
+        assert batch is not None
+        assert [i.seq for i in batch.items] == list(range(3, 11))
+        buf.put_many(run("d1", 12, 3))  # larger than the bound alone: its newest 8 stay
+        assert buf.stats().dropped == {"overflow": 14}
+        batch = await buf.fetch(0, 100)
+        assert batch is not None
+        assert [i.seq for i in batch.items] == list(range(15, 23))
+        assert [i.reading for i in batch.items] == expected("d1", 12, 3)[4:]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(st.integers(1, 30), min_size=1, max_size=25),
+    seed=st.integers(0, 2**32 - 1),
+)
+async def test_every_reading_is_delivered_once_in_order_through_cuts_acks_and_commits(
+    tmp_path_factory: object, sizes: list[int], seed: int
+) -> None:
+    """Random runs, batch limits, lost acks (a resend from the last acknowledged seq) and
+    commits in between: the readings acknowledged are exactly those put, once each."""
+    rnd = random.Random(seed)
+    tmp = Path(getattr(tmp_path_factory, "mktemp")("runs"))  # noqa: B009 - hypothesis + fixture
+    want: dict[int, Reading] = {}
+    got: dict[int, Reading] = {}
+    async with buffer(tmp) as buf:
+        cursor = 0
+        acked_to = 0
+        for k, n in enumerate(sizes):
+            first = buf.put_many(run(f"d{k % 3}", n, k))
+            want.update(zip(range(first, first + n), expected(f"d{k % 3}", n, k), strict=True))
+            if rnd.random() < 0.3:
+                assert await buf.flush()
+            while rnd.random() < 0.7:
+                batch = await buf.fetch(cursor, rnd.randint(1, 40))
+                if batch is None:
+                    break
+                if rnd.random() < 0.2:  # the ack is lost: the sender goes back
+                    cursor = acked_to
+                    continue
+                for item in batch.items:
+                    assert item.seq not in got, f"seq {item.seq} acknowledged twice"
+                    got[item.seq] = item.reading
+                buf.ack(batch)
+                cursor = acked_to = batch.last_seq
+        while (batch := await buf.fetch(cursor, 50)) is not None:
+            got.update((i.seq, i.reading) for i in batch.items)
+            buf.ack(batch)
+            cursor = batch.last_seq
+        assert got == want
+        assert buf.stats().pending == 0
