@@ -3,6 +3,7 @@ seq by seq as before, whatever the batch boundaries, commits and restarts in bet
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -138,3 +139,18 @@ async def test_every_reading_is_delivered_once_in_order_through_cuts_acks_and_co
             cursor = batch.last_seq
         assert got == want
         assert buf.stats().pending == 0
+
+
+async def test_watch_sets_its_event_once_the_seq_is_put(tmp_path: Path) -> None:
+    async with buffer(tmp_path) as buf:
+        event = asyncio.Event()
+        buf.watch(12, event)
+        buf.put_many(run("d1", 10, 1))
+        assert not event.is_set()
+        buf.put_many(run("d1", 2, 2))  # seqs 11 and 12
+        assert event.is_set()
+        event.clear()
+        buf.put_many(run("d1", 2, 3))
+        assert not event.is_set()  # fired once, then forgotten
+        buf.watch(5, event)  # already put: at once
+        assert event.is_set()

@@ -153,6 +153,7 @@ class Buffer:
         self._timer_at = 0.0
         self._wake = asyncio.Event()
         self._data = asyncio.Event()
+        self._watch: tuple[int, asyncio.Event] | None = None  # see watch()
         self._progress = asyncio.Event()
         self._lock = asyncio.Lock()
         self._opened = False
@@ -327,6 +328,10 @@ class Buffer:
         elif not self._linked:
             self._commit_soon()
         self._data.set()
+        watch = self._watch
+        if watch is not None and self._next_seq > watch[0]:
+            self._watch = None
+            watch[1].set()
         return run.first
 
     def ack(self, batch: Batch) -> None:
@@ -399,6 +404,16 @@ class Buffer:
         while self._next_seq - 1 <= after_seq:
             self._data.clear()
             await self._data.wait()
+
+    def watch(self, seq: int, event: asyncio.Event) -> None:
+        """Set ``event`` once a reading with seq ``seq`` or above has been put (at once if
+        one has). One watcher at a time (the uplink's live lane): a new call replaces it.
+        Cheaper than a task waiting in :meth:`wait_for_data`, which wakes at every put."""
+        if self._next_seq > seq:
+            self._watch = None
+            event.set()
+        else:
+            self._watch = (seq, event)
 
     async def wait_committed(self, seq: int) -> None:
         """Return once every reading up to ``seq`` is committed (or acked, or dropped)."""

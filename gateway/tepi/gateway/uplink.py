@@ -565,20 +565,16 @@ class Uplink:
         return batch.last_seq
 
     async def _fill_wait(self, cursor: int, max_readings: int, max_wait: float) -> None:
-        """While live publishes are in flight, wait up to ``max_wait`` for a fuller batch."""
+        """While live publishes are in flight, wait up to ``max_wait`` for a fuller batch:
+        until a live PUBACK (``_kick``) or until ``max_readings`` wait (the buffer sets the
+        same event), with no task of its own: this runs once a message."""
+        kick = self._kick
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait):
                 while self._inflight["live"] and self.buffer.last_seq - cursor < max_readings:
-                    self._kick.clear()
-                    more = asyncio.ensure_future(
-                        self.buffer.wait_for_data(cursor + max_readings - 1)
-                    )
-                    kick = asyncio.ensure_future(self._kick.wait())
-                    try:
-                        await asyncio.wait((more, kick), return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        more.cancel()
-                        kick.cancel()
+                    kick.clear()
+                    self.buffer.watch(cursor + max_readings, kick)
+                    await kick.wait()
 
     async def _publish(
         self,
