@@ -5,13 +5,18 @@ simulator (``tepi-sim``, on real ptys and TCP ports) or the synthetic driver, a 
 TCP proxy between the agent and the broker, a subscriber that timestamps every message, and
 then ``tepi run`` as its own process. The agent is measured through /proc: CPU time (utime +
 stime, all threads), RSS, ``write_bytes`` (bytes sent towards the disk) and voluntary context
-switches (wake-ups). Nothing inside the agent is instrumented.
+switches (wake-ups). Nothing inside the agent is instrumented; its counters (polls made,
+readings taken) are read from its status API, ``GET /health``, as ``tepi status`` does.
 
     .venv/bin/python bench/suite.py                       # every workload; prints the tables
     .venv/bin/python bench/suite.py reference idle        # some of them
     .venv/bin/python bench/suite.py backlog --backlog-readings 10000000
     .venv/bin/python bench/suite.py --smoke               # seconds, not minutes (CI: it runs)
     .venv/bin/python bench/suite.py reference --agent-src ../old   # an older checkout's agent
+    .venv/bin/python bench/suite.py modbus-tcp-50 --profile   # and the agent's cProfile
+
+``--profile`` runs the agent under bench/profiled.py (``python -m cProfile``, switched on for
+the measured window only) and prints its top 25 functions by tottime and by cumtime.
 
 Figures print as Markdown tables (the ones in docs/performance.md) and as JSON lines with
 ``--json``. They are never asserted anywhere.
@@ -26,12 +31,14 @@ import json
 import math
 import os
 import platform
+import pstats
 import shutil
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -110,8 +117,10 @@ class Receiver:
         self.live_ts = array("d")  # when each live reading was taken
         self.live_prefix = "live-"
         self.seqs = bytearray()
+        self.per_device: dict[str, int] = {}  # readings in the window, by device
         self.first_at: float | None = None
         self.online_at: float | None = None
+        self.first_seq: int | None = None  # the run's first seq (its ``online`` message)
         self.max_seq = 0
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{port}")
         self._client.on_message = self._on_message
@@ -131,6 +140,8 @@ class Receiver:
         if msg.topic.endswith("/status"):
             if b'"online"' in msg.payload and self.online_at is None:
                 self.online_at = time.monotonic()
+                first = json.loads(msg.payload).get("first_seq")
+                self.first_seq = int(first) if first is not None else None
             return
         data = bytes(msg.payload)
         obj = decode_compact(data) if data[:1] != b"{" else json.loads(data)
@@ -142,11 +153,14 @@ class Receiver:
             self.count += len(readings)
             self.payload_bytes += len(msg.payload)
             self.batch_sizes.append(len(readings))
+            per_device = self.per_device
             for r in readings:
                 seq = r["seq"]
+                device = r["device"]
+                per_device[device] = per_device.get(device, 0) + 1
                 lat = now - r["ts"]
                 self.latencies.append(lat)
-                if r["device"].startswith(self.live_prefix):
+                if device.startswith(self.live_prefix):
                     self.live_latencies.append(lat)
                     self.live_ts.append(r["ts"])
                 if seq >= len(self.seqs):
@@ -161,6 +175,12 @@ class Receiver:
             self.latencies = array("d")
             self.live_latencies = array("d")
             self.live_ts = array("d")
+            self.per_device = {}
+
+    def missing(self, lo: int, hi: int) -> int:
+        """How many of the seqs ``lo`` to ``hi`` (both included) have not arrived."""
+        with self.lock:
+            return hi - lo + 1 - self.seqs.count(1, lo, hi + 1)
 
     def have_all(self, upto: int) -> bool:
         with self.lock:
@@ -227,10 +247,16 @@ class CountingProxy:
 # ---- configs from a workload ----------------------------------------------------------------
 
 SIM_KINDS = ["counter", "pm25", "pm10", "temperature", "humidity", "level", "noise"]
+SENSOR_KINDS = SIM_KINDS[1:]
+WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
 
 
 def expand(groups: list[dict[str, Any]], prefix: str = "") -> Iterator[dict[str, Any]]:
-    """Each device of each group: {id, kind, registers/metrics, poll_interval, bus}."""
+    """Each device of each group: {id, kind, registers/metrics, poll_interval, bus, unit}.
+
+    ``per_bus`` puts that many devices on one bus: an RS-485 bus (``rtu``), or one Modbus TCP
+    address with the devices as its unit ids (``tcp``, a gateway). Without it, each TCP
+    device has a port of its own."""
     n = 0
     for gi, g in enumerate(groups):
         for i in range(int(g["count"])):
@@ -243,23 +269,63 @@ def expand(groups: list[dict[str, Any]], prefix: str = "") -> Iterator[dict[str,
             }
 
 
+def points(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Modbus device's register map, as consecutive holding registers from address 0.
+
+    ``registers: N`` is N uint16 values (kinds in turn, scale 1 or 0.1); a list of
+    ``{type, count, kind, scale, word_order}`` gives a mix of types. Each point is one value
+    (one reading a poll): {address, type, kind, scale, word_order}."""
+    spec = d["registers"]
+    if isinstance(spec, int):
+        return [
+            {
+                "address": a,
+                "type": "uint16",
+                "kind": SIM_KINDS[a % len(SIM_KINDS)],
+                "scale": 1 if a % len(SIM_KINDS) == 0 else 0.1,
+                "word_order": "big",
+            }
+            for a in range(spec)
+        ]
+    out: list[dict[str, Any]] = []
+    address = 0
+    for group in spec:
+        for _ in range(int(group.get("count", 1))):
+            kind = group.get("kind", SENSOR_KINDS[len(out) % len(SENSOR_KINDS)])
+            scale = 1 if group["type"] == "float32" or kind == "counter" else group.get("scale", 1)
+            out.append(
+                {
+                    "address": address,
+                    "type": group["type"],
+                    "kind": kind,
+                    "scale": scale,
+                    "word_order": group.get("word_order", "big"),
+                }
+            )
+            address += WIDTH[group["type"]]
+    return out
+
+
+def values_per_poll(d: dict[str, Any]) -> int:
+    """The readings one poll of a device (or of each device of a group) gives."""
+    if d["kind"] == "synthetic":
+        return int(d.get("metrics", 10))
+    return len(points(d))
+
+
 def sim_config(devices: list[dict[str, Any]]) -> dict[str, Any]:
     out = []
     for d in devices:
         if d["kind"] not in ("rtu", "tcp"):
             continue
-        regs = [
-            {
-                "address": a,
-                "table": "holding",
-                "kind": SIM_KINDS[a % len(SIM_KINDS)],
-                "type": "uint16",
-                "scale": 1 if a % len(SIM_KINDS) == 0 else 0.1,
-            }
-            for a in range(int(d["registers"]))
-        ]
+        regs = []
+        for pt in points(d):
+            reg = {"table": "holding", **pt}
+            if pt["type"] == "float32" or pt["kind"] == "counter":
+                del reg["scale"]  # the simulator stores these as they are
+            regs.append(reg)
         dev: dict[str, Any] = {"id": d["id"], "transport": d["kind"], "unit": d["unit"]}
-        if d["kind"] == "rtu":
+        if d["kind"] == "rtu" or "per_bus" in d:
             dev["bus"] = d["bus"]
         out.append({**dev, "registers": regs})
     return {"devices": out}
@@ -272,21 +338,22 @@ def agent_devices(devices: list[dict[str, Any]], endpoints: dict[str, Any]) -> l
         if d["kind"] == "synthetic":
             out.append({**base, "driver": "synthetic", "metrics": int(d["metrics"])})
             continue
-        regs = [
-            {
-                "name": f"r{a}",
-                "address": a,
-                "type": "uint16",
-                "scale": 1 if a % len(SIM_KINDS) == 0 else 0.1,
-            }
-            for a in range(int(d["registers"]))
-        ]
+        regs = []
+        for pt in points(d):
+            reg = {"name": f"r{pt['address']}", "address": pt["address"], "type": pt["type"]}
+            if pt["scale"] != 1:
+                reg["scale"] = pt["scale"]
+            if pt["word_order"] != "big":
+                reg["word_order"] = pt["word_order"]
+            regs.append(reg)
         ep = endpoints[d["id"]]["endpoint"]
         if d["kind"] == "rtu":
             out.append({**base, "driver": "modbus-rtu", "port": ep, "unit": d["unit"]})
         else:
             host, port = ep.rsplit(":", 1)
-            out.append({**base, "driver": "modbus-tcp", "host": host, "port": int(port), "unit": 1})
+            out.append(
+                {**base, "driver": "modbus-tcp", "host": host, "port": int(port), "unit": d["unit"]}
+            )
         out[-1]["registers"] = regs
     return out
 
@@ -302,6 +369,8 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 AGENT_SRC = REPO  # the checkout whose agent runs (--agent-src)
+PROFILE_DIR: Path | None = None  # --profile: run the agent under cProfile, its stats here
+PROFILE_CLOCK = "wall"  # --profile-clock
 
 
 def agent_command(src: Path) -> tuple[list[str], str]:
@@ -311,6 +380,44 @@ def agent_command(src: Path) -> tuple[list[str], str]:
         return [sys.executable, "-m", "gateway.cli"], str(src)
     roots = os.pathsep.join(str(src / d) for d in ("drivers", "buffer", "gateway"))
     return [sys.executable, "-m", "tepi.gateway.cli"], roots
+
+
+def has_status_api(src: Path) -> bool:
+    """Whether the checkout's agent serves the local status API (``status.socket``)."""
+    for config in (
+        src / "gateway" / "tepi" / "gateway" / "config.py",
+        src / "gateway" / "config.py",
+    ):
+        if config.exists() and "class StatusSection" in config.read_text():
+            return True
+    return False
+
+
+async def agent_health(socket: Path | None) -> dict[str, Any] | None:
+    """The agent's health message, from its status API (``GET /health`` on its unix socket);
+    None when it has none or does not answer."""
+    if socket is None:
+        return None
+    try:
+        async with asyncio.timeout(5):
+            r, w = await asyncio.open_unix_connection(str(socket))
+            w.write(b"GET /health HTTP/1.0\r\nHost: tepi\r\n\r\n")
+            data = await r.read()
+            w.close()
+    except (OSError, TimeoutError):
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b" 200 " not in head.split(b"\r\n", 1)[0]:
+        return None
+    health: dict[str, Any] = json.loads(body)
+    return health
+
+
+def device_sum(health: dict[str, Any] | None, key: str) -> int | None:
+    """A device counter of the health message, summed over the devices."""
+    if health is None:
+        return None
+    return sum(int(d.get(key, 0)) for d in health.get("devices", {}).values())
 
 
 @dataclass
@@ -323,6 +430,8 @@ class Rig:
     rx: Receiver | None = None
     broker_port: int = 0
     endpoints: dict[str, Any] = field(default_factory=dict)
+    status_socket: Path | None = None  # the agent's status API, when its checkout has one
+    profile: Path | None = None  # run the agent under cProfile, writing its stats here
 
     async def start_broker(self) -> None:
         self.broker_port = free_port()
@@ -345,6 +454,9 @@ class Rig:
             "uplink": {"url": f"mqtt://127.0.0.1:{self.proxy.port}"},
             "devices": agent_devices(devices, self.endpoints),
         }
+        if has_status_api(AGENT_SRC):
+            self.status_socket = self.work / "status.sock"
+            cfg["status"] = {"socket": str(self.status_socket)}
         cfg = merge(cfg, extra)
         path = self.work / "tepi.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -353,6 +465,10 @@ class Rig:
     def start_agent(self, config: Path) -> float:
         t0 = time.monotonic()
         command, pythonpath = agent_command(AGENT_SRC)
+        if self.profile is not None:  # as python -m cProfile -o FILE -m <the agent's module>
+            launcher = str(REPO / "bench" / "profiled.py")
+            clock = ["--clock", PROFILE_CLOCK]
+            command = [command[0], launcher, *clock, "-o", str(self.profile), *command[1:]]
         self.agent = subprocess.Popen(
             [*command, "run", "--config", str(config)],
             stdout=subprocess.DEVNULL,
@@ -396,15 +512,25 @@ def ms(v: float | None) -> float | None:
 
 
 async def measure(
-    rig: Rig, warmup: float, duration: float, *, offered: float | None = None
+    rig: Rig,
+    warmup: float,
+    duration: float,
+    *,
+    offered: float | None = None,
+    offered_polls: float | None = None,
+    per_poll: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Warm up, then measure a window of ``duration`` seconds."""
+    """Warm up, then measure a window of ``duration`` seconds. ``per_poll``: the readings one
+    poll of each device gives, to count polls from readings."""
     assert rig.agent is not None
     assert rig.rx is not None
     assert rig.proxy is not None
     pid = rig.agent.pid
     await asyncio.sleep(warmup)
+    h0 = await agent_health(rig.status_socket)
     rig.rx.reset_window()
+    if rig.profile is not None:
+        os.kill(pid, signal.SIGUSR2)  # bench/profiled.py: the profiler on, for the window
     s0 = sample(pid)
     b0, seg0 = rig.proxy.snapshot()
     rss: list[int] = []
@@ -412,39 +538,105 @@ async def measure(
         await asyncio.sleep(0.5)
         rss.append(sample(pid).rss)
     s1 = sample(pid)
+    if rig.profile is not None:
+        os.kill(pid, signal.SIGUSR2)  # and off
     b1, seg1 = rig.proxy.snapshot()
+    h1 = await agent_health(rig.status_socket)
     with rig.rx.lock:
         n = rig.rx.count
         lat = array("d", rig.rx.latencies)
         sizes = list(rig.rx.batch_sizes)
         payload = rig.rx.payload_bytes
+        per_device = dict(rig.rx.per_device)
+        max_seq = rig.rx.max_seq
     span = s1.t - s0.t
     cpu = s1.cpu_s - s0.cpu_s
     wb = s1.write_bytes - s0.write_bytes
     wire = b1 - b0
-    out: dict[str, Any] = {
-        "seconds": round(span, 1),
+    polls = None
+    if per_poll:
+        polls = sum(count / per_poll.get(dev, 1) for dev, count in per_device.items())
+    lost, checked = await count_lost(rig.rx, h1, max_seq)
+
+    def delta(key: str) -> int | None:
+        a, b = device_sum(h0, key), device_sum(h1, key)
+        return None if a is None or b is None else b - a
+
+    made = delta("polls")
+    out: dict[str, Any] = {"seconds": round(span, 1)}
+    if offered_polls is not None:
+        out["offered_polls_per_s"] = offered_polls
+    if polls is not None:
+        out["polls_per_s"] = round(polls / span, 1)
+    out["polls_made_per_s"] = None if made is None else round(made / span, 1)
+    out["missed_polls"] = delta("missed_polls")
+    if offered is not None:
+        out["offered_per_s"] = offered
+    out |= {
         "readings_per_s": round(n / span, 1),
         "cpu_percent": round(100 * cpu / span, 2),
-        "cpu_s_per_1000": round(1000 * cpu / n, 4) if n else None,
+        "cpu_s_per_1000_polls": round(1000 * cpu / polls, 4) if polls else None,
+        "cpu_s_per_1000_values": round(1000 * cpu / n, 4) if n else None,
         "latency_p50_ms": ms(pct(lat, 0.50)),
         "latency_p99_ms": ms(pct(lat, 0.99)),
+        "lost": lost,
+        "lost_checked": checked,
         "batch_mean": round(statistics.fmean(sizes), 1) if sizes else None,
         "batch_max": max(sizes) if sizes else None,
         "rss_mb": round(statistics.median(rss) / 2**20, 1) if rss else None,
         "rss_peak_mb": round(max(rss) / 2**20, 1) if rss else None,
+        "disk_bytes_per_poll": round(wb / polls, 2) if polls else None,
         "disk_bytes_per_reading": round(wb / n, 2) if n else None,
         "disk_mb_per_hour": round(wb / span * 3600 / 1e6, 2),
         "wakeups_per_s": round((s1.wakeups - s0.wakeups) / span, 2),
+        "loadavg": loadavg(),
         "payload_bytes_per_reading": round(payload / n, 2) if n else None,
         "mqtt_bytes_per_reading": round(wire / n, 2) if n else None,
         "wire_bytes_per_reading": round((wire + TCP_IP_HEADER * (seg1 - seg0)) / n, 2)
         if n
         else None,
     }
-    if offered is not None:
-        out["offered_per_s"] = offered
     return out
+
+
+async def count_lost(
+    rx: Receiver,
+    health: dict[str, Any] | None,
+    max_seq: int,
+    *,
+    stall: float = 3.0,
+    limit: float = 30.0,
+) -> tuple[int | None, int]:
+    """Readings the agent took by the end of the window that never reached the subscriber.
+
+    The agent gives its readings consecutive seqs from the run's ``first_seq`` (its
+    ``online`` message). By the end of the window its polls have put E readings in its
+    buffer: the health message's ``readings - bad_suppressed``, summed over the devices. So
+    seqs ``first_seq`` to ``first_seq + E - 1`` must all arrive. The bench waits for those
+    still on their way (an overloaded agent sends its backlog late) until none is missing,
+    none has arrived for ``stall`` seconds, or ``limit`` seconds have passed; the ones
+    missing then are lost. Returns (lost, E).
+
+    Without a status API (an old checkout) E is unknown: the seqs up to the highest one
+    received by the end of the window are checked instead, which misses a lost tail."""
+    with rx.lock:
+        lo = rx.first_seq if rx.first_seq is not None else rx.seqs.find(1)
+    if lo < 0:
+        return None, 0
+    taken, suppressed = device_sum(health, "readings"), device_sum(health, "bad_suppressed")
+    hi = max_seq if taken is None or suppressed is None else lo + taken - suppressed - 1
+    start = last = time.monotonic()
+    missing = rx.missing(lo, hi)
+    while missing:
+        await asyncio.sleep(0.05)
+        now = time.monotonic()
+        still = rx.missing(lo, hi)
+        if still < missing:
+            last = now
+        missing = still
+        if now - last > stall or now - start > limit:
+            break
+    return missing, hi - lo + 1
 
 
 async def run_steady(
@@ -452,6 +644,10 @@ async def run_steady(
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"tepi-bench-{name}-"))
     rig = Rig(work)
+    if PROFILE_DIR is not None:
+        tag = f"-{wl['offered']:.0f}" if name == "throughput" else ""
+        rig.profile = PROFILE_DIR / f"{name}{tag}-{time.strftime('%Y%m%d-%H%M%S')}.prof"
+    res: dict[str, Any] = {}
     try:
         devices = list(expand(wl["devices"]))
         await rig.start_broker()
@@ -466,20 +662,32 @@ async def run_steady(
         startup = rig.rx.first_at - t0
         warm = 1.0 if smoke else float(wl.get("warmup", 5))
         dur = 2.0 if smoke else float(wl.get("duration", 30))
-        res = await measure(rig, warm, dur, offered=wl.get("offered"))
+        res = await measure(
+            rig,
+            warm,
+            dur,
+            offered=wl.get("offered"),
+            offered_polls=wl.get("offered_polls"),
+            per_poll={d["id"]: values_per_poll(d) for d in devices},
+        )
         res["startup_s"] = round(startup, 2)
         res["workload"] = name
-        return res
     finally:
-        await rig.close()
+        await rig.close()  # the agent stops: cProfile writes its stats
         shutil.rmtree(work, ignore_errors=True)
+    if rig.profile is not None:
+        res["profile"] = str(rig.profile)
+    return res
+
+
+def offered_polls(groups: list[dict[str, Any]]) -> float:
+    return sum(int(g["count"]) / parse_duration(g["poll_interval"]) for g in groups)
 
 
 def offered_rate(groups: list[dict[str, Any]]) -> float:
     total = 0.0
     for g in groups:
-        per = int(g.get("registers", g.get("metrics", 0)))
-        total += int(g["count"]) * per / parse_duration(g["poll_interval"])
+        total += int(g["count"]) * values_per_poll(g) / parse_duration(g["poll_interval"])
     return total
 
 
@@ -593,6 +801,59 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
         shutil.rmtree(work, ignore_errors=True)
 
 
+# ---- profiles -----------------------------------------------------------------------------
+
+
+def where(path: str) -> str:
+    """A profiled function's file, short: relative to the agent's checkout, to
+    site-packages or to the standard library."""
+    for base in (str(AGENT_SRC), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]):
+        if path.startswith(base + os.sep):
+            return path[len(base) + 1 :]
+    if "site-packages" + os.sep in path:
+        return path.split("site-packages" + os.sep, 1)[1]
+    return path
+
+
+def waiting(func: str) -> bool:
+    """Whether a profiled function is the event loop waiting for I/O (epoll, select)."""
+    return func.startswith(("<method 'poll' of 'select.", "<built-in method select.select"))
+
+
+def profile_report(path: Path, top: int = 25) -> str:
+    """The ``top`` functions by own time (tottime) and by time with callees (cumtime).
+
+    ``%`` is of the busy time: the whole profile's time less the event loop's wait in
+    epoll (which the wall clock counts as that call's own time)."""
+    stats = pstats.Stats(str(path))
+    entries = stats.stats  # type: ignore[attr-defined]  # (file, line, name) -> (cc, nc, tt, ct, callers)
+    total: float = stats.total_tt  # type: ignore[attr-defined]
+    idle = sum(v[2] for (file, _line, func), v in entries.items() if file == "~" and waiting(func))
+    busy = total - idle
+    out = [
+        f"profile: {path} (cProfile, {PROFILE_CLOCK} clock, over the window: the agent's main "
+        f"thread, the event loop; not its other threads): {total:.2f} s, of which "
+        f"{idle:.2f} s waiting in epoll and {busy:.2f} s busy"
+    ]
+    for title, col in (("tottime", 2), ("cumtime", 3)):
+        rows = sorted(entries.items(), key=lambda kv: kv[1][col], reverse=True)[:top]
+        out += [
+            "",
+            f"top {top} by {title}:",
+            "",
+            "| ncalls | tottime s | % of busy | µs/call | cumtime s | function |",
+            "|---:|---:|---:|---:|---:|---|",
+        ]
+        for (file, line, func), (_cc, nc, tt, ct, _callers) in rows:
+            name = func if file == "~" else f"{where(file)}:{line}({func})"
+            share = "-" if file == "~" and waiting(func) else f"{100 * tt / busy:.1f}"
+            out.append(
+                f"| {nc} | {tt:.3f} | {share if busy > 0 else '-'} | "
+                f"{1e6 * tt / nc if nc else 0:.1f} | {ct:.3f} | `{name}` |"
+            )
+    return "\n".join(out)
+
+
 # ---- tables ------------------------------------------------------------------------------
 
 
@@ -609,7 +870,7 @@ def render(res: dict[str, Any]) -> str:
             (
                 f"offered {r['offered_per_s']:,.0f}/s",
                 f"{r['readings_per_s']:,.0f}/s arrived, {r['cpu_percent']}% CPU, "
-                f"{r['cpu_s_per_1000']} CPU s/1000, p99 {r['latency_p99_ms']} ms, "
+                f"{r['cpu_s_per_1000_values']} CPU s/1000, p99 {r['latency_p99_ms']} ms, "
                 f"batch {r['batch_mean']}, {'sustained' if r['sustained'] else 'NOT sustained'}",
             )
             for r in res["runs"]
@@ -620,11 +881,21 @@ def render(res: dict[str, Any]) -> str:
     return f"### {name}\n\n" + table([(k, v) for k, v in res.items() if k != "workload"])
 
 
+ALL = ["reference", "idle", "stress", "modbus-tcp-50", "throughput", "backlog"]
+
+
+def loadavg() -> str:
+    """The machine's load averages (1, 5, 15 min): how busy the shared cores were."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 async def main_async(args: argparse.Namespace) -> None:
-    names = args.workloads or ["reference", "idle", "stress", "throughput", "backlog"]
+    out = sys.stderr if args.json else sys.stdout  # profiles: JSON lines stay JSON lines
+    names = args.workloads or ALL
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}\n"
+        f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"load average {loadavg()}\n"
     )
     for name in names:
         wl = yaml.safe_load((WORKLOADS / f"{name}.yaml").read_text())
@@ -634,11 +905,15 @@ async def main_async(args: argparse.Namespace) -> None:
             res = await run_backlog(wl, smoke=args.smoke, readings=args.backlog_readings)
         else:
             wl["offered"] = round(offered_rate(wl["devices"]), 1)
+            wl["offered_polls"] = round(offered_polls(wl["devices"]), 1)
             res = await run_steady(name, wl, smoke=args.smoke, extra=encoding(args))
         if args.json:
-            print(json.dumps(res))
+            print(json.dumps(res), flush=True)
         else:
             print(render(res) + "\n", flush=True)
+        for run in res.get("runs", [res]):
+            if run.get("profile"):
+                print(profile_report(Path(run["profile"])) + "\n", file=out, flush=True)
 
 
 def encoding(args: argparse.Namespace) -> dict[str, Any]:
@@ -660,10 +935,33 @@ def main() -> None:
         type=Path,
         help="run the agent from this checkout (to compare commits on the same workload)",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the agent under cProfile and print its top 25 functions by tottime and by "
+        "cumtime (not the backlog; the CPU figures then include the profiler's cost)",
+    )
+    p.add_argument(
+        "--profile-clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cProfile's clock: wall (its own, cheaper) or the agent's main thread's CPU "
+        "time (waits do not count, but the agent runs about 3 times slower)",
+    )
+    p.add_argument(
+        "--profile-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tepi-bench-profiles",
+        help="where --profile keeps the stats files, for pstats (default: %(default)s)",
+    )
     args = p.parse_args()
+    global AGENT_SRC, PROFILE_DIR, PROFILE_CLOCK  # noqa: PLW0603 - set once, before anything runs
     if args.agent_src is not None:
-        global AGENT_SRC  # noqa: PLW0603 - set once, before anything runs
         AGENT_SRC = args.agent_src.resolve()
+    if args.profile:
+        PROFILE_DIR = args.profile_dir.resolve()
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        PROFILE_CLOCK = args.profile_clock
     asyncio.run(main_async(args))
 
 

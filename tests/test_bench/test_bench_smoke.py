@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,11 +36,46 @@ def test_pipeline_bench() -> None:
 @pytest.mark.timeout(240)
 def test_every_workload_of_the_suite() -> None:
     results = {r["workload"]: r for r in bench("suite.py", "--smoke", "--json", timeout=220)}
-    assert set(results) == {"reference", "idle", "stress", "throughput", "backlog"}
+    assert set(results) == {"reference", "idle", "stress", "modbus-tcp-50", "throughput", "backlog"}
     assert results["reference"]["readings_per_s"] > 0
+    modbus = results["modbus-tcp-50"]
+    assert modbus["polls_per_s"] > 0
+    assert modbus["cpu_s_per_1000_polls"] is not None
+    assert modbus["lost_checked"] > 0  # the agent's counters were read: "lost" is defined
     assert results["stress"]["readings_per_s"] > 0
     assert results["throughput"]["runs"][0]["readings_per_s"] > 0
     assert results["backlog"]["backlog_readings"] >= 20_000
+
+
+@pytest.mark.timeout(60)
+def test_suite_profile(tmp_path: Path) -> None:
+    """--profile runs the agent (here through --agent-src) under bench/profiled.py, and
+    prints the profile of the window: its top functions by tottime and by cumtime."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "suite.py"),
+            "modbus-tcp-50",
+            "--smoke",
+            "--json",
+            "--profile",
+            "--profile-dir",
+            str(tmp_path),
+            "--agent-src",
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    [result] = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert Path(result["profile"]).parent == tmp_path
+    assert "top 25 by tottime" in out.stderr
+    assert "top 25 by cumtime" in out.stderr
+    assert "modbus/driver.py" in out.stderr  # the polls were profiled, not only the loop
 
 
 def test_modbus_wire_bench() -> None:
