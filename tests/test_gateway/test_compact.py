@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tepi.buffer import Batch
-from tepi.buffer.records import StoredReading
+from tepi.buffer.records import Run, StoredReading
 from tepi.core.records import Reading
 from tepi.gateway.compact import CompactError, decode_compact, encode_compact
 from tepi.gateway.configload import parse_config
@@ -290,3 +290,51 @@ def test_mutated_columns_in_a_valid_frame_never_crash_the_decoder(
     frame = zstandard.ZstdCompressor().compress(json.dumps(obj).encode())
     with contextlib.suppress(CompactError):
         decode_compact(frame)
+
+
+@st.composite
+def run_batches(draw: st.DrawFn) -> Batch:
+    """Polls as runs (one device and instant, several metrics), sliced as a batch cuts them."""
+    spans = []
+    seq = 0
+    for _ in range(draw(st.integers(1, 6))):
+        rs = draw(st.lists(readings, min_size=1, max_size=12))
+        head = rs[0]
+        run = Run(
+            head.device,
+            tuple(r.metric for r in rs),
+            tuple(r.unit for r in rs),
+            [r.value for r in rs],
+            head.ts,
+            head.mono,
+            head.synced,
+            head.gps_time,
+            [r.reason for r in rs] if any(r.reason for r in rs) else None,
+            [r.uncertain for r in rs] if any(r.uncertain for r in rs) else None,
+            first=seq + draw(st.integers(1, 50)),
+        )
+        start = draw(st.integers(0, len(rs) - 1))
+        stop = draw(st.integers(start + 1, len(rs)))
+        spans.append((run, start, stop))
+        seq = run.first + len(rs)
+    return Batch("boot-1", spans)
+
+
+@settings(max_examples=150, deadline=None)
+@given(run_batches(), st.booleans())
+def test_a_batch_of_runs_encodes_as_its_readings_one_by_one(batch: Batch, synced: bool) -> None:
+    """The encoders work a run at a time: the same message as for the readings one by one,
+    in JSON and in the compact encoding."""
+    kw: dict[str, Any] = {"max_bytes": 1 << 20, "current_boot": "boot-1", "clock_synced": synced}
+    one_by_one = Batch.of("boot-1", batch.items)
+    plain, n = encode_telemetry("gw-1", batch, **kw)
+    reference, _ = encode_telemetry("gw-1", one_by_one, **kw)
+    assert n == len(batch) == len(one_by_one)
+    got, got_fixed = corrected_ts_apart(json.loads(plain))
+    want, want_fixed = corrected_ts_apart(json.loads(reference))
+    assert got == want
+    assert got_fixed == pytest.approx(want_fixed, abs=0.01)
+    assert [r["seq"] for r in got["readings"]] == [i.seq for i in batch.items]
+    TELEMETRY.validate(json.loads(plain))
+    compact, _ = encode_compact("gw-1", batch, **kw)
+    assert corrected_ts_apart(decode_compact(compact))[0] == got

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tepi.core.records import Reading
 from tepi.gateway.configload import parse_config
 from tepi.gateway.payload import encode_telemetry
 from tepi.gateway.runtime import Agent
+from tepi.gateway.uplink import _Client
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 TELEMETRY = jsonschema.Draft202012Validator({**SCHEMA, "$ref": "#/$defs/telemetry"})
@@ -291,4 +293,18 @@ async def test_a_health_message_that_fails_to_build_is_skipped_not_fatal(
     finally:
         stop.set()
         await run
+        await broker.stop()
+
+
+async def test_the_mqtt_socket_sends_small_publishes_at_once(tmp_path: Path) -> None:
+    """Nagle's algorithm off (paho leaves it on): a PUBLISH never waits for the ACK of the
+    one before it, which the broker may delay by up to 40 ms."""
+    broker = Broker(tmp_path)
+    await broker.start()
+    try:
+        async with _Client("127.0.0.1", broker.port) as client:
+            sock = client._client.socket()
+            assert isinstance(sock, socket.socket)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
         await broker.stop()

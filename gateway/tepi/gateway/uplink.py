@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import math
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -86,6 +87,14 @@ class _Client(aiomqtt.Client):
     idle connection wakes once per keepalive period (the PINGREQ it must send anyway). The
     dead-link detection time is unchanged: a PINGRESP missing for ``keepalive`` drops the link.
     """
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho leaves Nagle's algorithm on. A small publish written while an earlier
+        # segment awaits the broker's delayed ACK then waits for it: up to 40 ms on Linux,
+        # for a reading that could be at the broker in one.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super()._on_socket_open(client, userdata, sock)
 
     async def _misc_loop(self) -> None:
         paho = self._client
