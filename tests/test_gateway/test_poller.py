@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from tepi.buffer import Buffer, BufferSettings
+from tepi.core.clock import boottime
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig
+from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
 from tepi.gateway.poller import DeviceStats, poll_device
 from tepi_sim import Simulator
 
@@ -104,3 +106,48 @@ async def test_at_a_stop_the_poll_in_flight_finishes_and_its_readings_are_kept(
     assert batch is not None
     assert [i.reading.value for i in batch.items] == list(range(1, handed_out + 1))
     assert handed_out >= 1
+
+
+async def test_devices_with_one_interval_poll_on_one_grid(tmp_path: Path) -> None:
+    """Started apart, two devices with the same interval poll at once the first time, then
+    on the same ticks (multiples of the interval), so a tick wakes the agent once."""
+    interval = 0.1
+    cfgs = [
+        SyntheticConfig.model_validate(
+            {"id": f"s{i}", "driver": "synthetic", "metrics": 1, "poll_interval": interval}
+        )
+        for i in range(2)
+    ]
+    stopping = asyncio.Event()
+    stats = [DeviceStats(), DeviceStats()]
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(
+            poll_device(cfgs[0], SyntheticDriver(cfgs[0]), buf, stats[0], stopping=stopping)
+        )
+        async with asyncio.timeout(5):
+            while stats[0].polls < 2:
+                await asyncio.sleep(0.01)
+        # Start the second half-way between two ticks: off the grid by half an interval.
+        await asyncio.sleep(((0.5 - (loop.time() / interval) % 1) % 1) * interval)
+        off_grid_at = boottime()
+        second = loop.create_task(
+            poll_device(cfgs[1], SyntheticDriver(cfgs[1]), buf, stats[1], stopping=stopping)
+        )
+        async with asyncio.timeout(5):
+            while stats[1].polls < 4:
+                await asyncio.sleep(0.01)
+        stopping.set()
+        await asyncio.gather(first, second)
+        batch = await buf.fetch(0, 1000)
+    assert batch is not None
+    by_device: dict[str, list[float]] = {"s0": [], "s1": []}
+    for item in batch.items:
+        by_device[item.reading.device].append(item.reading.mono)
+    s1 = by_device["s1"]
+    phase = [(t / interval) % 1 for t in s1[1:]]  # boottime: the loop's clock plus a constant
+    s0_phase = [(t / interval) % 1 for t in by_device["s0"][1:]]
+    # On one grid: the later polls of both share a phase (within a few ms of scheduling).
+    spread = max(phase + s0_phase) - min(phase + s0_phase)
+    assert spread < 0.05 or spread > 0.95, (phase, s0_phase)
+    assert s1[0] - off_grid_at < interval  # the first poll did not wait for the grid

@@ -6,9 +6,11 @@ in between are only counted, and the recovery is logged as info. After ``quarant
 failed polls in a row the device is *quarantined*: it is probed only now and then, first
 after ten timeouts (or its poll interval, if longer), the wait doubling up to
 ``quarantine_max``, so a dead device takes at most a tenth of the bus time of the live devices
-that share its port. Polls keep to a fixed grid (start + k *
-interval); a poll that overruns skips the ticks it missed and counts them, rather than
-drifting, and the first overrun is logged, so a bus without the capacity is said, not hidden.
+that share its port. Polls keep to a fixed grid: the first poll is at once, the next ones at
+multiples of the interval on the loop's clock (shared by every device with that interval, so
+they poll together and wake the loop once a tick); a poll that overruns skips the ticks it
+missed and counts them, rather than drifting, and the first overrun is logged, so a bus
+without the capacity is said, not hidden.
 
 A driver's bug stays here too. Whatever its open, read, close or counters raise that is not
 a ``DeviceError`` (a ValueError from a decoder, a library's own exception) is classified at
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -456,7 +459,12 @@ async def _poll_loop(
             next_t = loop.time() + wait
             continue
         stats.next_probe_s = None
-        next_t += interval
+        # The next tick is the next multiple of the interval on the loop's clock: every
+        # device with the same interval polls at the same instants, so a tick wakes the loop
+        # once for all of them, not once a device (each wake-up costs CPU, on a Pi and more
+        # so in a VM). The first poll was at once; after a probe or a late poll the device
+        # falls back onto the grid. (The epsilon keeps a tick from being found again.)
+        next_t = (math.floor(next_t / interval + 1e-9) + 1) * interval
         now = loop.time()
         if next_t <= now:
             missed = int((now - next_t) // interval) + 1
