@@ -14,8 +14,15 @@ from pydantic import Field
 from tepi.drivers.base import Driver, DriverConfig, SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
 from tepi.drivers.serial.config import SerialConfig
-from tepi.drivers.serial.driver import SerialDriver
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
+
+
+def _serial_driver(config: Any, resources: SharedResources) -> Driver:
+    # Imported with the first serial device: pyserial and the protocols' code are RSS a box
+    # with no UART sensor need not hold (docs/performance.md#memory).
+    from tepi.drivers.serial.driver import SerialDriver
+
+    return SerialDriver(config, resources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +36,7 @@ REGISTRY: dict[str, DriverEntry] = {
     "modbus-rtu": DriverEntry("modbus-rtu", ModbusRtuConfig, ModbusDriver),
     "modbus-tcp": DriverEntry("modbus-tcp", ModbusTcpConfig, ModbusDriver),
     "synthetic": DriverEntry("synthetic", SyntheticConfig, SyntheticDriver),
-    "serial": DriverEntry("serial", SerialConfig, SerialDriver),
+    "serial": DriverEntry("serial", SerialConfig, _serial_driver),
 }
 
 # The discriminated union of every registered device config, keyed on ``driver``.

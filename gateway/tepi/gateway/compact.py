@@ -22,20 +22,37 @@ random batches. Any zstd library and any JSON parser can decode it.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import zstandard
 
 from tepi.buffer.records import Batch
 from tepi.gateway.payload import PAYLOAD_VERSION, clock_fix, clock_obj, ms, run_ts
+
+if TYPE_CHECKING:
+    import zstandard
 
 ENCODING = "c1"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _LEVEL = 12
 _MAX_DECODED = 64 * 1024 * 1024
-_compressor = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True)
-_decompressor = zstandard.ZstdDecompressor()
+
+
+# zstandard is imported at the first compact message, not with this module (the uplink
+# imports it on every box): most boxes send JSON, and it costs RSS (docs/performance.md#memory).
+@functools.cache
+def _compressor() -> zstandard.ZstdCompressor:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True)
+
+
+@functools.cache
+def _decompressor() -> zstandard.ZstdDecompressor:
+    import zstandard
+
+    return zstandard.ZstdDecompressor()
 
 
 def _columns(
@@ -104,7 +121,7 @@ def encode_compact(
     fix = clock_fix(batch.boot_id, current_boot, clock_synced, clock)
     n = len(batch)
     while True:
-        payload = _compressor.compress(_columns(gateway_id, batch, n, clock, fix))
+        payload = _compressor().compress(_columns(gateway_id, batch, n, clock, fix))
         if len(payload) <= max_bytes or n == 1:
             return payload, n
         n = max(1, n * max_bytes // len(payload) * 9 // 10)
@@ -116,13 +133,15 @@ class CompactError(ValueError):
 
 def decode_compact(payload: bytes) -> dict[str, Any]:
     """A compact message -> the same object the JSON encoding gives for these readings."""
+    import zstandard
+
     if not payload.startswith(ZSTD_MAGIC):
         raise CompactError("not a zstd frame")
     try:
         # The frame header states the size: refuse a lie before allocating for it.
         if zstandard.frame_content_size(payload) > _MAX_DECODED:
             raise CompactError("compact message larger than 64 MiB decoded")
-        obj = orjson.loads(_decompressor.decompress(payload, max_output_size=_MAX_DECODED))
+        obj = orjson.loads(_decompressor().decompress(payload, max_output_size=_MAX_DECODED))
         if not isinstance(obj, dict):
             raise CompactError("a compact message is a JSON object")
         if obj.get("enc") != ENCODING:

@@ -11,18 +11,26 @@ docs entries, which tests/test_gateway/test_health.py checks against this model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field
 
 from tepi.buffer import BufferStats
 from tepi.gateway.poller import DeviceStats
 
+if TYPE_CHECKING:
+    # Only ``prometheus`` needs it, at the first /metrics scrape: most agents never import it.
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 STATES = ("starting", "ok", "failing", "quarantined")
 DROP_REASONS = ("buffer_full", "expired", "overflow")
+# A device's failed polls are counted by reason. Reasons are meant to be a few fixed words
+# (tepi.core.errors), but a driver that put variable text in them (a third-party one, a
+# device's own message) would grow the health message and /metrics' label set with every
+# new text: past this many, the least frequent are summed under "other".
+MAX_ERROR_REASONS = 16
 
 
 @dataclass(frozen=True)
@@ -247,7 +255,7 @@ class DeviceHealth(_Model):
             readings=st.readings,
             bad_readings=st.bad_readings,
             bad_suppressed=st.bad_suppressed,
-            errors=dict(st.errors),
+            errors=bounded_counts(st.errors),
             consecutive_failures=st.consecutive_failures,
             missed_polls=st.missed_polls,
             internal_errors=st.internal_errors,
@@ -257,6 +265,19 @@ class DeviceHealth(_Model):
             probe_interval_s=st.next_probe_s,
             protocol=None if st.protocol is None else st.protocol(),
         )
+
+
+def bounded_counts(counts: Mapping[str, int], limit: int = MAX_ERROR_REASONS) -> Counts:
+    """``counts`` with at most ``limit`` keys: the most frequent ones, and "other" for the
+    sum of the rest (see MAX_ERROR_REASONS)."""
+    if len(counts) <= limit:
+        return dict(counts)
+    named = sorted(
+        (kv for kv in counts.items() if kv[0] != "other"), key=lambda kv: (-kv[1], kv[0])
+    )
+    top = dict(named[: limit - 1])
+    top["other"] = sum(counts.values()) - sum(top.values())
+    return top
 
 
 class ConfigHealth(_Model):
@@ -406,6 +427,8 @@ def _fill(
 
 def prometheus(health: Health) -> list[Metric]:
     """The metric families of one health snapshot, for a prometheus-client collector."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     out: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
     for e in EXPORTED:
         cls = GaugeMetricFamily if e.prom.kind == "gauge" else CounterMetricFamily

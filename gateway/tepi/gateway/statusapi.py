@@ -9,6 +9,12 @@ config asks, on 127.0.0.1. Nothing on the network can reach it by default. Three
 
 Every answer is built from the agent's counters at request time; a request reads, never
 changes, anything (the health message's rates are not reset by it).
+
+The sockets are made here, with the standard library, and the HTTP side
+(`tepi.gateway.statushttp`, on aiohttp) is imported only when the first connection comes, in a
+thread so the event loop keeps polling meanwhile; that connection and every later one are then
+served by aiohttp. Most boxes are never asked, and aiohttp costs about 10 MB of RSS
+(docs/performance.md#memory).
 """
 
 from __future__ import annotations
@@ -17,33 +23,19 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
+from tepi.gateway.health import Health
 
-from tepi.gateway.health import Health, prometheus
+if TYPE_CHECKING:
+    from tepi.gateway.statushttp import StatusApp
 
 log = logging.getLogger(__name__)
 
-
-class _HealthCollector(Collector):
-    """Prometheus metrics made from one health snapshot per scrape (tepi.gateway.health)."""
-
-    def __init__(self, health: Callable[[], Health]) -> None:
-        self._health = health
-
-    def collect(self) -> Iterator[Metric]:
-        yield from prometheus(self._health())
-
-
-def _json(obj: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), content_type="application/json")
+BACKLOG = 128  # connections the kernel queues while the HTTP side is being imported
 
 
 class StatusServer:
@@ -60,79 +52,93 @@ class StatusServer:
         self._devices = devices
         self.socket_path = socket_path
         self.tcp_port = tcp_port
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_HealthCollector(health))
-        self._failing: set[str] = set()  # routes whose last request failed (logged once)
-        app = web.Application(middlewares=[self._guard])
-        app.router.add_get("/health", self._get_health)
-        app.router.add_get("/metrics", self._get_metrics)
-        app.router.add_get("/devices", self._get_devices)
-        self._app = app
         self.listening = asyncio.Event()
-
-    @web.middleware
-    async def _guard(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        """A handler's bug fails that request (500), never the agent; its traceback is
-        logged the first time in a row the route fails, its recovery as info."""
-        route = request.path
-        try:
-            resp: web.StreamResponse = await handler(request)
-        except web.HTTPException:
-            raise
-        except Exception as err:  # one request's failure: a 500, logged
-            if route not in self._failing:
-                self._failing.add(route)
-                log.error("status API %s failed: %s", route, err, exc_info=err)
-            return web.Response(status=500, text="internal error\n")
-        if route in self._failing:
-            self._failing.discard(route)
-            log.info("status API %s answers again", route)
-        return resp
-
-    async def _get_health(self, _req: web.Request) -> web.Response:
-        return _json(self._health().payload())
-
-    async def _get_devices(self, _req: web.Request) -> web.Response:
-        return _json(self._devices())
-
-    async def _get_metrics(self, _req: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
-        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+        self.app: StatusApp | None = None  # the HTTP side, once a connection came
 
     async def run(self) -> None:
         """Listen until cancelled. A socket that cannot be made is logged, not fatal: the
         agent's work does not depend on it."""
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
-        await runner.setup()
+        socks: list[socket.socket] = []
+        accepted: list[socket.socket] = []
         try:
             try:
-                await self._listen(runner)
+                socks = self._listen()
             except OSError as err:
                 log.warning("status API not served: %s", err)
                 await asyncio.Event().wait()  # keep the task: the agent runs on without it
             self.listening.set()
             log.info("status API on %s", self.where())
+            accepted = await _first_connections(socks)
+            app_class = await asyncio.to_thread(_load_http)
+            self.app = app_class(self._health, self._devices)
+            await self.app.start(socks, accepted)  # its transports own them now
             await asyncio.Event().wait()
         finally:
-            await runner.cleanup()
+            if self.app is not None:
+                await self.app.runner.cleanup()
+            else:
+                for conn in accepted:
+                    conn.close()
+            for sock in socks:
+                sock.close()  # (a second close of one aiohttp closed does nothing)
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
 
-    async def _listen(self, runner: web.AppRunner) -> None:
+    def _listen(self) -> list[socket.socket]:
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket of an earlier run
-        old = os.umask(0o117)  # created 0660: the service's user and group only
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        socks = [unix]
         try:
-            await web.UnixSite(runner, str(path)).start()
-        finally:
-            os.umask(old)
-        if self.tcp_port is not None:
-            await web.TCPSite(runner, "127.0.0.1", self.tcp_port).start()
+            old = os.umask(0o117)  # created 0660: the service's user and group only
+            try:
+                unix.bind(str(path))
+            finally:
+                os.umask(old)
+            unix.listen(BACKLOG)
+            if self.tcp_port is not None:
+                socks.append(socket.create_server(("127.0.0.1", self.tcp_port), backlog=BACKLOG))
+        except OSError:
+            for sock in socks:
+                sock.close()
+            raise
+        for sock in socks:
+            sock.setblocking(False)
+        return socks
 
     def where(self) -> str:
         tcp = f" and http://127.0.0.1:{self.tcp_port}" if self.tcp_port else ""
         return f"{self.socket_path}{tcp}"
+
+
+def _load_http() -> type[StatusApp]:
+    from tepi.gateway.statushttp import StatusApp
+
+    return StatusApp
+
+
+async def _first_connections(socks: list[socket.socket]) -> list[socket.socket]:
+    """Wait for a connection on any of ``socks``; the ones accepted (one, or a few that
+    came together). Returns with no wait left on the sockets, for aiohttp to take them."""
+    loop = asyncio.get_running_loop()
+    waits = [asyncio.ensure_future(loop.sock_accept(s)) for s in socks]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        for conn in await _settle(waits):
+            conn.close()
+        raise
+    return await _settle(waits)
+
+
+async def _settle(
+    waits: Sequence[asyncio.Future[tuple[socket.socket, Any]]],
+) -> list[socket.socket]:
+    """Cancel the accepts still waiting, and wait until they are settled: then no reader of
+    ours is left on a socket, and a connection accepted meanwhile is not lost."""
+    for w in waits:
+        w.cancel()
+    done = await asyncio.gather(*waits, return_exceptions=True)
+    return [r[0] for r in done if isinstance(r, tuple)]

@@ -1,0 +1,109 @@
+"""The status API's HTTP side, on aiohttp: the routes, and Prometheus's text format.
+
+`tepi.gateway.statusapi` owns the sockets and imports this module only when the first
+connection comes: aiohttp costs about 10 MB of RSS, which a box that nobody asks never pays
+(docs/performance.md#memory). For the same reason prometheus-client is imported at the first
+``/metrics`` scrape, not with this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from tepi.gateway.health import Health
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+log = logging.getLogger("tepi.gateway.statusapi")  # one logger for the whole status API
+
+
+def _json(obj: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), content_type="application/json")
+
+
+def prometheus_renderer(health: Callable[[], Health]) -> Callable[[], bytes]:
+    """The ``/metrics`` body maker: one health snapshot per scrape, in Prometheus's text
+    format. Imports prometheus-client; call it off the event loop the first time."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.registry import Collector
+
+    from tepi.gateway.health import prometheus
+
+    class HealthCollector(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from prometheus(health())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HealthCollector())
+    return lambda: generate_latest(registry)
+
+
+class StatusApp:
+    """The routes of the status API (its docstring) for one agent, on sockets it is given."""
+
+    def __init__(self, health: Callable[[], Health], devices: Callable[[], dict[str, Any]]) -> None:
+        self._health = health
+        self._devices = devices
+        self._metrics: Callable[[], bytes] | None = None
+        self._metrics_lock = asyncio.Lock()
+        self._failing: set[str] = set()  # routes whose last request failed (logged once)
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/health", self._get_health)
+        app.router.add_get("/metrics", self._get_metrics)
+        app.router.add_get("/devices", self._get_devices)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+
+    async def start(self, listening: list[socket.socket], accepted: list[socket.socket]) -> None:
+        """Serve the connections already accepted, then everything the listening sockets get
+        (they belong to aiohttp from here on; ``runner.cleanup()`` closes them)."""
+        await self.runner.setup()
+        server = self.runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        for conn in accepted:
+            await loop.connect_accepted_socket(server, conn)
+        for sock in listening:
+            await web.SockSite(self.runner, sock).start()
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A handler's bug fails that request (500), never the agent; its traceback is
+        logged the first time in a row the route fails, its recovery as info."""
+        # Keyed by the route matched, not the path asked: a path is the client's text.
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else request.path
+        try:
+            resp: web.StreamResponse = await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as err:  # one request's failure: a 500, logged
+            if route not in self._failing:
+                self._failing.add(route)
+                log.error("status API %s failed: %s", route, err, exc_info=err)
+            return web.Response(status=500, text="internal error\n")
+        if route in self._failing:
+            self._failing.discard(route)
+            log.info("status API %s answers again", route)
+        return resp
+
+    async def _get_health(self, _req: web.Request) -> web.Response:
+        return _json(self._health().payload())
+
+    async def _get_devices(self, _req: web.Request) -> web.Response:
+        return _json(self._devices())
+
+    async def _get_metrics(self, _req: web.Request) -> web.Response:
+        async with self._metrics_lock:
+            if self._metrics is None:
+                self._metrics = await asyncio.to_thread(prometheus_renderer, self._health)
+        return web.Response(body=self._metrics(), content_type="text/plain", charset="utf-8")
