@@ -11,10 +11,12 @@ import pytest
 
 from tepi.buffer import Buffer, BufferSettings
 from tepi.core.clock import boottime
+from tepi.core.errors import DeviceUnavailable
+from tepi.core.records import MetricInfo, Sample
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
-from tepi.gateway.poller import DeviceStats, poll_device
+from tepi.gateway.poller import MAX_REASONS, DeviceStats, poll_device
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(30)
@@ -151,3 +153,43 @@ async def test_devices_with_one_interval_poll_on_one_grid(tmp_path: Path) -> Non
     spread = max(phase + s0_phase) - min(phase + s0_phase)
     assert spread < 0.05 or spread > 0.95, (phase, s0_phase)
     assert s1[0] - off_grid_at < interval  # the first poll did not wait for the grid
+
+
+class _Chatty:
+    """A driver whose every failure has a reason of its own (a value in the text)."""
+
+    quarantine = False
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def __aenter__(self) -> _Chatty:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def read(self) -> list[Sample]:
+        self.n += 1
+        raise DeviceUnavailable(f"no answer at {self.n}", "made up")
+
+    def metrics(self) -> list[MetricInfo]:
+        return [MetricInfo("n", None)]
+
+
+async def test_error_reasons_a_device_counts_are_bounded(tmp_path: Path) -> None:
+    cfg = SyntheticConfig.model_validate(
+        {"id": "c", "driver": "synthetic", "poll_interval": 0.001, "quarantine_after": 1000}
+    )
+    stats = DeviceStats()
+    stopping = asyncio.Event()
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        task = asyncio.create_task(poll_device(cfg, _Chatty(), buf, stats, stopping=stopping))
+        async with asyncio.timeout(10):
+            while stats.polls < 40:
+                await asyncio.sleep(0.005)
+        stopping.set()
+        await task
+    assert len(stats.errors) == MAX_REASONS + 1
+    assert stats.errors["other"] == sum(stats.errors.values()) - MAX_REASONS
+    assert sum(stats.errors.values()) == stats.consecutive_failures

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field
 
 from tepi.drivers.base import Driver, DriverConfig, SharedResources
-from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
+from tepi.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
 from tepi.drivers.serial.config import SerialConfig
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
 
@@ -25,6 +25,13 @@ def _serial_driver(config: Any, resources: SharedResources) -> Driver:
     return SerialDriver(config, resources)
 
 
+def _modbus_driver(config: Any, resources: SharedResources) -> Driver:
+    # Imported with the first Modbus device: pymodbus is RSS a box without one need not hold.
+    from tepi.drivers.modbus.driver import ModbusDriver
+
+    return ModbusDriver(config, resources)
+
+
 @dataclass(frozen=True, slots=True)
 class DriverEntry:
     name: str
@@ -33,8 +40,8 @@ class DriverEntry:
 
 
 REGISTRY: dict[str, DriverEntry] = {
-    "modbus-rtu": DriverEntry("modbus-rtu", ModbusRtuConfig, ModbusDriver),
-    "modbus-tcp": DriverEntry("modbus-tcp", ModbusTcpConfig, ModbusDriver),
+    "modbus-rtu": DriverEntry("modbus-rtu", ModbusRtuConfig, _modbus_driver),
+    "modbus-tcp": DriverEntry("modbus-tcp", ModbusTcpConfig, _modbus_driver),
     "synthetic": DriverEntry("synthetic", SyntheticConfig, SyntheticDriver),
     "serial": DriverEntry("serial", SerialConfig, _serial_driver),
 }

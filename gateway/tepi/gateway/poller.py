@@ -44,6 +44,7 @@ from tepi.drivers.base import Driver, DriverConfig
 
 log = logging.getLogger(__name__)
 _INT64 = 2**63
+MAX_REASONS = 16  # error reasons counted apart, a device; the rest as "other"
 
 
 @dataclass
@@ -492,7 +493,10 @@ def _failed(
     *,
     stamp: Stamp,
 ) -> None:
-    stats.errors[err.reason] += 1
+    # Bounded: a driver's reasons are meant to be a few fixed words, but one that puts a
+    # value in them must not grow this for ever.
+    key = err.reason if err.reason in stats.errors or len(stats.errors) < MAX_REASONS else "other"
+    stats.errors[key] += 1
     stats.consecutive_failures += 1
     stats.last_error = str(err)
     if stats.state not in ("failing", "quarantined"):

@@ -5,7 +5,21 @@ plan) -> ``link`` (one shared, serialised pymodbus client per port or host) -> `
 (one device: plan, read, decode, stamp).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from tepi.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig, RegisterConfig
-from tepi.drivers.modbus.driver import ModbusDriver
+
+if TYPE_CHECKING:
+    from tepi.drivers.modbus.driver import ModbusDriver
 
 __all__ = ["ModbusDriver", "ModbusRtuConfig", "ModbusTcpConfig", "RegisterConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    # The driver (and pymodbus with it) is imported with the first Modbus device, not with
+    # the config models every ``tepi check`` and every box loads (docs/performance.md#memory).
+    if name == "ModbusDriver":
+        from tepi.drivers.modbus.driver import ModbusDriver
+
+        return ModbusDriver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
