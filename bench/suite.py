@@ -531,6 +531,9 @@ async def measure(
     assert rig.proxy is not None
     pid = rig.agent.pid
     await asyncio.sleep(warmup)
+    # Before the bench's first status request: the status API imports its HTTP side at its
+    # first connection (docs/performance.md#memory), so a box nobody queried holds this.
+    rss_unqueried = sample(pid).rss
     h0 = await agent_health(rig.status_socket)
     rig.rx.reset_window()
     if rig.profile is not None:
@@ -589,6 +592,7 @@ async def measure(
         "batch_max": max(sizes) if sizes else None,
         "rss_mb": round(statistics.median(rss) / 2**20, 1) if rss else None,
         "rss_peak_mb": round(max(rss) / 2**20, 1) if rss else None,
+        "rss_before_status_api_mb": round(rss_unqueried / 2**20, 1),
         "disk_bytes_per_poll": round(wb / polls, 2) if polls else None,
         "disk_bytes_per_reading": round(wb / n, 2) if n else None,
         "disk_mb_per_hour": round(wb / span * 3600 / 1e6, 2),
