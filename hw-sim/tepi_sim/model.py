@@ -153,6 +153,7 @@ _DEVICE_KEYS: Final = (
     "baudrate",
     "wire_time",
     "needs_pause_s",
+    "pipelining",
     "profile",
     "unit",
     "bus",
@@ -208,6 +209,7 @@ class DeviceConfig:
     baudrate: int = 9600
     wire_time: bool = False
     needs_pause_s: float = 0.0
+    pipelining: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +418,12 @@ class _Validator:
             self.err(f"{path}.needs_pause_s", "only valid for transport rtu")
         if needs_pause_s < 0:
             self.err(f"{path}.needs_pause_s", "must not be negative")
+        pipelining = raw.get("pipelining", True)
+        if "pipelining" in raw and transport != "tcp":
+            self.err(f"{path}.pipelining", "only valid for transport tcp")
+        elif not isinstance(pipelining, bool):
+            self.err(f"{path}.pipelining", f"must be true or false, got {pipelining!r}")
+            pipelining = True
         if "port" in raw and transport not in ("tcp", "rtu-tcp"):
             self.err(f"{path}.port", "only valid for transport tcp or rtu-tcp")
         fill_gaps = raw.get("fill_gaps", True)
@@ -455,6 +463,7 @@ class _Validator:
             baudrate=baudrate,
             wire_time=wire_time,
             needs_pause_s=needs_pause_s,
+            pipelining=pipelining,
         )
 
     def uart_device(self, raw: Mapping[str, Any], path: str) -> UartDeviceConfig:
@@ -721,6 +730,7 @@ class _Validator:
         bus_units: dict[tuple[str, str, int], str] = {}
         ports: dict[int, str] = {}
         link_bus: dict[str, str] = {}
+        gateway_pipelining: dict[str, tuple[bool, str]] = {}
         for i, dev in enumerate(devices):
             path = f"devices[{i}]"
             if dev.id in seen_ids:
@@ -743,6 +753,14 @@ class _Validator:
                         f"by {bus_units[dev.transport, bus, dev.unit]!r}",
                     )
                 bus_units.setdefault((dev.transport, bus, dev.unit), dev.id)
+                if dev.transport == "tcp":
+                    first, by = gateway_pipelining.setdefault(bus, (dev.pipelining, dev.id))
+                    if dev.pipelining != first:
+                        self.err(
+                            f"{path}.pipelining",
+                            f"gateway {bus!r} has pipelining: {str(first).lower()} (from "
+                            f"{by!r}): every unit behind one gateway shares its behaviour",
+                        )
                 if dev.link is not None:
                     other = link_bus.setdefault(dev.link, bus)
                     if other != bus:

@@ -142,6 +142,12 @@ class Simulator:
             return self._converter_of[device_id].address
         return self._bus_of[device_id].path
 
+    def tcp_endpoint(self, device_id: str) -> TcpEndpoint:
+        """The Modbus TCP server (the device's own, or its gateway's) of a ``tcp`` device,
+        for its counters (``connections``, ``dropped_frames``)."""
+        self.device(device_id)
+        return self._tcp[device_id]
+
     def endpoints(self) -> dict[str, str]:
         """``{device_id: endpoint}`` for every device: the Modbus devices in config order,
         then the serial sensors in config order."""

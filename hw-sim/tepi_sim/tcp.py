@@ -6,6 +6,11 @@ connections run concurrently. TCP devices with the same ``bus`` sit behind one p
 units behind a Modbus TCP gateway. A request for a unit id nobody there has is answered
 with exception 0x0B (gateway target device failed to respond), as a gateway would.
 
+With ``pipelining: false`` the endpoint behaves like pymodbus 3.16's own server and many
+small gateways: it answers the first frame of each read from the socket and drops the whole frames
+that arrived together with it (``dropped_frames``). A client that sends one request at a
+time never notices; one that pipelines loses every request but the first of a burst.
+
 Faults: ``disconnect`` (and ``unplugged``) closes every open connection as soon as it is
 set and closes new ones as they arrive while it stays on; ``bad_crc`` has no meaning without
 a CRC and is sent as garbage; ``partial`` sends the first half of the MBAP frame,
@@ -42,7 +47,9 @@ class TcpEndpoint:
         self.device = group[0]
         self.devices = {d.unit: d for d in group}
         self.port = port
+        self.pipelining = self.device.config.pipelining
         self.connections = 0  # accepted so far
+        self.dropped_frames = 0  # pipelining: false: frames that came with another, dropped
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -106,6 +113,9 @@ class TcpEndpoint:
             writer.close()
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.pipelining:
+            await self._first_of_each_read(reader, writer)
+            return
         while not writer.is_closing():
             header = await reader.readexactly(MBAP.size)
             tid, protocol, length, unit = MBAP.unpack(header)
@@ -113,25 +123,60 @@ class TcpEndpoint:
                 log.warning("%s: bad MBAP header %s, closing", self.address, header.hex(" "))
                 return
             pdu = await reader.readexactly(length - 1)
-            log.debug("%s: rx tid=%d unit=%d %s", self.address, tid, unit, pdu.hex(" "))
-            device = self.devices.get(unit)
-            if device is None:
-                writer.write(mbap_frame(tid, unit, exception_response(pdu[0], EXC_TARGET_FAILED)))
-                await writer.drain()
-                continue
-            action = device.handle(pdu)
-            if action.kind == "disconnect":
+            if not await self._answer(tid, unit, pdu, writer):
                 return
-            if action.kind in ("garbage", "bad_crc"):
-                writer.write(device.garbage() if action.kind == "bad_crc" else action.data)
-            elif action.kind in ("partial", "wrong_unit") and action.prepare is not None:
-                writer.write(mbap_reply(tid, unit, action.prepare().pdu, action.kind))
-            elif action.kind == "answer" and action.prepare is not None:
-                if action.delay_s:
-                    await asyncio.sleep(action.delay_s)
-                if writer.is_closing():
-                    return
-                prepared = action.prepare()
-                writer.write(mbap_frame(tid, unit, prepared.pdu))
-                prepared.commit()
+
+    async def _first_of_each_read(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer the first whole frame of what one read returns; drop the whole frames
+        that came with it."""
+        buf = b""
+        while not writer.is_closing():
+            chunk = await reader.read(4096)
+            if not chunk:
+                return
+            buf += chunk
+            if len(buf) < MBAP.size:
+                continue
+            tid, protocol, length, unit = MBAP.unpack_from(buf)
+            if protocol != 0 or not 2 <= length <= 254:
+                log.warning("%s: bad MBAP header %s, closing", self.address, buf[:7].hex(" "))
+                return
+            end = 6 + length
+            if len(buf) < end:
+                continue
+            pdu, buf = buf[MBAP.size : end], buf[end:]
+            # Whole frames that came with it are dropped; one still arriving is kept, so the
+            # stream stays in step (the client sees lost requests, not a broken connection).
+            while len(buf) >= MBAP.size and len(buf) >= 6 + MBAP.unpack_from(buf)[2]:
+                self.dropped_frames += 1
+                buf = buf[6 + MBAP.unpack_from(buf)[2] :]
+            if not await self._answer(tid, unit, pdu, writer):
+                return
+
+    async def _answer(self, tid: int, unit: int, pdu: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection must close."""
+        log.debug("%s: rx tid=%d unit=%d %s", self.address, tid, unit, pdu.hex(" "))
+        device = self.devices.get(unit)
+        if device is None:
+            writer.write(mbap_frame(tid, unit, exception_response(pdu[0], EXC_TARGET_FAILED)))
             await writer.drain()
+            return True
+        action = device.handle(pdu)
+        if action.kind == "disconnect":
+            return False
+        if action.kind in ("garbage", "bad_crc"):
+            writer.write(device.garbage() if action.kind == "bad_crc" else action.data)
+        elif action.kind in ("partial", "wrong_unit") and action.prepare is not None:
+            writer.write(mbap_reply(tid, unit, action.prepare().pdu, action.kind))
+        elif action.kind == "answer" and action.prepare is not None:
+            if action.delay_s:
+                await asyncio.sleep(action.delay_s)
+            if writer.is_closing():
+                return False
+            prepared = action.prepare()
+            writer.write(mbap_frame(tid, unit, prepared.pdu))
+            prepared.commit()
+        await writer.drain()
+        return True

@@ -187,7 +187,7 @@ async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason
     async with Simulator(sim_config("tcp")) as sim:
         cfg = driver_config("tcp", sim.endpoints()["dev"], DRIVER_REGISTERS)
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            real_read = ModbusLink.read
+            real_read = ModbusLink.read_bytes
             calls = 0
 
             async def first_then_quiet(self: ModbusLink, *args: Any, **kw: Any) -> Any:
@@ -198,7 +198,7 @@ async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason
                 sim.device("dev").set_fault("no_reply")
                 return await real_read(self, *args, **kw)
 
-            monkeypatch.setattr(ModbusLink, "read", first_then_quiet)
+            monkeypatch.setattr(ModbusLink, "read_bytes", first_then_quiet)
             samples = as_samples(await drv.read())
     good = [s for s in samples if s.reason is None]
     bad = [s for s in samples if s.reason is not None]

@@ -206,6 +206,7 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
     # must agree on its settings, and each needs its own unit id.
     shared: dict[tuple[object, ...], tuple[int, object]] = {}
     units: dict[tuple[object, ...], int] = {}
+    outstanding: dict[tuple[object, ...], tuple[int, int]] = {}
     for i, dev in enumerate(cfg.devices):
         settings: object
         if isinstance(dev, ModbusRtuConfig):
@@ -241,6 +242,17 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 f"{settings} vs {first_settings}",
                 hint,
             )
+        if isinstance(dev, ModbusTcpConfig):
+            # Pipelining is the gateway's: one connection, one limit for every unit behind it.
+            first, first_n = outstanding.setdefault(key, (i, dev.max_outstanding))
+            if dev.max_outstanding != first_n:
+                add(
+                    ("devices", i, "max_outstanding"),
+                    f"{where} is shared with devices[{first}] but with another max_outstanding "
+                    f"{dev.max_outstanding} vs {first_n}",
+                    "requests in flight are counted per connection: give every device at this "
+                    "address the same max_outstanding",
+                )
         if (*key, dev.unit) in units:
             add(
                 ("devices", i, "unit"),

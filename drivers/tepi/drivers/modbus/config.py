@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tepi.core.units import Duration
 from tepi.drivers.base import DriverConfig
@@ -267,3 +274,22 @@ class ModbusTcpConfig(_ModbusCommon):
         description="mbap: Modbus TCP. rtu: RTU frames over TCP, as a serial-to-Ethernet "
         "converter in transparent mode passes them (RTU over TCP).",
     )
+    max_outstanding: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="Requests in flight at once on the connection to this host and port, "
+        "answers matched by transaction id (pipelining). 1: one at a time, safe with every "
+        "gateway. Raise it for a gateway with several units behind it that queues requests "
+        "(docs/modbus.md); devices at one host and port must use the same value.",
+    )
+
+    @field_validator("max_outstanding")
+    @classmethod
+    def _one_with_rtu_framing(cls, v: int, info: ValidationInfo) -> int:
+        if v != 1 and info.data.get("framing") == "rtu":
+            raise ValueError(
+                "with framing: rtu only 1 is allowed: RTU frames carry no transaction id to "
+                "match answers by"
+            )
+        return v

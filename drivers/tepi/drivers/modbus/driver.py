@@ -117,11 +117,13 @@ class ModbusDriver:
         cfg = self.config
         if isinstance(cfg, ModbusRtuConfig):
             return ModbusLink.serial(cfg.port, cfg.baudrate, cfg.parity, cfg.bytesize, cfg.stopbits)
-        return ModbusLink.tcp(cfg.host, cfg.port, cfg.framing)
+        return ModbusLink.tcp(cfg.host, cfg.port, cfg.framing, cfg.max_outstanding)
 
     async def __aenter__(self) -> Self:
         link = await self._resources.acquire(self._key, self._make_link)
         assert isinstance(link, ModbusLink)
+        if isinstance(self.config, ModbusTcpConfig):
+            link.limit_outstanding(self.config.max_outstanding)  # tepi check refuses a mismatch
         self._link = link
         return self
 

@@ -1,10 +1,13 @@
-"""One pymodbus client per serial port or TCP endpoint, shared by the devices behind it.
+"""The link to one serial port or TCP endpoint, shared by the devices behind it.
 
-Requests on one link go one at a time (the lock), so slaves on one RS-485 line never talk
-over each other. Each request carries its own device's timeout. pymodbus's errors are
-classified here, at the boundary, into tepi's: no answer -> DeviceUnavailable, an answer that
-is wrong -> ProtocolError. A Modbus exception reply is not an error of the link: it comes
-back as :class:`ExceptionReply` so the driver can mark just those registers bad.
+A serial port is a pymodbus client with a lock: requests go one at a time, so slaves on one
+RS-485 line never talk over each other, with the line's silence kept between frames. A TCP
+endpoint is tepi's own lean transaction layer (``tcp.py``): MBAP or RTU frames on an
+``asyncio.Protocol``, with up to ``max_outstanding`` requests in flight for the units behind
+one gateway. Each request carries its own device's timeout. Failures are classified here, at
+the boundary, into tepi's: no answer -> DeviceUnavailable, an answer that is wrong ->
+ProtocolError. A Modbus exception reply is not an error of the link: it comes back as
+:class:`ExceptionReply` so the driver can mark just those registers bad.
 """
 
 from __future__ import annotations
@@ -12,18 +15,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import ModbusPDU
 
 from tepi.core.errors import DeviceError, DeviceUnavailable, ProtocolError
+from tepi.drivers.modbus.tcp import TcpStats, TcpTransactions
 from tepi.drivers.modbus.timer import PreciseTimer
+from tepi.drivers.modbus.wire import (
+    EXCEPTION_NAMES,
+    READ_FC,
+    RX_KEEP,
+    ExceptionReply,
+    bytes_of,
+    other_function,
+    read_answer,
+    read_pdu,
+    why_no_reply,
+    words_of,
+    write_answer,
+    write_pdu,
+)
+
+__all__ = ["EXCEPTION_NAMES", "ExceptionReply", "ModbusLink", "frame_gap"]
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +49,6 @@ _READ_FN = {
     "coil": "read_coils",
     "discrete": "read_discrete_inputs",
 }
-_READ_FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "device failure",
-    5: "acknowledge",
-    6: "device busy",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ExceptionReply:
-    """The device answered with a Modbus exception code."""
-
-    code: int
-
-    @property
-    def reason(self) -> str:
-        return f"modbus exception {self.code} ({EXCEPTION_NAMES.get(self.code, 'unknown')})"
 
 
 def _check_port(path: str) -> None:
@@ -70,42 +64,17 @@ def _check_port(path: str) -> None:
 
 
 LATE_REPLY_GUARD_S = 0.05
-RX_KEEP = 512  # bytes of a failed answer kept to say why it failed
 _PRECISE_BELOW_S = 0.005
 
 
-def _crc_ok_somewhere(frame: bytes) -> bool:
-    """Whether some prefix of ``frame`` (5 bytes or more) ends in its own valid CRC."""
-    for end in range(5, len(frame) + 1):
-        crc = int.from_bytes(frame[end - 2 : end], "big")
-        if FramerRTU.check_CRC(frame[: end - 2], crc):
-            return True
-    return False
-
-
-def _answer_length(frame: bytes) -> int | None:
-    """How long the RTU answer that ``frame`` starts is meant to be, from its function code
-    (and byte count); None when that cannot be told."""
-    if len(frame) < 2:
-        return None
-    fc = frame[1]
-    if fc & 0x80:
-        return 5  # an exception reply
-    if fc in (1, 2, 3, 4):
-        return 5 + frame[2] if len(frame) >= 3 else None
-    if fc in (5, 6, 15, 16):
-        return 8
-    return None
-
-
-def _drop_undecodable(client: AsyncModbusSerialClient | AsyncModbusTcpClient) -> None:
+def _drop_undecodable(client: AsyncModbusSerialClient) -> None:
     """Make pymodbus drop an answer it cannot decode, as it drops one with a bad CRC.
 
     An answer whose CRC is right but whose function code or length pymodbus cannot make sense
     of (``01 80 19 80 0a``) makes its framer raise ``ModbusIOException`` from inside the
-    protocol's ``data_received``: asyncio then logs a traceback and, on TCP, drops the
-    connection. Dropped here, the request gets no answer, and ``_why_no_reply`` classifies it
-    from the bytes that came (a bad frame), like any other garbled answer.
+    serial transport's read callback: asyncio then logs a traceback. Dropped here, the request
+    gets no answer, and ``why_no_reply`` classifies it from the bytes that came (a bad frame),
+    like any other garbled answer.
     """
     framer = client.ctx.framer
     handle = framer.handleFrame
@@ -129,36 +98,59 @@ def frame_gap(baudrate: int, parity: str, bytesize: int, stopbits: int) -> float
 
 
 class ModbusLink:
-    """A serialised pymodbus client for one port or endpoint: the bus scheduler.
+    """The bus scheduler for one serial port or TCP endpoint.
 
-    One request at a time, in the order asked (an ``asyncio.Lock`` is FIFO). On a serial line
-    it keeps the inter-frame silence before each request, plus the device's own ``pause``
-    when it needs one; after a timeout it waits a little longer, so a late reply from the
-    device that timed out cannot be read as the answer to the next request.
+    Serial: a pymodbus client, one request at a time in the order asked (an ``asyncio.Lock``
+    is FIFO). It keeps the inter-frame silence before each request, plus the device's own
+    ``pause`` when it needs one; after a timeout it waits a little longer, so a late reply
+    from the device that timed out cannot be read as the answer to the next request.
+
+    TCP: :class:`~tepi.drivers.modbus.tcp.TcpTransactions`, which matches answers by
+    transaction id and so can keep several requests in flight (``max_outstanding``).
     """
 
     def __init__(
         self,
-        client: AsyncModbusSerialClient | AsyncModbusTcpClient,
+        client: AsyncModbusSerialClient | None,
         label: str,
         serial_path: str | None = None,
         gap_s: float = 0.0,
+        *,
+        tcp: TcpTransactions | None = None,
     ) -> None:
         self.client = client
-        _drop_undecodable(client)
+        self._tcp = tcp
+        if client is not None:
+            _drop_undecodable(client)
         self.label = label
         self._serial_path = serial_path
         self._lock = asyncio.Lock()
         self.gap_s = gap_s
         self._quiet_until = 0.0
         self._timer = PreciseTimer()
-        self.rtu = serial_path is not None
-        # What the current request got back: the raw bytes (to tell a bad CRC or a garbled
-        # answer from silence) and when its reply was complete (the line's silence counts
-        # from there, not from when this task next runs).
+        self.rtu = serial_path is not None or (tcp is not None and tcp.rtu)
+        # What the current serial request got back: the raw bytes (to tell a bad CRC or a
+        # garbled answer from silence) and when its reply was complete (the line's silence
+        # counts from there, not from when this task next runs).
         self._rx = bytearray()
         self._rx_buffer = b""  # pymodbus's receive buffer, as last handed to trace_packet
         self._replied_at: float | None = None
+
+    @property
+    def tcp_stats(self) -> TcpStats | None:
+        """What a TCP link's stream held besides answers (late answers dropped, ...)."""
+        return None if self._tcp is None else self._tcp.stats
+
+    @property
+    def max_outstanding(self) -> int:
+        """Requests in flight at most: 1 on a serial line and with RTU framing."""
+        return 1 if self._tcp is None else self._tcp.limit
+
+    def limit_outstanding(self, n: int) -> None:
+        """A device sharing this TCP link allows at most ``n`` requests in flight: the
+        smallest value of the devices sharing it holds."""
+        if self._tcp is not None:
+            self._tcp.limit_outstanding(n)
 
     def trace_packet(self, sending: bool, data: bytes) -> bytes:
         """pymodbus's hook for the bytes sent or received. Received, it is handed pymodbus's
@@ -180,22 +172,7 @@ class ModbusLink:
 
     def _why_no_reply(self, unit: int) -> DeviceError:
         """Classify a request that got no valid reply from what did arrive."""
-        rx = bytes(self._rx)
-        if not rx:
-            return DeviceUnavailable("timeout", f"{self.label} unit {unit}: no answer")
-        shown = rx[:16].hex(" ") + (" ..." if len(rx) > 16 else "")
-        whole = len(rx) >= (_answer_length(rx) or 0)  # a frame cut short has no CRC to be wrong
-        if self.rtu and rx[0] == unit and len(rx) >= 5 and whole and not _crc_ok_somewhere(rx):
-            return ProtocolError(
-                "crc error", f"{self.label} unit {unit}: answer with a bad CRC: {shown}"
-            )
-        if self.rtu and rx[0] != unit and _crc_ok_somewhere(rx):
-            return ProtocolError(
-                "wrong unit", f"{self.label} unit {unit}: answer not from unit {unit}: {shown}"
-            )
-        return ProtocolError(
-            "bad frame", f"{self.label} unit {unit}: garbled or short answer: {shown}"
-        )
+        return why_no_reply(self.label, unit, bytes(self._rx), self.rtu)
 
     @classmethod
     def serial(
@@ -220,41 +197,39 @@ class ModbusLink:
         return link
 
     @classmethod
-    def tcp(cls, host: str, port: int, framing: str = "mbap") -> ModbusLink:
-        client = AsyncModbusTcpClient(
-            host,
-            port=port,
-            framer=FramerType.RTU if framing == "rtu" else FramerType.SOCKET,
-            timeout=1.0,
-            retries=0,
-            reconnect_delay=0,
-            name=f"tepi:{host}:{port}",
-            # lambdas: ``link`` is bound below, once the client exists
-            trace_packet=lambda sending, data: link.trace_packet(sending, data),  # noqa: PLW0108
-            trace_pdu=lambda sending, pdu: link.trace_pdu(sending, pdu),  # noqa: PLW0108
+    def tcp(
+        cls, host: str, port: int, framing: str = "mbap", max_outstanding: int = 1
+    ) -> ModbusLink:
+        label = f"{host}:{port}"
+        transactions = TcpTransactions(
+            host, port, label, rtu=framing == "rtu", max_outstanding=max_outstanding
         )
-        link = cls(client, f"{host}:{port}")
-        link.rtu = framing == "rtu"
-        return link
+        return cls(None, label, tcp=transactions)
 
     async def aclose(self) -> None:
-        self.client.close()
+        if self._tcp is not None:
+            await self._tcp.aclose()
+        if self.client is not None:
+            self.client.close()
         self._timer.close()
 
     def _set_timeout(self, timeout_s: float) -> None:
         """pymodbus reads the reply timeout per request from its transaction manager's own
         copy of the parameters (``ctx.comm_params``), not from ``client.comm_params``; under
         our lock, setting both makes it this device's timeout."""
+        assert self.client is not None
         self.client.comm_params.timeout_connect = timeout_s
         self.client.ctx.comm_params.timeout_connect = timeout_s
 
     def _alive(self) -> bool:
         """Connected, with a transport that is not closed. pymodbus can go on holding a
         transport that asyncio has closed: ``connected`` stays True, each request is written
-        to a dead socket and times out, and the device never comes back. The soak saw it
-        once (a Modbus TCP device whose gateway dropped every connection for a while; asyncio
-        logged "socket.send() raised exception"); the exact race in pymodbus is not pinned
-        down. Checked before every request, it costs one attribute read."""
+        to a dead port and times out, and the device never comes back. The soak saw it once on
+        TCP (a Modbus TCP device whose gateway dropped every connection for a while; asyncio
+        logged "socket.send() raised exception"), before TCP had a layer of its own (which
+        checks the same, ``TcpTransactions.alive``). Checked before every request, it costs
+        one attribute read."""
+        assert self.client is not None
         transport = getattr(self.client.ctx, "transport", None)
         if transport is None:
             return False
@@ -266,6 +241,7 @@ class ModbusLink:
     async def _ensure_connected(self, timeout_s: float) -> None:
         if self._alive():
             return
+        assert self.client is not None
         if self._serial_path is not None:
             _check_port(self._serial_path)
         self._set_timeout(timeout_s)
@@ -285,7 +261,7 @@ class ModbusLink:
         call: Callable[[], Awaitable[ModbusPDU]],
         pause_s: float = 0.0,
     ) -> ModbusPDU:
-        """One request under the lock, with pymodbus's failures turned into ours."""
+        """One serial request under the lock, with pymodbus's failures turned into ours."""
         async with self._lock:
             loop = asyncio.get_running_loop()
             quiet = self._quiet_until - loop.time()
@@ -305,8 +281,7 @@ class ModbusLink:
                 return await call()
             except ModbusIOException as err:
                 self._replied_at = None
-                if self._serial_path is not None:
-                    after += LATE_REPLY_GUARD_S
+                after += LATE_REPLY_GUARD_S
                 raise self._why_no_reply(unit) from err
             except ConnectionException as err:
                 raise DeviceUnavailable("disconnected", f"{self.label}: {err}") from err
@@ -327,7 +302,12 @@ class ModbusLink:
         pause_s: float = 0.0,
     ) -> ExceptionReply | None:
         """Write registers (fc 6 or 16) or coils (fc 5 or 15) once; None when accepted."""
+        if self._tcp is not None:
+            pdu = write_pdu(table, address, values)
+            answer = await self._tcp.transact(unit, pdu, timeout_s, pause_s)
+            return write_answer(self.label, unit, pdu, answer)
         c = self.client
+        assert c is not None
         if table == "coil":
             bits = [bool(v) for v in values]
             call: Callable[[], Awaitable[ModbusPDU]] = (
@@ -347,6 +327,30 @@ class ModbusLink:
             return ExceptionReply(int(getattr(resp, "exception_code", 0)))
         return None
 
+    async def read_bytes(
+        self,
+        table: str,
+        address: int,
+        count: int,
+        unit: int,
+        timeout_s: float,
+        *,
+        pause_s: float = 0.0,
+    ) -> bytes | list[bool] | ExceptionReply:
+        """Read once: for registers the data as on the wire (``2 * count`` bytes, big-endian
+        words), for coils and discrete inputs ``count`` bools; an exception reply; or raise."""
+        tcp = self._tcp
+        if tcp is not None:
+            pdu = read_pdu(READ_FC[table], address, count)
+            answer = await tcp.transact(unit, pdu, timeout_s, pause_s)
+            return read_answer(self.label, unit, table, count, answer)
+        resp = await self._serial_read(table, address, count, unit, timeout_s, pause_s=pause_s)
+        if isinstance(resp, ExceptionReply):
+            return resp
+        if table in ("coil", "discrete"):
+            return _bits(resp, count)
+        return bytes_of(_words(resp, count))
+
     async def read(
         self,
         table: str,
@@ -358,43 +362,42 @@ class ModbusLink:
         pause_s: float = 0.0,
     ) -> list[int] | list[bool] | ExceptionReply:
         """Read once; the words or bits, an exception reply, or raise."""
+        if self._tcp is not None:
+            got = await self.read_bytes(table, address, count, unit, timeout_s, pause_s=pause_s)
+            return words_of(got) if isinstance(got, bytes) else got
+        resp = await self._serial_read(table, address, count, unit, timeout_s, pause_s=pause_s)
+        if isinstance(resp, ExceptionReply):
+            return resp
+        if table in ("coil", "discrete"):
+            return _bits(resp, count)
+        return _words(resp, count)
+
+    async def _serial_read(
+        self, table: str, address: int, count: int, unit: int, timeout_s: float, *, pause_s: float
+    ) -> ModbusPDU | ExceptionReply:
         fn = getattr(self.client, _READ_FN[table])
-        resp = await self._transact(
+        resp: ModbusPDU = await self._transact(
             unit, timeout_s, lambda: fn(address, count=count, device_id=unit), pause_s
         )
         answered = resp.function_code & 0x7F
-        if answered != _READ_FC[table]:
+        if answered != READ_FC[table]:
             # pymodbus takes any frame from the unit; an answer to another function (a late
             # reply to a read of another table) would give that table's values as these.
-            raise ProtocolError(
-                "bad frame",
-                f"{self.label} unit {unit}: an answer to function {answered}, "
-                f"not to the read of {table} (function {_READ_FC[table]})",
-            )
+            raise other_function(self.label, unit, answered, READ_FC[table], f"read of {table}")
         if resp.isError():
             return ExceptionReply(int(getattr(resp, "exception_code", 0)))
-        if table in ("coil", "discrete"):
-            bits = list(resp.bits)
-            if len(bits) < count:
-                raise ProtocolError("short answer", f"asked {count} bits, got {len(bits)}")
-            return bits[:count]
-        words = list(resp.registers)
-        if len(words) != count:
-            raise ProtocolError("short answer", f"asked {count} registers, got {len(words)}")
-        return words
+        return resp
 
-    async def read_bytes(
-        self,
-        table: str,
-        address: int,
-        count: int,
-        unit: int,
-        timeout_s: float,
-        *,
-        pause_s: float = 0.0,
-    ) -> bytes | list[bool] | ExceptionReply:
-        """Like :meth:`read`, with registers as their bytes on the wire (2 per register)."""
-        got = await self.read(table, address, count, unit, timeout_s, pause_s=pause_s)
-        if isinstance(got, ExceptionReply) or table in ("coil", "discrete"):
-            return got  # type: ignore[return-value]  # bits, for these tables
-        return struct.pack(f">{count}H", *got)
+
+def _bits(resp: ModbusPDU, count: int) -> list[bool]:
+    bits = list(resp.bits)
+    if len(bits) < count:
+        raise ProtocolError("short answer", f"asked {count} bits, got {len(bits)}")
+    return bits[:count]
+
+
+def _words(resp: ModbusPDU, count: int) -> list[int]:
+    words = list(resp.registers)
+    if len(words) != count:
+        raise ProtocolError("short answer", f"asked {count} registers, got {len(words)}")
+    return words

@@ -1,0 +1,528 @@
+"""Modbus TCP on ``asyncio.Protocol``: the lean transaction layer under ``ModbusLink.tcp``.
+
+pymodbus's client spent about twice asyncio's own floor per request here (docs/performance.md,
+"The request path"). This layer keeps only what a request needs:
+
+- the request: its PDU built once (``wire.read_pdu``, by pymodbus's request classes) behind a
+  struct-packed MBAP header, or with its CRC for RTU framing; one ``transport.write``;
+- the answer: ``data_received`` splits the stream into frames by the MBAP length and resolves
+  the future of the request with that transaction id; with RTU framing (no transaction id)
+  it looks for a frame with a valid CRC from the unit asked, as pymodbus's RTU framer does;
+- a timer per request (``loop.call_later``) that fails it, classified from what did arrive.
+
+**Pipelining.** Up to ``limit`` requests are in flight on one connection (``max_outstanding``,
+for a gateway with several units behind it), never two to one unit, so a device's requests
+stay in order. Answers are matched by transaction id and checked against the unit asked. A
+request that times out leaves its transaction id on a short list: an answer that comes late
+is dropped and counted, and the id is not handed out again while it is on the list, so a late
+answer is never taken for another request's, not even after the ids wrap at 65535. A request
+waits for a slot, never behind another unit's timeout while a slot is free.
+
+Some gateways (pymodbus 3.16's own server among them) answer only the first of the frames
+that reach them together and drop the rest. Those requests time out. From the answers alone
+such a unit looks dead, so the link asks: a unit whose request timed out while others were
+in flight sends its next request alone (once nothing else is in flight, waiting at most its
+own timeout plus the longest on the link; others go on meanwhile). Answered alone, it lost
+the other request to the gateway, not to an outage. When three units have each shown that
+twice within ``SUSPECT_WINDOW`` requests, the link falls back to one request at a time and
+says so once in the log (``TcpStats.pipelining_fallbacks``). A dead unit loses its request
+alone too, and units that come back together after an outage show it once each: neither
+trips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.framer.rtu import FramerRTU
+
+from tepi.core.errors import DeviceUnavailable, ProtocolError
+from tepi.drivers.modbus.wire import RX_KEEP, answer_length, rtu_frame, why_no_reply
+
+log = logging.getLogger(__name__)
+
+MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length, unit
+MAX_OUTSTANDING = 32
+LATE_KEEP = 256  # transaction ids of timed-out requests remembered, to drop late answers
+SUSPECT_UNITS = 3  # units that lost a pipelined request and answered one sent alone, ...
+SUSPECT_TIMES = 2  # ... each this many times ...
+SUSPECT_WINDOW = 500  # ... within this many requests: the gateway cannot queue
+_MIN_ANSWER = 9  # MBAP header (7) + function code + one byte (a count or an exception code)
+
+
+@dataclass(slots=True)
+class TcpStats:
+    """What one TCP connection's stream held besides answers, for diagnosis."""
+
+    requests: int = 0
+    late_answers: int = 0  # answers to requests that had timed out: dropped
+    stray_frames: int = 0  # frames with a transaction id not asked for: dropped
+    garbage_bytes: int = 0  # bytes that were no frame
+    connects: int = 0
+    disconnects: int = 0
+    pipelining_fallbacks: int = 0  # max_outstanding lowered to 1 (see the module's docstring)
+    most_in_flight: int = 0  # the most requests that were in flight together
+
+
+class _Request:
+    __slots__ = ("future", "pipelined", "rx", "tid", "timer", "unit")
+
+    def __init__(self, future: asyncio.Future[bytes], unit: int, tid: int, pipelined: bool):
+        self.future = future
+        self.unit = unit
+        self.tid = tid
+        self.pipelined = pipelined
+        self.rx = bytearray()  # what arrived that answered nothing, to say why it failed
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _Connection(asyncio.Protocol):
+    """One connection's callbacks, passed on to the link while it is the link's current one
+    (a connection given up on can still call back before it is gone)."""
+
+    def __init__(self, owner: TcpTransactions) -> None:
+        self.owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.owner._attach(self, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.owner._conn is self:
+            self.owner._received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too: a Modbus server that stops sending is gone
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner._conn is self:
+            self.owner._lost(exc)
+
+
+class TcpTransactions:
+    """Requests and answers on one TCP connection to a Modbus server or gateway."""
+
+    def __init__(
+        self, host: str, port: int, label: str, *, rtu: bool = False, max_outstanding: int = 1
+    ) -> None:
+        if not 1 <= max_outstanding <= MAX_OUTSTANDING:
+            raise ValueError(f"max_outstanding {max_outstanding}: 1 to {MAX_OUTSTANDING}")
+        if rtu and max_outstanding != 1:
+            raise ValueError("RTU framing has no transaction id: one request at a time")
+        self.host = host
+        self.port = port
+        self.label = label
+        self.rtu = rtu
+        self.limit = max_outstanding
+        self.stats = TcpStats()
+        self._conn: _Connection | None = None
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._pending: dict[int, _Request] = {}
+        self._late: dict[int, None] = {}  # insertion order: the oldest is dropped first
+        self._tid = 0
+        self._buf = bytearray()  # received, not yet a whole frame
+        self._scan = 0  # RTU: the first offset of _buf that may still start the answer
+        self._in_flight = 0
+        self._busy: set[int] = set()  # units with a request in flight
+        # Requests waiting for a slot: unit, future (its result: granted with nothing else in
+        # flight), and whether it waits for nothing else to be in flight.
+        self._waiting: deque[list[Any]] = deque()
+        self._quiet: dict[int | None, float] = {}  # pause: quiet until, link-wide or per unit
+        self._lost_pipelined: set[int] = set()  # their next request goes alone
+        self._longest_s = 0.0  # the longest timeout of a request so far
+        self._suspects: dict[int, list[int]] = {}  # unit -> request counts when it answered
+        # alone after losing a pipelined request
+
+    def limit_outstanding(self, n: int) -> None:
+        """Devices sharing the connection asked for different limits: the smallest holds."""
+        self.limit = max(1, min(self.limit, n))
+
+    def alive(self) -> bool:
+        """Connected, with a transport that is not closing. A transport asyncio is closing
+        (a write failed, say) is given up on at once: its requests fail as disconnected,
+        and the next request connects again."""
+        transport = self._transport
+        if transport is None:
+            return False
+        if transport.is_closing():
+            self._lost(None)
+            return False
+        return True
+
+    async def transact(
+        self, unit: int, pdu: bytes, timeout_s: float, pause_s: float = 0.0
+    ) -> bytes:
+        """Send ``pdu`` to ``unit`` and return the answer's PDU, or raise a DeviceError:
+        DeviceUnavailable (timeout, cannot connect, disconnected) or ProtocolError."""
+        alone = False
+        if (
+            self._waiting
+            or self._in_flight >= self.limit
+            or unit in self._busy
+            or (self._lost_pipelined and unit in self._lost_pipelined)
+        ):
+            alone = await self._admit(unit, timeout_s)
+        else:
+            self._in_flight += 1
+            self._busy.add(unit)
+        req: _Request | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            if self._quiet:
+                await self._keep_quiet(unit, loop)
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                await self._ensure_connected(timeout_s)
+                transport = self._transport
+                assert transport is not None
+            fut: asyncio.Future[bytes] = loop.create_future()
+            self._longest_s = max(self._longest_s, timeout_s)
+            if self.rtu:
+                self._buf.clear()  # no transaction id: what came before this request is stale
+                self._scan = 0
+                req = _Request(fut, unit, 0, False)
+                frame = rtu_frame(unit, pdu)
+            else:
+                req = _Request(fut, unit, self._next_tid(), not alone and self._in_flight > 1)
+                frame = MBAP.pack(req.tid, 0, len(pdu) + 1, unit) + pdu
+            self._pending[req.tid] = req
+            req.timer = loop.call_later(timeout_s, self._expire, req)
+            stats = self.stats
+            stats.requests += 1
+            stats.most_in_flight = max(stats.most_in_flight, self._in_flight)
+            transport.write(frame)
+            return await fut
+        finally:
+            if req is not None and self._pending.get(req.tid) is req:  # cancelled while out
+                del self._pending[req.tid]
+                if req.timer is not None:
+                    req.timer.cancel()
+                if not self.rtu:
+                    self._remember_late(req.tid)
+            if pause_s > 0:
+                self._quiet[None if self.limit == 1 else unit] = loop.time() + pause_s
+            self._in_flight -= 1
+            self._busy.discard(unit)
+            if self._waiting:
+                self._grant()
+
+    async def aclose(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DeviceUnavailable):
+                await self._connecting
+        transport = self._transport
+        self._lost(None)
+        if transport is not None:
+            transport.close()
+
+    # -- admission: at most ``limit`` in flight, one per unit --------------------------------
+
+    async def _admit(self, unit: int, timeout_s: float) -> bool:
+        """Wait for a slot; True when granted with nothing else in flight. A unit that lost
+        a pipelined request waits for that (a while: see ``wait_s``), while others go on."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        probe = self.limit > 1 and unit in self._lost_pipelined
+        entry: list[Any] = [unit, fut, probe]
+        self._waiting.append(entry)
+        self._grant()
+        # Long enough for every request now in flight to end, answered or timed out.
+        wait_s = timeout_s + self._longest_s
+        timer = loop.call_later(wait_s, self._stop_waiting_alone, entry) if probe else None
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted, then cancelled: give it back
+                self._in_flight -= 1
+                self._busy.discard(unit)
+                self._grant()
+            else:
+                self._waiting.remove(entry)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _stop_waiting_alone(self, entry: list[Any]) -> None:
+        entry[2] = False
+        self._grant()
+
+    def _grant(self) -> None:
+        """Admit the waiting requests, oldest first, whose unit has nothing in flight."""
+        for entry in list(self._waiting):
+            if self._in_flight >= self.limit:
+                return
+            unit, fut, alone = entry
+            if fut.done() or unit in self._busy or (alone and self._in_flight):
+                continue
+            self._waiting.remove(entry)
+            fut.set_result(self._in_flight == 0)
+            self._in_flight += 1
+            self._busy.add(unit)
+
+    async def _keep_quiet(self, unit: int, loop: asyncio.AbstractEventLoop) -> None:
+        """A device's ``pause``: after its request, the connection (one request at a time)
+        or, with pipelining, that unit stays quiet this long."""
+        until = max(self._quiet.pop(None, 0.0), self._quiet.pop(unit, 0.0))
+        if until > loop.time():
+            await asyncio.sleep(until - loop.time())
+
+    def _next_tid(self) -> int:
+        tid = (self._tid + 1) & 0xFFFF
+        while tid in self._pending or tid in self._late:
+            tid = (tid + 1) & 0xFFFF
+        self._tid = tid
+        return tid
+
+    def _remember_late(self, tid: int) -> None:
+        self._late[tid] = None
+        if len(self._late) > LATE_KEEP:
+            del self._late[next(iter(self._late))]
+
+    # -- the connection ----------------------------------------------------------------------
+
+    async def _ensure_connected(self, timeout_s: float) -> None:
+        """Connect, once for all the requests that find the link down together."""
+        if self.alive():
+            return
+        task = self._connecting
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._open(timeout_s), name=f"tepi-modbus[{self.label}].connect"
+            )
+            self._connecting = task
+            task.add_done_callback(self._connected)
+        await asyncio.shield(task)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: each request waiting on it raises it itself
+
+    async def _open(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation.
+            async with asyncio.timeout(timeout_s + 1.0):
+                transport, _ = await loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port
+                )
+        except (OSError, TimeoutError) as err:
+            raise DeviceUnavailable("cannot connect", f"{self.label}: {err}") from err
+        if transport.is_closing() or self._transport is not transport:
+            raise DeviceUnavailable("cannot connect", f"{self.label}: closed at once")
+        self.stats.connects += 1
+
+    def _attach(self, conn: _Connection, transport: asyncio.Transport) -> None:
+        self._conn = conn
+        self._transport = transport
+        self._buf.clear()
+
+    def _lost(self, exc: Exception | None) -> None:
+        """The connection is gone: every request on it fails as disconnected, at once."""
+        if self._conn is not None:
+            self.stats.disconnects += 1
+        self._conn = None
+        self._transport = None
+        self._buf.clear()
+        pending = list(self._pending.values())
+        self._pending.clear()
+        why = f"{self.label}: connection lost" + (f" ({exc})" if exc else "")
+        for req in pending:
+            if req.timer is not None:
+                req.timer.cancel()
+            if not req.future.done():
+                req.future.set_exception(DeviceUnavailable("disconnected", why))
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def _received(self, data: bytes) -> None:
+        if self.rtu:
+            self._received_rtu(data)
+            return
+        buf = self._buf
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        pending = self._pending
+        n = len(data)
+        pos = 0
+        junk = -1  # where bytes that are no frame began
+        while n - pos >= _MIN_ANSWER:
+            tid, proto, length, unit = MBAP.unpack_from(data, pos)
+            if proto or not 3 <= length <= 254:  # 254: a unit id and the 253-byte PDU maximum
+                if junk < 0:
+                    junk = pos
+                pos += 1  # out of step: look for the next frame one byte on
+                continue
+            if junk >= 0:
+                self._noise(data[junk:pos])
+                junk = -1
+            end = pos + 6 + length
+            if end > n:
+                break
+            req = pending.pop(tid, None)
+            if req is None and tid == 0 and len(pending) == 1 and self.limit == 1:
+                # Some devices answer every request with transaction id 0; pymodbus took
+                # that as the answer, and so does this layer, one request at a time.
+                _, req = pending.popitem()
+            if req is None:
+                self._unmatched(tid, data[pos:end])
+            else:
+                self._answer(req, unit, data[pos + 7 : end])
+            pos = end
+        if junk >= 0:
+            self._noise(data[junk:pos])
+        if pos < n:
+            buf += data[pos:]
+
+    def _answer(self, req: _Request, unit: int, pdu: bytes) -> None:
+        if req.timer is not None:
+            req.timer.cancel()
+        if req.future.done():
+            return
+        if unit != req.unit:
+            req.future.set_exception(
+                ProtocolError(
+                    "bad frame",
+                    f"{self.label} unit {req.unit}: answer to its transaction from unit {unit}",
+                )
+            )
+            return
+        if self._lost_pipelined and unit in self._lost_pipelined:
+            self._lost_pipelined.discard(unit)
+            if not req.pipelined:
+                self._suspect(unit)
+        req.future.set_result(pdu)
+
+    def _unmatched(self, tid: int, frame: bytes) -> None:
+        if tid in self._late:
+            del self._late[tid]
+            self.stats.late_answers += 1
+            log.debug("%s: late answer to transaction %d dropped", self.label, tid)
+        else:
+            self.stats.stray_frames += 1
+            self._noise(frame)
+
+    def _noise(self, data: bytes) -> None:
+        """Bytes that answer nothing: counted, and kept by every request waiting, to say
+        why it failed if it does."""
+        self.stats.garbage_bytes += len(data)
+        for req in self._pending.values():
+            if len(req.rx) < RX_KEEP:
+                req.rx += data[: RX_KEEP - len(req.rx)]
+
+    def _received_rtu(self, data: bytes) -> None:
+        req = self._pending.get(0)
+        if req is None:
+            self.stats.garbage_bytes += len(data)  # nothing asked: a late answer, or noise
+            return
+        if len(req.rx) < RX_KEEP:
+            req.rx += data[: RX_KEEP - len(req.rx)]
+        buf = self._buf
+        buf += data
+        found = self._find_rtu(buf, req.unit)
+        if found is None:
+            if len(buf) > 2 * RX_KEEP:  # no frame is this long: the start is noise
+                del buf[:RX_KEEP]
+                self._scan = max(0, self._scan - RX_KEEP)
+            return
+        start, end = found
+        del self._pending[0]
+        pdu = bytes(buf[start + 1 : end - 2])
+        buf.clear()
+        self._answer(req, req.unit, pdu)
+
+    def _find_rtu(self, buf: bytearray, unit: int) -> tuple[int, int] | None:
+        """The first whole frame from ``unit`` with a valid CRC, as (start, end). A valid
+        frame from another unit is stepped over (pymodbus skips it too); a bad CRC or bytes
+        that start no frame are stepped over one byte at a time."""
+        n = len(buf)
+        i = self._scan
+        incomplete = -1
+        while n - i >= 5:  # the shortest answer, an exception, is 5 bytes
+            size = answer_length(buf, i)
+            if size is None:
+                i += 1
+                continue
+            if i + size > n:
+                if incomplete < 0:
+                    incomplete = i
+                i += 1
+                continue
+            crc = buf[i + size - 2] << 8 | buf[i + size - 1]
+            if FramerRTU.check_CRC(bytes(buf[i : i + size - 2]), crc):
+                if buf[i] == unit:
+                    return i, i + size
+                i += size
+                continue
+            i += 1
+        self._scan = i if incomplete < 0 else incomplete
+        return None
+
+    # -- timeouts ----------------------------------------------------------------------------
+
+    def _expire(self, req: _Request) -> None:
+        if self._pending.get(req.tid) is not req:
+            return
+        del self._pending[req.tid]
+        if self.rtu:
+            self._buf.clear()
+        else:
+            self._remember_late(req.tid)
+            self._drop_stale(req)
+        if req.pipelined and self.limit > 1:
+            self._lost_pipelined.add(req.unit)
+        else:
+            self._lost_pipelined.discard(req.unit)  # lost alone: the unit, not the gateway
+        if not req.future.done():
+            req.future.set_exception(why_no_reply(self.label, req.unit, bytes(req.rx), self.rtu))
+
+    def _drop_stale(self, req: _Request) -> None:
+        """What waits in the buffer for the rest of a frame when a request times out: with
+        nothing else in flight, or with a whole header whose transaction nobody waits for,
+        it is a frame cut short (the rest is not coming), and would swallow the next answer."""
+        buf = self._buf
+        if not buf:
+            return
+        if self._pending and (len(buf) < MBAP.size or MBAP.unpack_from(buf)[0] in self._pending):
+            return
+        self.stats.garbage_bytes += len(buf)
+        if len(req.rx) < RX_KEEP:
+            req.rx += buf[: RX_KEEP - len(req.rx)]
+        buf.clear()
+
+    def _suspect(self, unit: int) -> None:
+        """``unit`` answers, yet lost a request sent while others were in flight."""
+        now = self.stats.requests
+        self._suspects.setdefault(unit, []).append(now)
+        for u, times in list(self._suspects.items()):
+            kept = [t for t in times if now - t <= SUSPECT_WINDOW]
+            if kept:
+                self._suspects[u] = kept
+            else:
+                del self._suspects[u]
+        units = sorted(u for u, times in self._suspects.items() if len(times) >= SUSPECT_TIMES)
+        if len(units) < SUSPECT_UNITS or self.limit == 1:
+            return
+        log.warning(
+            "%s: units %s lost requests sent while others were in flight, and answered the "
+            "next ones: the gateway takes one request at a time. max_outstanding is lowered "
+            "from %d to 1 on this link; set max_outstanding: 1 for the devices at this address",
+            self.label,
+            ", ".join(map(str, units)),
+            self.limit,
+        )
+        self.limit = 1
+        self.stats.pipelining_fallbacks += 1
+        self._suspects.clear()
+        self._lost_pipelined.clear()
