@@ -355,6 +355,7 @@ def agent_devices(devices: list[dict[str, Any]], endpoints: dict[str, Any]) -> l
                 {**base, "driver": "modbus-tcp", "host": host, "port": int(port), "unit": d["unit"]}
             )
         out[-1]["registers"] = regs
+        out[-1].update(d.get("agent", {}))  # the group's own device keys (max_outstanding, ...)
     return out
 
 
@@ -890,7 +891,15 @@ def render(res: dict[str, Any]) -> str:
     return f"### {name}\n\n" + table([(k, v) for k, v in res.items() if k != "workload"])
 
 
-ALL = ["reference", "idle", "stress", "modbus-tcp-50", "throughput", "backlog"]
+ALL = [
+    "reference",
+    "idle",
+    "stress",
+    "modbus-tcp-50",
+    "modbus-tcp-50-pipelined",
+    "throughput",
+    "backlog",
+]
 
 
 _SLEEPER = """

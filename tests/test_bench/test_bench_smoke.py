@@ -36,12 +36,22 @@ def test_pipeline_bench() -> None:
 @pytest.mark.timeout(240)
 def test_every_workload_of_the_suite() -> None:
     results = {r["workload"]: r for r in bench("suite.py", "--smoke", "--json", timeout=220)}
-    assert set(results) == {"reference", "idle", "stress", "modbus-tcp-50", "throughput", "backlog"}
+    assert set(results) == {
+        "reference",
+        "idle",
+        "stress",
+        "modbus-tcp-50",
+        "modbus-tcp-50-pipelined",
+        "throughput",
+        "backlog",
+    }
     assert results["reference"]["readings_per_s"] > 0
-    modbus = results["modbus-tcp-50"]
-    assert modbus["polls_per_s"] > 0
-    assert modbus["cpu_s_per_1000_polls"] is not None
-    assert modbus["lost_checked"] > 0  # the agent's counters were read: "lost" is defined
+    for name in ("modbus-tcp-50", "modbus-tcp-50-pipelined"):
+        modbus = results[name]
+        assert modbus["polls_per_s"] > 0
+        assert modbus["cpu_s_per_1000_polls"] is not None
+        assert modbus["lost_checked"] > 0  # the agent's counters were read: "lost" is defined
+        assert modbus["wake_floor_percent"] is not None
     assert results["stress"]["readings_per_s"] > 0
     assert results["throughput"]["runs"][0]["readings_per_s"] > 0
     assert results["backlog"]["backlog_readings"] >= 20_000

@@ -139,6 +139,9 @@ class TcpTransactions:
         self._longest_s = 0.0  # the longest timeout of a request so far
         self._suspects: dict[int, list[int]] = {}  # unit -> request counts when it answered
         # alone after losing a pipelined request
+        # Pipelined requests made in one turn of the event loop (the devices of one poll
+        # tick) go out in one write at its end: one system call, not one a request.
+        self._out: list[bytes] = []
 
     def limit_outstanding(self, n: int) -> None:
         """Devices sharing the connection asked for different limits: the smallest holds."""
@@ -197,7 +200,12 @@ class TcpTransactions:
             stats = self.stats
             stats.requests += 1
             stats.most_in_flight = max(stats.most_in_flight, self._in_flight)
-            transport.write(frame)
+            if self.limit == 1:
+                transport.write(frame)  # nothing to gather
+            else:
+                if not self._out:
+                    loop.call_soon(self._flush, transport)
+                self._out.append(frame)
             return await fut
         finally:
             if req is not None and self._pending.get(req.tid) is req:  # cancelled while out
@@ -320,6 +328,12 @@ class TcpTransactions:
         if transport.is_closing() or self._transport is not transport:
             raise DeviceUnavailable("cannot connect", f"{self.label}: closed at once")
         self.stats.connects += 1
+
+    def _flush(self, transport: asyncio.Transport) -> None:
+        out, self._out = self._out, []
+        if transport is self._transport and not transport.is_closing():
+            transport.write(b"".join(out))
+        # else: the connection went, and _lost() failed these requests already
 
     def _attach(self, conn: _Connection, transport: asyncio.Transport) -> None:
         self._conn = conn
