@@ -79,6 +79,34 @@ async def test_a_partly_acknowledged_run_commits_only_the_rest(tmp_path: Path) -
         assert batch is not None
         assert [i.seq for i in batch.items] == [7, 8, 9, 10]
         assert [i.reading for i in batch.items] == expected("d1", 10, 1)[6:]
+        assert len(batch.spans) == 1  # the poll's rows are one run again
+
+
+async def test_rows_read_back_from_the_file_are_grouped_by_poll(tmp_path: Path) -> None:
+    """Rows of one poll (device, instant, consecutive seqs) come back as one run; a gap (an
+    acknowledged row), another device or another instant starts the next."""
+    async with buffer(tmp_path) as buf:
+        buf.put_many(run("d1", 4, 1))  # 1-4
+        buf.put_many(run("d1", 3, 2))  # 5-7: another instant
+        buf.put_many(run("d2", 2, 2))  # 8-9: the same instant, another device
+        buf.put_many(run("d2", 5, 3))  # 10-14
+        assert await buf.flush()
+        head = await buf.fetch(10, 2)  # 11 and 12 acknowledged: rows 10 and 13-14 remain
+        assert head is not None
+        buf.ack(head)
+        assert await buf.flush()
+    async with buffer(tmp_path) as buf:
+        batch = await buf.fetch(0, 100)
+        assert batch is not None
+        got = [(r.device, r.first + a, stop - a) for r, a, stop in batch.spans]
+        assert got == [("d1", 1, 4), ("d1", 5, 3), ("d2", 8, 2), ("d2", 10, 1), ("d2", 13, 2)]
+        want = (
+            expected("d1", 4, 1)
+            + expected("d1", 3, 2)
+            + expected("d2", 2, 2)
+            + [r for k, r in enumerate(expected("d2", 5, 3)) if k not in (1, 2)]
+        )
+        assert [i.reading for i in batch.items] == want
 
 
 async def test_max_pending_drops_the_oldest_readings_of_runs(tmp_path: Path) -> None:

@@ -137,6 +137,21 @@ def _row(seq: int, run: Run, boot: int) -> tuple[object, ...]:
     )
 
 
+def _closed(
+    run: Run,
+    metrics: list[str],
+    units: list[str | None],
+    reasons: list[str | None],
+    uncertain: list[bool],
+) -> Run:
+    """``run`` with its columns filled in (None where nothing is bad or uncertain)."""
+    run.metrics = tuple(metrics)
+    run.units = tuple(units)
+    run.reasons = reasons if any(r is not None for r in reasons) else None
+    run.uncertain = uncertain if any(uncertain) else None
+    return run
+
+
 def is_corrupt(err: sqlite3.Error) -> bool:
     """True for errors that mean the file itself is unusable (not a full disk or a lock)."""
     return getattr(err, "sqlite_errorname", "") in CORRUPT_ERRORS
@@ -383,8 +398,8 @@ class Database:
     # ---- reading -----------------------------------------------------------------------
 
     def fetch(self, after_seq: int, limit: int, upto: int | None = None) -> tuple[str, list[Run]]:
-        """The oldest rows after ``after_seq`` (and up to ``upto``), cut where the boot changes:
-        each a run of one reading (``first`` is its seq)."""
+        """The oldest rows after ``after_seq`` (and up to ``upto``), cut where the boot changes,
+        as runs (``first`` is the seq of a run's first row)."""
         cur = self.conn.execute(
             "SELECT r.seq, b.boot_id, r.ts, r.mono, r.device, r.metric, r.value, r.unit,"
             " r.flags, r.reason FROM readings r JOIN boots b ON b.id = r.boot"
@@ -393,26 +408,41 @@ class Database:
         )
         boot_id = ""
         out: list[Run] = []
+        # Rows of one poll (one device, one instant, consecutive seqs) become one run again,
+        # as they were put: one object a poll, and the encoder's per-run work done once.
+        metrics: list[str] = []
+        units: list[str | None] = []
+        reasons: list[str | None] = []
+        uncertain: list[bool] = []
+        run: Run | None = None
         for seq, boot, ts, mono, device, metric, value, unit, flags, reason in cur:
-            if not out:
+            if run is None:
                 boot_id = boot
             elif boot != boot_id:
                 break
-            out.append(
-                Run(
-                    device,
-                    (metric,),
-                    (unit,),
-                    [bool(value) if flags & FLAG_BOOL else value],
-                    ts,
-                    mono,
-                    not flags & FLAG_UNSYNCED,
-                    bool(flags & FLAG_GPS_TIME),
-                    None if reason is None else [reason],
-                    [True] if flags & FLAG_UNCERTAIN else None,
-                    seq,
-                )
-            )
+            val = bool(value) if flags & FLAG_BOOL else value
+            synced = not flags & FLAG_UNSYNCED
+            gps = bool(flags & FLAG_GPS_TIME)
+            if (
+                run is None
+                or seq != run.first + len(run.values)
+                or device != run.device
+                or ts != run.ts
+                or mono != run.mono
+                or synced != run.synced
+                or gps != run.gps_time
+            ):
+                if run is not None:
+                    out.append(_closed(run, metrics, units, reasons, uncertain))
+                run = Run(device, (), (), [], ts, mono, synced, gps, first=seq)
+                metrics, units, reasons, uncertain = [], [], [], []
+            run.values.append(val)
+            metrics.append(metric)
+            units.append(unit)
+            reasons.append(reason)
+            uncertain.append(bool(flags & FLAG_UNCERTAIN))
+        if run is not None:
+            out.append(_closed(run, metrics, units, reasons, uncertain))
         return boot_id, out
 
     def oldest_ts(self) -> float | None:

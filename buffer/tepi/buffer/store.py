@@ -440,7 +440,7 @@ class Buffer:
             else:
                 boot_id, runs = await self._call(self._db.fetch, after_seq, max_readings, hi)
                 if runs:
-                    return Batch(boot_id, [(run, 0, 1) for run in runs])
+                    return Batch(boot_id, [(run, 0, len(run)) for run in runs])
             after_seq = max(after_seq, hi)
         spans = self._from_memory(after_seq, max_readings, upto)
         return Batch(self.boot_id, spans) if spans else None
