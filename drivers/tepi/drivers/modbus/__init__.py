@@ -1,8 +1,9 @@
-"""Modbus RTU (serial) and Modbus TCP, on pymodbus's asyncio clients.
+"""Modbus RTU (serial, on pymodbus's client) and Modbus TCP (on tepi's own transaction layer).
 
 Layers: ``config`` (what a person writes) -> ``codec`` (registers <-> values, and the read
-plan) -> ``link`` (one shared, serialised pymodbus client per port or host) -> ``driver``
-(one device: plan, read, decode, stamp).
+plan) and ``decoder`` (each planned read's answer decoded in one step) -> ``link`` (one
+shared client per port or host: ``tcp`` and ``wire`` for Modbus TCP, pymodbus for serial)
+-> ``driver`` (one device: plan, read, decode, stamp).
 """
 
 from typing import TYPE_CHECKING, Any
