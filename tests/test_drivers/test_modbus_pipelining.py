@@ -13,13 +13,16 @@ frames in a chunk, and noise between them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import jsonschema
 import pytest
+from helpers import SCHEMA_PATH
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +35,7 @@ from tepi.drivers.modbus.tcp import LATE_KEEP, MBAP, TcpTransactions
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(60)
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 WIDE = 10  # registers 0..9: a counter at 0, then constants unit * 100 + address
 OTHER = 20  # registers 20..29: constants unit * 1000 + address
@@ -334,3 +338,49 @@ async def split_answers(
         await transactions.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_the_connections_counters_are_in_each_devices_health() -> None:
+    """A late answer is dropped and counted where a technician sees it: in the ``protocol``
+    of every device at that address (health), in the shape the payload schema gives."""
+    async with Simulator(gateway(range(1, 3))) as sim:
+        host, port = sim.endpoint("u1").split(":")
+        resources = SharedResources()
+
+        def device(unit: int, timeout: str) -> ModbusDriver:
+            return ModbusDriver(
+                ModbusTcpConfig.model_validate(
+                    {
+                        "id": f"d{unit}",
+                        "driver": "modbus-tcp",
+                        "host": host,
+                        "port": int(port),
+                        "unit": unit,
+                        "max_outstanding": 4,
+                        "timeout": timeout,
+                        "retries": 0,
+                        "registers": [{"name": "c1", "address": 1}],
+                    }
+                ),
+                resources,
+            )
+
+        async with device(1, "50ms") as slow, device(2, "2s") as other:
+            sim.device("u1").set_fault("slow", delay_s=0.15)
+            with pytest.raises(DeviceUnavailable):
+                await slow.read()
+            sim.device("u1").set_fault("none")
+            async with asyncio.timeout(10):
+                while slow.protocol_stats()["link"]["late_answers"] == 0:  # type: ignore[index]
+                    assert [s.value for s in as_samples(await other.read())] == [201]
+            stats = [slow.protocol_stats(), other.protocol_stats()]
+    modbus = SCHEMA["$defs"]["device_health"]["properties"]["protocol"]["oneOf"][1]
+    for st_ in stats:
+        jsonschema.validate(st_, modbus)
+    assert stats[0]["link"] == stats[1]["link"]  # one connection, one set of counters
+    link = stats[0]["link"]
+    assert isinstance(link, dict)
+    assert link["late_answers"] == 1
+    assert link["max_outstanding"] == 4
+    assert link["connects"] == 1
+    assert stats[0]["timeouts"] == 1

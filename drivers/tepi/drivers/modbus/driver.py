@@ -240,7 +240,23 @@ class ModbusDriver:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def protocol_stats(self) -> dict[str, object]:
-        return self.link_stats.as_dict()
+        out = self.link_stats.as_dict()
+        link = self._link
+        tcp = None if link is None else link.tcp_stats
+        if link is not None and tcp is not None:
+            # The connection's own counters, shared by every device at its address: what the
+            # stream held besides this device's answers, and how pipelining went.
+            out["link"] = {
+                "max_outstanding": link.max_outstanding,
+                "most_in_flight": tcp.most_in_flight,
+                "late_answers": tcp.late_answers,
+                "stray_frames": tcp.stray_frames,
+                "garbage_bytes": tcp.garbage_bytes,
+                "connects": tcp.connects,
+                "disconnects": tcp.disconnects,
+                "pipelining_fallbacks": tcp.pipelining_fallbacks,
+            }
+        return out
 
     async def write(self, name: str, value: Value) -> Value:
         """Write one register marked ``writable``, read it back, and return what it now holds.
