@@ -308,3 +308,46 @@ async def test_the_mqtt_socket_sends_small_publishes_at_once(tmp_path: Path) -> 
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         await broker.stop()
+
+
+async def test_a_returning_broker_is_found_by_a_probe_not_after_the_backoff(
+    tmp_path: Path,
+) -> None:
+    """The backoff is 20 s here (a long outage's); a probe finds the broker back within a
+    probe interval, and the agent returns after a part of ``spread``, not of the backoff."""
+    broker = Broker(tmp_path)
+    await broker.start()
+    agent = agent_for(
+        tmp_path,
+        broker.port,
+        keepalive="5s",
+        reconnect={
+            "min_delay": "20s",
+            "max_delay": "20s",
+            "probe_interval": "200ms",
+            "spread": "300ms",
+        },
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await agent.uplink.wait_for(lambda s: s.connected)
+        await broker.stop()
+        async with asyncio.timeout(10):
+            await agent.uplink.wait_for(lambda s: not s.connected)
+        async with asyncio.timeout(10):  # probes refused while it is down
+            while agent.uplink.stats.probes < 3:
+                await asyncio.sleep(0.05)
+        assert agent.uplink.stats.probes_answered == 0
+        await broker.start()
+        back = time.monotonic()
+        async with Subscriber(broker.port, "ioc/v1/gw-up/telemetry") as sub:
+            agent.buffer.put(Reading("d", "m", 1, None, time.time(), 1.0))
+            await sub.wait_for(lambda s: len(s.readings()) >= 1, 5)
+        assert time.monotonic() - back < 3.0
+        assert agent.uplink.stats.probes_answered == 1
+    finally:
+        stop.set()
+        await run
+        await broker.stop()

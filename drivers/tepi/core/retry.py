@@ -152,11 +152,13 @@ class Policy:
         *,
         on_failure: Callable[[BaseException], Awaitable[None] | None] | None = None,
         stopping: asyncio.Event | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> AsyncRetrying:
         """A tenacity retrier for this policy: retries ``retry_on`` (never a cancel), reports
         each failure to ``on_failure`` (counters) and ``outage`` (the log), and re-raises the
         last error if the policy gives up, or once ``stopping`` is set (which also ends a
-        wait at once: a clean stop does not sit out a backoff)."""
+        wait at once: a clean stop does not sit out a backoff). ``sleep`` waits between
+        attempts instead of ``asyncio.sleep``: one that may end early (the uplink's probe)."""
         if not all(issubclass(t, Exception) for t in retry_on):
             raise TypeError("only Exception subclasses are retried; a cancel must propagate")
 
@@ -174,7 +176,8 @@ class Policy:
         stop: tenacity.stop.stop_base = tenacity.stop_never
         if self.give_up_after_s is not None:
             stop = tenacity.stop_after_delay(self.give_up_after_s)
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        if sleep is None:
+            sleep = asyncio.sleep
         if stopping is not None:
             stop = stop | tenacity.stop_when_event_set(stopping)  # type: ignore[arg-type]
             sleep = functools.partial(_sleep_unless, stopping)
@@ -195,10 +198,13 @@ class Policy:
         *,
         on_failure: Callable[[BaseException], Awaitable[None] | None] | None = None,
         stopping: asyncio.Event | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> T:
         """Await ``fn()`` until it succeeds, waiting by this policy between attempts; the
         outage's recovery is logged when it does. See :meth:`retrying`."""
-        retrying = self.retrying(retry_on, outage, on_failure=on_failure, stopping=stopping)
+        retrying = self.retrying(
+            retry_on, outage, on_failure=on_failure, stopping=stopping, sleep=sleep
+        )
         result: T = await retrying(fn)
         if outage is not None:
             outage.recovered()

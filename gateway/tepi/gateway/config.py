@@ -76,6 +76,22 @@ class BatchSection(_Model):
 class ReconnectSection(_Model):
     min_delay: Duration = Field(default=1.0, gt=0, description="First reconnect delay cap.")
     max_delay: Duration = Field(default=120.0, gt=0, description="Largest reconnect delay cap.")
+    probe_interval: Duration = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="While the broker cannot be reached, try a bare TCP connection to it this "
+        "often (with jitter) between reconnect attempts; when one succeeds, reconnect at once "
+        "(after spread) instead of sitting out the backoff. 0: no probes.",
+    )
+    spread: Duration = Field(
+        default=3.0,
+        ge=0,
+        le=600,
+        description="After a probe finds the broker back, wait a random time up to this long "
+        "before reconnecting, so a fleet that lost the broker together does not return at "
+        "the same instant.",
+    )
 
 
 class UplinkSection(_Model):

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import math
+import random
 import socket
 import ssl
 import time
@@ -60,6 +61,8 @@ class UplinkStats:
     last_ack_ts: float | None = None
     last_error: str | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    probes: int = 0  # bare TCP connections tried while the broker was unreachable
+    probes_answered: int = 0  # ... that found it back, and cut the backoff short
 
 
 _WHAT = {
@@ -222,6 +225,7 @@ class Uplink:
         self.stats = UplinkStats()
         self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
         self._kick = asyncio.Event()
+        self._last_kind = "link"  # how the last connect failed (_WHAT's keys)
         # Liveness of a session: publishes awaiting a PUBACK (telemetry and health), and when
         # the last acknowledgement (or the first publish after none waited) came.
         self._awaiting = 0
@@ -322,14 +326,60 @@ class Uplink:
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     client = await policy.call(
-                        functools.partial(self._connect, stack), (_LinkDown,), self._outage
+                        functools.partial(self._connect, stack),
+                        (_LinkDown,),
+                        self._outage,
+                        sleep=self._backoff,
                     )
                     await self._session(client)
             except* (aiomqtt.MqttError, OSError) as group:
                 self._outage.failed(await self._down(group.exceptions[0]))
             # A link every gateway of a city lost at once (a broker restart) must not bring
             # them all back at once: the first reconnect waits too, by the same policy.
-            await asyncio.sleep(policy.delay(1))
+            await self._backoff(policy.delay(1))
+
+    async def _backoff(self, seconds: float) -> None:
+        """The wait between two connect attempts, cut short when the broker is back.
+
+        The backoff grows to ``max_delay`` (120 s) over a long outage, so the broker's return
+        would be noticed up to minutes late. While the last attempt found the broker
+        unreachable, a bare TCP connection to it is tried every ``probe_interval`` (jittered):
+        it costs a refused SYN while the broker is down, and one accept when it is back. Then
+        the connect goes after a random part of ``spread``, so a fleet comes back over a few
+        seconds rather than at once. A broker that answers but refuses (TLS, credentials)
+        gets the plain backoff: probing it would only hasten the next refusal."""
+        rc = self.cfg.uplink.reconnect
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        if rc.probe_interval <= 0 or self._last_kind != "link":
+            await asyncio.sleep(seconds)
+            return
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(left, rc.probe_interval * random.uniform(0.5, 1.5)))
+            if loop.time() >= end:
+                return
+            if await self._probe():
+                self.stats.probes_answered += 1
+                log.info("broker %s:%d reachable again: reconnecting", *self._address)
+                await asyncio.sleep(min(end - loop.time(), random.uniform(0.0, rc.spread)))
+                return
+
+    async def _probe(self) -> bool:
+        """Whether the broker's port accepts a TCP connection (closed at once, nothing sent)."""
+        self.stats.probes += 1
+        try:
+            async with asyncio.timeout(2.0):
+                _, writer = await asyncio.open_connection(*self._address)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    @property
+    def _address(self) -> tuple[str, int]:
+        return self.cfg.uplink.host, self.cfg.uplink.port
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:
         """One connect attempt; a failure is raised as ``_LinkDown``, with its reason."""
@@ -350,6 +400,7 @@ class Uplink:
         if why is not None and why not in str(err):
             err = aiomqtt.MqttError(f"{err} ({why})")
         kind = _classify(err)
+        self._last_kind = kind
         await self._set(connected=False, error=(kind, err))
         return _LinkDown(kind, err)
 
