@@ -351,3 +351,44 @@ async def test_a_returning_broker_is_found_by_a_probe_not_after_the_backoff(
         stop.set()
         await run
         await broker.stop()
+
+
+async def test_a_port_that_accepts_but_never_connects_gets_fewer_early_attempts(
+    tmp_path: Path,
+) -> None:
+    """A broker that accepts TCP and closes at once (overloaded, or still starting): every
+    probe finds the port open, but the early attempts it starts fail; each failure doubles
+    the wait before probing again, so the attempts thin out instead of looping."""
+
+    async def slam(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    server = await asyncio.start_server(slam, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    agent = agent_for(
+        tmp_path,
+        port,
+        reconnect={
+            "min_delay": "20s",
+            "max_delay": "20s",
+            "probe_interval": "50ms",
+            "spread": "100ms",
+        },
+    )
+    stop = asyncio.Event()
+    started = time.monotonic()
+    run = asyncio.create_task(agent.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            await agent.uplink.wait_for(lambda s: s.attempts >= 5)
+        took = time.monotonic() - started
+        # The first attempt at once, then early ones after waits of 0.2, 0.4 and 0.8 s (plus
+        # probes and spread): at least 1.4 s for five. Probing without the doubling would
+        # make five attempts in about half a second.
+        assert took >= 1.4, took
+        stats = agent.uplink.stats
+        assert stats.attempts - 1 <= stats.probes_answered <= stats.attempts
+    finally:
+        stop.set()
+        await run
+        server.close()

@@ -226,6 +226,8 @@ class Uplink:
         self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
         self._kick = asyncio.Event()
         self._last_kind = "link"  # how the last connect failed (_WHAT's keys)
+        self._probed = False  # the attempt under way was started early by a probe
+        self._probe_misses = 0  # attempts a probe started early that failed, this outage
         # Liveness of a session: publishes awaiting a PUBACK (telemetry and health), and when
         # the last acknowledgement (or the first publish after none waited) came.
         self._awaiting = 0
@@ -347,19 +349,28 @@ class Uplink:
         it costs a refused SYN while the broker is down, and one accept when it is back. Then
         the connect goes after a random part of ``spread``, so a fleet comes back over a few
         seconds rather than at once. A broker that answers but refuses (TLS, credentials)
-        gets the plain backoff: probing it would only hasten the next refusal."""
+        gets the plain backoff: probing it would only hasten the next refusal. When an attempt
+        a probe started fails all the same (a broker still starting, or overloaded: it
+        accepts and does not answer), probing waits ``spread`` times 2, 4, 8, ... first, so such
+        a broker gets fewer early attempts each time, never a loop of them."""
         rc = self.cfg.uplink.reconnect
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
+        if self._probed:
+            self._probed = False
+            self._probe_misses += 1
         if rc.probe_interval <= 0 or self._last_kind != "link":
             await asyncio.sleep(seconds)
             return
+        if self._probe_misses:
+            await asyncio.sleep(min(seconds, rc.spread * 2**self._probe_misses))
         while (left := end - loop.time()) > 0:
             await asyncio.sleep(min(left, rc.probe_interval * random.uniform(0.5, 1.5)))
             if loop.time() >= end:
                 return
             if await self._probe():
                 self.stats.probes_answered += 1
+                self._probed = True
                 log.info("broker %s:%d reachable again: reconnecting", *self._address)
                 await asyncio.sleep(min(end - loop.time(), random.uniform(0.0, rc.spread)))
                 return
@@ -390,6 +401,8 @@ class Uplink:
         self._paho_errors.last = None
         if not self._outage.down:
             log.info("connected to broker %s:%d", self.cfg.uplink.host, self.cfg.uplink.port)
+        self._probed = False
+        self._probe_misses = 0
         await self._set(connected=True)
         return client
 
