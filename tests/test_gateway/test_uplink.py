@@ -392,3 +392,44 @@ async def test_a_port_that_accepts_but_never_connects_gets_fewer_early_attempts(
         stop.set()
         await run
         server.close()
+
+
+async def test_backlog_rate_paces_the_backlog_and_never_the_live_readings(tmp_path: Path) -> None:
+    """3,000 buffered readings at backlog_rate 2,000/s take at least 1.25 s to send (the
+    last batch of 500 is due 2,500 / 2,000 s after the first); a live reading put while the
+    backlog drains arrives at once."""
+    broker = Broker(tmp_path)
+    await broker.start()
+    proxy = FaultProxy(broker.port)
+    await proxy.__aenter__()
+    proxy.blackhole()
+    agent = agent_for(
+        tmp_path, proxy.port, keepalive="5s", backlog_rate=2000, batch={"max_readings": 500}
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    await agent.ready.wait()
+    for i in range(3000):
+        agent.buffer.put(Reading("d", "backlog", i, None, time.time(), 1.0))
+    await agent.buffer.flush()
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-up/telemetry") as sub:
+            proxy.heal()
+            await sub.wait_for(lambda s: len(s.readings()) >= 1, 30)
+            first = time.monotonic()
+            agent.buffer.put(Reading("d", "live", 1, None, time.time(), 1.0))
+            await sub.wait_for(lambda s: any(r["metric"] == "live" for r in s.readings()), 5)
+            live_took = time.monotonic() - first
+            await sub.wait_for(
+                lambda s: sum(r["metric"] == "backlog" for r in s.readings()) >= 3000, 30
+            )
+            drain = time.monotonic() - first
+        assert drain >= 1.2, drain  # paced (unpaced, 3,000 readings take milliseconds)
+        assert live_took < 0.5, live_took  # the live lane does not wait for the pacing
+        backlog = [r["value"] for r in sub.readings() if r["metric"] == "backlog"]
+        assert sorted(set(backlog)) == list(range(3000))
+    finally:
+        stop.set()
+        await run
+        await proxy.__aexit__()
+        await broker.stop()

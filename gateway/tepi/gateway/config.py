@@ -126,6 +126,14 @@ class UplinkSection(_Model):
     max_inflight: int = Field(
         default=8, ge=1, le=100, description="Telemetry messages awaiting the broker's ack at once."
     )
+    backlog_rate: float = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="The most readings a second the backlog lane sends after an outage (0: "
+        "as fast as the broker takes them), so a fleet that reconnects together does not "
+        "flood the IOC. Live readings are never held back by it.",
+    )
     keepalive: Duration = Field(default=30.0, ge=5, le=3600, description="MQTT keepalive.")
     publish_timeout: Duration = Field(
         default=30.0,

@@ -592,6 +592,10 @@ class Uplink:
         started, sent = time.monotonic(), 0
         while True:
             await own.acquire()
+            if up.backlog_rate > 0:
+                # Paced: each batch waits until the readings sent so far fit the rate. It
+                # waits holding only its own slot, never a shared one the live lane needs.
+                await asyncio.sleep(started + sent / up.backlog_rate - time.monotonic())
             await slots.acquire()
             batch = await self.buffer.fetch(cursor, up.batch.max_readings, upto=upto)
             if batch is None:
