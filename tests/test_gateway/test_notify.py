@@ -40,9 +40,12 @@ class NotifySocket:
                 self.messages.append((time.monotonic(), fields))
                 self._changed.set()
 
-    async def wait_for(self, key: str, value: str | None = None, timeout: float = 20) -> float:
-        """When the first message with ``key`` (= ``value``) after now arrives."""
-        start = len(self.messages)
+    async def wait_for(
+        self, key: str, value: str | None = None, timeout: float = 20, since: int | None = None
+    ) -> float:
+        """When the first message with ``key`` (= ``value``) after now (or after the first
+        ``since`` messages: take ``len(messages)`` before the action it follows) arrives."""
+        start = len(self.messages) if since is None else since
         async with asyncio.timeout(timeout):
             while True:
                 for at, m in self.messages[start:]:
@@ -158,14 +161,16 @@ async def test_a_status_line_follows_the_link_at_once(tmp_path: Path) -> None:
         # The agent retries every 200 ms..1 s (agent_config): it connects within a second.
         await asyncio.sleep(1.0)
         started = time.monotonic()
+        mark = len(ns.messages)  # the agent may say it before broker.start() returns
         await broker.start()
-        online = await ns.wait_for("STATUS", "online", timeout=30)
+        online = await ns.wait_for("STATUS", "online", timeout=30, since=mark)
         assert online - started < 3.0, online - started
         # and back: the broker goes away, the line says offline as soon
         await asyncio.sleep(0.5)
         gone = time.monotonic()
+        mark = len(ns.messages)  # ... or while broker.stop() waits for Mosquitto to exit
         await broker.stop()
-        offline = await ns.wait_for("STATUS", "offline", timeout=30)
+        offline = await ns.wait_for("STATUS", "offline", timeout=30, since=mark)
         assert offline - gone < 3.0, offline - gone
     finally:
         await agent.stop()
