@@ -4,6 +4,7 @@ probed with backoff, so the live device on the same line keeps its poll interval
 from __future__ import annotations
 
 import asyncio
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +148,16 @@ async def test_devices_with_one_interval_poll_on_one_grid(tmp_path: Path) -> Non
     for item in batch.items:
         by_device[item.reading.device].append(item.reading.mono)
     s1 = by_device["s1"]
-    phase = [(t / interval) % 1 for t in s1[1:]]  # boottime: the loop's clock plus a constant
-    s0_phase = [(t / interval) % 1 for t in by_device["s0"][1:]]
-    # On one grid: the later polls of both share a phase (within a few ms of scheduling).
-    spread = max(phase + s0_phase) - min(phase + s0_phase)
-    assert spread < 0.05 or spread > 0.95, (phase, s0_phase)
+
+    def phase(times: list[float]) -> float:
+        """The median phase of polls within the interval (boottime: the loop's clock plus a
+        constant), as a fraction: a late wake-up on a busy machine moves one, not this."""
+        return statistics.median((t / interval) % 1 for t in times)
+
+    # On one grid: the later polls of both share a phase; off it, they would be half an
+    # interval apart.
+    apart = abs(phase(s1[1:]) - phase(by_device["s0"][1:]))
+    assert min(apart, 1 - apart) < 0.15, apart
     assert s1[0] - off_grid_at < interval  # the first poll did not wait for the grid
 
 

@@ -397,7 +397,7 @@ async def test_a_port_that_accepts_but_never_connects_gets_fewer_early_attempts(
 async def test_backlog_rate_paces_the_backlog_and_never_the_live_readings(tmp_path: Path) -> None:
     """3,000 buffered readings at backlog_rate 2,000/s take at least 1.25 s to send (the
     last batch of 500 is due 2,500 / 2,000 s after the first); a live reading put while the
-    backlog drains arrives at once."""
+    backlog drains arrives at once (behind the pacing it would wait up to 1.25 s)."""
     broker = Broker(tmp_path)
     await broker.start()
     proxy = FaultProxy(broker.port)
@@ -425,7 +425,7 @@ async def test_backlog_rate_paces_the_backlog_and_never_the_live_readings(tmp_pa
             )
             drain = time.monotonic() - first
         assert drain >= 1.2, drain  # paced (unpaced, 3,000 readings take milliseconds)
-        assert live_took < 0.5, live_took  # the live lane does not wait for the pacing
+        assert live_took < 0.8, live_took  # the live lane does not wait for the pacing
         backlog = [r["value"] for r in sub.readings() if r["metric"] == "backlog"]
         assert sorted(set(backlog)) == list(range(3000))
     finally:
