@@ -7,6 +7,7 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -133,12 +134,12 @@ async def test_max_pending_drops_the_oldest_readings_of_runs(tmp_path: Path) -> 
     seed=st.integers(0, 2**32 - 1),
 )
 async def test_every_reading_is_delivered_once_in_order_through_cuts_acks_and_commits(
-    tmp_path_factory: object, sizes: list[int], seed: int
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], seed: int
 ) -> None:
     """Random runs, batch limits, lost acks (a resend from the last acknowledged seq) and
     commits in between: the readings acknowledged are exactly those put, once each."""
     rnd = random.Random(seed)
-    tmp = Path(getattr(tmp_path_factory, "mktemp")("runs"))  # noqa: B009 - hypothesis + fixture
+    tmp = tmp_path_factory.mktemp("runs")  # a fresh folder for each example
     want: dict[int, Reading] = {}
     got: dict[int, Reading] = {}
     async with buffer(tmp) as buf:

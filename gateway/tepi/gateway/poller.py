@@ -421,17 +421,17 @@ async def _poll_loop(
                         cfg.id, s, stamp, buffer, stats, now=started, every=cfg.bad_heartbeat
                     )
                     continue
-                r = reading(cfg.id, s, stamp)
-                stats.last[s.metric] = Run.of(r)
+                run = Run.of(reading(cfg.id, s, stamp))  # one object: kept, and buffered
+                stats.last[s.metric] = run
                 stats.readings += 1
                 if s.reason is None or s.uncertain:
                     if heartbeat.sent:  # a metric good again: its next bad reading goes at once
                         heartbeat.sent.pop(s.metric, None)
-                    buffer.put(r)
+                    buffer.put_many(run)
                     continue
                 stats.bad_readings += 1
                 if heartbeat.send(s.metric, s.reason, started, cfg.bad_heartbeat):
-                    buffer.put(r)
+                    buffer.put_many(run)
                 else:
                     stats.bad_suppressed += 1
         stats.last_poll_s = loop.time() - started
@@ -505,7 +505,7 @@ def _failed(
             log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
         ts, mono = time.time(), boottime()
         for m in driver.metrics():
-            r = reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp)
-            buffer.put(r)
-            stats.last[m.name] = Run.of(r)
+            run = Run.of(reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp))
+            buffer.put_many(run)
+            stats.last[m.name] = run
             stats.bad_readings += 1

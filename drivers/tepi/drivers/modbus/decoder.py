@@ -74,7 +74,6 @@ class Decoder:
     offsets: tuple[int, ...]  # bits: each value's index in the answer
     # (index, op, a, b): the values that need work, op one of the _ constants above.
     ops: tuple[tuple[int, int, Any, Any], ...]
-    registers: tuple[RegisterConfig, ...]
 
     def __call__(
         self, data: bytes | Sequence[bool]
@@ -213,7 +212,7 @@ def compile_request(req: ReadRequest) -> Decoder:
             if op is not None:
                 ops.append((i, *op))
         offsets = tuple(r.address - req.address for r in regs)
-        return Decoder(names, units, True, None, None, offsets, tuple(ops), regs)
+        return Decoder(names, units, True, None, None, offsets, tuple(ops))
     fmt = [">"]
     pos = 0  # in registers, from the request's start
     placed: list[tuple[int, RegisterConfig]] = []
@@ -221,8 +220,9 @@ def compile_request(req: ReadRequest) -> Decoder:
         start = reg.address - req.address
         if start < pos:
             # It overlaps the register before it (a bit of a word, a float over two ints):
-            # no single format has both; it is decoded on its own, which is rare.
-            fmt.append("")
+            # no single format has both; it is decoded on its own, which is rare. Its place
+            # in the unpacked values is held by a zero-length string (``0s`` gives b"").
+            fmt.append("0s")
             ops.append((i, _SPLIT, (start, reg), None))
             continue
         if start > pos:
@@ -235,16 +235,12 @@ def compile_request(req: ReadRequest) -> Decoder:
             ops.append((i, *op))
     if pos < req.count:
         fmt.append(f"{2 * (req.count - pos)}x")
-    # Overlapping registers get a placeholder from the unpack: a zero-width pad is not a
-    # value, so each is given one of its own (``0s`` yields b""), in its place.
-    code = "".join(f or "0s" for f in fmt)
     return Decoder(
         names,
         units,
         False,
-        struct.Struct(code),
+        struct.Struct("".join(fmt)),
         _permutation(placed, 2 * req.count),
         (),
         tuple(ops),
-        regs,
     )
