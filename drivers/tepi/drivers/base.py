@@ -100,6 +100,9 @@ class SharedResources:
         # Where a GPS device marked as the clock source reports each valid time:
         # (UTC seconds, CLOCK_BOOTTIME when read, device id). None: nobody listens.
         self.gps_time = gps_time
+        # Where cameras store their images (the agent's image buffer; an ImageSink, see
+        # tepi.drivers.camera.driver). None: images are not kept.
+        self.images: Any = None
         self._lock = asyncio.Lock()
 
     async def acquire(

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field
 
 from tepi.drivers.base import Driver, DriverConfig, SharedResources
+from tepi.drivers.camera.config import CameraConfig
 from tepi.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
 from tepi.drivers.serial.config import SerialConfig
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
@@ -32,6 +33,14 @@ def _modbus_driver(config: Any, resources: SharedResources) -> Driver:
     return ModbusDriver(config, resources)
 
 
+def _camera_driver(config: Any, resources: SharedResources) -> Driver:
+    # Imported with the first camera: OpenCV, numpy and PyAV (imported by the driver when it
+    # opens) are tens of MB of RSS a box without a camera never pays.
+    from tepi.drivers.camera.driver import CameraDriver
+
+    return CameraDriver(config, resources)
+
+
 @dataclass(frozen=True, slots=True)
 class DriverEntry:
     name: str
@@ -44,11 +53,12 @@ REGISTRY: dict[str, DriverEntry] = {
     "modbus-tcp": DriverEntry("modbus-tcp", ModbusTcpConfig, _modbus_driver),
     "synthetic": DriverEntry("synthetic", SyntheticConfig, SyntheticDriver),
     "serial": DriverEntry("serial", SerialConfig, _serial_driver),
+    "camera": DriverEntry("camera", CameraConfig, _camera_driver),
 }
 
 # The discriminated union of every registered device config, keyed on ``driver``.
 DeviceConfig = Annotated[
-    Union[ModbusRtuConfig, ModbusTcpConfig, SyntheticConfig, SerialConfig],  # noqa: UP007
+    Union[ModbusRtuConfig, ModbusTcpConfig, SyntheticConfig, SerialConfig, CameraConfig],  # noqa: UP007
     Field(discriminator="driver"),
 ]
 

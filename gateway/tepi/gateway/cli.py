@@ -95,6 +95,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--socket", type=Path, default=None, help="the status socket itself")
     status.add_argument("--json", action="store_true", help="the raw health and devices JSON")
+    snap = sub.add_parser(
+        "snapshot", help="a camera's snapshot now, stored in the image buffer (and sent)"
+    )
+    snap.add_argument("camera", help="the camera's device id")
+    snap.add_argument("-o", "--output", type=Path, default=None, help="also save it here")
+    snap.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file, to find the status socket (default /etc/tepi/tepi.yaml)",
+    )
+    snap.add_argument("--socket", type=Path, default=None, help="the status socket itself")
     buf = sub.add_parser("buffer", help="the buffer file: stats, export, purge")
     buf.add_argument("action", choices=["stats", "export", "purge"], help="what to do")
     buf.add_argument(
@@ -151,6 +164,44 @@ def cmd_status(config: Path, sock: Path | None, as_json: bool) -> int:
                 print(issue, file=sys.stderr)
             return EXIT_CONFIG
     return run_status(sock, as_json=as_json)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """``tepi snapshot CAMERA [-o FILE]``: through the running agent's status API."""
+    from urllib.parse import quote
+
+    from tepi.gateway.configload import load_config
+    from tepi.gateway.status import EXIT_UNREACHABLE, request
+
+    sock = args.socket
+    if sock is None:
+        try:
+            sock = load_config(args.config, check_files=False).status_socket()
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        status, _, body = request(sock, "POST", f"/cameras/{quote(args.camera, safe='')}/snapshot")
+    except OSError as err:
+        print(f"cannot reach the agent at {sock}: {err} (is tepi running?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    answer = json.loads(body) if body.startswith(b"{") else {}
+    if status != 200:
+        print(f"no snapshot: {answer.get('error', f'HTTP {status}')}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(
+        f"snapshot of {args.camera}: image {answer['seq']} ({answer['width']}x"
+        f"{answer['height']}, {answer['size']:,} bytes) stored at {answer['path']}; it is sent "
+        "to the IOC with the other images"
+    )
+    if args.output is not None:
+        status, _, data = request(sock, "GET", f"/images/{answer['seq']}")
+        if status != 200:
+            print(f"could not fetch it to save it: HTTP {status}", file=sys.stderr)
+            return EXIT_RUNTIME
+        args.output.write_bytes(data)
+        print(f"saved to {args.output}")
+    return EXIT_OK
 
 
 def cmd_buffer(args: argparse.Namespace) -> int:
@@ -302,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(args.config, args.socket, args.json)
     if args.command == "buffer":
         return cmd_buffer(args)
+    if args.command == "snapshot":
+        return cmd_snapshot(args)
     if args.command == "doctor":
         from tepi.gateway.doctor import run_doctor
 

@@ -11,8 +11,18 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from tepi.core.secrets import resolve_credential
 from tepi.core.units import Duration, Size
 from tepi.drivers.registry import DeviceConfig
+
+__all__ = [
+    "PASSWORD_CREDENTIAL",
+    "SECRETS_DIR",
+    "Config",
+    "ImagesSection",
+    "UplinkSection",
+    "resolve_credential",
+]
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -201,19 +211,6 @@ PASSWORD_CREDENTIAL = "mqtt-password"  # noqa: S105 - a name, not a secret
 SECRETS_DIR = Path("/etc/tepi/secrets")
 
 
-def resolve_credential(path: Path, secrets_dir: Path | None = None) -> Path:
-    """Where a ``password_file`` is read. A relative name is a credential in
-    $CREDENTIALS_DIRECTORY (the unit's LoadCredential=). Outside the unit (``tepi doctor``
-    run by hand) and given ``secrets_dir``, the file LoadCredential= loads it from:
-    ``secrets_dir/NAME``."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and creds:
-        return Path(creds) / path
-    if not path.is_absolute() and secrets_dir is not None:
-        return secrets_dir / path
-    return path
-
-
 class BufferSection(_Model):
     max_bytes: Size = Field(
         default=256 * 1024 * 1024,
@@ -246,6 +243,38 @@ class BufferSection(_Model):
         ge=1000,
         description="Readings held in RAM "
         "while the disk refuses writes; beyond this the oldest are dropped.",
+    )
+
+
+class ImagesSection(_Model):
+    max_bytes: Size = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most bytes of images kept on disk (data_dir/images/); then the lowest "
+        "class (snapshot, then thumbnail, then event) and oldest go first.",
+    )
+    max_age: Duration | None = Field(
+        default=None, gt=0, description="Optional: drop images older than this, sent or not."
+    )
+    max_image_bytes: Size = Field(
+        default=120 * 1024,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="Largest image message. Snapshots over it are re-encoded smaller "
+        "(quality, then size), never dropped. The default stays under the 128 KB several "
+        "cloud brokers allow.",
+    )
+    rate: Size = Field(
+        default=0,
+        ge=0,
+        description="Most image bytes a second sent to the broker, on average (a token "
+        "bucket); 0: no limit. Telemetry is never limited by it.",
+    )
+    daily_bytes: Size = Field(
+        default=0,
+        ge=0,
+        description="Most image bytes sent in one UTC day, for a metered 4G plan; then "
+        "images wait for the next day (kept, within max_bytes). 0: no cap.",
     )
 
 
@@ -286,5 +315,9 @@ class Config(_Model):
     buffer: BufferSection = Field(default_factory=BufferSection, description="Store-and-forward.")
     status: StatusSection = Field(
         default_factory=StatusSection, description="The local status API."
+    )
+    images: ImagesSection = Field(
+        default_factory=ImagesSection,
+        description="The image buffer and the images' share of the link (cameras).",
     )
     devices: list[DeviceConfig] = Field(default_factory=list, description="Field devices to poll.")

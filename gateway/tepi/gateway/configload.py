@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from tepi.core.errors import ConfigError, ConfigIssue
+from tepi.drivers.camera.config import CameraConfig
 from tepi.drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
 from tepi.drivers.registry import REGISTRY
 from tepi.drivers.serial.config import SerialConfig
@@ -284,6 +285,21 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 (("uplink", "tls", k), getattr(up.tls, k))
                 for k in ("ca_file", "cert_file", "key_file")
             ]
+        for i, dev in enumerate(cfg.devices):
+            if isinstance(dev, CameraConfig):
+                files.append(
+                    (
+                        ("devices", i, "password_file"),
+                        resolve_credential(dev.password_file) if dev.password_file else None,
+                    )
+                )
+                files.append((("devices", i, "ca_file"), dev.ca_file))
+                if dev.password_env is not None and dev.password_env not in os.environ:
+                    add(
+                        ("devices", i, "password_env"),
+                        f"environment variable {dev.password_env} is not set",
+                        "set it in the service's environment",
+                    )
         for path, f in files:
             if f is not None and "\0" in str(f):
                 add(path, "the path contains a NUL character", "fix the path")

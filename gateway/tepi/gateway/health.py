@@ -313,6 +313,63 @@ class ProcessHealth(_Model):
     )
 
 
+IMAGE_CLASSES = ("event", "thumbnail", "snapshot")
+IMAGE_DROP_REASONS = ("quota", "age", "too_large", "disk_reserve", "refused_priority")
+
+
+class ImageClassHealth(_Model):
+    count: int = Field(description="Images of this class waiting to be sent.")
+    bytes: int = Field(description="Their bytes on disk.")
+
+
+class ImageBudgetHealth(_Model):
+    rate: int = Field(description="images.rate: image bytes a second allowed (0: no limit).")
+    daily_bytes: int = Field(description="images.daily_bytes: a UTC day's cap (0: none).")
+    sent_today: int = Field(description="Image bytes sent this UTC day.")
+    state: Literal["ok", "daily_cap"] = Field(
+        description="daily_cap: the day's allowance is spent; images wait for the next day."
+    )
+
+
+class ImagesHealth(_Model):
+    count: Annotated[int, gauge("tepi_images")] = Field(
+        description="Images in the image buffer, waiting to be sent."
+    )
+    bytes: Annotated[int, gauge("tepi_images_bytes")] = Field(
+        description="Bytes of the images kept."
+    )
+    max_bytes: Annotated[int, gauge("tepi_images_max_bytes")] = Field(
+        description="images.max_bytes: the image buffer's limit."
+    )
+    by_class: dict[str, ImageClassHealth] = Field(
+        description="Waiting images by class: event, thumbnail, snapshot."
+    )
+    oldest_ts: float | None = Field(description="When the oldest waiting image was taken.")
+    dropped: Annotated[
+        Counts,
+        counter("tepi_images_dropped_total", label="reason", keys=IMAGE_DROP_REASONS),
+    ] = Field(
+        description="Images dropped or refused, by reason: quota (evicted for a newer, "
+        "higher-class one), age (images.max_age), too_large, disk_reserve (the readings' "
+        "share of the disk), refused_priority (only higher classes could have made room)."
+    )
+    reconciled: Counts = Field(
+        description="Repairs at start-up: files without an index row, rows without a file."
+    )
+    sent: Annotated[int, counter("tepi_images_sent_total")] = Field(
+        description="Images acknowledged by the broker since start."
+    )
+    bytes_sent: Annotated[int, counter("tepi_images_sent_bytes_total")] = Field(
+        description="Their bytes."
+    )
+    last_sent_ts: float | None = Field(description="When the broker last acknowledged one.")
+    waiting_for: Literal["telemetry", "budget", "daily_cap"] | None = Field(
+        description="Why the next image is not on its way: telemetry goes first, the byte "
+        "rate, or the day's cap; null when it is (or none waits)."
+    )
+    budget: ImageBudgetHealth = Field(description="The images' share of the link.")
+
+
 class Health(_Model):
     """The health message (docs/payload.md#health)."""
 
@@ -332,6 +389,10 @@ class Health(_Model):
     uplink: UplinkHealth = Field(description="The link to the broker.")
     devices: Annotated[dict[str, DeviceHealth], Each("device")] = Field(
         description="Each device, by id."
+    )
+    images: ImagesHealth | None = Field(
+        default=None,
+        description="The image buffer and the images' link budget; null without cameras.",
     )
     config: ConfigHealth = Field(description="Config reloads.")
     process: ProcessHealth = Field(description="The agent's process.")
@@ -362,6 +423,10 @@ def _sub_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
     args = getattr(ann, "__args__", ())
+    if _meta(model, name, Each) is None and len(args) == 2 and type(None) in args:
+        # An optional section (``images``: null without cameras).
+        sub = next(a for a in args if a is not type(None))
+        return sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
     if _meta(model, name, Each) is not None and args:
         sub = args[-1]
         return sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None

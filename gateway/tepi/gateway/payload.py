@@ -160,3 +160,26 @@ def status_payload(
 
 def health_payload(obj: dict[str, Any]) -> bytes:
     return _dumps(obj)
+
+
+def image_meta_payload(gateway_id: str, meta: Any) -> dict[str, Any]:
+    """An image's metadata (docs/payload.md#images): the JSON message on image_meta/{camera},
+    and, as strings, the MQTT 5 user properties of the image itself. ``meta`` is a
+    tepi.buffer.images.ImageMeta."""
+    return {
+        "v": PAYLOAD_VERSION,
+        "gateway": gateway_id,
+        "seq": meta.seq,
+        "camera": meta.camera,
+        "class": meta.cls,
+        "reason": meta.reason,
+        "ts": ms(meta.ts) / 1000,
+        "mono": round(meta.mono, 3),
+        "boot": meta.boot,
+        "width": meta.width,
+        "height": meta.height,
+        "size": meta.size,
+        "sha256": meta.sha256,
+        "content_type": meta.content_type,
+        "parent": meta.parent,
+    }

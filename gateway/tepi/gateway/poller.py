@@ -299,6 +299,18 @@ class _Guarded:
             self.fault(err)
             return []
 
+    def failure_samples(self, reason: str, ts: float, mono: float) -> list[Sample]:
+        """What a failed poll sends, once: every metric bad with the reason, or what the
+        driver's own ``failure_samples`` says (a camera sends ``online`` false, a good
+        reading: the camera is known to be down)."""
+        own = getattr(self.driver, "failure_samples", None)
+        if own is not None:
+            try:
+                return list(own(reason, ts, mono))
+            except Exception as err:  # noqa: BLE001 - counted and logged by fault()
+                self.fault(err)
+        return [Sample(m.name, None, m.unit, ts, mono, reason) for m in self.metrics()]
+
     def _protocol(
         self, protocol: Callable[[], dict[str, object]]
     ) -> Callable[[], dict[str, object] | None]:
@@ -363,7 +375,7 @@ async def poll_device(
 
 async def _poll_loop(
     cfg: DriverConfig,
-    driver: Driver,
+    driver: _Guarded,
     buffer: Buffer,
     stats: DeviceStats,
     *,
@@ -486,7 +498,7 @@ async def _poll_loop(
 
 def _failed(
     cfg: DriverConfig,
-    driver: Driver,
+    driver: _Guarded,
     buffer: Buffer,
     stats: DeviceStats,
     err: DeviceError,
@@ -504,8 +516,9 @@ def _failed(
         if not (isinstance(err, DriverFault) and err.logged):  # logged with its traceback
             log.error("device %s: %s (further failures are counted, not logged)", cfg.id, err)
         ts, mono = time.time(), boottime()
-        for m in driver.metrics():
-            run = Run.of(reading(cfg.id, Sample(m.name, None, m.unit, ts, mono, err.reason), stamp))
+        for s in driver.failure_samples(err.reason, ts, mono):
+            run = Run.of(reading(cfg.id, s, stamp))
             buffer.put_many(run)
-            stats.last[m.name] = run
-            stats.bad_readings += 1
+            stats.last[s.metric] = run
+            if s.reason is not None:
+                stats.bad_readings += 1

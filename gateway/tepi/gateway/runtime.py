@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tepi.buffer import Buffer, BufferSettings
 from tepi.core import __version__
@@ -39,12 +39,16 @@ from tepi.gateway.health import (
     ProcessHealth,
     UplinkHealth,
 )
+from tepi.gateway.images import ImageHub, disk_reserve
 from tepi.gateway.notify import Notifier
 from tepi.gateway.poller import DeviceStats, poll_device
-from tepi.gateway.statusapi import StatusServer
+from tepi.gateway.statusapi import CameraAccess, StatusServer
 from tepi.gateway.sysinfo import boot_id as read_boot_id
 from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
 from tepi.gateway.uplink import Uplink, UplinkSetupError
+
+if TYPE_CHECKING:
+    from tepi.drivers.camera.driver import Stored
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +92,16 @@ class Agent:
             clock_synced=clock_synced,
         )
         self.clock = WallClock()
+        # The image buffer, only with a camera (or images left from an earlier run).
+        self.images: ImageHub | None = None
+        cameras = sum(1 for d in cfg.devices if getattr(d, "driver", "") == "camera")
+        if ImageHub.wanted(cfg.gateway.data_dir, cameras):
+            self.images = self._image_hub(cfg)
+        self._cameras: dict[str, Any] = {}  # camera drivers by device id (request_snapshot)
         # Set when the link or a device's state changes: the STATUS= line is sent at once.
         self._status_changed = asyncio.Event()
         self.devices = {d.id: DeviceStats(on_state=self._status_changed.set) for d in cfg.devices}
-        self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health)
+        self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health, self.images)
         self.uplink.on_link = self._status_changed.set
         self.started = time.monotonic()
         self._stopping = asyncio.Event()  # set at a stop: pollers finish their poll and end
@@ -114,7 +124,49 @@ class Agent:
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._uplink_task: asyncio.Task[None] | None = None
         self._resources = SharedResources(gps_time=self.clock.gps_update)
+        self._resources.images = self.images
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
+
+    def _image_hub(self, cfg: Config) -> ImageHub:
+        return ImageHub(
+            cfg.images,
+            cfg.gateway.data_dir,
+            boot_id=self.boot_id,
+            reserve_bytes=disk_reserve(cfg.buffer.max_bytes, self.buffer.settings.path),
+            sync=cfg.buffer.sync == "full",
+        )
+
+    async def _close_images(self) -> None:
+        if self.images is not None:
+            await self.images.close()
+
+    async def request_snapshot(self, camera: str, reason: str) -> Stored:
+        """Take a snapshot of ``camera`` now and store it in the image buffer (``tepi
+        snapshot``; later motion events, alarms and remote commands). KeyError for a device
+        that is not a camera; DeviceError when the camera gives no frame; OSError when the
+        image buffer refuses it."""
+        driver = self._cameras[camera]
+        stored: Stored = await driver.snapshot(reason)
+        return stored
+
+    async def _api_snapshot(self, camera: str, reason: str) -> dict[str, Any]:
+        stored = await self.request_snapshot(camera, reason)
+        assert self.images is not None  # a camera has an image buffer
+        return {
+            "camera": camera,
+            "seq": stored.seq,
+            "thumbnail": stored.thumbnail,
+            "width": stored.width,
+            "height": stored.height,
+            "size": stored.size,
+            "path": str(self.images.path_of(stored.seq)),
+        }
+
+    async def _api_image(self, seq: int) -> tuple[bytes, str] | None:
+        if self.images is None or self.images.store_ is None:
+            return None
+        data = await self.images.read(seq)
+        return None if data is None else (data, "image/jpeg")
 
     def health(self, *, mark: bool = True) -> dict[str, Any]:
         """The health message as published (docs/payload.md#health)."""
@@ -149,6 +201,7 @@ class Agent:
                 errors=up.errors,
             ),
             devices={k: DeviceHealth.of(v) for k, v in self.devices.items()},
+            images=None if self.images is None else self.images.health(),
             config=ConfigHealth(
                 reloads=self.reloads["count"],
                 last_reload_ts=self.reloads["last_ts"],
@@ -167,7 +220,10 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; commit what is pending before returning."""
         tasks = self._tasks
-        async with self.buffer:
+        async with self.buffer, contextlib.AsyncExitStack() as stack:
+            if self.images is not None:
+                await self.images.open()
+            stack.push_async_callback(self._close_images)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
@@ -218,6 +274,9 @@ class Agent:
         assert self._tg is not None
         stats = self.devices[dev.id] = DeviceStats(on_state=self._status_changed.set)
         driver = self._make_driver(dev, self._resources)
+        self._cameras.pop(dev.id, None)
+        if getattr(dev, "driver", "") == "camera":
+            self._cameras[dev.id] = driver
         task = self._tg.create_task(
             poll_device(dev, driver, self.buffer, stats, clock=self.clock, stopping=self._stopping),
             name=f"tepi.device[{dev.id}]",
@@ -258,6 +317,7 @@ class Agent:
                 ("gateway.id", old.gateway.id, new.gateway.id),
                 ("gateway.data_dir", old.gateway.data_dir, new.gateway.data_dir),
                 ("buffer", old.buffer, new.buffer),
+                ("images", old.images, new.images),
             )
             if a != b
         ]
@@ -266,17 +326,35 @@ class Agent:
             update={
                 "gateway": old.gateway.model_copy(update={"log_level": new.gateway.log_level}),
                 "buffer": old.buffer,
+                "images": old.images,
             }
         )
+        # The first camera, added by a reload: the image buffer opens now, and the uplink
+        # reconnects with its image lane.
+        new_hub: ImageHub | None = None
+        if self.images is None and any(
+            getattr(d, "driver", "") == "camera" for d in applied.devices
+        ):
+            new_hub = self._image_hub(applied)
+            try:
+                await new_hub.open()
+            except Exception as err:  # noqa: BLE001 - refused like any other reload problem
+                return self._reload_failed([f"images: cannot open the image buffer: {err}"])
         # All or nothing: the new uplink (password read, TLS files loaded) is built before
         # anything changes; a file it cannot use refuses the whole reload.
         uplink: Uplink | None = None
-        if applied.uplink != old.uplink:
+        if applied.uplink != old.uplink or new_hub is not None:
             try:
-                uplink = Uplink(applied, self.buffer, self.boot_id, self.health)
+                uplink = Uplink(
+                    applied, self.buffer, self.boot_id, self.health, new_hub or self.images
+                )
                 uplink.on_link = self._status_changed.set
             except UplinkSetupError as err:
+                if new_hub is not None:
+                    await new_hub.close()
                 return self._reload_failed([str(err)])
+        if new_hub is not None:
+            self.images = self._resources.images = new_hub
         if new.gateway.log_level != old.gateway.log_level:
             logging.getLogger().setLevel(new.gateway.log_level.upper())
         restarted = await self._apply_devices(old, applied)
@@ -319,6 +397,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             self.devices.pop(dev_id, None)
+            self._cameras.pop(dev_id, None)
         for dev in new.devices:
             if dev.id not in self._pollers:
                 self._start_device(dev)
@@ -345,6 +424,7 @@ class Agent:
                 self.device_status,
                 cfg.status_socket(),
                 cfg.status.tcp_port,
+                CameraAccess(self._api_snapshot, self._api_image),
             )
             self._status_task = self._tg.create_task(self.status_server.run(), name="tepi.status")
 

@@ -52,6 +52,17 @@ def fetch(path: Path, route: str, timeout: float = 5.0) -> Any:
         conn.close()
 
 
+def request(path: Path, method: str, route: str, timeout: float = 30.0) -> tuple[int, str, bytes]:
+    """One request to the status API at the unix socket ``path``: status, type, body."""
+    conn = _UnixHTTP(path, timeout)
+    try:
+        conn.request(method, route)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type") or "", resp.read()
+    finally:
+        conn.close()
+
+
 def _ago(seconds: float | None) -> str:
     if seconds is None:
         return "never"

@@ -1,14 +1,16 @@
 """The local status API: what ``tepi status`` and a local Prometheus read, on the box itself.
 
 It listens on a unix socket (mode 0660: the service's user and group), and, only if the
-config asks, on 127.0.0.1. Nothing on the network can reach it by default. Three routes:
+config asks, on 127.0.0.1. Nothing on the network can reach it by default. Its routes:
 
 - ``GET /health``: the health message, as published over MQTT (docs/payload.md#health);
 - ``GET /metrics``: the same figures in the Prometheus text format (prometheus-client);
-- ``GET /devices``: per device its state, counters and the latest reading of each metric.
+- ``GET /devices``: per device its state, counters and the latest reading of each metric;
+- ``POST /cameras/{id}/snapshot``: a camera's snapshot now, stored in the image buffer
+  (``tepi snapshot``); ``GET /images/{seq}``: a stored image's bytes, until it is sent.
 
-Every answer is built from the agent's counters at request time; a request reads, never
-changes, anything (the health message's rates are not reset by it).
+Every answer but a snapshot's is built from the agent's counters at request time; such a
+request reads, never changes, anything (the health message's rates are not reset by it).
 
 The sockets are made here, with the standard library, and the HTTP side
 (`tepi.gateway.statushttp`, on aiohttp) is imported only when the first connection comes, in a
@@ -24,7 +26,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,14 @@ log = logging.getLogger(__name__)
 BACKLOG = 128  # connections the kernel queues while the HTTP side is being imported
 
 
+@dataclass(frozen=True)
+class CameraAccess:
+    """What the status API may do with cameras: take a snapshot, read a stored image."""
+
+    snapshot: Callable[[str, str], Awaitable[dict[str, Any]]]
+    image: Callable[[int], Awaitable[tuple[bytes, str] | None]]
+
+
 class StatusServer:
     """Serves the routes above for one agent; run() until cancelled."""
 
@@ -47,7 +58,9 @@ class StatusServer:
         devices: Callable[[], dict[str, Any]],
         socket_path: Path,
         tcp_port: int | None = None,
+        cameras: CameraAccess | None = None,
     ) -> None:
+        self._cameras = cameras
         self._health = health
         self._devices = devices
         self.socket_path = socket_path
@@ -70,7 +83,7 @@ class StatusServer:
             log.info("status API on %s", self.where())
             accepted = await _first_connections(socks)
             app_class = await asyncio.to_thread(_load_http)
-            self.app = app_class(self._health, self._devices)
+            self.app = app_class(self._health, self._devices, self._cameras)
             await self.app.start(socks, accepted)  # its transports own them now
             await asyncio.Event().wait()
         finally:

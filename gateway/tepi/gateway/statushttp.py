@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from tepi.core.errors import DeviceError
 from tepi.gateway.health import Health
+from tepi.gateway.statusapi import CameraAccess
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -27,6 +29,12 @@ log = logging.getLogger("tepi.gateway.statusapi")  # one logger for the whole st
 
 def _json(obj: Any) -> web.Response:
     return web.Response(body=orjson.dumps(obj), content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps({"error": message}), content_type="application/json"
+    )
 
 
 def prometheus_renderer(health: Callable[[], Health]) -> Callable[[], bytes]:
@@ -49,9 +57,15 @@ def prometheus_renderer(health: Callable[[], Health]) -> Callable[[], bytes]:
 class StatusApp:
     """The routes of the status API (its docstring) for one agent, on sockets it is given."""
 
-    def __init__(self, health: Callable[[], Health], devices: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        health: Callable[[], Health],
+        devices: Callable[[], dict[str, Any]],
+        cameras: CameraAccess | None = None,
+    ) -> None:
         self._health = health
         self._devices = devices
+        self._cameras = cameras
         self._metrics: Callable[[], bytes] | None = None
         self._metrics_lock = asyncio.Lock()
         self._failing: set[str] = set()  # routes whose last request failed (logged once)
@@ -59,6 +73,8 @@ class StatusApp:
         app.router.add_get("/health", self._get_health)
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/devices", self._get_devices)
+        app.router.add_post("/cameras/{camera}/snapshot", self._post_snapshot)
+        app.router.add_get("/images/{seq:[0-9]{1,18}}", self._get_image)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def start(self, listening: list[socket.socket], accepted: list[socket.socket]) -> None:
@@ -101,6 +117,33 @@ class StatusApp:
 
     async def _get_devices(self, _req: web.Request) -> web.Response:
         return _json(self._devices())
+
+    async def _post_snapshot(self, req: web.Request) -> web.Response:
+        """A snapshot now: ``{"seq", "thumbnail", "width", "height", "size", "path"}``;
+        404 for a device that is not a camera, 503 when the camera gives no frame, 507 when
+        the image buffer refuses it (each with ``{"error": ...}``)."""
+        if self._cameras is None:
+            return _error(404, "no cameras configured")
+        reason = req.query.get("reason", "request")[:64]
+        try:
+            out = await self._cameras.snapshot(req.match_info["camera"], reason)
+        except KeyError:
+            return _error(404, f"no camera {req.match_info['camera']!r} in the config")
+        except DeviceError as err:
+            return _error(503, f"the camera gave no picture: {err}")
+        except OSError as err:
+            return _error(507, f"the image buffer did not keep it: {err}")
+        return _json(out)
+
+    async def _get_image(self, req: web.Request) -> web.Response:
+        """An image of the image buffer, while it is there (until the broker has it)."""
+        if self._cameras is None:
+            return _error(404, "no cameras configured")
+        found = await self._cameras.image(int(req.match_info["seq"]))
+        if found is None:
+            return _error(404, "no such image (sent and deleted, or dropped)")
+        data, content_type = found
+        return web.Response(body=data, content_type=content_type)
 
     async def _get_metrics(self, _req: web.Request) -> web.Response:
         async with self._metrics_lock:

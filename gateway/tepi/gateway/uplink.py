@@ -28,11 +28,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aiomqtt
+import orjson
 import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
@@ -43,7 +45,16 @@ from tepi.core.clock import clock_synced
 from tepi.core.retry import UPLINK_RECONNECT, Outage
 from tepi.gateway.compact import encode_compact
 from tepi.gateway.config import Config, resolve_credential
-from tepi.gateway.payload import encode_telemetry, health_payload, status_payload
+from tepi.gateway.images import ImageHub
+from tepi.gateway.payload import (
+    encode_telemetry,
+    health_payload,
+    image_meta_payload,
+    status_payload,
+)
+
+if TYPE_CHECKING:
+    from tepi.buffer.images import ImageMeta
 
 log = logging.getLogger(__name__)
 
@@ -210,10 +221,16 @@ class Uplink:
     """Publishes the buffer's readings to the IOC broker; see the module docstring."""
 
     def __init__(
-        self, cfg: Config, buffer: Buffer, boot_id: str, health: Callable[[], dict[str, Any]]
+        self,
+        cfg: Config,
+        buffer: Buffer,
+        boot_id: str,
+        health: Callable[[], dict[str, Any]],
+        images: ImageHub | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
+        self.images = images
         buffer.linked = False  # no acks until a session is up: the buffer commits at once
         self.boot_id = boot_id
         self._health = health
@@ -222,8 +239,14 @@ class Uplink:
         self.topic_telemetry = f"{base}/telemetry"
         self.topic_status = f"{base}/status"
         self.topic_health = f"{base}/health"
+        self.topic_image = f"{base}/image"  # /{camera}: the JPEG bytes
+        self.topic_image_meta = f"{base}/image_meta"  # /{camera}: its metadata, JSON
         self.stats = UplinkStats()
         self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
+        # Where the live lane is: every reading up to here has been handed to the broker.
+        # The image lane sends only while nothing newer waits (telemetry first).
+        self._live_cursor = 0
+        self._backlog_busy = False
         self._kick = asyncio.Event()
         self._last_kind = "link"  # how the last connect failed (_WHAT's keys)
         self._probed = False  # the attempt under way was started early by a probe
@@ -463,6 +486,7 @@ class Uplink:
             raise
         finally:
             self._inflight = {"live": 0, "backlog": 0}
+            self._backlog_busy = False
 
     async def _start_lanes(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         online = status_payload(
@@ -491,6 +515,8 @@ class Uplink:
         else:
             backlog_first.set()
         tg.create_task(self._health_loop(client), name="tepi.uplink.health")
+        if self.images is not None:
+            tg.create_task(self._image_lane(client), name="tepi.uplink.images")
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         async for _ in client.messages:  # raises MqttError when the connection drops
@@ -498,7 +524,12 @@ class Uplink:
         raise aiomqtt.MqttError("message stream ended")
 
     async def _acked(
-        self, client: aiomqtt.Client, topic: str, payload: bytes, retain: bool
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        payload: bytes,
+        retain: bool,
+        properties: Properties | None = None,
     ) -> None:
         """Publish at QoS 1 and wait for the PUBACK, however long: a slow link that
         acknowledges something now and then is alive (``_stall_watch`` judges that)."""
@@ -507,7 +538,9 @@ class Uplink:
             self._busy.set()
         self._awaiting += 1
         try:
-            await client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
+            await client.publish(
+                topic, payload, qos=1, retain=retain, timeout=math.inf, properties=properties
+            )
         finally:
             self._awaiting -= 1
             if not self._awaiting:
@@ -558,7 +591,7 @@ class Uplink:
         backlog_first: asyncio.Event,
     ) -> None:
         up = self.cfg.uplink
-        cursor = start
+        cursor = self._live_cursor = start
         await backlog_first.wait()
         while True:
             await self.buffer.wait_for_data(cursor)
@@ -573,10 +606,10 @@ class Uplink:
             batch = await self.buffer.fetch(cursor, up.batch.max_readings)
             if batch is None:
                 # Rows up to ``upto`` are gone (dropped by a limit): move past them.
-                cursor = max(cursor, upto)
+                cursor = self._live_cursor = max(cursor, upto)
                 slots.release()
                 continue
-            cursor = self._send(client, tg, batch, "live", slots)
+            cursor = self._live_cursor = self._send(client, tg, batch, "live", slots)
 
     async def _backlog_lane(
         self,
@@ -588,6 +621,7 @@ class Uplink:
     ) -> None:
         up = self.cfg.uplink
         own = asyncio.Semaphore(max(1, up.max_inflight - 1))
+        self._backlog_busy = True
         cursor = 0
         started, sent = time.monotonic(), 0
         while True:
@@ -609,6 +643,9 @@ class Uplink:
         # Wait for the last acks before saying the backlog is delivered.
         for _ in range(max(1, up.max_inflight - 1)):
             await own.acquire()
+        self._backlog_busy = False
+        async with self._changed:
+            self._changed.notify_all()
         if sent:
             log.info("backlog of %d readings delivered in %.1f s", sent, time.monotonic() - started)
 
@@ -697,3 +734,58 @@ class Uplink:
                 failing = False
                 await self._acked(client, self.topic_health, payload, True)
             await asyncio.sleep(self.cfg.uplink.health_interval)
+
+    # ---- images ------------------------------------------------------------------------
+    #
+    # One image in flight at a time, and only while no telemetry waits: no backlog lane at
+    # work and every reading read so far handed to the broker (readings in flight may be).
+    # So a queue of images never delays a reading: at most the one image on the wire does,
+    # by its own transmission time. Then the budget: ``images.rate`` bytes a second and
+    # ``images.daily_bytes`` a UTC day. Event images and thumbnails go before periodic
+    # snapshots (the image buffer's order). Each image is two QoS 1 messages: its metadata
+    # (JSON) on image_meta/{camera}, then its bytes on image/{camera} (with the same fields
+    # in MQTT 5 user properties); it leaves the buffer only when both are acknowledged.
+
+    def _telemetry_idle(self) -> bool:
+        return not self._backlog_busy and self.buffer.last_seq <= self._live_cursor
+
+    async def _image_lane(self, client: aiomqtt.Client) -> None:
+        hub = self.images
+        assert hub is not None
+        lane = hub.lane
+        while True:
+            meta = await hub.next()
+            if meta is None:
+                lane.waiting_for = None
+                hub.arrived.clear()
+                meta = await hub.next()  # one stored between the two calls
+                if meta is None:
+                    await hub.arrived.wait()
+                    continue
+            if not self._telemetry_idle():
+                lane.waiting_for = "telemetry"
+                async with self._changed:
+                    await self._changed.wait_for(self._telemetry_idle)
+            wait = hub.budget.wait_s(meta.size)
+            while wait > 0:
+                lane.waiting_for = "daily_cap" if hub.budget.state() == "daily_cap" else "budget"
+                await asyncio.sleep(min(wait, 60.0))
+                wait = hub.budget.wait_s(meta.size)
+            lane.waiting_for = None
+            data = await hub.read(meta.seq)
+            if data is None:
+                continue  # gone meanwhile (a quota, its age): counted by the image buffer
+            await self._publish_image(client, meta, data)
+            await hub.ack(meta.seq, len(data))
+
+    async def _publish_image(self, client: aiomqtt.Client, meta: ImageMeta, data: bytes) -> None:
+        info = image_meta_payload(self.cfg.gateway.id, meta)
+        await self._acked(
+            client, f"{self.topic_image_meta}/{meta.camera}", orjson.dumps(info), retain=False
+        )
+        props: Properties | None = None
+        if self.cfg.uplink.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ContentType = meta.content_type
+            props.UserProperty = [(k, str(v)) for k, v in info.items() if v is not None]
+        await self._acked(client, f"{self.topic_image}/{meta.camera}", data, False, props)
