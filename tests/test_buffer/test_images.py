@@ -29,6 +29,7 @@ from tepi.buffer.images import (
     ImageMeta,
     ImageRefused,
     ImageStore,
+    ImageStoreError,
     Usage,
 )
 from tepi.core.clock import boottime
@@ -151,11 +152,21 @@ def test_seq_survives_reopen_and_is_never_reused(tmp_path: Path) -> None:
     crashed = ImageStore(tmp_path, 10_000_000).open()
     assert put(crashed, "event", 100).seq == 5
     crashed._close_db()  # as a kill would leave it: the clean flag not set
+    crashed._release_dir_lock()
     with ImageStore(tmp_path, 10_000_000) as store:
         seq = put(store, "event", 100).seq
         assert seq > 5
         assert seq <= 5 + SEQ_BLOCK + 1
         assert store.stats().next_seq == seq + 1
+
+
+def test_one_store_at_a_time_has_a_directory_open(tmp_path: Path) -> None:
+    with ImageStore(tmp_path, 10_000) as store:
+        with pytest.raises(ImageStoreError, match="in use"):
+            ImageStore(tmp_path, 10_000).open()
+        assert put(store, "event", 10).seq == 1  # the first one is unharmed
+    with ImageStore(tmp_path, 10_000) as store:  # free again once closed
+        assert store.next() is not None
 
 
 async def test_async_wrappers(tmp_path: Path) -> None:
@@ -213,6 +224,20 @@ def test_an_image_that_would_evict_a_higher_class_is_refused(tmp_path: Path) -> 
         assert stats.dropped["refused_priority"] == 2
         assert stats.dropped["quota"] == 3
         assert {t1.seq, s2.seq}.isdisjoint(drain_order(store))
+
+
+def test_a_lowered_max_bytes_evicts_at_open(tmp_path: Path) -> None:
+    with ImageStore(tmp_path, 10_000) as store:
+        e1 = put(store, "event", 300)
+        s1 = put(store, "snapshot", 300)
+        t1 = put(store, "thumbnail", 300)
+        e2 = put(store, "event", 300)
+    with ImageStore(tmp_path, 650) as store:
+        assert drain_order(store) == [e1.seq, e2.seq]
+        assert sum(files(store).values()) == 600
+        assert store.stats().dropped["quota"] == 2
+    assert not s1.path.exists()
+    assert not t1.path.exists()
 
 
 def test_an_image_larger_than_max_bytes_is_refused(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -291,6 +292,7 @@ class ImageStore:
         self._ceiling = SeqCeiling(self.directory / "images.seq")
         self._lock = threading.Lock()
         self._db: Database | None = None
+        self._lock_fd: int | None = None
         self._next_seq = 1
         self._usage = {c: [0, 0] for c in CLASSES}  # class -> [count, bytes] of indexed rows
         self._reserved = 0  # bytes of puts between their reservation and their row
@@ -305,32 +307,74 @@ class ImageStore:
     # ---- opening and closing -------------------------------------------------------------
 
     def open(self) -> Self:
-        """Open (or create) the index, move a damaged one aside, and reconcile it with the
-        files. Safe to call on an open store (does nothing)."""
+        """Open (or create) the index, move a damaged one aside, reconcile it with the files,
+        and evict down to ``max_bytes`` (it may have been lowered since the last run). Safe
+        to call on an open store (does nothing).
+
+        Only one store may have a directory open at a time (``images.lock``, an flock the
+        kernel releases when the process dies): another's reconcile would delete the files
+        this one is writing. A second one raises :class:`ImageStoreError`."""
         with self._lock:
             if self._db is not None:
                 return self
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
             self.images_dir.mkdir(exist_ok=True, mode=0o750)
+            self._take_dir_lock()
             try:
-                created, clean = self._open_index()
-            except (sqlite3.DatabaseError, SchemaError) as err:
-                if isinstance(err, sqlite3.DatabaseError) and not is_corrupt(err):
-                    self._close_db()
-                    raise
-                self._quarantine(str(err))
-                created, clean = self._open_index()
-            self._reconcile()
-            db = self.db
-            last = db.execute("SELECT max(value) FROM meta WHERE key = 'last_seq'").fetchone()[0]
-            top = db.execute("SELECT max(seq) FROM images").fetchone()[0]
-            last = max(last or 0, top or 0)
-            if created or not clean:
-                # A lost index, or a crash: seqs up to the reservation may have been handed out.
-                last = max(last, self._ceiling.load())
-            self._next_seq = last + 1
-            self._load_usage()
+                self._open()
+            except BaseException:
+                self._close_db()
+                self._release_dir_lock()
+                raise
         return self
+
+    def _open(self) -> None:
+        try:
+            created, clean = self._open_index()
+        except (sqlite3.DatabaseError, SchemaError) as err:
+            if isinstance(err, sqlite3.DatabaseError) and not is_corrupt(err):
+                raise
+            self._quarantine(str(err))
+            created, clean = self._open_index()
+        self._reconcile()
+        db = self.db
+        last = db.execute("SELECT max(value) FROM meta WHERE key = 'last_seq'").fetchone()[0]
+        top = db.execute("SELECT max(seq) FROM images").fetchone()[0]
+        last = max(last or 0, top or 0)
+        ceiling = self._ceiling.load()
+        if created or not clean:
+            # A lost index, or a crash: seqs up to the reservation may have been handed out.
+            last = max(last, ceiling)
+        self._next_seq = last + 1
+        self._load_usage()
+        excess = self._total() - self.max_bytes
+        if excess > 0:
+            victims = self._victims(EVENT, excess) or []
+            self._delete(victims)
+            self._dropped["quota"] += len(victims)
+            log.warning(
+                "image store %s: %d images evicted at open to fit max_bytes=%d",
+                self.directory,
+                len(victims),
+                self.max_bytes,
+            )
+
+    def _take_dir_lock(self) -> None:
+        fd = os.open(self.directory / "images.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            raise ImageStoreError(
+                f"image store {self.directory} is in use by another process or store "
+                f"(images.lock: {err.strerror})"
+            ) from err
+        self._lock_fd = fd
+
+    def _release_dir_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _open_index(self) -> tuple[bool, bool]:
         """Connect, check and migrate the index; (created now, last run closed cleanly)."""
@@ -443,6 +487,7 @@ class ImageStore:
             except sqlite3.Error as err:
                 log.warning("closing image index %s: %s", self.index_path, err)
             self._close_db()
+            self._release_dir_lock()
 
     def _close_db(self) -> None:
         if self._db is not None:
