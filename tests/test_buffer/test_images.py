@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
@@ -430,7 +431,7 @@ def test_a_garbage_index_is_moved_aside_and_the_store_goes_on(
     assert "moved aside" in caplog.text
 
 
-def test_a_damaged_page_in_the_index_is_caught_by_quick_check(tmp_path: Path) -> None:
+def test_a_damaged_page_in_the_index_is_moved_aside(tmp_path: Path) -> None:
     with ImageStore(tmp_path, 100_000_000, sync=False) as store:
         for i in range(400):
             put(store, CLASSES[i % 3], 10, reason="periodic " * 20)
@@ -450,6 +451,31 @@ def test_a_damaged_page_in_the_index_is_caught_by_quick_check(tmp_path: Path) ->
         assert stats.total_bytes == 0
         assert files(store) == {}
         assert put(store, "event", 10).seq > 400
+
+
+def test_an_index_that_fails_quick_check_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damage SQLite only finds when it checks (a wrong free-page count in the header):
+    every statement still works, quick_check says what is wrong."""
+    with ImageStore(tmp_path, 100_000_000, sync=False) as store:
+        metas = [put(store, "event", 10, reason="periodic " * 20) for _ in range(300)]
+        for meta in metas[:200]:
+            store.ack(meta.seq)
+    index = tmp_path / "images.db"
+    assert not Path(f"{index}-wal").exists()  # checkpointed at close: the header is current
+    header = bytearray(index.read_bytes()[:100])
+    free = struct.unpack(">I", header[36:40])[0]
+    assert free > 0
+    with index.open("r+b") as f:
+        f.seek(36)
+        f.write(struct.pack(">I", free + 1))
+    with caplog.at_level(logging.ERROR), ImageStore(tmp_path, 100_000_000) as store:
+        assert store.stats().quarantined == 1
+        assert store.stats().reconciled_orphan_files == 100
+        assert put(store, "event", 10).seq > 300
+    assert "quick_check: " in caplog.text
+    assert "freelist" in caplog.text
 
 
 # ---- a model: random operations, the total never over max_bytes, the order right ---------------

@@ -539,7 +539,10 @@ class ImageStore:
         When this returns, the image is on disk (with ``sync``) and its row committed. Raises
         :class:`ImageRefused` (too large, only room by evicting a higher class, or the disk
         reserve) or :class:`ImageWriteError` (the disk refused it); either is counted and
-        leaves nothing behind."""
+        leaves nothing of this image behind. A refused image evicts nothing; images evicted
+        for one whose write then fails stay evicted (room is made before the write, so that
+        the total never exceeds ``max_bytes``). What ``reserve_bytes()`` raises is raised
+        as it is."""
         if cls not in PRIORITY:
             raise ValueError(f"image class must be one of {', '.join(CLASSES)}, not {cls!r}")
         size = len(jpeg)
@@ -565,9 +568,22 @@ class ImageStore:
                 err.errno,
             ) from err
         meta = ImageMeta(
-            seq, camera, cls, reason, ts, mono, self.boot_id, width, height, size, digest,
-            content_type, parent, 0, final,
-        )  # fmt: skip
+            seq=seq,
+            camera=camera,
+            cls=cls,
+            reason=reason,
+            ts=ts,
+            mono=mono,
+            boot=self.boot_id,
+            width=width,
+            height=height,
+            size=size,
+            sha256=digest,
+            content_type=content_type,
+            parent=parent,
+            attempts=0,
+            path=final,
+        )
         with self._lock:
             self._reserved -= size
             try:
