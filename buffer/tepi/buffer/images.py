@@ -3,13 +3,18 @@
 Images are too big for the readings buffer's rows and too many for RAM, so they live as one
 file each in ``DIR/images/`` with a small SQLite index beside them, ``DIR/images.db`` (``DIR``
 is the data dir the store is given). The readings buffer is not involved and not slowed down:
-its file, its thread and its tuned raw-sqlite3 hot path are its own.
+its file, its thread and its tuned raw-sqlite3 hot path are its own. The index schema is
+made by sqlite-utils migrations (recorded in its ``_sqlite_migrations`` table), so a later
+version adds a migration rather than a check of its own. Only one store has a directory open
+at a time (an flock on ``DIR/images.lock``, released by the kernel if the process dies):
+another's reconcile would delete the files this one is writing.
 
 Crash safety. A put writes ``images/.tmp-SEQ``, fsyncs it, renames it to its final name,
 fsyncs the directory, and only then commits the index row. So a committed row always names a
 complete, durable file, and a crash at any point leaves at worst a file without a row, which
-the next :meth:`ImageStore.open` deletes. Open also deletes rows whose file is missing or has
-another size than the row says (a file that lost its row's meaning). Each is counted
+the next :meth:`ImageStore.open` deletes. Open also deletes rows whose file is missing, and
+rows whose file has another size than the row says (with that file: it is not the image the
+row describes). Each is counted
 (``reconciled_orphan_files``, ``reconciled_missing_files``). The content is checked against
 its sha256 when it is read (:meth:`ImageStore.read`), not at open: hashing a full SD card's
 worth of images would delay every start.
@@ -22,7 +27,8 @@ unknown, and an image the IOC cannot place is worth less than the room it takes 
 The sequence numbers do survive it (see below), so the IOC never sees a seq twice.
 
 Sequence numbers. ``seq`` increases with every put and is never reused: the index keeps the
-last one handed out (``meta.last_seq``, committed with each row), and a reservation in
+last one stored (``meta.last_seq``, committed with each row; at a clean close, the last one
+handed out), and a reservation in
 ``DIR/images.seq`` (raised a block at a time, one fsync per block) covers a lost index or a
 crash; after either, numbering resumes above the reservation.
 
@@ -30,7 +36,8 @@ Quotas. ``max_bytes`` bounds the sum of the image files' sizes (``st_size``, tem
 included while they are written). Not counted: the index (``images.db`` and its WAL, a few
 hundred bytes a row, the WAL capped by ``journal_size_limit``) and the filesystem's rounding to
 whole blocks. The bound holds at every moment, also with puts in several threads: a put
-reserves its size and evicts *before* it writes. Eviction goes by class, lowest priority first
+reserves its size and evicts *before* it writes, and open evicts down to a ``max_bytes``
+lowered since the last run. Eviction goes by class, lowest priority first
 (``snapshot``, then ``thumbnail``, then ``event``), oldest first within a class, and a put may
 evict only images of its own class or lower: an image that would only fit by evicting a higher
 class is refused. ``max_age_s`` (optional) drops images older than that, on each put and on
