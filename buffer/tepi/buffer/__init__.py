@@ -5,10 +5,36 @@ acknowledged by the broker or committed to SQLite within ``commit_interval`` (at
 the uplink is down); a reading acknowledged first is never written. The uplink takes batches
 oldest first, from RAM and then from the file, and a reading's row (if it has one) is deleted
 only after the broker has acknowledged it.
+
+Camera images have a store of their own, :class:`ImageStore` (``tepi.buffer.images``): a file
+per image and a small index, beside the readings' file. Importing it is cheap; sqlite-utils
+is imported when a store is opened.
 """
 
+from tepi.buffer.images import (
+    ImageGone,
+    ImageMeta,
+    ImageRefused,
+    ImageStats,
+    ImageStore,
+    ImageStoreError,
+    ImageWriteError,
+)
 from tepi.buffer.records import Batch, BufferStats
 from tepi.buffer.store import Buffer, BufferSettings
 from tepi.core.records import Reading
 
-__all__ = ["Batch", "Buffer", "BufferSettings", "BufferStats", "Reading"]
+__all__ = [
+    "Batch",
+    "Buffer",
+    "BufferSettings",
+    "BufferStats",
+    "ImageGone",
+    "ImageMeta",
+    "ImageRefused",
+    "ImageStats",
+    "ImageStore",
+    "ImageStoreError",
+    "ImageWriteError",
+    "Reading",
+]
