@@ -197,8 +197,9 @@ class Receiver:
 class CountingProxy:
     """127.0.0.1:port -> the broker. ``up`` False refuses connections (the broker is away)."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, rate: float = 0.0) -> None:
         self.target = target
+        self.rate = rate  # bytes a second towards the broker (a slow uplink); 0: no limit
         self.port = 0
         self.up = True
         self.bytes = {"to_broker": 0, "to_agent": 0}
@@ -229,10 +230,15 @@ class CountingProxy:
         await asyncio.gather(self._pipe(r, bw, "to_broker"), self._pipe(br, w, "to_agent"))
 
     async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, way: str) -> None:
+        slow = self.rate > 0 and way == "to_broker"
+        due = time.monotonic()
         try:
-            while chunk := await r.read(65536):
+            while chunk := await r.read(MSS if slow else 65536):
                 self.bytes[way] += len(chunk)
                 self.segments += math.ceil(len(chunk) / MSS)
+                if slow:  # a link of ``rate`` bytes a second: each segment takes its time
+                    due = max(due, time.monotonic()) + len(chunk) / self.rate
+                    await asyncio.sleep(due - time.monotonic())
                 w.write(chunk)
                 await w.drain()
         except OSError:

@@ -314,7 +314,15 @@ class ProcessHealth(_Model):
 
 
 IMAGE_CLASSES = ("event", "thumbnail", "snapshot")
-IMAGE_DROP_REASONS = ("quota", "age", "too_large", "disk_reserve", "refused_priority")
+IMAGE_DROP_REASONS = (
+    "quota",
+    "age",
+    "too_large",
+    "refused_priority",
+    "disk_reserve",
+    "write_error",
+    "damaged",
+)
 
 
 class ImageClassHealth(_Model):
@@ -350,8 +358,9 @@ class ImagesHealth(_Model):
         counter("tepi_images_dropped_total", label="reason", keys=IMAGE_DROP_REASONS),
     ] = Field(
         description="Images dropped or refused, by reason: quota (evicted for a newer, "
-        "higher-class one), age (images.max_age), too_large, disk_reserve (the readings' "
-        "share of the disk), refused_priority (only higher classes could have made room)."
+        "higher-class one), age (images.max_age), too_large, refused_priority (only higher "
+        "classes could have made room), disk_reserve (the readings' share of the disk), "
+        "write_error (a full or failing disk), damaged (found missing or altered when read)."
     )
     reconciled: Counts = Field(
         description="Repairs at start-up: files without an index row, rows without a file."

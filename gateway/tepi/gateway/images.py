@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tepi.core.clock import clock_synced
 from tepi.gateway.config import ImagesSection
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 BUDGET_FILE = "image_budget.json"
 
 
-class ImageRefused(OSError):
+class ImageNotKept(OSError):
     """The image buffer would not keep an image (a quota, the disk's reserve for readings,
     a full disk); its reason is counted in health."""
 
@@ -151,21 +152,22 @@ class ImageHub:
             from tepi.buffer.images import ImageStore
 
             store = ImageStore(
-                self.dir / "images",
+                self.dir,
                 self.cfg.max_bytes,
-                index=self.dir / "images.db",
                 max_age_s=self.cfg.max_age,
                 reserve_bytes=self._reserve,
                 sync=self._sync,
                 boot_id=self._boot,
+                clock_synced=clock_synced,
             )
             await asyncio.to_thread(store.open)
             self.store_ = store
             st = store.stats()
-            if st.count:
+            count = sum(u.count for u in st.classes.values())
+            if count:
                 self.arrived.set()
                 log.info(
-                    "image buffer: %d images (%d bytes) waiting to be sent", st.count, st.bytes
+                    "image buffer: %d images (%d bytes) waiting to be sent", count, st.total_bytes
                 )
 
     async def close(self) -> None:
@@ -186,7 +188,7 @@ class ImageHub:
         height: int,
         parent: int | None = None,
     ) -> int:
-        """Store one image (ImageSink); its seq. ImageRefused when it is not kept."""
+        """Store one image (ImageSink); its seq. ImageNotKept when it is not kept."""
         from tepi.buffer.images import ImageStoreError
 
         if self.store_ is None:
@@ -206,9 +208,10 @@ class ImageHub:
                 parent=parent,
             )
         except (ImageStoreError, OSError) as err:
-            raise ImageRefused(str(err)) from err
+            raise ImageNotKept(str(err)) from err
         self.arrived.set()
-        return meta.seq
+        seq: int = meta.seq
+        return seq
 
     # ---- the uplink's side ------------------------------------------------------------
 
@@ -227,6 +230,13 @@ class ImageHub:
         except ImageGone:
             return None
 
+    def path_of(self, seq: int) -> Path | None:
+        """Where image ``seq`` is stored (while it is)."""
+        if self.store_ is None:
+            return None
+        meta = self.store_.get(seq)
+        return None if meta is None else Path(meta.path)
+
     async def ack(self, seq: int, size: int) -> None:
         """The broker acknowledged it: only now does it leave the buffer."""
         assert self.store_ is not None
@@ -242,13 +252,21 @@ class ImageHub:
             return None
         st = self.store_.stats()
         return {
-            "count": st.count,
-            "bytes": st.bytes,
+            "count": sum(u.count for u in st.classes.values()),
+            "bytes": st.total_bytes,
             "max_bytes": st.max_bytes,
-            "by_class": {c: {"count": n, "bytes": b} for c, (n, b) in st.by_class.items()},
+            "by_class": {c: {"count": u.count, "bytes": u.size} for c, u in st.classes.items()},
             "oldest_ts": st.oldest_ts,
-            "dropped": dict(st.dropped),
-            "reconciled": dict(st.reconciled),
+            "dropped": {k: n for k, n in st.dropped.items() if n},
+            "reconciled": {
+                k: n
+                for k, n in (
+                    ("orphan_files", st.reconciled_orphan_files),
+                    ("missing_files", st.reconciled_missing_files),
+                    ("index_moved_aside", st.quarantined),
+                )
+                if n
+            },
             "sent": self.lane.sent,
             "bytes_sent": self.lane.bytes_sent,
             "last_sent_ts": self.lane.last_sent_ts,
