@@ -50,6 +50,7 @@ class Budget:
     path: Path | None = None
     day: str = ""
     sent_today: int = 0
+    capped: bool = False  # the last image asked about does not fit in the day's allowance
     _tokens: float = 0.0
     _at: float = field(default_factory=time.monotonic)
 
@@ -69,18 +70,22 @@ class Budget:
         self._at = now
         day = _utc_day()
         if day != self.day:
-            self.day, self.sent_today = day, 0
+            self.day, self.sent_today, self.capped = day, 0, False
 
-    def wait_s(self, size: int) -> float:
-        """Seconds until ``size`` bytes may go (0: now). Past the daily cap: until the next
-        UTC day."""
+    def wait_s(self, size: int) -> tuple[float, str | None]:
+        """Seconds until ``size`` bytes may go (0: now), and what holds them: ``budget``
+        (the byte rate) or ``daily_cap`` (until the next UTC day)."""
         self._refill()
         if self.daily and self.sent_today + size > self.daily:
-            return max(0.5, 86400 - time.time() % 86400)
+            self.capped = True
+            return max(0.5, 86400 - time.time() % 86400), "daily_cap"
+        self.capped = False
         if self.rate <= 0:
-            return 0.0
+            return 0.0, None
         need = min(size, self.burst)  # an image larger than the burst waits for a full bucket
-        return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate
+        if self._tokens >= need:
+            return 0.0, None
+        return (need - self._tokens) / self.rate, "budget"
 
     def spend(self, size: int) -> None:
         self._refill()
@@ -94,9 +99,9 @@ class Budget:
                 tmp.replace(self.path)
 
     def state(self) -> str:
-        if self.daily and self.sent_today >= self.daily:
-            return "daily_cap"
-        return "ok"
+        """daily_cap while the next image waits for the next UTC day."""
+        self._refill()
+        return "daily_cap" if self.capped and self.daily else "ok"
 
 
 def _utc_day() -> str:

@@ -754,23 +754,29 @@ class Uplink:
         assert hub is not None
         lane = hub.lane
         while True:
+            hub.arrived.clear()
             meta = await hub.next()
             if meta is None:
                 lane.waiting_for = None
-                hub.arrived.clear()
-                meta = await hub.next()  # one stored between the two calls
-                if meta is None:
-                    await hub.arrived.wait()
-                    continue
+                await hub.arrived.wait()
+                continue
             if not self._telemetry_idle():
                 lane.waiting_for = "telemetry"
-                async with self._changed:
-                    await self._changed.wait_for(self._telemetry_idle)
-            wait = hub.budget.wait_s(meta.size)
-            while wait > 0:
-                lane.waiting_for = "daily_cap" if hub.budget.state() == "daily_cap" else "budget"
-                await asyncio.sleep(min(wait, 60.0))
-                wait = hub.budget.wait_s(meta.size)
+                # Woken by each telemetry PUBACK; the second bounds a wait for a change
+                # that notifies nobody (readings dropped by a limit before they were sent).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0), self._changed:
+                        await self._changed.wait_for(self._telemetry_idle)
+                continue  # pick again: a higher class may have come meanwhile
+            wait, why = hub.budget.wait_s(meta.size)
+            if wait > 0:
+                lane.waiting_for = why
+                # Until the budget allows it, or a new image comes (it may be an event's,
+                # which goes first), or a minute (a new UTC day): then pick again.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(wait, 60.0)):
+                        await hub.arrived.wait()
+                continue
             lane.waiting_for = None
             data = await hub.read(meta.seq)
             if data is None:
