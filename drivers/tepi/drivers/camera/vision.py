@@ -186,16 +186,21 @@ def compile_masks(masks: Sequence[Mask], width: int, height: int) -> MaskPlan:
     antialiasing: a pixel is masked or not. Each polygon is filled on its own (their union
     is masked; where two overlap stays masked). Inside one self-intersecting polygon, the
     even-odd rule applies (as SVG's ``evenodd``: the centre of a five-pointed star drawn
-    as one line stays clear), so draw simple polygons. Points outside 0..1 are allowed and
-    clipped by the image's edge.
+    as one line stays clear), so draw simple polygons. Points outside 0..1 are allowed:
+    the polygon is clipped by the image's edge.
 
     Raises ``ValueError`` for a polygon of fewer than 3 points or a point that is not two
     finite numbers.
     """
     if width < 1 or height < 1:
         raise ValueError(f"image size {width}x{height}")
-    mask = np.zeros((height, width), np.uint8)
+    # Rasterised on a canvas with a margin, each polygon first clipped to a rectangle inside
+    # that margin: fillPoly's own clipping at the image's edge moves the edges of a polygon
+    # that crosses it (a pixel inside was left out in the property test).
+    pad = _PAD
+    canvas = np.zeros((height + 2 * pad, width + 2 * pad), np.uint8)
     scale = np.array([width, height], np.float64)
+    box = (1.5, 1.5, width + 2 * pad - 2.5, height + 2 * pad - 2.5)  # in canvas coordinates
     for n, poly in enumerate(masks):
         try:
             pts = np.array(poly, np.float64)
@@ -208,13 +213,44 @@ def compile_masks(masks: Sequence[Mask], width: int, height: int) -> MaskPlan:
         if not np.isfinite(pts).all():
             raise ValueError(f"mask {n}: a point is not a finite number")
         # A pixel's centre (i + 0.5) / width in the drawing is OpenCV's integer coordinate i.
-        px = np.clip(pts, -2.0, 3.0) * scale - 0.5
-        fixed = np.round(px * (1 << _SHIFT)).astype(np.int32)
-        cv2.fillPoly(mask, [fixed], 255, lineType=cv2.LINE_8, shift=_SHIFT)
+        clipped = _clip_polygon(pts * scale - 0.5 + pad, box)
+        if len(clipped) < 3:
+            continue  # wholly outside the image
+        fixed = np.round(np.array(clipped) * (1 << _SHIFT)).astype(np.int32)
+        cv2.fillPoly(canvas, [fixed], 255, lineType=cv2.LINE_8, shift=_SHIFT)
     if masks:
-        mask = np.asarray(cv2.dilate(mask, np.ones((3, 3), np.uint8)), dtype=np.uint8)
+        canvas = np.asarray(cv2.dilate(canvas, np.ones((3, 3), np.uint8)), dtype=np.uint8)
+    mask = np.ascontiguousarray(canvas[pad : pad + height, pad : pad + width])
     mask.flags.writeable = False
     return MaskPlan(width, height, mask)
+
+
+_PAD = 4  # the canvas's margin; polygons are clipped 1.5 px into it
+
+
+def _clip_polygon(
+    pts: npt.NDArray[np.float64], box: tuple[float, float, float, float]
+) -> list[tuple[float, float]]:
+    """Sutherland-Hodgman: ``pts`` clipped to the rectangle ``box`` (x0, y0, x1, y1). It keeps
+    every point's winding number inside the box, so the even-odd fill there is unchanged;
+    the edges it adds run along the box, in the margin that is cut off."""
+    out = [(float(x), float(y)) for x, y in pts]
+    x0, y0, x1, y1 = box
+    for axis, limit, keep_below in ((0, x0, False), (0, x1, True), (1, y0, False), (1, y1, True)):
+        if not out:
+            break
+        src, out = out, []
+        for i, cur in enumerate(src):
+            prev = src[i - 1]
+            cur_in = (cur[axis] <= limit) if keep_below else (cur[axis] >= limit)
+            prev_in = (prev[axis] <= limit) if keep_below else (prev[axis] >= limit)
+            if cur_in != prev_in:
+                t = (limit - prev[axis]) / (cur[axis] - prev[axis])
+                cross = (prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1]))
+                out.append((limit, cross[1]) if axis == 0 else (cross[0], limit))
+            if cur_in:
+                out.append(cur)
+    return out
 
 
 @functools.lru_cache(maxsize=32)
@@ -236,8 +272,8 @@ def apply_masks(
     one value per channel (B, G, R).
 
     Masking happens on the pixels before any encoding, so what was under a mask is gone,
-    not hidden: JPEG's ringing at a mask's edge only spreads the neighbouring visible
-    pixels into it.
+    not hidden: after JPEG encoding, ringing reaches up to about 10 px into a mask from its
+    edge (one 16 px chroma block), but it only spreads the neighbouring *visible* pixels.
     """
     if img.ndim not in (2, 3) or img.size == 0:
         raise ValueError(f"not an image: shape {img.shape}")
@@ -249,13 +285,17 @@ def apply_masks(
                 f"masks compiled for {plan.width}x{plan.height}, image is {width}x{height}"
             )
     else:
-        key = tuple(tuple(tuple(float(c) for c in p) for p in poly) for poly in masks)
+        try:
+            key = tuple(tuple(tuple(float(c) for c in p) for p in poly) for poly in masks)
+        except (TypeError, ValueError):
+            raise ValueError("masks: a list of polygons, each a list of [x, y] points") from None
         plan = _cached_plan(key, width, height)
     channels = 1 if img.ndim == 2 else img.shape[2]
     values = [int(fill)] * channels if isinstance(fill, int) else [int(v) for v in fill]
     if len(values) != channels:
         raise ValueError(f"fill has {len(values)} values for {channels} channels")
-    if img.flags.c_contiguous and channels <= 4:
+    # OpenCV takes an image of 4 pixels or fewer in a row for a scalar: numpy fills those.
+    if img.flags.c_contiguous and channels <= 4 and width * height > 4:
         # Two masked passes in OpenCV (about 10x faster than numpy's boolean indexing). The
         # scalar is always 4 float64 values: a bare int would fill only the first channel.
         scalar = np.array([*values, *([0] * (4 - channels))], np.float64)
