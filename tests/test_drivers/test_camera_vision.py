@@ -531,6 +531,13 @@ def test_encode_under_a_cap() -> None:
         assert len(out) <= cap
         assert decode(out).ndim == 3
     assert jpeg_size(encode_under(big, max_bytes=4_000, quality=80))[0] < 1280  # scaled
+    at_55 = encode_jpeg(big, quality=55)
+    lower = encode_under(big, max_bytes=len(at_55), quality=80)  # 80, 70, 60, 50: fits
+    assert lower == encode_jpeg(big, quality=50)
+    assert jpeg_size(lower) == (1280, 720)
+    tiny = np.asarray(big[:10, :10], np.uint8)
+    with pytest.raises(ImageError):
+        encode_under(tiny, max_bytes=100, quality=80)
     with pytest.raises(ImageError) as err:
         encode_under(big, max_bytes=200, quality=80)
     assert err.value.reason == "too big"
