@@ -350,7 +350,9 @@ class Thresholds:
     consecutive frames. Each pixel's difference counts up to 8 grey levels, so a burnt-in
     clock, a few pixels changing a lot, does not hide a frozen picture."""
     frozen_polls: int = 3
-    """See ``frozen_mad``: consecutive unchanged polls (3: two equal pairs are chance)."""
+    """See ``frozen_mad``: how many polls in a row must show no change, each against the
+    one before (at 3, the fourth identical picture raises it). Not yet checked against
+    cameras whose temporal noise reduction makes a still night scene almost noiseless."""
     tamper_similarity: float = 0.5
     """The scene *differs* when similarity to the reference falls below this: the view
     moved or changed, or the lens is covered. An object filling a third of the picture
@@ -361,9 +363,9 @@ class Thresholds:
     bag over the camera. Measured as the RMS gradient of the 64x36 reference image divided
     by the brightness, so it does not change with the light: the test scenes measure about
     0.6, the same scenes in thick fog (30% contrast) 0.18, a covered lens with a light
-    gradient across it 0.03 to 0.05. A featureless
-    view is never learned as the reference, so a covered lens alarms until uncovered, and
-    a camera that starts covered alarms at once."""
+    gradient across it 0.03 to 0.05. A featureless view is never learned as the
+    reference, so a covered lens alarms until uncovered, and a camera that starts covered
+    alarms too (after ``tamper_polls``), with no reference to compare with."""
     tamper_polls: int = 3
     """``covered_or_moved`` (and ``blurred``) once the condition held for this many polls
     in a row: a person walking up to the camera is one or two polls."""
@@ -400,11 +402,15 @@ class HealthResult:
     frozen, covered_or_moved, blurred (None: the picture is healthy)."""
 
     brightness: float
+    """Mean grey level, 0 to 255, one decimal."""
     contrast: float
+    """Standard deviation of the grey levels."""
     sharpness: float
+    """Variance of the Laplacian at 160 px wide (see :class:`Thresholds`)."""
     detail: float
+    """Sharpness relative to contrast, which brightness does not change."""
     similarity: float | None
-    """None until a reference has been learned."""
+    """Of the scene's edges with the reference's, -1 to 1; None until one is learned."""
     difference: float | None
     """Mean absolute difference to the previous poll (None on the first)."""
     black: bool
@@ -417,6 +423,13 @@ class HealthResult:
 class HealthChecker:
     """The image checks of one camera: keeps the previous image (frozen), the learned
     reference (covered_or_moved, blurred) and the counts of consecutive polls.
+
+    The reference is the scene's edges on a 64x36 copy, and its normal detail. The first
+    picture with any detail becomes it; after that each normal poll (not black, frozen,
+    differing or blurred) blends into it with the weight of the time since the previous
+    poll over ``learn_seconds``. A poll that differs or is blurred teaches it nothing, so
+    a fault cannot become the normal by lasting, except a new view held for
+    ``tamper_relearn``, which replaces it.
 
     :meth:`check` takes its own lock, so the driver may call it from any worker thread; one
     object per camera. A change of the image's size (another camera resolution) starts
@@ -538,10 +551,10 @@ class HealthChecker:
 
 def _fixed_width(g: Image) -> Image:
     height, width = g.shape
-    new_h = max(1, round(height * _SHARP_WIDTH / width))
-    interp = cv2.INTER_AREA if width > _SHARP_WIDTH else cv2.INTER_LINEAR
     if width == _SHARP_WIDTH:
         return g
+    new_h = max(1, round(height * _SHARP_WIDTH / width))
+    interp = cv2.INTER_AREA if width > _SHARP_WIDTH else cv2.INTER_LINEAR
     return np.asarray(cv2.resize(g, (_SHARP_WIDTH, new_h), interpolation=interp), np.uint8)
 
 
