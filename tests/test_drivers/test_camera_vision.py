@@ -362,8 +362,8 @@ def warmed(cam: Camera, polls: int = 5) -> tuple[HealthChecker, float]:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_normal_life_flags_nothing(seed: int) -> None:
     """Noise, objects passing (up to about 30% of the picture, brighter or darker than the
-    scene), auto exposure jumping by +-40%, then a dusk over 50 minutes down to a quarter
-    of the light: no flag on any poll."""
+    scene, or textured and standing for a while), auto exposure jumping by +-40%, then a
+    dusk over 50 minutes down to a quarter of the light: no flag on any poll."""
     cam = Camera(seed)
     checker, t = warmed(cam)
     results = []
@@ -379,6 +379,12 @@ def test_normal_life_flags_nothing(seed: int) -> None:
         w, h = int(W * 0.55), int(H * 0.55)  # 30% of the frame
         x = int((W - w) * i / 19)
         cv2.rectangle(view, (x, 40), (x + w, 40 + h), float(rng.choice([30.0, 230.0])), -1)
+        step(cam.frame(view))
+    other = scene(seed + 50)
+    for i in range(5):  # a textured object (a lorry) standing in front for 5 polls: 30%
+        view = cam.base.copy()
+        w, h = int(W * 0.55), int(H * 0.55)
+        view[60 : 60 + h, 80 + i : 80 + i + w] = other[60 : 60 + h, 80 + i : 80 + i + w]
         step(cam.frame(view))
     for gain in (1.4, 1.4, 1.4, 1.4, 0.6, 0.6, 0.6, 0.6, 1.0, 1.0):  # auto exposure
         step(cam.frame(gain=gain))
