@@ -155,6 +155,7 @@ def decode(jpeg: bytes, *, reduce: int = 1, gray: bool = False) -> Image:
 # ---- privacy masks -------------------------------------------------------------------------
 
 _SHIFT = 8  # fillPoly's fixed point: vertices to 1/256 of a pixel
+_PAD = 4  # the rasterising canvas's margin; polygons are clipped 1.5 px into it
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -182,7 +183,7 @@ def compile_masks(masks: Sequence[Mask], width: int, height: int) -> MaskPlan:
     The masked area is conservative, never smaller than drawn: every pixel whose centre is
     inside a polygon is masked, and then every pixel next to one (a 1-pixel dilation), so
     rounding at a reduced scale, or a polygon thinner than a pixel, cannot let a masked
-    pixel through; a mask is at most about one pixel wider than drawn, at any size. No
+    pixel through; a mask is at most two pixels wider than drawn, at any size. No
     antialiasing: a pixel is masked or not. Each polygon is filled on its own (their union
     is masked; where two overlap stays masked). Inside one self-intersecting polygon, the
     even-odd rule applies (as SVG's ``evenodd``: the centre of a five-pointed star drawn
@@ -223,9 +224,6 @@ def compile_masks(masks: Sequence[Mask], width: int, height: int) -> MaskPlan:
     mask = np.ascontiguousarray(canvas[pad : pad + height, pad : pad + width])
     mask.flags.writeable = False
     return MaskPlan(width, height, mask)
-
-
-_PAD = 4  # the canvas's margin; polygons are clipped 1.5 px into it
 
 
 def _clip_polygon(
@@ -297,7 +295,7 @@ def apply_masks(
     if img.dtype == np.uint8 and not all(0 <= v <= 255 for v in values):
         raise ValueError(f"fill {values} is not 0 to 255")
     # OpenCV takes an image of 4 pixels or fewer in a row for a scalar: numpy fills those.
-    if img.flags.c_contiguous and channels <= 4 and width * height > 4:
+    if img.dtype == np.uint8 and img.flags.c_contiguous and channels <= 4 and width * height > 4:
         # Two masked passes in OpenCV (about 10x faster than numpy's boolean indexing). The
         # scalar is always 4 float64 values: a bare int would fill only the first channel.
         scalar = np.array([*values, *([0] * (4 - channels))], np.float64)
