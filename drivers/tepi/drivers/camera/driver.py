@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 from tepi.core.clock import boottime, clock_synced
 from tepi.core.errors import DeviceError, DeviceUnavailable, ProtocolError
@@ -157,7 +157,7 @@ class CameraDriver:
                 tamper_polls=k.tamper_polls,
                 tamper_similarity=k.tamper_similarity,
                 tamper_relearn=k.tamper_relearn,
-                blur_ratio=k.blur_ratio,
+                blur_sharpness=k.blur_ratio,
             )
         )
         return self
@@ -306,16 +306,17 @@ class CameraDriver:
         if plan is None:
             if len(self._masks) > 8:  # a camera whose size keeps changing: bounded
                 self._masks.clear()
-            plan = self._masks[(width, height)] = compile_masks(
-                [list(map(list, p)) for p in self.config.masks], width, height
-            )
+            plan = self._masks[(width, height)] = compile_masks(self.config.masks, width, height)
         return plan
 
     def _masked(self, img: Image) -> Image:
+        """``img`` with the masks filled, in place (every caller owns its array)."""
         if not self.config.masks:
             return img
+        from tepi.drivers.camera.vision import apply_masks
+
         h, w = img.shape[:2]
-        return self._mask_plan(w, h).apply(img)  # type: ignore[no-any-return]
+        return apply_masks(img, self._mask_plan(w, h))
 
     def _process(self, frame: Frame, snapshot: bool) -> _Processed:
         import cv2
@@ -332,13 +333,11 @@ class CameraDriver:
                 full = self._masked(vision.decode(frame.jpeg))
         else:
             assert frame.image is not None
-            full = self._masked(frame.image)
+            full = self._masked(frame.image.copy())  # the source's frame stays as it came
             height, width = full.shape[:2]
             scale = max(1, width // CHECK_WIDTH)
-            gray = cv2.cvtColor(full, cv2.COLOR_BGR2GRAY)
-            small = cv2.resize(
-                gray, (width // scale, height // scale), interpolation=cv2.INTER_AREA
-            )
+            gray = cast("Image", cv2.cvtColor(full, cv2.COLOR_BGR2GRAY))
+            small = vision.fit(gray, max_width=width // scale, max_height=height // scale)
         health = self._checker.check(small, time.monotonic())
         snap = thumb = None
         if snapshot and full is not None:
