@@ -69,6 +69,7 @@ SNAPSHOT_PATHS: Final = (
     "/cgi-bin/snapshot.cgi",
     "/axis-cgi/jpg/image.cgi",
 )
+_PATHS: Final = frozenset((*SNAPSHOT_PATHS, "/mjpeg", "/stream.ts"))
 BOUNDARY: Final = "tepisimframe"
 PREROLL: Final = 20  # frames FFmpeg reads to estimate the frame rate of an H.264 stream
 FRAME_LOG: Final = 10_000  # (sequence, time) of the newest frames rendered
@@ -214,9 +215,9 @@ class Camera:
         return self.scene.truth((time.time() if t is None else t) - self.epoch)
 
     def counters(self) -> dict[str, Any]:
-        """Requests per endpoint, frames served, auth failures (wrong credentials) and
-        challenges (requests without credentials), reboots, connections now open and
-        streaming clients now connected."""
+        """Requests per endpoint (any other path counts as ``other``), frames served, auth
+        failures (wrong credentials) and challenges (requests without credentials),
+        reboots, connections now open and streaming clients now connected."""
         connections = 0
         if self._runner is not None and self._runner.server is not None:
             connections = len(self._runner.server.connections)
@@ -400,7 +401,7 @@ class Camera:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Count the request, then apply the transport faults and authentication."""
-        self.requests[request.path] += 1
+        self.requests[request.path if request.path in _PATHS else "other"] += 1
         if self.fault == "hang":
             await self._down.wait()  # never answers; let go only when the server stops
             return self._drop(request)

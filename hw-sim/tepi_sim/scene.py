@@ -209,9 +209,13 @@ class Scene:
                 cv2.ellipse(frame, centre, axes, 0, 0, 360, colour, -1)
             else:
                 cv2.rectangle(frame, p0, p1, colour, -1)
-        if fault == "blur":  # defocused: a strong Gaussian blur
-            blurred: Frame = np.asarray(cv2.GaussianBlur(frame, (0, 0), 6), dtype=np.uint8)
-            return blurred
+        if fault == "blur":  # defocused: a strong Gaussian blur, sigma = 1 % of the width
+            k = max(2, w // 320)  # blurred at about 320 wide (sigma 3 there), then enlarged
+            small = cv2.resize(frame, (w // k, h // k), interpolation=cv2.INTER_AREA)
+            blurred = cv2.GaussianBlur(small, (0, 0), 3.2 * k * 320 / w)
+            blurred = cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR)
+            out: Frame = np.asarray(blurred, dtype=np.uint8)
+            return out
         return frame
 
     def encode_jpeg(self, frame: Frame, quality: int) -> bytes:
