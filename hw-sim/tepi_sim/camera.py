@@ -108,7 +108,8 @@ class _Sink:
 
 class TsEncoder:
     """H.264 in MPEG-TS: libx264 (ultrafast, zerolatency, a keyframe every ``fps`` frames)
-    writing into memory. Not thread-safe; use it from one thread at a time."""
+    writing into memory. Its calls take a lock: a cancelled ``asyncio.to_thread(encode)``
+    still runs to its end in its thread, and FFmpeg must not see ``close`` meanwhile."""
 
     def __init__(self, width: int, height: int, fps: int) -> None:
         self._sink = _Sink()
@@ -124,25 +125,35 @@ class TsEncoder:
         self._fps = fps
         self._pts = -1
         self._t0: float | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     def encode(self, image: Frame, t: float) -> bytes:
-        """Encode one BGR frame taken at real time ``t``; the bytes of TS it yielded."""
-        if self._t0 is None:
-            self._t0 = t
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-        self._pts = max(self._pts + 1, round((t - self._t0) * self._fps))
-        frame.pts = self._pts
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        return self._sink.take()
+        """Encode one BGR frame taken at real time ``t``; the bytes of TS it yielded (none
+        once closed)."""
+        with self._lock:
+            if self._closed:
+                return b""
+            if self._t0 is None:
+                self._t0 = t
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            self._pts = max(self._pts + 1, round((t - self._t0) * self._fps))
+            frame.pts = self._pts
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            return self._sink.take()
 
     def close(self) -> bytes:
-        """Flush the encoder and close the container; the last bytes."""
-        with contextlib.suppress(av.FFmpegError):
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        self._container.close()
-        return self._sink.take()
+        """Flush the encoder and close the container; the last bytes. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return b""
+            self._closed = True
+            with contextlib.suppress(av.FFmpegError):
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+            self._container.close()
+            return self._sink.take()
 
 
 class Camera:
@@ -178,8 +189,10 @@ class Camera:
         self._frozen_lock = threading.Lock()
         self._runner: web.AppRunner | None = None
         self._running = False
-        self._down = asyncio.Event()  # set while the server is not answering (reboot, stop)
-        self._up = asyncio.Event()
+        self._closing = asyncio.Event()  # set: streams and hung requests end (reboot, stop)
+        self._down = asyncio.Event()  # set once the port refuses connections, all dropped
+        self._up = asyncio.Event()  # set while the port accepts connections
+        self._down.set()
         self._reboot_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # ends a reboot early
         # The shared frame producer.
@@ -204,6 +217,11 @@ class Camera:
     def listening(self) -> bool:
         """True while the port accepts connections (not stopped, not rebooting)."""
         return self._up.is_set()
+
+    @property
+    def producing(self) -> bool:
+        """True while frames are rendered for streams (only while a stream client is on)."""
+        return self._producer is not None and not self._producer.done()
 
     def clock(self) -> float:
         """The camera's own time (epoch seconds): real time plus the clock offset."""
@@ -285,7 +303,8 @@ class Camera:
             )
 
     async def wait_listening(self, listening: bool = True) -> None:
-        """Return once the port accepts connections (``listening``) or refuses them."""
+        """Return once the port accepts connections (``listening``), or once it refuses them
+        and every connection has been dropped (``listening=False``)."""
         await (self._up if listening else self._down).wait()
 
     async def start(self) -> None:
@@ -294,7 +313,12 @@ class Camera:
         if self._running:
             raise RuntimeError(f"camera {self.id!r} already started")
         self._running = True
-        await self._open()
+        try:
+            await self._open()
+        except BaseException:
+            self._running = False
+            self._down.set()
+            raise
 
     async def stop(self) -> None:
         """Drop every connection and stop listening. Safe to call twice."""
@@ -357,8 +381,14 @@ class Camera:
                 f"camera {self.id}: cannot listen on {HOST}:{self.port}: {err.strerror}"
             ) from err
         self.port = sock.getsockname()[1]
+        # handler_cancellation: a client that goes away ends its request (a hung one, a
+        # stream) at once, rather than at the next write or never.
         runner = web.AppRunner(
-            self._app(), access_log=None, handle_signals=False, shutdown_timeout=_STOP_GRACE_S
+            self._app(),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=_STOP_GRACE_S,
         )
         await runner.setup()
         try:
@@ -368,21 +398,23 @@ class Camera:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._closing.clear()
         self._down.clear()
         self._up.set()
         log.info("camera %s listening on %s", self.id, self.base_url)
 
     async def _close(self) -> None:
         self._up.clear()
-        self._down.set()  # streams and hung requests end
+        self._closing.set()
         async with self._new_shot:
             self._new_shot.notify_all()
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            await runner.cleanup()
+            await runner.cleanup()  # stops listening first, then drops the connections
         if self._producer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._producer
+        self._down.set()
 
     async def _reboot(self, down_s: float) -> None:
         self.reboots += 1
@@ -403,11 +435,11 @@ class Camera:
         """Count the request, then apply the transport faults and authentication."""
         self.requests[request.path if request.path in _PATHS else "other"] += 1
         if self.fault == "hang":
-            await self._down.wait()  # never answers; let go only when the server stops
+            await self._closing.wait()  # never answers (ends when the client goes away)
             return self._drop(request)
         if self.fault == "slow":
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._down.wait(), self.delay_s)
+                await asyncio.wait_for(self._closing.wait(), self.delay_s)
         if self.fault == "unauthorized":
             return self._challenge(stale=False)
         if self._auth is not None:
@@ -483,7 +515,7 @@ class Camera:
                 except ConnectionError:  # the client went away
                     break
                 self.frames_served += 1
-        if self._down.is_set():
+        if self._closing.is_set():
             self._drop(request)
         return response
 
@@ -513,7 +545,7 @@ class Camera:
                             await response.write(data)
         finally:
             await asyncio.to_thread(encoder.close)
-        if self._down.is_set():
+        if self._closing.is_set():
             self._drop(request)
         return response
 
@@ -533,11 +565,11 @@ class Camera:
             )
         last = 0
         try:
-            while not self._down.is_set():
+            while not self._closing.is_set():
                 async with self._new_shot:
                     await self._new_shot.wait_for(partial(self._newer, last))
                 shot = self._latest
-                if self._down.is_set() or shot is None:
+                if self._closing.is_set() or shot is None:
                     return
                 last = shot.seq
                 if self.fault != "hang":
@@ -547,13 +579,13 @@ class Camera:
             self.streams -= 1
 
     def _newer(self, seq: int) -> bool:
-        return self._down.is_set() or (self._latest is not None and self._latest.seq != seq)
+        return self._closing.is_set() or (self._latest is not None and self._latest.seq != seq)
 
     async def _produce(self) -> None:
         loop = asyncio.get_running_loop()
         period = 1.0 / self.config.fps
         due = loop.time()
-        while self._subscribers > 0 and not self._down.is_set():
+        while self._subscribers > 0 and not self._closing.is_set():
             shot = await asyncio.to_thread(self.shoot)
             if shot is self._frozen:  # frozen: the same frame, as a new delivery
                 shot = replace(shot, seq=next(self._seq))
@@ -565,5 +597,5 @@ class Camera:
             if delay < 0:  # fell behind (a loaded machine): carry on from now
                 due, delay = loop.time(), 0.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._down.wait(), delay)
+                await asyncio.wait_for(self._closing.wait(), delay)
         self._latest = None

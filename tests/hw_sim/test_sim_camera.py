@@ -156,6 +156,29 @@ async def test_mjpeg_parts_parse_and_differ(start_camera: StartCamera) -> None:
     assert camera.counters()["frames_served"] >= 4
 
 
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a condition the camera reaches by itself (no event to wait on)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_streams_end_when_their_clients_go(start_camera: StartCamera) -> None:
+    camera = await start_camera(width=320, height=180, fps=20)
+    await _mjpeg_parts(f"{camera.base_url}/mjpeg", 2)
+    async with aiohttp.ClientSession() as session, session.get(f"{camera.base_url}/stream.ts") as r:
+        assert r.headers["Content-Type"] == "video/mp2t"
+        assert (await r.content.readexactly(188))[0] == 0x47  # an MPEG-TS sync byte
+        assert camera.streams == 1
+        assert camera.producing
+    await _until(lambda: camera.counters()["streams"] == 0)
+    await _until(lambda: camera.counters()["clients_connected"] == 0)
+    await _until(lambda: not camera.producing)
+    rendered = len(camera.frames)
+    assert await _snapshot(camera)
+    assert len(camera.frames) == rendered + 1, "no frame producer left running"
+
+
 async def test_stream_ts_decodes_with_pyav(start_camera: StartCamera) -> None:
     camera = await start_camera()
 
@@ -171,6 +194,21 @@ async def test_stream_ts_decodes_with_pyav(start_camera: StartCamera) -> None:
     sizes = await asyncio.to_thread(read_frames, f"{camera.base_url}/stream.ts", 25)
     assert sizes == [(640, 360)] * 25
     assert camera.counters()["requests"]["/stream.ts"] == 1
+
+
+async def test_stream_without_preroll_starts_live(start_camera: StartCamera) -> None:
+    camera = await start_camera(width=320, height=180, fps=30)
+
+    def first_frames(url: str) -> int:
+        with av.open(url, timeout=5.0) as container:
+            for k, _ in enumerate(container.decode(video=0)):
+                if k == 2:
+                    return k + 1
+        return 0
+
+    started = time.time()
+    assert await asyncio.to_thread(first_frames, f"{camera.base_url}/stream.ts?preroll=0") == 3
+    assert camera.frames[0][1] >= started, "no frame from before the client came"
 
 
 async def test_stream_with_digest_auth_in_the_url(start_camera: StartCamera) -> None:
