@@ -99,9 +99,12 @@ class Scene:
             np.uint8
         )
         self._offsets = rng.integers(0, _MARGIN, size=(_OFFSETS, 2))
-        for k in range(1, _OFFSETS):  # consecutive renders never read the same tile window
-            if (self._offsets[k] == self._offsets[k - 1]).all():
-                self._offsets[k, 0] = (self._offsets[k, 0] + 1) % _MARGIN
+        for k in range(_OFFSETS):  # consecutive renders never read the same tile window,
+            prev, after = self._offsets[k - 1], self._offsets[(k + 1) % _OFFSETS]
+            for step in range(_MARGIN):  # not even where the sequence wraps round
+                if not (self._offsets[k] == prev).all() and not (self._offsets[k] == after).all():
+                    break
+                self._offsets[k, 1] = (self._offsets[k, 1] + 1 + step) % _MARGIN
         self._renders = itertools.count()
         self.objects = tuple(self._object(rng, i) for i in range(objects))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import time
@@ -32,6 +33,7 @@ from tepi_sim.httpauth import (
     format_auth_params,
     parse_auth_params,
 )
+from tepi_sim.scene import Scene
 
 StartCamera = Callable[..., Awaitable[Camera]]
 Image = npt.NDArray[np.uint8]
@@ -488,6 +490,10 @@ async def test_clock_offset_shows_in_date_and_combines(start_camera: StartCamera
     assert offset == pytest.approx(-3600, abs=5)
     assert _grey(body).mean() < 10, "still black"
     assert camera.status()["clock_offset_s"] == -3600
+    status, _, headers = await _get(f"{camera.base_url}/nowhere")
+    assert status == 404
+    assert parsedate_to_datetime(headers["Date"]).timestamp() - time.time() < -3000
+    assert camera.counters()["requests"]["other"] == 1
     camera.set_fault("none")
     _, _, headers = await _get(camera.snapshot_url)
     assert abs(parsedate_to_datetime(headers["Date"]).timestamp() - time.time()) < 5
@@ -524,6 +530,12 @@ async def test_ground_truth_moves_and_matches_the_image(start_camera: StartCamer
     assert grey[cy, cx] > 220 if obj.bright else grey[cy, cx] < 40
     assert camera.frames[-1] == (shot.seq, t)
     assert camera.truth(t) == camera.truth(t), "deterministic"
+
+
+def test_consecutive_frames_differ_even_in_a_still_scene() -> None:
+    scene = Scene(64, 36, objects=0, seed=1)
+    frames = (scene.render(1.0) for _ in range(5000))  # past the noise offsets' cycle
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(frames))
 
 
 def test_scene_is_deterministic_from_the_seed() -> None:
