@@ -3,7 +3,8 @@
 Output contract (stdout, flushed; scripts and tests read it): one line per device,
 ``<id>  <transport>  unit=<n>  <endpoint>`` (columns separated by two spaces, the id
 padded to the longest id), for a serial sensor ``<id>  uart  protocol=<name>  <endpoint>``
-(``unplugged`` instead of a path while it is), then a line ``ready``. Logs go to stderr.
+(``unplugged`` instead of a path while it is), for a camera ``<id>  camera  auth=<none|basic|
+digest>  http://127.0.0.1:<port>``, then a line ``ready``. Logs go to stderr.
 
 Exit codes: 0 stopped by a signal, 2 bad arguments / invalid config / could not start
 (one line on stderr, no traceback unless ``--debug``), 1 an unexpected internal error.
@@ -24,7 +25,7 @@ from pathlib import Path
 from tepi_sim.control import ControlServer
 from tepi_sim.demo import DEMO_CONFIG
 from tepi_sim.errors import SimError
-from tepi_sim.model import FAULT_MODES, UART_FAULT_MODES, load_config
+from tepi_sim.model import CAMERA_FAULT_MODES, FAULT_MODES, UART_FAULT_MODES, load_config
 from tepi_sim.simulator import Simulator
 
 __all__ = ["main"]
@@ -42,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Simulate Modbus RTU (on pseudo-terminals) and Modbus TCP (on 127.0.0.1) "
         "field devices, and serial sensors (PMS5003, SDS011, MH-Z19B, NMEA GPS, text lines) on "
         "pseudo-terminals, with drifting values, exact counters and switchable faults.",
-        epilog="Prints '<id>  <transport>  unit=<n>  <endpoint>' per device, then 'ready'. "
+        epilog="Prints '<id>  <transport>  unit=<n>  <endpoint>' per device (a camera: "
+        "'<id>  camera  auth=<auth>  http://127.0.0.1:<port>'), then 'ready'. "
         "Exit codes: 0 stopped by SIGINT/SIGTERM, 2 usage/config/startup error, 1 internal error.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -50,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--demo",
         action="store_true",
-        help="built-in demo: air-quality station + noise meter on one RTU pty, level gauge on TCP",
+        help="built-in demo: air-quality station + noise meter on one RTU pty, level gauge on "
+        "TCP, a PMS5003 on a pty, an IP camera (cam-1, Digest auth tepi/demo-camera)",
     )
     parser.add_argument(
         "--manifest",
@@ -64,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DEVICE=MODE",
         help=f"start DEVICE in fault MODE (repeatable); Modbus modes: {', '.join(FAULT_MODES)}; "
-        f"uart modes: {', '.join(UART_FAULT_MODES)}",
+        f"uart modes: {', '.join(UART_FAULT_MODES)}; camera modes: {', '.join(CAMERA_FAULT_MODES)}",
     )
     parser.add_argument(
         "--control",
@@ -110,7 +113,7 @@ async def _run(args: argparse.Namespace) -> None:
                     await control.start()
                 except OSError as err:
                     raise SimError(f"--control {args.control}: {err.strerror}") from err
-            width = max(len(d) for d in [*sim.devices, *sim.uart_devices])
+            width = max(len(d) for d in [*sim.devices, *sim.uart_devices, *sim.cameras])
             for device in sim.devices.values():
                 print(
                     f"{device.id:<{width}}  {device.config.transport}  unit={device.unit}  "
@@ -119,6 +122,8 @@ async def _run(args: argparse.Namespace) -> None:
             for sensor in sim.uart_devices.values():
                 path = sensor.status()["path"] or "unplugged"
                 print(f"{sensor.id:<{width}}  uart  protocol={sensor.protocol}  {path}")
+            for camera in sim.cameras.values():
+                print(f"{camera.id:<{width}}  camera  auth={camera.config.auth}  {camera.base_url}")
             if args.manifest:
                 try:
                     _write_manifest(args.manifest, sim)

@@ -10,6 +10,11 @@ counts): ``{"ok": true, "counters": {"aq-station-1": {"holding/10": 412}}}``.
 while unplugged) and state: ``{"ok": true, "uart": {"pm-1": {"frames_sent": 40,
 "bad_frames_sent": 0, "path": "/dev/pts/5", "mode": "active", ...}}}``. Serial sensors take
 the same fault command with their own modes (``{"device": "pm-1", "fault": "garbage"}``).
+Cameras: ``{"camera": "cam-1", "fault": "black"}`` (``delay_s`` optional: the delay of
+``slow``, the down time of ``reboot``, the offset of ``clock``) and ``{"query": "cameras"}``,
+which answers with each camera's base URL, fault, clock offset and counters:
+``{"ok": true, "cameras": {"cam-1": {"url": "http://127.0.0.1:40123", "fault": "none",
+"clock_offset_s": 0.0, "counters": {"requests": {"/snapshot.jpg": 3}, ...}, ...}}}``.
 Try it with ``echo '{"device": "aq-station-1", "fault": "no_reply"}' | socat -
 UNIX-CONNECT:PATH``.
 """
@@ -32,10 +37,24 @@ log = logging.getLogger(__name__)
 _LINE_LIMIT = 4096
 
 
+def _check_camera(cmd: dict[str, Any]) -> str | None:
+    unknown = set(cmd) - {"camera", "fault", "delay_s"}
+    if unknown:
+        return f"unknown keys for a camera: {', '.join(sorted(unknown))}"
+    if not isinstance(cmd.get("camera"), str) or not isinstance(cmd.get("fault"), str):
+        return '"camera" and "fault" are required strings'
+    delay = cmd.get("delay_s")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)):
+        return '"delay_s" must be a number'
+    return None
+
+
 def _check(cmd: object) -> str | None:
     """Return what is wrong with a decoded command, or None if it is well formed."""
     if not isinstance(cmd, dict):
         return "expected a JSON object"
+    if "camera" in cmd:
+        return _check_camera(cmd)
     unknown = set(cmd) - {"device", "fault", "delay_s", "fault_code"}
     if unknown:
         return f"unknown keys: {', '.join(sorted(unknown))}"
@@ -60,14 +79,22 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
             return {"ok": True, "counters": counters}
         if cmd["query"] == "uart":
             return {"ok": True, "uart": {d: dev.status() for d, dev in sim.uart_devices.items()}}
-        return {"ok": False, "error": f'unknown query {cmd["query"]!r}; try "counters" or "uart"'}
+        if cmd["query"] == "cameras":
+            return {"ok": True, "cameras": {c: cam.status() for c, cam in sim.cameras.items()}}
+        return {
+            "ok": False,
+            "error": f'unknown query {cmd["query"]!r}; try "counters", "uart" or "cameras"',
+        }
     problem = _check(cmd)
     if problem is not None:
         return {"ok": False, "error": problem}
     try:
-        sim.set_fault(
-            cmd["device"], cmd["fault"], delay_s=cmd.get("delay_s"), code=cmd.get("fault_code")
-        )
+        if "camera" in cmd:
+            sim.camera(cmd["camera"]).set_fault(cmd["fault"], cmd.get("delay_s"))
+        else:
+            sim.set_fault(
+                cmd["device"], cmd["fault"], delay_s=cmd.get("delay_s"), code=cmd.get("fault_code")
+            )
     except KeyError as err:
         return {"ok": False, "error": str(err.args[0])}
     except ValueError as err:

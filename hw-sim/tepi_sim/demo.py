@@ -3,7 +3,9 @@
 An air-quality station and a noise meter share one RS-485 line (one pty, units 1 and 2),
 a river-level gauge speaks Modbus TCP, and a PMS5003 particulate counter streams a frame
 a second on a serial port of its own. Every Modbus device has a counter so a client can
-prove that no reading was lost.
+prove that no reading was lost. An IP camera, ``cam-1``, serves snapshots, MJPEG and H.264
+on a free port of 127.0.0.1 behind Digest auth (user ``tepi``, password ``demo-camera``);
+``tepi-sim --demo`` prints its URL, and ``--manifest`` writes it under ``cameras``.
 """
 
 from __future__ import annotations
@@ -59,5 +61,8 @@ DEMO_CONFIG: Final[dict[str, Any]] = {
             ],
         },
         {"id": "pm-sensor-4", "transport": "uart", "protocol": "pms5003", "interval_s": 1.0},
-    ]
+    ],
+    "cameras": [
+        {"id": "cam-1", "auth": "digest", "username": "tepi", "password": "demo-camera"},
+    ],
 }

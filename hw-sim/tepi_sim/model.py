@@ -29,6 +29,8 @@ from tepi_sim.errors import ConfigError
 
 __all__ = [
     "BIT_TABLES",
+    "CAMERA_AUTH",
+    "CAMERA_FAULT_MODES",
     "FAULT_MODES",
     "KINDS",
     "REGISTER_TABLES",
@@ -36,6 +38,7 @@ __all__ = [
     "UART_FAULT_MODES",
     "UART_METRICS",
     "UART_PROTOCOLS",
+    "CameraConfig",
     "ConfigError",
     "DeviceConfig",
     "RegisterConfig",
@@ -145,7 +148,37 @@ _UART_KEYS: Final = (
 )
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-_TOP_KEYS: Final = ("devices", "seed")
+# Simulated IP cameras (``camera.py``), each an HTTP server on 127.0.0.1.
+CAMERA_AUTH: Final = ("none", "basic", "digest")
+CAMERA_FAULT_MODES: Final = (
+    "none",
+    "unauthorized",
+    "hang",
+    "slow",
+    "truncated",
+    "black",
+    "frozen",
+    "blur",
+    "covered",
+    "moved",
+    "reboot",
+    "clock",
+)
+_CAMERA_KEYS: Final = (
+    "id",
+    "port",
+    "width",
+    "height",
+    "fps",
+    "quality",
+    "auth",
+    "username",
+    "password",
+    "objects",
+    "seed",
+)
+
+_TOP_KEYS: Final = ("devices", "cameras", "seed")
 BAUDRATES: Final = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 _DEVICE_KEYS: Final = (
     "id",
@@ -240,13 +273,33 @@ class UartDeviceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CameraConfig:
+    """One simulated IP camera: an HTTP server on 127.0.0.1 (``port`` 0: a free one)
+    serving snapshots, MJPEG and an H.264 stream of a synthetic scene of ``width`` x
+    ``height`` pixels at ``fps``, with ``objects`` moving objects placed from ``seed``."""
+
+    id: str
+    port: int = 0
+    width: int = 640
+    height: int = 360
+    fps: int = 5
+    quality: int = 80
+    auth: str = "none"
+    username: str = ""
+    password: str = ""
+    objects: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
-    """The whole simulator: its Modbus devices, its serial sensors (``transport: uart``)
-    and an optional seed for reproducible values."""
+    """The whole simulator: its Modbus devices, its serial sensors (``transport: uart``),
+    its cameras and an optional seed for reproducible values."""
 
     devices: tuple[DeviceConfig, ...]
     seed: int | None = None
     uart_devices: tuple[UartDeviceConfig, ...] = ()
+    cameras: tuple[CameraConfig, ...] = ()
 
 
 def load_config(source: SimConfig | Mapping[str, Any] | str | Path) -> SimConfig:
@@ -361,8 +414,16 @@ class _Validator:
             self.err("seed", f"must be an integer, got {seed!r}")
             seed = None
         raw_devices = data.get("devices")
+        raw_cameras = data.get("cameras")
         devices: list[DeviceConfig | UartDeviceConfig] = []
-        if not isinstance(raw_devices, list) or not raw_devices:
+        cameras: list[CameraConfig] = []
+        if raw_cameras is not None and not isinstance(raw_cameras, list):
+            self.err("cameras", "must be a list of cameras")
+        elif raw_cameras:
+            cameras = [self.camera(raw, f"cameras[{i}]") for i, raw in enumerate(raw_cameras)]
+        if raw_devices is None and cameras:
+            pass  # a simulator of cameras only
+        elif not isinstance(raw_devices, list) or not raw_devices:
             self.err("devices", "must be a non-empty list of devices")
         else:
             for i, raw in enumerate(raw_devices):
@@ -370,13 +431,87 @@ class _Validator:
                 if device is not None:
                     devices.append(device)
             self.cross_device(devices)
+        self.cross_camera(devices, cameras)
         if self.errors:
             raise ConfigError(self.errors, source)
         return SimConfig(
             devices=tuple(d for d in devices if isinstance(d, DeviceConfig)),
             seed=seed,
             uart_devices=tuple(d for d in devices if isinstance(d, UartDeviceConfig)),
+            cameras=tuple(cameras),
         )
+
+    def camera(self, raw: object, path: str) -> CameraConfig:
+        """A simulated IP camera. Returned even when invalid (defaults in place of the bad
+        values), so the cross checks still see every camera at its index."""
+        if not isinstance(raw, Mapping):
+            self.err(path, "must be a mapping")
+            return CameraConfig(id=f"<{path}>")
+        self.keys(raw, _CAMERA_KEYS, path)
+        cam_id = raw.get("id")
+        if not isinstance(cam_id, str) or not cam_id.strip() or any(c.isspace() for c in cam_id):
+            self.err(f"{path}.id", "required, a non-empty string without spaces")
+            cam_id = f"<{path}>"
+        port = self.integer(raw, "port", path, (0, 65535), default=0)
+        width = self.integer(raw, "width", path, (32, 3840), default=640)
+        height = self.integer(raw, "height", path, (32, 2160), default=360)
+        for key, size in (("width", width), ("height", height)):
+            if size % 2:
+                self.err(f"{path}.{key}", f"must be even (H.264 4:2:0 needs it), got {size}")
+        fps = self.integer(raw, "fps", path, (1, 30), default=5)
+        quality = self.integer(raw, "quality", path, (1, 100), default=80)
+        auth = self.choice(raw, "auth", CAMERA_AUTH, path, default="none")
+        creds = {"username": "", "password": ""}
+        auth_known = raw.get("auth", "none") in CAMERA_AUTH  # else credentials are moot
+        for key in creds if auth_known else ():
+            value = raw.get(key)
+            if value is None:
+                if auth != "none":
+                    self.err(f"{path}.{key}", f"required with auth {auth}")
+                continue
+            if not isinstance(value, str) or not value:
+                self.err(f"{path}.{key}", f"must be a non-empty string, got {value!r}")
+            elif auth == "none":
+                self.err(f"{path}.{key}", "only used with auth basic or digest")
+            else:
+                creds[key] = value
+        if ":" in creds["username"]:
+            self.err(f"{path}.username", "must not contain ':'")
+        objects = self.integer(raw, "objects", path, (0, 20), default=3)
+        seed = self.integer(raw, "seed", path, (0, 2**63 - 1), default=0)
+        return CameraConfig(
+            id=cam_id,
+            port=port,
+            width=width,
+            height=height,
+            fps=fps,
+            quality=quality,
+            auth=auth,
+            username=creds["username"],
+            password=creds["password"],
+            objects=objects,
+            seed=seed,
+        )
+
+    def cross_camera(
+        self, devices: list[DeviceConfig | UartDeviceConfig], cameras: list[CameraConfig]
+    ) -> None:
+        """Camera ids unique among devices and cameras; fixed ports not used twice."""
+        owners: dict[str, str] = {d.id: f"devices[{i}]" for i, d in enumerate(devices)}
+        ports: dict[int, str] = {
+            d.port: d.id for d in devices if isinstance(d, DeviceConfig) and d.port
+        }
+        for i, cam in enumerate(cameras):
+            path = f"cameras[{i}]"
+            if cam.id in owners:
+                self.err(f"{path}.id", f"duplicate id {cam.id!r} (also {owners[cam.id]})")
+            owners.setdefault(cam.id, path)
+            if cam.port:
+                if cam.port in ports:
+                    self.err(
+                        f"{path}.port", f"port {cam.port} is already used by {ports[cam.port]!r}"
+                    )
+                ports.setdefault(cam.port, cam.id)
 
     def device(self, raw: object, path: str) -> DeviceConfig | UartDeviceConfig | None:
         if not isinstance(raw, Mapping):

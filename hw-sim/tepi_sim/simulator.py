@@ -6,8 +6,11 @@ pty. Everything runs on the caller's running event loop (``loop.add_reader`` for
 ``asyncio.start_server`` for TCP); there are no threads.
 
 Modbus devices are :class:`Device` (``devices``, ``device()``); serial sensors are
-:class:`UartDevice` (``uart_devices``, ``uart_device()``). ``endpoint()``, ``set_fault()``
-and ``manifest()`` take either kind.
+:class:`UartDevice` (``uart_devices``, ``uart_device()``); IP cameras are :class:`Camera`
+(``cameras``, ``camera()``), each an HTTP server on 127.0.0.1 (the only part that uses
+worker threads: it renders and encodes frames in them). ``endpoint()`` and ``set_fault()``
+take any kind; ``endpoints()`` lists the devices and sensors, ``camera_urls()`` the
+cameras.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from tepi_sim.camera import Camera
 from tepi_sim.device import Device
 from tepi_sim.model import SimConfig, load_config
 from tepi_sim.rtu import RtuBus
@@ -38,6 +42,7 @@ class Simulator:
         self.config = load_config(config)
         self._devices = {d.id: Device(d, self.config.seed) for d in self.config.devices}
         self._uart = {c.id: UartDevice(c, self.config.seed) for c in self.config.uart_devices}
+        self._cameras = {c.id: Camera(c) for c in self.config.cameras}
         members: dict[str, list[Device]] = {}
         links: dict[str, list[str]] = {}
         self._tcp: dict[str, TcpEndpoint] = {}
@@ -88,6 +93,24 @@ class Simulator:
         """Serial sensors (``transport: uart``) by id."""
         return self._uart
 
+    @property
+    def cameras(self) -> Mapping[str, Camera]:
+        """IP cameras by id."""
+        return self._cameras
+
+    def camera(self, camera_id: str) -> Camera:
+        """The camera with this id; KeyError naming the known cameras if there is none."""
+        try:
+            return self._cameras[camera_id]
+        except KeyError:
+            known = ", ".join(self._cameras) or "none"
+            raise KeyError(f"no camera {camera_id!r}; known cameras: {known}") from None
+
+    def camera_urls(self) -> dict[str, str]:
+        """``{camera_id: "http://127.0.0.1:PORT"}`` in config order (ports bound once
+        started)."""
+        return {c.id: c.base_url for c in self._cameras.values()}
+
     def device(self, device_id: str) -> Device:
         """The Modbus device with this id; KeyError naming the known ids if there is none."""
         try:
@@ -97,6 +120,8 @@ class Simulator:
                 raise KeyError(
                     f"{device_id!r} is a uart device: use uart_device({device_id!r})"
                 ) from None
+            if device_id in self._cameras:
+                raise KeyError(f"{device_id!r} is a camera: use camera({device_id!r})") from None
             raise KeyError(f"no device {device_id!r}; known devices: {self._known()}") from None
 
     def uart_device(self, device_id: str) -> UartDevice:
@@ -109,7 +134,7 @@ class Simulator:
             ) from None
 
     def _known(self) -> str:
-        return ", ".join([*self._devices, *self._uart])
+        return ", ".join([*self._devices, *self._uart, *self._cameras])
 
     def set_fault(
         self,
@@ -119,10 +144,16 @@ class Simulator:
         delay_s: float | None = None,
         code: int | None = None,
     ) -> None:
-        """Switch the fault mode of any device. ``delay_s`` and ``code`` are Modbus only.
+        """Switch the fault mode of any device or camera. ``code`` is Modbus only;
+        ``delay_s`` is for Modbus devices and cameras.
 
         KeyError for an unknown id; ValueError for a mode the device does not have.
         """
+        if device_id in self._cameras:
+            if code is not None:
+                raise ValueError("fault_code applies to Modbus devices only")
+            self._cameras[device_id].set_fault(mode, delay_s)
+            return
         if device_id in self._uart:
             if delay_s is not None or code is not None:
                 raise ValueError("delay_s and fault_code apply to Modbus devices only")
@@ -131,8 +162,10 @@ class Simulator:
         self.device(device_id).set_fault(mode, delay_s=delay_s, code=code)
 
     def endpoint(self, device_id: str) -> str:
-        """Where a client connects: the pty slave path or ``127.0.0.1:PORT``. RuntimeError
-        while the device's pty is unplugged."""
+        """Where a client connects: the pty slave path, ``127.0.0.1:PORT``, or a camera's
+        ``http://127.0.0.1:PORT``. RuntimeError while the device's pty is unplugged."""
+        if device_id in self._cameras:
+            return self._cameras[device_id].base_url
         if device_id in self._uart:
             return self._uart[device_id].path
         self.device(device_id)
@@ -156,7 +189,8 @@ class Simulator:
     def manifest(self) -> dict[str, Any]:
         """What a client needs to connect, as written by ``tepi-sim --manifest``. Serial
         sensors have ``protocol`` (and ``link`` when configured) instead of ``unit``, and
-        an ``endpoint`` of None while unplugged."""
+        an ``endpoint`` of None while unplugged. Cameras, when there are any, are under
+        ``cameras``: base URL, snapshot, MJPEG and H.264 URLs, auth and credentials."""
         devices: dict[str, Any] = {
             d.id: {
                 "transport": d.config.transport,
@@ -173,7 +207,24 @@ class Simulator:
             }
             if u.config.link is not None:
                 devices[u.id]["link"] = u.config.link
-        return {"devices": devices}
+        out: dict[str, Any] = {"devices": devices}
+        if self._cameras:
+            out["cameras"] = {
+                c.id: {
+                    "url": c.base_url,
+                    "snapshot": c.snapshot_url,
+                    "mjpeg": f"{c.base_url}/mjpeg",
+                    "stream": f"{c.base_url}/stream.ts",
+                    "auth": c.config.auth,
+                    "username": c.config.username,
+                    "password": c.config.password,
+                    "width": c.config.width,
+                    "height": c.config.height,
+                    "fps": c.config.fps,
+                }
+                for c in self._cameras.values()
+            }
+        return out
 
     async def start(self) -> None:
         """Open every pty and TCP port. On failure, whatever started is stopped again."""
@@ -189,10 +240,12 @@ class Simulator:
                 await converter.start()
             for uart in self._uart.values():
                 uart.start()
+            for camera in self._cameras.values():
+                await camera.start()
         except BaseException:
             await self.stop()
             raise
-        log.info("simulator started: %s", self.endpoints())
+        log.info("simulator started: %s %s", self.endpoints(), self.camera_urls())
 
     async def stop(self) -> None:
         """Close every transport. Safe to call twice."""
@@ -207,6 +260,8 @@ class Simulator:
             await bus.stop()
         for uart in self._uart.values():
             await uart.stop()
+        for camera in self._cameras.values():
+            await camera.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tepi_sim.protocol import mbap_frame
 
 HW_SIM = Path(__file__).resolve().parents[2] / "hw-sim"
 LINE = re.compile(
-    r"^(?P<id>\S+) +(?P<transport>rtu|tcp|uart)  (?:unit|protocol)=(?P<unit>\w+)  "
+    r"^(?P<id>\S+) +(?P<transport>rtu|tcp|uart|camera)  (?:unit|protocol|auth)=(?P<unit>\w+)  "
     r"(?P<endpoint>\S+)$"
 )
 
@@ -94,7 +95,10 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
     sim = Running("--demo", "--manifest", str(manifest), "--control", str(control))
     running.append(sim)
     printed = sim.endpoints()
+    camera = printed.pop("cam-1")
     assert list(printed) == ["aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4"]
+    assert (camera["transport"], camera["unit"]) == ("camera", "digest")
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", camera["endpoint"])
     assert printed["pm-sensor-4"]["transport"] == "uart"
     assert Path(printed["pm-sensor-4"]["endpoint"]).exists()
     assert printed["aq-station-1"]["transport"] == "rtu"
@@ -111,6 +115,16 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
     assert {k: v["endpoint"] for k, v in data["devices"].items()} == {
         k: v["endpoint"] for k, v in printed.items()
     }
+    cam = data["cameras"]["cam-1"]
+    assert cam["url"] == camera["endpoint"]
+    assert (cam["auth"], cam["username"], cam["password"]) == ("digest", "tepi", "demo-camera")
+    # The standard library's own Digest client, a third implementation besides aiohttp's.
+    passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+    passwords.add_password(None, cam["url"], "tepi", "demo-camera")
+    opener = urllib.request.build_opener(urllib.request.HTTPDigestAuthHandler(passwords))
+    with opener.open(cam["snapshot"], timeout=10) as resp:
+        assert resp.headers["Content-Type"] == "image/jpeg"
+        assert resp.read().startswith(b"\xff\xd8")
 
     with socket.socket(socket.AF_UNIX) as ctl:
         ctl.settimeout(10)
@@ -131,6 +145,13 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
         assert all(isinstance(v, int) for c in counters["counters"].values() for v in c.values())
         assert any(counters["counters"].values()), "the demo devices have counter registers"
         assert json.loads(stream.readline())["ok"] is False
+        stream.write(b'{"camera": "cam-1", "fault": "black"}\n{"query": "cameras"}\n')
+        stream.flush()
+        assert json.loads(stream.readline()) == {"ok": True}
+        cameras = json.loads(stream.readline())["cameras"]
+        assert cameras["cam-1"]["fault"] == "black"
+        assert cameras["cam-1"]["url"] == camera["endpoint"]
+        assert cameras["cam-1"]["counters"]["requests"] == {"/snapshot.jpg": 2}
 
     host, _, port = printed["river-level-3"]["endpoint"].rpartition(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:

@@ -163,3 +163,5 @@ def test_demo_config_is_valid() -> None:
     assert [d.id for d in config.devices] == ["aq-station-1", "noise-meter-2", "river-level-3"]
     assert config.devices[0].bus == config.devices[1].bus == "bus0"
     assert config.devices[2].transport == "tcp"
+    (camera,) = config.cameras
+    assert (camera.id, camera.auth, camera.username) == ("cam-1", "digest", "tepi")
