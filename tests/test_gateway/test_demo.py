@@ -16,6 +16,7 @@ from tepi.gateway.configload import load_config
 from tepi.gateway.demo import render_config
 
 READING = re.compile(r"^\d\d:\d\d:\d\d  (\S+)\s+(\S+)\s+(\S+)\s+(\S*)\s+seq (\d+)$")
+IMAGE = re.compile(r"^\d\d:\d\d:\d\d  cam-1\s+image\s+(\w+) (\d+)x(\d+) ([\d,]+) B, image (\d+)$")
 
 
 def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
@@ -23,8 +24,13 @@ def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     rows = [m.groups() for line in out.stdout.splitlines() if (m := READING.match(line))]
     assert len(rows) >= 24, out.stdout
-    devices = {"aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4"}
+    devices = {"aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4", "cam-1"}
     assert {r[0] for r in rows} == devices
+    # the camera's health, and its first snapshot (or thumbnail), arrive too
+    assert ("cam-1", "online", "True") in {r[:3] for r in rows}, out.stdout
+    images = [m.groups() for line in out.stdout.splitlines() if (m := IMAGE.match(line))]
+    assert images, out.stdout
+    assert images[0][0] in ("thumbnail", "snapshot")
     # the particulate counter's first values are its warm-up's: shown, marked uncertain
     assert any(r[0] == "pm-sensor-4" and r[2].startswith("~") for r in rows), out.stdout
     seqs = [int(r[4]) for r in rows]
@@ -82,7 +88,8 @@ def test_render_config_uses_the_simulator_endpoints(tmp_path: Path) -> None:
             "noise-meter-2": {"endpoint": "/dev/pts/41"},
             "river-level-3": {"endpoint": "127.0.0.1:15020"},
             "pm-sensor-4": {"endpoint": "/dev/pts/42"},
-        }
+        },
+        "cameras": {"cam-1": {"snapshot": "http://127.0.0.1:18001/snapshot.jpg", "password": "pw"}},
     }
     cfg = load_config(render_config(tmp_path, manifest, 18830), check_files=False)
     assert cfg.uplink.port == 18830
@@ -92,7 +99,11 @@ def test_render_config_uses_the_simulator_endpoints(tmp_path: Path) -> None:
         "noise-meter-2": "/dev/pts/41",
         "river-level-3": 15020,
         "pm-sensor-4": "/dev/pts/42",
+        "cam-1": None,
     }
+    cam = cfg.devices[-1]
+    assert getattr(cam, "url", None) == "http://127.0.0.1:18001/snapshot.jpg"
+    assert (tmp_path / "cam-1-password").read_text() == "pw\n"
 
 
 @pytest.mark.parametrize("arg", ["--help", "--version"])
@@ -103,7 +114,8 @@ def test_cli_help(arg: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["run", "check", "demo", "scan", "read", "status", "doctor", "buffer", "profiles"]
+    "command",
+    ["run", "check", "demo", "scan", "read", "status", "doctor", "buffer", "profiles", "snapshot"],
 )
 def test_every_command_has_help(command: str) -> None:
     out = run_tepi(command, "--help", timeout=30)

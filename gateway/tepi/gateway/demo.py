@@ -78,9 +78,31 @@ def render_config(work: Path, manifest: dict[str, Any], broker_port: int) -> Pat
         level_host=host,
         level_port=port,
     )
+    cam = manifest.get("cameras", {}).get("cam-1")
+    if cam is not None:
+        # The simulated camera: its password in a file of its own, as on a real box.
+        secret = work / "cam-1-password"
+        secret.write_text(str(cam["password"]) + "\n")
+        secret.chmod(0o600)
+        text += CAMERA.substitute(snapshot=cam["snapshot"], password_file=str(secret))
     path = work / "tepi.yaml"
     path.write_text(text)
     return path
+
+
+# Appended to demo.yaml when the simulator has its camera.
+CAMERA = string.Template(
+    """  - id: cam-1                        # IP camera (simulated): health every 5 s, a snapshot
+    driver: camera                   # (and its thumbnail) at once and every minute
+    url: ${snapshot}
+    username: tepi
+    password_file: ${password_file}
+    poll_interval: 5s
+    snapshot_interval: 1m
+    masks:                           # privacy: the top-left corner is never stored or sent
+      - [[0.0, 0.0], [0.3, 0.0], [0.3, 0.25], [0.0, 0.25]]
+"""
+)
 
 
 def _format(r: dict[str, Any]) -> str:
@@ -95,18 +117,31 @@ def _format(r: dict[str, Any]) -> str:
     return f"{when}  {r['device']:<14} {r['metric']:<12} {shown:>10} {unit:<6} seq {r['seq']}"
 
 
-async def _print_readings(port: int, count: int) -> None:
-    shown = 0
+def _format_image(m: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(m["ts"]))
+    what = f"{m['class']} {m['width']}x{m['height']}"
+    return f"{when}  {m['camera']:<14} {'image':<12} {what:>20} {m['size']:,} B, image {m['seq']}"
+
+
+async def _print_readings(port: int, count: int, *, images: bool = False) -> None:
+    """Readings (and images' metadata) as they arrive, until ``count`` readings (and, with
+    ``images``, one image) have been shown; 0: until Ctrl-C."""
+    shown = images_shown = 0
     async with aiomqtt.Client("127.0.0.1", port, identifier="tepi-demo-viewer") as client:
         await client.subscribe("ioc/v1/+/telemetry", qos=1)
-        print("readings as they arrive at the broker (Ctrl-C to stop):", flush=True)
+        await client.subscribe("ioc/v1/+/image_meta/+", qos=1)
+        print("readings and images as they arrive at the broker (Ctrl-C to stop):", flush=True)
         async for msg in client.messages:
             payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b"{}"
-            for r in json.loads(payload)["readings"]:
-                print(_format(r), flush=True)
-                shown += 1
-                if count and shown >= count:
-                    return
+            if "/image_meta/" in str(msg.topic):
+                print(_format_image(json.loads(payload)), flush=True)
+                images_shown += 1
+            else:
+                for r in json.loads(payload)["readings"]:
+                    print(_format(r), flush=True)
+                    shown += 1
+            if count and shown >= count and (images_shown or not images):
+                return
 
 
 async def _show_buffer(db: Path, count: int) -> None:
@@ -176,7 +211,7 @@ async def _demo(work: Path, count: int) -> int:
             )
         print(f"agent: tepi run --config {config}  (log: {work / 'agent.log'})", flush=True)
         if broker is not None:
-            await _print_readings(port, count)
+            await _print_readings(port, count, images="cam-1" in manifest.get("cameras", {}))
         else:
             await _show_buffer(work / "data" / "buffer.db", count)
         return EXIT_OK
