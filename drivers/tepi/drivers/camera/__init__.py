@@ -1,0 +1,1 @@
+"""Cameras as devices: snapshots, health, masks (docs/cameras.md)."""
