@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -335,6 +335,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def until(cond: Callable[[], bool]) -> None:
+    """Wait until ``cond()`` holds (the test's timeout bounds it)."""
+    while not cond():
+        await asyncio.sleep(0.01)
+
+
 def no_secret(err: BaseException) -> None:
     text = f"{err} {err!r} {getattr(err, 'detail', '')}"
     for secret in TEST_SECRETS:
@@ -535,14 +541,17 @@ async def test_mjpeg_grab_returns_each_frame_once(camera: Camera) -> None:
 
 async def test_mjpeg_reconnects_after_drop(camera: Camera) -> None:
     async with MjpegSource(camera.url("/mjpeg?drop=4"), timeout=4) as src:
-        reasons: list[str] = []
-        while camera.mjpeg_connections < 2 or src.counters()["reconnects"] < 1:
-            reasons += (await grab_until_error(src, 1))[1]
+        _, reasons = await grab_until_error(src, 10)
+        assert reasons == ["stream ended"]
+        # down, waiting out its backoff: a grab says why at once, it does not wait
+        t0 = time.monotonic()
+        with pytest.raises(DeviceUnavailable, match="stream ended"):
+            await src.grab()
+        assert time.monotonic() - t0 < 0.5
+        await until(lambda: src.counters()["reconnects"] >= 1)
         frame = await src.grab()  # from the second connection
         assert frame.jpeg in FRAMES
-    assert reasons
-    assert set(reasons) == {"stream ended"}
-    assert src.counters()["reconnects"] >= 1
+    assert camera.mjpeg_connections >= 2
 
 
 async def test_mjpeg_no_frame_times_out(camera: Camera) -> None:
@@ -552,6 +561,16 @@ async def test_mjpeg_no_frame_times_out(camera: Camera) -> None:
             await src.grab()
         assert time.monotonic() - t0 < 2.5
     assert info.value.reason == "timeout"
+
+
+async def test_mjpeg_wrong_password_is_not_retried(camera: Camera) -> None:
+    url = camera.url("/mjpeg?auth=1")
+    async with MjpegSource(url, username=USER, password=WRONG, timeout=3) as src:
+        for _ in range(3):  # every poll says auth_failed; the camera saw one failed login
+            with pytest.raises(CameraAuthFailed):
+                await src.grab()
+        assert camera.requests["/mjpeg"] == 2
+        assert src.counters()["auth_failures"] == 1
 
 
 async def test_mjpeg_digest_and_not_mjpeg(camera: Camera) -> None:
@@ -718,6 +737,7 @@ async def test_stream_keyframes_and_all(camera: Camera) -> None:
 async def test_stream_reconnects_and_stops(camera: Camera) -> None:
     async with StreamSource(camera.url("/x.ts"), timeout=5) as src:
         await _until_ended(src)
+        await until(lambda: src.counters()["reconnects"] >= 1)
         await src.grab()  # the second connection, after a backoff of 1 s
         assert src.counters()["reconnects"] == 1
         assert src.counters()["requests"] == 2  # connections (FFmpeg's HTTP sends ranges)

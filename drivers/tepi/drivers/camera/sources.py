@@ -617,10 +617,14 @@ class MultipartParser:
                 if self._garbage > self.max_part:
                     raise ProtocolError("bad multipart", "no boundary in the stream")
                 return False
-            if self._delimiter_at(i) is None:
+            start = self._delimiter_at(i)
+            if start is None:
                 self._scan = i + 1
                 continue
             break
+        self._garbage += start
+        del buf[:start]  # what came before the delimiter line
+        i -= start
         end = i + len(self._token)
         nl = buf.find(b"\n", end)
         if nl < 0:
@@ -629,7 +633,6 @@ class MultipartParser:
             self._scan = i
             return False
         closing = buf[end : end + 2] == b"--"
-        self._garbage += i
         del buf[: nl + 1]
         self._scan = 0
         if closing:
@@ -707,8 +710,8 @@ class MultipartParser:
 
 
 class _Slot:
-    """The latest frame and the error hit since the last grab; the loop side of the hand-over
-    (a StreamSource's worker thread writes it under ``lock``)."""
+    """The latest frame, the error hit since the last grab, and whether the stream is down
+    (waiting out its backoff); a StreamSource's worker thread writes it under ``lock``."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -716,14 +719,16 @@ class _Slot:
         self.mono = 0.0  # time.monotonic() when the frame came
         self.fresh = False  # not grabbed yet
         self.error: DeviceError | None = None
+        self.down: DeviceError | None = None  # the error that ended the last connection
         self.times: deque[float] = deque(maxlen=_FPS_KEEP)  # frame arrival times, for fps
 
 
 async def _grab_latest(
     slot: _Slot, event: asyncio.Event, wait_s: float, counters: _Counters
 ) -> Frame:
-    """The latest frame not yet grabbed; else the error since the last grab; else wait for a
-    frame up to ``timeout``."""
+    """The latest frame not yet grabbed; else the error since the last grab; else, while the
+    stream is down (waiting to reconnect), the error that took it down again, at once; else
+    wait for a frame up to ``wait_s``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
@@ -745,13 +750,15 @@ async def _grab_latest(
                     fps=fps,
                 )
             err, slot.error = slot.error, None
+            err = err or slot.down
             event.clear()
         if err is not None:
             raise err
         remaining = deadline - loop.time()
         if remaining <= 0:
             e = DeviceUnavailable("timeout", f"no frame for {wait_s:g} s")
-            counters.failed(e)
+            with slot.lock:
+                counters.failed(e)
             raise e
         try:
             async with asyncio.timeout(remaining):
@@ -824,9 +831,11 @@ class MjpegSource(_Base):
             raise RuntimeError("MjpegSource.grab() before open()")
         return await _grab_latest(self._slot, self._event, self.timeout, self._counters)
 
-    def _fail(self, err: DeviceError) -> None:
+    def _fail(self, err: DeviceError, *, down: bool = False) -> None:
         self._counters.failed(err)
         self._slot.error = err
+        if down:
+            self._slot.down = err
         self._event.set()
 
     async def _run(self) -> None:
@@ -837,6 +846,7 @@ class MjpegSource(_Base):
                 self._counters.reconnects += 1
             first = False
             got = False
+            self._slot.down = None  # connecting: a grab waits for the first frame
             try:
                 got = await self._connection()
                 err: DeviceError = DeviceUnavailable("stream ended", self._http.shown)
@@ -848,7 +858,7 @@ class MjpegSource(_Base):
                 err = _classify(e, self._http.shown, self.timeout)
                 if isinstance(err, DriverFault):
                     log.warning("camera %s: MJPEG reader: %s", self._http.shown, err.detail)
-            self._fail(err)
+            self._fail(err, down=True)
             if got:
                 backoff = BACKOFF_MIN
             wait = AUTH_BACKOFF if isinstance(err, CameraAuthFailed) else backoff
@@ -1052,7 +1062,8 @@ class StreamSource(_Base):
                 await asyncio.shield(self._done)
         except TimeoutError:
             pass
-        thread.join(0.5)  # it has returned from _work: only its last bytecodes remain
+        else:
+            thread.join(1.0)  # it has returned from _work: only its last bytecodes remain
         if thread.is_alive():
             self.stuck = True
             log.warning(
@@ -1075,10 +1086,12 @@ class StreamSource(_Base):
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             loop.call_soon_threadsafe(self._event.set)
 
-    def _fail(self, err: DeviceError) -> None:
+    def _fail(self, err: DeviceError, *, down: bool = False) -> None:
         with self._slot.lock:
             self._counters.failed(err)
             self._slot.error = err
+            if down:
+                self._slot.down = err
         self._notify()
 
     def _work(self) -> None:
@@ -1086,7 +1099,7 @@ class StreamSource(_Base):
             self._loop_streams()
         except BaseException as err:  # a bug: say so at the next grab, never die silently
             if isinstance(err, Exception):
-                self._fail(DriverFault(err))
+                self._fail(DriverFault(err), down=True)
             log.exception("camera %s: stream worker failed", self.shown)
         finally:
             loop, done = self._loop, self._done
@@ -1105,9 +1118,10 @@ class StreamSource(_Base):
         backoff = BACKOFF_MIN
         first = True
         while not self._stop.is_set():
-            if not first:
-                with self._slot.lock:
+            with self._slot.lock:
+                if not first:
                     self._counters.reconnects += 1
+                self._slot.down = None  # connecting: a grab waits for the first frame
             first = False
             got = False
             err: DeviceError
@@ -1126,7 +1140,7 @@ class StreamSource(_Base):
                 err = _classify_av(e, self.shown, self.timeout)
             if self._stop.is_set():
                 return
-            self._fail(err)
+            self._fail(err, down=True)
             if got:
                 backoff = BACKOFF_MIN
             wait = AUTH_BACKOFF if isinstance(err, CameraAuthFailed) else backoff
