@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import re
@@ -81,6 +82,7 @@ class Camera:
         self.closing = asyncio.Event()
         self.mjpeg_connections = 0
         self.ts: Path | None = None
+        self.slow_gop: Path | None = None
         self.port = 0
 
     def url(self, path: str, scheme: str = "http") -> str:
@@ -240,16 +242,17 @@ def make_app(cam: Camera) -> web.Application:
         )
         await resp.prepare(request)
         n = 0
-        while not cam.closing.is_set():
-            jpeg = FRAMES[n % len(FRAMES)]
-            head = b"--frame\r\nContent-Type: image/jpeg\r\n"
-            if n % 2 == 0:  # parts with and without Content-Length
-                head += f"Content-Length: {len(jpeg)}\r\n".encode()
-            await resp.write(head + b"\r\n" + jpeg + b"\r\n")
-            n += 1
-            if drop and n >= drop:
-                break
-            await asyncio.sleep(0.05)  # the camera's pace: 20 fps
+        with contextlib.suppress(ConnectionError):  # the source went away
+            while not cam.closing.is_set():
+                jpeg = FRAMES[n % len(FRAMES)]
+                head = b"--frame\r\nContent-Type: image/jpeg\r\n"
+                if n % 2 == 0:  # parts with and without Content-Length
+                    head += f"Content-Length: {len(jpeg)}\r\n".encode()
+                await resp.write(head + b"\r\n" + jpeg + b"\r\n")
+                n += 1
+                if drop and n >= drop:
+                    break
+                await asyncio.sleep(0.05)  # the camera's pace: 20 fps
         return resp
 
     @routes.get("/x.ts")
@@ -257,6 +260,24 @@ def make_app(cam: Camera) -> web.Application:
         cam.seen(request)
         assert cam.ts is not None
         return web.FileResponse(cam.ts, headers={"Content-Type": "video/mp2t"})
+
+    @routes.get("/slow-gop.ts")  # live-paced: a quarter at once, the rest over 3 s
+    async def slow_gop(request: web.Request) -> web.StreamResponse:
+        cam.seen(request)
+        assert cam.slow_gop is not None
+        data = cam.slow_gop.read_bytes()
+        resp = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        step = len(data) // 40
+        with contextlib.suppress(ConnectionError):  # the source went away
+            await resp.write(data[: len(data) // 4])
+            for at in range(len(data) // 4, len(data), step):
+                if cam.closing.is_set():
+                    break
+                await asyncio.sleep(0.1)
+                await resp.write(data[at : at + step])
+        return resp
 
     @routes.get("/basic.ts")
     async def basic_ts(request: web.Request) -> web.StreamResponse:
@@ -271,14 +292,12 @@ def make_app(cam: Camera) -> web.Application:
     return app
 
 
-@pytest.fixture(scope="session")
-def ts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 s of 320x240 H.264 at 10 fps, a keyframe every 10 frames, in MPEG-TS."""
-    path = tmp_path_factory.mktemp("camera") / "x.ts"
+def encode_ts(path: Path, gop: int) -> Path:
+    """3 s of 320x240 H.264 at 10 fps, a keyframe every ``gop`` frames, in MPEG-TS."""
     with av.open(str(path), "w", format="mpegts") as out:
         stream = out.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        stream.gop_size = 10
+        stream.gop_size = gop
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "sc_threshold": "0"}
         for i in range(30):
             img = np.full((240, 320, 3), (i * 8) % 256, dtype=np.uint8)
@@ -289,6 +308,16 @@ def ts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+@pytest.fixture(scope="session")
+def ts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return encode_ts(tmp_path_factory.mktemp("camera") / "x.ts", 10)
+
+
+@pytest.fixture(scope="session")
+def slow_gop_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return encode_ts(tmp_path_factory.mktemp("camera") / "slow-gop.ts", 1000)
 
 
 async def _serve(cam: Camera, ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[Camera]:
@@ -307,9 +336,10 @@ async def _serve(cam: Camera, ssl_ctx: ssl.SSLContext | None = None) -> AsyncIte
 
 
 @pytest.fixture
-async def camera(ts_file: Path) -> AsyncIterator[Camera]:
+async def camera(ts_file: Path, slow_gop_file: Path) -> AsyncIterator[Camera]:
     cam = Camera()
     cam.ts = ts_file
+    cam.slow_gop = slow_gop_file
     async for c in _serve(cam):
         yield c
 
@@ -732,6 +762,16 @@ async def test_stream_keyframes_and_all(camera: Camera) -> None:
     assert k["bytes"] > 0
     assert k["requests"] == 1
     assert k["reconnects"] == 0
+
+
+async def test_stream_keyframes_slower_than_the_timeout(camera: Camera) -> None:
+    """One keyframe in the file: once it is grabbed, packets go on arriving with nothing to
+    decode, and the grab says so (not a plain timeout)."""
+    async with StreamSource(camera.url("/slow-gop.ts"), timeout=1) as src:
+        assert (await src.grab()).image is not None
+        with pytest.raises(DeviceUnavailable) as info:
+            await src.grab()
+    assert info.value.reason == "no keyframe"
 
 
 async def test_stream_reconnects_and_stops(camera: Camera) -> None:
