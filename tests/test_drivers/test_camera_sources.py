@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Literal
 
 import av
 import cv2
@@ -455,6 +456,13 @@ async def test_connection_refused() -> None:
     assert info.value.reason == "connection refused"
 
 
+async def test_dns_failure() -> None:
+    async with SnapshotSource("http://camera.invalid/snapshot.jpg", timeout=3) as src:
+        with pytest.raises(DeviceUnavailable) as info:
+            await src.grab()
+    assert info.value.reason == "dns"
+
+
 async def test_tls_verified_always(tls_camera: Camera, tls_ca: trustme.CA, tmp_path: Path) -> None:
     url = tls_camera.url("/snapshot.jpg", "https")
     async with SnapshotSource(url) as src:  # the system CAs do not know this camera
@@ -814,6 +822,40 @@ async def test_stream_errors(camera: Camera) -> None:
         with pytest.raises(DeviceUnavailable) as refused:
             await src.grab()
         assert refused.value.reason == "connection refused"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_rtsp_refused_and_silent(transport: Literal["tcp", "udp"]) -> None:
+    """No RTSP server here (the simulator has one): what an RTSP URL does when the camera
+    refuses or accepts and says nothing, with the RTSP options set."""
+    url = f"rtsp://127.0.0.1:{free_port()}/Streaming/Channels/102"
+    async with StreamSource(url, timeout=1, transport=transport) as src:
+        with pytest.raises(DeviceUnavailable) as info:
+            await src.grab()
+    assert info.value.reason == "connection refused"
+    quiet = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await quiet.wait()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{port}/s"
+        async with StreamSource(url, timeout=1, transport=transport) as src:
+            for _ in range(2):  # the grab's own wait, then the worker's open timeout
+                with pytest.raises(DeviceUnavailable) as info:
+                    await src.grab()
+                assert info.value.reason == "timeout"
+                no_secret(info.value)
+            thread = src.thread
+        assert thread is not None
+        assert not thread.is_alive()
+    finally:
+        quiet.set()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_stream_https_verified(

@@ -925,13 +925,19 @@ class MjpegSource(_Base):
 # ---- H.264 streams (PyAV) ------------------------------------------------------------------
 
 
-def _classify_av(err: BaseException, where: str, timeout: float) -> DeviceError:
+def _classify_av(
+    err: BaseException, where: str, timeout: float, stalled: bool = False
+) -> DeviceError:
     """A PyAV/FFmpeg error as tepi's. Never ``str(err)``: PyAV puts the URL (with its
-    password) in the message as the error's filename; only the errno text is used."""
+    password) in the message as the error's filename; only the errno text is used.
+    ``stalled``: nothing came for the whole timeout before it, so PyAV's interrupt ended the
+    wait (FFmpeg's RTSP reports that as invalid data)."""
     import av
 
     if isinstance(err, DeviceError):
         return err
+    if stalled and isinstance(err, av.ExitError | av.InvalidDataError | av.TimeoutError):
+        return DeviceUnavailable("timeout", f"{where}: no data in {timeout:g} s")
     if isinstance(err, av.FFmpegError):
         text = f"{type(err).__name__}: {err.strerror}"
         if isinstance(err, av.HTTPUnauthorizedError | av.HTTPForbiddenError):
@@ -1018,11 +1024,15 @@ class StreamSource(_Base):
         # (4.4 s measured on a 5 fps stream: near the timeout). The decoder configures itself
         # from the stream's own parameter sets, and fps is measured here, not probed.
         options: dict[str, str] = {"analyzeduration": "500000", "fpsprobesize": "0"}
+        # FFmpeg's socket I/O timeout (microseconds) is only a backstop, longer than PyAV's
+        # own (its interrupt callback, classified "timeout"): RTSP reports its expiry as
+        # invalid data.
+        socket_us = str(int((timeout * 2 + 1) * 1_000_000))
         if u.scheme in ("rtsp", "rtsps"):
             options["rtsp_transport"] = transport
-            options["timeout"] = str(int(timeout * 1_000_000))  # socket I/O, microseconds
+            options["timeout"] = socket_us
         else:
-            options["rw_timeout"] = str(int(timeout * 1_000_000))
+            options["rw_timeout"] = socket_us
         if u.scheme in ("https", "rtsps"):
             options["tls_verify"] = "1"
             if ca_file is not None:
@@ -1036,6 +1046,7 @@ class StreamSource(_Base):
         self._done: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stuck = False  # aclose() gave up waiting for the worker
+        self._progress = 0.0  # worker: when the current wait for the camera began
 
     @property
     def url(self) -> str:
@@ -1146,16 +1157,19 @@ class StreamSource(_Base):
             try:
                 with self._slot.lock:
                     self._counters.requests += 1
+                self._progress = time.monotonic()
                 container = av.open(
                     self._url, timeout=(self.timeout, self.timeout), options=dict(self._options)
                 )
+                self._progress = time.monotonic()
                 try:
                     got = self._pump(container)
                 finally:
                     container.close()
                 err = DeviceUnavailable("stream ended", self.shown)
             except Exception as e:  # noqa: BLE001 - classified, raised by the next grab
-                err = _classify_av(e, self.shown, self.timeout)
+                stalled = time.monotonic() - self._progress >= self.timeout * 0.9
+                err = _classify_av(e, self.shown, self.timeout, stalled)
             if self._stop.is_set():
                 return
             self._fail(err, down=True)
@@ -1180,7 +1194,7 @@ class StreamSource(_Base):
             if self._stop.is_set():
                 break
             if packet.size:
-                now = time.monotonic()
+                now = self._progress = time.monotonic()
                 with slot.lock:
                     self._counters.frames += 1
                     self._counters.bytes += packet.size
