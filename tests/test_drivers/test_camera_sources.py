@@ -647,14 +647,16 @@ async def grab_until_error(src: MjpegSource, n: int) -> tuple[list[bytes | None]
 BODIES = st.binary(max_size=300).map(lambda b: b"\xff\xd8" + b + b"\xff\xd9")
 
 
-def multipart(parts: list[tuple[bytes, bool]], boundary: bytes, preamble: bytes) -> bytes:
+def multipart(
+    parts: list[tuple[bytes, bool]], boundary: bytes, preamble: bytes, nl: bytes = b"\r\n"
+) -> bytes:
     out = [preamble]
     for body, with_length in parts:
-        out.append(boundary + b"\r\nContent-Type: image/jpeg\r\n")
+        out.append(boundary + nl + b"Content-Type: image/jpeg" + nl)
         if with_length:
-            out.append(f"Content-Length: {len(body)}\r\n".encode())
-        out.append(b"\r\n" + body + b"\r\n")
-    out.append(boundary + b"--\r\n")
+            out.append(f"Content-Length: {len(body)}".encode() + nl)
+        out.append(nl + body + nl)
+    out.append(boundary + b"--" + nl)
     return b"".join(out)
 
 
@@ -669,16 +671,17 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
     quirk=st.booleans(),
     preamble=st.sampled_from([b"", b"\r\n", b"junk before\r\n"]),
+    nl=st.sampled_from([b"\r\n", b"\n"]),
 )
 def test_parser_any_chunking_same_parts(
-    parts: list[tuple[bytes, bool]], cuts: list[int], quirk: bool, preamble: bytes
+    parts: list[tuple[bytes, bool]], cuts: list[int], quirk: bool, preamble: bytes, nl: bytes
 ) -> None:
     # the boundary as the header gives it; the quirk: "--frame" given, "--frame" lines
     given_boundary, line = ("--frame", b"--frame") if quirk else ("frame", b"--frame")
     bodies = [b for b, _ in parts]
     if any(b"--frame" in b for b in bodies):
         return
-    data = multipart(parts, line, preamble)
+    data = multipart(parts, line, preamble, nl)
     parser = MultipartParser(given_boundary, max_part=400)
     got: list[bytes] = []
     for chunk in split(data, cuts):

@@ -363,9 +363,11 @@ class _Http:
         sent = hdrs.AUTHORIZATION in resp.request_info.headers
         if self.username is None:
             raise self._refused(resp, f"http {resp.status}: the camera asks for credentials")
-        if sent or resp.status == 403:
+        if sent:
             scheme = "digest" if self.scheme is None else self.scheme
             raise self._refused(resp, f"http {resp.status}: {scheme} credentials refused")
+        if resp.status == 403:
+            raise self._refused(resp, "http 403: forbidden")
         offered = _challenges(resp)
         if self.scheme == "digest":
             raise self._refused(resp, f"the camera offers {sorted(offered)}, auth is digest")
@@ -807,7 +809,6 @@ class MjpegSource(_Base):
         self._slot = _Slot()
         self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._connected = False
 
     @property
     def url(self) -> str:
