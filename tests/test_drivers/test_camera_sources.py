@@ -94,8 +94,9 @@ class Camera:
         if "Authorization" in request.headers:
             self.auth_headers.append(request.headers["Authorization"])
 
-    def digest_ok(self, request: web.Request) -> bool:
-        """RFC 7616 MD5, qop=auth, written from the RFC."""
+    def digest_ok(self, request: web.Request, once: bool = False) -> bool:
+        """RFC 7616 MD5, qop=auth, written from the RFC; ``once``: a nonce is good for one
+        request (as some cameras do), so a kept challenge is always stale."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Digest "):
             return False
@@ -110,6 +111,8 @@ class Camera:
         ha1 = md5(f"{USER}:{REALM}:{PASSWORD}")
         ha2 = md5(f"{request.method}:{p['uri']}")
         want = md5(f"{ha1}:{p['nonce']}:{p['nc']}:{p['cnonce']}:auth:{ha2}")
+        if once:
+            self.nonces.discard(p["nonce"])
         return hmac.compare_digest(want, p.get("response", ""))
 
     def digest_challenge(self) -> str:
@@ -150,6 +153,14 @@ def make_app(cam: Camera) -> web.Application:
         if cam.digest_ok(request):
             return jpeg_response()
         return web.Response(status=401, headers={"WWW-Authenticate": cam.digest_challenge()})
+
+    @routes.get("/digest-once.jpg")
+    async def digest_once(request: web.Request) -> web.StreamResponse:
+        cam.seen(request)
+        if cam.digest_ok(request, once=True):
+            return jpeg_response()
+        challenge = cam.digest_challenge() + ", stale=true"
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
 
     @routes.get("/basic.jpg")
     async def basic(request: web.Request) -> web.StreamResponse:
@@ -488,6 +499,15 @@ async def test_digest_auto_then_preemptive(camera: Camera) -> None:
         assert camera.requests["/digest.jpg"] == 3  # the challenge kept: one request
     assert src.counters()["requests"] == 3
     assert all(h.startswith("Digest ") for h in camera.auth_headers)
+
+
+async def test_digest_stale_nonce_is_not_a_failure(camera: Camera) -> None:
+    url = camera.url("/digest-once.jpg")
+    async with SnapshotSource(url, username=USER, password=PASSWORD) as src:
+        for grab in (1, 2, 3):  # the kept challenge is stale: 401, then a fresh answer
+            assert (await src.grab()).jpeg == JPEG
+            assert camera.requests["/digest-once.jpg"] == 2 * grab
+    assert src.counters()["auth_failures"] == 0
 
 
 async def test_wrong_digest_password_one_try_per_grab(camera: Camera) -> None:
