@@ -920,6 +920,9 @@ def test_redact_and_factory() -> None:
         SnapshotSource("rtsp://cam/s")
     with pytest.raises(ValueError, match="credentials"):
         SnapshotSource("http://a:b@cam/s", username="c")
+    stream = StreamSource("rtsp://[fe80::1]:554/S/102?a=%2F", username="a@b", password=PASSWORD)
+    assert stream.url == "rtsp://[fe80::1]:554/S/102?..."
+    assert stream._url == f"rtsp://a%40b:{PASSWORD}@[fe80::1]:554/S/102?a=%2F"
 
 
 @pytest.fixture(autouse=True)

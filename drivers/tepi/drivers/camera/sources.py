@@ -16,11 +16,19 @@ and has ``counters()`` for the driver's health.
   bounded by ``timeout``, so it ends within about that after ``aclose()``).
 
 An error a background reader hits is kept and raised, classified, by the next ``grab()`` that
-finds no newer frame. Errors are tepi's: :class:`CameraAuthFailed` (``auth_failed``),
-:class:`~tepi.core.errors.DeviceUnavailable` (``timeout``, ``connection refused``, ``dns``,
-``tls``, ``http 503``, ...) and :class:`~tepi.core.errors.ProtocolError` (``not a JPEG``,
-``truncated JPEG``, ``too large``, ...). No message carries a password, an Authorization
-header or a URL's userinfo or query (see :func:`redact`).
+finds no newer frame; while a stream is down (waiting out its reconnect backoff) every grab
+raises the error that took it down, at once, so a poll reads ``auth_failed`` or ``connection
+refused`` rather than a timeout. Backoff: 1 s doubling to 30 s, back to 1 s after a connection
+that gave a frame; 300 s after refused credentials (a camera locks an account).
+
+Errors are tepi's: :class:`CameraAuthFailed` (``auth_failed``);
+:class:`~tepi.core.errors.DeviceUnavailable`: ``timeout``, ``connection refused``, ``dns``,
+``tls``, ``unreachable``, ``disconnected``, ``connect failed``, ``http <status>`` (a redirect
+too: not followed), ``stream ended``, ``stream error``, ``no keyframe``, ``http 4xx``/``5xx``
+(streams); :class:`~tepi.core.errors.ProtocolError`: ``not a JPEG``, ``truncated JPEG``,
+``too large``, ``not MJPEG``, ``bad multipart``, ``bad http``, ``bad auth challenge``, ``bad
+stream``. No message carries a password, an Authorization header or a URL's userinfo or
+query (see :func:`redact`).
 
 Authentication (HTTP sources): ``auth="auto"`` sends nothing until the camera asks; it answers
 a Digest challenge (aiohttp's ``DigestAuthMiddleware``, preferred when offered), and answers
@@ -1010,13 +1018,11 @@ class StreamSource(_Base):
         if username is not None:
             if u.user is not None:
                 raise ValueError(f"stream url {self.shown}: credentials in the url and username")
-            # FFmpeg takes the userinfo percent-encoded; yarl would re-quote, so build it.
+            # FFmpeg takes the userinfo percent-encoded; spliced into the URL as given (yarl
+            # would normalise its query, which a camera may not accept).
             userinfo = quote(username, safe="") + ":" + quote(password or "", safe="")
-            netloc = u.raw_host or ""
-            if u.explicit_port:
-                netloc += f":{u.port}"
-            rest = u.raw_path + (f"?{u.raw_query_string}" if u.raw_query_string else "")
-            self._url = f"{u.scheme}://{userinfo}@{netloc}{rest}"
+            scheme, _, rest = url.strip().partition("://")
+            self._url = f"{scheme}://{userinfo}@{rest}"
         else:
             self._url = url
         self.timeout = timeout
