@@ -68,7 +68,7 @@ def jpeg_like(n: int, tag: int) -> bytes:
 
 async def put(agent: Agent, cls: str, size: int, tag: int, camera: str = "cam-1") -> int:
     assert agent.images is not None
-    return await agent.images.store(
+    seq, _ = await agent.images.store(
         camera,
         cls,
         jpeg_like(size, tag),
@@ -78,6 +78,7 @@ async def put(agent: Agent, cls: str, size: int, tag: int, camera: str = "cam-1"
         width=64,
         height=48,
     )
+    return seq
 
 
 def images_of(sub: Subscriber) -> list[tuple[str, bytes]]:
@@ -162,11 +163,13 @@ async def test_mqtt5_carries_the_metadata_as_user_properties(tmp_path: Path) -> 
             await broker.stop()
     props = got[0].properties
     assert props is not None
-    user = dict(props.UserProperty)
+    user = dict(getattr(props, "UserProperty", []))
     assert user["seq"] == str(seq)
     assert user["class"] == "snapshot"
-    assert user["sha256"] == hashlib.sha256(got[0].payload).hexdigest()  # type: ignore[arg-type]
-    assert props.ContentType == "image/jpeg"
+    payload = got[0].payload
+    assert isinstance(payload, bytes)
+    assert user["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert getattr(props, "ContentType", None) == "image/jpeg"
 
 
 async def test_telemetry_backlog_goes_before_any_image(tmp_path: Path) -> None:

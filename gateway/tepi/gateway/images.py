@@ -192,8 +192,8 @@ class ImageHub:
         width: int,
         height: int,
         parent: int | None = None,
-    ) -> int:
-        """Store one image (ImageSink); its seq. ImageNotKept when it is not kept."""
+    ) -> tuple[int, str]:
+        """Store one image (ImageSink); its seq and file. ImageNotKept when it is not kept."""
         from tepi.buffer.images import ImageStoreError
 
         if self.store_ is None:
@@ -215,8 +215,7 @@ class ImageHub:
         except (ImageStoreError, OSError) as err:
             raise ImageNotKept(str(err)) from err
         self.arrived.set()
-        seq: int = meta.seq
-        return seq
+        return int(meta.seq), str(meta.path)
 
     # ---- the uplink's side ------------------------------------------------------------
 
@@ -234,13 +233,6 @@ class ImageHub:
             return await asyncio.to_thread(self.store_.read, seq)
         except ImageGone:
             return None
-
-    def path_of(self, seq: int) -> Path | None:
-        """Where image ``seq`` is stored (while it is)."""
-        if self.store_ is None:
-            return None
-        meta = self.store_.get(seq)
-        return None if meta is None else Path(meta.path)
 
     async def ack(self, seq: int, size: int) -> None:
         """The broker acknowledged it: only now does it leave the buffer."""

@@ -98,6 +98,7 @@ class Agent:
         if ImageHub.wanted(cfg.gateway.data_dir, cameras):
             self.images = self._image_hub(cfg)
         self._cameras: dict[str, Any] = {}  # camera drivers by device id (request_snapshot)
+        self._recent_snapshots: dict[int, bytes] = {}  # the last few taken on request
         # Set when the link or a device's state changes: the STATUS= line is sent at once.
         self._status_changed = asyncio.Event()
         self.devices = {d.id: DeviceStats(on_state=self._status_changed.set) for d in cfg.devices}
@@ -151,7 +152,11 @@ class Agent:
 
     async def _api_snapshot(self, camera: str, reason: str) -> dict[str, Any]:
         stored = await self.request_snapshot(camera, reason)
-        assert self.images is not None  # a camera has an image buffer
+        # Kept a little, for GET /images/{seq} (tepi snapshot -o): the broker may have it,
+        # and the buffer have deleted it, before the technician's tool asks.
+        self._recent_snapshots[stored.seq] = stored.data
+        while len(self._recent_snapshots) > 4:
+            del self._recent_snapshots[next(iter(self._recent_snapshots))]
         return {
             "camera": camera,
             "seq": stored.seq,
@@ -159,10 +164,12 @@ class Agent:
             "width": stored.width,
             "height": stored.height,
             "size": stored.size,
-            "path": str(self.images.path_of(stored.seq)),
+            "path": stored.path,
         }
 
     async def _api_image(self, seq: int) -> tuple[bytes, str] | None:
+        if seq in self._recent_snapshots:
+            return self._recent_snapshots[seq], "image/jpeg"
         if self.images is None or self.images.store_ is None:
             return None
         data = await self.images.read(seq)

@@ -66,8 +66,9 @@ class ImageSink(Protocol):
         width: int,
         height: int,
         parent: int | None = None,
-    ) -> int:
-        """Store one image; its seq. Raises OSError (or a subclass) when it cannot."""
+    ) -> tuple[int, str]:
+        """Store one image; its seq and the file it is in. Raises OSError (or a subclass)
+        when it cannot."""
         ...
 
 
@@ -80,6 +81,8 @@ class Stored:
     width: int
     height: int
     size: int
+    path: str  # where it was stored (until the broker has it)
+    data: bytes  # the JPEG
 
 
 @dataclass(slots=True)
@@ -140,12 +143,16 @@ class CameraDriver:
                 "password unreadable", f"{where}: {type(err).__name__}"
             ) from None
         password = secret.get_secret_value() if secret is not None else None
-        kw: dict[str, Any] = {"timeout": c.timeout}
+        kw: dict[str, Any] = {
+            "timeout": c.timeout,
+            "username": c.username,
+            "password": password,
+            "ca_file": None if c.ca_file is None else str(c.ca_file),
+        }
         if c.kind == "stream":
             kw["decode"] = c.decode
         else:
-            kw |= {"username": c.username, "password": password, "auth": c.auth}
-            kw["ca_file"] = c.ca_file
+            kw["auth"] = c.auth
         assert c.url is not None
         self._source = make_source(c.kind, c.url, **kw)
         await self._source.open()
@@ -359,13 +366,13 @@ class CameraDriver:
         ts = frame.received
         mono = boottime() - (time.time() - ts)
         try:
-            seq = await self.images.store(
+            seq, path = await self.images.store(
                 self.config.id, "snapshot", data, reason=reason, ts=ts, mono=mono, width=w, height=h
             )
             thumb_seq = None
             if done.thumbnail is not None:
                 tdata, tw, th = done.thumbnail
-                thumb_seq = await self.images.store(
+                thumb_seq, _ = await self.images.store(
                     self.config.id,
                     "thumbnail",
                     tdata,
@@ -388,7 +395,7 @@ class CameraDriver:
         self._last_snapshot = boottime()
         self.snapshots += 1
         self.last_snapshot_seq = seq
-        return Stored(seq, thumb_seq, w, h, len(data))
+        return Stored(seq, thumb_seq, w, h, len(data), path, data)
 
 
 def make_camera(config: CameraConfig, resources: SharedResources) -> CameraDriver:
