@@ -33,7 +33,8 @@ def start_broker(work: Path, port: int, extra: Iterable[str] = ()) -> subprocess
 async def start_simulator(
     work: Path, config: dict[str, Any]
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """``tepi-sim`` with ``config``, once it listens; returns it and its manifest's devices."""
+    """``tepi-sim`` with ``config``, once it listens; returns it and its manifest's devices
+    (and cameras)."""
     (work / "sim.yaml").write_text(yaml.safe_dump(config))
     manifest = work / "sim.json"
     log = work / "sim.log"
@@ -56,5 +57,7 @@ async def start_simulator(
             sim.kill()
             raise RuntimeError(f"simulator did not start: {log.read_text()}")
         await asyncio.sleep(0.05)
-    devices: dict[str, Any] = json.loads(manifest.read_text())["devices"]
+    data = json.loads(manifest.read_text())
+    devices: dict[str, Any] = data["devices"]
+    devices.update(data.get("cameras", {}))  # a camera's: url, snapshot, mjpeg, stream
     return sim, devices

@@ -312,15 +312,31 @@ def points(d: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+CAMERA_METRICS = {"snapshot": 12, "mjpeg": 12, "stream": 11}  # tepi's camera health metrics
+
+
 def values_per_poll(d: dict[str, Any]) -> int:
     """The readings one poll of a device (or of each device of a group) gives."""
     if d["kind"] == "synthetic":
         return int(d.get("metrics", 10))
+    if d["kind"] == "camera":
+        return CAMERA_METRICS[d.get("source", "snapshot")]
     return len(points(d))
 
 
 def sim_config(devices: list[dict[str, Any]]) -> dict[str, Any]:
     out = []
+    cameras = [
+        {
+            "id": d["id"],
+            "width": int(d.get("width", 1280)),
+            "height": int(d.get("height", 720)),
+            "fps": int(d.get("fps", 5)),
+            "seed": i,
+        }
+        for i, d in enumerate(devices)
+        if d["kind"] == "camera"
+    ]
     for d in devices:
         if d["kind"] not in ("rtu", "tcp"):
             continue
@@ -334,7 +350,7 @@ def sim_config(devices: list[dict[str, Any]]) -> dict[str, Any]:
         if d["kind"] == "rtu" or "per_bus" in d:
             dev["bus"] = d["bus"]
         out.append({**dev, "registers": regs})
-    return {"devices": out}
+    return {"devices": out, "cameras": cameras} if cameras else {"devices": out}
 
 
 def agent_devices(devices: list[dict[str, Any]], endpoints: dict[str, Any]) -> list[Any]:
@@ -343,6 +359,13 @@ def agent_devices(devices: list[dict[str, Any]], endpoints: dict[str, Any]) -> l
         base = {"id": d["id"], "poll_interval": d["poll_interval"]}
         if d["kind"] == "synthetic":
             out.append({**base, "driver": "synthetic", "metrics": int(d["metrics"])})
+            continue
+        if d["kind"] == "camera":
+            source = d.get("source", "snapshot")
+            cam = endpoints[d["id"]]
+            url = cam["snapshot"] if source == "snapshot" else cam[source]
+            out.append({**base, "driver": "camera", "url": url, "source": source})
+            out[-1]["snapshot_interval"] = d.get("snapshot_interval")
             continue
         regs = []
         for pt in points(d):
@@ -439,6 +462,7 @@ class Rig:
     endpoints: dict[str, Any] = field(default_factory=dict)
     status_socket: Path | None = None  # the agent's status API, when its checkout has one
     profile: Path | None = None  # run the agent under cProfile, writing its stats here
+    link_rate: float = 0.0  # bytes a second from the agent to the broker (0: loopback's)
 
     async def start_broker(self) -> None:
         self.broker_port = free_port()
@@ -449,13 +473,13 @@ class Rig:
         self.broker = start_broker(self.work, self.broker_port, extra)
         broker = self.broker
         await wait_port(self.broker_port, alive=lambda: broker.poll() is None)
-        self.proxy = CountingProxy(self.broker_port)
+        self.proxy = CountingProxy(self.broker_port, rate=self.link_rate)
         await self.proxy.start()
         self.rx = Receiver(self.broker_port)
 
     async def start_sim(self, devices: list[dict[str, Any]]) -> None:
         cfg = sim_config(devices)
-        if cfg["devices"]:
+        if cfg["devices"] or cfg.get("cameras"):
             self.sim, self.endpoints = await start_simulator(self.work, cfg)
 
     def agent_config(self, devices: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
@@ -606,6 +630,7 @@ async def measure(
         "wakeups_per_s": round((s1.wakeups - s0.wakeups) / span, 2),
         "wake_floor_percent": await wake_floor((s1.wakeups - s0.wakeups) / span),
         "loadavg": loadavg(),
+        **image_figures(h0, h1, span),
         "payload_bytes_per_reading": round(payload / n, 2) if n else None,
         "mqtt_bytes_per_reading": round(wire / n, 2) if n else None,
         "wire_bytes_per_reading": round((wire + TCP_IP_HEADER * (seg1 - seg0)) / n, 2)
@@ -613,6 +638,22 @@ async def measure(
         else None,
     }
     return out
+
+
+def image_figures(
+    h0: dict[str, Any] | None, h1: dict[str, Any] | None, span: float
+) -> dict[str, Any]:
+    """With cameras: images acknowledged in the window, their bytes a second, and what was
+    queued at its end (from the health message's ``images``)."""
+    a = (h0 or {}).get("images")
+    b = (h1 or {}).get("images")
+    if not a or not b:
+        return {}
+    return {
+        "images_per_min": round((b["sent"] - a["sent"]) * 60 / span, 1),
+        "image_bytes_per_s": round((b["bytes_sent"] - a["bytes_sent"]) / span),
+        "images_queued": b["count"],
+    }
 
 
 async def count_lost(
@@ -666,6 +707,7 @@ async def run_steady(
     res: dict[str, Any] = {}
     try:
         devices = list(expand(wl["devices"]))
+        rig.link_rate = float(wl.get("link_rate", 0))
         await rig.start_broker()
         await rig.start_sim(devices)
         cfg = rig.agent_config(devices, merge(wl.get("agent", {}), extra or {}))
