@@ -583,3 +583,30 @@ async def start_tls_broker(
         paths["client.key"],
         paths["other.pem"],
     ), proc
+
+
+def images_received(messages: list[tuple[str, bytes, bool]]) -> list[tuple[dict[str, Any], bytes]]:
+    """The images among received messages, as the IOC decodes them (docs/payload.md#images):
+    each metadata message with its bytes, from one image message or its parts joined. Every
+    resend counts again."""
+    out: list[tuple[dict[str, Any], bytes]] = []
+    last_meta: dict[str, dict[str, Any]] = {}  # camera -> its latest metadata
+    by_seq: dict[int, dict[str, Any]] = {}
+    parts: dict[int, dict[int, bytes]] = {}
+    for topic, payload, _ in messages:
+        levels = topic.split("/")
+        if "image_meta" in levels:
+            meta = json.loads(payload)
+            last_meta[meta["camera"]] = by_seq[meta["seq"]] = meta
+        elif "image" in levels:
+            out.append((last_meta[levels[levels.index("image") + 1]], payload))
+        elif "image_part" in levels:
+            i = levels.index("image_part")
+            seq, index = int(levels[i + 2]), int(levels[i + 3])
+            got = parts.setdefault(seq, {})
+            got[index] = payload
+            meta = by_seq[seq]
+            if len(got) == meta["parts"]:
+                out.append((meta, b"".join(got[k] for k in range(meta["parts"]))))
+                del parts[seq]
+    return out

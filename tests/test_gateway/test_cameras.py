@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from helpers import (
     Subscriber,
     agent_config,
     compile_shim,
+    images_received,
 )
 
 from tepi.gateway.status import fetch
@@ -193,7 +193,7 @@ async def test_masks_hold_on_stored_and_sent_images_and_tepi_snapshot(
     async with Subscriber(broker.port, "ioc/v1/gw-test/#") as sub:
         agent = await start_agent(tmp_path, broker.port, [dev])
         try:
-            await sub.wait_for(lambda s: sum("/image/" in t for t, _, _ in s.messages) >= 2, 30)
+            await sub.wait_for(lambda s: len(images_received(s.messages)) >= 2, 30)
             # what is on disk, through tepi snapshot -o
             out = tmp_path / "snap.jpg"
             run = await asyncio.to_thread(
@@ -217,22 +217,19 @@ async def test_masks_hold_on_stored_and_sent_images_and_tepi_snapshot(
             assert "stored at" in run.stdout
             assert str(tmp_path / "data" / "images") in run.stdout
             assert_masked(out.read_bytes())
-            # every image file in the store, as it is
-            await sub.wait_for(lambda s: sum("/image/" in t for t, _, _ in s.messages) >= 4, 30)
+            await sub.wait_for(lambda s: len(images_received(s.messages)) >= 4, 30)
         finally:
             assert await agent.stop() == 0
             await broker.stop()
-    sent = [(t, p) for t, p, _ in sub.messages if "/image/" in t]
-    metas = {
-        json.loads(p)["sha256"]: json.loads(p) for t, p, _ in sub.messages if "/image_meta/" in t
-    }
+    sent = images_received(sub.messages)
     assert sent
-    for _, data in sent:
-        meta = metas[hashlib.sha256(data).hexdigest()]
+    for meta, data in sent:  # as sent, whole or in parts
+        assert hashlib.sha256(data).hexdigest() == meta["sha256"]
         assert meta["camera"] == "cam-1"
         assert_masked(data)
-    assert {m["class"] for m in metas.values()} >= {"snapshot", "thumbnail"}
-    assert any(m["reason"] == "request" for m in metas.values())
+    assert {m["class"] for m, _ in sent} >= {"snapshot", "thumbnail"}
+    assert any(m["parts"] > 1 for m, _ in sent)  # the snapshots went in parts
+    # and every image file left in the store, as it is on disk
     for f in (tmp_path / "data" / "images").glob("*.jpg"):
         assert_masked(f.read_bytes())
 
@@ -246,7 +243,7 @@ async def test_every_image_arrives_once_after_a_30_s_outage(tmp_path: Path, sim:
     async with Subscriber(broker.port, "ioc/v1/gw-test/#") as sub:
         agent = await start_agent(tmp_path, proxy.port, [dev])
         try:
-            await sub.wait_for(lambda s: any("/image/" in t for t, _, _ in s.messages), 30)
+            await sub.wait_for(lambda s: len(images_received(s.messages)) >= 1, 30)
             proxy.blackhole()
             await asyncio.sleep(30)  # the outage itself is what is tested: 30 s of it
             stored = fetch(tmp_path / "status.sock", "/health")["images"]
@@ -263,9 +260,10 @@ async def test_every_image_arrives_once_after_a_30_s_outage(tmp_path: Path, sim:
             assert await agent.stop() == 0
             await proxy.__aexit__()
             await broker.stop()
-    seqs = [json.loads(p)["seq"] for t, p, _ in sub.messages if "/image_meta/" in t]
-    images = [p for t, p, _ in sub.messages if "/image/" in t]
-    assert len(images) == len(seqs)
+    received = images_received(sub.messages)
+    seqs = [m["seq"] for m, _ in received]
+    for meta, data in received:
+        assert hashlib.sha256(data).hexdigest() == meta["sha256"]
     assert health["images"]["dropped"] == {}
     # every image stored, from the first to the last, arrived; a resend of the one in
     # flight when the link went is the only duplicate there may be (the IOC drops it by seq)

@@ -271,3 +271,32 @@ async def test_the_daily_cap_holds_images_and_survives_a_restart(tmp_path: Path)
     )
     assert again.sent_today == 6000
     assert again.wait_s(6000)[1] == "daily_cap"
+
+
+async def test_a_large_image_goes_in_parts_that_join_to_it(tmp_path: Path) -> None:
+    """20,000 bytes with part_bytes 8 KiB: the metadata says 3 parts, they come on
+    image_part/{camera}/{seq}/{index} in order, and joined they are the image."""
+    broker = Broker(tmp_path)
+    await broker.start()
+    agent = agent_with_images(tmp_path, broker.port, images={"part_bytes": "8KiB"})
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-img/#") as sub:
+            await agent.ready.wait()
+            seq = await put(agent, "snapshot", 20_000, 9)
+            small = await put(agent, "snapshot", 3_000, 10)
+            await sub.wait_for(lambda s: any("/image/" in t for t, _, _ in s.messages), 20)
+    finally:
+        stop.set()
+        await run
+        await broker.stop()
+    metas = {m["seq"]: m for m in metas_of(sub)}
+    META.validate(metas[seq])
+    assert (metas[seq]["parts"], metas[small]["parts"]) == (3, 1)
+    parts = [(t, p) for t, p, _ in sub.messages if "/image_part/" in t]
+    assert [t for t, _ in parts] == [f"ioc/v1/gw-img/image_part/cam-1/{seq}/{i}" for i in range(3)]
+    assert [len(p) for _, p in parts] == [8192, 8192, 20_000 - 16_384]
+    joined = b"".join(p for _, p in parts)
+    assert hashlib.sha256(joined).hexdigest() == metas[seq]["sha256"]
+    assert joined == jpeg_like(20_000, 9)

@@ -264,6 +264,14 @@ class ImagesSection(_Model):
         "(quality, then size), never dropped. The default stays under the 128 KB several "
         "cloud brokers allow.",
     )
+    part_bytes: Size = Field(
+        default=8 * 1024,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="An image larger than this is sent in parts of this size, one at a "
+        "time, so that a reading waits at most one part's time on a slow link (8 KiB: 65 ms "
+        "at 1 Mbit/s). 0: whole images.",
+    )
     rate: Size = Field(
         default=0,
         ge=0,

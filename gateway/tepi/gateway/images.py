@@ -235,10 +235,10 @@ class ImageHub:
             return None
 
     async def ack(self, seq: int, size: int) -> None:
-        """The broker acknowledged it: only now does it leave the buffer."""
+        """The broker acknowledged all of it: only now does it leave the buffer. (Its bytes
+        were spent from the budget as they went.)"""
         assert self.store_ is not None
         await asyncio.to_thread(self.store_.ack, seq)
-        self.budget.spend(size)
         self.lane.sent += 1
         self.lane.bytes_sent += size
         self.lane.last_sent_ts = round(time.time(), 3)

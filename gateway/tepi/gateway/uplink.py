@@ -241,6 +241,7 @@ class Uplink:
         self.topic_health = f"{base}/health"
         self.topic_image = f"{base}/image"  # /{camera}: the JPEG bytes
         self.topic_image_meta = f"{base}/image_meta"  # /{camera}: its metadata, JSON
+        self.topic_image_part = f"{base}/image_part"  # /{camera}/{seq}/{index}: a part
         self.stats = UplinkStats()
         self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
         # Where the live lane is: every reading up to here has been handed to the broker.
@@ -739,12 +740,15 @@ class Uplink:
     #
     # One image in flight at a time, and only while no telemetry waits: no backlog lane at
     # work and every reading read so far handed to the broker (readings in flight may be).
-    # So a queue of images never delays a reading: at most the one image on the wire does,
-    # by its own transmission time. Then the budget: ``images.rate`` bytes a second and
-    # ``images.daily_bytes`` a UTC day. Event images and thumbnails go before periodic
-    # snapshots (the image buffer's order). Each image is two QoS 1 messages: its metadata
-    # (JSON) on image_meta/{camera}, then its bytes on image/{camera} (with the same fields
-    # in MQTT 5 user properties); it leaves the buffer only when both are acknowledged.
+    # An image larger than ``images.part_bytes`` goes in parts, one at a time, each only
+    # while no telemetry waits: so a reading waits at most one part's time on the wire, and
+    # a queue of images never delays it. Then the budget: ``images.rate`` bytes a second and
+    # ``images.daily_bytes`` a UTC day, part by part. Event images and thumbnails go before
+    # periodic snapshots (the image buffer's order). An image is its metadata (JSON) on
+    # image_meta/{camera}, then its bytes on image/{camera}, or its parts on
+    # image_part/{camera}/{seq}/{index}; the MQTT 5 image messages carry the metadata in user
+    # properties too. It leaves the buffer only when all are acknowledged; a session lost in
+    # the middle sends it again from the start.
 
     def _telemetry_idle(self) -> bool:
         return not self._backlog_busy and self.buffer.last_seq <= self._live_cursor
@@ -760,32 +764,44 @@ class Uplink:
                 lane.waiting_for = None
                 await hub.arrived.wait()
                 continue
-            if not self._telemetry_idle():
-                lane.waiting_for = "telemetry"
-                # Woken by each telemetry PUBACK; the second bounds a wait for a change
-                # that notifies nobody (readings dropped by a limit before they were sent).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0), self._changed:
-                        await self._changed.wait_for(self._telemetry_idle)
+            if not await self._image_may_go(hub, meta.size):
                 continue  # pick again: a higher class may have come meanwhile
-            wait, why = hub.budget.wait_s(meta.size)
-            if wait > 0:
-                lane.waiting_for = why
-                # Until the budget allows it, or a new image comes (it may be an event's,
-                # which goes first), or a minute (a new UTC day): then pick again.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(wait, 60.0)):
-                        await hub.arrived.wait()
-                continue
-            lane.waiting_for = None
             data = await hub.read(meta.seq)
             if data is None:
                 continue  # gone meanwhile (a quota, its age): counted by the image buffer
             await self._publish_image(client, meta, data)
             await hub.ack(meta.seq, len(data))
 
+    async def _image_may_go(self, hub: ImageHub, size: int) -> bool:
+        """Whether ``size`` bytes of image may go now; if not, wait a little (for the
+        telemetry to be sent, the budget, or a new image) and say no."""
+        lane = hub.lane
+        if not self._telemetry_idle():
+            lane.waiting_for = "telemetry"
+            # Woken by each telemetry PUBACK; the second bounds a wait for a change
+            # that notifies nobody (readings dropped by a limit before they were sent).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0), self._changed:
+                    await self._changed.wait_for(self._telemetry_idle)
+            return False
+        wait, why = hub.budget.wait_s(size)
+        if wait > 0:
+            lane.waiting_for = why
+            # Until the budget allows it, or a new image comes (it may be an event's,
+            # which goes first), or a minute (a new UTC day).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(wait, 60.0)):
+                    await hub.arrived.wait()
+            return False
+        lane.waiting_for = None
+        return True
+
     async def _publish_image(self, client: aiomqtt.Client, meta: ImageMeta, data: bytes) -> None:
-        info = image_meta_payload(self.cfg.gateway.id, meta)
+        hub = self.images
+        assert hub is not None
+        step = self.cfg.images.part_bytes
+        parts = 1 if step <= 0 or len(data) <= step else -(-len(data) // step)
+        info = image_meta_payload(self.cfg.gateway.id, meta, parts)
         await self._acked(
             client, f"{self.topic_image_meta}/{meta.camera}", orjson.dumps(info), retain=False
         )
@@ -794,4 +810,15 @@ class Uplink:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ContentType = meta.content_type
             props.UserProperty = [(k, str(v)) for k, v in info.items() if v is not None]
-        await self._acked(client, f"{self.topic_image}/{meta.camera}", data, False, props)
+        if parts == 1:
+            await self._acked(client, f"{self.topic_image}/{meta.camera}", data, False, props)
+            hub.budget.spend(len(data))
+            return
+        topic = f"{self.topic_image_part}/{meta.camera}/{meta.seq}"
+        for index in range(parts):
+            part = data[index * step : (index + 1) * step]
+            if index:  # each part only while no telemetry waits, and within the budget
+                while not await self._image_may_go(hub, len(part)):
+                    pass
+            await self._acked(client, f"{topic}/{index}", part, False, props)
+            hub.budget.spend(len(part))
