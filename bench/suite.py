@@ -350,7 +350,10 @@ def sim_config(devices: list[dict[str, Any]]) -> dict[str, Any]:
         if d["kind"] == "rtu" or "per_bus" in d:
             dev["bus"] = d["bus"]
         out.append({**dev, "registers": regs})
-    return {"devices": out, "cameras": cameras} if cameras else {"devices": out}
+    cfg: dict[str, Any] = {"devices": out} if out else {}
+    if cameras:
+        cfg["cameras"] = cameras
+    return cfg
 
 
 def agent_devices(devices: list[dict[str, Any]], endpoints: dict[str, Any]) -> list[Any]:
@@ -479,7 +482,7 @@ class Rig:
 
     async def start_sim(self, devices: list[dict[str, Any]]) -> None:
         cfg = sim_config(devices)
-        if cfg["devices"] or cfg.get("cameras"):
+        if cfg:
             self.sim, self.endpoints = await start_simulator(self.work, cfg)
 
     def agent_config(self, devices: list[dict[str, Any]], extra: dict[str, Any]) -> Path:

@@ -326,18 +326,38 @@ class CameraDriver:
         return apply_masks(img, self._mask_plan(w, h))
 
     def _process(self, frame: Frame, snapshot: bool) -> _Processed:
+        """Health checks on a reduced grey image, and, when a snapshot is due, the snapshot
+        and its thumbnail. A camera's JPEG that already fits (its size, the per-message cap)
+        and has no mask to fill is stored as it came: no full decode and no re-encoding,
+        which is most of a snapshot's CPU, and no second generation of JPEG loss."""
         import cv2
 
         from tepi.drivers.camera import vision
 
         c = self.config
-        full: Image | None = None
+        limit = self.images.max_image_bytes if self.images is not None else 10**9
+        snap = thumb = None
         if frame.jpeg is not None:
             width, height = vision.jpeg_size(frame.jpeg)
             reduce = next(r for r in (8, 4, 2, 1) if r == 1 or width // r >= CHECK_WIDTH)
+            as_is = (
+                snapshot
+                and not c.masks
+                and width <= c.snapshot_width
+                and height <= c.snapshot_height
+                and len(frame.jpeg) <= limit
+            )
+            if as_is:
+                assert frame.jpeg is not None
+                snap = (frame.jpeg, width, height)
+                colour = vision.decode(frame.jpeg, reduce=reduce)
+                small = cast("Image", cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
+                if c.thumbnail_width is not None:
+                    thumb = self._thumbnail(colour)
+                health = self._checker.check(small, time.monotonic())
+                return _Processed(health, width, height, snap, thumb)
             small = self._masked(vision.decode(frame.jpeg, reduce=reduce, gray=True))
-            if snapshot:
-                full = self._masked(vision.decode(frame.jpeg))
+            full = self._masked(vision.decode(frame.jpeg)) if snapshot else None
         else:
             assert frame.image is not None
             full = self._masked(frame.image.copy())  # the source's frame stays as it came
@@ -346,18 +366,22 @@ class CameraDriver:
             gray = cast("Image", cv2.cvtColor(full, cv2.COLOR_BGR2GRAY))
             small = vision.fit(gray, max_width=width // scale, max_height=height // scale)
         health = self._checker.check(small, time.monotonic())
-        snap = thumb = None
         if snapshot and full is not None:
-            limit = self.images.max_image_bytes if self.images is not None else 10**9
             img = vision.fit(full, max_width=c.snapshot_width, max_height=c.snapshot_height)
             data = vision.encode_under(img, max_bytes=limit, quality=c.snapshot_quality)
-            sh, sw = vision.jpeg_size(data)[::-1]
+            sw, sh = vision.jpeg_size(data)
             snap = (data, sw, sh)
             if c.thumbnail_width is not None:
-                tdata = vision.thumbnail(img, width=c.thumbnail_width)
-                tw, th = vision.jpeg_size(tdata)
-                thumb = (tdata, tw, th)
+                thumb = self._thumbnail(img)
         return _Processed(health, width, height, snap, thumb)
+
+    def _thumbnail(self, img: Image) -> tuple[bytes, int, int]:
+        from tepi.drivers.camera import vision
+
+        assert self.config.thumbnail_width is not None
+        data = vision.thumbnail(img, width=self.config.thumbnail_width)
+        w, h = vision.jpeg_size(data)
+        return data, w, h
 
     async def _store(self, frame: Frame, done: _Processed, reason: str) -> Stored | None:
         if done.snapshot is None or self.images is None:
