@@ -950,7 +950,13 @@ ALL = [
     "modbus-tcp-50-pipelined",
     "throughput",
     "backlog",
+    "cameras-8",
+    "camera-stream",
+    "reference-cameras",
 ]
+# Also in bench/workloads, run by name for comparisons on a 2 Mbit/s link: reference-2mbit
+# (the link alone), reference-cameras-2mbit (and 4 cameras), reference-cameras-whole (images
+# not in parts).
 
 
 _SLEEPER = """

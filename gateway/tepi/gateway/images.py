@@ -87,12 +87,14 @@ class Budget:
             return 0.0, None
         return (need - self._tokens) / self.rate, "budget"
 
-    def spend(self, size: int) -> None:
+    def spend(self, size: int, *, save: bool = True) -> None:
+        """``size`` bytes went. ``save``: write the day's count to its file (once an image,
+        and only with a daily cap: nothing else reads it)."""
         self._refill()
         if self.rate > 0:
             self._tokens -= size
         self.sent_today += size
-        if self.path is not None:
+        if save and self.daily and self.path is not None:
             with contextlib.suppress(OSError):
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"day": self.day, "bytes": self.sent_today}))

@@ -739,7 +739,8 @@ class Uplink:
     # ---- images ------------------------------------------------------------------------
     #
     # One image in flight at a time, and only while no telemetry waits: no backlog lane at
-    # work and every reading read so far handed to the broker (readings in flight may be).
+    # work, and every reading read so far handed to the broker and acknowledged. Images so
+    # use the link's idle time only.
     # An image larger than ``images.part_bytes`` goes in parts, one at a time, each only
     # while no telemetry waits: so a reading waits at most one part's time on the wire, and
     # a queue of images never delays it. Then the budget: ``images.rate`` bytes a second and
@@ -751,7 +752,13 @@ class Uplink:
     # the middle sends it again from the start.
 
     def _telemetry_idle(self) -> bool:
-        return not self._backlog_busy and self.buffer.last_seq <= self._live_cursor
+        """No telemetry waits: no backlog lane at work, every reading read so far handed to
+        the broker, and acknowledged (an image part sent now would delay no PUBACK)."""
+        return (
+            not self._backlog_busy
+            and not self._inflight["live"]
+            and self.buffer.last_seq <= self._live_cursor
+        )
 
     async def _image_lane(self, client: aiomqtt.Client) -> None:
         hub = self.images
@@ -812,7 +819,7 @@ class Uplink:
             props.UserProperty = [(k, str(v)) for k, v in info.items() if v is not None]
         if parts == 1:
             await self._acked(client, f"{self.topic_image}/{meta.camera}", data, False, props)
-            hub.budget.spend(len(data))
+            hub.budget.spend(len(data), save=True)
             return
         topic = f"{self.topic_image_part}/{meta.camera}/{meta.seq}"
         for index in range(parts):
@@ -821,4 +828,4 @@ class Uplink:
                 while not await self._image_may_go(hub, len(part)):
                     pass
             await self._acked(client, f"{topic}/{index}", part, False, props)
-            hub.budget.spend(len(part))
+            hub.budget.spend(len(part), save=index == parts - 1)

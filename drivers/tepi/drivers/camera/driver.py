@@ -8,9 +8,9 @@ alarms and remote commands), the masked frame is also scaled, encoded under the 
 cap with a thumbnail, and handed to the image buffer. No masked pixel is ever stored or sent:
 the masks are filled on the decoded pixels before anything else looks at them.
 
-The pixel work (JPEG decoding, masks, checks, encoding) runs in a worker thread
-(``asyncio.to_thread``), one camera at a time per driver; OpenCV releases the GIL while it
-works, so the event loop keeps its pace.
+The pixel work (JPEG decoding, masks, checks, encoding) runs in one worker thread shared by
+the cameras (``_pixels``); OpenCV releases the GIL while it works, so the event loop keeps
+its pace.
 
 The camera's own state, kept in health (``protocol``) and logged on each change:
 ``ok``; ``degraded`` with a reason (``black``, ``frozen``, ``covered_or_moved``,
@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, cast
@@ -244,7 +245,8 @@ class CameraDriver:
             self._set_state("offline", err.reason)
             raise
         try:
-            done = await asyncio.to_thread(self._process, frame, snapshot)
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(_pixels(), self._process, frame, snapshot)
         except ImageError as err:
             self._set_state("offline", str(err))
             raise ProtocolError(str(err)) from None
@@ -420,6 +422,27 @@ class CameraDriver:
         self.snapshots += 1
         self.last_snapshot_seq = seq
         return Stored(seq, thumb_seq, w, h, len(data), path, data)
+
+
+_PIXEL_THREAD: ThreadPoolExecutor | None = None
+
+
+def _pixels() -> ThreadPoolExecutor:
+    """The one worker thread every camera's pixel work runs in, one frame at a time.
+
+    One thread, not asyncio's pool of several: a frame's work is a few milliseconds and the
+    cameras poll every few seconds, so they rarely queue; one thread keeps one malloc arena
+    for the decoded frames (a pool keeps one per thread that worked) and takes the GIL from
+    the event loop less often. OpenCV's own thread pool is
+    set to one thread for the same reasons (its workers' wake-ups cost more CPU than they
+    save on images this small)."""
+    global _PIXEL_THREAD  # noqa: PLW0603 - made with the first camera
+    if _PIXEL_THREAD is None:
+        import cv2
+
+        cv2.setNumThreads(1)
+        _PIXEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tepi-pixels")
+    return _PIXEL_THREAD
 
 
 def make_camera(config: CameraConfig, resources: SharedResources) -> CameraDriver:
