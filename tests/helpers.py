@@ -587,8 +587,8 @@ async def start_tls_broker(
 
 def images_received(messages: list[tuple[str, bytes, bool]]) -> list[tuple[dict[str, Any], bytes]]:
     """The images among received messages, as the IOC decodes them (docs/payload.md#images):
-    each metadata message with its bytes, from one image message or its parts joined. Every
-    resend counts again."""
+    each metadata message with its bytes, from one image message or its parts joined by their
+    offsets. Every resend counts again."""
     out: list[tuple[dict[str, Any], bytes]] = []
     last_meta: dict[str, dict[str, Any]] = {}  # camera -> its latest metadata
     by_seq: dict[int, dict[str, Any]] = {}
@@ -602,11 +602,12 @@ def images_received(messages: list[tuple[str, bytes, bool]]) -> list[tuple[dict[
             out.append((last_meta[levels[levels.index("image") + 1]], payload))
         elif "image_part" in levels:
             i = levels.index("image_part")
-            seq, index = int(levels[i + 2]), int(levels[i + 3])
+            seq, offset = int(levels[i + 2]), int(levels[i + 3])
             got = parts.setdefault(seq, {})
-            got[index] = payload
+            got[offset] = payload
+            joined = b"".join(got[k] for k in sorted(got))
             meta = by_seq[seq]
-            if len(got) == meta["parts"]:
-                out.append((meta, b"".join(got[k] for k in range(meta["parts"]))))
+            if len(joined) == meta["size"]:
+                out.append((meta, joined))
                 del parts[seq]
     return out

@@ -274,8 +274,9 @@ async def test_the_daily_cap_holds_images_and_survives_a_restart(tmp_path: Path)
 
 
 async def test_a_large_image_goes_in_parts_that_join_to_it(tmp_path: Path) -> None:
-    """20,000 bytes with part_bytes 8 KiB: the metadata says 3 parts, they come on
-    image_part/{camera}/{seq}/{index} in order, and joined they are the image."""
+    """20,000 bytes, part_bytes 8 KiB, on a link whose speed is not known yet: the metadata
+    says split, the first part is 8 KiB, the parts come on image_part/{camera}/{seq}/{offset}
+    in order, and joined they are the image; an image under 8 KiB goes whole."""
     broker = Broker(tmp_path)
     await broker.start()
     agent = agent_with_images(tmp_path, broker.port, images={"part_bytes": "8KiB"})
@@ -293,10 +294,27 @@ async def test_a_large_image_goes_in_parts_that_join_to_it(tmp_path: Path) -> No
         await broker.stop()
     metas = {m["seq"]: m for m in metas_of(sub)}
     META.validate(metas[seq])
-    assert (metas[seq]["parts"], metas[small]["parts"]) == (3, 1)
+    assert (metas[seq]["split"], metas[small]["split"]) == (True, False)
     parts = [(t, p) for t, p, _ in sub.messages if "/image_part/" in t]
-    assert [t for t, _ in parts] == [f"ioc/v1/gw-img/image_part/cam-1/{seq}/{i}" for i in range(3)]
-    assert [len(p) for _, p in parts] == [8192, 8192, 20_000 - 16_384]
+    offsets = [int(t.rsplit("/", 1)[1]) for t, _ in parts]
+    assert offsets[0] == 0
+    assert len(parts[0][1]) == 8192  # the link's speed unknown: part_bytes
+    assert offsets == [sum(len(p) for _, p in parts[:i]) for i in range(len(parts))]
+    assert all(t.startswith(f"ioc/v1/gw-img/image_part/cam-1/{seq}/") for t, _ in parts)
     joined = b"".join(p for _, p in parts)
     assert hashlib.sha256(joined).hexdigest() == metas[seq]["sha256"]
     assert joined == jpeg_like(20_000, 9)
+
+
+def test_parts_are_sized_to_the_links_speed(tmp_path: Path) -> None:
+    """About 25 ms on the wire a part, never under part_bytes, never over what is left."""
+    up = agent_with_images(tmp_path, 1, images={"part_bytes": "8KiB"}).uplink
+    assert up._part_size(100_000) == 8192  # speed unknown
+    up._link_bps = 250_000.0  # 2 Mbit/s: 6,250 B in 25 ms, so part_bytes
+    assert up._part_size(100_000) == 8192
+    up._link_bps = 2_000_000.0  # 16 Mbit/s: 50 kB in 25 ms
+    assert up._part_size(100_000) == 50_000
+    up._link_bps = 50_000_000.0  # loopback: the whole image
+    assert up._part_size(100_000) == 100_000
+    whole = agent_with_images(tmp_path / "w", 1, images={"part_bytes": 0}).uplink
+    assert whole._part_size(100_000) == 100_000

@@ -268,9 +268,10 @@ class ImagesSection(_Model):
         default=8 * 1024,
         ge=0,
         le=16 * 1024 * 1024,
-        description="An image larger than this is sent in parts of this size, one at a "
-        "time, so that a reading waits at most one part's time on a slow link (8 KiB: 65 ms "
-        "at 1 Mbit/s). 0: whole images.",
+        description="The smallest part of an image sent in parts. Parts are sized to take "
+        "about 25 ms on the wire at the link's measured speed, and no smaller than this, one "
+        "at a time, so that a reading waits about one part's time on a slow link (8 KiB: "
+        "65 ms at 1 Mbit/s); on a fast link an image goes whole. 0: always whole.",
     )
     rate: Size = Field(
         default=0,

@@ -162,10 +162,10 @@ def health_payload(obj: dict[str, Any]) -> bytes:
     return _dumps(obj)
 
 
-def image_meta_payload(gateway_id: str, meta: Any, parts: int = 1) -> dict[str, Any]:
+def image_meta_payload(gateway_id: str, meta: Any, *, split: bool = False) -> dict[str, Any]:
     """An image's metadata (docs/payload.md#images): the JSON message on image_meta/{camera},
     and, as strings, the MQTT 5 user properties of the image itself. ``meta`` is a
-    tepi.buffer.images.ImageMeta; ``parts``: how many messages carry its bytes."""
+    tepi.buffer.images.ImageMeta; ``split``: its bytes come in parts, not in one message."""
     return {
         "v": PAYLOAD_VERSION,
         "gateway": gateway_id,
@@ -182,5 +182,5 @@ def image_meta_payload(gateway_id: str, meta: Any, parts: int = 1) -> dict[str, 
         "sha256": meta.sha256,
         "content_type": meta.content_type,
         "parent": meta.parent,
-        "parts": parts,
+        "split": split,
     }

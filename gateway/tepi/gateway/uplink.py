@@ -241,13 +241,14 @@ class Uplink:
         self.topic_health = f"{base}/health"
         self.topic_image = f"{base}/image"  # /{camera}: the JPEG bytes
         self.topic_image_meta = f"{base}/image_meta"  # /{camera}: its metadata, JSON
-        self.topic_image_part = f"{base}/image_part"  # /{camera}/{seq}/{index}: a part
+        self.topic_image_part = f"{base}/image_part"  # /{camera}/{seq}/{offset}: a part
         self.stats = UplinkStats()
         self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
         # Where the live lane is: every reading up to here has been handed to the broker.
         # The image lane sends only while nothing newer waits (telemetry first).
         self._live_cursor = 0
         self._backlog_busy = False
+        self._link_bps: float | None = None  # the link's speed, as image messages found it
         self._kick = asyncio.Event()
         self._last_kind = "link"  # how the last connect failed (_WHAT's keys)
         self._probed = False  # the attempt under way was started early by a probe
@@ -741,13 +742,13 @@ class Uplink:
     # One image in flight at a time, and only while no telemetry waits: no backlog lane at
     # work, and every reading read so far handed to the broker and acknowledged. Images so
     # use the link's idle time only.
-    # An image larger than ``images.part_bytes`` goes in parts, one at a time, each only
-    # while no telemetry waits: so a reading waits at most one part's time on the wire, and
-    # a queue of images never delays it. Then the budget: ``images.rate`` bytes a second and
+    # On a slow link an image goes in parts (``_part_size``), one at a time, each only while
+    # no telemetry waits: so a reading waits at most one part's time on the wire, and a
+    # queue of images never delays it. Then the budget: ``images.rate`` bytes a second and
     # ``images.daily_bytes`` a UTC day, part by part. Event images and thumbnails go before
     # periodic snapshots (the image buffer's order). An image is its metadata (JSON) on
     # image_meta/{camera}, then its bytes on image/{camera}, or its parts on
-    # image_part/{camera}/{seq}/{index}; the MQTT 5 image messages carry the metadata in user
+    # image_part/{camera}/{seq}/{offset}; the MQTT 5 image messages carry the metadata in user
     # properties too. It leaves the buffer only when all are acknowledged; a session lost in
     # the middle sends it again from the start.
 
@@ -806,9 +807,9 @@ class Uplink:
     async def _publish_image(self, client: aiomqtt.Client, meta: ImageMeta, data: bytes) -> None:
         hub = self.images
         assert hub is not None
-        step = self.cfg.images.part_bytes
-        parts = 1 if step <= 0 or len(data) <= step else -(-len(data) // step)
-        info = image_meta_payload(self.cfg.gateway.id, meta, parts)
+        size = len(data)
+        split = self._part_size(size) < size
+        info = image_meta_payload(self.cfg.gateway.id, meta, split=split)
         await self._acked(
             client, f"{self.topic_image_meta}/{meta.camera}", orjson.dumps(info), retain=False
         )
@@ -817,15 +818,42 @@ class Uplink:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ContentType = meta.content_type
             props.UserProperty = [(k, str(v)) for k, v in info.items() if v is not None]
-        if parts == 1:
-            await self._acked(client, f"{self.topic_image}/{meta.camera}", data, False, props)
-            hub.budget.spend(len(data), save=True)
+        if not split:
+            await self._timed(client, f"{self.topic_image}/{meta.camera}", data, props)
+            hub.budget.spend(size, save=True)
             return
         topic = f"{self.topic_image_part}/{meta.camera}/{meta.seq}"
-        for index in range(parts):
-            part = data[index * step : (index + 1) * step]
-            if index:  # each part only while no telemetry waits, and within the budget
-                while not await self._image_may_go(hub, len(part)):
+        offset = 0
+        while offset < size:
+            n = self._part_size(size - offset)
+            if offset:  # each part only while no telemetry waits, and within the budget
+                while not await self._image_may_go(hub, n):
                     pass
-            await self._acked(client, f"{topic}/{index}", part, False, props)
-            hub.budget.spend(len(part), save=index == parts - 1)
+            await self._timed(client, f"{topic}/{offset}", data[offset : offset + n], props)
+            offset += n
+            hub.budget.spend(n, save=offset >= size)
+
+    # A part is sized to take about PART_TIME_S on the wire at the link's speed, measured on
+    # the image messages themselves (bytes over the time to their PUBACK, smoothed), and never
+    # smaller than images.part_bytes: on a fast link an image goes whole (one message, not a
+    # dozen), on a slow one in parts of part_bytes.
+    PART_TIME_S = 0.025
+
+    def _part_size(self, remaining: int) -> int:
+        step = self.cfg.images.part_bytes
+        if step <= 0:
+            return remaining
+        if self._link_bps is None:
+            return min(step, remaining)
+        return min(remaining, max(step, int(self._link_bps * self.PART_TIME_S)))
+
+    async def _timed(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, props: Properties | None
+    ) -> None:
+        """Publish an image message and learn the link's speed from its PUBACK."""
+        started = time.monotonic()
+        await self._acked(client, topic, payload, False, props)
+        took = max(time.monotonic() - started, 1e-4)
+        sample = len(payload) / took
+        old = self._link_bps
+        self._link_bps = sample if old is None else 0.7 * old + 0.3 * sample
