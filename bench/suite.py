@@ -114,6 +114,7 @@ class Receiver:
         self.batch_sizes = array("l")
         self.latencies = array("d")  # arrival - reading ts, seconds
         self.live_latencies = array("d")
+        self.sensor_latencies = array("d")  # readings of every device but the cameras
         self.live_ts = array("d")  # when each live reading was taken
         self.live_prefix = "live-"
         self.seqs = bytearray()
@@ -160,6 +161,8 @@ class Receiver:
                 per_device[device] = per_device.get(device, 0) + 1
                 lat = now - r["ts"]
                 self.latencies.append(lat)
+                if not device.startswith("camera-"):
+                    self.sensor_latencies.append(lat)
                 if device.startswith(self.live_prefix):
                     self.live_latencies.append(lat)
                     self.live_ts.append(r["ts"])
@@ -174,6 +177,7 @@ class Receiver:
             self.batch_sizes = array("l")
             self.latencies = array("d")
             self.live_latencies = array("d")
+            self.sensor_latencies = array("d")
             self.live_ts = array("d")
             self.per_device = {}
 
@@ -586,6 +590,7 @@ async def measure(
     with rig.rx.lock:
         n = rig.rx.count
         lat = array("d", rig.rx.latencies)
+        sensor_lat = array("d", rig.rx.sensor_latencies)
         sizes = list(rig.rx.batch_sizes)
         payload = rig.rx.payload_bytes
         per_device = dict(rig.rx.per_device)
@@ -634,6 +639,16 @@ async def measure(
         "wake_floor_percent": await wake_floor((s1.wakeups - s0.wakeups) / span),
         "loadavg": loadavg(),
         **image_figures(h0, h1, span),
+        # With cameras: the other devices' readings alone (a camera's health readings are
+        # dated when its frame came, before its pixels are worked on and its images stored).
+        **(
+            {
+                "sensor_latency_p50_ms": ms(pct(sensor_lat, 0.50)),
+                "sensor_latency_p99_ms": ms(pct(sensor_lat, 0.99)),
+            }
+            if len(sensor_lat) < len(lat)
+            else {}
+        ),
         "payload_bytes_per_reading": round(payload / n, 2) if n else None,
         "mqtt_bytes_per_reading": round(wire / n, 2) if n else None,
         "wire_bytes_per_reading": round((wire + TCP_IP_HEADER * (seg1 - seg0)) / n, 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from helpers import (
     images_received,
 )
 
-from tepi.gateway.status import fetch
+from tepi.gateway.status import EXIT_DEGRADED, fetch, run_status
 from tepi_sim import Simulator
 
 CAMERA_PASSWORD = TEST_SECRETS[1]  # never in any log (conftest checks every agent's log)
@@ -143,6 +144,13 @@ async def test_every_camera_fault_ends_in_its_state_and_recovers(
 
             reached.__qualname__ = f"{fault} -> {state} ({reason})"
             await until(reached, 20, agent)
+            if fault == "black":  # what the technician's tepi status says
+                out = io.StringIO()
+                code = run_status(tmp_path / "status.sock", as_json=False, out=out)
+                assert code == EXIT_DEGRADED, out.getvalue()
+                assert "! camera cam-1 is degraded (black)" in out.getvalue()
+                assert "camera degraded: black" in out.getvalue()
+                assert "images  0 waiting" in out.getvalue()
             cam.set_fault("none")
             if fault == "reboot":
                 await cam.wait_listening()

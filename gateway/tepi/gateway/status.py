@@ -97,11 +97,23 @@ def problems(health: dict[str, Any]) -> list[str]:
     for dev, d in health["devices"].items():
         if d["state"] in ("failing", "quarantined"):
             out.append(f"device {dev} is {d['state']}: {d['last_error']}")
+        elif (cam := _camera(d)) is not None and cam["state"] in ("degraded", "auth_failed"):
+            why = f" ({cam['reason']})" if cam.get("reason") else ""
+            out.append(f"camera {dev} is {cam['state']}{why}")
+    images = health.get("images")
+    if images and images["dropped"]:
+        out.append(f"images dropped: {images['dropped']}")
     if health["config"]["last_reload_ok"] is False:
         out.append("the last reload was refused: " + "; ".join(health["config"]["errors"][:3]))
     if health["config"]["restart_needed"]:
         out.append("restart to apply: " + ", ".join(health["config"]["restart_needed"]))
     return out
+
+
+def _camera(d: dict[str, Any]) -> dict[str, Any] | None:
+    """A camera device's own state (its ``protocol``), or None for other devices."""
+    proto = d.get("protocol")
+    return proto if isinstance(proto, dict) and proto.get("kind") == "camera" else None
 
 
 def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str:
@@ -121,6 +133,16 @@ def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str
         + (f", oldest {_ago(oldest)}" if oldest is not None else "")
         + f"  file {buf['bytes'] / 1e6:.1f} of {buf['max_bytes'] / 1e6:.0f} MB"
         + (f"  {c('bad', 'FILE: ' + buf['file_error'])}" if buf["file_error"] else ""),
+    ]
+    images = health.get("images")
+    if images:
+        waiting = images["waiting_for"]
+        lines.append(
+            f"images  {images['count']:,} waiting, {images['bytes'] / 1e6:.1f} of "
+            f"{images['max_bytes'] / 1e6:.0f} MB  sent {images['sent']:,}"
+            + (f"  held: {waiting}" if waiting else "")
+        )
+    lines += [
         "",
         f"{'device':<16} {'state':<12} {'polls':>7} {'errors':>7}  {'last poll':>9}  latest",
     ]
@@ -137,6 +159,10 @@ def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str
         )
         if state in ("failing", "quarantined") and d["last_error"]:
             lines.append(c("dim", f"{'':<16} {d['last_error']}"))
+        cam = _camera(d)
+        if cam is not None and cam["state"] not in ("ok", "starting"):
+            why = f": {cam['reason']}" if cam.get("reason") else ""
+            lines.append(c("bad", f"{'':<16} camera {cam['state']}{why}"))
     found = problems(health)
     lines.append("")
     if found:
