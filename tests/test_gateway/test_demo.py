@@ -20,10 +20,12 @@ IMAGE = re.compile(r"^\d\d:\d\d:\d\d  cam-1\s+image\s+(\w+) (\d+)x(\d+) ([\d,]+)
 
 
 def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
-    out = run_tepi("demo", "--dir", str(tmp_path), "--count", "24", timeout=60)
+    # 48: the camera's first poll gives 12 at once, and the particulate counter's first
+    # reading comes after the others' first few polls
+    out = run_tepi("demo", "--dir", str(tmp_path), "--count", "48", timeout=60)
     assert out.returncode == 0, out.stderr
     rows = [m.groups() for line in out.stdout.splitlines() if (m := READING.match(line))]
-    assert len(rows) >= 24, out.stdout
+    assert len(rows) >= 48, out.stdout
     devices = {"aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4", "cam-1"}
     assert {r[0] for r in rows} == devices
     # the camera's health, and its first snapshot (or thumbnail), arrive too

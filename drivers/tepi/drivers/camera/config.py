@@ -182,6 +182,11 @@ class CameraConfig(DriverConfig):
         description="For source stream: decode only key frames (health needs no more), or "
         "every frame.",
     )
+    transport: Literal["tcp", "udp"] = Field(
+        default="tcp",
+        description="For rtsp:// streams: the video inside the RTSP connection (tcp: through "
+        "NAT and firewalls, no loss) or over udp.",
+    )
     masks: list[list[tuple[float, float]]] = Field(
         default_factory=list,
         description="Privacy masks: polygons of [x, y] points in 0..1 of the image's width "

@@ -152,6 +152,7 @@ class CameraDriver:
         }
         if c.kind == "stream":
             kw["decode"] = c.decode
+            kw["transport"] = c.transport
         else:
             kw["auth"] = c.auth
         assert c.url is not None

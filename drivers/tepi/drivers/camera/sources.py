@@ -160,12 +160,18 @@ def _check_jpeg(body: bytes) -> None:
         raise ProtocolError("truncated JPEG", f"{len(body)} bytes, no end-of-image marker")
 
 
-def _fps(times: deque[float], now: float) -> float | None:
-    """Frames a second over the arrival times of the last FPS_WINDOW seconds."""
-    recent = [t for t in times if t > now - FPS_WINDOW]
-    if len(recent) < 2 or recent[-1] <= recent[0]:
+def _fps(times: deque[float], now: float, stamps: deque[float] | None = None) -> float | None:
+    """Frames a second over the frames that arrived in the last FPS_WINDOW seconds: from
+    their arrival times, or, given ``stamps`` (a stream's presentation times, one a frame),
+    from those. A stream's own times: FFmpeg reads the first frames ahead while it opens a
+    stream, and they come out of the demuxer together, which by arrival read as 70 fps on a
+    5 fps stream for the first seconds of every connection."""
+    first = next((i for i, t in enumerate(times) if t > now - FPS_WINDOW), len(times))
+    span_of = list(times)[first:] if stamps is None else list(stamps)[first:]
+    if len(span_of) < 2:
         return None
-    return (len(recent) - 1) / (recent[-1] - recent[0])
+    span = max(span_of) - min(span_of)
+    return (len(span_of) - 1) / span if span > 0 else None
 
 
 @dataclass(slots=True)
@@ -731,6 +737,7 @@ class _Slot:
         self.error: DeviceError | None = None
         self.down: DeviceError | None = None  # the error that ended the last connection
         self.times: deque[float] = deque(maxlen=_FPS_KEEP)  # frame arrival times, for fps
+        self.stamps: deque[float] | None = None  # a stream's frames' own times (seconds)
 
 
 async def _grab_latest(
@@ -749,7 +756,7 @@ async def _grab_latest(
                 now = time.monotonic()
                 f = slot.frame
                 age_ms = (now - slot.mono) * 1000.0
-                fps = _fps(slot.times, now)
+                fps = _fps(slot.times, now, slot.stamps)
                 return Frame(
                     jpeg=f.jpeg,
                     image=f.image,
@@ -1197,14 +1204,24 @@ class StreamSource(_Base):
             ctx.skip_frame = "NONKEY"
         got = False
         slot = self._slot
+        with slot.lock:  # a new connection: its frames' times start afresh
+            slot.times.clear()
+            slot.stamps = None
         for packet in container.demux(stream):
             if self._stop.is_set():
                 break
             if packet.size:
                 now = self._progress = time.monotonic()
+                base = packet.time_base
+                pts = packet.pts
                 with slot.lock:
                     self._counters.frames += 1
                     self._counters.bytes += packet.size
+                    if pts is not None and base is not None:
+                        if slot.stamps is None or len(slot.stamps) != len(slot.times):
+                            slot.stamps = deque(maxlen=_FPS_KEEP)
+                            slot.times.clear()
+                        slot.stamps.append(float(pts * base))
                     slot.times.append(now)
             for frame in packet.decode():
                 image = frame.to_ndarray(format="bgr24")
