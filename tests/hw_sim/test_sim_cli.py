@@ -96,7 +96,13 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
     running.append(sim)
     printed = sim.endpoints()
     camera = printed.pop("cam-1")
-    assert list(printed) == ["aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4"]
+    assert list(printed) == [
+        "aq-station-1",
+        "noise-meter-2",
+        "river-level-3",
+        "siren-1",
+        "pm-sensor-4",
+    ]
     assert (camera["transport"], camera["unit"]) == ("camera", "digest")
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", camera["endpoint"])
     assert printed["pm-sensor-4"]["transport"] == "uart"
