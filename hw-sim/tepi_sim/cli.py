@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--demo",
         action="store_true",
-        help="built-in demo: air-quality station + noise meter on one RTU pty, level gauge on "
+        help="built-in demo: air-quality station + noise meter on one RTU pty, a river-level "
+        "gauge on TCP whose level floods and ebbs every 100 s, a siren (one writable coil) on "
         "TCP, a PMS5003 on a pty, an IP camera (cam-1, Digest auth tepi/demo-camera)",
     )
     parser.add_argument(

@@ -15,6 +15,13 @@ Cameras: ``{"camera": "cam-1", "fault": "black"}`` (``delay_s`` optional: the de
 which answers with each camera's base URL, fault, clock offset and counters:
 ``{"ok": true, "cameras": {"cam-1": {"url": "http://127.0.0.1:40123", "fault": "none",
 "clock_offset_s": 0.0, "counters": {"requests": {"/snapshot.jpg": 3}, ...}, ...}}}``.
+Writes: ``{"query": "writes"}`` answers every Modbus device's kept writes, oldest first,
+``{"ok": true, "writes": {"siren-1": [{"t": 1796..., "mono": 81.2, "fc": 5, "table":
+"coil", "address": 0, "value": true, "values": [true], "broadcast": false}]}}``;
+``"device"`` narrows it to one device and ``"since"`` (wall time, seconds) to the writes
+after that time. Scripts: ``{"device": "river-level-3", "script": {"address": 100,
+"points": [[0, 1.2], [30, 2.8], [60, 1.0]]}}`` makes a register follow the points from now
+(``"table"`` optional when one table maps the address, ``"loop"`` optional).
 Try it with ``echo '{"device": "aq-station-1", "fault": "no_reply"}' | socat -
 UNIX-CONNECT:PATH``.
 """
@@ -49,12 +56,52 @@ def _check_camera(cmd: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_script(cmd: dict[str, Any]) -> str | None:
+    unknown = set(cmd) - {"device", "script"}
+    if unknown:
+        return f"unknown keys for a script: {', '.join(sorted(unknown))}"
+    script = cmd["script"]
+    if not isinstance(cmd.get("device"), str) or not isinstance(script, dict):
+        return '"device" must be a string and "script" an object'
+    unknown = set(script) - {"address", "points", "table", "loop"}
+    if unknown:
+        return f"unknown keys in script: {', '.join(sorted(unknown))}"
+    address = script.get("address")
+    if isinstance(address, bool) or not isinstance(address, int):
+        return '"script.address" is a required integer'
+    if "points" not in script:
+        return '"script.points" is required: [[seconds, value], ...]'
+    if "table" in script and not isinstance(script["table"], str):
+        return '"script.table" must be a string'
+    if "loop" in script and not isinstance(script["loop"], bool):
+        return '"script.loop" must be true or false'
+    return None
+
+
+def _writes(sim: Simulator, cmd: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(cmd) - {"query", "device", "since"}
+    if unknown:
+        return {"ok": False, "error": f"unknown keys for writes: {', '.join(sorted(unknown))}"}
+    device, since = cmd.get("device"), cmd.get("since")
+    if device is not None and not isinstance(device, str):
+        return {"ok": False, "error": '"device" must be a string'}
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
+        return {"ok": False, "error": '"since" must be a number (wall time, seconds)'}
+    try:
+        writes = sim.writes(device, since)
+    except KeyError as err:
+        return {"ok": False, "error": str(err.args[0])}
+    return {"ok": True, "writes": {d: [w.as_dict() for w in ws] for d, ws in writes.items()}}
+
+
 def _check(cmd: object) -> str | None:
     """Return what is wrong with a decoded command, or None if it is well formed."""
     if not isinstance(cmd, dict):
         return "expected a JSON object"
     if "camera" in cmd:
         return _check_camera(cmd)
+    if "script" in cmd:
+        return _check_script(cmd)
     unknown = set(cmd) - {"device", "fault", "delay_s", "fault_code"}
     if unknown:
         return f"unknown keys: {', '.join(sorted(unknown))}"
@@ -73,6 +120,8 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
         cmd = json.loads(line)
     except ValueError as err:
         return {"ok": False, "error": f"invalid JSON: {err}"}
+    if isinstance(cmd, dict) and cmd.get("query") == "writes":
+        return _writes(sim, cmd)
     if isinstance(cmd, dict) and set(cmd) == {"query"}:
         if cmd["query"] == "counters":
             counters = {d: dev.counters() for d, dev in sim.devices.items()}
@@ -83,7 +132,8 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
             return {"ok": True, "cameras": {c: cam.status() for c, cam in sim.cameras.items()}}
         return {
             "ok": False,
-            "error": f'unknown query {cmd["query"]!r}; try "counters", "uart" or "cameras"',
+            "error": f"unknown query {cmd['query']!r}; "
+            'try "counters", "writes", "uart" or "cameras"',
         }
     problem = _check(cmd)
     if problem is not None:
@@ -91,6 +141,15 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
     try:
         if "camera" in cmd:
             sim.camera(cmd["camera"]).set_fault(cmd["fault"], cmd.get("delay_s"))
+        elif "script" in cmd:
+            script = cmd["script"]
+            sim.set_script(
+                cmd["device"],
+                script["address"],
+                script["points"],
+                table=script.get("table"),
+                loop=script.get("loop", False),
+            )
         else:
             sim.set_fault(
                 cmd["device"], cmd["fault"], delay_s=cmd.get("delay_s"), code=cmd.get("fault_code")
@@ -103,7 +162,8 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
 
 
 class ControlServer:
-    """Unix-socket server that applies fault commands to a running simulator."""
+    """Unix-socket server that applies commands (faults, scripts) and answers queries for
+    a running simulator."""
 
     def __init__(self, sim: Simulator, path: str | Path) -> None:
         self.sim = sim

@@ -2,17 +2,30 @@
 
 An air-quality station and a noise meter share one RS-485 line (one pty, units 1 and 2),
 a river-level gauge speaks Modbus TCP, and a PMS5003 particulate counter streams a frame
-a second on a serial port of its own. Every Modbus device has a counter so a client can
-prove that no reading was lost. An IP camera, ``cam-1``, serves snapshots, MJPEG and H.264
-on a free port of 127.0.0.1 behind Digest auth (user ``tepi``, password ``demo-camera``);
-``tepi-sim --demo`` prints its URL, and ``--manifest`` writes it under ``cameras``.
+a second on a serial port of its own. Every sensing Modbus device has a counter so a client
+can prove that no reading was lost.
+
+The river's level follows :data:`RIVER_SCRIPT`, a flood that comes and goes every 100 s:
+from 1.6 m it rises to 2.9 m over 40 s (past 2.5 m at about 28 s), holds 20 s, falls back
+to 1.6 m by 80 s (below 2.5 m at about 66 s and 2.3 m at about 69 s) and stays there 20 s.
+``siren-1``, the siren at the bridge, is a Modbus TCP device on a port of its own (unit 1)
+with one coil at address 0 (the siren: the gateway's demo names it ``siren``) that keeps
+what is written (kind ``output``, off at start); the device records every write with its
+time (``Device.writes``, ``{"query": "writes"}``).
+
+An IP camera, ``cam-1``, serves snapshots, MJPEG and H.264 on a free port of 127.0.0.1
+behind Digest auth (user ``tepi``, password ``demo-camera``); ``tepi-sim --demo`` prints
+its URL, and ``--manifest`` writes it under ``cameras``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["DEMO_CONFIG"]
+__all__ = ["DEMO_CONFIG", "RIVER_SCRIPT"]
+
+# (seconds, metres), looped: a demo viewer sees a flood rule fire and resolve every 100 s.
+RIVER_SCRIPT: Final[list[list[float]]] = [[0, 1.6], [40, 2.9], [60, 2.9], [80, 1.6], [100, 1.6]]
 
 DEMO_CONFIG: Final[dict[str, Any]] = {
     "devices": [
@@ -56,9 +69,23 @@ DEMO_CONFIG: Final[dict[str, Any]] = {
             "transport": "tcp",
             "unit": 1,
             "registers": [
-                {"address": 100, "table": "input", "kind": "level", "type": "int16", "scale": 0.01},
+                {
+                    "address": 100,
+                    "table": "input",
+                    "kind": "script",
+                    "type": "int16",
+                    "scale": 0.01,
+                    "points": RIVER_SCRIPT,
+                    "loop": True,
+                },
                 {"address": 101, "table": "input", "kind": "counter", "type": "uint16"},
             ],
+        },
+        {
+            "id": "siren-1",
+            "transport": "tcp",
+            "unit": 1,
+            "registers": [{"address": 0, "table": "coil", "kind": "output"}],
         },
         {"id": "pm-sensor-4", "transport": "uart", "protocol": "pms5003", "interval_s": 1.0},
     ],

@@ -12,17 +12,20 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
-from tepi_sim.memory import Memory, Prepared
-from tepi_sim.model import FAULT_MODES, TABLES, DeviceConfig
+from tepi_sim.memory import Memory, Prepared, WriteRecord
+from tepi_sim.model import FAULT_MODES, TABLES, DeviceConfig, RegisterConfig
 from tepi_sim.protocol import exception_response
 
 __all__ = ["Action", "Device"]
 
 log = logging.getLogger(__name__)
+
+WRITES_KEPT: Final = 10_000  # the newest write records a device keeps
 
 ActionKind = Literal[
     "answer", "silent", "garbage", "bad_crc", "partial", "wrong_unit", "disconnect"
@@ -61,8 +64,13 @@ class Device:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.memory = Memory(config, seed, clock)
+        self.memory = Memory(config, seed, clock, on_write=self._record_write)
         self.requests = 0
+        # Every write carried out, newest last (the newest WRITES_KEPT); writes_total counts
+        # them all, including those the deque has let go.
+        self.writes: deque[WriteRecord] = deque(maxlen=WRITES_KEPT)
+        self.writes_total = 0
+        self._written = asyncio.Event()
         self.fault = "none"
         self.fault_code = config.fault_code
         self.delay_s = config.delay_s
@@ -133,6 +141,43 @@ class Device:
         self._check_table(table)
         self.memory.set_value(table, address, value)
 
+    def set_script(
+        self,
+        address: int,
+        points: Sequence[Sequence[float]],
+        *,
+        table: str | None = None,
+        loop: bool = False,
+    ) -> RegisterConfig:
+        """Make the register at ``address`` follow ``points`` (``[[seconds, value], ...]``,
+        seconds from now, physical values) from now on. ``table`` may be left out when only
+        one table maps ``address``. Any register but a counter takes a script; ValueError
+        for a bit, a counter, or invalid points. Returns the register's config."""
+        if table is not None:
+            self._check_table(table)
+        reg = self.memory.set_script(address, points, table=table, loop=loop)
+        log.info("device %s: %s %d follows a new script", self.id, reg.table, reg.address)
+        return reg
+
+    def writes_since(self, t: float) -> list[WriteRecord]:
+        """The kept writes with a wall time ``t`` after ``t`` (``time.time()`` seconds)."""
+        return [w for w in self.writes if w.t > t]
+
+    async def wait_writes(self, n: int = 1, timeout: float | None = 5.0) -> int:  # noqa: ASYNC109
+        """Wait until at least ``n`` writes were carried out since the device was made;
+        return the count (``writes_total``). TimeoutError if not within ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while self.writes_total < n:
+                self._written.clear()
+                await self._written.wait()
+        return self.writes_total
+
+    def _record_write(self, record: WriteRecord) -> None:
+        self.writes.append(record)
+        self.writes_total += 1
+        self._written.set()
+        log.debug("device %s: write %s", self.id, record)
+
     async def wait_requests(self, n: int, timeout: float | None = 5.0) -> int:  # noqa: ASYNC109
         """Wait until at least ``n`` requests arrived; return the count. TimeoutError if not."""
         async with asyncio.timeout(timeout):
@@ -165,7 +210,7 @@ class Device:
     def handle_broadcast(self, pdu: bytes) -> None:
         """Unit 0: perform writes (if the device is healthy or just slow), never answer."""
         if self.fault in ("none", "slow") and pdu and pdu[0] in (5, 6, 15, 16):
-            self.memory.execute(pdu).commit()
+            self.memory.execute(pdu, broadcast=True).commit()
 
     def garbage(self) -> bytes:
         """1..20 random bytes to send instead of an answer."""

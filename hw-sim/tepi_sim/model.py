@@ -28,6 +28,7 @@ import yaml
 from tepi_sim.errors import ConfigError
 
 __all__ = [
+    "BIT_KINDS",
     "BIT_TABLES",
     "CAMERA_AUTH",
     "CAMERA_FAULT_MODES",
@@ -38,6 +39,7 @@ __all__ = [
     "UART_FAULT_MODES",
     "UART_METRICS",
     "UART_PROTOCOLS",
+    "WRITABLE_TABLES",
     "CameraConfig",
     "ConfigError",
     "DeviceConfig",
@@ -45,6 +47,7 @@ __all__ = [
     "SimConfig",
     "UartDeviceConfig",
     "load_config",
+    "parse_script",
 ]
 
 
@@ -76,7 +79,11 @@ INT_RANGES: Final = {
 }
 WORD_ORDERS: Final = ("big", "little")
 SENSOR_KINDS: Final = ("pm25", "pm10", "temperature", "humidity", "level", "noise")
-KINDS: Final = (*SENSOR_KINDS, "counter", "constant", "toggle")
+KINDS: Final = (*SENSOR_KINDS, "counter", "constant", "toggle", "output", "script")
+# Kinds a coil or discrete input may have; ``output`` also needs a writable table.
+BIT_KINDS: Final = ("toggle", "constant", "output")
+WRITABLE_TABLES: Final = ("coil", "holding")
+FLOAT32_MAX: Final = 3.4028234663852886e38
 TRANSPORTS: Final = ("rtu", "tcp", "rtu-tcp", "uart")
 FAULT_MODES: Final = (
     "none",
@@ -198,7 +205,17 @@ _DEVICE_KEYS: Final = (
     "fault_code",
     "delay_s",
 )
-_REGISTER_KEYS: Final = ("address", "table", "kind", "type", "word_order", "scale", "value")
+_REGISTER_KEYS: Final = (
+    "address",
+    "table",
+    "kind",
+    "type",
+    "word_order",
+    "scale",
+    "value",
+    "points",
+    "loop",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +229,8 @@ class RegisterConfig:
     word_order: str = "big"
     scale: float = 1.0
     value: float | None = None
+    points: tuple[tuple[float, float], ...] = ()  # kind script: (seconds, physical value)
+    loop: bool = False  # kind script: repeat from t = 0 after the last point
 
     @property
     def is_bit(self) -> bool:
@@ -328,6 +347,64 @@ def _suggest(word: str, choices: tuple[str, ...]) -> str:
     return (
         f" (did you mean '{close[0]}'?)" if close else f" (expected one of: {', '.join(choices)})"
     )
+
+
+def _fits(value: float, reg_type: str, scale: float) -> str | None:
+    """Why a physical ``value`` does not fit a register of ``reg_type`` and ``scale``, or
+    None if it does."""
+    if reg_type in INT_RANGES:
+        lo, hi = INT_RANGES[reg_type]
+        if not lo <= round(value / scale) <= hi:
+            return (
+                f"{value:g} does not fit {reg_type} with scale {scale:g} "
+                f"(from {lo * scale:g} to {hi * scale:g})"
+            )
+    elif abs(value) > FLOAT32_MAX:
+        return f"{value:g} does not fit float32"
+    return None
+
+
+def parse_script(
+    points: object, reg_type: str, scale: float, path: str
+) -> tuple[tuple[tuple[float, float], ...], list[str]]:
+    """Check a script's ``points``: ``[[t_s, value], ...]``, at least two, numbers, times
+    from 0 up and never going back (two points at one time make a step), the last one after
+    the first, every value fitting the register. Returns the points and every problem, each
+    as ``"<path>: <message>"`` with the key path of the point at fault."""
+    problems: list[str] = []
+    if not isinstance(points, list | tuple) or len(points) < 2:
+        got = f"{len(points)} point(s)" if isinstance(points, list | tuple) else repr(points)
+        return (), [f"{path}: must be a list of at least 2 [seconds, value] points, got {got}"]
+    out: list[tuple[float, float]] = []
+    for k, point in enumerate(points):
+        where = f"{path}[{k}]"
+        if not isinstance(point, list | tuple) or len(point) != 2:
+            problems.append(f"{where}: must be a [seconds, value] pair, got {point!r}")
+            continue
+        t, value = point
+        bad = False
+        for name, x in (("seconds", t), ("value", value)):
+            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+                problems.append(f"{where}: {name} must be a finite number, got {x!r}")
+                bad = True
+        if bad:
+            continue
+        if t < 0:
+            problems.append(f"{where}: seconds must not be negative, got {t}")
+            continue
+        if out and t < out[-1][0]:
+            problems.append(
+                f"{where}: points must be sorted by time: {t:g} s comes after {out[-1][0]:g} s"
+            )
+            continue
+        why = _fits(float(value), reg_type, scale)
+        if why is not None:
+            problems.append(f"{where}: {why}")
+            continue
+        out.append((float(t), float(value)))
+    if not problems and out[-1][0] <= out[0][0]:
+        problems.append(f"{path}: the last point must come after the first (a script needs time)")
+    return (tuple(out) if not problems else ()), problems
 
 
 class _Validator:
@@ -798,10 +875,10 @@ class _Validator:
             for key in ("type", "word_order", "scale"):
                 if key in raw:
                     self.err(f"{path}.{key}", f"not used for table '{table}' (bits are bool)")
-            if kind not in ("toggle", "constant"):
+            if kind not in BIT_KINDS:
                 self.err(
                     f"{path}.kind",
-                    f"kind '{kind}' needs a register table; bits support toggle, constant",
+                    f"kind '{kind}' needs a register table; bits support {', '.join(BIT_KINDS)}",
                 )
             reg_type, word_order, scale = "uint16", "big", 1.0
         else:
@@ -818,22 +895,43 @@ class _Validator:
                 self.err(f"{path}.type", f"a counter must be uint16 or uint32, got '{reg_type}'")
             if kind == "counter" and scale != 1.0:
                 self.err(f"{path}.scale", "a counter has no scale")
+        if kind == "output" and table not in WRITABLE_TABLES:
+            self.err(
+                f"{path}.kind",
+                f"kind 'output' needs a table a client can write: {', '.join(WRITABLE_TABLES)}",
+            )
         if reg_type in ("int32", "uint32", "float32") and address == 65535:
             self.err(
                 f"{path}.address", "a 32-bit register needs two words; 65535 is the last address"
             )
         value = raw.get("value")
-        if kind == "constant":
-            if value is None or (isinstance(value, bool) and not is_bit):
+        if kind in ("constant", "output") and (kind == "constant" or value is not None):
+            if value is None:
                 self.err(f"{path}.value", "required for kind 'constant'")
-            elif not isinstance(value, int | float):
+            elif not isinstance(value, int | float) or (isinstance(value, bool) and not is_bit):
+                # A bool is a number to Python; only a bit takes true or false.
                 self.err(f"{path}.value", f"must be a number, got {value!r}")
             elif not is_bit and reg_type in INT_RANGES and scale > 0:
                 lo, hi = INT_RANGES[reg_type]
                 if not lo <= round(value / scale) <= hi:
                     self.err(f"{path}.value", f"{value} / scale {scale} does not fit {reg_type}")
         elif "value" in raw:
-            self.err(f"{path}.value", "only used with kind 'constant'")
+            self.err(f"{path}.value", "only used with kind 'constant' or 'output'")
+        points: tuple[tuple[float, float], ...] = ()
+        if kind == "script":
+            if "points" not in raw:
+                self.err(f"{path}.points", "required for kind 'script': [[seconds, value], ...]")
+            elif scale > 0:
+                points, problems = parse_script(raw["points"], reg_type, scale, f"{path}.points")
+                self.errors.extend(problems)
+        elif "points" in raw:
+            self.err(f"{path}.points", "only used with kind 'script'")
+        loop = raw.get("loop", False)
+        if "loop" in raw and kind != "script":
+            self.err(f"{path}.loop", "only used with kind 'script'")
+        elif not isinstance(loop, bool):
+            self.err(f"{path}.loop", f"must be true or false, got {loop!r}")
+            loop = False
         if len(self.errors) != before:
             return None
         return RegisterConfig(
@@ -844,6 +942,8 @@ class _Validator:
             word_order=word_order,
             scale=scale,
             value=float(value) if value is not None else None,
+            points=points,
+            loop=loop,
         )
 
     def overlaps(self, registers: list[RegisterConfig], path: str) -> None:

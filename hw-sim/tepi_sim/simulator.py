@@ -10,20 +10,23 @@ Modbus devices are :class:`Device` (``devices``, ``device()``); serial sensors a
 (``cameras``, ``camera()``), each an HTTP server on 127.0.0.1 (the only part that uses
 worker threads: it renders and encodes frames in them). ``endpoint()`` and ``set_fault()``
 take any kind; ``endpoints()`` lists the devices and sensors, ``camera_urls()`` the
-cameras.
+cameras. ``set_script()`` and ``writes()`` are for Modbus devices: a register that follows
+a script from now, and the writes each device carried out.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from tepi_sim.camera import Camera
 from tepi_sim.device import Device
-from tepi_sim.model import SimConfig, load_config
+from tepi_sim.memory import WriteRecord
+from tepi_sim.model import RegisterConfig, SimConfig, load_config
 from tepi_sim.rtu import RtuBus
 from tepi_sim.rtutcp import RtuTcpEndpoint
 from tepi_sim.tcp import TcpEndpoint
@@ -38,9 +41,16 @@ class Simulator:
     """A set of simulated Modbus devices and serial sensors. Use ``async with`` or
     ``start()``/``stop()``."""
 
-    def __init__(self, config: SimConfig | Mapping[str, Any] | str | Path) -> None:
+    def __init__(
+        self,
+        config: SimConfig | Mapping[str, Any] | str | Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``clock`` (monotonic seconds) drives the Modbus devices' values: walks, toggles
+        and scripts. Tests pass a fake one to step time by hand."""
         self.config = load_config(config)
-        self._devices = {d.id: Device(d, self.config.seed) for d in self.config.devices}
+        self._devices = {d.id: Device(d, self.config.seed, clock) for d in self.config.devices}
         self._uart = {c.id: UartDevice(c, self.config.seed) for c in self.config.uart_devices}
         self._cameras = {c.id: Camera(c) for c in self.config.cameras}
         members: dict[str, list[Device]] = {}
@@ -161,6 +171,27 @@ class Simulator:
             return
         self.device(device_id).set_fault(mode, delay_s=delay_s, code=code)
 
+    def set_script(
+        self,
+        device_id: str,
+        address: int,
+        points: Sequence[Sequence[float]],
+        *,
+        table: str | None = None,
+        loop: bool = False,
+    ) -> RegisterConfig:
+        """(Re)start a script on a Modbus device's register, from now: see
+        :meth:`Device.set_script`. KeyError for an unknown device; ValueError otherwise."""
+        return self.device(device_id).set_script(address, points, table=table, loop=loop)
+
+    def writes(
+        self, device_id: str | None = None, since: float | None = None
+    ) -> dict[str, list[WriteRecord]]:
+        """``{device_id: [WriteRecord, ...]}``, oldest first: every Modbus device's kept
+        writes, or one device's; with ``since`` (wall time) only the later ones."""
+        devices = [self.device(device_id)] if device_id is not None else self._devices.values()
+        return {d.id: list(d.writes) if since is None else d.writes_since(since) for d in devices}
+
     def endpoint(self, device_id: str) -> str:
         """Where a client connects: the pty slave path, ``127.0.0.1:PORT``, or a camera's
         ``http://127.0.0.1:PORT``. RuntimeError while the device's pty is unplugged."""
@@ -231,6 +262,8 @@ class Simulator:
         if self._running:
             raise RuntimeError("simulator already started")
         self._running = True
+        for device in self._devices.values():
+            device.memory.restart_scripts()  # a script's t = 0 is the simulator's start
         try:
             for bus in self._buses.values():
                 bus.start()

@@ -3,21 +3,33 @@
 Sensor kinds drift as a bounded, mean-reverting random walk. The walk advances in fixed
 ticks of ``TICK_S`` seconds and is brought up to date lazily when a value is read (no
 timers), so with a ``seed`` the value at a given time since start does not depend on how
-often it was read. Toggles flip at random ticks. Counters are not time based: the device
+often it was read. Toggles flip at random ticks. Constants and outputs hold their value
+until it is written. Scripts follow their points: linear between two points, the last
+value after the end, or round again with ``loop``. Counters are not time based: the device
 increments them once per answered read (see ``device.py``).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from tepi_sim.model import INT_RANGES, RegisterConfig
 
-__all__ = ["TICK_S", "Walk", "decode_words", "encode_value", "make_source"]
+__all__ = [
+    "TICK_S",
+    "Script",
+    "Source",
+    "Walk",
+    "decode_words",
+    "encode_value",
+    "make_source",
+]
 
 TICK_S: Final = 1.0
 # A client that stays away for days must not make one read compute forever.
@@ -44,8 +56,23 @@ PROFILES: Final = {
 }
 
 
+class Source(Protocol):
+    """Where a non-counter point's physical value comes from."""
+
+    kind: str
+
+    def at(self, now: float) -> float:
+        """The value at ``now`` (the device clock's seconds)."""
+        ...
+
+    def set(self, value: float) -> None:
+        """A Modbus write or ``set_value``: take this value."""
+        ...
+
+
 class Walk:
-    """A lazily advanced value: a bounded random walk, a toggle, or a held constant."""
+    """A lazily advanced value: a bounded random walk, a toggle, or a held constant or
+    output."""
 
     def __init__(self, kind: str, rng: random.Random, start_time: float, initial: float) -> None:
         self.kind = kind
@@ -86,9 +113,52 @@ class Walk:
         self.value = x
 
 
-def make_source(reg: RegisterConfig, rng: random.Random, start_time: float) -> Walk:
+class Script:
+    """A value that follows ``points`` (seconds since ``start_time``, physical value):
+    linear between two points, the first value before the first point, the last value after
+    the last one, or with ``loop`` round again from t = 0 every ``points[-1][0]`` seconds.
+    Two points at one time make a step. A write (:meth:`set`) ends the script: the written
+    value is held until a new script is set."""
+
+    kind = "script"
+
+    def __init__(
+        self, points: Sequence[tuple[float, float]], start_time: float, *, loop: bool = False
+    ) -> None:
+        if len(points) < 2 or points[-1][0] <= points[0][0]:
+            raise ValueError("a script needs at least 2 points, the last after the first")
+        self.points = tuple(points)
+        self.loop = loop
+        self.start = start_time
+        self.held: float | None = None
+        self._times = [t for t, _ in self.points]
+
+    def at(self, now: float) -> float:
+        """The scripted value at ``now`` (or the value written since)."""
+        if self.held is not None:
+            return self.held
+        t = now - self.start
+        end = self._times[-1]
+        if self.loop and t >= end:
+            t %= end
+        i = bisect.bisect_right(self._times, t)
+        if i == 0:
+            return self.points[0][1]
+        if i == len(self.points):
+            return self.points[-1][1]
+        (t0, v0), (t1, v1) = self.points[i - 1], self.points[i]
+        return v0 + (v1 - v0) * (t - t0) / (t1 - t0)  # t0 < t1: equal times never straddle t
+
+    def set(self, value: float) -> None:
+        """A write: stop the script and hold ``value``."""
+        self.held = value
+
+
+def make_source(reg: RegisterConfig, rng: random.Random, start_time: float) -> Walk | Script:
     """Create the value source for a non-counter register, with a plausible start value."""
-    if reg.kind == "constant":
+    if reg.kind == "script":
+        return Script(reg.points, start_time, loop=reg.loop)
+    if reg.kind in ("constant", "output"):
         initial = float(reg.value or 0.0)
     elif reg.kind == "toggle":
         initial = float(rng.random() < 0.5)

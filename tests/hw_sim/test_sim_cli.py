@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,13 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
     running.append(sim)
     printed = sim.endpoints()
     camera = printed.pop("cam-1")
-    assert list(printed) == ["aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4"]
+    assert list(printed) == [
+        "aq-station-1",
+        "noise-meter-2",
+        "river-level-3",
+        "siren-1",
+        "pm-sensor-4",
+    ]
     assert (camera["transport"], camera["unit"]) == ("camera", "digest")
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", camera["endpoint"])
     assert printed["pm-sensor-4"]["transport"] == "uart"
@@ -157,6 +164,24 @@ def test_demo_prints_endpoints_writes_manifest_and_stops_cleanly(
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(mbap_frame(1, 1, struct.pack(">BHH", 4, 101, 1)))
         assert conn.recv(100) == mbap_frame(1, 1, bytes.fromhex("84 06"))
+
+    # The siren keeps what is written, and the write is recorded with its time.
+    host, _, port = printed["siren-1"]["endpoint"].rpartition(":")
+    before = time.time()
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(mbap_frame(2, 1, struct.pack(">BHH", 5, 0, 0xFF00)))
+        assert conn.recv(100) == mbap_frame(2, 1, struct.pack(">BHH", 5, 0, 0xFF00))
+        conn.sendall(mbap_frame(3, 1, struct.pack(">BHH", 1, 0, 1)))
+        assert conn.recv(100) == mbap_frame(3, 1, bytes.fromhex("01 01 01"))
+    with socket.socket(socket.AF_UNIX) as ctl:
+        ctl.settimeout(10)
+        ctl.connect(str(control))
+        stream = ctl.makefile("rwb")
+        stream.write(b'{"query": "writes", "device": "siren-1"}\n')
+        stream.flush()
+        (write,) = json.loads(stream.readline())["writes"]["siren-1"]
+        assert (write["table"], write["address"], write["value"]) == ("coil", 0, True)
+        assert before <= write["t"] <= time.time()
 
     assert sim.terminate() == 0
     assert sim.stderr == ""

@@ -160,7 +160,12 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_demo_config_is_valid() -> None:
     config = load_config(DEMO_CONFIG)
-    assert [d.id for d in config.devices] == ["aq-station-1", "noise-meter-2", "river-level-3"]
+    assert [d.id for d in config.devices] == [
+        "aq-station-1",
+        "noise-meter-2",
+        "river-level-3",
+        "siren-1",
+    ]
     assert config.devices[0].bus == config.devices[1].bus == "bus0"
     assert config.devices[2].transport == "tcp"
     (camera,) = config.cameras
