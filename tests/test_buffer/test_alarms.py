@@ -473,3 +473,58 @@ def test_against_a_model(ops: list[tuple[str, object]]) -> None:
                 assert store.stats().next_seq > last
         finally:
             store.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 8), st.lists(op, max_size=40))
+def test_a_small_bound_never_drops_a_firing_alarm(
+    max_alarms: int, ops: list[tuple[str, object]]
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp)
+        store = AlarmStore(path, sync=False, max_alarms=max_alarms).open()
+        firing: dict[str, bool] = {}  # firing rule -> acknowledged
+        acked: set[int] = set()
+        last = 0
+        try:
+            for name, arg in ops:
+                msg: Message | None = None
+                rule = str(arg)
+                if name == "fire":
+                    msg = fire(store, rule)
+                    assert (msg is None) == (rule in firing)
+                    firing.setdefault(rule, False)
+                elif name == "resolve":
+                    msg = store.resolve(rule, ts=1.0, value=0.0)
+                    assert (msg is None) == (rule not in firing)
+                    firing.pop(rule, None)
+                elif name == "acknowledge":
+                    msg = store.acknowledge(rule, "op", 1.0)
+                    if rule in firing:  # a resolved one's row may have been dropped
+                        assert (msg is None) == firing[rule]
+                        firing[rule] = True
+                elif name == "ack":
+                    n = int(arg)  # type: ignore[call-overload]
+                    gone = [m.seq for m in store.pending(n)]
+                    store.ack(gone)
+                    acked.update(gone)
+                else:
+                    store.close()
+                    store = AlarmStore(path, sync=False, max_alarms=max_alarms).open()
+                if msg is not None:
+                    assert msg.seq > last
+                    last = msg.seq
+                states = store.firing()
+                assert {r: s.acknowledged for r, s in states.items()} == firing
+                pending = [m.seq for m in store.pending(10**6)]
+                assert pending == sorted(set(pending))
+                for s in states.values():
+                    assert s.fire_seq in pending or s.fire_seq in acked
+                stats = store.stats()
+                assert stats.rows == len(store.states()) + len(pending)
+                assert stats.rows <= max(max_alarms, 2 * len(firing))
+                assert stats.over_bound == max(stats.rows - max_alarms, 0)
+        finally:
+            store.close()
