@@ -22,6 +22,7 @@ from tepi.buffer.alarms import (
     SEQ_BLOCK,
     AlarmStore,
     AlarmStoreError,
+    AlarmWriteError,
     Message,
 )
 
@@ -358,6 +359,36 @@ def test_a_lowered_bound_applies_at_open(tmp_path: Path) -> None:
         assert sum(stats.dropped.values()) == 32 - 5
         assert set(store.firing()) == {"keep"}
         assert [t for _, t, _ in seqs(store)][-1] == FIRING
+
+
+def test_a_refused_write_records_nothing_of_the_transition(tmp_path: Path) -> None:
+    """The disk refusing a transition (here SQLite itself, by a trigger on the real file)
+    leaves no state change without its message: the whole transition is rolled back."""
+    with AlarmStore(tmp_path) as store:
+        first = fire(store, "a")
+        assert first is not None
+        other = sqlite3.connect(tmp_path / "alarms.db")
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages"
+            " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+        other.commit()
+        before = (store.states(), store.pending(), store.stats().rows)
+        with pytest.raises(AlarmWriteError, match="firing of b not recorded: disk says no"):
+            fire(store, "b")
+        with pytest.raises(AlarmWriteError, match="resolving of a"):
+            store.resolve("a", ts=1.0, value=0.0)
+        with pytest.raises(AlarmWriteError, match="acknowledgement of a"):
+            store.acknowledge("a", "op", 1.0)
+        assert (store.states(), store.pending(), store.stats().rows) == before
+        assert store.stats().write_errors == 3
+        other.execute("DROP TRIGGER refuse")
+        other.commit()
+        other.close()
+        again = fire(store, "b")
+        assert again is not None
+        assert again.seq > first.seq + 3, "seqs of refused transitions are skipped, not reused"
+        assert set(store.firing()) == {"a", "b"}
 
 
 # ---- a damaged file --------------------------------------------------------------------------

@@ -15,7 +15,13 @@ per image and a small index, beside the readings' file. Importing it is cheap; s
 is imported when a store is opened.
 """
 
-from tepi.buffer.alarms import AlarmState, AlarmStats, AlarmStore, AlarmStoreError
+from tepi.buffer.alarms import (
+    AlarmState,
+    AlarmStats,
+    AlarmStore,
+    AlarmStoreError,
+    AlarmWriteError,
+)
 from tepi.buffer.alarms import Message as AlarmMessage
 from tepi.buffer.images import (
     ImageGone,
@@ -36,6 +42,7 @@ __all__ = [
     "AlarmStats",
     "AlarmStore",
     "AlarmStoreError",
+    "AlarmWriteError",
     "Batch",
     "Buffer",
     "BufferSettings",

@@ -25,6 +25,10 @@ transaction, committed (``synchronous=FULL`` with ``sync``) before the method re
 leaves a state row without its message or a message without its state change. With ``sync``
 False (tests, tmpfs) a power cut may lose the last transitions whole, never half of one.
 
+A transition or an ack the disk refuses (full, I/O error) raises :class:`AlarmWriteError`,
+counted (``write_errors``), with nothing of it recorded: the state stays as it was, so the
+caller (the rule engine) may run the rule's local actions anyway and call again later.
+
 Sequence numbers. ``seq`` increases with every message and is never reused: the file keeps
 the last one (``meta.last_seq``, committed with each message), and a reservation in
 ``DIR/alarms.seq`` (raised :data:`SEQ_BLOCK` at a time, one fsync per block) covers a lost
@@ -70,7 +74,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -109,6 +113,16 @@ _UPSERT_LAST_SEQ = (
 
 class AlarmStoreError(Exception):
     """The alarm store cannot be used: not open, or its directory in use by another store."""
+
+
+class AlarmWriteError(AlarmStoreError):
+    """A transition or an ack could not be written (full disk, I/O error): nothing of it was
+    recorded, and the states and messages are as before the call. Counted as
+    ``write_errors``. ``errno`` is the OS error's, if any."""
+
+    def __init__(self, message: str, err_no: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err_no
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +192,7 @@ class AlarmStats:
     resolved_transitions: int = 0
     acknowledged: int = 0
     acks: int = 0  # messages deleted after the broker's acknowledgement
+    write_errors: int = 0  # transitions and acks that could not be written
 
 
 def _migrations() -> Migrations:
@@ -329,6 +344,7 @@ class AlarmStore:
         self._over = False  # whether the last transition left the store over its bound
         self._quarantined = 0
         self._fired = self._resolved = self._acknowledged = self._acks = 0
+        self._write_errors = 0
 
     # ---- opening and closing -------------------------------------------------------------
 
@@ -497,19 +513,27 @@ class AlarmStore:
         return self._db.conn
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction, committed on leaving; on an error rolled back, and the row
-        counters read again from the file."""
+    def _tx(self, what: str | None = None) -> Iterator[sqlite3.Connection]:
+        """One transaction, committed on leaving. On an error it is rolled back and the row
+        counters are read again from the file; with ``what`` (a transition, an ack), an
+        SQLite or OS error is counted and raised as :class:`AlarmWriteError`."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._count()
-            raise
-        conn.execute("COMMIT")
+            conn.execute("COMMIT")
+        except BaseException as err:
+            with suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._count()
+            if what is None or not isinstance(err, sqlite3.Error | OSError):
+                raise
+            self._write_errors += 1
+            raise AlarmWriteError(
+                f"alarm store {self.path}: {what} not recorded: {err}",
+                getattr(err, "errno", None),
+            ) from err
 
     def _count(self) -> None:
         conn = self.conn
@@ -539,7 +563,7 @@ class AlarmStore:
         ts = time.time() if ts is None else ts
         mono = boottime() if mono is None else mono
         labels_json = _labels(labels)
-        with self._lock, self._tx() as conn:
+        with self._lock, self._tx(f"firing of {rule}") as conn:
             row = conn.execute("SELECT state, count FROM alarms WHERE rule = ?", (rule,)).fetchone()
             if row is not None and row[0] == FIRING:
                 return None
@@ -567,7 +591,7 @@ class AlarmStore:
         """The rule's condition cleared: record it resolved and return its ``resolved``
         message (``value`` is what cleared it), committed. None if it is not firing."""
         mono = boottime() if mono is None else mono
-        with self._lock, self._tx() as conn:
+        with self._lock, self._tx(f"resolving of {rule}") as conn:
             row = conn.execute(
                 f"SELECT {_STATE_COLUMNS} FROM alarms WHERE rule = ?",  # noqa: S608
                 (rule,),
@@ -593,7 +617,7 @@ class AlarmStore:
         return its ``acknowledged`` message, committed. None if there is no alarm for the
         rule or it is already acknowledged (until it fires again)."""
         mono = boottime() if mono is None else mono
-        with self._lock, self._tx() as conn:
+        with self._lock, self._tx(f"acknowledgement of {rule}") as conn:
             row = conn.execute(
                 f"SELECT {_STATE_COLUMNS} FROM alarms WHERE rule = ?",  # noqa: S608
                 (rule,),
@@ -758,7 +782,7 @@ class AlarmStore:
         params = [(int(s),) for s in seqs]
         if not params:
             return 0
-        with self._lock, self._tx() as conn:
+        with self._lock, self._tx("ack of delivered messages") as conn:
             before = conn.total_changes
             conn.executemany("DELETE FROM messages WHERE seq = ?", params)
             n = conn.total_changes - before
@@ -797,6 +821,7 @@ class AlarmStore:
                 resolved_transitions=self._resolved,
                 acknowledged=self._acknowledged,
                 acks=self._acks,
+                write_errors=self._write_errors,
             )
 
     # ---- async wrappers: the blocking calls in a worker thread -----------------------------
