@@ -54,7 +54,9 @@ A firing alarm's state row and its ``firing`` message are never dropped. When on
 remain the store goes over ``max_alarms`` rather than drop one, and says so
 (``AlarmStats.over_bound``, ``refused_drops``, a log line). So the store never holds more than
 ``max(max_alarms, 2 * firing alarms)`` rows, and firing alarms are at most the rules in the
-config.
+config. Each message is marked with what the bound may do with it (``messages.keep``,
+re-marked when its alarm resolves), so finding what to drop is an index lookup even when
+nothing may be dropped.
 
 Threads. Every method is blocking and safe to call from several threads at once (the agent
 calls them through ``asyncio.to_thread``; the ``a…`` methods do that for it): one lock guards
@@ -92,6 +94,10 @@ FIRING, RESOLVED, ACKNOWLEDGED = "firing", "resolved", "acknowledged"
 TRANSITIONS = (FIRING, RESOLVED, ACKNOWLEDGED)
 DROP_REASONS = ("resolved_state", "resolved_message", "firing_ack")
 SEQ_BLOCK = 1000  # seqs reserved in alarms.seq per fsync
+# messages.keep: which messages the bound may drop, in this order (an index makes it cheap).
+KEEP_OVER = 0  # of an alarm that is over (resolved, or an earlier episode): dropped first
+KEEP_ACK = 1  # the acknowledgement of an alarm still firing: dropped last
+KEEP_FIRING = 2  # the firing message of an alarm still firing: never dropped
 
 Value = float | int | bool | str | None
 
@@ -260,6 +266,7 @@ def _migrations() -> Migrations:
                 "labels": str,  # JSON object
                 "boot": str,
                 "by": str,
+                "keep": int,  # KEEP_*
             },
             pk="seq",
             not_null=[
@@ -275,10 +282,13 @@ def _migrations() -> Migrations:
                 "mono",
                 "labels",
                 "boot",
+                "keep",
             ],
         )
-        # Eviction joins messages to their rule's state.
+        # Resolving re-marks a rule's messages; the bound drops by keep, oldest first.
         db.table("messages").create_index(["rule", "seq"])
+        db.table("messages").create_index(["keep", "seq"])
+        db.table("alarms").create_index(["state", "last_seq"])
         db.table("meta").create({"key": str, "value": int}, pk="key", not_null=["value"])
 
     return migrations
@@ -418,7 +428,7 @@ class AlarmStore:
             if getattr(err, "sqlite_errorname", "") != "SQLITE_ERROR":
                 raise
             raise SchemaError(f"migrating: {err}") from err
-        for table, fields in (("alarms", _STATE_FIELDS), ("messages", _MESSAGE_FIELDS)):
+        for table, fields in (("alarms", _STATE_FIELDS), ("messages", (*_MESSAGE_FIELDS, "keep"))):
             missing = set(fields) - set(db.table(table).columns_dict)
             if missing:
                 raise SchemaError(f"{table} table lacks {sorted(missing)}")
@@ -581,7 +591,7 @@ class AlarmStore:
                 ),
             )  # fmt: skip
             self._states += row is None
-            self._insert(msg, labels_json)
+            self._insert(msg, labels_json, KEEP_FIRING)
             self._fired += 1
         return msg
 
@@ -606,7 +616,12 @@ class AlarmStore:
                 (RESOLVED, ts, _dump(value), seq, rule),
             )
             msg = self._follow_up(state, RESOLVED, seq=seq, value=value, ts=ts, mono=mono, by=None)
-            self._insert(msg, row[12])
+            # The alarm is over: every message of it may now be dropped for room.
+            conn.execute(
+                "UPDATE messages SET keep = ? WHERE rule = ? AND keep != ?",
+                (KEEP_OVER, rule, KEEP_OVER),
+            )
+            self._insert(msg, row[12], KEEP_OVER)
             self._resolved += 1
         return msg
 
@@ -634,7 +649,7 @@ class AlarmStore:
             msg = self._follow_up(
                 state, ACKNOWLEDGED, seq=seq, value=state.value, ts=ts, mono=mono, by=by
             )
-            self._insert(msg, row[12])
+            self._insert(msg, row[12], KEEP_ACK if state.firing else KEEP_OVER)
             self._acknowledged += 1
         return msg
 
@@ -663,15 +678,15 @@ class AlarmStore:
         self._next_seq = seq + 1
         return seq
 
-    def _insert(self, msg: Message, labels_json: str) -> None:
+    def _insert(self, msg: Message, labels_json: str, keep: int) -> None:
         conn = self.conn
         conn.execute(
-            f"INSERT INTO messages({_MESSAGE_COLUMNS})"  # noqa: S608
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO messages({_MESSAGE_COLUMNS}, keep)"  # noqa: S608
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 msg.seq, msg.transition, msg.rule, msg.severity, _dump(msg.value), msg.device,
                 msg.metric, msg.since_ts, msg.since_mono, msg.ts, msg.mono, labels_json,
-                msg.boot, msg.by,
+                msg.boot, msg.by, keep,
             ),
         )  # fmt: skip
         conn.execute(_UPSERT_LAST_SEQ, (msg.seq,))
@@ -720,16 +735,11 @@ class AlarmStore:
 
     def _drop_messages(self, limit: int) -> int:
         conn = self.conn
-        for reason, where in (
-            ("resolved_message", "a.rule IS NULL OR a.state = ? OR m.seq < a.fire_seq"),
-            ("firing_ack", "a.state = ? AND m.seq > a.fire_seq"),
-        ):
+        for reason, keep in (("resolved_message", KEEP_OVER), ("firing_ack", KEEP_ACK)):
             seqs = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT m.seq FROM messages m LEFT JOIN alarms a ON a.rule = m.rule"  # noqa: S608
-                    f" WHERE {where} ORDER BY m.seq LIMIT ?",
-                    (RESOLVED if reason == "resolved_message" else FIRING, limit),
+                    "SELECT seq FROM messages WHERE keep = ? ORDER BY seq LIMIT ?", (keep, limit)
                 )
             ]
             if seqs:
