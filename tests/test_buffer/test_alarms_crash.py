@@ -27,7 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from tepi.buffer.alarms import ACKNOWLEDGED, FIRING, RESOLVED, AlarmStore
+from tepi.buffer.alarms import (
+    ACKNOWLEDGED,
+    FIRING,
+    KEEP_ACK,
+    KEEP_FIRING,
+    KEEP_OVER,
+    RESOLVED,
+    AlarmStore,
+)
 
 pytestmark = pytest.mark.timeout(60)
 CHILD = Path(__file__).with_name("alarms_child.py")
@@ -128,7 +136,20 @@ def test_kill_9_loses_no_returned_transition_and_splits_none(tmp_path: Path) -> 
 
         con = sqlite3.connect(data / "alarms.db")
         assert con.execute("PRAGMA quick_check").fetchall() == [("ok",)], f"seed {seed}"
+        # What the bound may drop agrees with the states: a firing alarm's firing message is
+        # marked never to be dropped, and nothing of a resolved alarm is.
+        marks = con.execute(
+            "SELECT m.seq, m.keep, a.state, a.fire_seq FROM messages m"
+            " LEFT JOIN alarms a ON a.rule = m.rule"
+        ).fetchall()
         con.close()
+        for seq, keep, state, fire_seq in marks:
+            want = KEEP_OVER
+            if state == FIRING and seq == fire_seq:
+                want = KEEP_FIRING
+            elif state == FIRING and seq > fire_seq:
+                want = KEEP_ACK
+            assert keep == want, f"seed {seed}: message {seq} marked {keep}, not {want}"
         with AlarmStore(data) as store:
             stats = store.stats()
             assert stats.quarantined == 0
