@@ -9,7 +9,7 @@ rely on, flushed, only once it is true:
                                       the call returned this message: it is committed
     ack SEQ                           printed before the ack: from here on it may be gone
 
-Usage: alarms_child.py DIR SEED
+Usage: alarms_child.py DIR SEED [SYNC(1|0)]
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ def say(*words: object) -> None:
     os.write(1, (" ".join(map(str, words)) + "\n").encode())
 
 
-def main(data: Path, seed: int) -> None:
+def main(data: Path, seed: int, sync: bool) -> None:
     rng = random.Random(seed)
-    with AlarmStore(data, boot_id=f"boot-{seed}") as store:
+    with AlarmStore(data, sync=sync, boot_id=f"boot-{seed}") as store:
         say("ready", store.stats().next_seq)
         while True:
             rule = rng.choice(RULES)
@@ -63,4 +63,4 @@ def main(data: Path, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:4] != ["0"])
