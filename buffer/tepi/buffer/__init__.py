@@ -6,11 +6,23 @@ the uplink is down); a reading acknowledged first is never written. The uplink t
 oldest first, from RAM and then from the file, and a reading's row (if it has one) is deleted
 only after the broker has acknowledged it.
 
+Alarms have a store of their own, :class:`AlarmStore` (``tepi.buffer.alarms``): each rule's
+alarm state and the alarm messages still to deliver, bounded apart from the readings (a firing
+alarm is never dropped). Importing it is cheap, as for the images.
+
 Camera images have a store of their own, :class:`ImageStore` (``tepi.buffer.images``): a file
 per image and a small index, beside the readings' file. Importing it is cheap; sqlite-utils
 is imported when a store is opened.
 """
 
+from tepi.buffer.alarms import (
+    AlarmState,
+    AlarmStats,
+    AlarmStore,
+    AlarmStoreError,
+    AlarmWriteError,
+)
+from tepi.buffer.alarms import Message as AlarmMessage
 from tepi.buffer.images import (
     ImageGone,
     ImageMeta,
@@ -25,6 +37,12 @@ from tepi.buffer.store import Buffer, BufferSettings
 from tepi.core.records import Reading
 
 __all__ = [
+    "AlarmMessage",
+    "AlarmState",
+    "AlarmStats",
+    "AlarmStore",
+    "AlarmStoreError",
+    "AlarmWriteError",
     "Batch",
     "Buffer",
     "BufferSettings",
