@@ -14,12 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from tepi.core.secrets import resolve_credential
 from tepi.core.units import Duration, Size
 from tepi.drivers.registry import DeviceConfig
+from tepi.gateway.rules import RuleConfig
 
 __all__ = [
     "PASSWORD_CREDENTIAL",
     "SECRETS_DIR",
     "Config",
     "ImagesSection",
+    "RuleConfig",
     "UplinkSection",
     "resolve_credential",
 ]
@@ -330,3 +332,9 @@ class Config(_Model):
         description="The image buffer and the images' share of the link (cameras).",
     )
     devices: list[DeviceConfig] = Field(default_factory=list, description="Field devices to poll.")
+    rules: list[RuleConfig] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Edge rules and alarms: conditions on the devices' readings and states, "
+        "held for a time, with actions (docs/rules.md).",
+    )

@@ -13,19 +13,32 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from tepi.core.errors import ConfigError, ConfigIssue
+from tepi.core.errors import ConfigError, ConfigIssue, WriteRefused
+from tepi.core.units import format_duration
+from tepi.drivers.base import SharedResources
 from tepi.drivers.camera.config import CameraConfig
-from tepi.drivers.modbus import ModbusRtuConfig, ModbusTcpConfig
-from tepi.drivers.registry import REGISTRY
+from tepi.drivers.modbus import ModbusRtuConfig, ModbusTcpConfig, RegisterConfig
+from tepi.drivers.modbus.codec import raw_for_write
+from tepi.drivers.registry import REGISTRY, DeviceConfig
 from tepi.drivers.serial.config import SerialConfig
+from tepi.drivers.synthetic import SyntheticConfig
 from tepi.gateway.config import PASSWORD_CREDENTIAL, SECRETS_DIR, Config, resolve_credential
+from tepi.gateway.rules import (
+    CAMERA_STATES,
+    DEVICE_STATES,
+    ActionConfig,
+    Condition,
+    RuleShapeError,
+)
 
 Path_ = tuple[str | int, ...]
 
@@ -122,7 +135,7 @@ def _unwrap(tp: Any, step: str | int | None) -> Any:
                 tp = args[0]
             else:
                 return tp if step is None else None
-        elif origin is list:
+        elif origin is list or (origin is tuple and typing.get_args(tp)[1:] == (...,)):
             if isinstance(step, int):
                 return typing.get_args(tp)[0]
             tp = typing.get_args(tp)[0] if step is None else tp
@@ -133,9 +146,23 @@ def _unwrap(tp: Any, step: str | int | None) -> Any:
             break
     if step is None or isinstance(step, int):
         return tp
-    if isinstance(tp, type) and issubclass(tp, BaseModel) and step in tp.model_fields:
-        return tp.model_fields[step].annotation
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        field = _field(tp, step)
+        return None if field is None else field.annotation
     return None
+
+
+def _field(model: type[BaseModel], key: str) -> FieldInfo | None:
+    """The field a YAML key sets: by its alias (``for``) or its name."""
+    for name, field in model.model_fields.items():
+        if (field.alias or name) == key:
+            return field
+    return None
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys a YAML mapping for ``model`` may have (aliases, not Python names)."""
+    return sorted(field.alias or name for name, field in model.model_fields.items())
 
 
 def _options(text: str) -> list[str]:
@@ -170,19 +197,21 @@ def _issue(err: ErrorDetails, doc: _Located) -> ConfigIssue:
         msg = "no driver given"
     elif kind == "extra_forbidden":
         model = _model_at(loc[:-1])
-        allowed = sorted(model.model_fields) if model else []
+        allowed = _keys(model) if model else []
         msg = f"unknown key {path[-1]!r}"
         hint = _did_you_mean(path[-1], allowed) if allowed else None
     elif kind == "missing":
         model = _model_at(loc[:-1])
-        field = model.model_fields.get(str(loc[-1])) if model else None
+        field = _field(model, str(loc[-1])) if model else None
         msg = "required key is missing"
         hint = field.description if field is not None else None
     elif kind == "value_error":
         msg = msg.removeprefix("Value error, ")
+        if isinstance(ctx.get("error"), RuleShapeError):  # about one key of the rule
+            path = (*path, ctx["error"].key)
     else:
         model = _model_at(loc[:-1])
-        field = model.model_fields.get(str(loc[-1])) if model and loc else None
+        field = _field(model, str(loc[-1])) if model and loc else None
         hint = field.description if field is not None else None
     return ConfigIssue(doc.file, doc.line(path), path_str(path), msg, hint)
 
@@ -272,6 +301,8 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
             "mark one GPS receiver as clock_source",
         )
 
+    _rule_checks(cfg, add)
+
     if check_files:
         up = cfg.uplink
         files: list[tuple[Path_, Path | None]] = [
@@ -315,6 +346,162 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 "set it in the service's environment",
             )
     return issues
+
+
+def device_metrics(dev: DeviceConfig) -> list[str] | None:
+    """The metric names ``dev`` gives, as its driver names them; None when they cannot be
+    known from the config (then a rule may name any metric of it)."""
+    if isinstance(dev, ModbusRtuConfig | ModbusTcpConfig):
+        return [r.name for r in dev.registers]  # a profile's registers are merged in already
+    if isinstance(dev, SerialConfig):
+        return [name for name, *_ in dev.outputs()]  # with the aggregates' <metric>_<fn>
+    if isinstance(dev, SyntheticConfig):
+        return [f"m{i}" for i in range(dev.metrics)]
+    if isinstance(dev, CameraConfig):
+        # The health metrics depend on the source (stream, MJPEG, snapshot): asked of the
+        # driver, whose constructor only names them (no I/O, no OpenCV).
+        from tepi.drivers.camera.driver import CameraDriver
+
+        return [m.name for m in CameraDriver(dev, SharedResources()).metrics()]
+    # A driver this module does not know (none yet: every registered one is above) names
+    # its metrics only when it runs: accept any.
+    return None
+
+
+def _rule_checks(cfg: Config, add: Callable[[Path_, str, str | None], None]) -> None:
+    """The rules' references: devices, metrics, writable registers, cameras; ids unique."""
+    devices = {d.id: d for d in cfg.devices}
+    metrics: dict[str, list[str] | None] = {}
+
+    def device(path: Path_, dev_id: str) -> DeviceConfig | None:
+        dev = devices.get(dev_id)
+        if dev is None:
+            hint = _did_you_mean(dev_id, sorted(devices)) if devices else "devices: is empty"
+            add(path, f"no device {dev_id!r} in devices", hint)
+        return dev
+
+    def leaf(cond: Condition, path: Path_) -> None:
+        assert cond.device is not None  # a valid leaf has one
+        dev = device((*path, "device"), cond.device)
+        if dev is None:
+            return
+        if cond.state is not None:
+            if cond.state in CAMERA_STATES and not isinstance(dev, CameraConfig):
+                add(
+                    (*path, "state"),
+                    f"{cond.state} is a camera's state; {dev.id} is driver: {dev.driver}",
+                    "one of: " + ", ".join(DEVICE_STATES),
+                )
+            return
+        assert cond.metric is not None
+        if dev.id not in metrics:
+            metrics[dev.id] = device_metrics(dev)
+        names = metrics[dev.id]
+        if names is not None and cond.metric not in names:
+            add(
+                (*path, "metric"),
+                f"{dev.id} has no metric {cond.metric!r}",
+                _did_you_mean(cond.metric, names),
+            )
+            return
+        if cond.kind in ("threshold", "rate") and isinstance(
+            dev, ModbusRtuConfig | ModbusTcpConfig
+        ):
+            reg = next(r for r in dev.registers if r.name == cond.metric)
+            if reg.kind == "string" or reg.enum is not None:
+                add(
+                    (*path, "metric"),
+                    f"{dev.id}.{reg.name} is text ({'enum' if reg.enum else 'string'}): "
+                    f"{cond.kind} needs a number",
+                    "watch a numeric register",
+                )
+
+    def walk(cond: Condition, path: Path_) -> None:
+        if cond.all is None and cond.any is None:
+            leaf(cond, path)
+            return
+        key = "all" if cond.all is not None else "any"
+        for j, child in enumerate(cond.children):
+            walk(child, (*path, key, j))
+
+    first_seen: dict[str, int] = {}
+    for i, rule in enumerate(cfg.rules):
+        at: Path_ = ("rules", i)
+        if rule.id in first_seen:
+            add(
+                (*at, "id"),
+                f"rule id {rule.id!r} is already used by rules[{first_seen[rule.id]}]",
+                "every rule needs its own id",
+            )
+        first_seen.setdefault(rule.id, i)
+        walk(rule, at)
+        for k, action in enumerate(rule.actions):
+            _action_checks(action, (*at, "actions", k, action.kind), device, add)
+
+
+def _action_checks(
+    action: ActionConfig,
+    path: Path_,
+    device: Callable[[Path_, str], DeviceConfig | None],
+    add: Callable[[Path_, str, str | None], None],
+) -> None:
+    if action.write is not None:
+        w = action.write
+        dev = device((*path, "device"), w.device)
+        if dev is None:
+            return
+        if not isinstance(dev, ModbusRtuConfig | ModbusTcpConfig):
+            add(
+                (*path, "device"),
+                f"{dev.id} is driver: {dev.driver}; write sets a Modbus register or coil",
+                "name a modbus-rtu or modbus-tcp device",
+            )
+            return
+        regs = {r.name: r for r in dev.registers}
+        reg: RegisterConfig | None = regs.get(w.metric)
+        if reg is None:
+            writable = sorted(n for n, r in regs.items() if r.writable)
+            add(
+                (*path, "metric"),
+                f"{dev.id} has no register {w.metric!r}",
+                _did_you_mean(w.metric, writable or sorted(regs)),
+            )
+            return
+        if not reg.writable:
+            add(
+                (*path, "metric"),
+                f"{dev.id}.{reg.name} is not writable",
+                "mark the register writable: true (a holding register or a coil), if "
+                "writing it is safe",
+            )
+            return
+        for key in ("value", "on_resolve"):
+            value = getattr(w, key)
+            if value is None:
+                continue
+            try:
+                raw_for_write(value, reg)
+            except WriteRefused as err:
+                add((*path, key), f"{value!r} cannot be written to {dev.id}.{reg.name}", err.detail)
+    elif action.snapshot is not None:
+        cam = action.snapshot.camera
+        dev = device((*path, "camera"), cam)
+        if dev is not None and not isinstance(dev, CameraConfig):
+            add(
+                (*path, "camera"),
+                f"{dev.id} is driver: {dev.driver}, not a camera",
+                "name a device with driver: camera",
+            )
+    elif action.poll_rate is not None:
+        p = action.poll_rate
+        dev = device((*path, "device"), p.device)
+        if dev is not None and p.interval >= dev.poll_interval:
+            add(
+                (*path, "interval"),
+                f"{format_duration(p.interval)} is not faster than {dev.id}'s poll_interval "
+                f"{format_duration(dev.poll_interval)}",
+                "give an interval shorter than the device's poll_interval",
+            )
 
 
 def empty_password(f: Path) -> tuple[str, str]:
