@@ -286,19 +286,26 @@ async def test_kill_9_while_images_are_written_leaves_a_clean_store(
     broker = Broker(tmp_path)
     dev = camera_device(sim, tmp_path, snapshot_interval="100ms", poll_interval="100ms")
     images = tmp_path / "data" / "images"
-    for round_ in range(3):
-        agent = await start_agent(tmp_path, broker.port, [dev])  # no broker: all kept
+    agent: AgentProc | None = None
+    try:
+        for round_ in range(3):
+            agent = await start_agent(tmp_path, broker.port, [dev])  # no broker: all kept
 
-        def some_written(n: int = 6 * (round_ + 1)) -> bool:
-            return images.is_dir() and len(list(images.glob("*.jpg"))) >= n
+            def some_written(n: int = 6 * (round_ + 1)) -> bool:
+                return images.is_dir() and len(list(images.glob("*.jpg"))) >= n
 
-        await until(some_written, 30, agent)
-        agent.kill9()
-    # reopened: the index is sound and matches the files, temp files are gone
-    # (its status API answers only after the image store has opened and reconciled)
-    agent = await start_agent(tmp_path, broker.port, [dev])
-    health = fetch(tmp_path / "status.sock", "/health")
-    assert await agent.stop() == 0
+            await until(some_written, 30, agent)
+            agent.kill9()
+            agent = None
+        # reopened: the index is sound and matches the files, temp files are gone
+        # (its status API answers only after the image store has opened and reconciled)
+        agent = await start_agent(tmp_path, broker.port, [dev])
+        health = fetch(tmp_path / "status.sock", "/health")
+        assert await agent.stop() == 0
+        agent = None
+    finally:  # an agent left running by a failure here would poll the camera for ever
+        if agent is not None and agent.proc is not None and agent.proc.poll() is None:
+            agent.kill9()
     db = sqlite3.connect(tmp_path / "data" / "images.db")
     try:
         assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
@@ -307,7 +314,9 @@ async def test_kill_9_while_images_are_written_leaves_a_clean_store(
         db.close()
     files = {f.name for f in images.iterdir()}
     assert files == names, (files - names, names - files)
-    assert health["images"]["count"] == len(names) > 0
+    assert names
+    # (the reopened agent went on storing snapshots between its health and its stop)
+    assert 0 < health["images"]["count"] <= len(names)
 
 
 async def test_an_agent_without_cameras_imports_no_opencv_nor_pyav(tmp_path: Path) -> None:
