@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tepi.buffer import BufferStats
+from tepi.buffer.images import DROP_REASONS as IMAGE_DROP_REASONS  # one list, the store's
 from tepi.gateway.poller import DeviceStats
 
 if TYPE_CHECKING:
@@ -311,18 +312,6 @@ class ProcessHealth(_Model):
     disk_free_bytes: Annotated[int | None, gauge("tepi_disk_free_bytes")] = Field(
         description="Free space on the filesystem of gateway.data_dir."
     )
-
-
-IMAGE_CLASSES = ("event", "thumbnail", "snapshot")
-IMAGE_DROP_REASONS = (
-    "quota",
-    "age",
-    "too_large",
-    "refused_priority",
-    "disk_reserve",
-    "write_error",
-    "damaged",
-)
 
 
 class ImageClassHealth(_Model):

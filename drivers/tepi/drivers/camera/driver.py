@@ -446,8 +446,4 @@ def _pixels() -> ThreadPoolExecutor:
     return _PIXEL_THREAD
 
 
-def make_camera(config: CameraConfig, resources: SharedResources) -> CameraDriver:
-    return CameraDriver(config, resources)
-
-
-__all__ = ["CameraDriver", "ImageSink", "Stored", "make_camera"]
+__all__ = ["CameraDriver", "ImageSink", "Stored"]
