@@ -106,7 +106,10 @@ async def test_a_full_disk_drops_oldest_first_counts_every_drop_and_recovers(
         lost = list(row.lost_values)
         assert lost, row
         assert lost == list(range(lost[0], lost[0] + len(lost))), row
-        assert row.duplicated == 0, row
+        # At most the batch in flight when proxy.drop() cut the link: it may have reached the
+        # broker with its PUBACK lost, and is sent again (at least once; the IOC drops it by
+        # seq). Seen once in CI: one reading.
+        assert row.duplicated <= 1, row
 
 
 async def test_a_read_only_data_dir_runs_in_memory_and_says_so(tmp_path: Path) -> None:
