@@ -276,7 +276,7 @@ def test_when_full_resolved_alarms_go_first_oldest_first(tmp_path: Path) -> None
         ]
         stats = store.stats()
         assert stats.rows == 10
-        assert stats.dropped == {"resolved_state": 2, "resolved_message": 4, "firing_ack": 0}
+        assert stats.dropped == {"resolved_state": 2, "resolved_message": 4, "firing_followup": 0}
         assert set(store.firing()) == set("cdefg")
         assert set(stats.dropped) == set(DROP_REASONS)
 
@@ -329,7 +329,7 @@ def test_all_firing_the_store_goes_over_rather_than_drop_one(
         assert "over its bound" in caplog.text
         # An acknowledgement of a firing alarm is droppable, and goes at once.
         assert store.acknowledge("r0", "op", 1.0) is not None
-        assert store.stats().dropped["firing_ack"] == 1
+        assert store.stats().dropped["firing_followup"] == 1
         assert store.get("r0").acknowledged  # type: ignore[union-attr]
         # Delivered: only the state rows are left, still over, still all kept.
         store.ack(m.seq for m in store.pending(100))

@@ -17,7 +17,9 @@ Two tables, changed together:
   restart: a rule that is firing stays firing, and :meth:`AlarmStore.fire` returns None for
   it, so neither a restart nor a duplicate call re-fires an alarm.
 - ``messages``: each transition that changed a state row, to be published in the alarm lane
-  (:meth:`AlarmStore.pending` in seq order, :meth:`AlarmStore.ack` after the PUBACK).
+  (:meth:`AlarmStore.pending` in seq order, :meth:`AlarmStore.ack` after the PUBACK), and the
+  outcome of each of a rule's actions (:meth:`AlarmStore.action`: an ``action`` message, its
+  ``detail`` the outcome, also kept on the state row's ``actions``).
 
 Crash safety. A transition writes its state row, its message and the last seq in one
 transaction, committed (``synchronous=FULL`` with ``sync``) before the method returns. So a
@@ -48,7 +50,8 @@ each, by seq), each counted in ``AlarmStats.dropped`` (:data:`DROP_REASONS`):
   the rule simply fires afresh next time;
 - ``resolved_message``: a message of an alarm that is over (its rule resolved, or a firing
   rule's earlier episode), not yet delivered;
-- ``firing_ack``: the ``acknowledged`` message of an alarm that is still firing.
+- ``firing_followup``: the ``acknowledged`` and ``action`` messages of an alarm that is still
+  firing.
 
 A firing alarm's state row and its ``firing`` message are never dropped. When only those
 remain the store goes over ``max_alarms`` rather than drop one, and says so
@@ -90,24 +93,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FIRING, RESOLVED, ACKNOWLEDGED = "firing", "resolved", "acknowledged"
-TRANSITIONS = (FIRING, RESOLVED, ACKNOWLEDGED)
-DROP_REASONS = ("resolved_state", "resolved_message", "firing_ack")
+FIRING, RESOLVED, ACKNOWLEDGED, ACTION = "firing", "resolved", "acknowledged", "action"
+TRANSITIONS = (FIRING, RESOLVED, ACKNOWLEDGED, ACTION)
+DROP_REASONS = ("resolved_state", "resolved_message", "firing_followup")
 SEQ_BLOCK = 1000  # seqs reserved in alarms.seq per fsync
 # messages.keep: which messages the bound may drop, in this order (an index makes it cheap).
 KEEP_OVER = 0  # of an alarm that is over (resolved, or an earlier episode): dropped first
-KEEP_ACK = 1  # the acknowledgement of an alarm still firing: dropped last
+KEEP_ACK = 1  # an acknowledgement or action outcome of an alarm still firing: dropped last
 KEEP_FIRING = 2  # the firing message of an alarm still firing: never dropped
 
 Value = float | int | bool | str | None
 
 _STATE_COLUMNS = (
     "rule, state, acknowledged, ack_ts, ack_by, severity, since_ts, since_mono, boot, value,"
-    " device, metric, labels, fired_ts, resolved_ts, resolved_value, count, fire_seq, last_seq"
+    " device, metric, labels, fired_ts, resolved_ts, resolved_value, count, fire_seq, last_seq,"
+    " actions"
 )
 _MESSAGE_COLUMNS = (
     "seq, transition, rule, severity, value, device, metric, since_ts, since_mono, ts, mono,"
-    " labels, boot, by"
+    " labels, boot, by, detail"
 )
 _STATE_FIELDS = tuple(c.strip() for c in _STATE_COLUMNS.split(","))
 _MESSAGE_FIELDS = tuple(c.strip() for c in _MESSAGE_COLUMNS.split(","))
@@ -154,6 +158,8 @@ class AlarmState:
     count: int  # times fired
     fire_seq: int  # seq of this episode's firing message
     last_seq: int  # seq of its latest message
+    # Each action's latest outcome in this episode, by its key (``rule.actions`` index).
+    actions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def firing(self) -> bool:
@@ -178,6 +184,7 @@ class Message:
     labels: dict[str, str]
     boot: str  # the kernel boot id at the transition
     by: str | None = None  # who acknowledged it
+    detail: dict[str, Any] | None = None  # an action message: the action's outcome
 
 
 @dataclass(slots=True)
@@ -291,6 +298,13 @@ def _migrations() -> Migrations:
         db.table("alarms").create_index(["state", "last_seq"])
         db.table("meta").create({"key": str, "value": int}, pk="key", not_null=["value"])
 
+    @migrations()
+    def m002_actions(db: Database) -> None:
+        # The outcome of a rule's actions: on the state row (latest of each) and in the
+        # action messages.
+        db.table("alarms").add_column("actions", str)  # JSON object, by action key
+        db.table("messages").add_column("detail", str)  # JSON object
+
     return migrations
 
 
@@ -308,6 +322,7 @@ def _state(row: tuple[Any, ...]) -> AlarmState:
     f["value"] = json.loads(f["value"])
     f["resolved_value"] = None if f["resolved_value"] is None else json.loads(f["resolved_value"])
     f["labels"] = json.loads(f["labels"])
+    f["actions"] = json.loads(f["actions"]) if f["actions"] else {}
     return AlarmState(**f)
 
 
@@ -315,6 +330,7 @@ def _message(row: tuple[Any, ...]) -> Message:
     f: dict[str, Any] = dict(zip(_MESSAGE_FIELDS, row, strict=True))
     f["value"] = json.loads(f["value"])
     f["labels"] = json.loads(f["labels"])
+    f["detail"] = None if f["detail"] is None else json.loads(f["detail"])
     return Message(**f)
 
 
@@ -584,7 +600,7 @@ class AlarmStore:
             )  # fmt: skip
             conn.execute(
                 f"INSERT OR REPLACE INTO alarms({_STATE_COLUMNS})"  # noqa: S608
-                " VALUES (?,?,0,NULL,NULL,?,?,?,?,?,?,?,?,?,NULL,NULL,?,?,?)",
+                " VALUES (?,?,0,NULL,NULL,?,?,?,?,?,?,?,?,?,NULL,NULL,?,?,?,NULL)",
                 (
                     rule, FIRING, severity, since_ts, since_mono, self.boot_id, _dump(value),
                     device, metric, labels_json, ts, (row[1] if row else 0) + 1, seq, seq,
@@ -653,6 +669,40 @@ class AlarmStore:
             self._acknowledged += 1
         return msg
 
+    def action(
+        self,
+        rule: str,
+        key: str,
+        detail: Mapping[str, Any],
+        ts: float,
+        *,
+        mono: float | None = None,
+    ) -> Message | None:
+        """The outcome of one of the rule's actions (``key``: which, e.g. its index in the
+        rule's ``actions``): kept on the state row and returned as an ``action`` message
+        (``detail``: the outcome, JSON), committed. None if the rule has no alarm."""
+        mono = boottime() if mono is None else mono
+        out = dict(detail)
+        with self._lock, self._tx(f"action outcome of {rule}") as conn:
+            row = conn.execute(
+                f"SELECT {_STATE_COLUMNS} FROM alarms WHERE rule = ?",  # noqa: S608
+                (rule,),
+            ).fetchone()
+            if row is None:
+                return None
+            state = _state(row)
+            seq = self._take_seq()
+            actions = {**state.actions, key: out}
+            conn.execute(
+                "UPDATE alarms SET actions = ?, last_seq = ? WHERE rule = ?",
+                (json.dumps(actions, sort_keys=True), seq, rule),
+            )
+            msg = self._follow_up(
+                state, ACTION, seq=seq, value=state.value, ts=ts, mono=mono, by=None, detail=out
+            )
+            self._insert(msg, row[12], KEEP_ACK if state.firing else KEEP_OVER)
+        return msg
+
     def _follow_up(
         self,
         state: AlarmState,
@@ -663,10 +713,11 @@ class AlarmStore:
         ts: float,
         mono: float,
         by: str | None,
+        detail: dict[str, Any] | None = None,
     ) -> Message:
         return Message(
             seq, transition, state.rule, state.severity, value, state.device, state.metric,
-            state.since_ts, state.since_mono, ts, mono, state.labels, self.boot_id, by,
+            state.since_ts, state.since_mono, ts, mono, state.labels, self.boot_id, by, detail,
         )  # fmt: skip
 
     def _take_seq(self) -> int:
@@ -682,11 +733,11 @@ class AlarmStore:
         conn = self.conn
         conn.execute(
             f"INSERT INTO messages({_MESSAGE_COLUMNS}, keep)"  # noqa: S608
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 msg.seq, msg.transition, msg.rule, msg.severity, _dump(msg.value), msg.device,
                 msg.metric, msg.since_ts, msg.since_mono, msg.ts, msg.mono, labels_json,
-                msg.boot, msg.by, keep,
+                msg.boot, msg.by, None if msg.detail is None else json.dumps(msg.detail), keep,
             ),
         )  # fmt: skip
         conn.execute(_UPSERT_LAST_SEQ, (msg.seq,))
@@ -735,7 +786,7 @@ class AlarmStore:
 
     def _drop_messages(self, limit: int) -> int:
         conn = self.conn
-        for reason, keep in (("resolved_message", KEEP_OVER), ("firing_ack", KEEP_ACK)):
+        for reason, keep in (("resolved_message", KEEP_OVER), ("firing_followup", KEEP_ACK)):
             seqs = [
                 r[0]
                 for r in conn.execute(
@@ -866,6 +917,11 @@ class AlarmStore:
         self, rule: str, by: str, ts: float, *, mono: float | None = None
     ) -> Message | None:
         return await asyncio.to_thread(lambda: self.acknowledge(rule, by, ts, mono=mono))
+
+    async def aaction(
+        self, rule: str, key: str, detail: Mapping[str, Any], ts: float
+    ) -> Message | None:
+        return await asyncio.to_thread(lambda: self.action(rule, key, detail, ts))
 
     async def apending(self, limit: int = 100) -> list[Message]:
         return await asyncio.to_thread(self.pending, limit)

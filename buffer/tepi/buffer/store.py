@@ -154,6 +154,9 @@ class Buffer:
         self._wake = asyncio.Event()
         self._data = asyncio.Event()
         self._watch: tuple[int, asyncio.Event] | None = None  # see watch()
+        # Called with each run the buffer takes, after it took it (the agent's rules: they
+        # see every reading as it is buffered). It must not raise, and must be quick.
+        self.tap: Callable[[Run], None] | None = None
         self._progress = asyncio.Event()
         self._lock = asyncio.Lock()
         self._opened = False
@@ -332,6 +335,8 @@ class Buffer:
         if watch is not None and self._next_seq > watch[0]:
             self._watch = None
             watch[1].set()
+        if self.tap is not None:
+            self.tap(run)
         return run.first
 
     def ack(self, batch: Batch) -> None:

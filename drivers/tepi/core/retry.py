@@ -26,6 +26,8 @@ The policies (the uplink's caps come from ``uplink.reconnect`` in the config)::
     serial reopen      1 s         1 s       none     drivers/serial/transport.py (by path)
     serial flapping    1 s         30 s      full     drivers/serial/transport.py (a port
                                                       that opens and fails at once)
+    rule action        0.5 s       4 s       full     gateway/alarms.py (a rule's write or
+                                                      snapshot: 4 attempts, then failed)
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ T = TypeVar("T")
 __all__ = [
     "BUFFER_COMMIT",
     "DEVICE_OPEN",
+    "RULE_ACTION",
     "SERIAL_FLAPPING",
     "SERIAL_REOPEN",
     "UPLINK_RECONNECT",
@@ -116,6 +119,7 @@ class Policy:
     max_cap_s: float
     jitter: bool = True
     give_up_after_s: float | None = None  # None: retry until cancelled
+    max_attempts: int | None = None  # give up after this many attempts (None: no limit)
 
     def __post_init__(self) -> None:
         if not 0 < self.first_cap_s <= self.max_cap_s:
@@ -176,6 +180,8 @@ class Policy:
         stop: tenacity.stop.stop_base = tenacity.stop_never
         if self.give_up_after_s is not None:
             stop = tenacity.stop_after_delay(self.give_up_after_s)
+        if self.max_attempts is not None:
+            stop = stop | tenacity.stop_after_attempt(self.max_attempts)
         if sleep is None:
             sleep = asyncio.sleep
         if stopping is not None:
@@ -223,3 +229,5 @@ DEVICE_OPEN = Policy("device open", 1.0, 60.0)
 BUFFER_COMMIT = Policy("buffer commit", 0.5, 30.0)
 SERIAL_REOPEN = Policy("serial reopen", 1.0, 1.0, jitter=False)
 SERIAL_FLAPPING = Policy("serial flapping", 1.0, 30.0)
+# A rule's action (a siren's write): a few quick tries, then reported as failed in the alarm.
+RULE_ACTION = Policy("rule action", 0.5, 4.0, max_attempts=4)

@@ -184,3 +184,40 @@ def image_meta_payload(gateway_id: str, meta: Any, *, split: bool = False) -> di
         "parent": meta.parent,
         "split": split,
     }
+
+
+def alarm_payload(gateway_id: str, msg: Any, *, current_boot: str, clock_synced: bool) -> bytes:
+    """An alarm message (docs/payload.md#alarms) on ``alarm``: a rule's ``firing``,
+    ``resolved`` or ``acknowledged``, or the outcome of one of its actions (``action``).
+    ``msg`` is a tepi.buffer.alarms.Message. ``since`` is when the condition became true
+    (firing) or false (resolved), ``ts`` when the transition happened; both are dated again
+    from the boot's monotonic clock when the message is of this boot and the clock is synced
+    now (an alarm raised before the clock synced gets its true time)."""
+    clock = clock_obj(current_boot, clock_synced)
+    fix = clock_fix(msg.boot, current_boot, clock_synced, clock)
+    since, ts = msg.since_ts, msg.ts
+    if fix is not None:
+        since, ts = msg.since_mono + fix, msg.mono + fix
+    obj: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
+        "gateway": gateway_id,
+        "seq": msg.seq,
+        "rule": msg.rule,
+        "state": msg.transition,
+        "severity": msg.severity,
+        "device": msg.device or None,
+        "metric": msg.metric or None,
+        "value": msg.value,
+        "since": ms(since) / 1000,
+        "ts": ms(ts) / 1000,
+        "since_mono": ms(msg.since_mono) / 1000,
+        "mono": ms(msg.mono) / 1000,
+        "boot": msg.boot,
+        "labels": msg.labels,
+        "clock": clock,
+    }
+    if msg.by is not None:
+        obj["by"] = msg.by
+    if msg.detail is not None:
+        obj["action"] = msg.detail
+    return _dumps(obj)

@@ -84,6 +84,13 @@ class DeviceStats:
     last_error: str | None = None
     last_poll_s: float | None = None
     next_probe_s: float | None = None  # while quarantined: seconds between probes
+    # A rule's poll_rate action: the interval while it fires, instead of poll_interval (None:
+    # the config's). Set it with ``set_interval``: the poll loop wakes and polls at once.
+    # ``poke`` is that wake-up, only for a device a poll_rate action names (the agent sets
+    # it): waiting on it as well as on the stop costs two tasks a sleep, which the others
+    # need not pay.
+    interval: float | None = None
+    poke: asyncio.Event | None = None
     # The latest reading of each metric, for the local status API and ``tepi status``: the
     # run (the poll) that holds it, so a poll updates this without one object per value.
     last: dict[str, Run] = field(default_factory=dict)
@@ -99,6 +106,13 @@ class DeviceStats:
     def latest(self) -> dict[str, Reading]:
         """The latest reading of each metric."""
         return {m: run.reading(run.metrics.index(m)) for m, run in self.last.items()}
+
+    def set_interval(self, interval: float | None) -> None:
+        """Poll every ``interval`` s from now on (None: the config's poll_interval)."""
+        if interval != self.interval:
+            self.interval = interval
+            if self.poke is not None:
+                self.poke.set()
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -218,14 +232,32 @@ def put_values(
         )
 
 
-async def _pause(stopping: asyncio.Event | None, seconds: float) -> None:
-    """Sleep, but wake at once when the agent is stopping."""
-    if stopping is None:
+async def _pause(
+    stopping: asyncio.Event | None, seconds: float, poke: asyncio.Event | None = None
+) -> None:
+    """Sleep, but wake at once when the agent is stopping (or ``poke`` is set)."""
+    if stopping is None and poke is None:
         await asyncio.sleep(seconds)
         return
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
-            await stopping.wait()
+            if poke is None:
+                assert stopping is not None
+                await stopping.wait()
+            elif stopping is None:
+                await poke.wait()
+            else:
+                await _either(stopping, poke)
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    """Until one of two events is set."""
+    waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 class _Guarded:
@@ -384,7 +416,6 @@ async def _poll_loop(
     stopping: asyncio.Event | None = None,
     quarantine: bool = True,
 ) -> None:
-    interval = cfg.poll_interval
     # A poll may take several requests, each up to ``timeout``; this only guards a hang.
     guard = cfg.timeout * 8 + 5.0
     # ``quarantine``: a driver alone on its port (a UART sensor) says so (its attribute of that
@@ -394,10 +425,15 @@ async def _poll_loop(
     late_logged = False
     while True:
         delay = next_t - loop.time()
+        poke = stats.poke
         if delay > 0:
-            await _pause(stopping, delay)
+            await _pause(stopping, delay, poke)
         if stopping is not None and stopping.is_set():
             return
+        if poke is not None and poke.is_set():
+            poke.clear()  # the interval changed (a rule's poll_rate): poll now, then its grid
+            next_t = loop.time()
+        interval = stats.interval or cfg.poll_interval
         started = loop.time()
         stats.polls += 1
         # Asked before the read: a reading taken as the clock syncs is flagged unsynced, and

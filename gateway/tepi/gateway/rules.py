@@ -344,6 +344,9 @@ class SnapshotAction(_Model):
     """Take a camera snapshot when the rule fires."""
 
     camera: str = Field(pattern=_ID, description="The camera (a device with driver: camera).")
+    on_resolve: bool = Field(
+        default=False, description="Take one when the rule resolves too (the all-clear)."
+    )
 
 
 class PollRateAction(_Model):

@@ -280,6 +280,10 @@ class RuleEngine:
             rule.root = self._compile(rule, cfg)
             self._rules[cfg.id] = rule
 
+    def reading_devices(self) -> frozenset[str]:
+        """The devices whose readings some rule watches (the others need no call at all)."""
+        return frozenset(device for device, _ in self._readings)
+
     def _compile(self, rule: _Rule, cond: Condition) -> _Node:
         if cond.children:
             return (cond.all is not None, [self._compile(rule, c) for c in cond.children])

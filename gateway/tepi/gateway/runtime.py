@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 from tepi.buffer import Buffer, BufferSettings
 from tepi.core import __version__
 from tepi.core.clock import WallClock, clock_synced
-from tepi.core.errors import ConfigError
+from tepi.core.errors import ConfigError, DeviceUnavailable, WriteRefused
+from tepi.core.records import Value
 from tepi.drivers.base import Driver, SharedResources
 from tepi.drivers.registry import DeviceConfig, make_driver
+from tepi.gateway.alarms import AlarmHub
 from tepi.gateway.config import Config
 from tepi.gateway.configload import load_config
 from tepi.gateway.health import (
@@ -98,11 +100,21 @@ class Agent:
         if ImageHub.wanted(cfg.gateway.data_dir, cameras):
             self.images = self._image_hub(cfg)
         self._cameras: dict[str, Any] = {}  # camera drivers by device id (request_snapshot)
+        self._drivers: dict[str, Driver] = {}  # every device's driver (a rule's write)
+        # A rule's poll_rate actions: device -> rule -> interval while the rule fires.
+        self._poll_rates: dict[str, dict[str, float]] = {}
+        self._poked = _poll_rate_devices(cfg)  # the devices those actions may speed up
         self._recent_snapshots: dict[int, bytes] = {}  # the last few taken on request
         # Set when the link or a device's state changes: the STATUS= line is sent at once.
         self._status_changed = asyncio.Event()
         self.devices = {d.id: DeviceStats(on_state=self._status_changed.set) for d in cfg.devices}
-        self.uplink = Uplink(cfg, self.buffer, self.boot_id, self.health, self.images)
+        # The rules and their alarms, only with rules (or alarms left from an earlier run).
+        self.alarms: AlarmHub | None = None
+        if AlarmHub.wanted(cfg.gateway.data_dir, cfg.rules):
+            self.alarms = self._alarm_hub(cfg)
+        self.uplink = Uplink(
+            cfg, self.buffer, self.boot_id, self.health, self.images, alarms=self.alarms
+        )
         self.uplink.on_link = self._status_changed.set
         self.started = time.monotonic()
         self._stopping = asyncio.Event()  # set at a stop: pollers finish their poll and end
@@ -136,6 +148,21 @@ class Agent:
             reserve_bytes=disk_reserve(cfg.buffer.max_bytes, self.buffer.settings.path),
             sync=cfg.buffer.sync == "full",
         )
+
+    def _alarm_hub(self, cfg: Config) -> AlarmHub:
+        hub = AlarmHub(
+            cfg.rules,
+            cfg.gateway.data_dir,
+            _Targets(self),
+            boot_id=self.boot_id,
+            sync=cfg.buffer.sync == "full",
+        )
+        self.buffer.tap = hub.on_run
+        return hub
+
+    async def _close_alarms(self) -> None:
+        if self.alarms is not None:
+            await self.alarms.close()
 
     async def _close_images(self) -> None:
         if self.images is not None:
@@ -231,12 +258,17 @@ class Agent:
             if self.images is not None:
                 await self.images.open()
             stack.push_async_callback(self._close_images)
+            if self.alarms is not None:
+                await self.alarms.open()
+            stack.push_async_callback(self._close_alarms)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
                     tasks.append(tg.create_task(self.buffer.run(), name="tepi.buffer.commit"))
                     self._uplink_task = tg.create_task(self.uplink.run(), name="tepi.uplink")
                     tasks.append(self._uplink_task)
+                    if self.alarms is not None:
+                        tasks.append(tg.create_task(self.alarms.run(), name="tepi.rules"))
                     for dev in self.cfg.devices:
                         self._start_device(dev)
                     tg.create_task(
@@ -279,11 +311,28 @@ class Agent:
 
     def _start_device(self, dev: DeviceConfig) -> None:
         assert self._tg is not None
-        stats = self.devices[dev.id] = DeviceStats(on_state=self._status_changed.set)
+        hub = self.alarms
+        camera = getattr(dev, "driver", "") == "camera"
+        stats = self.devices[dev.id] = DeviceStats()
+
+        def state_changed() -> None:
+            self._status_changed.set()
+            if hub is not None and not camera:  # a camera's rules watch its own state
+                hub.on_state(dev.id, stats.state)
+
+        stats.on_state = state_changed
+        if dev.id in self._poked:
+            stats.poke = asyncio.Event()
+        rates = self._poll_rates.get(dev.id)
+        if rates:
+            stats.interval = min(rates.values())
         driver = self._make_driver(dev, self._resources)
+        self._drivers[dev.id] = driver
         self._cameras.pop(dev.id, None)
-        if getattr(dev, "driver", "") == "camera":
+        if camera:
             self._cameras[dev.id] = driver
+            if hub is not None:
+                driver.on_state = lambda state, reason: hub.on_state(dev.id, state, reason)  # type: ignore[attr-defined]
         task = self._tg.create_task(
             poll_device(dev, driver, self.buffer, stats, clock=self.clock, stopping=self._stopping),
             name=f"tepi.device[{dev.id}]",
@@ -347,21 +396,57 @@ class Agent:
                 await new_hub.open()
             except Exception as err:  # noqa: BLE001 - refused like any other reload problem
                 return self._reload_failed([f"images: cannot open the image buffer: {err}"])
+        # The first rules, added by a reload: the alarm store opens now, and the uplink
+        # reconnects with its alarm lane.
+        new_alarms: AlarmHub | None = None
+        if self.alarms is None and applied.rules:
+            new_alarms = AlarmHub(
+                applied.rules,
+                applied.gateway.data_dir,
+                _Targets(self),
+                boot_id=self.boot_id,
+                sync=applied.buffer.sync == "full",
+            )
+            try:
+                await new_alarms.open()
+            except Exception as err:  # noqa: BLE001 - refused like any other reload problem
+                if new_hub is not None:
+                    await new_hub.close()
+                return self._reload_failed([f"rules: cannot open the alarm store: {err}"])
         # All or nothing: the new uplink (password read, TLS files loaded) is built before
         # anything changes; a file it cannot use refuses the whole reload.
         uplink: Uplink | None = None
-        if applied.uplink != old.uplink or new_hub is not None:
+        if applied.uplink != old.uplink or new_hub is not None or new_alarms is not None:
             try:
                 uplink = Uplink(
-                    applied, self.buffer, self.boot_id, self.health, new_hub or self.images
+                    applied,
+                    self.buffer,
+                    self.boot_id,
+                    self.health,
+                    new_hub or self.images,
+                    alarms=new_alarms or self.alarms,
                 )
                 uplink.on_link = self._status_changed.set
             except UplinkSetupError as err:
                 if new_hub is not None:
                     await new_hub.close()
+                if new_alarms is not None:
+                    await new_alarms.close()
                 return self._reload_failed([str(err)])
         if new_hub is not None:
             self.images = self._resources.images = new_hub
+        if new_alarms is not None:
+            assert self._tg is not None
+            self.alarms = new_alarms
+            self.buffer.tap = new_alarms.on_run
+            self._tasks.append(self._tg.create_task(new_alarms.run(), name="tepi.rules"))
+        elif self.alarms is not None and applied.rules != old.rules:
+            self.alarms.reconfigure(applied.rules)
+        self._poked = _poll_rate_devices(applied)
+        for dev_id in self._poked:
+            st = self.devices.get(dev_id)
+            if st is not None and st.poke is None:
+                st.poke = asyncio.Event()
         if new.gateway.log_level != old.gateway.log_level:
             logging.getLogger().setLevel(new.gateway.log_level.upper())
         restarted = await self._apply_devices(old, applied)
@@ -405,6 +490,7 @@ class Agent:
                 await task
             self.devices.pop(dev_id, None)
             self._cameras.pop(dev_id, None)
+            self._drivers.pop(dev_id, None)
         for dev in new.devices:
             if dev.id not in self._pollers:
                 self._start_device(dev)
@@ -569,6 +655,55 @@ class Agent:
 
         loop.call_later(1.0, reap)
         raise _Stop
+
+
+def _poll_rate_devices(cfg: Config) -> frozenset[str]:
+    """The devices a rule's poll_rate action names."""
+    return frozenset(
+        a.poll_rate.device for r in cfg.rules for a in r.actions if a.poll_rate is not None
+    )
+
+
+class _Targets:
+    """What the rules' actions may do in the agent (tepi.gateway.alarms.ActionTargets)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def write(self, device: str, metric: str, value: Value) -> Value:
+        driver = self.agent._drivers.get(device)
+        write = getattr(driver, "write", None)
+        if write is None:
+            raise WriteRefused("not writable", f"{device} is not running, or takes no writes")
+        try:
+            got: Value = await write(metric, value)
+        except RuntimeError as err:  # the driver is between connections: not open now
+            raise DeviceUnavailable("not connected", f"{device}: {err}") from err
+        return got
+
+    async def snapshot(self, camera: str, reason: str) -> int:
+        stored = await self.agent.request_snapshot(camera, reason)
+        return stored.seq
+
+    def poll_rate(self, rule: str, device: str, interval: float | None) -> None:
+        agent = self.agent
+        rates = agent._poll_rates.setdefault(device, {})
+        if interval is None:
+            rates.pop(rule, None)
+        else:
+            rates[rule] = interval
+        fastest = min(rates.values()) if rates else None
+        if not rates:
+            del agent._poll_rates[device]
+        stats = agent.devices.get(device)
+        if stats is not None and stats.interval != fastest:
+            log.info(
+                "device %s: polled every %s (rule %s)",
+                device,
+                f"{fastest:g} s" if fastest is not None else "poll_interval again",
+                rule,
+            )
+            stats.set_interval(fastest)
 
 
 SWITCH_INTERVAL_S = 0.0005

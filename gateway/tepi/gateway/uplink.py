@@ -1,7 +1,8 @@
 """The uplink: committed readings -> MQTT batches -> broker; PUBACK -> delete.
 
-One connection at a time, each a *session* that runs three tasks in a TaskGroup: a watcher
-that raises when the link drops, the sender, and the health publisher. When any of them
+One connection at a time, each a *session* that runs its tasks in a TaskGroup: a watcher
+that raises when the link drops, the senders (alarms first, then telemetry: live and
+backlog lanes; images only when telemetry is idle), and the health publisher. When any of them
 fails, the TaskGroup cancels the rest and every unacknowledged batch is sent again on the
 next connection (duplicates are possible there and carry the same ``seq``; loss is not).
 
@@ -47,6 +48,7 @@ from tepi.gateway.compact import encode_compact
 from tepi.gateway.config import Config, resolve_credential
 from tepi.gateway.images import ImageHub
 from tepi.gateway.payload import (
+    alarm_payload,
     encode_telemetry,
     health_payload,
     image_meta_payload,
@@ -55,8 +57,11 @@ from tepi.gateway.payload import (
 
 if TYPE_CHECKING:
     from tepi.buffer.images import ImageMeta
+    from tepi.gateway.alarms import AlarmHub
 
 log = logging.getLogger(__name__)
+
+ALARM_BATCH = 100  # alarm messages in flight at once (each its own PUBACK)
 
 
 @dataclass
@@ -74,6 +79,7 @@ class UplinkStats:
     errors: dict[str, int] = field(default_factory=dict)
     probes: int = 0  # bare TCP connections tried while the broker was unreachable
     probes_answered: int = 0  # ... that found it back, and cut the backoff short
+    alarms_sent: int = 0  # alarm messages acknowledged by the broker
 
 
 _WHAT = {
@@ -227,10 +233,13 @@ class Uplink:
         boot_id: str,
         health: Callable[[], dict[str, Any]],
         images: ImageHub | None = None,
+        *,
+        alarms: AlarmHub | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
         self.images = images
+        self.alarms = alarms
         buffer.linked = False  # no acks until a session is up: the buffer commits at once
         self.boot_id = boot_id
         self._health = health
@@ -239,6 +248,7 @@ class Uplink:
         self.topic_telemetry = f"{base}/telemetry"
         self.topic_status = f"{base}/status"
         self.topic_health = f"{base}/health"
+        self.topic_alarm = f"{base}/alarm"
         self.topic_image = f"{base}/image"  # /{camera}: the JPEG bytes
         self.topic_image_meta = f"{base}/image_meta"  # /{camera}: its metadata, JSON
         self.topic_image_part = f"{base}/image_part"  # /{camera}/{seq}/{offset}: a part
@@ -500,6 +510,10 @@ class Uplink:
             first_seq=self.buffer.first_seq,
         )
         await self._acked(client, self.topic_status, online, retain=True)
+        if self.alarms is not None:
+            # Alarms first: every one waiting is acknowledged before any telemetry goes.
+            await self._send_alarms(client, self.alarms)
+            tg.create_task(self._alarm_lane(client, self.alarms), name="tepi.uplink.alarms")
         # Everything not acknowledged goes to the file first, and deletes for batches acked
         # in the last session land, so the backlog is exactly what the file holds.
         await self.buffer.flush()
@@ -715,6 +729,31 @@ class Uplink:
             self._kick.set()
         async with self._changed:
             self._changed.notify_all()
+
+    # ---- alarms ------------------------------------------------------------------------
+    #
+    # The alarm store's messages go first: at each connect, all of them, acknowledged, before
+    # the telemetry lanes start; during a session, at once, beside the telemetry (they take
+    # none of its slots). Deleted from the store after their PUBACK, like readings.
+
+    async def _alarm_lane(self, client: aiomqtt.Client, hub: AlarmHub) -> None:
+        while True:
+            await hub.changed.wait()
+            await self._send_alarms(client, hub)
+
+    async def _send_alarms(self, client: aiomqtt.Client, hub: AlarmHub) -> None:
+        while True:
+            hub.changed.clear()
+            msgs = await hub.store.apending(ALARM_BATCH)
+            if not msgs:
+                return
+            gw, boot, synced = self.cfg.gateway.id, self.boot_id, clock_synced()
+            async with asyncio.TaskGroup() as tg:  # in flight together, in seq order
+                for m in msgs:
+                    payload = alarm_payload(gw, m, current_boot=boot, clock_synced=synced)
+                    tg.create_task(self._acked(client, self.topic_alarm, payload, False))
+            await hub.store.aack(m.seq for m in msgs)
+            self.stats.alarms_sent += len(msgs)
 
     # ---- health ------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -124,6 +124,8 @@ class CameraDriver:
         self._last_snapshot: float | None = None
         self.state = "starting"
         self.reason: str | None = None
+        # Called with (state, reason) on each change of state (the agent's rules watch it).
+        self.on_state: Callable[[str, str | None], None] | None = None
         self.snapshots = 0
         self.snapshot_errors = 0
         self.last_snapshot_seq: int | None = None
@@ -306,6 +308,8 @@ class CameraDriver:
                 self.config.auth_retry,
             )
         # offline is logged by the poller (first failure and recovery), like any device.
+        if self.on_state is not None:
+            self.on_state(state, reason)
 
     # ---- pixels (worker thread) -------------------------------------------------------
 
