@@ -225,6 +225,7 @@ class AlarmHub:
         self.targets = targets
         self.stats = HubStats()
         self.changed = asyncio.Event()  # a message waits for the uplink's alarm lane
+        self.sent = 0  # messages the broker acknowledged (the uplink counts them here)
         self._runners = self._make_runners(rules)
         self._queue: deque[_Record] = deque()
         self._queued = asyncio.Event()
@@ -524,5 +525,30 @@ class AlarmHub:
             self.changed.set()
         return msg is not None
 
-    def queued(self) -> int:
-        return len(self._queue)
+    def health(self) -> dict[str, Any]:
+        """The health message's ``alarms`` (tepi.gateway.health.AlarmsHealth): from the
+        counters only, no SQL, so asking never waits for the store's writer."""
+        st = self.store.stats(quick=True)
+        firing = sorted(self.engine.firing())
+        hs = self.stats
+        return {
+            "firing": len(firing),
+            "firing_rules": firing[:50],
+            "pending": st.pending,
+            "queued": len(self._queue),
+            "rows": st.rows,
+            "max_alarms": st.max_alarms,
+            "fired": st.fired,
+            "resolved": st.resolved_transitions,
+            "sent": self.sent,
+            "dropped": st.dropped,
+            "write_errors": st.write_errors,
+            "actions": {
+                "ok": hs.actions_ok,
+                "failed": hs.actions_failed,
+                "deferred": hs.actions_deferred,
+                "skipped": hs.actions_skipped,
+            },
+            "action_retries": hs.action_retries,
+            "last_action_error": hs.last_action_error,
+        }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -95,6 +96,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--socket", type=Path, default=None, help="the status socket itself")
     status.add_argument("--json", action="store_true", help="the raw health and devices JSON")
+    alarms = sub.add_parser(
+        "alarms", help="the rules' alarms, firing first; `tepi alarms ack RULE` acknowledges one"
+    )
+    alarms.add_argument("action", nargs="?", choices=["ack"], help="ack: acknowledge RULE")
+    alarms.add_argument("rule", nargs="?", help="the rule whose alarm to acknowledge")
+    alarms.add_argument(
+        "--by", default=None, help="who acknowledges (default: local:<your user name>)"
+    )
+    alarms.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file, to find the status socket (default /etc/tepi/tepi.yaml)",
+    )
+    alarms.add_argument("--socket", type=Path, default=None, help="the status socket itself")
+    alarms.add_argument("--json", action="store_true", help="the raw JSON")
     snap = sub.add_parser(
         "snapshot", help="a camera's snapshot now, stored in the image buffer (and sent)"
     )
@@ -164,6 +182,55 @@ def cmd_status(config: Path, sock: Path | None, as_json: bool) -> int:
                 print(issue, file=sys.stderr)
             return EXIT_CONFIG
     return run_status(sock, as_json=as_json)
+
+
+def _status_socket(args: argparse.Namespace) -> Path | None:
+    """The status socket: --socket, or the config's; None (reported) if the config is bad."""
+    from tepi.gateway.configload import load_config
+
+    if args.socket is not None:
+        return Path(args.socket)
+    try:
+        return load_config(args.config, check_files=False).status_socket()
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return None
+
+
+def cmd_alarms(args: argparse.Namespace) -> int:
+    """``tepi alarms [ack RULE]``: through the running agent's status API (the agent owns
+    the alarm store; an acknowledgement is an alarm message like the others)."""
+    from urllib.parse import quote
+
+    from tepi.gateway.status import EXIT_UNREACHABLE, format_alarms, request
+
+    if args.action == "ack" and not args.rule:
+        print("tepi alarms ack RULE: which rule's alarm?", file=sys.stderr)
+        return EXIT_USAGE
+    sock = _status_socket(args)
+    if sock is None:
+        return EXIT_CONFIG
+    try:
+        if args.action == "ack":
+            by = args.by or f"local:{os.environ.get('SUDO_USER') or getpass.getuser()}"
+            path = f"/alarms/{quote(args.rule, safe='')}/ack?by={quote(by, safe='')}"
+            status, _, body = request(sock, "POST", path)
+        else:
+            status, _, body = request(sock, "GET", "/alarms")
+    except OSError as err:
+        print(f"cannot reach the agent at {sock}: {err} (is tepi running?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    answer = json.loads(body) if body.startswith(b"{") else {}
+    if status != 200:
+        print(answer.get("error", f"HTTP {status}"), file=sys.stderr)
+        return EXIT_RUNTIME
+    if args.action == "ack":
+        print(f"alarm {answer['acknowledged']} acknowledged by {answer['by']}")
+    elif args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(format_alarms(answer))
+    return EXIT_OK
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -355,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_buffer(args)
     if args.command == "snapshot":
         return cmd_snapshot(args)
+    if args.command == "alarms":
+        return cmd_alarms(args)
     if args.command == "doctor":
         from tepi.gateway.doctor import run_doctor
 

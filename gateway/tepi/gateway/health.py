@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tepi.buffer import BufferStats
+from tepi.buffer.alarms import DROP_REASONS as ALARM_DROP_REASONS
 from tepi.buffer.images import DROP_REASONS as IMAGE_DROP_REASONS  # one list, the store's
 from tepi.gateway.poller import DeviceStats
 
@@ -368,6 +369,53 @@ class ImagesHealth(_Model):
     budget: ImageBudgetHealth = Field(description="The images' share of the link.")
 
 
+ACTION_OUTCOMES = ("ok", "failed", "deferred", "skipped")
+
+
+class AlarmsHealth(_Model):
+    firing: Annotated[int, gauge("tepi_alarms_firing")] = Field(
+        description="Rules whose alarm is firing now."
+    )
+    firing_rules: list[str] = Field(description="Their ids (at most 50 listed).")
+    pending: Annotated[int, gauge("tepi_alarms_pending")] = Field(
+        description="Alarm messages not yet acknowledged by the broker."
+    )
+    queued: int = Field(
+        description="Transitions and action outcomes not yet in the alarm store (grows only "
+        "while the disk refuses writes)."
+    )
+    rows: int = Field(description="Rows in the alarm store: alarm states plus messages.")
+    max_alarms: int = Field(description="The store's bound on rows (firing alarms may exceed it).")
+    fired: Annotated[int, counter("tepi_alarms_fired_total")] = Field(
+        description="Alarms that started firing since start."
+    )
+    resolved: Annotated[int, counter("tepi_alarms_resolved_total")] = Field(
+        description="Alarms resolved since start."
+    )
+    sent: Annotated[int, counter("tepi_alarms_sent_total")] = Field(
+        description="Alarm messages acknowledged by the broker since start."
+    )
+    dropped: Annotated[
+        Counts, counter("tepi_alarms_dropped_total", label="reason", keys=ALARM_DROP_REASONS)
+    ] = Field(
+        description="Rows the store's bound dropped, by reason: resolved_state, "
+        "resolved_message, firing_followup. A firing alarm is never dropped."
+    )
+    write_errors: Annotated[int, counter("tepi_alarms_write_errors_total")] = Field(
+        description="Writes the alarm store refused (a full or failing disk); retried."
+    )
+    actions: Annotated[
+        Counts, counter("tepi_alarm_actions_total", label="outcome", keys=ACTION_OUTCOMES)
+    ] = Field(
+        description="Rule actions by outcome: ok, failed (after its retries), deferred "
+        "(a write held back by min_interval), skipped (a snapshot within min_interval)."
+    )
+    action_retries: Annotated[int, counter("tepi_alarm_action_retries_total")] = Field(
+        description="Attempts of actions that failed and were tried again."
+    )
+    last_action_error: str | None = Field(description="Why the last failed action failed.")
+
+
 class Health(_Model):
     """The health message (docs/payload.md#health)."""
 
@@ -391,6 +439,9 @@ class Health(_Model):
     images: ImagesHealth | None = Field(
         default=None,
         description="The image buffer and the images' link budget; null without cameras.",
+    )
+    alarms: AlarmsHealth | None = Field(
+        default=None, description="The rules' alarms and actions; null without rules."
     )
     config: ConfigHealth = Field(description="Config reloads.")
     process: ProcessHealth = Field(description="The agent's process.")

@@ -44,7 +44,7 @@ from tepi.gateway.health import (
 from tepi.gateway.images import ImageHub, disk_reserve
 from tepi.gateway.notify import Notifier
 from tepi.gateway.poller import DeviceStats, poll_device
-from tepi.gateway.statusapi import CameraAccess, StatusServer
+from tepi.gateway.statusapi import AlarmAccess, CameraAccess, StatusServer
 from tepi.gateway.sysinfo import boot_id as read_boot_id
 from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
 from tepi.gateway.uplink import Uplink, UplinkSetupError
@@ -202,6 +202,49 @@ class Agent:
         data = await self.images.read(seq)
         return None if data is None else (data, "image/jpeg")
 
+    async def _api_alarms(self) -> dict[str, Any]:
+        hub = self.alarms
+        if hub is None:
+            raise LookupError("no rules configured")
+        states = await asyncio.to_thread(hub.store.states)
+        out: list[dict[str, Any]] = []
+        for rule_id, st in states.items():
+            rule = hub.rules.get(rule_id)
+            out.append(
+                {
+                    "rule": rule_id,
+                    "state": st.state,
+                    "severity": st.severity,
+                    "description": rule.description if rule is not None else None,
+                    "in_config": rule is not None,
+                    "acknowledged": st.acknowledged,
+                    "ack_by": st.ack_by,
+                    "since": st.since_ts,
+                    "fired": st.fired_ts,
+                    "resolved": st.resolved_ts,
+                    "device": st.device or None,
+                    "metric": st.metric or None,
+                    "value": st.value,
+                    "resolved_value": st.resolved_value,
+                    "count": st.count,
+                    "labels": st.labels,
+                    "actions": st.actions,
+                }
+            )
+        out.sort(key=lambda a: (a["state"] != "firing", -float(a["fired"] or 0)))
+        return {"alarms": out, "rules": len(hub.rules), "health": hub.health()}
+
+    async def _api_ack(self, rule: str, by: str) -> bool:
+        hub = self.alarms
+        if hub is None:
+            raise LookupError("no rules configured")
+        if await asyncio.to_thread(hub.store.get, rule) is None:
+            raise LookupError(f"no alarm for rule {rule!r} (it never fired, or was forgotten)")
+        done = await hub.acknowledge(rule, by)
+        if done:
+            log.info("alarm %s acknowledged by %s", rule, by)
+        return done
+
     def health(self, *, mark: bool = True) -> dict[str, Any]:
         """The health message as published (docs/payload.md#health)."""
         return self.snapshot(mark=mark).payload()
@@ -236,6 +279,7 @@ class Agent:
             ),
             devices={k: DeviceHealth.of(v) for k, v in self.devices.items()},
             images=None if self.images is None else self.images.health(),
+            alarms=None if self.alarms is None else self.alarms.health(),
             config=ConfigHealth(
                 reloads=self.reloads["count"],
                 last_reload_ts=self.reloads["last_ts"],
@@ -518,6 +562,7 @@ class Agent:
                 cfg.status_socket(),
                 cfg.status.tcp_port,
                 CameraAccess(self._api_snapshot, self._api_image),
+                AlarmAccess(self._api_alarms, self._api_ack),
             )
             self._status_task = self._tg.create_task(self.status_server.run(), name="tepi.status")
 

@@ -103,6 +103,15 @@ def problems(health: dict[str, Any]) -> list[str]:
     images = health.get("images")
     if images and images["dropped"]:
         out.append(f"images dropped: {images['dropped']}")
+    alarms = health.get("alarms")
+    if alarms:
+        if alarms["queued"]:
+            out.append(f"alarm store refuses writes: {alarms['queued']} alarm records wait")
+        if alarms["actions"].get("failed"):
+            out.append(
+                f"rule actions failed: {alarms['actions']['failed']} since start (last: "
+                f"{alarms['last_action_error']})"
+            )
     if health["config"]["last_reload_ok"] is False:
         out.append("the last reload was refused: " + "; ".join(health["config"]["errors"][:3]))
     if health["config"]["restart_needed"]:
@@ -142,6 +151,19 @@ def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str
             f"{images['max_bytes'] / 1e6:.0f} MB  sent {images['sent']:,}"
             + (f"  held: {waiting}" if waiting else "")
         )
+    alarms = health.get("alarms")
+    if alarms:
+        firing = alarms["firing_rules"]
+        lines.append(
+            "alarms  "
+            + (
+                c("bad", f"{alarms['firing']} FIRING: {', '.join(firing)}")
+                if firing
+                else "none firing"
+            )
+            + (f"  {alarms['pending']} to send" if alarms["pending"] else "")
+            + "  (tepi alarms)"
+        )
     lines += [
         "",
         f"{'device':<16} {'state':<12} {'polls':>7} {'errors':>7}  {'last poll':>9}  latest",
@@ -169,6 +191,32 @@ def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str
         lines += [c("bad", "! " + p) for p in found]
     else:
         lines.append(c("good", "all is well"))
+    return "\n".join(lines)
+
+
+def format_alarms(answer: dict[str, Any]) -> str:
+    """``tepi alarms``: one line per rule that has an alarm, firing first."""
+    rows = answer["alarms"]
+    if not rows:
+        return f"no alarms ({answer['rules']} rules)"
+    now = time.time()
+    lines = [f"{'rule':<24} {'state':<9} {'severity':<9} {'since':>10}  {'ack':<16} value"]
+    for a in rows:
+        where = ".".join(x for x in (a["device"], a["metric"]) if x)
+        value = f"{where} = {a['value']!r}" if where else repr(a["value"])
+        if a["state"] == "resolved":
+            value += f" (cleared at {a['resolved_value']!r})"
+        ack = a["ack_by"] or "-" if a["acknowledged"] else "no"
+        lines.append(
+            f"{a['rule']:<24} {a['state']:<9} {a['severity']:<9} "
+            f"{_ago(now - a['since']):>10}  {ack:<16} {value}"
+        )
+        for key, out in sorted(a["actions"].items()):
+            ok = "ok" if out.get("ok") else f"FAILED: {out.get('error')}"
+            target = out.get("device") or out.get("camera") or ""
+            lines.append(f"{'':<24} action {key} {out.get('kind')} {target}: {ok}")
+        if not a["in_config"]:
+            lines.append(f"{'':<24} (its rule is no longer in the config)")
     return "\n".join(lines)
 
 

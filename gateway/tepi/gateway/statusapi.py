@@ -6,11 +6,14 @@ config asks, on 127.0.0.1. Nothing on the network can reach it by default. Its r
 - ``GET /health``: the health message, as published over MQTT (docs/payload.md#health);
 - ``GET /metrics``: the same figures in the Prometheus text format (prometheus-client);
 - ``GET /devices``: per device its state, counters and the latest reading of each metric;
+- ``GET /alarms``: every rule's alarm (firing and resolved) as the alarm store keeps it;
+  ``POST /alarms/{rule}/ack?by=NAME``: acknowledge it (``tepi alarms``);
 - ``POST /cameras/{id}/snapshot``: a camera's snapshot now, stored in the image buffer
   (``tepi snapshot``); ``GET /images/{seq}``: a stored image's bytes, until it is sent.
 
-Every answer but a snapshot's is built from the agent's counters at request time; such a
-request reads, never changes, anything (the health message's rates are not reset by it).
+Every answer but a snapshot's and an acknowledgement's is built from the agent's counters
+at request time; such a request reads, never changes, anything (the health message's rates
+are not reset by it).
 
 The sockets are made here, with the standard library, and the HTTP side
 (`tepi.gateway.statushttp`, on aiohttp) is imported only when the first connection comes, in a
@@ -49,18 +52,29 @@ class CameraAccess:
     image: Callable[[int], Awaitable[tuple[bytes, str] | None]]
 
 
+@dataclass(frozen=True)
+class AlarmAccess:
+    """What the status API may do with alarms: list them; acknowledge one (rule, by). Both
+    raise LookupError on a gateway without rules."""
+
+    list: Callable[[], Awaitable[dict[str, Any]]]
+    ack: Callable[[str, str], Awaitable[bool]]
+
+
 class StatusServer:
     """Serves the routes above for one agent; run() until cancelled."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the app's parts, the last ones optional
         self,
         health: Callable[[], Health],
         devices: Callable[[], dict[str, Any]],
         socket_path: Path,
         tcp_port: int | None = None,
         cameras: CameraAccess | None = None,
+        alarms: AlarmAccess | None = None,
     ) -> None:
         self._cameras = cameras
+        self._alarms = alarms
         self._health = health
         self._devices = devices
         self.socket_path = socket_path
@@ -83,7 +97,7 @@ class StatusServer:
             log.info("status API on %s", self.where())
             accepted = await _first_connections(socks)
             app_class = await asyncio.to_thread(_load_http)
-            self.app = app_class(self._health, self._devices, self._cameras)
+            self.app = app_class(self._health, self._devices, self._cameras, self._alarms)
             await self.app.start(socks, accepted)  # its transports own them now
             await asyncio.Event().wait()
         finally:

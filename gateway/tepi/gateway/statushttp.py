@@ -19,7 +19,7 @@ from aiohttp import web
 
 from tepi.core.errors import DeviceError
 from tepi.gateway.health import Health
-from tepi.gateway.statusapi import CameraAccess
+from tepi.gateway.statusapi import AlarmAccess, CameraAccess
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -62,10 +62,12 @@ class StatusApp:
         health: Callable[[], Health],
         devices: Callable[[], dict[str, Any]],
         cameras: CameraAccess | None = None,
+        alarms: AlarmAccess | None = None,
     ) -> None:
         self._health = health
         self._devices = devices
         self._cameras = cameras
+        self._alarms = alarms
         self._metrics: Callable[[], bytes] | None = None
         self._metrics_lock = asyncio.Lock()
         self._failing: set[str] = set()  # routes whose last request failed (logged once)
@@ -75,6 +77,8 @@ class StatusApp:
         app.router.add_get("/devices", self._get_devices)
         app.router.add_post("/cameras/{camera}/snapshot", self._post_snapshot)
         app.router.add_get("/images/{seq:[0-9]{1,18}}", self._get_image)
+        app.router.add_get("/alarms", self._get_alarms)
+        app.router.add_post("/alarms/{rule}/ack", self._post_ack)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def start(self, listening: list[socket.socket], accepted: list[socket.socket]) -> None:
@@ -134,6 +138,30 @@ class StatusApp:
         except OSError as err:
             return _error(507, f"the image buffer did not keep it: {err}")
         return _json(out)
+
+    async def _get_alarms(self, _req: web.Request) -> web.Response:
+        """``{"alarms": [...]}``: each rule's alarm, firing first; 404 without rules."""
+        if self._alarms is None:
+            return _error(404, "no rules configured")
+        try:
+            return _json(await self._alarms.list())
+        except LookupError as err:
+            return _error(404, str(err))
+
+    async def _post_ack(self, req: web.Request) -> web.Response:
+        """Acknowledge a rule's alarm: ``{"acknowledged": rule}``; 404 when it has none, 409
+        when it is already acknowledged (until it fires again)."""
+        rule = req.match_info["rule"]
+        by = req.query.get("by", "local")[:64] or "local"
+        if self._alarms is None:
+            return _error(404, "no rules configured")
+        try:
+            done = await self._alarms.ack(rule, by)
+        except LookupError as err:
+            return _error(404, str(err))
+        if not done:
+            return _error(409, f"the alarm of {rule} is already acknowledged")
+        return _json({"acknowledged": rule, "by": by})
 
     async def _get_image(self, req: web.Request) -> web.Response:
         """An image of the image buffer, while it is there (until the broker has it)."""

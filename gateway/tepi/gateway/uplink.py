@@ -754,6 +754,7 @@ class Uplink:
                     tg.create_task(self._acked(client, self.topic_alarm, payload, False))
             await hub.store.aack(m.seq for m in msgs)
             self.stats.alarms_sent += len(msgs)
+            hub.sent += len(msgs)
 
     # ---- health ------------------------------------------------------------------------
 
