@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="built-in demo: air-quality station + noise meter on one RTU pty, a river-level "
-        "gauge on TCP whose level floods and ebbs every 100 s, a siren (one writable coil) on "
+        "gauge on TCP whose level floods and ebbs every 60 s, a siren (one writable coil) on "
         "TCP, a PMS5003 on a pty, an IP camera (cam-1, Digest auth tepi/demo-camera)",
     )
     parser.add_argument(

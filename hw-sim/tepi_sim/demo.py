@@ -5,9 +5,10 @@ a river-level gauge speaks Modbus TCP, and a PMS5003 particulate counter streams
 a second on a serial port of its own. Every sensing Modbus device has a counter so a client
 can prove that no reading was lost.
 
-The river's level follows :data:`RIVER_SCRIPT`, a flood that comes and goes every 100 s:
-from 1.6 m it rises to 2.9 m over 40 s (past 2.5 m at about 28 s), holds 20 s, falls back
-to 1.6 m by 80 s (below 2.5 m at about 66 s and 2.3 m at about 69 s) and stays there 20 s.
+The river's level follows :data:`RIVER_SCRIPT`, a flood that comes and goes every 60 s
+(a demo's flood: a real one takes hours): from 1.6 m it rises to 2.9 m over 20 s (past
+2.5 m at about 13.8 s), holds 15 s, falls back to 1.6 m by 45 s (below 2.5 m at about
+38.1 s and 2.3 m at about 39.6 s) and stays there 15 s.
 ``siren-1``, the siren at the bridge, is a Modbus TCP device on a port of its own (unit 1)
 with one coil at address 0 (the siren: the gateway's demo names it ``siren``) that keeps
 what is written (kind ``output``, off at start); the device records every write with its
@@ -24,8 +25,8 @@ from typing import Any, Final
 
 __all__ = ["DEMO_CONFIG", "RIVER_SCRIPT"]
 
-# (seconds, metres), looped: a demo viewer sees a flood rule fire and resolve every 100 s.
-RIVER_SCRIPT: Final[list[list[float]]] = [[0, 1.6], [40, 2.9], [60, 2.9], [80, 1.6], [100, 1.6]]
+# (seconds, metres), looped: a demo viewer sees a flood rule fire and resolve every minute.
+RIVER_SCRIPT: Final[list[list[float]]] = [[0, 1.6], [20, 2.9], [35, 2.9], [45, 1.6], [60, 1.6]]
 
 DEMO_CONFIG: Final[dict[str, Any]] = {
     "devices": [

@@ -291,16 +291,16 @@ def test_the_demo_river_floods_and_ebbs_and_the_siren_is_an_output() -> None:
     clock = Clock(0.0)
     river = Device(river_cfg, clock=clock)
     samples = []
-    for step in range(2 * 100 * 2):  # two rounds, every 0.5 s
+    for step in range(2 * 60 * 2):  # two rounds, every 0.5 s
         clock.now = step / 2
         samples.append((clock.now, round(river.value(100, table="input"), 2)))
     above = [t for t, level in samples if level > 2.5]
-    first_round = [t for t in above if t < 100]
-    assert 25 <= first_round[0] <= 30  # rises past 2.5 m about 28 s in
-    assert 60 <= first_round[-1] <= 70  # and falls back about 66 s in
+    first_round = [t for t in above if t < 60]
+    assert 13 <= first_round[0] <= 15  # rises past 2.5 m about 13.8 s in
+    assert 37 <= first_round[-1] <= 39  # and falls back about 38.1 s in
     assert max(level for _, level in samples) == 2.9
-    below = [t for t, level in samples if first_round[-1] < t < 100 and level < 2.3]
+    below = [t for t, level in samples if first_round[-1] < t < 60 and level < 2.3]
     assert below
     assert below[0] - first_round[-1] < 5  # below 2.3 m a few seconds later
-    assert [t - 100 for t in above if t >= 100] == first_round  # and again, the same
+    assert [t - 60 for t in above if t >= 60] == first_round  # and again, the same
     assert RIVER_SCRIPT[0][1] == RIVER_SCRIPT[-1][1]  # a smooth loop

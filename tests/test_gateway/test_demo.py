@@ -16,6 +16,7 @@ from tepi.gateway.configload import load_config
 from tepi.gateway.demo import render_config
 
 READING = re.compile(r"^\d\d:\d\d:\d\d  (\S+)\s+(\S+)\s+(\S+)\s+(\S*)\s+seq (\d+)$")
+ALARM = re.compile(r"^\d\d:\d\d:\d\d  ALARM (.*)$")
 IMAGE = re.compile(r"^\d\d:\d\d:\d\d  cam-1\s+image\s+(\w+) (\d+)x(\d+) ([\d,]+) B, image (\d+)$")
 
 
@@ -26,7 +27,7 @@ def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     rows = [m.groups() for line in out.stdout.splitlines() if (m := READING.match(line))]
     assert len(rows) >= 48, out.stdout
-    devices = {"aq-station-1", "noise-meter-2", "river-level-3", "pm-sensor-4", "cam-1"}
+    devices = {"aq-station-1", "noise-meter-2", "river-level-3", "siren-1", "pm-sensor-4", "cam-1"}
     assert {r[0] for r in rows} == devices
     # the camera's health, and its first snapshot (or thumbnail), arrive too
     assert ("cam-1", "online", "True") in {r[:3] for r in rows}, out.stdout
@@ -52,7 +53,11 @@ AS_FROM_A_TERMINAL = (
 )
 
 
-def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.mark.timeout(120)
+def test_demo_floods_sounds_the_siren_resolves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """The demo's river floods within its first minute: the rule fires, the siren is
+    written (read back), the camera takes a picture, the rule resolves and the siren goes
+    off; then Ctrl-C stops everything."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -69,13 +74,23 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # the flood peaks 20 s in, and is over 40 s in
+    seen: list[str] = []
     for line in proc.stdout:
-        if READING.match(line.rstrip()):
-            break
-        assert time.monotonic() < deadline, "no reading printed"
+        if m := ALARM.match(line.rstrip()):
+            seen.append(m.group(1))
+            if "siren-1.siren = False: read back False" in m.group(1):
+                break  # the resolve's action: the cycle is complete
+        assert time.monotonic() < deadline, f"no flood cycle shown: {seen}"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 0
+    firing = [s for s in seen if s.startswith("flood-high FIRING (critical): river-level-3.level")]
+    assert len(firing) == 1, seen
+    assert any("siren-1.siren = True: read back True" in s for s in seen), seen
+    assert any("snapshot of cam-1: image" in s for s in seen), seen
+    resolved = [s for s in seen if s.startswith("flood-high RESOLVED (critical)")]
+    assert len(resolved) == 1, seen
+    assert seen.index(firing[0]) < seen.index(resolved[0])
     # no simulator, broker or agent is left behind
     left = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
@@ -89,6 +104,7 @@ def test_render_config_uses_the_simulator_endpoints(tmp_path: Path) -> None:
             "aq-station-1": {"endpoint": "/dev/pts/41"},
             "noise-meter-2": {"endpoint": "/dev/pts/41"},
             "river-level-3": {"endpoint": "127.0.0.1:15020"},
+            "siren-1": {"endpoint": "127.0.0.1:15021"},
             "pm-sensor-4": {"endpoint": "/dev/pts/42"},
         },
         "cameras": {"cam-1": {"snapshot": "http://127.0.0.1:18001/snapshot.jpg", "password": "pw"}},
@@ -100,12 +116,25 @@ def test_render_config_uses_the_simulator_endpoints(tmp_path: Path) -> None:
         "aq-station-1": "/dev/pts/41",
         "noise-meter-2": "/dev/pts/41",
         "river-level-3": 15020,
+        "siren-1": 15021,
         "pm-sensor-4": "/dev/pts/42",
         "cam-1": None,
     }
     cam = cfg.devices[-1]
     assert getattr(cam, "url", None) == "http://127.0.0.1:18001/snapshot.jpg"
     assert (tmp_path / "cam-1-password").read_text() == "pw\n"
+    # the flood rule: on the river, writing the siren, and the camera's picture with it
+    (rule,) = cfg.rules
+    assert (rule.id, rule.device, rule.metric, rule.above) == (
+        "flood-high",
+        "river-level-3",
+        "level",
+        2.5,
+    )
+    assert [a.kind for a in rule.actions] == ["write", "poll_rate", "snapshot"]
+    without_camera = {"devices": manifest["devices"]}
+    cfg = load_config(render_config(tmp_path, without_camera, 18830), check_files=False)
+    assert [a.kind for a in cfg.rules[0].actions] == ["write", "poll_rate"]
 
 
 @pytest.mark.parametrize("arg", ["--help", "--version"])

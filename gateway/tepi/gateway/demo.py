@@ -68,6 +68,7 @@ async def _start_sim(work: Path) -> tuple[Process, dict[str, Any]]:
 def render_config(work: Path, manifest: dict[str, Any], broker_port: int) -> Path:
     devs = manifest["devices"]
     host, port = devs["river-level-3"]["endpoint"].rsplit(":", 1)
+    siren_host, siren_port = devs["siren-1"]["endpoint"].rsplit(":", 1)
     template = resources.files("tepi.gateway").joinpath("demo.yaml").read_text()
     text = string.Template(template).substitute(
         data_dir=str(work / "data"),
@@ -77,6 +78,8 @@ def render_config(work: Path, manifest: dict[str, Any], broker_port: int) -> Pat
         pm_port=devs["pm-sensor-4"]["endpoint"],
         level_host=host,
         level_port=port,
+        siren_host=siren_host,
+        siren_port=siren_port,
     )
     cam = manifest.get("cameras", {}).get("cam-1")
     if cam is not None:
@@ -85,6 +88,7 @@ def render_config(work: Path, manifest: dict[str, Any], broker_port: int) -> Pat
         secret.write_text(str(cam["password"]) + "\n")
         secret.chmod(0o600)
         text += CAMERA.substitute(snapshot=cam["snapshot"], password_file=str(secret))
+    text += RULES + (RULE_SNAPSHOT if cam is not None else "")
     path = work / "tepi.yaml"
     path.write_text(text)
     return path
@@ -103,6 +107,43 @@ CAMERA = string.Template(
       - [[0.0, 0.0], [0.3, 0.0], [0.3, 0.25], [0.0, 0.25]]
 """
 )
+
+
+# Appended last: the flood rule on the simulator's scripted river (it floods every minute).
+RULES = """rules:
+  - id: flood-high                   # the river above its alarm level at the bridge
+    device: river-level-3
+    metric: level
+    above: 2.5
+    clear_below: 2.3                 # hysteresis: a level that hovers at 2.5 m does not flap
+    for: 3s
+    severity: critical
+    description: River above the alarm level at the bridge
+    labels: {site: bridge}
+    actions:                         # with the broker down just the same
+      - write: {device: siren-1, metric: siren, value: true, on_resolve: false}
+      - poll_rate: {device: river-level-3, interval: 500ms}
+"""
+RULE_SNAPSHOT = """      - snapshot: {camera: cam-1}
+"""
+
+
+def _format_alarm(a: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(a["ts"]))
+    if a["state"] == "action":
+        act = a["action"]
+        if act["kind"] == "write":
+            what = f"{act['device']}.{act['metric']} = {act['value']}"
+            done = f"read back {act['read_back']}" if act["ok"] else f"FAILED: {act['error']}"
+        else:
+            what = f"snapshot of {act['camera']}"
+            done = f"image {act['image_seq']}" if act["ok"] else f"FAILED: {act['error']}"
+        return f"{when}  ALARM {a['rule']}: action {what}: {done} ({act['ms']:.0f} ms)"
+    since = time.strftime("%H:%M:%S", time.localtime(a["since"]))
+    return (
+        f"{when}  ALARM {a['rule']} {a['state'].upper()} ({a['severity']}): "
+        f"{a['device']}.{a['metric']} = {a['value']} since {since}, seq {a['seq']}"
+    )
 
 
 def _format(r: dict[str, Any]) -> str:
@@ -130,10 +171,17 @@ async def _print_readings(port: int, count: int, *, images: bool = False) -> Non
     async with aiomqtt.Client("127.0.0.1", port, identifier="tepi-demo-viewer") as client:
         await client.subscribe("ioc/v1/+/telemetry", qos=1)
         await client.subscribe("ioc/v1/+/image_meta/+", qos=1)
-        print("readings and images as they arrive at the broker (Ctrl-C to stop):", flush=True)
+        await client.subscribe("ioc/v1/+/alarm", qos=1)
+        print(
+            "readings, alarms and images as they arrive at the broker (Ctrl-C to stop); the "
+            "river floods every minute and the rule flood-high sounds the siren:",
+            flush=True,
+        )
         async for msg in client.messages:
             payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b"{}"
-            if "/image_meta/" in str(msg.topic):
+            if str(msg.topic).endswith("/alarm"):
+                print(_format_alarm(json.loads(payload)), flush=True)
+            elif "/image_meta/" in str(msg.topic):
                 print(_format_image(json.loads(payload)), flush=True)
                 images_shown += 1
             else:
