@@ -8,7 +8,9 @@ Four cases, each timed over ``--readings`` calls, best of ``--repeat`` runs:
 * ``crossing``: a value flapping over and under a threshold with hysteresis, each reading a
   condition change (the worst case for a single rule).
 
-``baseline`` is an empty method call with the same arguments, for scale.
+``baseline`` is an empty method call with the same arguments, for scale. The last line is
+the agent's side: ``AlarmHub.on_run``, the buffer's tap, given a poll of 20 values of a
+device no rule watches (µs per poll, not per value).
 
     .venv/bin/python bench/rules.py
     .venv/bin/python bench/rules.py --rules 1000 --readings 1000000
@@ -17,11 +19,27 @@ Four cases, each timed over ``--readings`` calls, best of ``--repeat`` runs:
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from tepi.buffer.records import Run
+from tepi.core.records import Value
+from tepi.gateway.alarms import AlarmHub
 from tepi.gateway.rules import RuleConfig
 from tepi.gateway.rules_engine import RuleEngine
+
+
+class _NoTargets:
+    async def write(self, device: str, metric: str, value: Value) -> Value:
+        return value
+
+    async def snapshot(self, camera: str, reason: str) -> int:
+        return 0
+
+    def poll_rate(self, rule: str, device: str, interval: float | None) -> None:
+        pass
 
 
 class _Empty:
@@ -99,6 +117,19 @@ def main() -> None:
         ("crossing (a transition each)", loop("flap", "level", 2.0, 3.0)),
     ):
         print(f"  {name:30} {_time(call, args.readings, args.repeat):7.3f} µs/reading")
+
+    # The agent's tap (nothing is opened or written: an unwatched device stops at the door).
+    hub = AlarmHub(_rules(args.rules), Path(tempfile.mkdtemp()), _NoTargets(), boot_id="b")
+    names = tuple(f"m{i}" for i in range(20))
+    run = Run("unwatched", names, (None,) * 20, [1.0] * 20, 0.0, 0.0)
+
+    def tap(n: int) -> None:
+        on_run = hub.on_run
+        for _ in range(n):
+            on_run(run)
+
+    per_poll = _time(tap, args.readings, args.repeat)
+    print(f"  {'tap, unwatched device':30} {per_poll:7.3f} µs/poll of 20 values")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ class Receiver:
         self.per_device: dict[str, int] = {}  # readings in the window, by device
         self.first_at: float | None = None
         self.online_at: float | None = None
+        self.alarm_at: float | None = None  # the first alarm message (monotonic)
+        self.telemetry_before_alarm = 0  # telemetry messages between online and that alarm
         self.first_seq: int | None = None  # the run's first seq (its ``online`` message)
         self.max_seq = 0
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{port}")
@@ -133,7 +135,7 @@ class Receiver:
             raise RuntimeError("bench subscriber could not connect")
 
     def _on_connect(self, c: mqtt.Client, *_: Any) -> None:
-        c.subscribe([(f"{TOPIC}/telemetry", 0), (f"{TOPIC}/status", 0)])
+        c.subscribe([(f"{TOPIC}/telemetry", 0), (f"{TOPIC}/status", 0), (f"{TOPIC}/alarm", 0)])
         self._connected.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -144,6 +146,12 @@ class Receiver:
                 first = json.loads(msg.payload).get("first_seq")
                 self.first_seq = int(first) if first is not None else None
             return
+        if msg.topic.endswith("/alarm"):
+            if self.alarm_at is None:
+                self.alarm_at = time.monotonic()
+            return
+        if self.online_at is not None and self.alarm_at is None:
+            self.telemetry_before_alarm += 1
         data = bytes(msg.payload)
         obj = decode_compact(data) if data[:1] != b"{" else json.loads(data)
         readings = obj["readings"]
@@ -827,8 +835,13 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
         await rig.stop_agent()
         fill_s = time.monotonic() - t0
         depth = file_depth(db)
-        # 2. Live devices only, still without the broker: the memory a backlog costs.
-        rig.start_agent(rig.agent_config(live, extra))
+        # 2. Live devices only, still without the broker: the memory a backlog costs. With
+        # the workload's ``alarm``, a rule that fires on the first live reading: an alarm
+        # raised during the outage, to be delivered before the backlog.
+        live_extra = extra
+        if "alarm" in wl:
+            live_extra = merge(extra, {"rules": [{"id": "bench-alarm", **wl["alarm"]}]})
+        rig.start_agent(rig.agent_config(live, live_extra))
         assert rig.agent is not None
         await asyncio.sleep(3 if not smoke else 1)
         rss_backlog = [sample(rig.agent.pid).rss]
@@ -838,6 +851,7 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
         # 3. The broker comes back: drain while live readings flow.
         rig.rx.reset_window()
         rig.proxy.up = True
+        t_back = time.monotonic()
         while rig.rx.online_at is None:
             await asyncio.sleep(0.01)
         t_up = rig.rx.online_at
@@ -847,6 +861,7 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
             await asyncio.sleep(0.1)
             rss_drain.append(sample(rig.agent.pid).rss)
         drain_s = time.monotonic() - t_up
+        alarm_at = rig.rx.alarm_at
         t_done_wall = time.time()
         await asyncio.sleep(2.5)  # let the live readings taken during the drain arrive
         with rig.rx.lock:
@@ -871,6 +886,11 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
             "live_readings": len(live_lat),
             "rss_with_backlog_mb": round(statistics.median(rss_backlog) / 2**20, 1),
             "rss_peak_drain_mb": round(max(rss_drain, default=0) / 2**20, 1),
+            # From the agent's online message to the first alarm raised during the outage,
+            # and the telemetry messages that came in between (0: the alarm went first).
+            "alarm_after_online_ms": None if alarm_at is None else ms(alarm_at - t_up),
+            "alarm_after_broker_back_ms": None if alarm_at is None else ms(alarm_at - t_back),
+            "telemetry_before_alarm": rig.rx.telemetry_before_alarm,
         }
     finally:
         await rig.close()

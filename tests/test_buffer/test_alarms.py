@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -92,14 +94,13 @@ def test_fire_resolve_acknowledge_and_their_messages(tmp_path: Path) -> None:
         assert state is not None
         assert (state.acknowledged, state.ack_by, state.ack_ts) == (True, "operator-1", 1040)
 
-        resolved = store.resolve("flood-high", ts=1100.0, mono=150.0, value=2.2)
-        assert resolved is not None
-        assert (resolved.transition, resolved.value, resolved.ts, resolved.since_ts) == (
-            RESOLVED,
-            2.2,
-            1100,
-            1000,
+        resolved = store.resolve(
+            "flood-high", ts=1100.0, mono=150.0, value=2.2, since_ts=1090.0, since_mono=140.0
         )
+        assert resolved is not None
+        assert (resolved.transition, resolved.value, resolved.ts) == (RESOLVED, 2.2, 1100)
+        # Its since: when the condition became false, not when the alarm fired.
+        assert (resolved.since_ts, resolved.since_mono) == (1090, 140)
         assert store.resolve("flood-high", ts=1101.0, value=2.1) is None
         assert store.resolve("never-fired", ts=1101.0) is None
         assert store.acknowledge("never-fired", "x", 1.0) is None
@@ -207,7 +208,10 @@ def test_a_restart_never_refires_and_never_forgets(tmp_path: Path) -> None:
         resolved = store.resolve("flood-high", ts=3000.0, value=2.0)
         assert resolved is not None
         assert resolved.boot == "boot-2"
-        assert resolved.since_mono == 12.5
+        # Without a since of its own, a resolve is dated at the transition (this boot's
+        # clock), not at the firing's since of the earlier boot (12.5 there).
+        assert (resolved.since_ts, resolved.since_mono) == (3000.0, resolved.mono)
+        assert store.get("flood-high").since_mono == 12.5  # type: ignore[union-attr]
 
 
 def test_one_store_per_directory(tmp_path: Path) -> None:
@@ -559,3 +563,24 @@ def test_a_small_bound_never_drops_a_firing_alarm(
                 assert stats.over_bound == max(stats.rows - max_alarms, 0)
         finally:
             store.close()
+
+
+def test_opening_the_store_does_not_load_numpy(tmp_path: Path) -> None:
+    """sqlite-utils would import numpy (installed beside OpenCV): about 11 MB of RSS that a
+    box with rules and no camera does not need."""
+    code = (
+        "import sys, pathlib\n"
+        "from tepi.buffer.alarms import AlarmStore\n"
+        f"with AlarmStore(pathlib.Path({str(tmp_path)!r})) as s:\n"
+        "    s.fire('r', severity='info', since_ts=1.0, since_mono=1.0, value=1, device='d',"
+        " metric='m')\n"
+        "assert 'sqlite_utils' in sys.modules\n"
+        "assert 'numpy' not in sys.modules, 'numpy loaded'\n"
+        "import numpy\n"  # and numpy still works for whoever needs it later (OpenCV)
+        "print(numpy.zeros(2).sum())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0.0"

@@ -208,6 +208,8 @@ async def test_a_flood_fires_sounds_the_siren_polls_faster_and_resolves(site: Si
     ALARM.validate(resolved)
     assert resolved["value"] == pytest.approx(2.0)
     assert resolved["seq"] > firing["seq"]
+    # Its since is the reading that cleared it (no clear_for: the transition's own time).
+    assert firing["ts"] < resolved["since"] <= resolved["ts"]
     await site.sub.wait_for(
         lambda s: len([a for a in site.alarms() if a["state"] == "action"]) == 2
     )

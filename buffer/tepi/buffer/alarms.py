@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -86,7 +87,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from tepi.buffer.db import SchemaError, SeqCeiling, is_corrupt
+from tepi.buffer.db import SchemaError, SeqCeiling, is_corrupt, sqlite_utils_lean
 from tepi.core.clock import boottime
 
 if TYPE_CHECKING:
@@ -212,6 +213,7 @@ class AlarmStats:
 def _migrations() -> Migrations:
     """The schema, as sqlite-utils migrations. A new version adds a function here; one already
     released is never changed."""
+    sqlite_utils_lean()  # first: without numpy, if nothing loaded it yet
     from sqlite_utils import Migrations
 
     migrations = Migrations("tepi.buffer.alarms")
@@ -420,6 +422,7 @@ class AlarmStore:
 
     def _open_file(self) -> tuple[bool, bool]:
         """Connect, check and migrate; (created now, last run closed cleanly)."""
+        sqlite_utils_lean()  # first: without numpy, if nothing loaded it yet
         from sqlite_utils import Database
 
         old_umask = os.umask(0o077)  # alarms of a site: not for other users
@@ -613,10 +616,18 @@ class AlarmStore:
         return msg
 
     def resolve(
-        self, rule: str, *, ts: float, mono: float | None = None, value: Value = None
+        self,
+        rule: str,
+        *,
+        ts: float,
+        mono: float | None = None,
+        value: Value = None,
+        since_ts: float | None = None,
+        since_mono: float | None = None,
     ) -> Message | None:
         """The rule's condition cleared: record it resolved and return its ``resolved``
-        message (``value`` is what cleared it), committed. None if it is not firing."""
+        message (``value`` is what cleared it; ``since_*`` when the condition became false,
+        by default the transition's own time), committed. None if it is not firing."""
         mono = boottime() if mono is None else mono
         with self._lock, self._tx(f"resolving of {rule}") as conn:
             row = conn.execute(
@@ -633,6 +644,11 @@ class AlarmStore:
                 (RESOLVED, ts, _dump(value), seq, rule),
             )
             msg = self._follow_up(state, RESOLVED, seq=seq, value=value, ts=ts, mono=mono, by=None)
+            msg = dataclasses.replace(
+                msg,
+                since_ts=ts if since_ts is None else since_ts,
+                since_mono=mono if since_mono is None else since_mono,
+            )
             # The alarm is over: every message of it may now be dropped for room.
             conn.execute(
                 "UPDATE messages SET keep = ? WHERE rule = ? AND keep != ?",

@@ -82,7 +82,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from tepi.buffer.db import SchemaError, SeqCeiling, is_corrupt
+from tepi.buffer.db import SchemaError, SeqCeiling, is_corrupt, sqlite_utils_lean
 from tepi.core.clock import boottime
 
 if TYPE_CHECKING:
@@ -196,6 +196,7 @@ def _migrations() -> Migrations:
     """The index schema, as sqlite-utils migrations (recorded in ``_sqlite_migrations``).
 
     A new version adds a function here; one already released is never changed."""
+    sqlite_utils_lean()  # first: without numpy, if nothing loaded it yet
     from sqlite_utils import Migrations
 
     migrations = Migrations("tepi.buffer.images")
@@ -385,6 +386,7 @@ class ImageStore:
 
     def _open_index(self) -> tuple[bool, bool]:
         """Connect, check and migrate the index; (created now, last run closed cleanly)."""
+        sqlite_utils_lean()  # first: without numpy, if nothing loaded it yet
         from sqlite_utils import Database
 
         old_umask = os.umask(0o077)  # images of a site: not for other users

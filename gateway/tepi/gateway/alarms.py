@@ -512,8 +512,17 @@ class AlarmHub:
                 is not None
             )
         if rec.kind == "resolved":
-            value = t.value if t is not None else None
-            return store.resolve(rec.rule, ts=rec.at_ts, mono=rec.at_mono, value=value) is not None
+            if t is None:  # its rule was removed: no reading cleared it
+                return store.resolve(rec.rule, ts=rec.at_ts, mono=rec.at_mono) is not None
+            msg = store.resolve(
+                rec.rule,
+                ts=rec.at_ts,
+                mono=rec.at_mono,
+                value=t.value,
+                since_ts=rec.at_ts - (t.at_mono - t.since_mono),
+                since_mono=t.since_mono,
+            )
+            return msg is not None
         return store.action(rec.rule, rec.key, rec.detail, rec.at_ts, mono=rec.at_mono) is not None
 
     # ---- the operator ------------------------------------------------------------------
