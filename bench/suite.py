@@ -843,11 +843,15 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
             live_extra = merge(extra, {"rules": [{"id": "bench-alarm", **wl["alarm"]}]})
         rig.start_agent(rig.agent_config(live, live_extra))
         assert rig.agent is not None
+        live_started = time.monotonic()
         await asyncio.sleep(3 if not smoke else 1)
         rss_backlog = [sample(rig.agent.pid).rss]
         for _ in range(4):
             await asyncio.sleep(0.5)
             rss_backlog.append(sample(rig.agent.pid).rss)
+        # An outage of its own length (``outage_s``), for the reconnect's backoff to grow.
+        if not smoke and "outage_s" in wl:
+            await asyncio.sleep(max(0.0, live_started + float(wl["outage_s"]) - time.monotonic()))
         # 3. The broker comes back: drain while live readings flow.
         rig.rx.reset_window()
         rig.proxy.up = True
@@ -972,8 +976,8 @@ def render(res: dict[str, Any]) -> str:
             for r in res["runs"]
         ]
         return "### throughput\n\n" + table(rows)
-    if name == "backlog":
-        return "### backlog\n\n" + table(list(res.items())[1:])
+    if name in ("backlog", "alarm-backlog"):
+        return f"### {name}\n\n" + table(list(res.items())[1:])
     return f"### {name}\n\n" + table([(k, v) for k, v in res.items() if k != "workload"])
 
 
@@ -991,7 +995,8 @@ ALL = [
 ]
 # Also in bench/workloads, run by name for comparisons on a 2 Mbit/s link: reference-2mbit
 # (the link alone), reference-cameras-2mbit (and 4 cameras), reference-cameras-whole (images
-# not in parts).
+# not in parts); and alarm-backlog (an alarm raised during a 60 s outage, the default
+# reconnect settings, a 1M backlog waiting).
 
 
 _SLEEPER = """
@@ -1038,7 +1043,7 @@ async def main_async(args: argparse.Namespace) -> None:
         wl = yaml.safe_load((WORKLOADS / f"{name}.yaml").read_text())
         if name == "throughput":
             res = await run_throughput(wl, smoke=args.smoke)
-        elif name == "backlog":
+        elif name in ("backlog", "alarm-backlog"):
             res = await run_backlog(wl, smoke=args.smoke, readings=args.backlog_readings)
         else:
             wl["offered"] = round(offered_rate(wl["devices"]), 1)

@@ -91,6 +91,10 @@ def test_demo_floods_sounds_the_siren_resolves_and_stops_on_ctrl_c(tmp_path: Pat
     resolved = [s for s in seen if s.startswith("flood-high RESOLVED (critical)")]
     assert len(resolved) == 1, seen
     assert seen.index(firing[0]) < seen.index(resolved[0])
+    # The broker and the agent stop together: the agent's log has no error for it (it had
+    # "Future exception was never retrieved" from aiomqtt's disconnect future).
+    log = (tmp_path / "agent.log").read_text()
+    assert " ERROR " not in log, log
     # no simulator, broker or agent is left behind
     left = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False

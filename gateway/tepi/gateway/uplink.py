@@ -147,6 +147,13 @@ class _Client(aiomqtt.Client):
             )
             return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
+        # The session learns of a lost link from its message stream (_watch). A link lost as
+        # the session ends (the agent stopping as the broker goes) left this future's
+        # exception unread: "Future exception was never retrieved" at ERROR in a clean stop's
+        # log. Reading it marks it seen; whoever awaits the future still gets it.
+        fut = self._disconnected
+        if fut.done() and not fut.cancelled():
+            fut.exception()
 
 
 class _PahoErrors(logging.Handler):
