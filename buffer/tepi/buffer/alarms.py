@@ -872,6 +872,11 @@ class AlarmStore:
         with self._lock:
             return self._messages
 
+    def pending_count_quick(self) -> int:
+        """``pending_count`` without the lock: never waits for a write in progress (an int
+        read is atomic; it may be one transition behind)."""
+        return self._messages
+
     def stats(self, *, quick: bool = False) -> AlarmStats:
         """The store's figures. ``quick``: from the counters only, without the lock or SQL
         (``firing`` and ``resolved`` are then 0): never waits for a write in progress."""

@@ -534,6 +534,10 @@ class AlarmHub:
             self.changed.set()
         return msg is not None
 
+    def busy(self) -> bool:
+        """Whether transitions or outcomes wait to be recorded (then sent)."""
+        return bool(self._queue)
+
     def health(self) -> dict[str, Any]:
         """The health message's ``alarms`` (tepi.gateway.health.AlarmsHealth): from the
         counters only, no SQL, so asking never waits for the store's writer."""

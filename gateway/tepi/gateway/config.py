@@ -94,7 +94,8 @@ class ReconnectSection(_Model):
         le=60,
         description="While the broker cannot be reached, try a bare TCP connection to it this "
         "often (with jitter) between reconnect attempts; when one succeeds, reconnect at once "
-        "(after spread) instead of sitting out the backoff. 0: no probes.",
+        "(after spread) instead of sitting out the backoff. 0: no probes. While an alarm "
+        "waits to be sent, twice as often, and no spread.",
     )
     spread: Duration = Field(
         default=3.0,
