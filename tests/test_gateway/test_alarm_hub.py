@@ -220,3 +220,19 @@ async def test_a_reload_keeps_kept_rules_firing_and_resolves_removed_ones(hub_of
     assert states["gate"].firing
     # The kept rule did not fire again.
     assert hub.store.stats().fired == 2
+
+
+async def test_a_bug_in_an_action_stays_with_it(hub_of: Any, caplog: Any) -> None:
+    class Buggy(Targets):
+        async def write(self, device: str, metric: str, value: Value) -> Value:
+            raise ValueError("a driver bug")
+
+    targets = Buggy()
+    hub = await hub_of([rule(actions=[SIREN], min_interval="0s")], targets)
+    hub.on_run(reading(2.6))
+    await until(lambda: hub.stats.actions_failed == 1)
+    assert "internal error: a driver bug" in (hub.stats.last_action_error or "")
+    assert "internal error (a bug)" in caplog.text
+    # The rules go on: it resolves, and that transition is recorded too.
+    hub.on_run(reading(2.0))
+    await until(lambda: hub.store.stats().resolved_transitions == 1)

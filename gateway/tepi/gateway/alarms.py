@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -400,11 +400,21 @@ class AlarmHub:
         elif a.snapshot is not None and a.snapshot.on_resolve:
             runner.trigger("resolved")
 
-    def spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """An action's task: its own, so it never delays the evaluation; tracked, cancelled
+        by ``close``, and a bug in it is logged and counted, never lost nor fatal."""
+        task = asyncio.get_running_loop().create_task(self._guarded(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _guarded(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await coro
+        except Exception as err:  # one action's bug stays with it (a cancel is not one)
+            self.stats.actions_failed += 1
+            self.stats.last_action_error = f"internal error: {err}"
+            log.exception("%s: internal error (a bug)", name)
 
     async def attempt(self, fn: Callable[[], Any]) -> tuple[Any, int, str | None]:
         """Run an action by RULE_ACTION: (result, attempts, None) or (None, attempts, error)."""
