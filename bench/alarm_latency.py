@@ -143,7 +143,7 @@ async def main(cycles: int, poll: str) -> dict[str, Any]:
     # subscriber is there from the start, and misses nothing.
     proxy = CountingProxy(broker_port)
     await proxy.start()
-    proxy.up = False
+    await proxy.set_up(False)
     alarms: dict[int, dict[str, Any]] = {}
     done = asyncio.Event()
 
@@ -181,7 +181,7 @@ async def main(cycles: int, poll: str) -> dict[str, Any]:
                 # Each cycle of the square wave is one firing and one resolve: two writes.
                 await siren.wait_writes(2 * cycles, timeout=2.0 * cycles + 30)
                 writes = list(siren.writes)
-                proxy.up = True  # the broker comes back: the kept alarms are delivered
+                await proxy.set_up(True)  # the broker comes back: the kept alarms are delivered
                 await asyncio.wait_for(done.wait(), 60)
             finally:
                 agent.send_signal(signal.SIGTERM)

@@ -207,7 +207,9 @@ class Receiver:
 
 
 class CountingProxy:
-    """127.0.0.1:port -> the broker. ``up`` False refuses connections (the broker is away)."""
+    """127.0.0.1:port -> the broker. ``set_up(False)`` makes the broker away: the port stops
+    listening, so connections are refused (as a stopped broker's are), until ``set_up(True)``
+    listens on the same port again."""
 
     def __init__(self, target: int, rate: float = 0.0) -> None:
         self.target = target
@@ -220,8 +222,19 @@ class CountingProxy:
         self._conns: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def set_up(self, up: bool) -> None:
+        if up == self.up:
+            return
+        self.up = up
+        if up:
+            await self.start()
+        elif self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -823,7 +836,7 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
         await rig.start_broker()
         assert rig.proxy is not None
         assert rig.rx is not None
-        rig.proxy.up = False  # the broker is away
+        await rig.proxy.set_up(False)  # the broker is away: connections refused
         fill = list(expand(wl["fill"], prefix="fill-"))
         live = list(expand(wl["devices"], prefix="live-"))
         extra = wl.get("agent", {})
@@ -854,7 +867,7 @@ async def run_backlog(wl: dict[str, Any], *, smoke: bool, readings: int | None) 
             await asyncio.sleep(max(0.0, live_started + float(wl["outage_s"]) - time.monotonic()))
         # 3. The broker comes back: drain while live readings flow.
         rig.rx.reset_window()
-        rig.proxy.up = True
+        await rig.proxy.set_up(True)
         t_back = time.monotonic()
         while rig.rx.online_at is None:
             await asyncio.sleep(0.01)

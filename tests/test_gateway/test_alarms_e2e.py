@@ -328,6 +328,8 @@ async def test_tepi_alarms_lists_and_acknowledges_through_the_agent(site: Site) 
     assert line.split()[1:3] == ["firing", "critical"]
     assert "gauge.level = 2.6" in line
     assert "action 0 write siren: ok" in listed.stdout
+    status = await asyncio.to_thread(run_tepi, "status", "--config", cfg)
+    assert "alarms  1 FIRING: flood-high" in status.stdout, status.stdout
 
     acked = await asyncio.to_thread(
         run_tepi, "alarms", "ack", "flood-high", "--by", "tech-anh", "--config", cfg
