@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import time
 from pathlib import Path
@@ -354,11 +355,15 @@ async def test_a_returning_broker_is_found_by_a_probe_not_after_the_backoff(
 
 
 async def test_a_port_that_accepts_but_never_connects_gets_fewer_early_attempts(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A broker that accepts TCP and closes at once (overloaded, or still starting): every
     probe finds the port open, but the early attempts it starts fail; each failure doubles
     the wait before probing again, so the attempts thin out instead of looping."""
+    # Every random draw at its middle: the backoff's full jitter (0 to 20 s) then never
+    # starts an attempt of its own within the test (a draw under a second did, now and
+    # then: an attempt no probe started, which the counts below do not expect).
+    monkeypatch.setattr(random, "uniform", lambda a, b: (a + b) / 2)
 
     async def slam(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.close()
