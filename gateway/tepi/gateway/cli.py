@@ -46,6 +46,18 @@ def setup_logging(level: str, debug: bool) -> None:
         logging.getLogger("tepi.mqtt").setLevel(logging.WARNING)
 
 
+def _agent_args(p: argparse.ArgumentParser) -> None:
+    """--config and --socket: how a command that asks the running agent finds it."""
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file, to find the status socket (default /etc/tepi/tepi.yaml)",
+    )
+    p.add_argument("--socket", type=Path, default=None, help="the status socket itself")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tepi", description="tepi edge gateway agent")
     p.add_argument("--version", action="version", version=f"tepi {__version__}")
@@ -87,14 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status", help="the running agent's link, buffer and devices, in one screen"
     )
-    status.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("/etc/tepi/tepi.yaml"),
-        help="config file, to find the status socket (default /etc/tepi/tepi.yaml)",
-    )
-    status.add_argument("--socket", type=Path, default=None, help="the status socket itself")
+    _agent_args(status)
     status.add_argument("--json", action="store_true", help="the raw health and devices JSON")
     alarms = sub.add_parser(
         "alarms", help="the rules' alarms, firing first; `tepi alarms ack RULE` acknowledges one"
@@ -104,28 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     alarms.add_argument(
         "--by", default=None, help="who acknowledges (default: local:<your user name>)"
     )
-    alarms.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("/etc/tepi/tepi.yaml"),
-        help="config file, to find the status socket (default /etc/tepi/tepi.yaml)",
-    )
-    alarms.add_argument("--socket", type=Path, default=None, help="the status socket itself")
+    _agent_args(alarms)
     alarms.add_argument("--json", action="store_true", help="the raw JSON")
     snap = sub.add_parser(
         "snapshot", help="a camera's snapshot now, stored in the image buffer (and sent)"
     )
     snap.add_argument("camera", help="the camera's device id")
     snap.add_argument("-o", "--output", type=Path, default=None, help="also save it here")
-    snap.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("/etc/tepi/tepi.yaml"),
-        help="config file, to find the status socket (default /etc/tepi/tepi.yaml)",
-    )
-    snap.add_argument("--socket", type=Path, default=None, help="the status socket itself")
+    _agent_args(snap)
     buf = sub.add_parser("buffer", help="the buffer file: stats, export, purge")
     buf.add_argument("action", choices=["stats", "export", "purge"], help="what to do")
     buf.add_argument(
@@ -237,16 +228,11 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     """``tepi snapshot CAMERA [-o FILE]``: through the running agent's status API."""
     from urllib.parse import quote
 
-    from tepi.gateway.configload import load_config
     from tepi.gateway.status import EXIT_UNREACHABLE, request
 
-    sock = args.socket
+    sock = _status_socket(args)
     if sock is None:
-        try:
-            sock = load_config(args.config, check_files=False).status_socket()
-        except ConfigError as err:
-            print(err, file=sys.stderr)
-            return EXIT_CONFIG
+        return EXIT_CONFIG
     try:
         status, _, body = request(sock, "POST", f"/cameras/{quote(args.camera, safe='')}/snapshot")
     except OSError as err:
