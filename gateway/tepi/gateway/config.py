@@ -311,6 +311,88 @@ class StatusSection(_Model):
     enabled: bool = Field(default=True, description="Serve the local status API at all.")
 
 
+class CommandKey(_Model):
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9._-]{1,64}$", description="The key's id, named in a signed request."
+    )
+    public_key: str = Field(
+        description="The Ed25519 public key: 32 bytes, base64 (44 characters). Public keys "
+        "are not secrets; the private key stays at the IOC."
+    )
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519(cls, v: str) -> str:
+        import base64
+        import binascii
+
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64: an Ed25519 public key is 44 base64 characters") from None
+        if len(raw) != 32:
+            raise ValueError(f"{len(raw)} bytes; an Ed25519 public key is 32")
+        return v
+
+
+class CommandsSection(_Model):
+    enabled: bool = Field(
+        default=True, description="Take commands from the IOC at all (cmd/+ on the broker)."
+    )
+    policy: dict[str, Literal["signed", "unsigned", "disabled"]] = Field(
+        default_factory=dict,
+        description="Per command: signed (needs a valid signature), unsigned (a signature, "
+        "if any, must verify), or disabled. Unnamed commands keep their default: ping, "
+        "health, read, snapshot and buffer.stats unsigned; the others disabled.",
+    )
+    keys: list[CommandKey] = Field(
+        default_factory=list, max_length=16, description="Public keys that may sign requests."
+    )
+    max_lifetime: Duration = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="A request valid longer than this (expires_at - issued_at) is refused.",
+    )
+    clock_skew: Duration = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="How far in the future issued_at may be (the two clocks disagree).",
+    )
+    keep_results: int = Field(
+        default=1000,
+        ge=10,
+        le=100_000,
+        description="Results of recent requests kept (across restarts) to answer a "
+        "redelivered or replayed request again without running it twice.",
+    )
+    allow_unsigned_changes: bool = Field(
+        default=False,
+        description="Allow policy unsigned for the commands that change the box (write, "
+        "restart, reload, config.apply, config.rollback, update). Off: they must be signed.",
+    )
+
+    @model_validator(mode="after")
+    def _policy(self) -> Self:
+        from tepi.gateway.commands import CHANGES, DEFAULT_POLICY
+
+        for name, rule in self.policy.items():
+            if name not in DEFAULT_POLICY:
+                raise ValueError(f"no command {name!r}; the commands: {', '.join(DEFAULT_POLICY)}")
+            if rule == "signed" and not self.keys:
+                raise ValueError(f"{name} is signed, but commands.keys has no key to check with")
+            if rule == "unsigned" and name in CHANGES and not self.allow_unsigned_changes:
+                raise ValueError(
+                    f"{name} changes the box: unsigned, anyone who can publish to the broker "
+                    "could run it; sign it, or set allow_unsigned_changes: true"
+                )
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("commands.keys: each key needs its own id")
+        return self
+
+
 class Config(_Model):
     """The whole config file."""
 
@@ -331,6 +413,10 @@ class Config(_Model):
     images: ImagesSection = Field(
         default_factory=ImagesSection,
         description="The image buffer and the images' share of the link (cameras).",
+    )
+    commands: CommandsSection = Field(
+        default_factory=CommandsSection,
+        description="Commands from the IOC: which may run, and the keys that sign them.",
     )
     devices: list[DeviceConfig] = Field(default_factory=list, description="Field devices to poll.")
     rules: list[RuleConfig] = Field(
