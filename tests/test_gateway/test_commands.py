@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rig import validator
 
 from tepi.core.errors import ConfigError
 from tepi.gateway.commands import (
@@ -126,6 +127,23 @@ def test_a_signed_request_verifies_and_any_change_breaks_it() -> None:
     # An unsigned command with a signature: it must verify too.
     forged = {**request(), "sig": signed["sig"]}
     assert refused("ping", forged).reason == "bad_signature"
+
+
+def test_requests_and_results_follow_the_schema() -> None:
+    signed = sign(SEED, "gw-1", "write", request(args={"device": "siren"}), "ioc-1")
+    validator("command_request").validate(signed)
+    validator("command_request").validate(request())
+    results = validator("command_result")
+    results.validate(result_payload("gw-1", "ping", "r", "done", received=NOW, finished=NOW))
+    err = refused("write", request())
+    results.validate(
+        result_payload(
+            "gw-1", "write", err.request_id, "failed", received=NOW, reason=err.reason,
+            detail=err.detail,
+        )
+    )  # fmt: skip
+    with pytest.raises(Exception, match="reason"):
+        results.validate(result_payload("gw-1", "ping", None, "failed", received=NOW))
 
 
 def test_result_payload() -> None:
