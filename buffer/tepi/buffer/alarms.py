@@ -73,7 +73,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -87,7 +86,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from tepi.buffer.db import SchemaError, SeqCeiling, is_corrupt, sqlite_utils_lean
+from tepi.buffer.db import (
+    SchemaError,
+    SeqCeiling,
+    connect_private,
+    is_corrupt,
+    lock_dir,
+    quarantine,
+    sqlite_utils_lean,
+)
 from tepi.core.clock import boottime
 
 if TYPE_CHECKING:
@@ -425,18 +432,10 @@ class AlarmStore:
         sqlite_utils_lean()  # first: without numpy, if nothing loaded it yet
         from sqlite_utils import Database
 
-        old_umask = os.umask(0o077)  # alarms of a site: not for other users
-        try:
-            # isolation_level None: transactions begin and commit exactly where the code says.
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10
-            )
-        finally:
-            os.umask(old_umask)
+        # autocommit: transactions begin and commit exactly where the code says;
+        # synchronous=FULL until the clean flag below is cleared.
+        conn = connect_private(self.path, autocommit=True)
         self._db = db = Database(conn, recursive_triggers=False, execute_plugins=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # until the clean flag below is cleared
-        conn.execute("PRAGMA journal_size_limit=1048576")
         check = [r[0] for r in conn.execute("PRAGMA quick_check")]
         if check != ["ok"]:
             raise SchemaError(f"quick_check: {'; '.join(map(str, check[:3]))}")
@@ -462,16 +461,13 @@ class AlarmStore:
         return created, row is not None and row[0] == 1
 
     def _take_dir_lock(self) -> None:
-        fd = os.open(self.directory / "alarms.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_fd = lock_dir(self.directory / "alarms.lock")
         except OSError as err:
-            os.close(fd)
             raise AlarmStoreError(
                 f"alarm store {self.directory} is in use by another process or store "
                 f"(alarms.lock: {err.strerror})"
             ) from err
-        self._lock_fd = fd
 
     def _release_dir_lock(self) -> None:
         if self._lock_fd is not None:
@@ -481,16 +477,7 @@ class AlarmStore:
     def _quarantine(self, why: str) -> None:
         """Move the file (and its -wal/-shm) aside, count it and say where it went."""
         self._close_db()
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 0
-        while target.exists():
-            n += 1
-            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                src.replace(Path(f"{target}{suffix}"))
+        target = quarantine(self.path)
         self._quarantined += 1
         log.error(
             "alarm store %s is unusable (%s): moved aside to %s, starting an empty one; "

@@ -18,6 +18,7 @@ started. A full disk (``SQLITE_FULL``) evicts the oldest rows and tries again on
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -41,6 +42,59 @@ FLAG_GPS_TIME = 8  # ts dated from a GPS receiver's time, the system clock unsyn
 CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 _ROW_OVERHEAD = 24  # rough per-row cost beyond the column bytes, for eviction estimates
 _IMPORT_LOCK = threading.Lock()
+
+
+# ---- what the small stores share (alarms, images, and the like) ---------------------------
+
+
+def lock_dir(path: Path) -> int:
+    """An exclusive flock on ``path`` (made 0600 if missing), not waited for: its fd, which
+    holds the lock until it is closed (the kernel releases it if the process dies). OSError
+    if another process or store holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def quarantine(path: Path) -> Path:
+    """Move a database file that cannot be used (and its -wal and -shm) aside, as
+    ``NAME.corrupt-<UTC time>``; where it went."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.replace(Path(f"{target}{suffix}"))
+    return target
+
+
+def connect_private(path: Path, *, autocommit: bool = False) -> sqlite3.Connection:
+    """A connection to a store's file, made readable by the service's user only (the data
+    of a site), usable from the store's worker threads under its own lock, in WAL mode,
+    synchronous=FULL until the store says otherwise. ``autocommit``: no implicit
+    transactions (they begin and commit exactly where the code says)."""
+    old_umask = os.umask(0o077)
+    try:
+        conn = sqlite3.connect(
+            path,
+            isolation_level=None if autocommit else "DEFERRED",  # DEFERRED: sqlite3's default
+            check_same_thread=False,
+            timeout=10,
+        )
+    finally:
+        os.umask(old_umask)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA journal_size_limit=1048576")
+    return conn
 
 
 def sqlite_utils_lean() -> ModuleType:

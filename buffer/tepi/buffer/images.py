@@ -69,7 +69,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -82,7 +81,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from tepi.buffer.db import SchemaError, SeqCeiling, is_corrupt, sqlite_utils_lean
+from tepi.buffer.db import (
+    SchemaError,
+    SeqCeiling,
+    connect_private,
+    is_corrupt,
+    lock_dir,
+    quarantine,
+    sqlite_utils_lean,
+)
 from tepi.core.clock import boottime
 
 if TYPE_CHECKING:
@@ -368,16 +375,13 @@ class ImageStore:
             )
 
     def _take_dir_lock(self) -> None:
-        fd = os.open(self.directory / "images.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_fd = lock_dir(self.directory / "images.lock")
         except OSError as err:
-            os.close(fd)
             raise ImageStoreError(
                 f"image store {self.directory} is in use by another process or store "
                 f"(images.lock: {err.strerror})"
             ) from err
-        self._lock_fd = fd
 
     def _release_dir_lock(self) -> None:
         if self._lock_fd is not None:
@@ -389,15 +393,8 @@ class ImageStore:
         sqlite_utils_lean()  # first: without numpy, if nothing loaded it yet
         from sqlite_utils import Database
 
-        old_umask = os.umask(0o077)  # images of a site: not for other users
-        try:
-            conn = sqlite3.connect(self.index_path, check_same_thread=False, timeout=10)
-        finally:
-            os.umask(old_umask)
+        conn = connect_private(self.index_path)  # synchronous=FULL until clean is cleared
         self._db = db = Database(conn, recursive_triggers=False, execute_plugins=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # until the clean flag below is cleared
-        conn.execute("PRAGMA journal_size_limit=1048576")
         check = [r[0] for r in conn.execute("PRAGMA quick_check")]
         if check != ["ok"]:
             raise SchemaError(f"quick_check: {'; '.join(map(str, check[:3]))}")
@@ -418,16 +415,7 @@ class ImageStore:
     def _quarantine(self, why: str) -> None:
         """Move the index (and its -wal/-shm) aside, count it and say where it went."""
         self._close_db()
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.index_path.with_name(f"{self.index_path.name}.corrupt-{stamp}")
-        n = 0
-        while target.exists():
-            n += 1
-            target = self.index_path.with_name(f"{self.index_path.name}.corrupt-{stamp}-{n}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.index_path}{suffix}")
-            if src.exists():
-                src.replace(Path(f"{target}{suffix}"))
+        target = quarantine(self.index_path)
         self._quarantined += 1
         log.error(
             "image index %s is unusable (%s): moved aside to %s, starting a new index; "
