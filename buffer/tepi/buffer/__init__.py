@@ -10,6 +10,9 @@ Alarms have a store of their own, :class:`AlarmStore` (``tepi.buffer.alarms``): 
 alarm state and the alarm messages still to deliver, bounded apart from the readings (a firing
 alarm is never dropped). Importing it is cheap, as for the images.
 
+Commands from the IOC are logged by id in :class:`CommandLog` (``tepi.buffer.commands``), so
+that a redelivered or replayed request never runs twice and its result is sent at least once.
+
 Camera images have a store of their own, :class:`ImageStore` (``tepi.buffer.images``): a file
 per image and a small index, beside the readings' file. Importing it is cheap; sqlite-utils
 is imported when a store is opened.
@@ -23,6 +26,7 @@ from tepi.buffer.alarms import (
     AlarmWriteError,
 )
 from tepi.buffer.alarms import Message as AlarmMessage
+from tepi.buffer.commands import CommandLog, CommandLogError
 from tepi.buffer.images import (
     ImageGone,
     ImageMeta,
@@ -47,6 +51,8 @@ __all__ = [
     "Buffer",
     "BufferSettings",
     "BufferStats",
+    "CommandLog",
+    "CommandLogError",
     "ImageGone",
     "ImageMeta",
     "ImageRefused",
