@@ -265,8 +265,16 @@ class CommandLog:
             self._bound(conn)
         return None
 
-    def finish(self, request_id: str, result: dict[str, Any]) -> None:
-        """The request's result: recorded, and queued to be sent."""
+    def finish(
+        self,
+        request_id: str,
+        result: dict[str, Any],
+        *,
+        command: str | None = None,
+        received: float | None = None,
+    ) -> None:
+        """The request's result: recorded, and queued to be sent. ``command`` and
+        ``received`` record a request that was never begun (a refusal that had an id)."""
         data = json.dumps(result, separators=(",", ":"), allow_nan=False)
         with self._lock, self._tx(f"recording the result of {request_id}") as conn:
             n = conn.execute(
@@ -280,8 +288,8 @@ class CommandLog:
                     " VALUES (?, ?, ?, ?, ?, 0, ?)",
                     (
                         request_id,
-                        str(result.get("command", "")),
-                        float(result.get("received", time.time())),
+                        command if command is not None else str(result.get("command", "")),
+                        received if received is not None else time.time(),
                         DONE,
                         data,
                         self._seq,

@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _agent_args(alarms)
     alarms.add_argument("--json", action="store_true", help="the raw JSON")
+    sub.add_parser(  # handled before this parser (it has options of its own): for the help
+        "remote",
+        help="send a command to a gateway over MQTT, as the IOC does (tepi remote --help)",
+        add_help=False,
+    )
     snap = sub.add_parser(
         "snapshot", help="a camera's snapshot now, stored in the image buffer (and sent)"
     )
@@ -397,6 +402,11 @@ def cmd_run(path: Path, debug: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["remote"]:  # the IOC's side, with options of its own
+        from tepi.gateway.remotecli import main as remote_main
+
+        return remote_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "check":
         return cmd_check(args.config, not args.no_files)

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from tepi.gateway.health import (
 from tepi.gateway.images import ImageHub, disk_reserve
 from tepi.gateway.notify import Notifier
 from tepi.gateway.poller import DeviceStats, poll_device
+from tepi.gateway.remote import CommandHub
 from tepi.gateway.statusapi import AlarmAccess, CameraAccess, StatusServer
 from tepi.gateway.sysinfo import boot_id as read_boot_id
 from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
@@ -112,8 +113,24 @@ class Agent:
         self.alarms: AlarmHub | None = None
         if AlarmHub.wanted(cfg.gateway.data_dir, cfg.rules):
             self.alarms = self._alarm_hub(cfg)
+        # Commands from the IOC (docs/payload.md#commands), unless the config turns them off.
+        self.commands: CommandHub | None = None
+        if cfg.commands.enabled:
+            self.commands = CommandHub(
+                cfg.commands,
+                cfg.gateway.id,
+                cfg.gateway.data_dir,
+                self._executors(),
+                sync=cfg.buffer.sync == "full",
+            )
         self.uplink = Uplink(
-            cfg, self.buffer, self.boot_id, self.health, self.images, alarms=self.alarms
+            cfg,
+            self.buffer,
+            self.boot_id,
+            self.health,
+            self.images,
+            alarms=self.alarms,
+            commands=self.commands,
         )
         self.uplink.on_link = self._status_changed.set
         self.started = time.monotonic()
@@ -159,6 +176,54 @@ class Agent:
         )
         self.buffer.tap = hub.on_run
         return hub
+
+    def _executors(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        """The commands the IOC may run (each also allowed by commands.policy)."""
+
+        def text(args: dict[str, Any], name: str) -> str:
+            value = args.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"args.{name} is required: a string")
+            return value
+
+        async def ping(args: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "pong": True,
+                "version": __version__,
+                "boot": self.boot_id,
+                "uptime_s": round(time.monotonic() - self.started, 1),
+            }
+
+        async def health(args: dict[str, Any]) -> dict[str, Any]:
+            return self.health(mark=False)
+
+        async def buffer_stats(args: dict[str, Any]) -> dict[str, Any]:
+            return self.snapshot(mark=False).buffer.model_dump()
+
+        async def snapshot(args: dict[str, Any]) -> dict[str, Any]:
+            camera = text(args, "camera")
+            if camera not in self._cameras:
+                raise LookupError(f"no camera {camera!r} in the config")
+            out = await self._api_snapshot(camera, "command")
+            out.pop("path", None)  # the box's file system is not the IOC's business
+            return out
+
+        async def alarms_ack(args: dict[str, Any]) -> dict[str, Any]:
+            rule = text(args, "rule")
+            by = args.get("by") if isinstance(args.get("by"), str) else "ioc"
+            return {"rule": rule, "acknowledged": await self._api_ack(rule, f"ioc:{by}"[:64])}
+
+        return {
+            "ping": ping,
+            "health": health,
+            "buffer.stats": buffer_stats,
+            "snapshot": snapshot,
+            "alarms.ack": alarms_ack,
+        }
+
+    async def _close_commands(self) -> None:
+        if self.commands is not None:
+            await self.commands.close()
 
     async def _close_alarms(self) -> None:
         if self.alarms is not None:
@@ -305,6 +370,9 @@ class Agent:
             if self.alarms is not None:
                 await self.alarms.open()
             stack.push_async_callback(self._close_alarms)
+            if self.commands is not None:
+                await self.commands.open()
+            stack.push_async_callback(self._close_commands)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
@@ -418,6 +486,7 @@ class Agent:
                 ("gateway.data_dir", old.gateway.data_dir, new.gateway.data_dir),
                 ("buffer", old.buffer, new.buffer),
                 ("images", old.images, new.images),
+                ("commands", old.commands, new.commands),
             )
             if a != b
         ]
@@ -427,6 +496,7 @@ class Agent:
                 "gateway": old.gateway.model_copy(update={"log_level": new.gateway.log_level}),
                 "buffer": old.buffer,
                 "images": old.images,
+                "commands": old.commands,
             }
         )
         # The first camera, added by a reload: the image buffer opens now, and the uplink
@@ -469,6 +539,7 @@ class Agent:
                     self.health,
                     new_hub or self.images,
                     alarms=new_alarms or self.alarms,
+                    commands=self.commands,
                 )
                 uplink.on_link = self._status_changed.set
             except UplinkSetupError as err:

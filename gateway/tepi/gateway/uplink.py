@@ -54,10 +54,12 @@ from tepi.gateway.payload import (
     image_meta_payload,
     status_payload,
 )
+from tepi.gateway.remote import Reply
 
 if TYPE_CHECKING:
     from tepi.buffer.images import ImageMeta
     from tepi.gateway.alarms import AlarmHub
+    from tepi.gateway.remote import CommandHub
 
 log = logging.getLogger(__name__)
 
@@ -242,11 +244,13 @@ class Uplink:
         images: ImageHub | None = None,
         *,
         alarms: AlarmHub | None = None,
+        commands: CommandHub | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
         self.images = images
         self.alarms = alarms
+        self.commands = commands
         buffer.linked = False  # no acks until a session is up: the buffer commits at once
         self.boot_id = boot_id
         self._health = health
@@ -256,6 +260,8 @@ class Uplink:
         self.topic_status = f"{base}/status"
         self.topic_health = f"{base}/health"
         self.topic_alarm = f"{base}/alarm"
+        self.topic_cmd = f"{base}/cmd/"  # + the command's name: requests from the IOC
+        self.topic_cmd_result = f"{base}/cmd_result"
         self.topic_image = f"{base}/image"  # /{camera}: the JPEG bytes
         self.topic_image_meta = f"{base}/image_meta"  # /{camera}: its metadata, JSON
         self.topic_image_part = f"{base}/image_part"  # /{camera}/{seq}/{offset}: a part
@@ -529,6 +535,9 @@ class Uplink:
             first_seq=self.buffer.first_seq,
         )
         await self._acked(client, self.topic_status, online, retain=True)
+        if self.commands is not None:
+            await client.subscribe(f"{self.topic_cmd}+", qos=1)
+            tg.create_task(self._command_lane(client, self.commands), name="tepi.uplink.cmd")
         if self.alarms is not None:
             # Alarms first: every one waiting is acknowledged before any telemetry goes.
             await self._send_alarms(client, self.alarms)
@@ -554,9 +563,42 @@ class Uplink:
             tg.create_task(self._image_lane(client), name="tepi.uplink.images")
 
     async def _watch(self, client: aiomqtt.Client) -> None:
-        async for _ in client.messages:  # raises MqttError when the connection drops
-            pass
+        hub = self.commands
+        prefix = self.topic_cmd
+        async for msg in client.messages:  # raises MqttError when the connection drops
+            topic = str(msg.topic)
+            if hub is None or not topic.startswith(prefix):
+                continue
+            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+            props = msg.properties
+            reply = Reply(
+                getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None)
+            )
+            hub.receive(topic[len(prefix) :], payload, reply)
         raise aiomqtt.MqttError("message stream ended")
+
+    # ---- command results ---------------------------------------------------------------
+
+    async def _command_lane(self, client: aiomqtt.Client, hub: CommandHub) -> None:
+        """Each result on cmd_result (and the request's MQTT 5 response topic), acknowledged,
+        then marked sent in the command log."""
+        while True:
+            await hub.changed.wait()
+            hub.changed.clear()
+            while results := await hub.pending():
+                async with asyncio.TaskGroup() as tg:
+                    for _, payload, reply in results:
+                        data = orjson.dumps(payload)
+                        tg.create_task(self._acked(client, self.topic_cmd_result, data, False))
+                        if reply.topic:
+                            props = None
+                            if reply.correlation is not None:
+                                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                                props.CorrelationData = reply.correlation
+                            tg.create_task(
+                                self._acked(client, reply.topic, data, False, properties=props)
+                            )
+                await hub.sent([rid for rid, _, _ in results])
 
     async def _acked(
         self,

@@ -1,0 +1,152 @@
+"""``tepi remote``: the IOC's side of a command, for operators, scripts and tests.
+
+    tepi remote --url mqtt://broker:1883 --gateway hue-bridge-01 ping
+    tepi remote --url ... --gateway ... --key ioc.key --key-id ioc-2026 alarms.ack rule=flood-high
+    tepi remote --keygen ioc.key          # a new key: prints the line for commands.keys
+
+It subscribes to the gateway's ``cmd_result``, publishes the request (QoS 1) on
+``cmd/{command}``, signed with ``--key`` when given, and waits for the result with its id:
+printed as JSON; exit 0 when it is ``done``, 6 when it ``failed`` (or was refused), 5 when no
+result came within ``--timeout``. Arguments are ``name=value``; a value that is JSON (a number,
+true, false, an object) is sent as such, anything else as a string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+EXIT_DONE, EXIT_NO_ANSWER, EXIT_FAILED = 0, 5, 6
+
+
+def parse_args(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"argument {pair!r}: give name=value")
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return out
+
+
+def keygen(path: Path) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    key = Ed25519PrivateKey.generate()
+    seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(seed).decode() + "\n")
+    public = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    print(f"private key written to {path} (keep it at the IOC; mode 0600)")
+    print("for the gateways' config, under commands.keys:")
+    print(f"  - {{id: {path.stem}, public_key: {public.decode()}}}")
+    return EXIT_DONE
+
+
+def read_key(path: Path) -> bytes:
+    raw = path.read_bytes().strip()
+    seed = base64.b64decode(raw) if len(raw) != 32 else raw
+    if len(seed) != 32:
+        raise SystemExit(f"{path}: not an Ed25519 private key (32 bytes, or their base64)")
+    return seed
+
+
+async def send(
+    url: str,
+    gateway: str,
+    prefix: str,
+    command: str,
+    args: dict[str, Any],
+    *,
+    key: tuple[bytes, str] | None,
+    lifetime: float,
+    wait_s: float,
+    request_id: str | None = None,
+) -> dict[str, Any] | None:
+    """Send one command and wait for its result (None: none came within ``wait_s``)."""
+    import aiomqtt
+
+    from tepi.gateway.commands import sign
+
+    parts = urlsplit(url)
+    now = time.time()
+    req: dict[str, Any] = {
+        "id": request_id or f"remote-{uuid.uuid4().hex[:16]}",
+        "issued_at": round(now, 3),
+        "expires_at": round(now + lifetime, 3),
+        "args": args,
+    }
+    if key is not None:
+        req = sign(key[0], gateway, command, req, key[1])
+    base = f"{prefix}/{gateway}"
+    async with aiomqtt.Client(
+        parts.hostname or "127.0.0.1",
+        parts.port or 1883,
+        identifier=f"tepi-remote-{uuid.uuid4().hex[:8]}",
+    ) as client:
+        await client.subscribe(f"{base}/cmd_result", qos=1)
+        await client.publish(f"{base}/cmd/{command}", json.dumps(req).encode(), qos=1)
+        try:
+            async with asyncio.timeout(wait_s):
+                async for msg in client.messages:
+                    if not isinstance(msg.payload, bytes):
+                        continue
+                    result: dict[str, Any] = json.loads(msg.payload)
+                    if result.get("id") == req["id"]:
+                        return result
+        except TimeoutError:
+            return None
+    return None
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tepi remote", description=__doc__.split("\n\n")[0])
+    p.add_argument("--keygen", type=Path, help="write a new private key here and stop")
+    p.add_argument("--url", default="mqtt://127.0.0.1:1883", help="the broker")
+    p.add_argument("--gateway", help="the gateway's id")
+    p.add_argument("--prefix", default="ioc/v1", help="uplink.topic_prefix (default ioc/v1)")
+    p.add_argument("--key", type=Path, help="sign with this private key file")
+    p.add_argument("--key-id", help="the key's id in the gateway's commands.keys")
+    p.add_argument("--lifetime", type=float, default=60.0, help="seconds the request is valid")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result")
+    p.add_argument("--id", help="the request's id (default: a new one)")
+    p.add_argument("command", nargs="?", help="e.g. ping, health, snapshot, alarms.ack")
+    p.add_argument("args", nargs="*", help="name=value")
+    a = p.parse_args(argv)
+    if a.keygen is not None:
+        return keygen(a.keygen)
+    if not a.gateway or not a.command:
+        p.error("--gateway and a command are required")
+    key = None
+    if a.key is not None:
+        key = (read_key(a.key), a.key_id or a.key.stem)
+    result = asyncio.run(
+        send(
+            a.url, a.gateway, a.prefix, a.command, parse_args(a.args), key=key,
+            lifetime=a.lifetime, wait_s=a.timeout, request_id=a.id,
+        )
+    )  # fmt: skip
+    if result is None:
+        print(f"no result within {a.timeout:g} s (is the gateway connected?)", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    print(json.dumps(result, indent=2))
+    return EXIT_DONE if result.get("status") == "done" else EXIT_FAILED

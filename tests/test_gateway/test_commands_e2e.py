@@ -1,0 +1,137 @@
+"""Commands end to end: ``tepi remote`` -> a real Mosquitto -> ``tepi run`` -> cmd_result.
+
+Checked: a harmless command runs and answers (schema-valid), a disabled one is refused, a
+signed policy refuses an unsigned request and takes a signed one, a bad signature and an
+expired request are refused, a replayed id is answered from the log without running again,
+and the log survives a restart (the replay is still recognised)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import AgentProc, Broker, Subscriber, agent_config, run_tepi
+from rig import validator
+
+pytestmark = pytest.mark.timeout(120)
+
+RESULT = validator("command_result")
+
+
+@dataclass
+class Box:
+    tmp: Path
+    broker: Broker
+    sub: Subscriber
+    agent: AgentProc
+    key: Path
+
+    def remote(self, *args: str, key: bool = False) -> tuple[int, dict[str, Any] | None, str]:
+        extra = ["--key", str(self.key), "--key-id", "ioc-1"] if key else []
+        out = run_tepi(
+            "remote", "--url", f"mqtt://127.0.0.1:{self.broker.port}", "--gateway", "gw-test",
+            "--timeout", "20", *extra, *args,
+        )  # fmt: skip
+        result = json.loads(out.stdout) if out.stdout.strip().startswith("{") else None
+        return out.returncode, result, out.stderr
+
+
+@pytest.fixture
+async def box(tmp_path: Path) -> AsyncIterator[Box]:
+    key = tmp_path / "ioc-1.key"
+    made = await asyncio.to_thread(run_tepi, "remote", "--keygen", str(key))
+    assert made.returncode == 0, made.stderr
+    public = made.stdout.split("public_key: ")[1].split("}")[0].strip()
+    broker = Broker(tmp_path)
+    await broker.start()
+    async with Subscriber(broker.port, "ioc/v1/#") as sub:
+        devices = [{"id": "s1", "driver": "synthetic", "metrics": 2, "poll_interval": "1s"}]
+        cfg = agent_config(tmp_path, broker.port, devices)
+        cfg.write_text(
+            cfg.read_text()
+            + "commands:\n"
+            + "  policy: {health: signed, buffer.stats: disabled}\n"
+            + f"  keys: [{{id: ioc-1, public_key: '{public}'}}]\n"
+        )
+        agent = AgentProc(cfg, tmp_path / "agent.log")
+        agent.start()
+        try:
+            await sub.wait_for(lambda s: any(m["state"] == "online" for m in s.on("/status")))
+            yield Box(tmp_path, broker, sub, agent, key)
+        finally:
+            if agent.proc is not None and agent.proc.poll() is None:
+                await agent.stop()
+            await broker.stop()
+    assert "Traceback" not in agent.log_text(), agent.log_text()
+
+
+async def test_commands_run_refuse_and_answer_a_replay_from_the_log(box: Box) -> None:
+    code, ping, err = await asyncio.to_thread(box.remote, "ping", "--id", "req-ping-1")
+    assert code == 0, err
+    assert ping is not None
+    RESULT.validate(ping)
+    assert (ping["status"], ping["id"], ping["replayed"]) == ("done", "req-ping-1", False)
+    assert ping["output"]["pong"] is True
+
+    # Disabled by the config; signed by the config and sent unsigned; signed with the key.
+    code, refused, _ = await asyncio.to_thread(box.remote, "buffer.stats")
+    assert code == 6
+    assert refused is not None
+    RESULT.validate(refused)
+    assert refused["reason"] == "disabled"
+    code, unsigned, _ = await asyncio.to_thread(box.remote, "health")
+    assert unsigned is not None
+    assert (code, unsigned["reason"]) == (6, "unsigned")
+    code, health, err = await asyncio.to_thread(box.remote, "health", key=True)
+    assert code == 0, err
+    assert health is not None
+    validator("health").validate(health["output"])
+    # A disabled command that does not exist at all; an expired request.
+    code, unknown, _ = await asyncio.to_thread(box.remote, "reboot")
+    assert unknown is not None
+    assert (code, unknown["reason"]) == (6, "unknown_command")
+    code, late, _ = await asyncio.to_thread(box.remote, "ping", "--lifetime", "0.001")
+    assert late is not None
+    assert (code, late["reason"]) == (6, "expired")
+
+    # The same id again: answered from the log, not run again (the same uptime as before).
+    code, again, _ = await asyncio.to_thread(box.remote, "ping", "--id", "req-ping-1")
+    assert again is not None
+    assert code == 0
+    assert again["replayed"] is True
+    assert again["output"] == ping["output"]
+    # And after a restart too.
+    assert await box.agent.stop() == 0
+    onlines = sum(m["state"] == "online" for m in box.sub.on("/status"))
+    box.agent.start()
+    await box.sub.wait_for(lambda s: sum(m["state"] == "online" for m in s.on("/status")) > onlines)
+    code, after, _ = await asyncio.to_thread(box.remote, "ping", "--id", "req-ping-1")
+    assert after is not None
+    assert code == 0
+    assert (after["output"], after["replayed"]) == (ping["output"], True)
+    code, fresh, _ = await asyncio.to_thread(box.remote, "ping", "--id", "req-ping-2")
+    assert fresh is not None
+    assert (code, fresh["replayed"]) == (0, False)  # a new id runs
+    audit = box.agent.log_text()
+    assert "command ping id=req-ping-1 accepted (unsigned)" in audit
+    assert "command health id=" in audit
+    assert "refused: unsigned" in audit
+    assert "command ping id=req-ping-1 again: answered from the log" in audit
+
+
+async def test_a_bad_signature_is_refused(box: Box) -> None:
+    other = box.tmp / "stranger.key"
+    made = await asyncio.to_thread(run_tepi, "remote", "--keygen", str(other))
+    assert made.returncode == 0
+    out = await asyncio.to_thread(
+        run_tepi,
+        "remote", "--url", f"mqtt://127.0.0.1:{box.broker.port}", "--gateway", "gw-test",
+        "--key", str(other), "--key-id", "ioc-1", "--timeout", "20", "health",
+    )  # fmt: skip
+    assert out.returncode == 6
+    assert json.loads(out.stdout)["reason"] == "bad_signature"
