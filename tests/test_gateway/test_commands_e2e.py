@@ -91,6 +91,12 @@ async def test_commands_run_refuse_and_answer_a_replay_from_the_log(box: Box) ->
     assert code == 0, err
     assert health is not None
     validator("health").validate(health["output"])
+    # The audit's counters, as they were when health ran: ping accepted and done, the
+    # disabled and the unsigned request refused.
+    audited = health["output"]["commands"]
+    assert audited["requests"]["accepted"] == 2  # ping, and this health
+    assert audited["requests"]["done"] == 1
+    assert audited["refused"] == {"disabled": 1, "unsigned": 1}
     # A disabled command that does not exist at all; an expired request.
     code, unknown, _ = await asyncio.to_thread(box.remote, "reboot")
     assert unknown is not None

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tepi.buffer import BufferStats
 from tepi.buffer.alarms import DROP_REASONS as ALARM_DROP_REASONS
 from tepi.buffer.images import DROP_REASONS as IMAGE_DROP_REASONS  # one list, the store's
+from tepi.gateway.commands import REASONS as COMMAND_REASONS
 from tepi.gateway.poller import DeviceStats
 
 if TYPE_CHECKING:
@@ -416,6 +417,24 @@ class AlarmsHealth(_Model):
     last_action_error: str | None = Field(description="Why the last failed action failed.")
 
 
+COMMAND_OUTCOMES = ("accepted", "replayed", "done", "failed")
+
+
+class CommandsHealth(_Model):
+    requests: Annotated[
+        Counts, counter("tepi_commands_total", label="outcome", keys=COMMAND_OUTCOMES)
+    ] = Field(
+        description="Commands from the IOC since start: accepted (checked, and run), replayed "
+        "(an id already known: answered from the log, not run), done, failed."
+    )
+    refused: Annotated[
+        Counts, counter("tepi_commands_refused_total", label="reason", keys=COMMAND_REASONS)
+    ] = Field(description="Requests refused before they ran, by reason.")
+    log_errors: Annotated[int, counter("tepi_commands_log_errors_total")] = Field(
+        description="Requests not run because the command log could not be written."
+    )
+
+
 class Health(_Model):
     """The health message (docs/payload.md#health)."""
 
@@ -442,6 +461,9 @@ class Health(_Model):
     )
     alarms: AlarmsHealth | None = Field(
         default=None, description="The rules' alarms and actions; null without rules."
+    )
+    commands: CommandsHealth | None = Field(
+        default=None, description="Commands from the IOC; null when commands.enabled is off."
     )
     config: ConfigHealth = Field(description="Config reloads.")
     process: ProcessHealth = Field(description="The agent's process.")

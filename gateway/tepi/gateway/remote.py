@@ -250,5 +250,13 @@ class CommandHub:
     async def sent(self, request_ids: list[str]) -> None:
         await asyncio.to_thread(self.log.sent, request_ids)
 
-    def health(self) -> dict[str, int]:
-        return dict(self.counts)
+    def health(self) -> dict[str, Any]:
+        """The health message's ``commands`` (tepi.gateway.health.CommandsHealth)."""
+        c = self.counts
+        return {
+            "requests": {k: c[k] for k in ("accepted", "replayed", "done", "failed") if c[k]},
+            "refused": {
+                k.removeprefix("refused:"): n for k, n in c.items() if k.startswith("refused:")
+            },
+            "log_errors": c["log_errors"],
+        }

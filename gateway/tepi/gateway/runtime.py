@@ -345,6 +345,7 @@ class Agent:
             devices={k: DeviceHealth.of(v) for k, v in self.devices.items()},
             images=None if self.images is None else self.images.health(),
             alarms=None if self.alarms is None else self.alarms.health(),
+            commands=None if self.commands is None else self.commands.health(),
             config=ConfigHealth(
                 reloads=self.reloads["count"],
                 last_reload_ts=self.reloads["last_ts"],
