@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -352,3 +353,19 @@ async def test_tepi_alarms_lists_and_acknowledges_through_the_agent(site: Site) 
     assert rows[0]["acknowledged"] is True
     assert rows[0]["ack_by"] == "tech-anh"
     assert site.transitions() == ["firing", "acknowledged"]
+
+
+async def test_a_reload_that_removes_a_firing_rule_resolves_it(site: Site) -> None:
+    await site.sub.wait_for(lambda s: any(r["device"] == "gauge" for r in s.readings()))
+    site.level(2.9)
+    await site.wait_alarms(["firing"])
+    await site.sim.device("siren").wait_writes(1)
+    cfg = site.agent.config
+    cfg.write_text(cfg.read_text().split("rules:\n")[0])  # no rules any more
+    assert site.agent.proc is not None
+    site.agent.proc.send_signal(signal.SIGHUP)
+    await site.wait_alarms(["firing", "resolved"])
+    resolved = next(a for a in site.alarms() if a["state"] == "resolved")
+    ALARM.validate(resolved)
+    assert resolved["value"] is None  # no reading cleared it: its rule went
+    await site.sub.wait_for(lambda s: site.siren_writes() == [True, False])
