@@ -99,13 +99,14 @@ def pytest_runtest_makereport(
 # ---- tests that run alone, also under pytest-xdist -----------------------------------------
 
 # .ci/run runs the suite on two pytest-xdist workers. A test marked ``alone`` does something
-# that would reach into another test running beside it (it asks every TCP port on this
-# machine for its /health), so it runs while no other test does: a readers-writer lock on two
-# files in the run's shared temporary directory, taken around each test's whole protocol
-# (setup, call, teardown) and outside pytest-timeout's, so the wait for the other worker's
-# test never counts against a test's timeout. Every test takes ``turnstile`` to start, and
-# ``tests`` shared (``alone``: exclusive, keeping ``turnstile`` so that no test starts while
-# it waits). Without xdist (no workerinput) nothing is locked.
+# that would reach into another test running beside it (asks every TCP port on this machine
+# for its /health), or has a timing margin that another test sharing the cores and the disk
+# can eat (the comment at the mark says which), so it runs while no other test does: a
+# readers-writer lock on two files in the run's shared temporary directory, taken around each
+# test's whole protocol (setup, call, teardown) and outside pytest-timeout's, so the wait for
+# the other worker's test never counts against a test's timeout. Every test takes
+# ``turnstile`` to start, and ``tests`` shared (``alone``: exclusive, keeping ``turnstile`` so
+# that no test starts while it waits). Without xdist (no workerinput) nothing is locked.
 
 
 @contextlib.contextmanager
