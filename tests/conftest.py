@@ -13,6 +13,8 @@ sys.path.insert(1, str(Path(__file__).parent.parent / "bench"))
 
 # ---- no secret in any log the suite produced --------------------------------------------
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -92,3 +94,43 @@ def pytest_runtest_makereport(
                 f"(tests/conftest.py INSTALLED_BY_SETUP): {reason}"
             )
     return report
+
+
+# ---- tests that run alone, also under pytest-xdist -----------------------------------------
+
+# .ci/run runs the suite on two pytest-xdist workers. A test marked ``alone`` does something
+# that would reach into another test running beside it (asks every TCP port on this machine
+# for its /health), or has a timing margin that another test sharing the cores and the disk
+# can eat (the comment at the mark says which), so it runs while no other test does: a
+# readers-writer lock on two files in the run's shared temporary directory, taken around each
+# test's whole protocol (setup, call, teardown) and outside pytest-timeout's, so the wait for
+# the other worker's test never counts against a test's timeout. Every test takes
+# ``turnstile`` to start, and ``tests`` shared (``alone``: exclusive, keeping ``turnstile`` so
+# that no test starts while it waits). Without xdist (no workerinput) nothing is locked.
+
+
+@contextlib.contextmanager
+def _flock(path: Path, how: int) -> Iterator[None]:
+    with path.open("a") as f:
+        fcntl.flock(f, how)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(tryfirst=True, wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    if not hasattr(item.config, "workerinput"):
+        return (yield)
+    shared = Path(item.config.option.basetemp).parent  # xdist: <basetemp>/popen-gwN
+    turnstile, tests = shared / "turnstile.lock", shared / "tests.lock"
+    if item.get_closest_marker("alone") is not None:
+        with _flock(turnstile, fcntl.LOCK_EX), _flock(tests, fcntl.LOCK_EX):
+            return (yield)
+    with _flock(turnstile, fcntl.LOCK_EX):
+        pass
+    with _flock(tests, fcntl.LOCK_SH):
+        return (yield)

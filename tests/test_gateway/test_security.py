@@ -100,6 +100,11 @@ async def test_wrong_hostname_is_refused(tls_broker: TlsBroker, tmp_path: Path) 
     )
 
 
+# alone: the agent without a certificate must read Mosquitto's "certificate required" alert
+# (TLS 1.3 sends it after the client's side of the handshake is done) before the connection
+# closes. Beside a test on another xdist worker it once saw only the EOF ("EOF occurred in
+# violation of protocol"), so this one runs by itself, as it did before xdist.
+@pytest.mark.alone
 @pytest.mark.parametrize("tls_broker", [{"mtls": True}], indirect=True)
 async def test_mutual_tls(tls_broker: TlsBroker, tmp_path: Path) -> None:
     without = make_agent(

@@ -161,6 +161,9 @@ async def health_on(port: int) -> str:
         return ""
 
 
+# alone: it asks every TCP port on the machine for /health, so under pytest-xdist it would
+# also send that to the brokers, simulators and agents of the test on the other worker.
+@pytest.mark.alone
 async def test_no_tcp_unless_asked_and_all_is_well(tmp_path: Path) -> None:
     broker = Broker(tmp_path)
     await broker.start()
