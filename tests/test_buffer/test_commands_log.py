@@ -32,9 +32,10 @@ def test_a_request_runs_once_and_its_result_is_kept_and_resent(tmp_path: Path) -
         known = cl.begin("r1", "ping", 3.0)
         assert known is not None
         assert (known.running, known.result) == (False, result("r1"))
-        assert cl.resend("r1")  # a replay is answered again, from the log
-        assert cl.pending() == [result("r1")]
-        assert not cl.resend("nope")
+        # A replay is answered again from the log: its result recorded again, to send.
+        cl.finish("r1", {**result("r1"), "replayed": True})
+        assert cl.pending() == [{**result("r1"), "replayed": True}]
+        assert cl.begin("r1", "ping", 3.5) is not None  # still known: never runs again
         # A refusal that had an id: recorded without a begin, and then known.
         cl.finish("r2", result("r2", "failed"))
         known = cl.begin("r2", "write", 4.0)

@@ -8,7 +8,7 @@ log, ``DIR/commands.db`` beside the readings buffer, gives both:
 - :meth:`CommandLog.begin` records a request as ``running`` and commits it **before** the
   command runs. A second ``begin`` of the same id, now or after any restart, finds it and
   returns what is known (:class:`Known`): the caller answers with the kept result, marked
-  ``replayed``, and does not run it again.
+  ``replayed`` (recorded again with :meth:`finish`), and does not run it again.
 - :meth:`CommandLog.finish` records the result (a JSON object, the ``cmd_result`` payload)
   and queues it to be sent; :meth:`pending` and :meth:`sent` are the sending side, like the
   alarm store's. A result waits here while the link is down.
@@ -296,14 +296,6 @@ class CommandLog:
                     ),
                 )
                 self._bound(conn)
-
-    def resend(self, request_id: str) -> bool:
-        """Queue a known request's result to be sent again (a replay was answered)."""
-        with self._lock, self._tx(f"queueing the result of {request_id}") as conn:
-            n = conn.execute(
-                "UPDATE requests SET sent = 0 WHERE id = ? AND state = ?", (request_id, DONE)
-            ).rowcount
-        return bool(n)
 
     def interrupted(self) -> list[Known]:
         """Requests that were running when the gateway stopped (at open: a crash cut them)."""

@@ -81,7 +81,6 @@ class UplinkStats:
     errors: dict[str, int] = field(default_factory=dict)
     probes: int = 0  # bare TCP connections tried while the broker was unreachable
     probes_answered: int = 0  # ... that found it back, and cut the backoff short
-    alarms_sent: int = 0  # alarm messages acknowledged by the broker
 
 
 _WHAT = {
@@ -814,7 +813,6 @@ class Uplink:
                     payload = alarm_payload(gw, m, current_boot=boot, clock_synced=synced)
                     tg.create_task(self._acked(client, self.topic_alarm, payload, False))
             await hub.store.aack(m.seq for m in msgs)
-            self.stats.alarms_sent += len(msgs)
             hub.sent += len(msgs)
 
     # ---- health ------------------------------------------------------------------------
