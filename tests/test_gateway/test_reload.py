@@ -30,13 +30,15 @@ def device(dev_id: str, metrics: int) -> dict[str, Any]:
 
 
 def counters(sub: Subscriber, dev: str) -> list[int]:
-    """The poll numbers (the synthetic counter) of one device's m0, in seq order."""
-    rows = sorted(
-        (r["seq"], r["value"])
+    """The poll numbers (the synthetic counter) of one device's m0, in seq order, each seq
+    once, as the IOC keeps them: a batch in flight when the uplink reconnects is sent again
+    with the same seqs (at least once), which is not a duplicate poll."""
+    rows = {
+        r["seq"]: r["value"]
         for r in sub.readings()
         if r["device"] == dev and r["metric"] == "m0" and r["quality"] == "good"
-    )
-    return [v for _, v in rows]
+    }
+    return [rows[seq] for seq in sorted(rows)]
 
 
 def last_health(sub: Subscriber) -> dict[str, Any]:
