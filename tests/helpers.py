@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -402,6 +402,52 @@ class AgentProc:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def restart(self, sub: Subscriber) -> None:
+        """Stop (cleanly) and start again, until its next ``online`` status reached ``sub``."""
+        assert await self.stop() == 0
+        onlines = sum(m["state"] == "online" for m in sub.on("/status"))
+        self.start()
+        await sub.wait_for(lambda s: sum(m["state"] == "online" for m in s.on("/status")) > onlines)
+
+
+@contextlib.asynccontextmanager
+async def agent_running(
+    config: Path, sub: Subscriber, broker: Broker, ready: Callable[[Subscriber], bool]
+) -> AsyncIterator[AgentProc]:
+    """``tepi run`` on ``config`` until ``ready`` holds at ``sub``; at the end the agent is
+    stopped, then ``broker``, and its log must hold no traceback."""
+    agent = AgentProc(config, config.parent / "agent.log")
+    agent.start()
+    try:
+        await sub.wait_for(ready)
+        yield agent
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            await agent.stop()
+        await broker.stop()
+    assert "Traceback" not in agent.log_text(), agent.log_text()
+
+
+def remote_keygen(path: Path) -> str:
+    """A new IOC signing key at ``path`` (``tepi remote --keygen``); its public key."""
+    made = run_tepi("remote", "--keygen", str(path))
+    assert made.returncode == 0, made.stderr
+    return made.stdout.split("public_key: ")[1].split("}")[0].strip()
+
+
+def remote(
+    port: int, *args: str, timeout: float = 30, key: Path | None = None
+) -> tuple[int, dict[str, Any] | None, str]:
+    """``tepi remote`` to gateway gw-test on the broker at ``port`` (signed with ``key``, its
+    id the file's stem): exit code, the result (None when none came) and stderr."""
+    extra = ["--key", str(key), "--key-id", key.stem] if key is not None else []
+    out = run_tepi(
+        "remote", "--url", f"mqtt://127.0.0.1:{port}", "--gateway", "gw-test",
+        "--timeout", f"{timeout:g}", *extra, *args, timeout=timeout + 30,
+    )  # fmt: skip
+    result = json.loads(out.stdout) if out.stdout.strip().startswith("{") else None
+    return out.returncode, result, out.stderr
 
 
 class FaultProxy:

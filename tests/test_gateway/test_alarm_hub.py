@@ -151,6 +151,8 @@ async def test_bad_readings_change_nothing_and_stale_fires_on_the_timer(hub_of: 
         hub.on_run(reading(0, bad=True))  # a gauge that stopped answering: not a low river
     # No good reading for 300 ms: the stale rule fires, from the timer alone.
     await until(lambda: hub.stats.transitions == 2, timeout=5)
+    # Recorded by the hub's recorder task, a moment after the engine's transition.
+    await until(lambda: {"flood", "silent"} <= set(hub.store.states()), timeout=5)
     states = hub.store.states()
     assert states["flood"].firing
     assert states["silent"].firing

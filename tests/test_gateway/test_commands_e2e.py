@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import AgentProc, Broker, Subscriber, agent_config, run_tepi
+from helpers import (
+    AgentProc,
+    Broker,
+    Subscriber,
+    agent_config,
+    agent_running,
+    remote,
+    remote_keygen,
+    run_tepi,
+)
 from rig import validator
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,21 +42,13 @@ class Box:
     key: Path
 
     def remote(self, *args: str, key: bool = False) -> tuple[int, dict[str, Any] | None, str]:
-        extra = ["--key", str(self.key), "--key-id", "ioc-1"] if key else []
-        out = run_tepi(
-            "remote", "--url", f"mqtt://127.0.0.1:{self.broker.port}", "--gateway", "gw-test",
-            "--timeout", "20", *extra, *args,
-        )  # fmt: skip
-        result = json.loads(out.stdout) if out.stdout.strip().startswith("{") else None
-        return out.returncode, result, out.stderr
+        return remote(self.broker.port, *args, timeout=20, key=self.key if key else None)
 
 
 @pytest.fixture
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     key = tmp_path / "ioc-1.key"
-    made = await asyncio.to_thread(run_tepi, "remote", "--keygen", str(key))
-    assert made.returncode == 0, made.stderr
-    public = made.stdout.split("public_key: ")[1].split("}")[0].strip()
+    public = await asyncio.to_thread(remote_keygen, key)
     broker = Broker(tmp_path)
     await broker.start()
     async with Subscriber(broker.port, "ioc/v1/#") as sub:
@@ -58,16 +60,10 @@ async def box(tmp_path: Path) -> AsyncIterator[Box]:
             + "  policy: {health: signed, buffer.stats: disabled}\n"
             + f"  keys: [{{id: ioc-1, public_key: '{public}'}}]\n"
         )
-        agent = AgentProc(cfg, tmp_path / "agent.log")
-        agent.start()
-        try:
-            await sub.wait_for(lambda s: any(m["state"] == "online" for m in s.on("/status")))
+        async with agent_running(
+            cfg, sub, broker, lambda s: any(m["state"] == "online" for m in s.on("/status"))
+        ) as agent:
             yield Box(tmp_path, broker, sub, agent, key)
-        finally:
-            if agent.proc is not None and agent.proc.poll() is None:
-                await agent.stop()
-            await broker.stop()
-    assert "Traceback" not in agent.log_text(), agent.log_text()
 
 
 async def test_commands_run_refuse_and_answer_a_replay_from_the_log(box: Box) -> None:
@@ -112,10 +108,7 @@ async def test_commands_run_refuse_and_answer_a_replay_from_the_log(box: Box) ->
     assert again["replayed"] is True
     assert again["output"] == ping["output"]
     # And after a restart too.
-    assert await box.agent.stop() == 0
-    onlines = sum(m["state"] == "online" for m in box.sub.on("/status"))
-    box.agent.start()
-    await box.sub.wait_for(lambda s: sum(m["state"] == "online" for m in s.on("/status")) > onlines)
+    await box.agent.restart(box.sub)
     code, after, _ = await asyncio.to_thread(box.remote, "ping", "--id", "req-ping-1")
     assert after is not None
     assert code == 0
@@ -141,3 +134,30 @@ async def test_a_bad_signature_is_refused(box: Box) -> None:
     )  # fmt: skip
     assert out.returncode == 6
     assert json.loads(out.stdout)["reason"] == "bad_signature"
+
+
+async def test_commands_sent_while_the_gateway_is_offline_run_when_it_is_back(box: Box) -> None:
+    """The broker keeps the gateway's session (uplink.session_expiry): a command sent while
+    the agent is stopped waits there, and runs at the next connect; one that expired
+    meanwhile is refused as expired, not run."""
+
+    def send(*args: str) -> tuple[int, dict[str, Any] | None, str]:
+        return remote(box.broker.port, *args, timeout=40)
+
+    assert await box.agent.stop() == 0
+    onlines = sum(m["state"] == "online" for m in box.sub.on("/status"))
+    waiting = asyncio.create_task(asyncio.to_thread(send, "ping", "--id", "while-away"))
+    stale = asyncio.create_task(asyncio.to_thread(send, "ping", "--id", "stale", "--lifetime", "1"))
+    # Both requests are at the broker (the IOC's subscriber sees them), then "stale" expires.
+    await box.sub.wait_for(lambda s: len(s.on("/cmd/ping")) >= 2)
+    expires = next(m["expires_at"] for m in box.sub.on("/cmd/ping") if m["id"] == "stale")
+    while time.time() <= expires:  # a deadline on the wall clock, not a sync
+        await asyncio.sleep(expires - time.time() + 0.05)
+    box.agent.start()
+    await box.sub.wait_for(lambda s: sum(m["state"] == "online" for m in s.on("/status")) > onlines)
+    (code, ran, err), (late_code, late, _) = await waiting, await stale
+    assert code == 0, err
+    assert ran is not None
+    assert ran["output"]["pong"] is True
+    assert late is not None
+    assert (late_code, late["reason"]) == (6, "expired")

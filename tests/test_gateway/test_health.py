@@ -93,7 +93,13 @@ def sample_health(**devices: DeviceHealth) -> Health:
         ),
         devices={"aq-1": DeviceHealth.of(st), **devices},
         config=ConfigHealth(
-            reloads=1, last_reload_ts=None, last_reload_ok=False, errors=["x"], restart_needed=[]
+            reloads=1,
+            last_reload_ts=None,
+            last_reload_ok=False,
+            errors=["x"],
+            restart_needed=[],
+            version="v3",
+            trial=True,
         ),
         process=ProcessHealth(
             cpu_percent=0.4, cpu_seconds=14.2, rss_bytes=41234432, disk_free_bytes=None

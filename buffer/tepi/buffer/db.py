@@ -76,6 +76,35 @@ def quarantine(path: Path) -> Path:
     return target
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or an unlink in the directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, sync: bool = True, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` whole or not at all: a temp file beside it, fsynced,
+    renamed over it, the directory fsynced (``sync`` False: no fsync, for tests and tmpfs).
+    OSError when the disk refuses; the old file is then untouched."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync:
+        fsync_dir(path.parent)
+
+
 def connect_private(path: Path, *, autocommit: bool = False) -> sqlite3.Connection:
     """A connection to a store's file, made readable by the service's user only (the data
     of a site), usable from the store's worker threads under its own lock, in WAL mode,

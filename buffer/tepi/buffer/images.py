@@ -85,6 +85,7 @@ from tepi.buffer.db import (
     SchemaError,
     SeqCeiling,
     connect_private,
+    fsync_dir,
     is_corrupt,
     lock_dir,
     quarantine,
@@ -255,14 +256,6 @@ def _migrations() -> Migrations:
 
 _FIELDS = tuple(c.strip() for c in _COLUMNS.split(","))
 _EXPECTED_COLUMNS = frozenset(_FIELDS)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> bool:
@@ -450,7 +443,7 @@ class ImageStore:
             with db.atomic():
                 db.conn.executemany("DELETE FROM images WHERE seq = ?", [(s,) for s in gone])
         if orphans and self.sync:
-            _fsync_dir(self.images_dir)
+            fsync_dir(self.images_dir)
         self._orphans += orphans
         self._missing += len(gone)
         if orphans or gone:
@@ -682,7 +675,7 @@ class ImageStore:
             tmp.rename(final)
             renamed = True
             if self.sync:
-                _fsync_dir(self.images_dir)
+                fsync_dir(self.images_dir)
         except OSError:
             with contextlib.suppress(OSError):
                 _unlink(final if renamed else tmp)

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from tepi.core import __version__
 from tepi.core.errors import ConfigError
@@ -111,6 +112,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     _agent_args(alarms)
     alarms.add_argument("--json", action="store_true", help="the raw JSON")
+    conf = sub.add_parser(
+        "config",
+        help="the running config: get it, apply a new one on trial (rolled back on its own "
+        "unless the box stays healthy), or roll back",
+    )
+    conf.add_argument("action", choices=["get", "apply", "rollback"])
+    conf.add_argument("file", nargs="?", type=Path, help="apply: the new config file (YAML)")
+    conf.add_argument("--to", default=None, help="rollback: a kept version (v3) or 'base'")
+    conf.add_argument(
+        "--confirm-timeout", type=float, default=None, help="seconds the trial may take"
+    )
+    conf.add_argument("--dry-run", action="store_true", help="apply: only validate it")
+    _agent_args(conf)
+    conf.add_argument("--json", action="store_true", help="the raw JSON result")
     sub.add_parser(  # handled before this parser (it has options of its own): for the help
         "remote",
         help="send a command to a gateway over MQTT, as the IOC does (tepi remote --help)",
@@ -193,12 +208,31 @@ def _status_socket(args: argparse.Namespace) -> Path | None:
         return None
 
 
+def _api(
+    sock: Path, method: str, route: str, *, body: bytes | None = None, timeout: float = 30.0
+) -> tuple[int, dict[str, Any]]:
+    """A JSON request to the running agent's status API: (EXIT_OK, its answer), or the exit
+    code after saying why not (the agent cannot be reached, or answered with an error)."""
+    from tepi.gateway.status import EXIT_UNREACHABLE, request
+
+    try:
+        status, _, raw = request(sock, method, route, timeout, body)
+    except OSError as err:
+        print(f"cannot reach the agent at {sock}: {err} (is tepi running?)", file=sys.stderr)
+        return EXIT_UNREACHABLE, {}
+    answer = json.loads(raw) if raw.startswith(b"{") else {}
+    if status != 200:
+        print(answer.get("error", f"HTTP {status}"), file=sys.stderr)
+        return EXIT_RUNTIME, {}
+    return EXIT_OK, answer
+
+
 def cmd_alarms(args: argparse.Namespace) -> int:
     """``tepi alarms [ack RULE]``: through the running agent's status API (the agent owns
     the alarm store; an acknowledgement is an alarm message like the others)."""
     from urllib.parse import quote
 
-    from tepi.gateway.status import EXIT_UNREACHABLE, format_alarms, request
+    from tepi.gateway.status import format_alarms
 
     if args.action == "ack" and not args.rule:
         print("tepi alarms ack RULE: which rule's alarm?", file=sys.stderr)
@@ -206,20 +240,15 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     sock = _status_socket(args)
     if sock is None:
         return EXIT_CONFIG
-    try:
-        if args.action == "ack":
-            by = args.by or f"local:{os.environ.get('SUDO_USER') or getpass.getuser()}"
-            path = f"/alarms/{quote(args.rule, safe='')}/ack?by={quote(by, safe='')}"
-            status, _, body = request(sock, "POST", path)
-        else:
-            status, _, body = request(sock, "GET", "/alarms")
-    except OSError as err:
-        print(f"cannot reach the agent at {sock}: {err} (is tepi running?)", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    answer = json.loads(body) if body.startswith(b"{") else {}
-    if status != 200:
-        print(answer.get("error", f"HTTP {status}"), file=sys.stderr)
-        return EXIT_RUNTIME
+    if args.action == "ack":
+        by = args.by or f"local:{os.environ.get('SUDO_USER') or getpass.getuser()}"
+        code, answer = _api(
+            sock, "POST", f"/alarms/{quote(args.rule, safe='')}/ack?by={quote(by, safe='')}"
+        )
+    else:
+        code, answer = _api(sock, "GET", "/alarms")
+    if code != EXIT_OK:
+        return code
     if args.action == "ack":
         print(f"alarm {answer['acknowledged']} acknowledged by {answer['by']}")
     elif args.json:
@@ -227,6 +256,55 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     else:
         print(format_alarms(answer))
     return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``tepi config get|apply FILE|rollback``: the IOC's config commands, through the
+    running agent's status API, waiting for the trial's end (exit 0 done, 6 failed or
+    rolled back, 1 a config that does not validate)."""
+    from tepi.gateway.remotecli import EXIT_FAILED
+
+    body: dict[str, object] = {"by": os.environ.get("SUDO_USER") or getpass.getuser()}
+    if args.action == "apply":
+        if args.file is None:
+            print("tepi config apply FILE: which config file?", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            body["config"] = args.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            print(f"cannot read {args.file}: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+        if args.dry_run:
+            body["dry_run"] = True
+    if args.action == "rollback" and args.to:
+        body["to"] = args.to
+    if args.confirm_timeout is not None:
+        body["confirm_timeout"] = args.confirm_timeout
+    sock = _status_socket(args)
+    if sock is None:
+        return EXIT_CONFIG
+    if args.action != "get":
+        print(f"config.{args.action}: on trial; waiting for the result ...", file=sys.stderr)
+    code, answer = _api(
+        sock, "POST", f"/config/{args.action}", body=json.dumps(body).encode(), timeout=3700.0
+    )
+    if code != EXIT_OK:
+        return code
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif answer["status"] == "done" and args.action == "get":
+        out = answer["output"]
+        print(f"# version {out['version']}, sha256 {out['sha256']}", file=sys.stderr)
+        print(out["config"], end="")
+    elif answer["status"] == "done":
+        print(f"config.{args.action}: done: {json.dumps(answer['output'])}")
+    else:
+        print(f"config.{args.action}: {answer['reason']}: {answer['detail']}", file=sys.stderr)
+        for line in (answer.get("output") or {}).get("errors", []):
+            print(f"  {line}", file=sys.stderr)
+    if answer["status"] == "done":
+        return EXIT_OK
+    return EXIT_CONFIG if answer.get("reason") == "config_refused" else EXIT_FAILED
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -420,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_snapshot(args)
     if args.command == "alarms":
         return cmd_alarms(args)
+    if args.command == "config":
+        return cmd_config(args)
     if args.command == "doctor":
         from tepi.gateway.doctor import run_doctor
 

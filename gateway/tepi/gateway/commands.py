@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 Policy = Literal["signed", "unsigned", "disabled"]
-MAX_PAYLOAD = 65536  # bytes of a request (a config push goes in parts)
+MAX_PAYLOAD = 65536  # bytes of a request
+# ... but a whole config: a site of a thousand registers is about 100 KB of YAML.
+MAX_CONFIG_PAYLOAD = 1 << 20
 MAX_ARGS = 32
 # Every command, and its default policy: only the harmless ones run by default; those that
 # change the box need a signature when enabled.
@@ -223,8 +225,9 @@ def check(
     """The request on ``cmd/{command}``, checked: its size, JSON, shape, the command and its
     policy, its times (against ``now``, UTC seconds) and its signature. Raises
     :class:`Refused` (with the request's id once it is known) and never anything else."""
-    if len(payload) > MAX_PAYLOAD:
-        raise Refused("too_large", f"{len(payload)} bytes; at most {MAX_PAYLOAD}")
+    limit = MAX_CONFIG_PAYLOAD if command == "config.apply" else MAX_PAYLOAD
+    if len(payload) > limit:
+        raise Refused("too_large", f"{len(payload)} bytes; at most {limit}")
     try:
         raw = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:

@@ -148,6 +148,14 @@ class UplinkSection(_Model):
         "flood the IOC. Live readings are never held back by it.",
     )
     keepalive: Duration = Field(default=30.0, ge=5, le=3600, description="MQTT keepalive.")
+    session_expiry: Duration = Field(
+        default=86400.0,
+        ge=0,
+        le=30 * 86400,
+        description="How long the broker keeps the gateway's session while it is offline: "
+        "its subscription to commands, and the commands sent meanwhile (run when it is back, "
+        "unless they expired). 0: a clean session at each connect.",
+    )
     publish_timeout: Duration = Field(
         default=30.0,
         gt=0,
@@ -366,6 +374,14 @@ class CommandsSection(_Model):
         le=100_000,
         description="Results of recent requests kept (across restarts) to answer a "
         "redelivered or replayed request again without running it twice.",
+    )
+    confirm_timeout: Duration = Field(
+        default=120.0,
+        ge=5,
+        le=3600,
+        description="A pushed config (config.apply, config.rollback, tepi config apply) must "
+        "be confirmed within this: the uplink connected and every device that worked still "
+        "working. Otherwise the previous config comes back on its own.",
     )
     allow_unsigned_changes: bool = Field(
         default=False,

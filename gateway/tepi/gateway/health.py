@@ -299,6 +299,11 @@ class ConfigHealth(_Model):
     restart_needed: list[str] = Field(
         description="Settings changed in the file that only a restart applies."
     )
+    version: str = Field(
+        description="The config running: base (the service's config file) or vN, a pushed "
+        "version (docs/operations.md, Remote operations)."
+    )
+    trial: bool = Field(description="A pushed config is on trial now (not yet confirmed).")
 
 
 class ProcessHealth(_Model):

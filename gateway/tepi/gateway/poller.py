@@ -84,13 +84,18 @@ class DeviceStats:
     last_error: str | None = None
     last_poll_s: float | None = None
     next_probe_s: float | None = None  # while quarantined: seconds between probes
-    # A rule's poll_rate action: the interval while it fires, instead of poll_interval (None:
-    # the config's). Set it with ``set_interval``: the poll loop wakes and polls at once.
-    # ``poke`` is that wake-up, only for a device a poll_rate action names (the agent sets
-    # it): waiting on it as well as on the stop costs two tasks a sleep, which the others
-    # need not pay.
+    # A rule's poll_rate action or the IOC's poll_rate command: the interval meanwhile,
+    # instead of poll_interval (None: the config's). Set it with ``set_interval``: the poll
+    # loop wakes and polls at once.
     interval: float | None = None
-    poke: asyncio.Event | None = None
+    # The poll loop's wake-up (the agent gives every device one): set for a new interval,
+    # a poll asked for now (``poll_now``), and the stop, which the agent sets after its
+    # ``stopping`` (one event a sleep: waiting on two would cost two tasks a sleep). None:
+    # the loop sleeps on ``stopping`` alone, and nothing else wakes it.
+    wake: asyncio.Event | None = None
+    # Polls asked for now (the IOC's ``read``, a device's restart): each future is given
+    # None once a poll that started after the ask is done, or the poll's error.
+    asks: list[asyncio.Future[str | None]] = field(default_factory=list)
     # The latest reading of each metric, for the local status API and ``tepi status``: the
     # run (the poll) that holds it, so a poll updates this without one object per value.
     last: dict[str, Run] = field(default_factory=dict)
@@ -107,12 +112,41 @@ class DeviceStats:
         """The latest reading of each metric."""
         return {m: run.reading(run.metrics.index(m)) for m, run in self.last.items()}
 
+    def latest_view(self) -> dict[str, dict[str, object]]:
+        """The latest reading of each metric, as the status API and ``read`` show it."""
+        return {
+            m: {
+                "value": r.value,
+                "unit": r.unit,
+                "quality": r.quality,
+                "reason": r.reason,
+                "ts": round(r.ts, 3),
+            }
+            for m, r in self.latest().items()
+        }
+
     def set_interval(self, interval: float | None) -> None:
         """Poll every ``interval`` s from now on (None: the config's poll_interval)."""
         if interval != self.interval:
             self.interval = interval
-            if self.poke is not None:
-                self.poke.set()
+            if self.wake is not None:
+                self.wake.set()
+
+    def poll_now(self) -> asyncio.Future[str | None]:
+        """Ask for a poll now, outside the schedule (its readings go to the buffer like any
+        other poll's). The future is None once it is done, or the error it met; it is never
+        done while the device cannot be opened: the caller bounds its wait."""
+        if self.wake is None:
+            raise RuntimeError("this device's poll loop takes no asks (no wake event)")
+        ask: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.asks.append(ask)
+        self.wake.set()
+        return ask
+
+    def answer(self, asks: list[asyncio.Future[str | None]], error: str | None) -> None:
+        for ask in asks:
+            if not ask.done():
+                ask.set_result(error)
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -376,33 +410,40 @@ async def poll_device(
     def failed(err: BaseException) -> None:
         assert isinstance(err, DeviceError)  # the only type retried
         _failed(cfg, driver, buffer, stats, err, stamp=clock.stamp())
+        if stats.asks:  # a poll asked for now: this was it
+            asks, stats.asks = stats.asks, []
+            stats.answer(asks, str(err))
 
-    while stopping is None or not stopping.is_set():
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                # A failed open is a failed poll for the device's state (``_failed`` logs the
-                # first, the first good read the recovery): no log of the retry's own.
-                await DEVICE_OPEN.call(
-                    functools.partial(stack.enter_async_context, driver),
-                    (DeviceError,),
-                    on_failure=failed,
-                    stopping=stopping,
-                )
-                await _poll_loop(
-                    cfg,
-                    driver,
-                    buffer,
-                    stats,
-                    loop=loop,
-                    clock=clock,
-                    stopping=stopping,
-                    quarantine=quarantine,
-                )
-        except DeviceError as err:
-            # The open gave up (the agent is stopping), or the close failed: the loop's
-            # condition decides; a close that failed counts like a failed poll.
-            if stopping is None or not stopping.is_set():
-                failed(err)
+    try:
+        while stopping is None or not stopping.is_set():
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    # A failed open is a failed poll for the device's state (``_failed`` logs the
+                    # first, the first good read the recovery): no log of the retry's own.
+                    await DEVICE_OPEN.call(
+                        functools.partial(stack.enter_async_context, driver),
+                        (DeviceError,),
+                        on_failure=failed,
+                        stopping=stopping,
+                    )
+                    await _poll_loop(
+                        cfg,
+                        driver,
+                        buffer,
+                        stats,
+                        loop=loop,
+                        clock=clock,
+                        stopping=stopping,
+                        quarantine=quarantine,
+                    )
+            except DeviceError as err:
+                # The open gave up (the agent is stopping), or the close failed: the loop's
+                # condition decides; a close that failed counts like a failed poll.
+                if stopping is None or not stopping.is_set():
+                    failed(err)
+    finally:
+        stats.answer(stats.asks, "the device's poll loop stopped")
+        stats.asks.clear()
 
 
 async def _poll_loop(
@@ -425,14 +466,20 @@ async def _poll_loop(
     late_logged = False
     while True:
         delay = next_t - loop.time()
-        poke = stats.poke
+        wake = stats.wake
         if delay > 0:
-            await _pause(stopping, delay, poke)
+            if wake is None:
+                await _pause(stopping, delay)
+            else:
+                await _pause(None, delay, wake)
         if stopping is not None and stopping.is_set():
             return
-        if poke is not None and poke.is_set():
-            poke.clear()  # the interval changed (a rule's poll_rate): poll now, then its grid
+        if wake is not None and wake.is_set():
+            wake.clear()  # a new interval, or a poll asked for: poll now, then the grid
             next_t = loop.time()
+        asks: list[asyncio.Future[str | None]] = []
+        if stats.asks:  # answered after this poll (those asked during it wait for the next)
+            asks, stats.asks = stats.asks, []
         interval = stats.interval or cfg.poll_interval
         started = loop.time()
         stats.polls += 1
@@ -483,6 +530,8 @@ async def _poll_loop(
                 else:
                     stats.bad_suppressed += 1
         stats.last_poll_s = loop.time() - started
+        if asks:
+            stats.answer(asks, stats.last_error if stats.consecutive_failures else None)
         if stats.consecutive_failures >= cfg.quarantine_after and quarantine:
             # Quarantined: probe with backoff instead of every tick. Not a retry policy
             # (tepi.core.retry): each probe is a poll like any other, counted, sent and kept on

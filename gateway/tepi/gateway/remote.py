@@ -9,9 +9,9 @@ publishes on ``cmd_result`` (and, with MQTT 5, on the request's response topic w
 correlation data) and marks sent after the PUBACK. Every request is audited: one log line
 (accepted or refused, and why) and a counter in health.
 
-Commands run so far: ``ping``, ``health``, ``buffer.stats``, ``snapshot`` and
-``alarms.ack``; the others of :data:`tepi.gateway.commands.COMMANDS` are refused as
-``failed``/``not_implemented`` until they land.
+What each command does in the agent is in :mod:`tepi.gateway.operations`; a command this
+version has no executor for is answered ``failed``/``not_implemented``. A long command
+(``config.apply``) reports ``accepted`` first through :func:`Call.progress`, then its end.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import base64
 import logging
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,38 @@ from tepi.buffer.commands import CommandLog, CommandLogError
 from tepi.gateway.commands import Keyring, Refused, Request, check, result_payload
 from tepi.gateway.config import CommandsSection
 
-__all__ = ["CommandHub", "Executor"]
+__all__ = ["Call", "CommandFailed", "CommandHub", "Executor", "current"]
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("tepi.audit")
 
 Executor = Callable[[dict[str, Any]], Awaitable[Any]]
 MAX_RUNNING = 8  # commands running at once; more are refused as busy (the IOC retries)
+
+
+class CommandFailed(Exception):
+    """An executor's failure the IOC can act on: ``reason`` short and stable (for example
+    ``device_error``, ``write_refused``, ``config_refused``, ``rolled_back``), ``detail`` for
+    a person, ``output`` what is known (the config's errors, the value read back)."""
+
+    def __init__(self, reason: str, detail: str, output: Any = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.output = output
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The request an executor runs for (``current.get()`` inside it)."""
+
+    id: str
+    command: str
+    received: float
+    progress: Callable[[Any], Awaitable[None]]  # an ``accepted`` result with this output
+
+
+current: ContextVar[Call] = ContextVar("tepi_command")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +99,11 @@ class CommandHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._opened = False
         self._opening = asyncio.Lock()
+        # Results the agent settled before the log opened (a config trial that a crash cut
+        # short, rolled back at the start): recorded instead of "interrupted".
+        self.settled: dict[str, dict[str, Any]] = {}
+        # ``accepted`` results not yet handed to the uplink (bounded: the oldest go).
+        self._interim: deque[tuple[dict[str, Any], Reply]] = deque(maxlen=16)
 
     async def open(self) -> None:
         """Open the command log if there is one (a box never commanded opens it, and loads
@@ -91,6 +122,10 @@ class CommandHub:
             await asyncio.to_thread(self.log.open)
             self._opened = True
         for cut in await asyncio.to_thread(self.log.interrupted):
+            settled = self.settled.pop(cut.id, None)
+            if settled is not None:
+                await self._finish(cut.id, settled, _reply(cut.result))
+                continue
             log.error(
                 "command %s (%s) was running when the gateway stopped; it is not run again",
                 cut.id,
@@ -192,9 +227,27 @@ class CommandHub:
             )  # fmt: skip
         else:
             self._running += 1
+
+            async def progress(output: Any) -> None:
+                accepted = result_payload(
+                    self.gateway, req.command, req.id, "accepted", received=received,
+                    output=output,
+                )  # fmt: skip
+                # Best effort, not in the log: once the end is known it says more, and it
+                # is what waits while the link is down.
+                self._interim.append((accepted, reply))
+                self.changed.set()
+
+            current.set(Call(req.id, req.command, received, progress))
             try:
                 output = await run(req.args)
-            except (LookupError, ValueError, OSError) as err:
+            except CommandFailed as err:
+                out = result_payload(
+                    self.gateway, req.command, req.id, "failed", received=received,
+                    finished=time.time(), reason=err.reason, detail=err.detail,
+                    output=err.output,
+                )  # fmt: skip
+            except (LookupError, ValueError, TypeError, OSError) as err:
                 out = self._failed(req, received, str(err))
             except Exception as err:  # a bug in one command stays with it
                 log.exception("command %s id=%s: internal error", req.command, req.id)
@@ -215,40 +268,40 @@ class CommandHub:
             finished=time.time(), reason="failed", detail=why,
         )  # fmt: skip
 
-    async def _finish(self, request_id: str, out: dict[str, Any], reply: Reply) -> None:
-        stored = {
+    @staticmethod
+    def _stored(out: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        return {
             "payload": out,
             "reply_topic": reply.topic,
             "correlation": (
                 None if reply.correlation is None else base64.b64encode(reply.correlation).decode()
             ),
         }
+
+    async def _finish(self, request_id: str, out: dict[str, Any], reply: Reply) -> None:
         await asyncio.to_thread(
-            self.log.finish, request_id, stored, command=out["command"], received=out["received"]
+            self.log.finish,
+            request_id,
+            self._stored(out, reply),
+            command=out["command"],
+            received=out["received"],
         )
         self.changed.set()
 
     # ---- out (the uplink's command lane) ------------------------------------------------
 
     async def pending(self, limit: int = 50) -> list[tuple[str, dict[str, Any], Reply]]:
-        """Results to send: (request id, payload, reply)."""
+        """Results to send: (request id, payload, reply); the id is "" for an ``accepted``
+        notice, sent once and not recorded."""
         if not self._opened:
             return []
+        out = [("", payload, reply) for payload, reply in self._interim]
+        self._interim.clear()
         rows = await asyncio.to_thread(self.log.pending, limit)
-        out = []
-        for row in rows:
-            corr = row.get("correlation")
-            out.append(
-                (
-                    str(row["payload"]["id"]),
-                    row["payload"],
-                    Reply(row.get("reply_topic"), None if corr is None else base64.b64decode(corr)),
-                )
-            )
-        return out
+        return out + [(str(row["payload"]["id"]), row["payload"], _reply(row)) for row in rows]
 
     async def sent(self, request_ids: list[str]) -> None:
-        await asyncio.to_thread(self.log.sent, request_ids)
+        await asyncio.to_thread(self.log.sent, [i for i in request_ids if i])
 
     def health(self) -> dict[str, Any]:
         """The health message's ``commands`` (tepi.gateway.health.CommandsHealth)."""
@@ -260,3 +313,11 @@ class CommandHub:
             },
             "log_errors": c["log_errors"],
         }
+
+
+def _reply(stored: dict[str, Any] | None) -> Reply:
+    """Where a stored result goes (its request's MQTT 5 response topic and correlation)."""
+    if not stored:
+        return Reply()
+    corr = stored.get("correlation")
+    return Reply(stored.get("reply_topic"), None if corr is None else base64.b64decode(corr))

@@ -8,7 +8,9 @@ It subscribes to the gateway's ``cmd_result``, publishes the request (QoS 1) on
 ``cmd/{command}``, signed with ``--key`` when given, and waits for the result with its id:
 printed as JSON; exit 0 when it is ``done``, 6 when it ``failed`` (or was refused), 5 when no
 result came within ``--timeout``. Arguments are ``name=value``; a value that is JSON (a number,
-true, false, an object) is sent as such, anything else as a string.
+true, false, an object) is sent as such, ``name=@FILE`` sends the file's text (``config.apply
+config=@new.yaml``), anything else is sent as a string. An ``accepted`` result (a config push
+on trial) is shown on stderr, and the wait goes on for the end.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def parse_args(pairs: list[str]) -> dict[str, Any]:
         name, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"argument {pair!r}: give name=value")
+        if value.startswith("@"):
+            try:
+                out[name] = Path(value[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise SystemExit(f"argument {name}: cannot read {value[1:]}: {err}") from err
+            continue
         try:
             out[name] = json.loads(value)
         except ValueError:
@@ -111,8 +119,12 @@ async def send(
                     if not isinstance(msg.payload, bytes):
                         continue
                     result: dict[str, Any] = json.loads(msg.payload)
-                    if result.get("id") == req["id"]:
-                        return result
+                    if result.get("id") != req["id"]:
+                        continue
+                    if result.get("status") == "accepted":
+                        print(f"accepted: {json.dumps(result.get('output'))}", file=sys.stderr)
+                        continue
+                    return result
         except TimeoutError:
             return None
     return None

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,10 @@ from tepi.core.records import Value
 from tepi.drivers.base import Driver, SharedResources
 from tepi.drivers.registry import DeviceConfig, make_driver
 from tepi.gateway.alarms import AlarmHub
+from tepi.gateway.commands import result_payload
 from tepi.gateway.config import Config
 from tepi.gateway.configload import load_config
+from tepi.gateway.configpush import ConfigPush, ConfigStore, Resolved, start_config
 from tepi.gateway.health import (
     BufferHealth,
     ClockHealth,
@@ -42,9 +45,11 @@ from tepi.gateway.health import (
     UplinkHealth,
 )
 from tepi.gateway.images import ImageHub, disk_reserve
+from tepi.gateway.logring import LogRing
 from tepi.gateway.notify import Notifier
+from tepi.gateway.operations import Operations
 from tepi.gateway.poller import DeviceStats, poll_device
-from tepi.gateway.remote import CommandHub
+from tepi.gateway.remote import Call, CommandFailed, CommandHub, current
 from tepi.gateway.statusapi import AlarmAccess, CameraAccess, StatusServer
 from tepi.gateway.sysinfo import boot_id as read_boot_id
 from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
@@ -54,6 +59,7 @@ if TYPE_CHECKING:
     from tepi.drivers.camera.driver import Stored
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("tepi.audit")
 
 
 STOP_DEADLINE_S = 8.0
@@ -74,11 +80,23 @@ class Agent:
         *,
         boot_id: str | None = None,
         config_path: Path | None = None,
+        running: Resolved | None = None,
         drivers: Callable[[Any, SharedResources], Driver] = make_driver,
     ) -> None:
         self.cfg = cfg
         self._make_driver = drivers  # the registry's; a test adds its own drivers here
-        self.config_path = config_path  # re-read on SIGHUP
+        # The config file: ``config_path`` is the base (the service's --config); the file
+        # running is a pushed version of it when there is one (tepi.gateway.configpush),
+        # re-resolved and re-read on SIGHUP.
+        self.config_path = running.path if running is not None else config_path
+        self.config_version = running.version if running is not None else "base"
+        self.config_store: ConfigStore | None = None
+        self.config_push: ConfigPush | None = None
+        if config_path is not None:
+            self.config_store = ConfigStore(
+                config_path, cfg.gateway.data_dir, sync=cfg.buffer.sync == "full"
+            )
+            self.config_push = ConfigPush(self, self.config_store)
         self.boot_id = boot_id or read_boot_id()
         b = cfg.buffer
         self.buffer = Buffer(
@@ -104,7 +122,6 @@ class Agent:
         self._drivers: dict[str, Driver] = {}  # every device's driver (a rule's write)
         # A rule's poll_rate actions: device -> rule -> interval while the rule fires.
         self._poll_rates: dict[str, dict[str, float]] = {}
-        self._poked = _poll_rate_devices(cfg)  # the devices those actions may speed up
         self._recent_snapshots: dict[int, bytes] = {}  # the last few taken on request
         # Set when the link or a device's state changes: the STATUS= line is sent at once.
         self._status_changed = asyncio.Event()
@@ -114,6 +131,9 @@ class Agent:
         if AlarmHub.wanted(cfg.gateway.data_dir, cfg.rules):
             self.alarms = self._alarm_hub(cfg)
         # Commands from the IOC (docs/payload.md#commands), unless the config turns them off.
+        self.log_ring = LogRing()  # the last log lines, for logs.tail
+        self.ops = Operations(self)
+        self._changing = asyncio.Lock()  # one reload, restart or config change at a time
         self.commands: CommandHub | None = None
         if cfg.commands.enabled:
             self.commands = CommandHub(
@@ -123,6 +143,12 @@ class Agent:
                 self._executors(),
                 sync=cfg.buffer.sync == "full",
             )
+            for request_id, end in (running.settled if running is not None else {}).items():
+                self.commands.settled[request_id] = result_payload(
+                    cfg.gateway.id, end["command"], request_id, "failed",
+                    received=end["received"], finished=time.time(), reason=end["reason"],
+                    detail=end["detail"], output=end["output"],
+                )  # fmt: skip
         self.uplink = Uplink(
             cfg,
             self.buffer,
@@ -179,49 +205,10 @@ class Agent:
 
     def _executors(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         """The commands the IOC may run (each also allowed by commands.policy)."""
-
-        def text(args: dict[str, Any], name: str) -> str:
-            value = args.get(name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"args.{name} is required: a string")
-            return value
-
-        async def ping(args: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "pong": True,
-                "version": __version__,
-                "boot": self.boot_id,
-                "uptime_s": round(time.monotonic() - self.started, 1),
-            }
-
-        async def health(args: dict[str, Any]) -> dict[str, Any]:
-            return self.health(mark=False)
-
-        async def buffer_stats(args: dict[str, Any]) -> dict[str, Any]:
-            return self.snapshot(mark=False).buffer.model_dump()
-
-        async def snapshot(args: dict[str, Any]) -> dict[str, Any]:
-            camera = text(args, "camera")
-            if camera not in self._cameras:
-                raise LookupError(f"no camera {camera!r} in the config")
-            out = await self._api_snapshot(camera, "command")
-            out.pop("path", None)  # the box's file system is not the IOC's business
-            return out
-
-        async def alarms_ack(args: dict[str, Any]) -> dict[str, Any]:
-            rule = text(args, "rule")
-            by = args.get("by") if isinstance(args.get("by"), str) else "ioc"
-            return {"rule": rule, "acknowledged": await self._api_ack(rule, f"ioc:{by}"[:64])}
-
-        return {
-            "ping": ping,
-            "health": health,
-            "buffer.stats": buffer_stats,
-            "snapshot": snapshot,
-            "alarms.ack": alarms_ack,
-        }
+        return self.ops.table()
 
     async def _close_commands(self) -> None:
+        self.ops.close()
         if self.commands is not None:
             await self.commands.close()
 
@@ -299,6 +286,33 @@ class Agent:
         out.sort(key=lambda a: (a["state"] != "firing", -float(a["fired"] or 0)))
         return {"alarms": out, "rules": len(hub.rules), "health": hub.health()}
 
+    async def _api_config(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        """``tepi config get|apply|rollback``: the IOC's config command, run for a technician
+        on the box (the status socket is the service's user's and root's only)."""
+        push = self.config_push
+        assert push is not None
+        run = {"get": push.get, "apply": push.apply, "rollback": push.rollback}[action]
+        by = args.pop("by", None)
+        who = f"local:{by}"[:64] if isinstance(by, str) and by else "local"
+        request_id = f"{who}:{uuid.uuid4().hex[:8]}"
+
+        async def progress(output: Any) -> None:
+            log.info("config.%s %s: %s", action, request_id, output)
+
+        audit.info("command config.%s id=%s from the status socket", action, request_id)
+        current.set(Call(request_id, f"config.{action}", time.time(), progress))
+        try:
+            return {"status": "done", "output": await run(args)}
+        except CommandFailed as err:
+            return {
+                "status": "failed",
+                "reason": err.reason,
+                "detail": err.detail,
+                "output": err.output,
+            }
+        except (LookupError, ValueError, TypeError, OSError) as err:
+            return {"status": "failed", "reason": "failed", "detail": str(err)}
+
     async def _api_ack(self, rule: str, by: str) -> bool:
         hub = self.alarms
         if hub is None:
@@ -352,6 +366,8 @@ class Agent:
                 last_reload_ok=self.reloads["ok"],
                 errors=list(self.reloads["errors"]),
                 restart_needed=list(self.reloads["restart_needed"]),
+                version=self.config_version,
+                trial=self.config_push is not None and self.config_push.on_trial,
             ),
             process=ProcessHealth(
                 cpu_percent=round(100 * (cpu - last_cpu) / span, 2),
@@ -365,6 +381,8 @@ class Agent:
         """Run until ``stop`` is set; commit what is pending before returning."""
         tasks = self._tasks
         async with self.buffer, contextlib.AsyncExitStack() as stack:
+            logging.getLogger().addHandler(self.log_ring)
+            stack.callback(logging.getLogger().removeHandler, self.log_ring)
             if self.images is not None:
                 await self.images.open()
             stack.push_async_callback(self._close_images)
@@ -384,6 +402,7 @@ class Agent:
                         tasks.append(tg.create_task(self.alarms.run(), name="tepi.rules"))
                     for dev in self.cfg.devices:
                         self._start_device(dev)
+                    self.ops.restore()
                     tg.create_task(
                         self._until(stop, tasks, self._pollers, self._stopping, self._on_stop),
                         name="tepi.stop",
@@ -409,16 +428,7 @@ class Agent:
         out: dict[str, Any] = {}
         for dev_id, st in self.devices.items():
             d = DeviceHealth.of(st).payload()
-            d["last"] = {
-                m: {
-                    "value": r.value,
-                    "unit": r.unit,
-                    "quality": r.quality,
-                    "reason": r.reason,
-                    "ts": round(r.ts, 3),
-                }
-                for m, r in st.latest().items()
-            }
+            d["last"] = st.latest_view()
             out[dev_id] = d
         return out
 
@@ -434,8 +444,7 @@ class Agent:
                 hub.on_state(dev.id, stats.state)
 
         stats.on_state = state_changed
-        if dev.id in self._poked:
-            stats.poke = asyncio.Event()
+        stats.wake = asyncio.Event()  # a new interval, a poll asked for now, the stop
         rates = self._poll_rates.get(dev.id)
         if rates:
             stats.interval = min(rates.values())
@@ -470,13 +479,43 @@ class Agent:
         whose config changed restart, the uplink only if its settings changed, the buffer
         and what it holds are untouched. An invalid one changes nothing; every problem is
         logged with file:line and kept in health. Whether the new config was applied."""
+        async with self._changing:
+            return await self._reload()
+
+    async def restart_device(self, dev_id: str) -> None:
+        """Close the device's driver and open it again (the IOC's ``restart``); its counters
+        start again. KeyError for a device not running."""
+        async with self._changing:
+            dev = next(d for d in self.cfg.devices if d.id == dev_id)
+            await self._stop_device(dev_id)
+            self._start_device(dev)
+
+    async def _stop_device(self, dev_id: str) -> None:
+        task = self._pollers.pop(dev_id)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.devices.pop(dev_id, None)
+        self._cameras.pop(dev_id, None)
+        self._drivers.pop(dev_id, None)
+
+    async def _reload(self) -> bool:
         self.notify.reloading()
         self.reloads["count"] += 1
         self.reloads["last_ts"] = round(time.time(), 3)
         if self.config_path is None:
             return self._reload_failed(["no config file to re-read"])
+        path, version = self.config_path, self.config_version
+        if self.config_store is not None:
+            try:
+                resolved = await asyncio.to_thread(self.config_store.resolve, start=False)
+            except OSError as err:
+                return self._reload_failed([f"{self.config_store.base}: cannot read it: {err}"])
+            for note in resolved.notes:
+                log.warning("%s", note)
+            path, version = resolved.path, resolved.version
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = await asyncio.to_thread(load_config, path)
         except ConfigError as err:
             return self._reload_failed([str(i) for i in err.issues])
         old = self.cfg
@@ -558,14 +597,11 @@ class Agent:
             self._tasks.append(self._tg.create_task(new_alarms.run(), name="tepi.rules"))
         elif self.alarms is not None and applied.rules != old.rules:
             self.alarms.reconfigure(applied.rules)
-        self._poked = _poll_rate_devices(applied)
-        for dev_id in self._poked:
-            st = self.devices.get(dev_id)
-            if st is not None and st.poke is None:
-                st.poke = asyncio.Event()
         if new.gateway.log_level != old.gateway.log_level:
             logging.getLogger().setLevel(new.gateway.log_level.upper())
         restarted = await self._apply_devices(old, applied)
+        self.reloads["restarted"] = restarted
+        self.config_path, self.config_version = path, version
         if uplink is not None:
             await self._restart_uplink(uplink)
             log.info("reload: uplink settings changed: reconnecting")
@@ -600,13 +636,7 @@ class Agent:
         after = {d.id: d for d in new.devices}
         gone = [i for i in before if i not in after or before[i] != after[i]]
         for dev_id in gone:
-            task = self._pollers.pop(dev_id)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self.devices.pop(dev_id, None)
-            self._cameras.pop(dev_id, None)
-            self._drivers.pop(dev_id, None)
+            await self._stop_device(dev_id)
         for dev in new.devices:
             if dev.id not in self._pollers:
                 self._start_device(dev)
@@ -635,6 +665,7 @@ class Agent:
                 cfg.status.tcp_port,
                 CameraAccess(self._api_snapshot, self._api_image),
                 AlarmAccess(self._api_alarms, self._api_ack),
+                self._api_config if self.config_push is not None else None,
             )
             self._status_task = self._tg.create_task(self.status_server.run(), name="tepi.status")
 
@@ -651,6 +682,9 @@ class Agent:
         )
 
     def _on_stop(self) -> None:
+        for st in self.devices.values():
+            if st.wake is not None:
+                st.wake.set()
         self.notify.stopping(f"stopping: committing {self.buffer.stats().pending} readings")
 
     def stuck(self) -> str | None:
@@ -740,12 +774,12 @@ class Agent:
         on_stop: Callable[[], None] | None = None,
     ) -> None:
         await stop.wait()
-        if on_stop is not None:
-            on_stop()
         # First the polls in flight finish (a device that answered has handed out its
         # value: keep it), for at most DRAIN_S; then everything is cancelled.
         if stopping is not None:
             stopping.set()
+        if on_stop is not None:
+            on_stop()  # (after ``stopping``: it wakes the pollers, which then see it)
         if pollers:
             _, late = await asyncio.wait(list(pollers.values()), timeout=DRAIN_S)
             if late:
@@ -772,13 +806,6 @@ class Agent:
 
         loop.call_later(1.0, reap)
         raise _Stop
-
-
-def _poll_rate_devices(cfg: Config) -> frozenset[str]:
-    """The devices a rule's poll_rate action names."""
-    return frozenset(
-        a.poll_rate.device for r in cfg.rules for a in r.actions if a.poll_rate is not None
-    )
 
 
 class _Targets:
@@ -815,10 +842,10 @@ class _Targets:
         stats = agent.devices.get(device)
         if stats is not None and stats.interval != fastest:
             log.info(
-                "device %s: polled every %s (rule %s)",
+                "device %s: polled every %s (%s)",
                 device,
                 f"{fastest:g} s" if fastest is not None else "poll_interval again",
-                rule,
+                "the IOC's poll_rate" if rule == ":ioc" else f"rule {rule}",
             )
             stats.set_interval(fastest)
 
@@ -839,7 +866,10 @@ async def run_agent(cfg: Config, config_path: Path | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     loop.set_exception_handler(loop_exception)
-    agent = Agent(cfg, config_path=config_path)
+    running = None
+    if config_path is not None:  # a pushed config, unless a trial was cut short
+        cfg, running = await asyncio.to_thread(start_config, cfg, config_path)
+    agent = Agent(cfg, config_path=config_path, running=running)
     loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     await agent.run(stop)
 

@@ -52,11 +52,14 @@ def fetch(path: Path, route: str, timeout: float = 5.0) -> Any:
         conn.close()
 
 
-def request(path: Path, method: str, route: str, timeout: float = 30.0) -> tuple[int, str, bytes]:
+def request(
+    path: Path, method: str, route: str, timeout: float = 30.0, body: bytes | None = None
+) -> tuple[int, str, bytes]:
     """One request to the status API at the unix socket ``path``: status, type, body."""
     conn = _UnixHTTP(path, timeout)
     try:
-        conn.request(method, route)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, route, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.getheader("Content-Type") or "", resp.read()
     finally:

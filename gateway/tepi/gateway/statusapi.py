@@ -9,7 +9,10 @@ config asks, on 127.0.0.1. Nothing on the network can reach it by default. Its r
 - ``GET /alarms``: every rule's alarm (firing and resolved) as the alarm store keeps it;
   ``POST /alarms/{rule}/ack?by=NAME``: acknowledge it (``tepi alarms``);
 - ``POST /cameras/{id}/snapshot``: a camera's snapshot now, stored in the image buffer
-  (``tepi snapshot``); ``GET /images/{seq}``: a stored image's bytes, until it is sent.
+  (``tepi snapshot``); ``GET /images/{seq}``: a stored image's bytes, until it is sent;
+- ``POST /config/{get,apply,rollback}``: the IOC's config commands, run for a technician on
+  the box (``tepi config``): the JSON body is the command's args, the answer its result
+  (``{"status": "done" | "failed", "reason", "detail", "output"}``), after the trial.
 
 Every answer but a snapshot's and an acknowledgement's is built from the agent's counters
 at request time; such a request reads, never changes, anything (the health message's rates
@@ -61,6 +64,10 @@ class AlarmAccess:
     ack: Callable[[str, str], Awaitable[bool]]
 
 
+# A config command run locally: (action, args) -> its result (tepi.gateway.runtime).
+ConfigAccess = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 class StatusServer:
     """Serves the routes above for one agent; run() until cancelled."""
 
@@ -72,7 +79,9 @@ class StatusServer:
         tcp_port: int | None = None,
         cameras: CameraAccess | None = None,
         alarms: AlarmAccess | None = None,
+        config: ConfigAccess | None = None,
     ) -> None:
+        self._config = config
         self._cameras = cameras
         self._alarms = alarms
         self._health = health
@@ -97,7 +106,9 @@ class StatusServer:
             log.info("status API on %s", self.where())
             accepted = await _first_connections(socks)
             app_class = await asyncio.to_thread(_load_http)
-            self.app = app_class(self._health, self._devices, self._cameras, self._alarms)
+            self.app = app_class(
+                self._health, self._devices, self._cameras, self._alarms, self._config
+            )
             await self.app.start(socks, accepted)  # its transports own them now
             await asyncio.Event().wait()
         finally:

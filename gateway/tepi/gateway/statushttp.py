@@ -19,7 +19,7 @@ from aiohttp import web
 
 from tepi.core.errors import DeviceError
 from tepi.gateway.health import Health
-from tepi.gateway.statusapi import AlarmAccess, CameraAccess
+from tepi.gateway.statusapi import AlarmAccess, CameraAccess, ConfigAccess
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -63,7 +63,9 @@ class StatusApp:
         devices: Callable[[], dict[str, Any]],
         cameras: CameraAccess | None = None,
         alarms: AlarmAccess | None = None,
+        config: ConfigAccess | None = None,
     ) -> None:
+        self._config = config
         self._health = health
         self._devices = devices
         self._cameras = cameras
@@ -79,6 +81,7 @@ class StatusApp:
         app.router.add_get("/images/{seq:[0-9]{1,18}}", self._get_image)
         app.router.add_get("/alarms", self._get_alarms)
         app.router.add_post("/alarms/{rule}/ack", self._post_ack)
+        app.router.add_post("/config/{action:get|apply|rollback}", self._post_config)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def start(self, listening: list[socket.socket], accepted: list[socket.socket]) -> None:
@@ -162,6 +165,19 @@ class StatusApp:
         if not done:
             return _error(409, f"the alarm of {rule} is already acknowledged")
         return _json({"acknowledged": rule, "by": by})
+
+    async def _post_config(self, req: web.Request) -> web.Response:
+        """A config command (``tepi config``): its result, after the trial; 400 for a body
+        that is not a JSON object."""
+        if self._config is None:
+            return _error(404, "the agent runs without a config file")
+        try:
+            args = await req.json() if req.can_read_body else {}
+        except ValueError:
+            return _error(400, "the body must be a JSON object (the command's args)")
+        if not isinstance(args, dict):
+            return _error(400, "the body must be a JSON object (the command's args)")
+        return _json(await self._config(req.match_info["action"], args))
 
     async def _get_image(self, req: web.Request) -> web.Response:
         """An image of the image buffer, while it is there (until the broker has it)."""

@@ -27,7 +27,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,6 +44,7 @@ from tepi.buffer import Batch, Buffer
 from tepi.core import __version__
 from tepi.core.clock import clock_synced
 from tepi.core.retry import UPLINK_RECONNECT, Outage
+from tepi.gateway import logring
 from tepi.gateway.compact import encode_compact
 from tepi.gateway.config import Config, resolve_credential
 from tepi.gateway.images import ImageHub
@@ -170,6 +171,15 @@ class _PahoErrors(logging.Handler):
         self.last = record.getMessage()
 
 
+class _LateAck(logging.Filter):
+    """Drops aiomqtt's error (with a traceback) for a SUBACK that comes after its subscribe
+    was cancelled: a stop or a lost link during the session's start. Nothing is lost: the
+    next session subscribes again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unexpected message ID")
+
+
 def _classify(err: BaseException) -> str:
     """tls, refused (the broker said no) or link (everything else), from the cause chain."""
     seen: BaseException | None = err
@@ -223,12 +233,15 @@ def _tls_context(cfg: Config) -> ssl.SSLContext | None:
 def _password(cfg: Config) -> SecretStr | None:
     up = cfg.uplink
     try:
-        return up.read_password()
+        password = up.read_password()
     except KeyError as err:
         raise UplinkSetupError(f"uplink.password_env: {up.password_env} is not set") from err
     except (OSError, UnicodeDecodeError) as err:
         where = resolve_credential(up.password_file) if up.password_file else None
         raise UplinkSetupError(f"uplink.password_file {where}: cannot read it: {err}") from err
+    if password is not None:
+        logring.secret(password.get_secret_value())  # never shown by the IOC's logs.tail
+    return password
 
 
 class Uplink:
@@ -287,6 +300,8 @@ class Uplink:
         self._password = _password(cfg)
         self._tls = _tls_context(cfg)
         self._paho_log = logging.getLogger(f"tepi.mqtt.{cfg.gateway.id}")
+        if not any(isinstance(f, _LateAck) for f in self._paho_log.filters):
+            self._paho_log.addFilter(_LateAck())
         self._paho_errors = _PahoErrors()
         # Called on every connect and link failure (the agent's STATUS= line follows it).
         self.on_link: Callable[[], None] | None = None
@@ -306,6 +321,13 @@ class Uplink:
             qos=1,
             retain=True,
         )
+        # A session the broker keeps while the gateway is offline: commands sent meanwhile
+        # wait for it (the command log answers a redelivered one without running it again).
+        persistent = up.session_expiry > 0
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = int(up.session_expiry)
         client = _Client(
             up.host,
             up.port,
@@ -314,7 +336,10 @@ class Uplink:
             identifier=up.client_id or f"tepi-{self.cfg.gateway.id}",
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=will,
-            clean_session=None if v5 else True,
+            clean_session=None if v5 else not persistent,
+            # (MQTT 5 only; paho refuses it for 3.1.1. A new client object each connect.)
+            clean_start=not persistent if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
             keepalive=int(up.keepalive),
             # for connect and disconnect; each publish passes its own publish_timeout
             timeout=min(up.publish_timeout, 10.0),
@@ -536,30 +561,29 @@ class Uplink:
         await self._acked(client, self.topic_status, online, retain=True)
         if self.commands is not None:
             await client.subscribe(f"{self.topic_cmd}+", qos=1)
-            tg.create_task(self._command_lane(client, self.commands), name="tepi.uplink.cmd")
+            _lane(tg, self._command_lane(client, self.commands), "tepi.uplink.cmd")
         if self.alarms is not None:
             # Alarms first: every one waiting is acknowledged before any telemetry goes.
             await self._send_alarms(client, self.alarms)
-            tg.create_task(self._alarm_lane(client, self.alarms), name="tepi.uplink.alarms")
+            _lane(tg, self._alarm_lane(client, self.alarms), "tepi.uplink.alarms")
         # Everything not acknowledged goes to the file first, and deletes for batches acked
         # in the last session land, so the backlog is exactly what the file holds.
         await self.buffer.flush()
         boundary = self.buffer.committed_seq
         slots = asyncio.Semaphore(self.cfg.uplink.max_inflight)
         backlog_first = asyncio.Event()
-        tg.create_task(
-            self._live_lane(client, tg, slots, boundary, backlog_first), name="tepi.uplink.live"
-        )
+        _lane(tg, self._live_lane(client, tg, slots, boundary, backlog_first), "tepi.uplink.live")
         if self.buffer.stats().depth:
-            tg.create_task(
+            _lane(
+                tg,
                 self._backlog_lane(client, tg, slots, boundary, backlog_first),
-                name="tepi.uplink.backlog",
+                "tepi.uplink.backlog",
             )
         else:
             backlog_first.set()
-        tg.create_task(self._health_loop(client), name="tepi.uplink.health")
+        _lane(tg, self._health_loop(client), "tepi.uplink.health")
         if self.images is not None:
-            tg.create_task(self._image_lane(client), name="tepi.uplink.images")
+            _lane(tg, self._image_lane(client), "tepi.uplink.images")
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         hub = self.commands
@@ -956,3 +980,14 @@ class Uplink:
         sample = len(payload) / took
         old = self._link_bps
         self._link_bps = sample if old is None else 0.7 * old + 0.3 * sample
+
+
+def _lane(tg: asyncio.TaskGroup, coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Start one of a session's lanes. A group already shutting down (a stop or a lost
+    link came while the start-up awaited, and the await swallowed the cancellation, as
+    Python 3.11's wait_for can) ends the start-up as cancelled, not with an error."""
+    try:
+        tg.create_task(coro, name=name)
+    except RuntimeError:
+        coro.close()
+        raise asyncio.CancelledError from None
