@@ -298,12 +298,16 @@ class Updater:
                     os.fsync(f.fileno())
                 return size, digest.hexdigest()
 
+        async def verified() -> tuple[int, str]:
+            try:
+                return await once()
+            except aiohttp.ClientSSLError as err:  # not retried, and never tried in clear
+                raise UpdateRefused(f"the server's certificate does not verify: {err}") from None
+
         try:
             return await UPDATE_DOWNLOAD.call(
-                once, (aiohttp.ClientError, TimeoutError, _Retry), outage
+                verified, (aiohttp.ClientError, TimeoutError, _Retry), outage
             )
-        except ssl.SSLCertVerificationError as err:  # never retried in clear
-            raise UpdateRefused(f"the server's certificate does not verify: {err}") from None
         except (aiohttp.ClientError, TimeoutError, _Retry) as err:
             cause = err.__cause__ if isinstance(err.__cause__, ssl.SSLError) else err
             raise UpdateRefused(
