@@ -322,6 +322,7 @@ async def test_a_bundle_whose_agent_fails_to_start_switches_back(
     assert not (box.update / "request.json").exists()
     assert not (box.update / "trial.json").exists()
     assert "rollback_s" in status["timings"]
+    print("timings", json.dumps(status["timings"]))
 
 
 @pytest.mark.timeout(90)
@@ -338,6 +339,7 @@ async def test_a_bundle_that_cannot_reach_the_broker_switches_back(
     assert box.agent_version() == OLD
     assert status["timings"]["restart_s"] < 10  # it started; it only never confirmed
     assert UpdateTrial(box.data, OLD).previous_version is None
+    print("timings", json.dumps(status["timings"]))
 
 
 @pytest.mark.timeout(90)
