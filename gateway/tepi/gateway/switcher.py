@@ -337,7 +337,8 @@ class Switcher:
             self._done(d, req)
             return
         prev_version = venv_version(prev)
-        state.setdefault("current", prev_version)
+        if state.get("current") != prev_version:  # installed by hand since: unknown history
+            state.update(current=prev_version, previous=None)
         state.update(
             phase="installing", id=req.id, version=req.version, bundle=req.bundle, prev_venv=prev,
             prev_version=prev_version, starts=0, new_venv=None,
