@@ -1,8 +1,8 @@
 """The ``update`` command end to end in a scratch root (docs/update.md): the agent's
 :class:`~tepi.gateway.update.Updater` downloads a bundle from a real HTTPS server (trustme's
 CA) and checks it; ``tepi-switch`` (a real process, ``--prefix``) checks it again, installs it
-with a stand-in for install.sh (update_harness.py; the real install.sh path is the last
-test), restarts the agent with a stand-in for ``systemctl restart`` that waits for
+with a stand-in for install.sh (update_harness.py; the real install.sh path is in
+test_update_install.py), restarts the agent with a stand-in for ``systemctl restart`` that waits for
 ``READY=1`` as Type=notify does, and waits for the new agent's confirmation, which a fake
 agent running the real :class:`~tepi.gateway.update.UpdateTrial` writes once it reaches a
 real Mosquitto. Bundles have the real format (MANIFEST, MANIFEST.sig made by ``openssl
@@ -18,21 +18,19 @@ import io
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
-from aiohttp import web
 from helpers import Broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from updatekit import Keys, Server, https, keys, make_bundle, until
 
 from tepi.gateway.bundle import BundleError, parse_info, parse_manifest, verify
 from tepi.gateway.config import UpdateSection
@@ -40,121 +38,12 @@ from tepi.gateway.localbroker import free_port
 from tepi.gateway.switcher import SwitchError, parse_request
 from tepi.gateway.update import Updater, UpdateRefused, UpdateTrial, read_json
 
+__all__ = ["https", "keys"]  # fixtures, used by name
+
 HARNESS = Path(__file__).with_name("update_harness.py")
 OLD, NEW = "0.9.0", "1.0.0"
 OLD_VENV = f"venv-{OLD}-20260101T000000Z"
 OLD_UNIT = "# the unit of 0.9.0\n"
-
-
-def openssl(*args: str | Path) -> None:
-    res = subprocess.run(
-        ["openssl", *map(str, args)], capture_output=True, text=True, timeout=30, check=False
-    )
-    assert res.returncode == 0, res.stderr
-
-
-@dataclass
-class Keys:
-    private: Path
-    public: Path
-    other: Path  # a private key the box does not trust
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    d = tmp_path_factory.mktemp("keys")
-    k = Keys(d / "signing.pem", d / "signing.pub", d / "other.pem")
-    openssl("genpkey", "-algorithm", "ed25519", "-out", k.private)
-    openssl("pkey", "-in", k.private, "-pubout", "-out", k.public)
-    openssl("genpkey", "-algorithm", "ed25519", "-out", k.other)
-    return k
-
-
-def make_bundle(
-    out: Path,
-    version: str,
-    mode: str,
-    key: Path,
-    *,
-    closed_port: int = 1,
-    extra: dict[str, bytes] | None = None,
-    after_sign: Callable[[Path], None] | None = None,
-) -> tuple[Path, str]:
-    """A bundle as bundle.sh makes it (MANIFEST, its openssl signature, bundle.info), with
-    the fake agent ``mode`` for files. (tarball, sha256)."""
-    top = out / f"stage-{version}-{mode}" / f"tepi-bundle-{version}"
-    top.mkdir(parents=True)
-    files = {
-        "bundle.info": f"name=tepi\nversion={version}\npython=3.11\nplatforms=x86_64\n".encode(),
-        "agent.py": b"# run by update_harness.py\n",
-        "agent.json": json.dumps(
-            {"version": version, "mode": mode, "closed_port": closed_port}
-        ).encode(),
-        "tepi.service": f"# the unit of {version}\n".encode(),
-        "wheels/tepi-placeholder.txt": b"no wheels in a test bundle\n",
-        **(extra or {}),
-    }
-    for name, data in files.items():
-        (top / name).parent.mkdir(parents=True, exist_ok=True)
-        (top / name).write_bytes(data)
-    manifest = "".join(
-        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
-    )
-    (top / "MANIFEST").write_text(manifest)
-    openssl(
-        "pkeyutl", "-sign", "-rawin", "-inkey", key, "-in", top / "MANIFEST",
-        "-out", top / "MANIFEST.sig",
-    )  # fmt: skip
-    if after_sign is not None:
-        after_sign(top)
-    tarball = out / f"tepi-bundle-{version}-{mode}.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(top, arcname=top.name)
-    return tarball, hashlib.sha256(tarball.read_bytes()).hexdigest()
-
-
-# ---- a real HTTPS server ------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    base: str
-    ca_file: Path
-    files: dict[str, Path]
-    hits: list[str]
-
-
-@pytest.fixture
-async def https(tmp_path: Path) -> AsyncIterator[Server]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(ctx)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server = Server("", ca_file, {}, [])
-
-    async def get(request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        server.hits.append(name)
-        if name == "flaky" and server.hits.count("flaky") == 1:
-            return web.Response(status=503)
-        path = server.files.get(name)
-        if path is None:
-            return web.Response(status=404)
-        return web.FileResponse(path)
-
-    app = web.Application()
-    app.router.add_get("/{name}", get)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "localhost", port, ssl_context=ctx).start()
-    server.base = f"https://localhost:{port}"
-    try:
-        yield server
-    finally:
-        await runner.cleanup()
 
 
 # ---- the scratch root -----------------------------------------------------------------------
@@ -255,12 +144,6 @@ async def stage(box: Box, https: Server, bundle: tuple[Path, str], version: str)
     out = await updater({"url": f"{https.base}/{name}", "sha256": bundle[1], "version": version})
     assert isinstance(out, dict)
     return out
-
-
-async def until(cond: Callable[[], bool], timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.05)
 
 
 def nothing_staged(box: Box) -> None:
@@ -577,159 +460,3 @@ def test_links_and_escapes_in_a_tarball_are_refused(keys: Keys, tmp_path: Path) 
                 tar.addfile(info, io.BytesIO())
         with pytest.raises(BundleError, match=complaint):
             verify(path, key, max_unpacked=1 << 20)
-
-
-# ---- the real thing: bundle.sh, install.sh, tepi run, tepi remote ------------------------------
-
-
-def _device_python_problem() -> str | None:
-    python = Path("/usr/bin/python3")
-    if not python.exists():
-        return "no /usr/bin/python3 (the installer's Python)"
-    res = subprocess.run(
-        [str(python), "-c", "import sys, ensurepip, venv; print(sys.version_info[:2])"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if res.stdout.strip() != "(3, 11)":
-        return "/usr/bin/python3 is not a Python 3.11 with venv (as on Debian 12)"
-    return None
-
-
-def _pypi_reachable() -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.alone  # builds a bundle and two venvs (pip, about a minute of both cores)
-@pytest.mark.timeout(900)
-async def test_a_real_bundle_installs_switches_and_confirms(
-    https: Server, keys: Keys, tmp_path: Path
-) -> None:
-    """bundle.sh builds the bundle; install.sh installs it; the installed ``tepi run`` takes
-    a signed ``update`` command from ``tepi remote`` over a real broker; the installed
-    ``tepi-switch`` runs the installed install.sh, restarts, and the new ``tepi run``
-    confirms through the agent's own health check."""
-    import time
-
-    import yaml
-    from helpers import agent_config, run_tepi
-
-    from tepi.core import __version__
-
-    problem = _device_python_problem()
-    if problem:
-        pytest.skip(problem)
-    if not _pypi_reachable():
-        pytest.skip("PyPI is unreachable: bundle.sh downloads the wheels")
-    repo = Path(__file__).resolve().parents[2]
-    bundle = tmp_path / "tepi-bundle.tar.gz"
-    t0 = time.monotonic()
-    res = await asyncio.to_thread(
-        subprocess.run,
-        [str(repo / "systemd/bundle.sh"), "--native", "--python", sys.executable,
-         "--key", str(keys.private), str(bundle)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    build_s = time.monotonic() - t0
-    root = tmp_path / "root"
-    res = await asyncio.to_thread(
-        subprocess.run,
-        [str(repo / "systemd/install.sh"), "--prefix", str(root), "--bundle", str(bundle),
-         "--key", str(keys.public)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout + res.stderr
-    first = str((root / "opt/tepi/venv").readlink())
-    assert (root / "etc/systemd/system/tepi-update.path").exists()
-
-    ioc_key = tmp_path / "ioc-1.key"
-    made = await asyncio.to_thread(run_tepi, "remote", "--keygen", str(ioc_key))
-    assert made.returncode == 0, made.stderr
-    public = made.stdout.split("public_key: ")[1].split("}")[0].strip()
-    broker = Broker(tmp_path)
-    await broker.start()
-    devices = [{"id": "s1", "driver": "synthetic", "metrics": 2, "poll_interval": "1s"}]
-    cfg = yaml.safe_load(agent_config(tmp_path, broker.port, devices).read_text())
-    cfg["gateway"]["data_dir"] = str(root / "var/lib/tepi")
-    cfg["status"] = {"socket": str(tmp_path / "status.sock")}
-    cfg["commands"] = {
-        "policy": {"update": "signed"},
-        "keys": [{"id": "ioc-1", "public_key": public}],
-        "update": {
-            "public_key_file": str(root / "etc/tepi/bundle-signing.pub"),
-            "ca_file": str(https.ca_file),
-            "confirm_timeout": "60s",
-        },
-    }
-    (root / "etc/tepi/tepi.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    restart = [sys.executable, str(HARNESS), "restart", str(root)]
-    try:
-        res = await asyncio.to_thread(
-            subprocess.run, restart, capture_output=True, text=True, timeout=90
-        )
-        assert res.returncode == 0, res.stderr + (root / "agent.log").read_text()
-
-        https.files["b.tar.gz"] = bundle
-        digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
-
-        def remote(*args: str, key: bool = False) -> dict[str, Any]:
-            extra = ["--key", str(ioc_key), "--key-id", "ioc-1"] if key else []
-            out = run_tepi(
-                "remote", "--url", f"mqtt://127.0.0.1:{broker.port}", "--gateway", "gw-test",
-                "--timeout", "60", *extra, *args, timeout=90,
-            )  # fmt: skip
-            assert out.returncode == 0, out.stdout + out.stderr
-            result: dict[str, Any] = json.loads(out.stdout)
-            return result
-
-        staged = await asyncio.to_thread(
-            remote, "update", f"url={https.base}/b.tar.gz", f"sha256={digest}",
-            f"version={__version__}", key=True,
-        )  # fmt: skip
-        assert staged["status"] == "done", staged
-        out = staged["output"]
-        assert out["state"] == "staged"
-        request = read_json(root / "var/lib/tepi/update/request.json")
-        assert request is not None
-        assert request["devices"] == ["s1"]  # it worked: it must work after the switch
-
-        # What tepi-update.path would start: the installed tepi-switch.
-        t1 = time.monotonic()
-        res = await asyncio.to_thread(
-            subprocess.run,
-            [str(root / "opt/tepi/venv/bin/tepi-switch"), "--prefix", str(root),
-             "--restart", json.dumps(restart)],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert res.returncode == 0, res.stderr
-        switch_s = time.monotonic() - t1
-        status = read_json(root / "var/lib/tepi/update/status.json")
-        assert status is not None
-        assert status["state"] == "confirmed", (status, (root / "agent.log").read_text()[-3000:])
-        second = str((root / "opt/tepi/venv").readlink())
-        assert second != first
-        assert (root / "opt/tepi" / first).is_dir()  # kept for a rollback
-        health = await asyncio.to_thread(remote, "health")
-        assert health["output"]["version"] == __version__
-        assert health["output"]["previous_version"] == __version__
-        assert f"update: tepi {__version__} confirmed" in (root / "agent.log").read_text()
-        print(
-            "timings",
-            json.dumps({
-                "bundle_bytes": bundle.stat().st_size, "build_s": round(build_s, 1),
-                "download_ms": out["download_ms"], "verify_ms": out["verify_ms"],
-                "switch_total_s": round(switch_s, 1), **status["timings"],
-            }),
-        )  # fmt: skip
-    finally:
-        pid = root / "run/agent.pid"
-        if pid.exists():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid.read_text()), signal.SIGTERM)
-        await broker.stop()

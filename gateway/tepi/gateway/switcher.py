@@ -539,15 +539,15 @@ class Switcher:
         state.update(phase="idle")
         state.setdefault("current", state.get("prev_version"))
         self._save(state)
+        ids = {"tried": state.get("version"), "id": state.get("id")}
+        # Written before the restart too: the previous version reads it when it starts.
+        self._status(d, state, "rolled_back", reason=why, timings=timings, **ids)
         ok, restart_why = self._restart()
         timings["rollback_s"] = round(time.monotonic() - t0, 3)
         if not ok:
             log.error("the previous version did not start either: %s", restart_why)
             why += f"; the previous version did not start either: {restart_why}"
-        self._status(
-            d, state, "rolled_back", tried=state.get("version"), id=state.get("id"),
-            reason=why, timings=timings,
-        )  # fmt: skip
+        self._status(d, state, "rolled_back", reason=why, timings=timings, **ids)
 
     def _done(self, d: _Dir, req: Request | None, state: dict[str, Any] | None = None) -> None:
         """The request is answered: its files go (a newer request written meanwhile stays,
