@@ -460,3 +460,74 @@ def test_links_and_escapes_in_a_tarball_are_refused(keys: Keys, tmp_path: Path) 
                 tar.addfile(info, io.BytesIO())
         with pytest.raises(BundleError, match=complaint):
             verify(path, key, max_unpacked=1 << 20)
+
+
+# ---- the agent's side, piece by piece -----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_one_update_at_a_time_and_only_with_room(
+    box: Box, https: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = make_bundle(tmp_path, NEW, "good", box.keys.private)
+    box.update.mkdir()
+    (box.update / "trial.json").write_text(json.dumps({"id": "x", "version": NEW}))
+    with pytest.raises(UpdateRefused, match="in its trial"):
+        await stage(box, https, bundle, NEW)
+    (box.update / "trial.json").unlink()
+
+    import shutil
+
+    real = shutil.disk_usage
+
+    def nearly_full(path: str | Path) -> Any:
+        usage = real(path)
+        return usage._replace(free=1024 * 1024)
+
+    monkeypatch.setattr("tepi.gateway.update.shutil.disk_usage", nearly_full)
+    with pytest.raises(UpdateRefused, match=r"1048576 bytes free .* the bundle needs"):
+        await stage(box, https, bundle, NEW)
+    nothing_staged(box)
+
+
+@pytest.mark.timeout(30)
+async def test_the_health_check_names_what_is_wrong() -> None:
+    from tepi.gateway.update import healthy_within
+
+    states = {"s1": "ok", "s2": "failing"}
+    connected = [False]
+    why = await healthy_within(0.05, lambda: connected[0], lambda: states, ["s1"], every=0.01)
+    assert why == "the uplink is not connected to the broker"
+    connected[0] = True
+    assert await healthy_within(0.05, lambda: True, lambda: states, ["s1"], every=0.01) is None
+    why = await healthy_within(0.05, lambda: True, lambda: states, ["s1", "s2", "s3"], every=0.01)
+    assert why == "devices that worked before do not work: s2 (failing), s3 (removed)"
+
+
+@pytest.mark.timeout(30)
+async def test_a_trial_is_confirmed_only_by_its_own_version_once(tmp_path: Path) -> None:
+    from tepi.gateway.update import write_json
+
+    update = tmp_path / "update"
+    update.mkdir()
+    calls: list[float] = []
+
+    async def healthy(timeout: float) -> str | None:
+        calls.append(timeout)
+        return None
+
+    write_json(update, "trial.json", {"id": "t1", "version": NEW, "confirm_timeout": 30})
+    other = UpdateTrial(tmp_path, OLD)
+    await other.on_start(healthy)
+    assert (other.outcome, calls) == ("none", [])
+    assert not (update / "confirmed.json").exists()
+    new = UpdateTrial(tmp_path, NEW)
+    await new.on_start(healthy)
+    assert new.outcome == "confirmed"
+    assert 20 < calls[0] <= 28  # within the switcher's deadline, less a margin
+    confirmed = read_json(update / "confirmed.json")
+    assert confirmed is not None
+    assert (confirmed["id"], confirmed["version"]) == ("t1", NEW)
+    again = UpdateTrial(tmp_path, NEW)
+    await again.on_start(healthy)  # a restart after the confirmation: nothing to do
+    assert (again.outcome, len(calls)) == ("none", 1)
