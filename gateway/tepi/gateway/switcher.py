@@ -20,8 +20,9 @@ start, and goes back unless the new version had confirmed (the boot counter of A
 
 What the agent cannot make it do: it never runs anything from the agent's directory, never
 follows a link there (every file is opened relative to a directory descriptor with
-O_NOFOLLOW), installs only a bundle whose signature verifies with root's key (checked here and
-again by install.sh), and switches only between venvs it recorded itself.
+O_NOFOLLOW: :class:`tepi.gateway.switchfiles.AgentDir`), installs only a bundle whose
+signature verifies with root's key (checked here and again by install.sh), and switches only
+between venvs it recorded itself.
 """
 
 from __future__ import annotations
@@ -32,170 +33,41 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
-import re
-import secrets
 import shutil
 import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tepi.gateway.bundle import VERSION_RE, BundleError, BundleInfo, verify
+from tepi.gateway.bundle import BundleError, BundleInfo, verify
+from tepi.gateway.switchfiles import (
+    BUNDLE_NAME,
+    CONFIRMED,
+    REQUEST,
+    STATUS,
+    TRIAL,
+    UPDATE_DIR,
+    AgentDir,
+    Request,
+    SwitchError,
+    parse_request,
+    venv_version,
+    write_json_durably,
+)
 
 __all__ = ["Request", "SwitchError", "Switcher", "main", "parse_request"]
 
+MAX_BUNDLE = 4 * 1024 * 1024 * 1024
+
 log = logging.getLogger("tepi.switch")
 
-UPDATE_DIR = "update"
-REQUEST, TRIAL, CONFIRMED, STATUS = "request.json", "trial.json", "confirmed.json", "status.json"
-MAX_JSON = 64 * 1024
-MAX_BUNDLE = 4 * 1024 * 1024 * 1024
-_ID = re.compile(r"^[0-9a-f]{16}$")
-_BUNDLE = re.compile(r"^bundle-[0-9a-f]{16}\.tar\.gz$")
-_SHA = re.compile(r"^[0-9a-f]{64}$")
-_DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_VENV = re.compile(r"^venv-(?P<version>[^-/]+)-\d{8}T\d{6}Z(-\d+)?$")
 UNITS = ("tepi.service", "tepi-update.service", "tepi-update.path")
 SYSTEMCTL = "/usr/bin/systemctl"  # Debian 12's (usrmerge): no PATH lookup as root
 MAX_STARTS = 1  # starts of a new version without a confirmation before it is reverted
-
-
-class SwitchError(Exception):
-    """A request that is not carried out; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """request.json, checked."""
-
-    id: str
-    bundle: str
-    sha256: str
-    version: str
-    confirm_timeout: float
-    devices: list[str] = field(default_factory=list)
-
-
-def parse_request(raw: bytes) -> Request:
-    """request.json's bytes as a :class:`Request`; SwitchError for anything else. It comes
-    from the unprivileged agent: nothing in it is trusted beyond these checks."""
-    if len(raw) > MAX_JSON:
-        raise SwitchError("request.json is too large")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise SwitchError("request.json is not JSON") from None
-    if not isinstance(data, dict):
-        raise SwitchError("request.json is not an object")
-
-    def text(name: str, pattern: re.Pattern[str]) -> str:
-        value = data.get(name)
-        if not isinstance(value, str) or not pattern.match(value):
-            raise SwitchError(f"request.json: {name} is missing or invalid")
-        return value
-
-    timeout = data.get("confirm_timeout", 180)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise SwitchError("request.json: confirm_timeout is not a number")
-    devices = data.get("devices", [])
-    if not isinstance(devices, list) or len(devices) > 256:
-        raise SwitchError("request.json: devices is not a list of at most 256")
-    if not all(isinstance(d, str) and _DEVICE.match(d) for d in devices):
-        raise SwitchError("request.json: devices holds something that is not a device id")
-    return Request(
-        id=text("id", _ID),
-        bundle=text("bundle", _BUNDLE),
-        sha256=text("sha256", _SHA),
-        version=text("version", VERSION_RE),
-        # Clamped: the agent may ask for a short or a long trial, not for none or forever.
-        confirm_timeout=180.0 if math.isnan(timeout) else min(max(float(timeout), 10.0), 3600.0),
-        devices=list(devices),
-    )
-
-
-class _Dir:
-    """A directory of the agent's, reached without following links: every operation is
-    relative to its descriptor, and no name in it is followed if it is a link."""
-
-    def __init__(self, path: Path) -> None:
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            self.fd = os.open(path.name, flags, dir_fd=parent)
-        finally:
-            os.close(parent)
-        self.path = path
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def open_read(self, name: str) -> int:
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self.fd)
-
-    def read(self, name: str, limit: int = MAX_JSON) -> bytes | None:
-        try:
-            fd = self.open_read(name)
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
-            return f.read(limit + 1)
-
-    def read_json(self, name: str) -> dict[str, Any] | None:
-        raw = self.read(name)
-        if raw is None or len(raw) > MAX_JSON:
-            return None
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def write_json(self, name: str, data: dict[str, Any]) -> None:
-        tmp = f".{name}.{secrets.token_hex(6)}"
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=self.fd
-        )
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(data, sort_keys=True).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self.fd)
-            raise
-        os.fsync(self.fd)
-
-    def remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=self.fd)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(json.dumps(data, sort_keys=True).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def venv_version(name: str) -> str | None:
-    m = _VENV.match(name)
-    return m["version"] if m and VERSION_RE.match(m["version"]) else None
 
 
 @dataclass
@@ -240,9 +112,9 @@ class Switcher:
         return data if isinstance(data, dict) else {"phase": "idle"}
 
     def _save(self, state: dict[str, Any]) -> None:
-        _write_json(self.state_file, state)
+        write_json_durably(self.state_file, state)
 
-    def _status(self, d: _Dir, versions: dict[str, Any], outcome: str, **extra: Any) -> None:
+    def _status(self, d: AgentDir, versions: dict[str, Any], outcome: str, **extra: Any) -> None:
         """status.json for the agent (health's previous_version) and for people."""
         out = {
             "state": outcome,
@@ -265,7 +137,7 @@ class Switcher:
                 log.info("another tepi-switch runs: nothing to do")
                 return 0
             try:
-                d = _Dir(self.p.data_dir / UPDATE_DIR)
+                d = AgentDir(self.p.data_dir / UPDATE_DIR)
             except FileNotFoundError:
                 log.info("no %s: nothing requested", self.p.data_dir / UPDATE_DIR)
                 return 0
@@ -278,7 +150,7 @@ class Switcher:
             os.close(lock)
         return 0
 
-    def _recover(self, d: _Dir) -> None:
+    def _recover(self, d: AgentDir) -> None:
         """A trial (or an install) that a previous run did not finish: the process died."""
         state = self._state()
         phase = state.get("phase")
@@ -303,7 +175,7 @@ class Switcher:
         self._rollback(d, state, why, {})
         self._done(d, None, state)
 
-    def _handle(self, d: _Dir) -> None:
+    def _handle(self, d: AgentDir) -> None:
         raw = d.read(REQUEST)
         if raw is None:
             return
@@ -416,7 +288,7 @@ class Switcher:
         except OSError as err:
             raise SwitchError(f"no bundle signing key {self.p.key}: {err.strerror}") from None
 
-    def _take(self, d: _Dir, req: Request) -> None:
+    def _take(self, d: AgentDir, req: Request) -> None:
         """The staged bundle copied into root's own directory, its sha256 checked."""
         try:
             fd = d.open_read(req.bundle)
@@ -515,7 +387,7 @@ class Switcher:
                 [SYSTEMCTL, "daemon-reload"], capture_output=True, timeout=120, check=False
             )
 
-    def _confirmed(self, d: _Dir, state: dict[str, Any], timings: dict[str, float]) -> None:
+    def _confirmed(self, d: AgentDir, state: dict[str, Any], timings: dict[str, float]) -> None:
         log.info("tepi %s confirmed: the update is done", state.get("version"))
         state.update(phase="idle", current=state.get("version"), previous=state.get("prev_version"))
         self._save(state)
@@ -526,7 +398,7 @@ class Switcher:
         )  # fmt: skip
 
     def _rollback(
-        self, d: _Dir, state: dict[str, Any], why: str, timings: dict[str, float]
+        self, d: AgentDir, state: dict[str, Any], why: str, timings: dict[str, float]
     ) -> None:
         log.error("rolling back to %s: %s", state.get("prev_venv"), why)
         t0 = time.monotonic()
@@ -549,7 +421,7 @@ class Switcher:
             why += f"; the previous version did not start either: {restart_why}"
         self._status(d, state, "rolled_back", reason=why, timings=timings, **ids)
 
-    def _done(self, d: _Dir, req: Request | None, state: dict[str, Any] | None = None) -> None:
+    def _done(self, d: AgentDir, req: Request | None, state: dict[str, Any] | None = None) -> None:
         """The request is answered: its files go (a newer request written meanwhile stays,
         and the path unit starts this again for it)."""
         rid = req.id if req is not None else (state or {}).get("id")
@@ -561,7 +433,7 @@ class Switcher:
             except SwitchError:
                 d.remove(REQUEST)
         bundle = req.bundle if req is not None else (state or {}).get("bundle")
-        if isinstance(bundle, str) and _BUNDLE.match(bundle):
+        if isinstance(bundle, str) and BUNDLE_NAME.match(bundle):
             d.remove(bundle)
         with contextlib.suppress(FileNotFoundError):
             self.copy.unlink()

@@ -48,12 +48,14 @@ from tepi.core import __version__
 from tepi.core.retry import UPDATE_DOWNLOAD, Outage
 from tepi.gateway.bundle import VERSION_RE, BundleError, verify
 from tepi.gateway.config import UpdateSection
+from tepi.gateway.switchfiles import CONFIRMED, REQUEST, STATUS, TRIAL, UPDATE_DIR
 
 __all__ = [
     "CONFIRMED",
     "REQUEST",
     "STATUS",
     "TRIAL",
+    "UPDATE_DIR",
     "UpdateRefused",
     "UpdateTrial",
     "Updater",
@@ -64,11 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-UPDATE_DIR = "update"
-REQUEST = "request.json"
-TRIAL = "trial.json"
-CONFIRMED = "confirmed.json"
-STATUS = "status.json"
 PART = "download.part"
 MAX_JSON = 64 * 1024
 RESERVE = 64 * 1024 * 1024  # free space left after the download (the buffer's, the logs')
