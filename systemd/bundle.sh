@@ -9,7 +9,8 @@
 #                      pinned by constraints.txt, for CPython 3.11 on manylinux aarch64 AND
 #                      x86_64 (the [test] extras are not in it);
 #   install.sh         the installer: sudo ./install.sh (or install.sh --bundle OUT.tar.gz);
-#   tepi.service, tepi.yaml.sample, constraints.txt, doc/ (README.md, docs/*.md);
+#   tepi.service, tepi-update.service, tepi-update.path (the agent update, docs/update.md),
+#   tepi.yaml.sample, constraints.txt, doc/ (README.md, docs/*.md);
 #   bundle.info        version, Python, platforms, source;
 #   README.txt         how to install, and the wheels of each platform;
 #   MANIFEST           the sha256 of every file (sha256sum -c MANIFEST); install.sh checks it;
@@ -198,7 +199,8 @@ say "$count wheels, every dependency for: ${ARCHES[*]}"
 
 # ---- the installer, the unit, the sample, the docs.
 install -m 0755 "$SELF_DIR/install.sh" "$STAGE/install.sh"
-install -m 0644 "$SELF_DIR/tepi.service" "$SELF_DIR/tepi.yaml.sample" "$REPO/constraints.txt" "$STAGE/"
+install -m 0644 "$SELF_DIR/tepi.service" "$SELF_DIR/tepi-update.service" "$SELF_DIR/tepi-update.path" \
+    "$SELF_DIR/tepi.yaml.sample" "$REPO/constraints.txt" "$STAGE/"
 install -d "$STAGE/doc/docs"
 install -m 0644 "$REPO/README.md" "$STAGE/doc/"
 install -m 0644 "$REPO"/docs/*.md "$STAGE/doc/docs/"

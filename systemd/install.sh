@@ -17,7 +17,9 @@
 #   - /etc/tepi/tepi.yaml from the commented sample, only if there is none (a config is never
 #     overwritten), root:tepi 0640; /etc/tepi/secrets (root:root 0700) for the MQTT password;
 #   - /var/lib/tepi (tepi:tepi 0750), the buffer;
-#   - /etc/systemd/system/tepi.service, daemon-reload, enable --now (restart on an upgrade).
+#   - /etc/systemd/system/tepi.service, daemon-reload, enable --now (restart on an upgrade);
+#     tepi-update.service and tepi-update.path (the agent update, docs/update.md) beside it,
+#     the path unit enabled with the service;
 #     Not started: with --no-start, while tepi.yaml is the unedited sample, when `tepi check`
 #     rejects the config, when the secret the unit loads is missing, or without systemd.
 # Needs python3 (>= 3.11) with its venv module (python3-venv, part of Raspberry Pi OS). From a
@@ -146,6 +148,8 @@ SECRETS=$ETC/secrets
 ETC_KEY=$ETC/bundle-signing.pub
 SECRET=$SECRETS/mqtt-password
 UNIT=$ROOT/etc/systemd/system/tepi.service
+UNITS_DIR=$ROOT/etc/systemd/system
+UPDATE_UNITS=(tepi-update.service tepi-update.path)
 STATE=$ROOT/var/lib/tepi
 LOGS=$ROOT/var/log/tepi
 
@@ -201,6 +205,14 @@ uninstall() {
         fi
         rm -f -- "$UNIT"
         say "removed $UNIT"
+        local unit
+        for unit in "${UPDATE_UNITS[@]}"; do
+            if [[ -e $UNITS_DIR/$unit ]]; then
+                sysctl disable --now "$unit" || warn "could not stop $unit"
+                rm -f -- "$UNITS_DIR/$unit"
+                say "removed $UNITS_DIR/$unit"
+            fi
+        done
         sysctl daemon-reload
     else
         say "no unit at $UNIT: the service is not installed"
@@ -492,6 +504,14 @@ install_files() {
     install -d -m 0755 "$(dirname -- "$UNIT")"
     install -m 0644 "$SRC_UNIT" "$UNIT"
     say "installed $UNIT"
+    # The agent update's privileged half (docs/update.md); a bundle older than it has none.
+    local unit
+    for unit in "${UPDATE_UNITS[@]}"; do
+        if [[ -f $(dirname -- "$SRC_UNIT")/$unit ]]; then
+            install -m 0644 "$(dirname -- "$SRC_UNIT")/$unit" "$UNITS_DIR/$unit"
+            say "installed $UNITS_DIR/$unit"
+        fi
+    done
 }
 
 # The current venv, if /opt/tepi/venv is one of ours (a symlink to venv-*).
@@ -594,6 +614,10 @@ install_tepi() {
         ((failed)) || sysctl restart tepi.service || failed=1
     else
         sysctl enable --now tepi || failed=1
+    fi
+    if ((!failed)) && [[ -f $UNITS_DIR/tepi-update.path ]]; then
+        # Updates from the IOC (the update command): only for a service that runs.
+        sysctl enable --now tepi-update.path || warn "could not enable tepi-update.path: updates from the IOC will wait (systemctl status tepi-update.path)"
     fi
     if ((failed)); then
         local hint="see: systemctl status tepi; journalctl -u tepi -n 50"

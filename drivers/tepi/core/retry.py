@@ -28,6 +28,8 @@ The policies (the uplink's caps come from ``uplink.reconnect`` in the config)::
                                                       that opens and fails at once)
     rule action        0.5 s       4 s       full     gateway/alarms.py (a rule's write or
                                                       snapshot: 4 attempts, then failed)
+    update download    2 s         30 s      full     gateway/update.py (a bundle's HTTPS
+                                                      download: 4 attempts, then failed)
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "RULE_ACTION",
     "SERIAL_FLAPPING",
     "SERIAL_REOPEN",
+    "UPDATE_DOWNLOAD",
     "UPLINK_RECONNECT",
     "Outage",
     "Policy",
@@ -231,3 +234,5 @@ SERIAL_REOPEN = Policy("serial reopen", 1.0, 1.0, jitter=False)
 SERIAL_FLAPPING = Policy("serial flapping", 1.0, 30.0)
 # A rule's action (a siren's write): a few quick tries, then reported as failed in the alarm.
 RULE_ACTION = Policy("rule action", 0.5, 4.0, max_attempts=4)
+# An update's download (a 5xx, a cut connection): a few tries, then the command fails.
+UPDATE_DOWNLOAD = Policy("update download", 2.0, 30.0, max_attempts=4)

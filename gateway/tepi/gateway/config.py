@@ -343,6 +343,37 @@ class CommandKey(_Model):
         return v
 
 
+class UpdateSection(_Model):
+    """The ``update`` command (issue 19 point 4; docs/update.md)."""
+
+    public_key_file: Path = Field(
+        default=Path("/etc/tepi/bundle-signing.pub"),
+        description="The Ed25519 public key (PEM) that bundles are signed with; the same "
+        "file install.sh and the switcher verify with.",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signs the download server's certificate. Default: the "
+        "system's trusted CAs. TLS is always verified.",
+    )
+    max_bytes: Size = Field(
+        default=512 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=4 * 1024 * 1024 * 1024,
+        description="Largest bundle downloaded, e.g. 512MiB.",
+    )
+    download_timeout: Duration = Field(
+        default=900.0, gt=0, le=86400, description="Longest one download attempt may take."
+    )
+    confirm_timeout: Duration = Field(
+        default=180.0,
+        ge=10,
+        le=3600,
+        description="How long the new version has to confirm (uplink connected, the devices "
+        "that worked still work) before the switcher goes back to the previous one.",
+    )
+
+
 class CommandsSection(_Model):
     enabled: bool = Field(
         default=True, description="Take commands from the IOC at all (cmd/+ on the broker)."
@@ -382,6 +413,9 @@ class CommandsSection(_Model):
         description="A pushed config (config.apply, config.rollback, tepi config apply) must "
         "be confirmed within this: the uplink connected and every device that worked still "
         "working. Otherwise the previous config comes back on its own.",
+    )
+    update: UpdateSection = Field(
+        default_factory=UpdateSection, description="The update command (docs/update.md)."
     )
     allow_unsigned_changes: bool = Field(
         default=False,

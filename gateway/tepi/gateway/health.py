@@ -447,6 +447,11 @@ class Health(_Model):
     gateway: str = Field(description="The gateway's id.")
     boot: str = Field(description="The boot id.")
     version: str = Field(description="tepi's version.")
+    previous_version: str | None = Field(
+        default=None,
+        description="The version this one replaced by an update that was confirmed "
+        "(docs/update.md); null when not known.",
+    )
     ts: float = Field(description="When the message was made (epoch seconds).")
     uptime_s: Annotated[float, gauge("tepi_uptime_seconds")] = Field(
         description="Seconds since the agent started."

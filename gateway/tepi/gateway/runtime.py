@@ -53,6 +53,7 @@ from tepi.gateway.remote import Call, CommandFailed, CommandHub, current
 from tepi.gateway.statusapi import AlarmAccess, CameraAccess, StatusServer
 from tepi.gateway.sysinfo import boot_id as read_boot_id
 from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
+from tepi.gateway.update import Updater, UpdateTrial, healthy_within
 from tepi.gateway.uplink import Uplink, UplinkSetupError
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class Agent:
         self.alarms: AlarmHub | None = None
         if AlarmHub.wanted(cfg.gateway.data_dir, cfg.rules):
             self.alarms = self._alarm_hub(cfg)
+        self.update = UpdateTrial(cfg.gateway.data_dir)  # an update's trial (docs/update.md)
         # Commands from the IOC (docs/payload.md#commands), unless the config turns them off.
         self.log_ring = LogRing()  # the last log lines, for logs.tail
         self.ops = Operations(self)
@@ -205,7 +207,23 @@ class Agent:
 
     def _executors(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         """The commands the IOC may run (each also allowed by commands.policy)."""
-        return self.ops.table()
+        table = self.ops.table()
+        table["update"] = Updater(
+            self.cfg.commands.update,
+            self.cfg.gateway.data_dir,
+            working=lambda: [d for d, st in self.devices.items() if st.state == "ok"],
+        )
+        return table
+
+    async def _healthy(self, timeout: float) -> str | None:  # noqa: ASYNC109
+        """An update's confirmation (docs/update.md): None once the uplink is connected and
+        the devices that worked before the switch work; else why not."""
+        return await healthy_within(
+            timeout,
+            lambda: self.uplink.stats.connected,
+            lambda: {d: st.state for d, st in self.devices.items()},
+            self.update.needed,
+        )
 
     async def _close_commands(self) -> None:
         self.ops.close()
@@ -342,6 +360,7 @@ class Agent:
             gateway=self.cfg.gateway.id,
             boot=self.boot_id,
             version=__version__,
+            previous_version=self.update.previous_version,
             ts=round(time.time(), 3),
             uptime_s=round(time.monotonic() - self.started, 1),
             clock_synced=clock_synced(),
@@ -411,6 +430,7 @@ class Agent:
                     tg.create_task(self._reload_loop(), name="tepi.reload")
                     self._start_status(self.cfg)
                     self.ready.set()
+                    tg.create_task(self.update.on_start(self._healthy), name="tepi.update.trial")
                     self.notify.ready(self.status_line())
                     log.info(
                         "tepi %s running: gateway %s, %d devices",

@@ -1,0 +1,410 @@
+"""Agent updates, the agent's half (issue 19 point 4; docs/update.md).
+
+The agent runs as user ``tepi`` and cannot install anything (the unit's ProtectSystem=strict):
+it fetches and checks, and asks. The privileged half, :mod:`tepi.gateway.switcher` (root,
+started by ``tepi-update.path``), checks again, installs, switches, restarts and waits for the
+confirmation, or switches back.
+
+:class:`Updater` is the ``update`` command: ``{"url": "https://…", "sha256": "…",
+"version": "…"}``. It downloads the bundle over HTTPS (TLS verified, bounded in size and
+time, retried by :data:`tepi.core.retry.UPDATE_DOWNLOAD`) into ``{data_dir}/update/``,
+checks its sha256, the Ed25519 signature of its MANIFEST and every file against MANIFEST
+(:func:`tepi.gateway.bundle.verify`), and only then stages it and writes the switch request
+atomically. A bundle that fails a check is removed and the command fails with why.
+
+:class:`UpdateTrial` is the new version's side of the trial: at start, if the switcher left
+a trial for this version, it waits until the agent is healthy (``healthy``, given by the
+agent) and writes the confirmation. Nothing written: the switcher goes back on its own.
+
+The files of ``{data_dir}/update/`` (who writes them)::
+
+    bundle-<sha256[:16]>.tar.gz   the staged bundle (agent)
+    request.json                  the switch request (agent); the path unit watches it
+    trial.json                    a trial is running: id, version, deadline (switcher)
+    confirmed.json                the trial's id, confirmed by the new version (agent)
+    status.json                   the last outcome, the running and previous versions (switcher)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import ssl
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tepi.core import __version__
+from tepi.core.retry import UPDATE_DOWNLOAD, Outage
+from tepi.gateway.bundle import VERSION_RE, BundleError, verify
+from tepi.gateway.config import UpdateSection
+from tepi.gateway.switchfiles import CONFIRMED, REQUEST, STATUS, TRIAL, UPDATE_DIR
+
+__all__ = [
+    "CONFIRMED",
+    "REQUEST",
+    "STATUS",
+    "TRIAL",
+    "UPDATE_DIR",
+    "UpdateRefused",
+    "UpdateTrial",
+    "Updater",
+    "healthy_within",
+    "read_json",
+    "write_json",
+]
+
+log = logging.getLogger(__name__)
+
+PART = "download.part"
+MAX_JSON = 64 * 1024
+RESERVE = 64 * 1024 * 1024  # free space left after the download (the buffer's, the logs')
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+class UpdateRefused(ValueError):
+    """The update is not staged; the message says why (a ``failed`` result)."""
+
+
+class _Retry(Exception):
+    """A download attempt that may work the next time (a 5xx, a cut connection)."""
+
+
+def write_json(directory: Path, name: str, data: dict[str, Any]) -> None:
+    """``directory/name`` replaced atomically and durably: a temporary file, fsync, rename,
+    fsync of the directory. A crash leaves the old file or the new, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(data, sort_keys=True).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).chmod(0o644)  # the switcher (root) reads it, and people
+        Path(tmp).replace(directory / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON object, or None if there is none (or it is not one: never trusted)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        log.warning("cannot read %s: %s", path, err)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_JSON + 1)
+    if len(raw) > MAX_JSON:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_args(args: dict[str, Any]) -> tuple[str, str, str]:
+    """The command's (url, sha256, version), or UpdateRefused."""
+    url, digest, version = args.get("url"), args.get("sha256"), args.get("version")
+    if not isinstance(url, str) or len(url) > 2048:
+        raise UpdateRefused("args.url is required: the bundle's https URL")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise UpdateRefused("args.url must be https://HOST/…: a bundle is never fetched in clear")
+    if not isinstance(digest, str) or not _SHA.match(digest.lower()):
+        raise UpdateRefused("args.sha256 is required: the bundle's sha256, 64 hex digits")
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise UpdateRefused("args.version is required: the bundle's version, e.g. 0.2.0")
+    return url, digest.lower(), version
+
+
+def _where(url: str) -> str:
+    """The URL without its query, fragment or user info (which may hold a token)."""
+    p = urlsplit(url)
+    return f"https://{p.hostname}{f':{p.port}' if p.port else ''}{p.path}"
+
+
+class Updater:
+    """The ``update`` command (the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: UpdateSection,
+        data_dir: Path,
+        *,
+        working: Callable[[], list[str]] = list,
+    ) -> None:
+        self.cfg = cfg
+        self.dir = data_dir / UPDATE_DIR
+        self.working = working  # the devices that work now: they must still work after
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, args: dict[str, Any]) -> dict[str, Any]:
+        url, digest, version = check_args(args)
+        if self._lock.locked():
+            raise UpdateRefused("an update is being downloaded; try again when it is done")
+        async with self._lock:
+            return await self._stage(url, digest, version)
+
+    async def _stage(self, url: str, digest: str, version: str) -> dict[str, Any]:
+        await asyncio.to_thread(self.dir.mkdir, mode=0o750, parents=True, exist_ok=True)
+        if (self.dir / TRIAL).exists():
+            raise UpdateRefused("an update is in its trial; send it again once it is decided")
+        pending = read_json(self.dir / REQUEST)
+        if pending is not None:
+            raise UpdateRefused(
+                f"a switch to {pending.get('version')!s:.40} is already requested and not yet done"
+            )
+        key = await asyncio.to_thread(self._public_key)
+        part = self.dir / PART
+        t0 = time.monotonic()
+        try:
+            size, got = await self._download(url, part)
+            t1 = time.monotonic()
+            if got != digest:
+                raise UpdateRefused(f"the download's sha256 is {got}, not the {digest} asked for")
+            try:
+                info = await asyncio.to_thread(
+                    verify, part, key, max_unpacked=4 * self.cfg.max_bytes
+                )
+            except BundleError as err:
+                raise UpdateRefused(f"refusing the bundle: {err}") from None
+            if info.version != version:
+                raise UpdateRefused(
+                    f"the bundle is version {info.version}, not the {version} asked for"
+                )
+            t2 = time.monotonic()
+            name = f"bundle-{digest[:16]}.tar.gz"
+            await asyncio.to_thread(self._commit, part, name, digest, version)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(part.unlink)
+        log.info(
+            "update: staged tepi %s (%d bytes, %d files verified) from %s; switch requested",
+            version, size, info.files, _where(url),
+        )  # fmt: skip
+        return {
+            "state": "staged",
+            "version": version,
+            "running": __version__,
+            "bundle": name,
+            "sha256": digest,
+            "bytes": size,
+            "files_verified": info.files,
+            "download_ms": round((t1 - t0) * 1000, 1),
+            "verify_ms": round((t2 - t1) * 1000, 1),
+            "confirm_timeout": self.cfg.confirm_timeout,
+            "next": "the switcher installs it, restarts the agent and waits for it to "
+            "confirm; health's version and previous_version tell the outcome",
+        }
+
+    def _public_key(self) -> bytes:
+        try:
+            return self.cfg.public_key_file.read_bytes()[:65536]
+        except OSError as err:
+            raise UpdateRefused(
+                f"no bundle signing key to check with ({self.cfg.public_key_file}: "
+                f"{err.strerror}); see docs/update.md"
+            ) from None
+
+    def _commit(self, part: Path, name: str, digest: str, version: str) -> None:
+        for old in self.dir.glob("bundle-*.tar.gz"):  # one staged bundle at a time
+            if old.name != name:
+                old.unlink()
+        part.replace(self.dir / name)
+        request = {
+            "id": secrets.token_hex(8),
+            "bundle": name,
+            "sha256": digest,
+            "version": version,
+            "from_version": __version__,
+            "confirm_timeout": self.cfg.confirm_timeout,
+            "devices": sorted(self.working())[:256],
+            "ts": round(time.time(), 3),
+        }
+        write_json(self.dir, REQUEST, request)
+
+    async def _download(self, url: str, dest: Path) -> tuple[int, str]:
+        """(bytes, sha256) of ``url`` written to ``dest``."""
+        import aiohttp
+
+        ctx = ssl.create_default_context(
+            cafile=None if self.cfg.ca_file is None else str(self.cfg.ca_file)
+        )
+        outage = Outage(log, f"update download from {_where(url)}", then="retrying")
+        timeout = aiohttp.ClientTimeout(total=self.cfg.download_timeout, sock_connect=30)
+
+        async def once() -> tuple[int, str]:
+            async with (
+                aiohttp.ClientSession(
+                    timeout=timeout, connector=aiohttp.TCPConnector(ssl=ctx)
+                ) as session,
+                session.get(url, allow_redirects=True, max_redirects=3) as resp,
+            ):
+                if resp.url.scheme != "https":
+                    raise UpdateRefused("the server redirected to a URL that is not https")
+                if resp.status >= 500:
+                    raise _Retry(f"HTTP {resp.status}")
+                if resp.status != 200:
+                    raise UpdateRefused(f"the server answered HTTP {resp.status}")
+                length = resp.content_length
+                if length is not None and length > self.cfg.max_bytes:
+                    raise UpdateRefused(
+                        f"the bundle is {length} bytes; commands.update.max_bytes is "
+                        f"{self.cfg.max_bytes}"
+                    )
+                need = (length or self.cfg.max_bytes) + RESERVE
+                free = shutil.disk_usage(self.dir).free
+                if free < need:
+                    raise UpdateRefused(
+                        f"{free} bytes free in {self.dir}; the bundle needs {need} (with a "
+                        f"reserve of {RESERVE})"
+                    )
+                digest = hashlib.sha256()
+                size = 0
+                with dest.open("wb") as f:
+                    async for chunk in resp.content.iter_chunked(256 * 1024):
+                        size += len(chunk)
+                        if size > self.cfg.max_bytes:
+                            raise UpdateRefused(
+                                f"the bundle is more than commands.update.max_bytes "
+                                f"({self.cfg.max_bytes} bytes)"
+                            )
+                        digest.update(chunk)
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                return size, digest.hexdigest()
+
+        async def verified() -> tuple[int, str]:
+            try:
+                return await once()
+            except aiohttp.ClientSSLError as err:  # not retried, and never tried in clear
+                raise UpdateRefused(f"the server's certificate does not verify: {err}") from None
+
+        try:
+            return await UPDATE_DOWNLOAD.call(
+                verified, (aiohttp.ClientError, TimeoutError, _Retry), outage
+            )
+        except (aiohttp.ClientError, TimeoutError, _Retry) as err:
+            cause = err.__cause__ if isinstance(err.__cause__, ssl.SSLError) else err
+            raise UpdateRefused(
+                f"the download failed after {UPDATE_DOWNLOAD.max_attempts} attempts: "
+                f"{type(cause).__name__}: {cause}"
+            ) from None
+
+
+class UpdateTrial:
+    """The new version's confirmation of a trial (the module docstring), and the versions
+    health reports."""
+
+    def __init__(self, data_dir: Path, version: str = __version__) -> None:
+        self.dir = data_dir / UPDATE_DIR
+        self.version = version
+        self.outcome: str | None = None  # confirmed, not_confirmed, none
+        self.needed: list[str] = []  # the devices that worked before the switch
+
+    @property
+    def previous_version(self) -> str | None:
+        """The version this one replaced, as the switcher recorded it; None if unknown."""
+        status = read_json(self.dir / STATUS)
+        if status is None or status.get("running") != self.version:
+            return None
+        prev = status.get("previous")
+        return prev if isinstance(prev, str) and VERSION_RE.match(prev) else None
+
+    def trial(self) -> dict[str, Any] | None:
+        """The trial the switcher runs for this version, if any and not yet confirmed."""
+        trial = read_json(self.dir / TRIAL)
+        if trial is None or trial.get("version") != self.version:
+            return None
+        confirmed = read_json(self.dir / CONFIRMED)
+        if confirmed is not None and confirmed.get("id") == trial.get("id"):
+            return None
+        return trial
+
+    async def on_start(self, healthy: Callable[[float], Awaitable[str | None]]) -> None:
+        """Once the agent is up: confirm a pending trial if ``healthy(timeout)`` says so
+        (None), within the switcher's deadline. Otherwise write nothing."""
+        status = await asyncio.to_thread(read_json, self.dir / STATUS)
+        if status is not None and status.get("state") == "rolled_back":
+            log.warning(
+                "update: tepi %s was rolled back to %s: %s",
+                status.get("tried"), status.get("running"), status.get("reason"),
+            )  # fmt: skip
+        trial = await asyncio.to_thread(self.trial)
+        if trial is None:
+            self.outcome = "none"
+            return
+        try:
+            limit = float(trial.get("confirm_timeout", 60))
+            deadline = float(trial.get("deadline", time.time() + limit))
+        except (TypeError, ValueError):
+            limit, deadline = 60.0, time.time() + 60
+        timeout = max(1.0, min(limit, deadline - time.time()) - 2.0)
+        devices = trial.get("devices")
+        if isinstance(devices, list):
+            self.needed = [d for d in devices if isinstance(d, str)][:256]
+        log.info("update: trial of tepi %s: confirming within %.0f s", self.version, timeout)
+        why = await healthy(timeout)
+        if why is not None:
+            self.outcome = "not_confirmed"
+            log.error("update: tepi %s is not healthy (%s): not confirmed", self.version, why)
+            return
+        try:
+            await asyncio.to_thread(
+                write_json,
+                self.dir,
+                CONFIRMED,
+                {"id": trial.get("id"), "version": self.version, "ts": round(time.time(), 3)},
+            )
+        except OSError as err:  # the switcher goes back: a box that cannot write is not well
+            self.outcome = "not_confirmed"
+            log.error("update: tepi %s cannot write its confirmation: %s", self.version, err)
+            return
+        self.outcome = "confirmed"
+        log.info("update: tepi %s confirmed", self.version)
+
+
+async def healthy_within(
+    timeout: float,  # noqa: ASYNC109 (a deadline reported on, not an operation cut short)
+    connected: Callable[[], bool],
+    states: Callable[[], dict[str, str]],
+    needed: list[str],
+    *,
+    every: float = 0.5,
+) -> str | None:
+    """None once the uplink is connected and every device of ``needed`` (those that worked
+    before the update) is ``ok``; else, after ``timeout``, why not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = states()
+        bad = [d for d in needed if now.get(d, "removed") != "ok"]
+        if connected() and not bad:
+            return None
+        if time.monotonic() >= deadline:
+            if not connected():
+                return "the uplink is not connected to the broker"
+            return "devices that worked before do not work: " + ", ".join(
+                f"{d} ({now.get(d, 'removed')})" for d in bad[:10]
+            )
+        await asyncio.sleep(every)
