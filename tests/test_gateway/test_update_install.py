@@ -34,6 +34,11 @@ from tepi.gateway.update import read_json
 
 __all__ = ["https", "keys"]  # fixtures, used by name
 
+# Minutes of both cores (a bundle built, venvs made with pip, twice): outside the default run,
+# like the soaks. `.venv/bin/python -m pytest -m update_install` runs it; test_update.py covers
+# the same logic in the default run with a stand-in installer.
+pytestmark = pytest.mark.update_install
+
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("update_harness.py")
 
