@@ -54,6 +54,7 @@ from tepi.gateway.statusapi import AlarmAccess, CameraAccess, StatusServer
 from tepi.gateway.sysinfo import boot_id as read_boot_id
 from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
 from tepi.gateway.update import Updater, UpdateTrial, healthy_within
+from tepi.gateway.updateparts import PartSink
 from tepi.gateway.uplink import Uplink, UplinkSetupError
 
 if TYPE_CHECKING:
@@ -137,6 +138,8 @@ class Agent:
         self.ops = Operations(self)
         self._changing = asyncio.Lock()  # one reload, restart or config change at a time
         self.commands: CommandHub | None = None
+        # An update bundle sent in parts over MQTT: the updater's and the uplink's.
+        self.update_parts = PartSink(f"{cfg.uplink.topic_prefix}/{cfg.gateway.id}/update_part")
         if cfg.commands.enabled:
             self.commands = CommandHub(
                 cfg.commands,
@@ -161,6 +164,8 @@ class Agent:
             commands=self.commands,
         )
         self.uplink.on_link = self._status_changed.set
+        if self.commands is not None:
+            self.uplink.update_parts = self.update_parts
         self.started = time.monotonic()
         self._stopping = asyncio.Event()  # set at a stop: pollers finish their poll and end
         self.ready = asyncio.Event()  # set once the buffer is open and every task started
@@ -212,6 +217,7 @@ class Agent:
             self.cfg.commands.update,
             self.cfg.gateway.data_dir,
             working=lambda: [d for d, st in self.devices.items() if st.state == "ok"],
+            parts=self.update_parts,
         )
         return table
 
@@ -602,6 +608,8 @@ class Agent:
                     commands=self.commands,
                 )
                 uplink.on_link = self._status_changed.set
+                if self.commands is not None:
+                    uplink.update_parts = self.update_parts
             except UplinkSetupError as err:
                 if new_hub is not None:
                     await new_hub.close()

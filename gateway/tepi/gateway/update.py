@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -48,7 +49,9 @@ from tepi.core import __version__
 from tepi.core.retry import UPDATE_DOWNLOAD, Outage
 from tepi.gateway.bundle import VERSION_RE, BundleError, verify
 from tepi.gateway.config import UpdateSection
+from tepi.gateway.remote import current
 from tepi.gateway.switchfiles import CONFIRMED, REQUEST, STATUS, TRIAL, UPDATE_DIR
+from tepi.gateway.updateparts import PART_SIZE, PartSink, Transfer
 
 __all__ = [
     "CONFIRMED",
@@ -69,6 +72,7 @@ log = logging.getLogger(__name__)
 PART = "download.part"
 MAX_JSON = 64 * 1024
 RESERVE = 64 * 1024 * 1024  # free space left after the download (the buffer's, the logs')
+PART_IDLE = 120.0  # seconds without a part (while linked) that abandon an MQTT transfer
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -124,17 +128,33 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def check_args(args: dict[str, Any]) -> tuple[str, str, str]:
     """The command's (url, sha256, version), or UpdateRefused."""
-    url, digest, version = args.get("url"), args.get("sha256"), args.get("version")
+    url = args.get("url")
     if not isinstance(url, str) or len(url) > 2048:
         raise UpdateRefused("args.url is required: the bundle's https URL")
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise UpdateRefused("args.url must be https://HOST/…: a bundle is never fetched in clear")
+    return (url, *_digest_version(args))
+
+
+def check_mqtt_args(args: dict[str, Any], max_bytes: int) -> tuple[int, str, str]:
+    """An MQTT transfer's (size, sha256, version), or UpdateRefused: before anything is
+    written, a size over ``max_bytes`` is refused."""
+    size = args.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise UpdateRefused("args.size is required with transfer=mqtt: the bundle's bytes")
+    if size > max_bytes:
+        raise UpdateRefused(f"the bundle is {size} bytes; commands.update.max_bytes is {max_bytes}")
+    return (size, *_digest_version(args))
+
+
+def _digest_version(args: dict[str, Any]) -> tuple[str, str]:
+    digest, version = args.get("sha256"), args.get("version")
     if not isinstance(digest, str) or not _SHA.match(digest.lower()):
         raise UpdateRefused("args.sha256 is required: the bundle's sha256, 64 hex digits")
     if not isinstance(version, str) or not VERSION_RE.match(version):
         raise UpdateRefused("args.version is required: the bundle's version, e.g. 0.2.0")
-    return url, digest.lower(), version
+    return digest.lower(), version
 
 
 def _where(url: str) -> str:
@@ -152,20 +172,44 @@ class Updater:
         data_dir: Path,
         *,
         working: Callable[[], list[str]] = list,
+        parts: PartSink | None = None,
+        part_idle: float = PART_IDLE,
     ) -> None:
         self.cfg = cfg
         self.dir = data_dir / UPDATE_DIR
         self.working = working  # the devices that work now: they must still work after
+        # Where MQTT parts come in (the uplink delivers them); None: transfer=mqtt refused.
+        self.parts = parts
+        self.part_idle = part_idle
         self._lock = asyncio.Lock()
 
     async def __call__(self, args: dict[str, Any]) -> dict[str, Any]:
-        url, digest, version = check_args(args)
+        if args.get("transfer", "https") == "mqtt":
+            size, digest, version = check_mqtt_args(args, self.cfg.max_bytes)
+            sink = self.parts
+            if sink is None:
+                raise UpdateRefused("this agent takes no bundle over MQTT (no uplink)")
+            call = current.get(None)
+            request_id = call.id if call is not None else f"local-{secrets.token_hex(4)}"
+            fetch = functools.partial(self._receive, sink, request_id, size)
+            where = f"MQTT ({sink.topic}/{request_id})"
+        elif "transfer" in args and args["transfer"] != "https":
+            raise UpdateRefused("args.transfer is https (the default, with url) or mqtt")
+        else:
+            url, digest, version = check_args(args)
+            fetch, where = functools.partial(self._download, url), _where(url)
         if self._lock.locked():
             raise UpdateRefused("an update is being downloaded; try again when it is done")
         async with self._lock:
-            return await self._stage(url, digest, version)
+            return await self._stage(fetch, where, digest, version)
 
-    async def _stage(self, url: str, digest: str, version: str) -> dict[str, Any]:
+    async def _stage(
+        self,
+        fetch: Callable[[Path], Awaitable[tuple[int, str]]],
+        where: str,
+        digest: str,
+        version: str,
+    ) -> dict[str, Any]:
         await asyncio.to_thread(self.dir.mkdir, mode=0o750, parents=True, exist_ok=True)
         if (self.dir / TRIAL).exists():
             raise UpdateRefused("an update is in its trial; send it again once it is decided")
@@ -178,7 +222,7 @@ class Updater:
         part = self.dir / PART
         t0 = time.monotonic()
         try:
-            size, got = await self._download(url, part)
+            size, got = await fetch(part)
             t1 = time.monotonic()
             if got != digest:
                 raise UpdateRefused(f"the download's sha256 is {got}, not the {digest} asked for")
@@ -200,7 +244,7 @@ class Updater:
                 await asyncio.to_thread(part.unlink)
         log.info(
             "update: staged tepi %s (%d bytes, %d files verified) from %s; switch requested",
-            version, size, info.files, _where(url),
+            version, size, info.files, where,
         )  # fmt: skip
         return {
             "state": "staged",
@@ -216,6 +260,90 @@ class Updater:
             "next": "the switcher installs it, restarts the agent and waits for it to "
             "confirm; health's version and previous_version tell the outcome",
         }
+
+    async def _receive(
+        self, sink: PartSink, request_id: str, size: int, dest: Path
+    ) -> tuple[int, str]:
+        """(bytes, sha256) of a bundle received in parts over MQTT into ``dest``
+        (tepi.gateway.updateparts): the uplink subscribes, the IOC is told where to send,
+        and every part must come, with no pause over ``part_idle`` while the uplink is
+        connected and within ``download_timeout`` in all."""
+        need = size + RESERVE
+        free = (await asyncio.to_thread(shutil.disk_usage, self.dir)).free
+        if free < need:
+            raise UpdateRefused(
+                f"{free} bytes free in {self.dir}; the bundle needs {need} (with a "
+                f"reserve of {RESERVE})"
+            )
+        transfer = await asyncio.to_thread(Transfer, request_id, dest, size, PART_SIZE)
+        dropped = sink.dropped.copy()
+        sink.open(transfer)
+        try:
+            # Subscribed before the IOC is told to send: a part before it would be lost.
+            try:
+                async with asyncio.timeout(self.part_idle):
+                    await sink.subscribed.wait()
+            except TimeoutError:
+                raise UpdateRefused(
+                    "the uplink did not subscribe to the update parts within "
+                    f"{self.part_idle:g} s (is it connected?)"
+                ) from None
+            if sink.refused is not None:
+                raise UpdateRefused(
+                    f"{sink.refused}: its ACL must let the gateway read "
+                    f"{sink.topic}/# (docs/update.md)"
+                )
+            call = current.get(None)
+            if call is not None:
+                await call.progress(
+                    {
+                        "state": "receiving",
+                        "transfer": "mqtt",
+                        "topic": f"{sink.topic}/{request_id}/{{offset}}",
+                        "part_size": PART_SIZE,
+                        "parts": transfer.parts,
+                        "size": size,
+                        "idle_timeout": self.part_idle,
+                        "timeout": self.cfg.download_timeout,
+                    }
+                )
+            log.info(
+                "update: receiving %d bytes in %d parts over MQTT (request %s)",
+                size, transfer.parts, request_id,
+            )  # fmt: skip
+            await self._await_parts(sink, transfer)
+            await asyncio.to_thread(transfer.finish)
+        finally:
+            sink.close()
+            lost = sink.dropped - dropped
+            if lost:
+                log.warning("update: parts dropped during the transfer: %s", dict(lost))
+        digest = await asyncio.to_thread(_sha256, dest)
+        return size, digest
+
+    async def _await_parts(self, sink: PartSink, t: Transfer) -> None:
+        deadline = t.opened + self.cfg.download_timeout
+        while not t.complete.is_set():
+            now = time.monotonic()
+            if not sink.linked:
+                t.last = now  # parts wait in the broker's session meanwhile
+            if now >= deadline:
+                raise UpdateRefused(
+                    f"the transfer took more than commands.update.download_timeout "
+                    f"({self.cfg.download_timeout:g} s): {t.parts - t.missing} of {t.parts} "
+                    "parts came; abandoned and its file removed"
+                )
+            if now >= t.last + self.part_idle:
+                raise UpdateRefused(
+                    f"no part came for {self.part_idle:g} s: {t.parts - t.missing} of "
+                    f"{t.parts} parts came; the transfer is abandoned and its file removed"
+                )
+            wake = min(deadline, t.last + self.part_idle) - now
+            if not sink.linked:  # looked at again soon: the idle time starts at the reconnect
+                wake = min(wake, 1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wake):
+                    await t.complete.wait()
 
     def _public_key(self) -> bytes:
         try:
@@ -311,6 +439,14 @@ class Updater:
                 f"the download failed after {UPDATE_DOWNLOAD.max_attempts} attempts: "
                 f"{type(cause).__name__}: {cause}"
             ) from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class UpdateTrial:

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from tepi.buffer.images import ImageMeta
     from tepi.gateway.alarms import AlarmHub
     from tepi.gateway.remote import CommandHub
+    from tepi.gateway.updateparts import PartSink
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,8 @@ class Uplink:
         self.topic_image = f"{base}/image"  # /{camera}: the JPEG bytes
         self.topic_image_meta = f"{base}/image_meta"  # /{camera}: its metadata, JSON
         self.topic_image_part = f"{base}/image_part"  # /{camera}/{seq}/{offset}: a part
+        # An update bundle's parts (tepi.gateway.updateparts), set by the agent with commands.
+        self.update_parts: PartSink | None = None
         self.stats = UplinkStats()
         self._inflight = {"live": 0, "backlog": 0}  # publishes awaiting their PUBACK
         # Where the live lane is: every reading up to here has been handed to the broker.
@@ -562,6 +565,8 @@ class Uplink:
         if self.commands is not None:
             await client.subscribe(f"{self.topic_cmd}+", qos=1)
             _lane(tg, self._command_lane(client, self.commands), "tepi.uplink.cmd")
+            if self.update_parts is not None:
+                _lane(tg, self._parts_lane(client, self.update_parts), "tepi.uplink.update_parts")
         if self.alarms is not None:
             # Alarms first: every one waiting is acknowledged before any telemetry goes.
             await self._send_alarms(client, self.alarms)
@@ -588,17 +593,49 @@ class Uplink:
     async def _watch(self, client: aiomqtt.Client) -> None:
         hub = self.commands
         prefix = self.topic_cmd
+        sink = self.update_parts
+        parts = "" if sink is None else f"{sink.topic}/"
         async for msg in client.messages:  # raises MqttError when the connection drops
             topic = str(msg.topic)
+            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+            if sink is not None and topic.startswith(parts):
+                sink.receive(topic[len(parts) :], payload)
+                continue
             if hub is None or not topic.startswith(prefix):
                 continue
-            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
             props = msg.properties
             reply = Reply(
                 getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None)
             )
             hub.receive(topic[len(prefix) :], payload, reply)
         raise aiomqtt.MqttError("message stream ended")
+
+    # ---- update parts ------------------------------------------------------------------
+
+    async def _parts_lane(self, client: aiomqtt.Client, sink: PartSink) -> None:
+        """Subscribed to ``update_part/+/+`` only while an update transfer is open. The
+        session is persistent, so the first pass of every session also unsubscribes what an
+        earlier session (or process) may have left."""
+        subscribed: bool | None = None
+        sink.linked = True
+        try:
+            while True:
+                sink.changed.clear()
+                want = sink.transfer is not None
+                if want != subscribed:
+                    if want:
+                        granted = await client.subscribe(f"{sink.topic}/+/+", qos=1)
+                        code = granted[0] if granted else 0x80
+                        if getattr(code, "is_failure", False) or code == 0x80:
+                            sink.refused = f"the broker refused the subscription ({code})"
+                    else:
+                        await client.unsubscribe(f"{sink.topic}/+/+")
+                    subscribed = want
+                if want:
+                    sink.subscribed.set()
+                await sink.changed.wait()
+        finally:
+            sink.linked = False
 
     # ---- command results ---------------------------------------------------------------
 
