@@ -11,6 +11,17 @@ result came within ``--timeout``. Arguments are ``name=value``; a value that is 
 true, false, an object) is sent as such, ``name=@FILE`` sends the file's text (``config.apply
 config=@new.yaml``), anything else is sent as a string. An ``accepted`` result (a config push
 on trial) is shown on stderr, and the wait goes on for the end.
+
+An agent update with no HTTP server, the bundle sent in parts over the broker
+(docs/update.md, "Over MQTT")::
+
+    tepi remote --url ... --gateway ... --key ioc.key \\
+        update version=0.2.0 --file tepi-bundle-0.2.0.tar.gz
+
+``--file`` adds ``transfer=mqtt``, ``size`` and ``sha256`` to the signed request; once the
+agent answers ``accepted`` with where to send, the parts go at QoS 1, at most
+``--inflight`` awaiting their PUBACK, with the progress on stderr; then the wait goes on for
+the end (``--timeout`` covers it all).
 """
 
 from __future__ import annotations
@@ -18,16 +29,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import hashlib
 import json
 import os
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+if TYPE_CHECKING:
+    import aiomqtt
+
 EXIT_DONE, EXIT_NO_ANSWER, EXIT_FAILED = 0, 5, 6
+MAX_PART = 1 << 20  # the largest part size an agent's answer is followed for
 
 
 def parse_args(pairs: list[str]) -> dict[str, Any]:
@@ -78,6 +95,61 @@ def read_key(path: Path) -> bytes:
     return seed
 
 
+def bundle_args(path: Path) -> dict[str, Any]:
+    """``transfer``, ``size`` and ``sha256`` of the bundle at ``path`` (read once)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as err:
+        raise SystemExit(f"--file: cannot read {path}: {err.strerror}") from err
+    return {"transfer": "mqtt", "size": size, "sha256": digest.hexdigest()}
+
+
+async def send_parts(
+    client: aiomqtt.Client, path: Path, accepted: dict[str, Any], inflight: int
+) -> None:
+    """The bundle at ``path`` on the topic and in the part size the agent's ``accepted``
+    asked for, at QoS 1, at most ``inflight`` awaiting their PUBACK."""
+    topic, part_size = accepted.get("topic"), accepted.get("part_size")
+    if (
+        not isinstance(topic, str)
+        or not topic.endswith("/{offset}")
+        or not isinstance(part_size, int)
+        or not 0 < part_size <= MAX_PART
+    ):
+        raise SystemExit(f"the agent's answer does not say where to send: {accepted!r:.200}")
+    base = topic.removesuffix("{offset}")
+    f = await asyncio.to_thread(path.open, "rb")
+    size = os.fstat(f.fileno()).st_size
+    slots = asyncio.Semaphore(max(1, inflight))
+    sent = shown = 0
+    t0 = time.monotonic()
+
+    async def one(offset: int, data: bytes) -> None:
+        nonlocal sent, shown
+        try:
+            await client.publish(f"{base}{offset}", data, qos=1)
+        finally:
+            slots.release()
+        sent += len(data)
+        if sent * 10 // size > shown or sent == size:
+            shown = sent * 10 // size
+            rate = sent / max(time.monotonic() - t0, 1e-6) / 1e6
+            print(f"sent {sent}/{size} bytes ({rate:.1f} MB/s)", file=sys.stderr)
+
+    with f:
+        async with asyncio.TaskGroup() as tg:
+            offset = 0
+            while data := await asyncio.to_thread(f.read, part_size):
+                await slots.acquire()
+                tg.create_task(one(offset, data))
+                offset += len(data)
+
+
 async def send(
     url: str,
     gateway: str,
@@ -89,6 +161,8 @@ async def send(
     lifetime: float,
     wait_s: float,
     request_id: str | None = None,
+    bundle: Path | None = None,
+    inflight: int = 8,
 ) -> dict[str, Any] | None:
     """Send one command and wait for its result (None: none came within ``wait_s``)."""
     import aiomqtt
@@ -113,20 +187,33 @@ async def send(
     ) as client:
         await client.subscribe(f"{base}/cmd_result", qos=1)
         await client.publish(f"{base}/cmd/{command}", json.dumps(req).encode(), qos=1)
+        sender: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(wait_s):
                 async for msg in client.messages:
+                    if sender is not None and sender.done():
+                        sender.result()  # a failed publish ends the wait with its error
                     if not isinstance(msg.payload, bytes):
                         continue
                     result: dict[str, Any] = json.loads(msg.payload)
                     if result.get("id") != req["id"]:
                         continue
                     if result.get("status") == "accepted":
-                        print(f"accepted: {json.dumps(result.get('output'))}", file=sys.stderr)
+                        output = result.get("output")
+                        print(f"accepted: {json.dumps(output)}", file=sys.stderr)
+                        if bundle is not None and sender is None and isinstance(output, dict):
+                            sender = asyncio.create_task(
+                                send_parts(client, bundle, output, inflight)
+                            )
                         continue
                     return result
         except TimeoutError:
             return None
+        finally:
+            if sender is not None and not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
     return None
 
 
@@ -141,6 +228,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--lifetime", type=float, default=60.0, help="seconds the request is valid")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result")
     p.add_argument("--id", help="the request's id (default: a new one)")
+    p.add_argument(
+        "--file", type=Path, help="update: send this bundle in parts over MQTT (transfer=mqtt)"
+    )
+    p.add_argument(
+        "--inflight", type=int, default=8, help="--file: parts awaiting their PUBACK at once"
+    )
     p.add_argument("command", nargs="?", help="e.g. ping, health, snapshot, alarms.ack")
     p.add_argument("args", nargs="*", help="name=value")
     a = p.parse_args(argv)
@@ -151,10 +244,16 @@ def main(argv: list[str]) -> int:
     key = None
     if a.key is not None:
         key = (read_key(a.key), a.key_id or a.key.stem)
+    args = parse_args(a.args)
+    if a.file is not None:
+        if a.command != "update":
+            p.error("--file goes with the update command")
+        args = {**bundle_args(a.file), **args}
     result = asyncio.run(
         send(
-            a.url, a.gateway, a.prefix, a.command, parse_args(a.args), key=key,
-            lifetime=a.lifetime, wait_s=a.timeout, request_id=a.id,
+            a.url, a.gateway, a.prefix, a.command, args, key=key,
+            lifetime=a.lifetime, wait_s=a.timeout, request_id=a.id, bundle=a.file,
+            inflight=a.inflight,
         )
     )  # fmt: skip
     if result is None:
