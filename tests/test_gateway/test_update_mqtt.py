@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
 import resource
@@ -22,14 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
-from helpers import Broker, Subscriber, agent_config, agent_running, remote, remote_keygen
+from helpers import (
+    Broker,
+    FaultProxy,
+    Subscriber,
+    agent_config,
+    agent_running,
+    remote,
+    remote_keygen,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from updatekit import Keys, keys, make_bundle, until
 
+from tepi.gateway.commands import sign
 from tepi.gateway.config import UpdateSection
 from tepi.gateway.remote import Call, current
+from tepi.gateway.remotecli import read_key
 from tepi.gateway.switcher import parse_request
 from tepi.gateway.update import Updater, UpdateRefused, read_json
 from tepi.gateway.updateparts import PART_SIZE, PartSink, Transfer, parse_part_topic
@@ -112,6 +124,68 @@ async def test_a_bundle_sent_in_parts_stages_and_requests_the_switch(
             assert again is not None
             assert code == 6
             assert "already requested" in again["detail"], again
+
+
+@pytest.mark.timeout(60)
+async def test_a_reconnect_in_the_middle_loses_nothing(tmp_path: Path, keys: Keys) -> None:
+    """The agent's link drops halfway: the parts sent meanwhile wait in its persistent
+    session, the ones sent again are harmless, and the transfer completes."""
+    ioc_key = tmp_path / "ioc-1.key"
+    public = await asyncio.to_thread(remote_keygen, ioc_key)
+    tarball, digest = big_bundle(tmp_path, keys)
+    parts = chunks(tarball)
+    broker = Broker(tmp_path)
+    await broker.start()
+    async with (
+        FaultProxy(broker.port) as proxy,
+        Subscriber(broker.port, "ioc/v1/#") as sub,
+    ):
+        cfg = agent_config(tmp_path, proxy.port, [])
+        cfg.write_text(
+            cfg.read_text()
+            + "commands:\n  policy: {update: signed}\n"
+            + f"  keys: [{{id: ioc-1, public_key: '{public}'}}]\n"
+            + f"  update: {{public_key_file: '{keys.public}', max_bytes: 4MiB}}\n"
+        )
+        async with (
+            agent_running(
+                cfg, sub, broker, lambda s: any(m["state"] == "online" for m in s.on("/status"))
+            ) as agent,
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="ioc-test") as ioc,
+        ):
+            code, _, err = await asyncio.to_thread(remote, broker.port, "ping")
+            assert code == 0, err  # the agent takes commands: it has subscribed
+            now = time.time()
+            args = {"transfer": "mqtt", "size": tarball.stat().st_size, "sha256": digest}
+            req = sign(
+                read_key(ioc_key), "gw-test", "update",
+                {"id": "upd-r", "issued_at": now, "expires_at": now + 60,
+                 "args": {**args, "version": NEW}},
+                "ioc-1",
+            )  # fmt: skip
+            await ioc.publish("ioc/v1/gw-test/cmd/update", json.dumps(req), qos=1)
+
+            def answers(status: str) -> list[dict[str, Any]]:
+                return [
+                    r for r in sub.on("/cmd_result") if r["id"] == "upd-r" and r["status"] == status
+                ]
+
+            await sub.wait_for(lambda _: bool(answers("accepted") or answers("failed")))
+            assert answers("accepted"), answers("failed")
+            base = answers("accepted")[0]["output"]["topic"].removesuffix("{offset}")
+            for offset, data in parts[:4] + parts[1:2]:
+                await ioc.publish(f"{base}{offset}", data, qos=1)
+            proxy.drop()  # the agent's link goes down mid-transfer
+            for offset, data in parts[2:]:  # again, and the rest, while it is away
+                await ioc.publish(f"{base}{offset}", data, qos=1)
+            await sub.wait_for(lambda _: bool(answers("done") or answers("failed")))
+            assert answers("done"), answers("failed")
+            assert answers("done")[0]["output"]["sha256"] == digest
+            assert proxy.connections >= 2  # it did reconnect
+            assert "parts dropped" not in agent.log_text()  # parts again are not strays
+            request = read_json(tmp_path / "data/update/request.json")
+            assert request is not None
+            assert request["sha256"] == digest
 
 
 def cpu_s(pid: int) -> float:
