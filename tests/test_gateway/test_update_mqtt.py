@@ -11,6 +11,7 @@ parts that are dropped, a wrong sha256, a bad signature, a stalled transfer, a s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import pytest
@@ -45,6 +46,7 @@ from tepi.gateway.remotecli import read_key
 from tepi.gateway.switcher import parse_request
 from tepi.gateway.update import Updater, UpdateRefused, read_json
 from tepi.gateway.updateparts import PART_SIZE, PartSink, Transfer, parse_part_topic
+from tepi.gateway.uplink import Uplink
 
 __all__ = ["keys"]  # a fixture, used by name
 
@@ -243,18 +245,20 @@ async def test_measure_a_bundle_over_loopback(tmp_path: Path, keys: Keys) -> Non
 
 @dataclass
 class Link:
-    """What the uplink does for a transfer: subscribe when one opens, hand parts over."""
+    """The uplink's part of a transfer (its real ``_parts_lane``) on a client that records
+    what it is asked to do; the test hands the parts over as ``_watch`` does."""
 
     sink: PartSink
+    granted: int = 1  # the SUBACK's code
+    calls: list[str] = field(default_factory=list)
     accepted: list[dict[str, Any]] = field(default_factory=list)
 
-    async def run(self) -> None:
-        self.sink.linked = True
-        while True:
-            self.sink.changed.clear()
-            if self.sink.transfer is not None:
-                self.sink.subscribed.set()
-            await self.sink.changed.wait()
+    async def subscribe(self, topic: str, qos: int) -> tuple[int, ...]:
+        self.calls.append(f"subscribe {topic} {qos}")
+        return (self.granted,)
+
+    async def unsubscribe(self, topic: str) -> None:
+        self.calls.append(f"unsubscribe {topic}")
 
     async def progress(self, output: Any) -> None:
         self.accepted.append(output)
@@ -263,11 +267,14 @@ class Link:
 @pytest.fixture
 async def link() -> AsyncIterator[Link]:
     lk = Link(PartSink(TOPIC))
-    task = asyncio.create_task(lk.run())
+    task = asyncio.create_task(Uplink._parts_lane(cast("aiomqtt.Client", lk), lk.sink))
     try:
         yield lk
     finally:
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert not lk.sink.linked
 
 
 def updater(tmp: Path, k: Keys, sink: PartSink, idle: float = 10.0) -> Updater:
@@ -329,6 +336,30 @@ async def test_parts_out_of_order_and_again_are_fine_and_strays_are_dropped(
     assert sink.transfer is None  # closed: the uplink unsubscribes
     sink.receive("upd-2/0", parts[0][1])
     assert sink.dropped["unknown_request"] == 2
+    # The lane's first pass drops what an earlier session may have left; then subscribed
+    # only while the transfer was open.
+    await until(lambda: len(link.calls) == 3, 5)
+    assert link.calls == [
+        f"unsubscribe {TOPIC}/+/+",
+        f"subscribe {TOPIC}/+/+ 1",
+        f"unsubscribe {TOPIC}/+/+",
+    ]
+
+
+@pytest.mark.timeout(30)
+async def test_a_subscription_the_broker_refuses_fails_the_update_at_once(
+    tmp_path: Path, keys: Keys, link: Link
+) -> None:
+    link.granted = 0x87  # MQTT 5's "not authorized" (3.1.1's is 0x80): an ACL without it
+    tarball, digest = big_bundle(tmp_path, keys)
+    up = updater(tmp_path, keys, link.sink)
+    args = {"transfer": "mqtt", "size": tarball.stat().st_size, "sha256": digest}
+    task = start(up, link, {**args, "version": NEW}, "upd-a")
+    refused = r"broker refused the subscription \(135\): .*/update_part/#"
+    with pytest.raises(UpdateRefused, match=refused):
+        await asyncio.wait_for(task, 10)
+    assert not link.accepted  # the IOC was never told to send
+    nothing_staged(tmp_path / "data")
 
 
 @pytest.mark.timeout(30)

@@ -612,7 +612,8 @@ class Uplink:
 
     # ---- update parts ------------------------------------------------------------------
 
-    async def _parts_lane(self, client: aiomqtt.Client, sink: PartSink) -> None:
+    @staticmethod
+    async def _parts_lane(client: aiomqtt.Client, sink: PartSink) -> None:
         """Subscribed to ``update_part/+/+`` only while an update transfer is open. The
         session is persistent, so the first pass of every session also unsubscribes what an
         earlier session (or process) may have left."""
@@ -626,7 +627,8 @@ class Uplink:
                     if want:
                         granted = await client.subscribe(f"{sink.topic}/+/+", qos=1)
                         code = granted[0] if granted else 0x80
-                        if getattr(code, "is_failure", False) or code == 0x80:
+                        # 3.1.1: the QoS granted or 0x80; 5: a reason code, >= 0x80 a failure
+                        if code.is_failure if isinstance(code, ReasonCode) else code >= 0x80:
                             sink.refused = f"the broker refused the subscription ({code})"
                     else:
                         await client.unsubscribe(f"{sink.topic}/+/+")
