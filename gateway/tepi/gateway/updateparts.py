@@ -107,9 +107,15 @@ class PartSink:
         self.transfer: Transfer | None = None
         self.changed = asyncio.Event()  # a transfer opened or closed
         self.subscribed = asyncio.Event()  # the broker acknowledged the open one's filter
-        self.linked = False  # the uplink has a session: the idle time counts only then
+        # Uplink sessions with the parts lane running (two for a moment during a reload):
+        # the idle time counts only while there is one.
+        self.sessions = 0
         self.refused: str | None = None  # why the broker would not subscribe us (its ACL)
         self.dropped: Counter[str] = Counter()
+
+    @property
+    def linked(self) -> bool:
+        return self.sessions > 0
 
     def open(self, transfer: Transfer) -> None:
         if self.transfer is not None:

@@ -618,7 +618,7 @@ class Uplink:
         session is persistent, so the first pass of every session also unsubscribes what an
         earlier session (or process) may have left."""
         subscribed: bool | None = None
-        sink.linked = True
+        sink.sessions += 1
         try:
             while True:
                 sink.changed.clear()
@@ -637,7 +637,7 @@ class Uplink:
                     sink.subscribed.set()
                 await sink.changed.wait()
         finally:
-            sink.linked = False
+            sink.sessions -= 1
 
     # ---- command results ---------------------------------------------------------------
 
