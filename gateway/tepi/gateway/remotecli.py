@@ -10,7 +10,10 @@ printed as JSON; exit 0 when it is ``done``, 6 when it ``failed`` (or was refuse
 result came within ``--timeout``. Arguments are ``name=value``; a value that is JSON (a number,
 true, false, an object) is sent as such, ``name=@FILE`` sends the file's text (``config.apply
 config=@new.yaml``), anything else is sent as a string. An ``accepted`` result (a config push
-on trial) is shown on stderr, and the wait goes on for the end.
+on trial) is shown on stderr, and the wait goes on for the end. ``--username`` and
+``--password-file`` (or ``TEPI_REMOTE_PASSWORD``) log in as the IOC's command user;
+``mqtts://`` connects over TLS, the broker's certificate verified (``--ca-file``, or the
+system's CAs).
 
 An agent update with no HTTP server, the bundle sent in parts over the broker
 (docs/update.md, "Over MQTT")::
@@ -33,9 +36,11 @@ import contextlib
 import hashlib
 import json
 import os
+import ssl
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -150,6 +155,22 @@ async def send_parts(
                 offset += len(data)
 
 
+@dataclass(frozen=True)
+class Login:
+    """How ``tepi remote`` logs in to the broker: the IOC's own user, and TLS for mqtts://
+    (the certificate always verified, against ``ca_file`` or the system's CAs)."""
+
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+
+
+def _tls(url: str, login: Login) -> ssl.SSLContext | None:
+    if urlsplit(url).scheme != "mqtts":
+        return None
+    return ssl.create_default_context(cafile=str(login.ca_file) if login.ca_file else None)
+
+
 async def send(
     url: str,
     gateway: str,
@@ -163,6 +184,7 @@ async def send(
     request_id: str | None = None,
     bundle: Path | None = None,
     inflight: int = 8,
+    login: Login = Login(),
 ) -> dict[str, Any] | None:
     """Send one command and wait for its result (None: none came within ``wait_s``)."""
     import aiomqtt
@@ -180,10 +202,14 @@ async def send(
     if key is not None:
         req = sign(key[0], gateway, command, req, key[1])
     base = f"{prefix}/{gateway}"
+    tls = _tls(url, login)
     async with aiomqtt.Client(
         parts.hostname or "127.0.0.1",
-        parts.port or 1883,
+        parts.port or (8883 if tls else 1883),
         identifier=f"tepi-remote-{uuid.uuid4().hex[:8]}",
+        username=login.username,
+        password=login.password,
+        tls_context=tls,
     ) as client:
         await client.subscribe(f"{base}/cmd_result", qos=1)
         await client.publish(f"{base}/cmd/{command}", json.dumps(req).encode(), qos=1)
@@ -220,7 +246,16 @@ async def send(
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="tepi remote", description=__doc__.split("\n\n")[0])
     p.add_argument("--keygen", type=Path, help="write a new private key here and stop")
-    p.add_argument("--url", default="mqtt://127.0.0.1:1883", help="the broker")
+    p.add_argument(
+        "--url", default="mqtt://127.0.0.1:1883", help="the broker: mqtt:// or mqtts:// (TLS)"
+    )
+    p.add_argument("--username", help="the IOC's broker user (see the ACL, docs/operations.md)")
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        help="its password, from a file (or the variable TEPI_REMOTE_PASSWORD)",
+    )
+    p.add_argument("--ca-file", type=Path, help="mqtts://: the CA to verify the broker with")
     p.add_argument("--gateway", help="the gateway's id")
     p.add_argument("--prefix", default="ioc/v1", help="uplink.topic_prefix (default ioc/v1)")
     p.add_argument("--key", type=Path, help="sign with this private key file")
@@ -244,18 +279,31 @@ def main(argv: list[str]) -> int:
     key = None
     if a.key is not None:
         key = (read_key(a.key), a.key_id or a.key.stem)
+    password = os.environ.get("TEPI_REMOTE_PASSWORD")
+    if a.password_file is not None:
+        try:
+            password = a.password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise SystemExit(f"--password-file: cannot read {a.password_file}: {err}") from err
+    login = Login(a.username, password, a.ca_file)
     args = parse_args(a.args)
     if a.file is not None:
         if a.command != "update":
             p.error("--file goes with the update command")
         args = {**bundle_args(a.file), **args}
-    result = asyncio.run(
-        send(
-            a.url, a.gateway, a.prefix, a.command, args, key=key,
-            lifetime=a.lifetime, wait_s=a.timeout, request_id=a.id, bundle=a.file,
-            inflight=a.inflight,
-        )
-    )  # fmt: skip
+    import aiomqtt
+
+    try:
+        result = asyncio.run(
+            send(
+                a.url, a.gateway, a.prefix, a.command, args, key=key,
+                lifetime=a.lifetime, wait_s=a.timeout, request_id=a.id, bundle=a.file,
+                inflight=a.inflight, login=login,
+            )
+        )  # fmt: skip
+    except (aiomqtt.MqttError, OSError) as err:  # refused, unreachable, TLS
+        print(f"cannot reach the broker at {a.url}: {err}", file=sys.stderr)
+        return EXIT_NO_ANSWER
     if result is None:
         print(f"no result within {a.timeout:g} s (is the gateway connected?)", file=sys.stderr)
         return EXIT_NO_ANSWER
