@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -128,6 +127,8 @@ def load_public_key(pem: bytes) -> object:
 def verify(tarball: Path, public_key: bytes, *, max_unpacked: int) -> BundleInfo:
     """Check ``tarball`` (the module docstring) with ``public_key`` (PEM or 32 raw bytes).
     Raises BundleError (or OSError when it cannot be read)."""
+    import tarfile  # (only for an update: not at every agent's start)
+
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
