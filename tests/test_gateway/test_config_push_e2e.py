@@ -218,7 +218,7 @@ async def test_push_confirm_refuse_and_roll_back(box: Box) -> None:
     # A device broken by the change (its port): rolled back, and it polls again.
     code, res = await box.push(box.with_(devices=devices(box.sim, gauge_port=_closed_port())))
     assert (code, res["reason"]) == (6, "rolled_back"), res
-    assert "device gauge" in res["detail"], res
+    assert "do not work: gauge (" in res["detail"], res
     assert (await box.get())["version"] == "v2"
     back = time.time()
     await box.sub.wait_for(

@@ -46,6 +46,7 @@ from tepi.buffer.db import write_atomic
 from tepi.core.errors import ConfigError
 from tepi.gateway.logring import redact
 from tepi.gateway.remote import CommandFailed, current
+from tepi.gateway.update import healthy_within
 
 if TYPE_CHECKING:
     from tepi.gateway.config import Config
@@ -471,24 +472,25 @@ class ConfigPush:
         every device of ``baseline`` still configured is ``ok`` (and has polled well since,
         if the change restarted it); else why not, at ``deadline`` (monotonic)."""
         agent = self.agent
-        while True:
+
+        def connected() -> bool:
             up = agent.uplink.stats
-            link_ok = up.connected and (not new_uplink or up.connects > connects)
-            failing = []
-            for d in baseline:
-                st = agent.devices.get(d)
-                if st is None:
-                    continue  # removed by the change
-                if st.state != "ok" or (d in restarted and (st.last_ok_ts or 0) < since):
-                    failing.append(d)
-            if link_ok and not failing:
-                return None
-            if time.monotonic() >= deadline:
-                parts = []
-                if not link_ok:
-                    parts.append(f"the uplink is not connected ({up.last_error or 'connecting'})")
-                for d in failing:
-                    st = agent.devices[d]
-                    parts.append(f"device {d} is {st.state} ({st.last_error or 'no good poll'})")
-                return "; ".join(parts)
-            await asyncio.sleep(0.2)
+            return up.connected and (not new_uplink or up.connects > connects)
+
+        def states() -> dict[str, str]:
+            out = {}
+            for d, st in agent.devices.items():
+                fresh = d not in restarted or (st.last_ok_ts or 0) >= since
+                out[d] = "ok" if st.state == "ok" and fresh else (
+                    f"{st.state}: {st.last_error or 'no good poll since the change'}"
+                )  # fmt: skip
+            return out
+
+        return await healthy_within(
+            max(0.0, deadline - time.monotonic()),
+            connected,
+            states,
+            [d for d in baseline if d in agent.devices],  # not those the change removed
+            every=0.2,
+            link_error=lambda: agent.uplink.stats.last_error or "connecting",
+        )

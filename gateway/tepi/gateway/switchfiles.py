@@ -62,6 +62,17 @@ class Request:
     devices: list[str] = field(default_factory=list)
 
 
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """A small JSON object from bytes nobody vouches for, or None."""
+    if len(raw) > MAX_JSON:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def parse_request(raw: bytes) -> Request:
     """request.json's bytes as a :class:`Request`; SwitchError for anything else. It comes
     from the unprivileged agent: nothing in it is trusted beyond these checks."""
@@ -130,13 +141,7 @@ class AgentDir:
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         raw = self.read(name)
-        if raw is None or len(raw) > MAX_JSON:
-            return None
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None
-        return data if isinstance(data, dict) else None
+        return None if raw is None else json_object(raw)
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         tmp = f".{name}.{secrets.token_hex(6)}"

@@ -38,19 +38,19 @@ import re
 import secrets
 import shutil
 import ssl
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tepi.buffer.db import write_atomic
 from tepi.core import __version__
 from tepi.core.retry import UPDATE_DOWNLOAD, Outage
 from tepi.gateway.bundle import VERSION_RE, BundleError, verify
 from tepi.gateway.config import UpdateSection
 from tepi.gateway.remote import current
-from tepi.gateway.switchfiles import CONFIRMED, REQUEST, STATUS, TRIAL, UPDATE_DIR
+from tepi.gateway.switchfiles import CONFIRMED, REQUEST, STATUS, TRIAL, UPDATE_DIR, json_object
 from tepi.gateway.updateparts import PART_SIZE, PartSink, Transfer
 
 __all__ = [
@@ -85,25 +85,10 @@ class _Retry(Exception):
 
 
 def write_json(directory: Path, name: str, data: dict[str, Any]) -> None:
-    """``directory/name`` replaced atomically and durably: a temporary file, fsync, rename,
-    fsync of the directory. A crash leaves the old file or the new, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(data, sort_keys=True).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).chmod(0o644)  # the switcher (root) reads it, and people
-        Path(tmp).replace(directory / name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """``directory/name`` replaced atomically and durably (temp file, fsync, rename, fsync of
+    the directory): a crash leaves the old file or the new, never half of one. Mode 0644:
+    the switcher (root) reads it, and people."""
+    write_atomic(directory / name, json.dumps(data, sort_keys=True).encode(), mode=0o644)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -116,14 +101,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
         log.warning("cannot read %s: %s", path, err)
         return None
     with os.fdopen(fd, "rb") as f:
-        raw = f.read(MAX_JSON + 1)
-    if len(raw) > MAX_JSON:
-        return None
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
+        return json_object(f.read(MAX_JSON + 1))
 
 
 def check_args(args: dict[str, Any]) -> tuple[str, str, str]:
@@ -528,9 +506,11 @@ async def healthy_within(
     needed: list[str],
     *,
     every: float = 0.5,
+    link_error: Callable[[], str | None] = lambda: None,
 ) -> str | None:
     """None once the uplink is connected and every device of ``needed`` (those that worked
-    before the update) is ``ok``; else, after ``timeout``, why not."""
+    before the update, or the config push) is ``ok``; else, after ``timeout``, why not
+    (with ``link_error``: the uplink's last error, in brackets)."""
     deadline = time.monotonic() + timeout
     while True:
         now = states()
@@ -539,7 +519,10 @@ async def healthy_within(
             return None
         if time.monotonic() >= deadline:
             if not connected():
-                return "the uplink is not connected to the broker"
+                error = link_error()
+                return "the uplink is not connected to the broker" + (
+                    f" ({error})" if error else ""
+                )
             return "devices that worked before do not work: " + ", ".join(
                 f"{d} ({now.get(d, 'removed')})" for d in bad[:10]
             )
