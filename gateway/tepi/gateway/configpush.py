@@ -291,7 +291,7 @@ class ConfigPush:
         text = await self._new_text(args)
         timeout = self._timeout(args)
         if args.get("dry_run") is True:
-            cfg = self._validate(text)
+            cfg = await asyncio.to_thread(self._validate, text)
             return {"valid": True, "devices": len(cfg.devices), "sha256": sha256(text)}
         return await self._push(text, timeout, what="config.apply")
 
