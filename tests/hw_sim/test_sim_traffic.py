@@ -5,12 +5,17 @@ the direction convention shared with tepi's geometry."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
+import json
 import math
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +24,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tepi.drivers.camera import geometry
-from tepi_sim import traffic
+from tepi_sim import ConfigError, Simulator, load_config, traffic
+from tepi_sim.camera import Camera
+from tepi_sim.control import ControlServer
 from tepi_sim.traffic import (
     CLASS_SIZES,
     QUEUE_GAP_M,
@@ -333,3 +340,195 @@ def test_the_simulator_s_crossing_agrees_with_tepi_s(
 ) -> None:
     assert traffic.side(a, b, p) == geometry.side(a, b, p)
     assert traffic.crossing(a, b, p, q) == geometry.crossing(a, b, p, q)
+
+
+# -- the simulated camera, its config and the control socket ---------------------------------------
+
+
+def test_a_camera_config_selects_the_traffic_scene_with_its_settings() -> None:
+    config = load_config(
+        {
+            "cameras": [
+                {
+                    "id": "road",
+                    "width": 320,
+                    "height": 180,
+                    "seed": 9,
+                    "scene": "traffic",
+                    "traffic": {
+                        "rain": 0.5,
+                        "class_mix": {"car": 1},
+                        "speed_mps": [5, 9],
+                        "camera_move_at": 120,
+                    },
+                },
+                {"id": "street"},
+            ]
+        }
+    )
+    road, street = config.cameras
+    assert (road.scene, street.scene) == ("traffic", "objects")
+    assert road.traffic == replace(
+        DEFAULT,
+        width=320,
+        height=180,
+        seed=9,
+        rain=0.5,
+        class_mix=(0.0, 1.0, 0.0),
+        speed_mps=(5.0, 9.0),
+        camera_move_at=120.0,
+    )
+    camera = Camera(road, epoch=1000.0)
+    assert camera.traffic is not None
+    assert camera.shoot(1010.0).image.shape == (180, 320, 3)
+    assert {v.cls for v in camera.vehicles(1100.0)} == {"car"}
+    with pytest.raises(ValueError, match="use vehicles"):
+        camera.truth(1010.0)
+    with pytest.raises(ValueError, match="objects scene"):
+        Camera(street).vehicles()
+
+
+def test_traffic_config_errors_name_key_paths() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            {
+                "cameras": [
+                    {
+                        "id": "a",
+                        "scene": "traffic",
+                        "objects": 2,
+                        "traffic": {
+                            "rian": 0.5,
+                            "width": 100,
+                            "noise": 2.5,
+                            "class_mix": {"tram": 1},
+                            "speed_mps": [9, 5],
+                            "occluders": "yes",
+                            "camera_move_at": 400,
+                        },
+                    },
+                    {"id": "b", "traffic": {"rain": 1}},
+                    {"id": "c", "scene": "trafic"},
+                    {
+                        "id": "d",
+                        "scene": "traffic",
+                        "traffic": {"lanes_per_direction": 3, "width_m": 30},
+                    },
+                ]
+            }
+        )
+    assert info.value.errors == [
+        "cameras[0].objects: only used with scene objects",
+        "cameras[0].traffic.rian: unknown key (did you mean 'rain'?)",
+        "cameras[0].traffic.width: set on the camera, not under traffic",
+        "cameras[0].traffic.noise: must be an integer, got 2.5",
+        "cameras[0].traffic.class_mix: unknown class 'tram'; classes are two_wheeler, car, "
+        "bus_truck",
+        "cameras[0].traffic.speed_mps: low must not exceed high, got [9, 5]",
+        "cameras[0].traffic.occluders: must be true or false, got 'yes'",
+        "cameras[0].traffic.camera_move_at: 400 s is past the scene's duration_s 300 s",
+        "cameras[1].traffic: only used with scene traffic",
+        "cameras[2].scene: unknown scene 'trafic' (did you mean 'traffic'?)",
+        "cameras[3].traffic: 6 lanes and the median need 22 m plus 2 m of verge, but the frame "
+        "is 16.9 m high; raise width_m or lower lanes_per_direction",
+    ]
+
+
+async def test_the_control_socket_answers_the_traffic_ground_truth(tmp_path: Path) -> None:
+    config = {"cameras": [{"id": "road", "scene": "traffic"}, {"id": "street"}]}
+    async with Simulator(config) as sim:
+        camera = sim.camera("road")
+        assert camera.traffic is not None
+        s = camera.traffic
+        control = ControlServer(sim, tmp_path / "ctl.sock")
+        await control.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(tmp_path / "ctl.sock")
+
+            async def ask(cmd: dict[str, Any]) -> dict[str, Any]:
+                writer.write(json.dumps(cmd).encode() + b"\n")
+                answer: dict[str, Any] = json.loads(await reader.readline())
+                return answer
+
+            geometry_answer = await ask({"query": "traffic", "camera": "road"})
+            assert geometry_answer["ok"] is True
+            info = geometry_answer["traffic"]
+            epoch = info["epoch"]
+            assert epoch == camera.epoch
+            assert info["duration_s"] == s.duration
+            assert [ln["name"] for ln in info["lines"]] == [ln.name for ln in s.lines]
+            assert info["lines"][0]["a"] == list(s.lines[0].a)
+            (zone,) = info["zones"]
+            assert zone["name"] == "approach-east"
+            assert zone["length_m"] == s.zones[0].length_m
+            assert zone["stop_line"] == [list(p) for p in s.zones[0].stop_line]
+
+            answer = await ask(
+                {"query": "crossings", "camera": "road", "since": epoch, "until": epoch + 120}
+            )
+            expected = s.crossings(0.0, 120.0)
+            counts = answer["crossings"]
+            assert {n: {"in": c["in"], "out": c["out"]} for n, c in counts.items()} == expected
+            by_class = Counter((e.line, e.direction, e.cls) for e in s.crossing_events(0.0, 120.0))
+            for (line, direction, cls), n in by_class.items():
+                assert counts[line]["classes"][direction][cls] == n
+            assert sum(counts["all-lanes"]["classes"]["in"].values()) == counts["all-lanes"]["in"]
+            # Across the scene's loop: the second run repeats the first.
+            looped = await ask(
+                {
+                    "query": "crossings",
+                    "camera": "road",
+                    "since": epoch + s.duration,
+                    "until": epoch + s.duration + 120,
+                    "events": True,
+                }
+            )
+            assert looped["crossings"] == counts
+            first = looped["events"][0]
+            assert first["t"] == pytest.approx(epoch + s.duration + s.crossing_events(0, 120)[0].t)
+
+            red = s.settings.red_s - 1.0  # late in the first red: a queue
+            queue = await ask({"query": "queue", "camera": "road", "at": epoch + red})
+            assert queue["red"] is True
+            assert queue["queue"]["approach-east"] == s.queue_length("approach-east", red)
+            assert queue["queue"]["approach-east"] > 0
+            now = await ask({"query": "queue", "camera": "road"})
+            assert set(now["queue"]) == {"approach-east"}
+
+            assert "objects scene" in (await ask({"query": "queue", "camera": "street"}))["error"]
+            assert "no camera 'x'" in (await ask({"query": "traffic", "camera": "x"}))["error"]
+            bad = await ask({"query": "crossings", "camera": "road", "since": "yesterday"})
+            assert bad["error"] == '"since" must be a number (wall time, seconds)'
+            bad = await ask({"query": "queue", "camera": "road", "zone": "z"})
+            assert bad["error"] == "unknown keys for queue: zone"
+            writer.close()
+        finally:
+            await control.stop()
+
+
+async def test_the_camera_serves_the_traffic_scene_over_http() -> None:
+    async with Simulator({"cameras": [{"id": "road", "scene": "traffic"}]}) as sim:
+        camera = sim.camera("road")
+        assert camera.traffic is not None
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(camera.snapshot_url) as resp,
+        ):
+            assert resp.status == 200
+            t = float(resp.headers["X-Sim-Time"])
+            jpeg = await resp.read()
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None
+        assert image.shape == (360, 640, 3)
+        # The same scene time rendered here: only noise and JPEG apart (blurred away).
+
+        def blurred(frame: Image) -> npt.NDArray[np.float32]:
+            return np.asarray(cv2.blur(frame, (7, 7)), dtype=np.float32)
+
+        served = blurred(np.asarray(image, dtype=np.uint8))
+        same = float(np.abs(served - blurred(camera.traffic.render(t - camera.epoch))).mean())
+        other = float(np.abs(served - blurred(camera.traffic.render(t - camera.epoch + 5))).mean())
+        assert same < 2.0
+        assert other > 2 * same
+        status = camera.status()
+        assert (status["scene"], status["epoch"]) == ("traffic", camera.epoch)
