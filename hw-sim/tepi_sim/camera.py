@@ -57,6 +57,7 @@ from tepi_sim.errors import StartupError
 from tepi_sim.httpauth import BasicAuth, DigestAuth
 from tepi_sim.model import CAMERA_FAULT_MODES, CameraConfig
 from tepi_sim.scene import Frame, ObjectTruth, Scene
+from tepi_sim.traffic import CrossingTruth, TrafficScene, VehicleTruth
 
 __all__ = ["SNAPSHOT_PATHS", "Camera", "Shot", "TsEncoder"]
 
@@ -167,6 +168,8 @@ class Camera:
         self.id = config.id
         self.epoch = time.time() if epoch is None else epoch
         self.scene = Scene(config.width, config.height, objects=config.objects, seed=config.seed)
+        # The traffic scene is simulated here, once (about 0.6 s for 300 s of scene).
+        self.traffic = TrafficScene(config.traffic) if config.scene == "traffic" else None
         self.port = config.port
         self.fault = "none"
         self.delay_s = 0.0
@@ -229,8 +232,42 @@ class Camera:
 
     def truth(self, t: float | None = None) -> list[ObjectTruth]:
         """The objects in view at real time ``t`` (epoch seconds; default now), with their
-        boxes normalised to 0..1. ``X-Sim-Time`` on a frame is the ``t`` it shows."""
+        boxes normalised to 0..1. ``X-Sim-Time`` on a frame is the ``t`` it shows.
+        ValueError for a camera of the traffic scene: its truth is :meth:`vehicles`."""
+        if self.traffic is not None:
+            raise ValueError(f"camera {self.id!r} shows the traffic scene: use vehicles()")
         return self.scene.truth((time.time() if t is None else t) - self.epoch)
+
+    # -- the traffic scene's ground truth (scene time = real time - epoch) -----------------
+
+    def _traffic(self) -> TrafficScene:
+        if self.traffic is None:
+            raise ValueError(f"camera {self.id!r} shows the objects scene, not traffic")
+        return self.traffic
+
+    def vehicles(self, t: float | None = None) -> list[VehicleTruth]:
+        """The vehicles in view at real time ``t`` (epoch seconds; default now).
+        ValueError unless the camera shows the traffic scene."""
+        return self._traffic().truth((time.time() if t is None else t) - self.epoch)
+
+    def crossing_events(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[CrossingTruth]:
+        """The crossings between real times ``since`` (default: the epoch) and ``until``
+        (default: now), by time; their ``t`` is real time (epoch seconds)."""
+        scene = self._traffic()
+        t0 = (self.epoch if since is None else since) - self.epoch
+        t1 = (time.time() if until is None else until) - self.epoch
+        return [
+            CrossingTruth(e.t + self.epoch, e.line, e.direction, e.vehicle, e.cls)
+            for e in scene.crossing_events(max(0.0, t0), max(0.0, t1))
+        ]
+
+    def queue_lengths(self, t: float | None = None) -> dict[str, float]:
+        """Each queue zone's queue length in metres at real time ``t`` (default now)."""
+        scene = self._traffic()
+        at = (time.time() if t is None else t) - self.epoch
+        return {z.name: scene.queue_length(z.name, at) for z in scene.zones}
 
     def counters(self) -> dict[str, Any]:
         """Requests per endpoint (any other path counts as ``other``), frames served, auth
@@ -261,6 +298,8 @@ class Camera:
             "width": self.config.width,
             "height": self.config.height,
             "fps": self.config.fps,
+            "scene": self.config.scene,
+            "epoch": self.epoch,
             "counters": self.counters(),
         }
 
@@ -353,8 +392,9 @@ class Camera:
 
     def _render(self, t: float | None, fault: str) -> Shot:
         when = time.time() if t is None else t
-        image = self.scene.render(when - self.epoch, fault)
-        jpeg = self.scene.encode_jpeg(image, self.config.quality)
+        scene = self.scene if self.traffic is None else self.traffic
+        image = scene.render(when - self.epoch, fault)
+        jpeg = scene.encode_jpeg(image, self.config.quality)
         shot = Shot(seq=next(self._seq), t=when, image=image, jpeg=jpeg)
         self.frames.append((shot.seq, shot.t))
         return shot

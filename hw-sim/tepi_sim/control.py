@@ -22,6 +22,17 @@ Writes: ``{"query": "writes"}`` answers every Modbus device's kept writes, oldes
 after that time. Scripts: ``{"device": "river-level-3", "script": {"address": 100,
 "points": [[0, 1.2], [30, 2.8], [60, 1.0]]}}`` makes a register follow the points from now
 (``"table"`` optional when one table maps the address, ``"loop"`` optional).
+Traffic cameras (``scene: traffic``) answer their ground truth; times are real times (epoch
+seconds, as ``X-Sim-Time``; the scene time is that minus the camera's ``epoch``):
+``{"query": "traffic", "camera": "cam-1"}`` gives the counting lines and queue zones
+(normalised), the epoch, the scene time now, the scene's duration (it loops) and whether
+the signal is red; ``{"query": "crossings", "camera": "cam-1", "since": T0, "until": T1}``
+the crossings per line and direction between the two times (defaults: the epoch, now),
+with classes, ``{"ok": true, "crossings": {"lane-1": {"in": 3, "out": 0, "classes":
+{"in": {"two_wheeler": 2, "car": 1}, "out": {}}}, ...}}`` (``"events": true`` adds each
+crossing, at most 10,000); ``{"query": "queue", "camera": "cam-1", "at": T}`` the queue
+length in metres per zone at that time (default now): ``{"ok": true, "queue":
+{"approach-east": 12.4}, "red": true, "at": T}``.
 Try it with ``echo '{"device": "aq-station-1", "fault": "no_reply"}' | socat -
 UNIX-CONNECT:PATH``.
 """
@@ -32,6 +43,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +54,12 @@ __all__ = ["ControlServer", "apply_command"]
 log = logging.getLogger(__name__)
 
 _LINE_LIMIT = 4096
+_EVENTS_LIMIT = 10_000
+_TRAFFIC_KEYS = {
+    "traffic": {"query", "camera"},
+    "crossings": {"query", "camera", "since", "until", "events"},
+    "queue": {"query", "camera", "at"},
+}
 
 
 def _check_camera(cmd: dict[str, Any]) -> str | None:
@@ -94,6 +112,86 @@ def _writes(sim: Simulator, cmd: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "writes": {d: [w.as_dict() for w in ws] for d, ws in writes.items()}}
 
 
+def _number(cmd: dict[str, Any], key: str) -> str | None:
+    value = cmd.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        return f'"{key}" must be a number (wall time, seconds)'
+    return None
+
+
+def _traffic(sim: Simulator, cmd: dict[str, Any]) -> dict[str, Any]:
+    """The ground truth of a traffic camera: its geometry, crossings or queues."""
+    query = cmd["query"]
+    unknown = set(cmd) - _TRAFFIC_KEYS[query]
+    if unknown:
+        return {"ok": False, "error": f"unknown keys for {query}: {', '.join(sorted(unknown))}"}
+    if not isinstance(cmd.get("camera"), str):
+        return {"ok": False, "error": '"camera" is a required string'}
+    problems = [p for k in ("since", "until", "at") if (p := _number(cmd, k)) is not None]
+    if "events" in cmd and not isinstance(cmd["events"], bool):
+        problems.append('"events" must be true or false')
+    if problems:
+        return {"ok": False, "error": "; ".join(problems)}
+    try:
+        camera = sim.camera(cmd["camera"])
+    except KeyError as err:
+        return {"ok": False, "error": str(err.args[0])}
+    scene = camera.traffic
+    if scene is None:
+        return {"ok": False, "error": f"camera {camera.id!r} shows the objects scene, not traffic"}
+    now = time.time()
+    if query == "traffic":
+        return {
+            "ok": True,
+            "traffic": {
+                "epoch": camera.epoch,
+                "scene_t": now - camera.epoch,
+                "duration_s": scene.duration,
+                "px_per_m": scene.px_per_m,
+                "red": scene.is_red(now - camera.epoch),
+                "lines": [
+                    {"name": ln.name, "a": ln.a, "b": ln.b, "lanes": ln.lanes} for ln in scene.lines
+                ],
+                "zones": [
+                    {
+                        "name": z.name,
+                        "polygon": z.polygon,
+                        "stop_line": z.stop_line,
+                        "length_m": z.length_m,
+                        "lanes": z.lanes,
+                    }
+                    for z in scene.zones
+                ],
+            },
+        }
+    if query == "queue":
+        at = now if cmd.get("at") is None else float(cmd["at"])
+        return {
+            "ok": True,
+            "at": at,
+            "red": scene.is_red(at - camera.epoch),
+            "queue": camera.queue_lengths(at),
+        }
+    since = camera.epoch if cmd.get("since") is None else float(cmd["since"])
+    until = now if cmd.get("until") is None else float(cmd["until"])
+    events = camera.crossing_events(since, until)
+    counts: dict[str, dict[str, Any]] = {
+        ln.name: {"in": 0, "out": 0, "classes": {"in": {}, "out": {}}} for ln in scene.lines
+    }
+    for e in events:
+        line = counts[e.line]
+        line[e.direction] += 1
+        line["classes"][e.direction][e.cls] = line["classes"][e.direction].get(e.cls, 0) + 1
+    answer: dict[str, Any] = {"ok": True, "since": since, "until": until, "crossings": counts}
+    if cmd.get("events"):
+        answer["events"] = [
+            {"t": e.t, "line": e.line, "direction": e.direction, "vehicle": e.vehicle, "cls": e.cls}
+            for e in events[:_EVENTS_LIMIT]
+        ]
+        answer["events_truncated"] = len(events) > _EVENTS_LIMIT
+    return answer
+
+
 def _check(cmd: object) -> str | None:
     """Return what is wrong with a decoded command, or None if it is well formed."""
     if not isinstance(cmd, dict):
@@ -122,6 +220,8 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": f"invalid JSON: {err}"}
     if isinstance(cmd, dict) and cmd.get("query") == "writes":
         return _writes(sim, cmd)
+    if isinstance(cmd, dict) and cmd.get("query") in _TRAFFIC_KEYS:
+        return _traffic(sim, cmd)
     if isinstance(cmd, dict) and set(cmd) == {"query"}:
         if cmd["query"] == "counters":
             counters = {d: dev.counters() for d, dev in sim.devices.items()}
@@ -133,7 +233,7 @@ def apply_command(sim: Simulator, line: bytes) -> dict[str, Any]:
         return {
             "ok": False,
             "error": f"unknown query {cmd['query']!r}; "
-            'try "counters", "writes", "uart" or "cameras"',
+            'try "counters", "writes", "uart", "cameras", "traffic", "crossings" or "queue"',
         }
     problem = _check(cmd)
     if problem is not None:

@@ -26,12 +26,14 @@ from typing import Any, Final
 import yaml
 
 from tepi_sim.errors import ConfigError
+from tepi_sim.traffic_settings import TrafficSettings, traffic_settings
 
 __all__ = [
     "BIT_KINDS",
     "BIT_TABLES",
     "CAMERA_AUTH",
     "CAMERA_FAULT_MODES",
+    "CAMERA_SCENES",
     "FAULT_MODES",
     "KINDS",
     "REGISTER_TABLES",
@@ -171,6 +173,7 @@ CAMERA_FAULT_MODES: Final = (
     "reboot",
     "clock",
 )
+CAMERA_SCENES: Final = ("objects", "traffic")
 _CAMERA_KEYS: Final = (
     "id",
     "port",
@@ -183,6 +186,8 @@ _CAMERA_KEYS: Final = (
     "password",
     "objects",
     "seed",
+    "scene",
+    "traffic",
 )
 
 _TOP_KEYS: Final = ("devices", "cameras", "seed")
@@ -295,7 +300,9 @@ class UartDeviceConfig:
 class CameraConfig:
     """One simulated IP camera: an HTTP server on 127.0.0.1 (``port`` 0: a free one)
     serving snapshots, MJPEG and an H.264 stream of a synthetic scene of ``width`` x
-    ``height`` pixels at ``fps``, with ``objects`` moving objects placed from ``seed``."""
+    ``height`` pixels at ``fps``: ``scene`` ``objects`` (``objects`` moving objects placed
+    from ``seed``) or ``traffic`` (the road of :mod:`tepi_sim.traffic`, set by ``traffic``,
+    whose width, height and seed are the camera's)."""
 
     id: str
     port: int = 0
@@ -308,6 +315,8 @@ class CameraConfig:
     password: str = ""
     objects: int = 3
     seed: int = 0
+    scene: str = "objects"
+    traffic: TrafficSettings = field(default_factory=TrafficSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +565,18 @@ class _Validator:
             self.err(f"{path}.username", "must not contain ':'")
         objects = self.integer(raw, "objects", path, (0, 20), default=3)
         seed = self.integer(raw, "seed", path, (0, 2**63 - 1), default=0)
+        scene = self.choice(raw, "scene", CAMERA_SCENES, path, default="objects")
+        if scene == "traffic" and "objects" in raw:
+            self.err(f"{path}.objects", "only used with scene objects")
+        base = TrafficSettings(width=width, height=height, seed=seed)
+        traffic = base
+        if "traffic" in raw and scene != "traffic":
+            self.err(f"{path}.traffic", "only used with scene traffic")
+        elif scene == "traffic":
+            traffic, problems = traffic_settings(
+                raw.get("traffic"), f"{path}.traffic", base, fixed=("width", "height", "seed")
+            )
+            self.errors.extend(problems)
         return CameraConfig(
             id=cam_id,
             port=port,
@@ -568,6 +589,8 @@ class _Validator:
             password=creds["password"],
             objects=objects,
             seed=seed,
+            scene=scene,
+            traffic=traffic,
         )
 
     def cross_camera(

@@ -1,0 +1,502 @@
+"""Camera analytics: motion, object tracks, line counts and zone figures from frames.
+
+Synchronous and pure: :class:`Analyzer` takes a frame and its time and returns an
+:class:`Observation`; it does no I/O, starts no thread and keeps no global state, so the
+camera driver runs one per camera in a worker thread. Positions are normalised as in
+:mod:`tepi.drivers.camera.geometry`.
+
+**The pipeline, per frame.**
+
+1. The frame is shrunk to ``width`` pixels (``INTER_AREA``, aspect kept), turned grey and
+   blurred (3x3); privacy ``masks`` and ``ignore`` zones are rasterised once per size and
+   left out of everything below.
+2. The background model (:mod:`tepi.drivers.camera.motion`) gives the foreground: a
+   per-frame gain/offset fit to the background follows slow and sudden light changes, a
+   range over a ``shake``-pixel neighbourhood absorbs camera shake, an opening removes
+   noise and rain speckle, and the background learns slowly (``hold_time``) under objects so
+   that a stopped queue stays foreground for minutes. When most of the frame changes and
+   stays changed for ``relearn_after`` seconds (the camera moved) the background is
+   relearned; during that, ``relearning`` is set and nothing is detected, and every track
+   ends.
+3. Objects: the foreground's connected components of at least ``min_area`` of the frame,
+   or, when a detector ran on the frame, its detections. The tracker
+   (:mod:`tepi.drivers.camera.tracker`) follows them through short occlusions and through
+   merges of touching objects, confirms a track after ``min_hits`` frames and counts its
+   centre's crossings of each line, with hysteresis, once per line.
+4. Stopped pixels: foreground pixels that have not changed from frame to frame for
+   ``stopped_time`` seconds. Motion is the rest of the foreground: ``motion_area`` is its
+   share of the analysed area (of the camera, or of a zone), and ``motion`` is on while at
+   least ``min_area`` of the frame moves, and for ``motion_off_delay`` seconds after.
+5. Zones: ``occupancy`` is the share of the zone's pixels that are foreground (moving or
+   stopped objects); ``queue_length`` runs from the stop line away from it over the zone's
+   stopped pixels, in bins of ``queue_bin`` metres, across gaps up to ``queue_gap`` metres,
+   and is the distance to the end of that run.
+
+**Classes.** A track's class is the detector's label when it has one, else the first
+:class:`SizeClass` (by ``max_area``) that its typical box area (the median over the frames
+where it was wholly in view and not merged) fits, else the biggest class. Sizes are in the
+image, so a class's ``max_area`` holds for the part of the picture where the counting
+lines are.
+
+**Events.** ``start`` when a track is confirmed, ``update`` when the zones it is in change
+(at most every ``update_interval`` seconds), ``end`` when it is lost for good (or the
+background is relearned). ``best`` lists the tracks whose view improved on this frame (a
+bigger box, wholly in view): the caller keeps that frame's crop for the end event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from tepi.drivers.camera.geometry import Box, Detection, Direction, Point, box_center, inside
+from tepi.drivers.camera.motion import Background, MotionParams
+from tepi.drivers.camera.tracker import LineDef, Tracker, TrackerParams, TrackState
+from tepi.drivers.camera.vision import Image, compile_masks
+
+__all__ = [
+    "AnalyticsSettings",
+    "Analyzer",
+    "CountLine",
+    "Crossing",
+    "ObjectEvent",
+    "Observation",
+    "SizeClass",
+    "Track",
+    "Zone",
+    "ZoneState",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CountLine:
+    """A counting line from ``a`` to ``b``; ``in`` is left to right of that arrow."""
+
+    name: str
+    a: Point
+    b: Point
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """A polygon zone. ``queue_length`` needs ``stop_line`` and ``length_m``: the real length
+    in metres from the stop line to the zone's farthest point, measured perpendicular to the
+    stop line. The scale is linear: perspective is ignored, so a zone that recedes far from
+    the camera under-measures its far end; keep queue zones short or seen from above."""
+
+    name: str
+    polygon: tuple[Point, ...]
+    stop_line: tuple[Point, Point] | None = None
+    length_m: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SizeClass:
+    """A track whose typical box area (a fraction of the frame) is at most ``max_area`` gets
+    this class (the first match by ``max_area``); bigger than all, the last."""
+
+    name: str
+    max_area: float
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsSettings:
+    """The analysis of one camera. Times in seconds, areas as fractions of the frame,
+    distances normalised (0..1 of the frame) unless the name says metres."""
+
+    width: int = 320
+    """Analysis width in pixels: the frame is resized to it, aspect kept."""
+    masks: tuple[tuple[Point, ...], ...] = ()
+    """Privacy masks: never analysed."""
+    ignore: tuple[tuple[Point, ...], ...] = ()
+    """Ignore zones (trees, a flag, a screen): no motion and no objects there."""
+    lines: tuple[CountLine, ...] = ()
+    zones: tuple[Zone, ...] = ()
+    classes: tuple[SizeClass, ...] = ()
+    threshold: int = 25
+    """Grey levels (0..255) a pixel must differ from the background, after the light is
+    normalised, to be foreground; raised automatically to four times the measured noise."""
+    min_area: float = 0.0004
+    """Smallest object, and the least motion that turns ``motion`` on."""
+    motion_off_delay: float = 5.0
+    max_lost: float = 1.0
+    """How long a confirmed track is predicted on without a match (occlusions)."""
+    min_hits: int = 3
+    """Frames before a track is confirmed (events, counts)."""
+    learn_time: float = 20.0
+    """Time constant of the background where there is no object."""
+    hold_time: float = 600.0
+    """Time constant of the background under objects: a stopped queue stays foreground for
+    a good part of it (after one ``hold_time`` an object of contrast c shows c/e)."""
+    shake: int = 2
+    """Camera shake tolerated, in analysis pixels (a pixel is compared with the background's
+    range over this radius)."""
+    global_fraction: float = 0.5
+    """A frame where more than this share of the analysed area changed is a global change
+    (camera moved, light jumped): no motion, no objects."""
+    relearn_after: float = 1.0
+    """A global change lasting this long relearns the background."""
+    relearn_time: float = 2.0
+    """How long relearning lasts (fast learning, nothing detected)."""
+    hysteresis: float = 0.01
+    """A centre must be this far from a line for its side to count (wiggles on the line)."""
+    stopped_speed: float = 0.02
+    """A track slower than this (frame widths or heights per second) is stopped."""
+    stopped_time: float = 2.0
+    """A foreground pixel unchanged for this long belongs to a stopped object (queues)."""
+    queue_gap: float = 3.0
+    """Metres of gap allowed within a queue, and between the stop line and its head."""
+    queue_bin: float = 0.5
+    """Metres per step of the queue's measure."""
+    update_interval: float = 5.0
+    """Least time between two events of one track (zone changes wait for it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneState:
+    motion: bool
+    motion_area: float
+    occupancy: float
+    queue_length: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    line: str
+    direction: Direction
+    label: str | None
+    track: int
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    id: int
+    box: Box
+    label: str | None
+    stopped: bool
+    zones: tuple[str, ...]
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEvent:
+    kind: Literal["start", "update", "end"]
+    track: int
+    box: Box
+    label: str | None
+    zones: tuple[str, ...]
+    start: float
+    t: float
+    best_box: Box | None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    t: float
+    motion: bool
+    motion_area: float
+    zones: dict[str, ZoneState]
+    crossings: list[Crossing]
+    tracks: list[Track]
+    events: list[ObjectEvent]
+    best: list[int]
+    relearning: bool
+
+
+@dataclass(slots=True)
+class _ZonePlan:
+    zone: Zone
+    mask: npt.NDArray[np.uint8]
+    pixels: int
+    flat: npt.NDArray[np.intp] | None = None  # the zone's pixels (flat indices), queues only
+    bins: npt.NDArray[np.intp] | None = None  # each one's distance bin from the stop line
+    bin_pixels: npt.NDArray[np.intp] | None = None
+    last_motion: float = -math.inf
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Everything rasterised for one analysis size."""
+
+    width: int
+    height: int
+    valid: npt.NDArray[np.uint8]
+    privacy: npt.NDArray[np.uint8]
+    zones: list[_ZonePlan] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _EventState:
+    last: float
+    zones: tuple[str, ...]
+
+
+class Analyzer:
+    """The analysis of one stream (see the module's docstring)."""
+
+    def __init__(self, settings: AnalyticsSettings) -> None:
+        s = settings
+        self.settings = s
+        self._classes = tuple(sorted(s.classes, key=lambda c: c.max_area))
+        self._background = Background(
+            MotionParams(
+                threshold=s.threshold,
+                learn_time=s.learn_time,
+                hold_time=s.hold_time,
+                shake=s.shake,
+                global_fraction=s.global_fraction,
+                relearn_after=s.relearn_after,
+                relearn_time=s.relearn_time,
+            )
+        )
+        self._tracker = Tracker(
+            TrackerParams(
+                max_lost=s.max_lost,
+                min_hits=s.min_hits,
+                hysteresis=s.hysteresis,
+                stopped_speed=s.stopped_speed,
+            ),
+            [LineDef(ln.name, ln.a, ln.b) for ln in s.lines],
+            self._size_class,
+        )
+        self._plan: _Plan | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the background and the tracks (a new stream); no end events follow."""
+        self._background.reset()
+        self._tracker.reset()
+        self._events: dict[int, _EventState] = {}
+        self._prev: npt.NDArray[np.float32] | None = None
+        self._age: npt.NDArray[np.float32] | None = None
+        self._t: float | None = None
+        self._last_motion = -math.inf
+        if self._plan is not None:
+            for z in self._plan.zones:
+                z.last_motion = -math.inf
+
+    def process(
+        self, image: Image, t: float, detections: Sequence[Detection] | None = None
+    ) -> Observation:
+        s = self.settings
+        grey = self._prepare(image)
+        plan = self._plan_for(grey.shape[1], grey.shape[0])
+        dt = 0.0 if self._t is None else max(0.0, t - self._t)
+        self._t = t
+        bg = self._background.apply(grey, plan.valid, t)
+        fg = bg.fg
+        events: list[ObjectEvent] = []
+        crossings: list[Crossing] = []
+        best: list[int] = []
+
+        if bg.relearning:
+            for tr in self._tracker.reset():
+                events.append(self._event("end", tr, t))
+            self._events.clear()
+            self._age = None
+        elif not bg.global_change:
+            if detections is None:
+                objects = self._blobs(fg, plan)
+            else:
+                objects = [d for d in detections if not self._private(d.box, plan)]
+            step = self._tracker.step(t, objects)
+            for tr in step.confirmed:
+                events.append(self._event("start", tr, t))
+            for c in step.crossings:
+                tr_c = next(tr for tr in self._tracker.tracks if tr.id == c.track)
+                crossings.append(
+                    Crossing(c.line, c.direction, self._tracker.label(tr_c), c.track, c.t)
+                )
+            for tr in step.ended:
+                events.append(self._event("end", tr, t))
+            best = step.best
+
+        stopped = self._stopped(fg, bg.normalised, dt)
+        moving = cv2.bitwise_and(fg, cv2.bitwise_not(stopped))
+        min_px = max(1, round(s.min_area * plan.width * plan.height))
+        n_moving = cv2.countNonZero(moving)
+        if n_moving >= min_px:
+            self._last_motion = t
+        n_valid = max(1, cv2.countNonZero(plan.valid))
+        zones: dict[str, ZoneState] = {}
+        for z in plan.zones:
+            zm = cv2.countNonZero(cv2.bitwise_and(moving, z.mask))
+            if zm >= min(min_px, max(1, z.pixels // 4)):
+                z.last_motion = t
+            occupied = cv2.countNonZero(cv2.bitwise_and(fg, z.mask))
+            zones[z.zone.name] = ZoneState(
+                motion=t - z.last_motion <= s.motion_off_delay,
+                motion_area=zm / max(1, z.pixels),
+                occupancy=occupied / max(1, z.pixels),
+                queue_length=self._queue(z, stopped),
+            )
+
+        tracks = []
+        for tr in self._tracker.tracks:
+            tr.zones = tuple(z.name for z in s.zones if inside(z.polygon, (tr.cx, tr.cy)))
+            if not tr.confirmed:
+                continue
+            tracks.append(
+                Track(
+                    tr.id,
+                    tr.box,
+                    self._tracker.label(tr),
+                    tr.speed < s.stopped_speed,
+                    tr.zones,
+                    tr.score,
+                )
+            )
+            state = self._events.get(tr.id)
+            if state is None:
+                continue
+            if tr.zones != state.zones and t - state.last >= s.update_interval:
+                events.append(self._event("update", tr, t))
+        return Observation(
+            t=t,
+            motion=t - self._last_motion <= s.motion_off_delay,
+            motion_area=n_moving / n_valid,
+            zones=zones,
+            crossings=crossings,
+            tracks=tracks,
+            events=events,
+            best=best,
+            relearning=bg.relearning,
+        )
+
+    # ---- the parts -----------------------------------------------------------------------
+
+    def _prepare(self, image: Image) -> npt.NDArray[np.uint8]:
+        h, w = image.shape[:2]
+        aw = min(self.settings.width, w)
+        ah = max(1, round(h * aw / w))
+        small = (
+            image
+            if (aw, ah) == (w, h)
+            else cv2.resize(image, (aw, ah), interpolation=cv2.INTER_AREA)
+        )
+        if small.ndim == 3:
+            small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        return np.asarray(cv2.GaussianBlur(small, (3, 3), 0), dtype=np.uint8)
+
+    def _plan_for(self, width: int, height: int) -> _Plan:
+        plan = self._plan
+        if plan is not None and (plan.width, plan.height) == (width, height):
+            return plan
+        s = self.settings
+        privacy = compile_masks(s.masks, width, height).mask
+        ignored = compile_masks(s.ignore, width, height).mask
+        valid = _u8(cv2.bitwise_not(cv2.bitwise_or(privacy, ignored)))
+        plan = _Plan(width, height, valid, privacy)
+        for zone in s.zones:
+            zmask = _u8(cv2.bitwise_and(compile_masks([zone.polygon], width, height).mask, valid))
+            zp = _ZonePlan(zone, zmask, cv2.countNonZero(zmask))
+            if zone.stop_line is not None and zone.length_m is not None and zp.pixels:
+                _queue_bins(zp, width, height, s.queue_bin)
+            plan.zones.append(zp)
+        self._plan = plan
+        self._background.reset()
+        self._prev = self._age = None
+        return plan
+
+    def _blobs(self, fg: npt.NDArray[np.uint8], plan: _Plan) -> list[Detection]:
+        n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+        min_px = self.settings.min_area * plan.width * plan.height
+        out = []
+        for x, y, w, h, area in stats[1:n]:
+            if area >= min_px:
+                out.append(
+                    Detection(
+                        (
+                            x / plan.width,
+                            y / plan.height,
+                            (x + w) / plan.width,
+                            (y + h) / plan.height,
+                        )
+                    )
+                )
+        return out
+
+    def _private(self, box: Box, plan: _Plan) -> bool:
+        cx, cy = box_center(box)
+        x = min(plan.width - 1, max(0, int(cx * plan.width)))
+        y = min(plan.height - 1, max(0, int(cy * plan.height)))
+        return bool(plan.privacy[y, x])
+
+    def _stopped(
+        self, fg: npt.NDArray[np.uint8], normalised: npt.NDArray[np.float32], dt: float
+    ) -> npt.NDArray[np.uint8]:
+        """Foreground pixels that have not changed for ``stopped_time``: 255, else 0."""
+        prev, self._prev = self._prev, normalised
+        if prev is None or prev.shape != normalised.shape or self._age is None:
+            self._age = np.zeros(normalised.shape, np.float32)
+            return np.zeros(fg.shape, np.uint8)
+        changed = (cv2.absdiff(normalised, prev) > self.settings.threshold).astype(np.uint8)
+        changed = _u8(cv2.dilate(changed, np.ones((3, 3), np.uint8)))
+        still = (fg > 0) & (changed == 0)
+        self._age = np.where(still, self._age + np.float32(dt), np.float32(0.0))
+        return (self._age >= self.settings.stopped_time).astype(np.uint8) * np.uint8(255)
+
+    def _queue(self, z: _ZonePlan, stopped: npt.NDArray[np.uint8]) -> float | None:
+        if z.flat is None or z.bins is None or z.bin_pixels is None:
+            return None
+        s = self.settings
+        hit = stopped.ravel()[z.flat] > 0
+        counts = np.bincount(z.bins[hit], minlength=len(z.bin_pixels))
+        occupied = counts >= np.maximum(1, z.bin_pixels // 5)
+        gap_bins = max(1, round(s.queue_gap / s.queue_bin))
+        end, last = 0, -1
+        for i, on in enumerate(occupied.tolist()):
+            if on:
+                end, last = i + 1, i
+            elif i - last > gap_bins:
+                break
+        assert z.zone.length_m is not None
+        return min(z.zone.length_m, end * s.queue_bin)
+
+    def _size_class(self, area: float) -> str | None:
+        for c in self._classes:
+            if area <= c.max_area:
+                return c.name
+        return self._classes[-1].name if self._classes else None
+
+    def _event(
+        self, kind: Literal["start", "update", "end"], tr: TrackState, t: float
+    ) -> ObjectEvent:
+        if kind == "end":
+            self._events.pop(tr.id, None)
+        else:
+            self._events[tr.id] = _EventState(t, tr.zones)
+        return ObjectEvent(
+            kind, tr.id, tr.box, self._tracker.label(tr), tr.zones, tr.start, t, tr.best_box
+        )
+
+
+def _u8(a: object) -> npt.NDArray[np.uint8]:
+    return np.asarray(a, dtype=np.uint8)
+
+
+def _queue_bins(z: _ZonePlan, width: int, height: int, bin_m: float) -> None:
+    """Each zone pixel's distance from the stop line, in bins of ``bin_m`` metres, scaled so
+    that the zone's farthest pixel is ``length_m`` away (perpendicular, in image pixels)."""
+    assert z.zone.stop_line is not None
+    assert z.zone.length_m is not None
+    (ax, ay), (bx, by) = z.zone.stop_line
+    ax, bx, ay, by = ax * width, bx * width, ay * height, by * height
+    ys, xs = np.nonzero(z.mask)
+    px, py = xs + 0.5, ys + 0.5
+    norm = math.hypot(bx - ax, by - ay) or 1.0
+    dist = np.abs((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / norm
+    far = float(dist.max()) or 1.0
+    metres = dist / far * z.zone.length_m
+    n_bins = max(1, math.ceil(z.zone.length_m / bin_m))
+    bins = np.minimum(n_bins - 1, (metres / bin_m).astype(np.intp))
+    z.flat = (ys * width + xs).astype(np.intp)
+    z.bins = bins
+    z.bin_pixels = np.bincount(bins, minlength=n_bins).astype(np.intp)

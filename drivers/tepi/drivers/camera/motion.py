@@ -1,0 +1,200 @@
+"""The background model of camera analytics: which pixels of a frame differ from the scene.
+
+One :class:`Background` per stream, at the analysis resolution (a few hundred pixels wide,
+grey, slightly blurred so that sensor noise averages out before any comparison).
+
+- **Light.** The model keeps a background ``B`` and, for every frame ``F``, fits
+  ``F ~ g * B + o`` by least squares on a sparse grid of pixels that were background in the
+  previous frame, with one robust refit that drops the outliers (objects, shadows). Every
+  comparison is made against ``g * B + o``, and ``B`` learns the normalised frame
+  ``(F - o) / g``: a slow ramp (dusk, a cloud) and a global jump (auto exposure, gain) move
+  ``g`` and ``o``, not the pixels, and a queue that covers part of the road keeps its
+  background at the right brightness while the light changes round it.
+- **Noise, speckle, shake.** A pixel is foreground when it lies more than ``threshold`` grey
+  levels (or four times the noise measured by the fit, if that is more) outside the range of
+  the background in its ``shake`` neighbourhood (a grey erosion and dilation of ``B``):
+  a camera that shakes by a pixel or two sees the edge of a kerb move onto its neighbour's
+  value, which is inside that range. An opening removes isolated specks (rain, noise) and a
+  closing joins the parts of one object.
+- **Stopped objects.** ``B`` learns with the time constant ``learn_time`` where the frame is
+  background and ``hold_time`` (minutes) under foreground, so a queue waiting at a red light
+  stays foreground for its whole wait, and an object left in the scene for good is
+  eventually absorbed.
+- **Global change.** When more than ``global_fraction`` of the analysed area is foreground,
+  the frame says nothing about objects (the camera moved, or the light jumped in a way the
+  linear fit does not follow): it gives no foreground. If that lasts ``relearn_after``
+  seconds, the background is relearned: replaced by the current frame, then learned fast
+  for ``relearn_time`` seconds, during which the model reports ``relearning``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Background", "BackgroundResult", "MotionParams"]
+
+Grey = npt.NDArray[np.uint8]
+Floats = npt.NDArray[np.float32]
+
+_GRID = 4  # the light fit samples every 4th pixel in each direction
+_GAIN_RANGE = (0.2, 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MotionParams:
+    """The background model's tuning; :class:`~tepi.drivers.camera.analytics.AnalyticsSettings`
+    documents each field."""
+
+    threshold: int = 25
+    learn_time: float = 20.0
+    hold_time: float = 600.0
+    shake: int = 2
+    global_fraction: float = 0.5
+    relearn_after: float = 1.0
+    relearn_time: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundResult:
+    """What one frame gives: ``fg`` (255 on foreground, 0 elsewhere; all 0 while relearning or
+    on a global change), the normalised frame (``(F - o) / g``, float32) and the state."""
+
+    fg: Grey
+    normalised: Floats
+    relearning: bool
+    global_change: bool
+    changed: float  # the share of the analysed area that differed, before any cleaning
+
+
+class Background:
+    """The background of one stream at one analysis size (see the module's docstring)."""
+
+    def __init__(self, params: MotionParams) -> None:
+        self.params = params
+        k = 2 * max(0, params.shake) + 1
+        self._shake_kernel = np.ones((k, k), np.uint8)
+        self._open = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+        self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        self._grow = np.ones((5, 5), np.uint8)
+        self.reset()
+
+    def reset(self) -> None:
+        self._bg: Floats | None = None
+        self._prev_fg: Grey | None = None
+        self._t: float | None = None
+        self._relearn_until = -math.inf
+        self._global_since: float | None = None
+
+    def apply(self, grey: Grey, valid: Grey, t: float) -> BackgroundResult:
+        """Compare ``grey`` (the blurred analysis frame) with the background and learn it.
+
+        ``valid`` is 255 where the frame is analysed (outside privacy masks and ignore zones).
+        """
+        p = self.params
+        frame = grey.astype(np.float32)
+        if self._bg is None or self._bg.shape != frame.shape:
+            self._start_relearning(frame, t)
+        bg = self._bg
+        assert bg is not None
+        dt = 0.0 if self._t is None else max(0.0, t - self._t)
+        self._t = t
+        gain, offset, noise = self._fit_light(frame, bg, valid)
+        normalised = (frame - np.float32(offset)) * np.float32(1.0 / gain)
+        empty = np.zeros(grey.shape, np.uint8)
+
+        if t < self._relearn_until:
+            self._learn(normalised, None, dt, p.relearn_time / 4)
+            self._prev_fg = empty
+            return BackgroundResult(empty, normalised, True, False, 0.0)
+
+        # The range the background spans round each pixel (camera shake), in frame units.
+        thr = max(float(p.threshold), 4.0 * noise) / gain
+        hi = cv2.dilate(bg, self._shake_kernel) + np.float32(thr)
+        lo = cv2.erode(bg, self._shake_kernel) - np.float32(thr)
+        raw = ((normalised > hi) | (normalised < lo)).astype(np.uint8) * np.uint8(255)
+        raw = _u8(cv2.bitwise_and(raw, valid))
+        n_valid = max(1, cv2.countNonZero(valid))
+        changed = cv2.countNonZero(raw) / n_valid
+
+        if changed > p.global_fraction:
+            if self._global_since is None:
+                self._global_since = t
+            if t - self._global_since >= p.relearn_after:
+                self._start_relearning(frame, t)
+                self._prev_fg = empty
+                return BackgroundResult(empty, normalised, True, True, changed)
+            return BackgroundResult(empty, normalised, False, True, changed)
+        self._global_since = None
+
+        fg = cv2.morphologyEx(raw, cv2.MORPH_OPEN, self._open)
+        fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self._close)
+        fg = _u8(cv2.bitwise_and(fg, valid))
+        # Learn slowly round objects too: their blurred edges must not leak into the
+        # background and grow them frame by frame.
+        self._learn(normalised, _u8(cv2.dilate(fg, self._grow)), dt, None)
+        self._prev_fg = fg
+        return BackgroundResult(fg, normalised, False, False, changed)
+
+    def _start_relearning(self, frame: Floats, t: float) -> None:
+        self._bg = frame.copy()
+        self._relearn_until = t + self.params.relearn_time
+        self._global_since = None
+        self._prev_fg = None
+
+    def _learn(self, normalised: Floats, fg: Grey | None, dt: float, tau: float | None) -> None:
+        """Move the background towards the normalised frame: with time constant ``tau``
+        everywhere, or ``learn_time`` off ``fg`` and ``hold_time`` on it."""
+        bg = self._bg
+        assert bg is not None
+        p = self.params
+        if dt <= 0:
+            return
+        if tau is not None:
+            cv2.accumulateWeighted(normalised, bg, 1.0 - math.exp(-dt / max(tau, 1e-3)))
+            return
+        assert fg is not None
+        fast = 1.0 - math.exp(-dt / p.learn_time)
+        slow = 1.0 - math.exp(-dt / p.hold_time)
+        cv2.accumulateWeighted(normalised, bg, fast, mask=cv2.bitwise_not(fg))
+        cv2.accumulateWeighted(normalised, bg, slow, mask=fg)
+
+    def _fit_light(self, frame: Floats, bg: Floats, valid: Grey) -> tuple[float, float, float]:
+        """``(gain, offset, noise)`` of ``frame ~ gain * bg + offset`` on the sparse grid of
+        analysed pixels that were background last frame; ``noise`` is the residuals' robust
+        standard deviation (MAD), in grey levels."""
+        f = frame[::_GRID, ::_GRID].ravel()
+        b = bg[::_GRID, ::_GRID].ravel()
+        use = valid[::_GRID, ::_GRID].ravel() > 0
+        if self._prev_fg is not None and self._prev_fg.shape == frame.shape:
+            use &= self._prev_fg[::_GRID, ::_GRID].ravel() == 0
+        f, b = f[use], b[use]
+        if f.size < 16:
+            return 1.0, 0.0, 0.0
+        gain, offset = _line(b, f)
+        res = f - (gain * b + offset)
+        mad = float(np.median(np.abs(res))) + 1e-3
+        keep = np.abs(res) < 3.0 * 1.4826 * mad + 2.0
+        if int(keep.sum()) >= 16:
+            gain, offset = _line(b[keep], f[keep])
+        return gain, offset, 1.4826 * mad
+
+
+def _u8(a: object) -> Grey:
+    return np.asarray(a, dtype=np.uint8)
+
+
+def _line(x: Floats, y: Floats) -> tuple[float, float]:
+    """Least-squares ``y = gain * x + offset``, the gain held to a sane range (a flat
+    background has no slope to fit: then it is an offset alone)."""
+    mx, my = float(x.mean()), float(y.mean())
+    vx = float(((x - mx) ** 2).mean())
+    if vx < 4.0:
+        return 1.0, my - mx
+    gain = float(((x - mx) * (y - my)).mean()) / vx
+    gain = min(max(gain, _GAIN_RANGE[0]), _GAIN_RANGE[1])
+    return gain, my - gain * mx

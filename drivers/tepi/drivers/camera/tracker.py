@@ -1,0 +1,341 @@
+"""The object tracker of camera analytics: boxes in, tracks, crossings and events out.
+
+Each track predicts its centre at constant velocity. A frame's boxes (blobs of background
+subtraction or a detector's objects) are assigned to the predictions greedily, best pair
+first, by a cost of overlap and centre distance, within a gate that grows with the box; with
+a few objects per frame this is as good as the Hungarian method and needs no SciPy.
+
+- **Touching objects.** A box that holds the predicted centres of two or more tracks, and is
+  bigger than the one it was assigned to, is a merge: every track in it goes on at its own
+  predicted position (held inside the merged box), keeps its velocity and its identity, and
+  counts nothing twice; when the box splits, the parts go back to the nearest predictions.
+- **Split objects.** A box that lies mostly inside another track's prediction is a part of
+  that object (a windscreen the colour of the road cuts a car in two): it joins it.
+- **Occlusion.** A confirmed track that finds no box goes on predicted for ``max_lost``
+  seconds; a track not yet confirmed is dropped at its first miss (noise does not persist).
+- **Confirmation.** A track is confirmed, and only then reported, after ``min_hits``
+  frames; a line it crossed before that counts at confirmation.
+- **Counting.** Per line, a track's side is committed only when its centre is more than
+  ``hysteresis`` (normalised) from the line: a centre that wiggles on the line commits
+  nothing. A change of committed side counts when the path from the last committed point to
+  the new one crosses the segment (:func:`geometry.crossing`), once per line per track.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tepi.drivers.camera.geometry import (
+    Box,
+    Detection,
+    Direction,
+    Point,
+    box_center,
+    box_iou,
+    crossing,
+    side,
+)
+
+__all__ = ["Counted", "LineDef", "StepResult", "TrackState", "Tracker", "TrackerParams"]
+
+_AREAS = 30  # area samples kept per track for its size class
+_EDGE = 0.01  # a box this close to the frame's edge is not wholly in view
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerParams:
+    max_lost: float = 1.0
+    min_hits: int = 3
+    hysteresis: float = 0.01
+    stopped_speed: float = 0.02
+    merge_growth: float = 1.3
+
+
+@dataclass(frozen=True, slots=True)
+class LineDef:
+    name: str
+    a: Point
+    b: Point
+
+
+@dataclass(slots=True)
+class TrackState:
+    """One track, mutable, owned by the :class:`Tracker`."""
+
+    id: int
+    cx: float
+    cy: float
+    w: float
+    h: float
+    t_seen: float
+    start: float
+    vx: float = 0.0
+    vy: float = 0.0
+    hits: int = 1
+    confirmed: bool = False
+    merged: bool = False
+    label: str | None = None
+    score: float = 0.0
+    areas: deque[float] = field(default_factory=lambda: deque(maxlen=_AREAS))
+    sides: dict[str, int] = field(default_factory=dict)
+    anchors: dict[str, Point] = field(default_factory=dict)
+    counted: set[str] = field(default_factory=set)
+    pending: list[Counted] = field(default_factory=list)
+    best_score: float = 0.0
+    best_box: Box | None = None
+    zones: tuple[str, ...] = ()
+
+    @property
+    def box(self) -> Box:
+        return (
+            self.cx - self.w / 2,
+            self.cy - self.h / 2,
+            self.cx + self.w / 2,
+            self.cy + self.h / 2,
+        )
+
+    @property
+    def speed(self) -> float:
+        return math.hypot(self.vx, self.vy)
+
+    def predicted(self, t: float) -> tuple[float, float]:
+        dt = t - self.t_seen
+        return self.cx + self.vx * dt, self.cy + self.vy * dt
+
+    def typical_area(self) -> float:
+        return statistics.median(self.areas) if self.areas else self.w * self.h
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    line: str
+    direction: Direction
+    track: int
+    t: float
+
+
+@dataclass(slots=True)
+class StepResult:
+    crossings: list[Counted]
+    confirmed: list[TrackState]  # newly confirmed this frame
+    ended: list[TrackState]  # confirmed tracks lost for good this frame
+    best: list[int]
+
+
+def _contains(box: Box, p: Point, pad: float = 0.0) -> bool:
+    return box[0] - pad <= p[0] <= box[2] + pad and box[1] - pad <= p[1] <= box[3] + pad
+
+
+def _area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def _overlap(p: Box, q: Box) -> float:
+    """The share of ``p``'s area that lies inside ``q``."""
+    iw = min(p[2], q[2]) - max(p[0], q[0])
+    ih = min(p[3], q[3]) - max(p[1], q[1])
+    a = _area(p)
+    return iw * ih / a if iw > 0 and ih > 0 and a > 0 else 0.0
+
+
+def _union(p: Box, q: Box) -> Box:
+    return (min(p[0], q[0]), min(p[1], q[1]), max(p[2], q[2]), max(p[3], q[3]))
+
+
+def _in_view(box: Box) -> bool:
+    return box[0] > _EDGE and box[1] > _EDGE and box[2] < 1 - _EDGE and box[3] < 1 - _EDGE
+
+
+class Tracker:
+    """Tracks of one stream (see the module's docstring). ``labeller`` names a track from its
+    typical box area (the size classes); a detector's label takes precedence."""
+
+    def __init__(
+        self,
+        params: TrackerParams,
+        lines: Sequence[LineDef],
+        labeller: Callable[[float], str | None],
+    ) -> None:
+        self.params = params
+        self.lines = tuple(lines)
+        self._labeller = labeller
+        self.tracks: list[TrackState] = []
+        self._next_id = 1
+
+    def reset(self) -> list[TrackState]:
+        """Forget every track; returns the confirmed ones, which the caller ends."""
+        ended = [tr for tr in self.tracks if tr.confirmed]
+        self.tracks = []
+        return ended
+
+    def label(self, tr: TrackState) -> str | None:
+        return tr.label if tr.label is not None else self._labeller(tr.typical_area())
+
+    def step(self, t: float, detections: Sequence[Detection]) -> StepResult:
+        p = self.params
+        result = StepResult([], [], [], [])
+        preds = [tr.predicted(t) for tr in self.tracks]
+        pboxes = [
+            (x - tr.w / 2, y - tr.h / 2, x + tr.w / 2, y + tr.h / 2)
+            for tr, (x, y) in zip(self.tracks, preds, strict=True)
+        ]
+        boxes = [d.box for d in detections]
+
+        # Greedy assignment, cheapest pair first.
+        pairs: list[tuple[float, int, int]] = []
+        for i, (tr, pb) in enumerate(zip(self.tracks, pboxes, strict=True)):
+            pc = preds[i]
+            for j, db in enumerate(boxes):
+                iou = box_iou(pb, db)
+                dc = box_center(db)
+                size = 0.5 * (math.hypot(tr.w, tr.h) + math.hypot(db[2] - db[0], db[3] - db[1]))
+                dist = math.hypot(pc[0] - dc[0], pc[1] - dc[1]) / max(size, 1e-6)
+                if iou > 0 or dist < 0.75:
+                    pairs.append((1.0 - iou + dist, i, j))
+        pairs.sort()
+        track_det: dict[int, int] = {}
+        det_track: dict[int, int] = {}
+        for _, i, j in pairs:
+            if i not in track_det and j not in det_track:
+                track_det[i] = j
+                det_track[j] = i
+
+        # Merges: a box holding the predicted centres of several tracks.
+        merged: dict[int, int] = {}  # track -> detection
+        for j, db in enumerate(boxes):
+            holders = [
+                i
+                for i, tr in enumerate(self.tracks)
+                if (tr.hits >= 2 or tr.confirmed)
+                and (track_det.get(i) in (None, j))
+                and _contains(db, preds[i])
+            ]
+            if len(holders) < 2:
+                continue
+            if j in det_track:
+                own = self.tracks[det_track[j]]
+                if _area(db) < p.merge_growth * own.w * own.h:
+                    continue
+            for i in holders:
+                merged[i] = j
+                track_det.pop(i, None)
+            det_track.pop(j, None)
+
+        # Parts of one object: an unassigned box mostly inside an assigned track's prediction.
+        extra: dict[int, Box] = {}
+        for j, db in enumerate(boxes):
+            if j in det_track or j in merged.values():
+                continue
+            for i, dj in track_det.items():
+                if _overlap(db, pboxes[i]) >= 0.5:
+                    extra[i] = _union(extra.get(i, boxes[dj]), db)
+                    det_track[j] = i
+                    break
+
+        alive: list[TrackState] = []
+        for i, tr in enumerate(self.tracks):
+            if i in track_det:
+                det = detections[track_det[i]]
+                self._observe(tr, extra.get(i, det.box), t, det, result)
+                alive.append(tr)
+            elif i in merged:
+                self._coast(tr, preds[i], boxes[merged[i]], t, result)
+                alive.append(tr)
+            elif tr.confirmed and t - tr.t_seen <= p.max_lost and _centre_in_frame(preds[i]):
+                alive.append(tr)  # occluded: predicted on, not moved until seen again
+            elif tr.confirmed:
+                result.ended.append(tr)
+        for j, det in enumerate(detections):
+            if j in det_track or j in merged.values():
+                continue
+            if any(_contains(pb, box_center(det.box)) for pb in pboxes):
+                continue  # inside a track's prediction: not a new object
+            tr = TrackState(self._next_id, *box_center(det.box), 0.0, 0.0, t, t)
+            self._next_id += 1
+            tr.hits = 0
+            self._observe(tr, det.box, t, det, result)
+            alive.append(tr)
+        self.tracks = alive
+        return result
+
+    def _observe(
+        self, tr: TrackState, box: Box, t: float, det: Detection, result: StepResult
+    ) -> None:
+        cx, cy = box_center(box)
+        dt = t - tr.t_seen
+        if tr.hits >= 1 and dt > 0:
+            vx, vy = (cx - tr.cx) / dt, (cy - tr.cy) / dt
+            k = 1.0 if tr.hits == 1 else 0.5
+            tr.vx += k * (vx - tr.vx)
+            tr.vy += k * (vy - tr.vy)
+        w, h = box[2] - box[0], box[3] - box[1]
+        if tr.hits == 0 or tr.merged:
+            tr.w, tr.h = w, h
+        else:
+            tr.w += 0.5 * (w - tr.w)
+            tr.h += 0.5 * (h - tr.h)
+        tr.cx, tr.cy = cx, cy
+        tr.t_seen = t
+        tr.hits += 1
+        tr.merged = False
+        if det.label is not None:
+            tr.label = det.label
+        tr.score = det.score
+        if _in_view(box):
+            tr.areas.append(w * h)
+        self._moved(tr, t, result)
+        score = w * h * (1.0 if _in_view(box) else 0.5)
+        if score > tr.best_score * 1.05:
+            tr.best_score, tr.best_box = score, box
+            if tr.confirmed:
+                result.best.append(tr.id)
+
+    def _coast(self, tr: TrackState, pred: Point, blob: Box, t: float, result: StepResult) -> None:
+        """A track inside a merged box: at its prediction, held inside the box."""
+        hw, hh = min(tr.w, blob[2] - blob[0]) / 2, min(tr.h, blob[3] - blob[1]) / 2
+        cx = min(max(pred[0], blob[0] + hw), blob[2] - hw)
+        cy = min(max(pred[1], blob[1] + hh), blob[3] - hh)
+        dt = t - tr.t_seen
+        if dt > 0 and (cx, cy) != pred:
+            # Held back by the box's edge: the object slows (a queue forming).
+            tr.vx, tr.vy = (cx - tr.cx) / dt, (cy - tr.cy) / dt
+        tr.cx, tr.cy = cx, cy
+        tr.t_seen = t
+        tr.hits += 1
+        tr.merged = True
+        self._moved(tr, t, result)
+
+    def _moved(self, tr: TrackState, t: float, result: StepResult) -> None:
+        """Commit the track's side of each line and count the crossings."""
+        c = (tr.cx, tr.cy)
+        h = self.params.hysteresis
+        for ln in self.lines:
+            length = math.dist(ln.a, ln.b) or 1.0
+            d = side(ln.a, ln.b, c) / length
+            if abs(d) <= h:
+                continue
+            s = 1 if d > 0 else -1
+            old = tr.sides.get(ln.name)
+            if old is not None and old != s and ln.name not in tr.counted:
+                direction = crossing(ln.a, ln.b, tr.anchors[ln.name], c)
+                if direction is not None:
+                    tr.counted.add(ln.name)
+                    tr.pending.append(Counted(ln.name, direction, tr.id, t))
+            tr.sides[ln.name] = s
+            tr.anchors[ln.name] = c
+        if not tr.confirmed and tr.hits >= self.params.min_hits:
+            tr.confirmed = True
+            result.confirmed.append(tr)
+            if tr.best_box is not None:
+                result.best.append(tr.id)
+        if tr.confirmed and tr.pending:
+            result.crossings.extend(tr.pending)
+            tr.pending = []
+
+
+def _centre_in_frame(p: Point) -> bool:
+    return 0.0 <= p[0] <= 1.0 and 0.0 <= p[1] <= 1.0
