@@ -68,12 +68,19 @@ suppression runs per tepi class (:func:`nms`: a box is dropped when it overlaps 
 the same class by an IoU above ``iou_threshold``), then the best ``max_detections`` remain.
 Two model classes mapped to one tepi class (bicycle and motorcycle) suppress each other.
 
-**CPU cost.** One inference on one core (``threads: 1``, onnxruntime's intra-op threads, with
-its spinning turned off so that an idle pool does not burn a core shared with the sensors):
-about 0.5-1 GFLOP for a nano-sized model at 320x320. bench/detector.py measures it on this
-machine with models it builds itself; the figures and how they scale with the model's size
-are in docs/performance.md. Pre- and post-processing (resize, decode, NMS) cost well under a
-millisecond at 320x320.
+**CPU cost.** A frame costs what the model's FLOPs cost, run on one core (``threads: 1``,
+onnxruntime's intra-op threads, with its spinning turned off so that an idle pool does not
+burn a core shared with the sensors; more threads shorten a frame, they do not make it
+cheaper). bench/detector.py builds models of a nano detector's size and measures them: on
+this project's x86_64 machine 0.76 GFLOP at 320x320 takes about 9 ms of CPU a frame, 1% of
+one core at one frame a second, and twice the FLOPs twice the time; letterbox, decoding and
+NMS are 1-3 ms of it. A Raspberry Pi 4 core is roughly ten times slower at float
+convolutions. onnxruntime adds about 18 MB of memory, the session about as much again for
+such a model. Figures in docs/performance.md.
+
+**Installing.** ``pip install -c constraints.txt 'tepi[detector]'`` (onnxruntime 1.32 has
+wheels for aarch64 and x86_64, manylinux_2_28: Debian 12 and Raspberry Pi OS bookworm). The
+offline bundle (systemd/bundle.sh) carries tepi's runtime dependencies only, not this extra.
 """
 
 from __future__ import annotations
@@ -109,10 +116,10 @@ COCO_CLASSES: Mapping[str, str] = MappingProxyType(
 )
 """The default ``classes``: COCO's names (YOLO and SSD-MobileNet exports) to tepi's classes."""
 
-MAX_CANDIDATES = 1000
+MAX_CANDIDATES = 300
 """Boxes above the score threshold that go on to suppression, the best first: NMS costs
-O(n^2) in the worst case, and a badly chosen threshold must not make one frame take
-seconds."""
+O(n^2) time and memory, and a badly chosen threshold must not make one frame take seconds.
+Three times the default ``max_detections`` leaves room for the boxes NMS drops."""
 
 MAX_INPUT_SIDE = 4096
 LETTERBOX_FILL = 114  # the grey YOLO trains its letterbox with
@@ -178,26 +185,31 @@ def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: float) -> np
     dropped; then the best of the rest, and so on. Equal scores keep the earlier box first (a
     stable order), so the result does not depend on the sort's mood. An empty box has an IoU
     of 0 with everything.
+
+    The IoU of every pair is computed at once (``N`` is at most :data:`MAX_CANDIDATES` here,
+    so the matrix stays under a megabyte), which leaves Python one cheap step per box.
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(b) != len(s):
         raise ValueError(f"nms: {len(b)} boxes but {len(s)} scores")
+    order = np.argsort(-s, kind="stable")
+    b = b[order]
     x0, y0, x1, y1 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
     area = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    order = np.argsort(-s, kind="stable")
+    iw = np.clip(np.minimum(x1[:, None], x1) - np.maximum(x0[:, None], x0), 0, None)
+    ih = np.clip(np.minimum(y1[:, None], y1) - np.maximum(y0[:, None], y0), 0, None)
+    inter = iw * ih
+    union = area[:, None] + area - inter
+    over = inter > iou_threshold * union  # IoU > threshold, without dividing by 0
+    over &= union > 0
+    dropped = np.zeros(len(b), dtype=bool)
     keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        iw = np.clip(np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]), 0, None)
-        ih = np.clip(np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]), 0, None)
-        inter = iw * ih
-        union = area[i] + area[rest] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.intp)
+    for i in range(len(b)):
+        if not dropped[i]:
+            keep.append(i)
+            dropped |= over[i]
+    return order[np.asarray(keep, dtype=np.intp)]
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
@@ -230,7 +242,10 @@ class Detector:
         usable = [i for i, name in enumerate(self.labels) if name in settings.classes]
         self._usable = np.asarray(usable, dtype=np.intp)
         self._tepi_class = {i: settings.classes[self.labels[i]] for i in usable}
-        self._class_ids = {c: n for n, c in enumerate(sorted(set(self._tepi_class.values())))}
+        ids = {c: n for n, c in enumerate(sorted(set(self._tepi_class.values())))}
+        self._class_id = np.full(max(1, len(self.labels)), -1, np.intp)  # model -> tepi class
+        for i, name in self._tepi_class.items():
+            self._class_id[i] = ids[name]
         blank = np.zeros((self._input.height, self._input.width, 3), np.uint8)
         outputs = self._run(self._tensor(blank), at_load=True)
         self._plan = self._check_outputs([o.shape for o in outputs])
@@ -441,7 +456,7 @@ class Detector:
         np.clip(boxes, 0.0, 1.0, out=boxes)
         real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, classes = boxes[real], scores[real], classes[real]
-        tepi_classes = np.asarray([self._class_ids[self._tepi_class[int(c)]] for c in classes])
+        tepi_classes = self._class_id[classes]
         kept: list[int] = []
         for cls in np.unique(tepi_classes):
             idx = np.flatnonzero(tepi_classes == cls)
