@@ -99,11 +99,11 @@ def _save(
 
 
 def brightness_model(
-    path: Path, *, elem: int = TensorProto.FLOAT, channel: int | None = None
+    path: Path, *, elem: int = TensorProto.FLOAT, channel: int | None = None, nhwc: bool = False
 ) -> Path:
     """YOLOv8 layout ``[1, 5, 1]``, one class: a box at (100, 60)-(220, 260) of the 320x320
     input, scored by the input's mean brightness in 0..1, or (float input only) by the mean
-    of input channel ``channel``."""
+    of input channel ``channel``; the input NCHW, or NHWC."""
     if channel is None:
         nodes = _mean(elem)
     else:
@@ -121,11 +121,12 @@ def brightness_model(
         numpy_helper.from_array(box, "box"),
         numpy_helper.from_array(np.asarray([channel or 0], np.int64), "c0"),
         numpy_helper.from_array(np.asarray([(channel or 0) + 1], np.int64), "c1"),
-        numpy_helper.from_array(np.asarray([1], np.int64), "ax"),
+        numpy_helper.from_array(np.asarray([3 if nhwc else 1], np.int64), "ax"),
     ]
     out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1])
     names = {"names": "{0: 'car'}"}
-    return _save(path, nodes, inits, (1, 3, 320, 320), elem, [out], names)
+    shape = (1, 320, 320, 3) if nhwc else (1, 3, 320, 320)
+    return _save(path, nodes, inits, shape, elem, [out], names)
 
 
 def size_model(path: Path) -> Path:
@@ -340,8 +341,10 @@ def test_the_score_follows_the_image_float_and_uint8(tmp_path: Path) -> None:
         assert d.score == pytest.approx((255 + 114) / 2 / 255, abs=1e-3)
 
 
-def test_the_model_sees_rgb_unless_told(tmp_path: Path) -> None:
-    path = brightness_model(tmp_path / "red.onnx", channel=0)  # scored by input channel 0
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
+def test_the_model_sees_rgb_unless_told(tmp_path: Path, nhwc: bool) -> None:
+    # Scored by input channel 0 alone, found where the layout puts it.
+    path = brightness_model(tmp_path / "red.onnx", channel=0, nhwc=nhwc)
     rgb = Detector(DetectorSettings(path, classes={"car": "car"}))
     red, blue = frame(320, 320, (0, 0, 255)), frame(320, 320, (255, 0, 0))  # BGR
     assert [d.score for d in rgb.detect(red)] == [pytest.approx(1.0)]
