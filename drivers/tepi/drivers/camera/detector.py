@@ -9,6 +9,29 @@ the file comes from the user's config. onnxruntime is an optional dependency (th
 Everything here is synchronous: :meth:`Detector.detect` runs in the camera's worker thread,
 never on the event loop. onnxruntime releases the GIL while the model runs.
 
+**Settings** (:class:`DetectorSettings`; the names a config would use)::
+
+    model: /var/lib/tepi/models/yolov8n-320.onnx   # required; tepi ships none
+    format: auto             # yolo | ssd | auto (from the outputs' shapes)
+    labels_file: coco.txt    # or labels: [person, bicycle, ...]; or neither: the model's own
+    classes:                 # model label -> tepi class; a label not here is dropped
+      {bicycle: two_wheeler, motorcycle: two_wheeler, car: car, bus: bus_truck,
+       truck: bus_truck, person: person}       # the default
+    score_threshold: 0.4     # a box's score must reach this (0..1)
+    iou_threshold: 0.45      # NMS drops a box overlapping a better one by more (0..1)
+    threads: 1               # onnxruntime's intra-op threads
+    input_size: [320, 320]   # width, height fed to a model whose input size is dynamic
+    resize: auto             # letterbox | stretch | auto (letterbox for YOLO, else stretch)
+    box_order: yxyx          # an SSD model's box coordinates: yxyx (TF) or xyxy
+    channels: rgb            # rgb | bgr, what the model was trained on
+    max_detections: 100      # the best this many boxes a frame
+
+A YOLO model comes from Ultralytics' exporter, for example ``yolo export model=yolov8n.pt
+format=onnx imgsz=320`` (which writes the labels into the model; Ultralytics' weights are
+AGPL-3.0, which a deployment must respect); 320x320 is the size this module's figures are
+for. An SSD-MobileNet from the TF Object Detection API converted with tf2onnx, or the ONNX
+model zoo's, works as it is.
+
 **Input.** The model has one input of rank 4, in either layout:
 
 - ``NCHW`` ``[1, 3, H, W]`` or ``NHWC`` ``[1, H, W, 3]`` (the layout is where the 3 is);
