@@ -316,7 +316,7 @@ class TrafficScene:
         for y_lo, y_hi in ((0, y_px(top - 3.0)), (y_px(bottom + 3.0), h)):
             x = 0
             while x < w and y_hi > y_lo:
-                bw = int(rng.integers(self._px(4), self._px(12)) + 1)
+                bw = int(rng.integers(0, max(1, self._px(8))) + self._px(4) + 2)
                 shade = tuple(int(c) for c in rng.integers(70, 200, size=3))
                 cv2.rectangle(img, (x, y_lo), (x + bw - 2, y_hi), shade, -1)
                 x += bw
@@ -373,7 +373,7 @@ class TrafficScene:
         bottom = self.road_lanes[-1].y + half
         out = []
         # Tree crown: an ellipse of foliage, mottled.
-        rx, ry = self._px(3.2), self._px(3.0)
+        rx, ry = max(1, self._px(3.2)), max(1, self._px(3.0))
         cx, cy = m + self._px(0.3 * s.width_m), m + self._px(top - 0.4)
         crown = np.zeros((2 * ry + 1, 2 * rx + 1, 3), np.uint8)
         mask = np.zeros(crown.shape[:2], np.uint8)
@@ -385,12 +385,12 @@ class TrafficScene:
             cv2.circle(crown, (px, py), int(rng.integers(2, max(3, self._px(0.8)))), tone, -1)
         out.append(_Occluder(cy - ry, cx - rx, crown, mask.astype(bool)))
         # Gantry walkway: a grating across the whole road.
-        gw = self._px(1.6)
+        gw = max(1, self._px(1.6))
         y0, y1 = m + self._px(top - 1.0), m + self._px(bottom + 1.0)
         walk = np.zeros((y1 - y0, gw, 3), np.uint8)
         walk[:] = (72, 74, 78)
         walk[:, :: max(2, gw // 6)] = (112, 114, 118)
-        walk[:: self._px(0.5)] = (50, 52, 56)
+        walk[:: max(1, self._px(0.5))] = (50, 52, 56)
         gx = m + self._px(0.84 * s.width_m)
         out.append(_Occluder(y0, gx, walk, np.ones(walk.shape[:2], bool)))
         return tuple(out)
@@ -470,12 +470,6 @@ class TrafficScene:
         v = f.v[i0] * (1 - u) + f.v[i1] * u
         return _State(ids, x, y, v, f.lanes[i0].astype(np.int64))
 
-    def _direction(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-        f = self.flow
-        # Westbound vehicles' x falls over their life, eastbound ones' rises.
-        last = f.off[ids] + np.maximum(f.k_out[ids] - f.k_in[ids] - 1, 0)
-        return np.where(f.x[last] >= f.x[f.off[ids]], 1.0, -1.0)
-
     def truth(self, t: float) -> list[VehicleTruth]:
         """Every vehicle at least partly in view at scene time ``t``, by id."""
         ids, x, y, v, _ = self._at(t)
@@ -489,7 +483,7 @@ class TrafficScene:
         x1 = ((x + half_l) * ppm - offx) / w
         y0 = ((y - half_w) * ppm - offy) / h
         y1 = ((y + half_w) * ppm - offy) / h
-        direction = self._direction(ids)
+        direction = f.direction[ids]
         lane_ys = np.array([ln.y for ln in self.road_lanes])
         out = []
         for n, i in enumerate(ids):

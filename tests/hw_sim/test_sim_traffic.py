@@ -208,7 +208,8 @@ def test_a_queue_forms_at_red_clears_at_green_and_matches_the_truth_boxes() -> N
         cleared = float(start) + s.settings.red_s + s.settings.green_s * 0.8
         assert not s.is_red(cleared)
         assert s.queue_length(zone.name, cleared) == 0.0
-    assert min(peaks) > 2 * vehicle_length_m("car")
+    assert min(peaks) > 2 * vehicle_length_m("two_wheeler")  # every red stops someone
+    assert sum(peaks) / len(peaks) > 2 * vehicle_length_m("car")
     spill = 0
     samples = _times(0.0, s.duration, 0.7)
     for t in samples:
@@ -243,6 +244,52 @@ def test_a_scene_without_vehicles_has_no_vehicle_pixels() -> None:
     t = 100.0
     assert busy.truth(t)
     assert np.abs(busy.render(t).astype(np.int16) - clean.render(t)).max() > 40
+
+
+def test_every_vehicle_stands_out_from_the_road_by_the_documented_contrast() -> None:
+    bare = replace(QUIET, occluders=False)  # nothing hides any part of a vehicle
+    busy = scene(bare)
+    empty = scene(replace(bare, vehicles=False))
+    w, h = busy.width, busy.height
+    checked = 0
+    near = 0
+    for t in _times(0.0, 300.0, 3.1):
+        diff = np.abs(busy.render(t).astype(np.int16) - empty.render(t)).mean(axis=2)
+        for v in busy.truth(t):
+            x0, y0, x1, y1 = v.box
+            if x0 <= 0.0 or x1 >= 1.0:
+                continue
+            # The middle of the body (a two-wheeler's rider aside): its median pixel.
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            qx, qy = (x1 - x0) / 4, (y1 - y0) / 4
+            core = diff[round((cy - qy) * h) : round((cy + qy) * h) + 1,
+                        round((cx - qx) * w) : round((cx + qx) * w) + 1]  # fmt: skip
+            if v.cls == "two_wheeler":  # the rider's helmet is in the middle: use the ends
+                core = np.concatenate(
+                    [
+                        diff[round(cy * h), round((x0 + qx / 2) * w)].reshape(1),
+                        diff[round(cy * h), round((x1 - qx / 2) * w)].reshape(1),
+                    ]
+                )
+            level = float(np.median(core))
+            assert level >= 20, (t, v)  # 28 from the base grey, less the texture's 6 and marks
+            near += level < 45
+            checked += 1
+    assert checked > 500
+    assert near > checked / 10, "some vehicles are close to the road's grey"
+
+
+@pytest.mark.parametrize("size", [(64, 36), (320, 180), (1280, 720)])
+def test_any_frame_size_renders_the_same_scene(size: tuple[int, int]) -> None:
+    w, h = size
+    small = scene(replace(QUIET, width=w, height=h))
+    frame = small.render(100.0)
+    assert frame.shape == (h, w, 3)
+    assert frame.dtype == np.uint8
+    reference = scene(QUIET)
+    assert [v.id for v in small.truth(100.0)] == [v.id for v in reference.truth(100.0)]
+    for v, r in zip(small.truth(100.0), reference.truth(100.0), strict=True):
+        assert v.center == pytest.approx(r.center)
 
 
 def test_shake_moves_the_whole_frame_by_the_configured_pixels() -> None:
