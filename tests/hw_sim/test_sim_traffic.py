@@ -11,7 +11,7 @@ import itertools
 import json
 import math
 from collections import Counter
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from tepi_sim.traffic import (
     VehicleTruth,
     vehicle_length_m,
 )
+from tepi_sim.traffic_settings import traffic_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -579,3 +580,49 @@ async def test_the_camera_serves_the_traffic_scene_over_http() -> None:
         assert other > 2 * same
         status = camera.status()
         assert (status["scene"], status["epoch"]) == ("traffic", camera.epoch)
+
+
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.floats(-5, 50), max_size=4),
+    st.dictionaries(st.sampled_from(["car", "bus", "two_wheeler"]), st.floats(-1, 2)),
+)
+
+
+_KEYS = [f.name for f in fields(TrafficSettings)]
+
+
+@given(st.dictionaries(st.sampled_from([*_KEYS, "lanes", "sede"]), _JUNK, max_size=6))
+def test_traffic_settings_take_any_mapping_and_report_rather_than_raise(
+    raw: dict[str, object],
+) -> None:
+    settings, problems = traffic_settings(raw, "traffic")
+    assert isinstance(settings, TrafficSettings)
+    assert all(p.startswith("traffic") for p in problems)
+    if not problems:  # everything given was taken as it was
+        for key, value in raw.items():
+            got = getattr(settings, key)
+            assert got == (tuple(value) if isinstance(value, list) else value) or isinstance(
+                value, dict
+            )
+
+
+@given(
+    st.floats(0.0, 1.0),
+    st.integers(0, 30),
+    st.tuples(st.floats(1.0, 20.0), st.floats(0.0, 20.0)),
+    st.booleans(),
+)
+def test_valid_traffic_settings_come_through_unchanged(
+    rain: float, noise: int, speeds: tuple[float, float], signal: bool
+) -> None:
+    low, extra = speeds
+    raw = {"rain": rain, "noise": noise, "speed_mps": [low, low + extra], "signal": signal}
+    settings, problems = traffic_settings(raw, "traffic")
+    assert problems == []
+    assert (settings.rain, settings.noise, settings.signal) == (rain, noise, signal)
+    assert settings.speed_mps == (low, low + extra)
