@@ -173,6 +173,22 @@ def test_vehicles_never_overlap_and_classes_sizes_and_speeds_vary() -> None:
     assert sum(len(lanes) > 1 for lanes in lanes_of.values()) >= 5, "lane changes"
 
 
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_other_lane_counts_and_heavy_flow_keep_every_rule(lanes: int) -> None:
+    s = scene(replace(QUIET, lanes_per_direction=lanes, width_m=60.0, flow_per_lane_min=30.0))
+    counts = s.crossings(0.0, 100.0)
+    assert [line.name for line in s.lines][-1] == "all-lanes"
+    assert len(s.lines) == 2 * lanes + 1
+    for line in s.lines[:-1]:
+        (lane,) = line.lanes
+        travel = "in" if lane < lanes else "out"  # the upper half is westbound
+        assert counts[line.name][travel] > 10
+        assert counts[line.name]["in" if travel == "out" else "out"] == 0
+    for t in _times(0.0, 100.0, 0.1):
+        for p, q in itertools.combinations(s.truth(t), 2):
+            assert not _overlap(p.box, q.box), (t, p, q)
+
+
 def _queue_from_truth(s: TrafficScene, t: float, zone_lanes: tuple[int, ...]) -> float:
     """The queue worked out from the truth boxes alone, by the documented rule."""
     zone = s.zones[0]
