@@ -550,14 +550,23 @@ async def test_the_control_socket_answers_the_traffic_ground_truth(tmp_path: Pat
             assert looped["crossings"] == counts
             first = looped["events"][0]
             assert first["t"] == pytest.approx(epoch + s.duration + s.crossing_events(0, 120)[0].t)
+            assert first["scene_t"] == pytest.approx(s.duration + s.crossing_events(0, 120)[0].t)
+            # The same window by scene time.
+            by_scene = await ask({"query": "crossings", "camera": "road", "t0": 0, "t1": 120})
+            assert by_scene["crossings"] == counts
+            assert (by_scene["t0"], by_scene["t1"]) == (0.0, 120.0)
 
             red = s.settings.red_s - 1.0  # late in the first red: a queue
             queue = await ask({"query": "queue", "camera": "road", "at": epoch + red})
             assert queue["red"] is True
             assert queue["queue"]["approach-east"] == s.queue_length("approach-east", red)
             assert queue["queue"]["approach-east"] > 0
+            assert await ask({"query": "queue", "camera": "road", "t": red}) == queue
+            assert queue["t"] == pytest.approx(red)
             now = await ask({"query": "queue", "camera": "road"})
             assert set(now["queue"]) == {"approach-east"}
+            both = await ask({"query": "queue", "camera": "road", "t": 1, "at": epoch})
+            assert both["error"] == 'give "at" (wall time) or "t" (scene time), not both'
 
             assert "objects scene" in (await ask({"query": "queue", "camera": "street"}))["error"]
             assert "no camera 'x'" in (await ask({"query": "traffic", "camera": "x"}))["error"]
