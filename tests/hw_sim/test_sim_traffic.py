@@ -651,3 +651,19 @@ def test_valid_traffic_settings_come_through_unchanged(
     assert problems == []
     assert (settings.rain, settings.noise, settings.signal) == (rain, noise, signal)
     assert settings.speed_mps == (low, low + extra)
+
+
+def test_the_camera_s_image_faults_apply_to_the_traffic_scene() -> None:
+    s = scene()
+    normal = s.render(42.0)
+    grey = cv2.cvtColor(normal, cv2.COLOR_BGR2GRAY)
+    assert float(s.render(42.0, "black").mean()) < 1.0
+    covered = s.render(42.0, "covered")
+    assert 36 < float(covered.mean()) < 42
+    assert float(covered.std()) < 2
+    blurred = cv2.cvtColor(s.render(42.0, "blur"), cv2.COLOR_BGR2GRAY)
+    sharp = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    assert float(cv2.Laplacian(blurred, cv2.CV_64F).var()) < sharp / 20
+    moved = s.render(42.0, "moved")
+    assert moved.shape == normal.shape
+    assert float(np.abs(moved.astype(np.int16) - normal).mean()) > 20
