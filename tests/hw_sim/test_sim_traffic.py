@@ -10,6 +10,11 @@ import functools
 import itertools
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import fields, replace
 from pathlib import Path
@@ -667,3 +672,50 @@ def test_the_camera_s_image_faults_apply_to_the_traffic_scene() -> None:
     moved = s.render(42.0, "moved")
     assert moved.shape == normal.shape
     assert float(np.abs(moved.astype(np.int16) - normal).mean()) > 20
+
+
+def test_a_tepi_sim_process_answers_a_yaml_traffic_camera_s_truth(tmp_path: Path) -> None:
+    config = tmp_path / "sim.yaml"
+    config.write_text(
+        "cameras:\n"
+        "  - id: road\n"
+        "    seed: 3\n"
+        "    scene: traffic\n"
+        "    traffic: {rain: 0.2, class_mix: {two_wheeler: 0.8, car: 0.2}}\n",
+        encoding="utf-8",
+    )
+    control = tmp_path / "ctl.sock"
+    hw_sim = Path(__file__).resolve().parents[2] / "hw-sim"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tepi_sim.cli", "--config", str(config), "--control", str(control)],
+        env={**os.environ, "PYTHONPATH": str(hw_sim)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # blocks until the simulator says it is ready
+            if line.strip() == "ready":
+                break
+        else:
+            raise AssertionError(f"no ready line; stderr: {proc.communicate()[1]}")
+        with socket.socket(socket.AF_UNIX) as ctl:
+            ctl.settimeout(10)
+            ctl.connect(str(control))
+            stream = ctl.makefile("rwb")
+            stream.write(b'{"query": "crossings", "camera": "road", "t0": 0, "t1": 300}\n')
+            stream.write(b'{"query": "queue", "camera": "road", "t": 11.5}\n')
+            stream.flush()
+            crossings = json.loads(stream.readline())
+            queue = json.loads(stream.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    # The same settings built here give the same truth: the scene depends on them alone.
+    here = scene(replace(DEFAULT, seed=3, rain=0.2, class_mix=(0.8, 0.2, 0.0)))
+    expected = here.crossings(0.0, 300.0)
+    got = {n: {"in": c["in"], "out": c["out"]} for n, c in crossings["crossings"].items()}
+    assert got == expected
+    assert queue["queue"] == {"approach-east": here.queue_length("approach-east", 11.5)}
+    assert proc.returncode == 0
