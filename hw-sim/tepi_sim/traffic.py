@@ -217,6 +217,9 @@ class TrafficScene:
             dtype=np.uint8,
         )
         self._offsets = rng.integers(0, _NOISE_MARGIN, size=(_OFFSETS, 2))
+        for k in range(_OFFSETS):  # two renders in a row never read the same noise window
+            if (self._offsets[k] == self._offsets[k - 1]).all():
+                self._offsets[k, 1] = (self._offsets[k, 1] + 1) % _NOISE_MARGIN
         self._renders = itertools.count()
         self._rain = painter.rain(rng) if s.rain > 0 else ()
         self._jumps = self._make_jumps(rng)
@@ -319,7 +322,7 @@ class TrafficScene:
         if amp <= 0:
             return (0, 0)
         p = self._phase
-        tau = 2 * math.pi * t
+        tau = 2 * math.pi * self._wrap(t)
         dx = 0.6 * math.sin(1.7 * tau + p[0]) + 0.4 * math.sin(4.3 * tau + p[1])
         dy = 0.6 * math.sin(1.3 * tau + p[2]) + 0.4 * math.sin(3.7 * tau + p[3])
         return (round(amp * dx), round(amp * dy))

@@ -88,6 +88,9 @@ def test_noise_changes_every_render_but_not_the_truth() -> None:
     assert not np.array_equal(first, second)
     diff = np.abs(first.astype(np.int16) - second.astype(np.int16))
     assert diff.max() <= 2 * noisy.settings.noise
+    tiny = scene(replace(DEFAULT, width=64, height=36, shake_px=0.0))
+    frames = (tiny.render(1.0) for _ in range(5000))  # past the noise offsets' cycle
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(frames))
 
 
 def test_lanes_in_both_directions_cross_both_ways_over_200_times() -> None:
