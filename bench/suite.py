@@ -358,6 +358,7 @@ def sim_config(devices: list[dict[str, Any]]) -> dict[str, Any]:
             "height": int(d.get("height", 720)),
             "fps": int(d.get("fps", 5)),
             "seed": i,
+            **{k: d[k] for k in ("scene", "traffic") if k in d},
         }
         for i, d in enumerate(devices)
         if d["kind"] == "camera"
@@ -381,6 +382,36 @@ def sim_config(devices: list[dict[str, Any]]) -> dict[str, Any]:
     return cfg
 
 
+def analytics_of(d: dict[str, Any], devices: list[dict[str, Any]]) -> dict[str, Any]:
+    """A camera's ``analytics:``; ``lines: scene`` takes the traffic scene's own lines and
+    queue zones (the scene is rebuilt here from the same settings and seed: deterministic)."""
+    out = dict(d["analytics"])
+    if out.get("lines") == "scene":
+        from tepi_sim.traffic import TrafficScene
+        from tepi_sim.traffic_settings import TrafficSettings
+
+        seed = [x["id"] for x in devices if x["kind"] == "camera"].index(d["id"])
+        scene = TrafficScene(
+            TrafficSettings(
+                seed=seed,
+                width=int(d.get("width", 1280)),
+                height=int(d.get("height", 720)),
+                **dict(d.get("traffic") or {}),
+            )
+        )
+        out["lines"] = [{"name": x.name, "points": [list(x.a), list(x.b)]} for x in scene.lines]
+        out["zones"] = [
+            {
+                "name": z.name,
+                "polygon": [list(p) for p in z.polygon],
+                "stop_line": [list(p) for p in z.stop_line],
+                "length_m": z.length_m,
+            }
+            for z in scene.zones
+        ]
+    return out
+
+
 def agent_devices(devices: list[dict[str, Any]], endpoints: dict[str, Any]) -> list[Any]:
     out: list[dict[str, Any]] = []
     for d in devices:
@@ -394,6 +425,8 @@ def agent_devices(devices: list[dict[str, Any]], endpoints: dict[str, Any]) -> l
             url = cam["snapshot"] if source == "snapshot" else cam[source]
             out.append({**base, "driver": "camera", "url": url, "source": source})
             out[-1]["snapshot_interval"] = d.get("snapshot_interval")
+            if "analytics" in d:
+                out[-1]["analytics"] = analytics_of(d, devices)
             continue
         regs = []
         for pt in points(d):
@@ -1005,6 +1038,8 @@ ALL = [
     "cameras-8",
     "camera-stream",
     "reference-cameras",
+    "camera-analytics",
+    "reference-cameras-analytics",
 ]
 # Also in bench/workloads, run by name for comparisons on a 2 Mbit/s link: reference-2mbit
 # (the link alone), reference-cameras-2mbit (and 4 cameras), reference-cameras-whole (images

@@ -647,6 +647,7 @@ class AnalysisRunner:
             "relearning": self.relearning,
             "tracks": len(self._live),
             "events": self.events,
+            "events_queued": self._events.qsize(),
             "events_dropped": self.events_dropped,
             "event_errors": self.event_errors,
             "readings_dropped": self.readings_dropped,
