@@ -251,11 +251,14 @@ class Guest:
             time.sleep(0.1)
 
     def _find_leader(self) -> int:
+        """The guest's PID 1, once nspawn's child has become systemd (before that, the child
+        may be one of nspawn's own, which exits)."""
         assert self.proc is not None
         with contextlib.suppress(OSError):
             for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
                 for pid in (task / "children").read_text().split():
-                    return int(pid)
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                        return int(pid)
         return 0
 
     def _booted(self) -> str:
@@ -281,12 +284,16 @@ class Guest:
     def stop(self, timeout: float = 60) -> None:
         """Power off (systemd stops every unit, as at a real shutdown); kill if it hangs."""
         if self.proc is not None and self.proc.poll() is None:
-            self.run(["systemctl", "poweroff", "--no-block"], timeout=20)
+            if self.leader > 0:
+                self.run(["systemctl", "poweroff", "--no-block"], timeout=20)
+            else:
+                self.proc.terminate()  # not booted yet: nspawn stops its child on SIGTERM
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.leader, 9)  # the guest's PID 1: its whole pid namespace goes
+                if self.leader > 0:  # the guest's PID 1: its whole pid namespace goes with it
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.leader, 9)
                 self.proc.kill()
                 self.proc.wait(10)
         self._cgroups.remove()
