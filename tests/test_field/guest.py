@@ -158,6 +158,8 @@ class _Cgroups:
         candidates = [Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd")]
         if (Path("/sys/fs/cgroup") / "cgroup.controllers").exists():
             candidates = [Path("/sys/fs/cgroup")]  # a pure v2 host
+        if Path("/run/systemd/system").is_dir():
+            candidates = []  # a host systemd gives nspawn a scope: its tree is not ours to change
         self.dirs = [c / name for c in candidates if (c / "cgroup.procs").exists()]
 
     def make(self) -> None:
