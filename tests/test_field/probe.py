@@ -22,7 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Made by the test in the guest before the probe runs: device nodes mode 0666 / root:dialout
-# 0660, and a directory anyone may write, so that only a sandbox can refuse them.
+# 0660, and a directory anyone may write, so that only a sandbox can refuse them. Not /dev/mem
+# or a disk: opening those needs CAP_SYS_RAWIO or root's mode anyway, so their refusal would
+# not show the device policy at work.
 OPEN = {
     "tun": "/dev/field-tun",  # char 10:200, not a serial line: DevicePolicy=closed refuses it
     "tty_usb": "/dev/field-ttyUSB0",  # char 188:0, DeviceAllow=char-188: passes the policy
