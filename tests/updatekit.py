@@ -9,6 +9,7 @@ import hashlib
 import json
 import ssl
 import subprocess
+import sys
 import tarfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from tepi.gateway.localbroker import free_port
 
-__all__ = ["Keys", "Server", "https", "keys", "make_bundle", "openssl", "until"]
+__all__ = ["Keys", "Server", "build_bundle", "https", "keys", "make_bundle", "openssl", "until"]
 
 
 async def until(cond: Callable[[], bool], timeout: float = 30) -> None:
@@ -139,3 +140,15 @@ async def https(tmp_path: Path) -> AsyncIterator[Server]:
         yield server
     finally:
         await runner.cleanup()
+
+
+def build_bundle(out: Path, key: Path, *, timeout: float = 300) -> None:
+    """The real offline bundle for this machine's platform (``bundle.sh --native``, with this
+    Python's pip: PyPI or pip's cache), signed with ``key``."""
+    repo = Path(__file__).resolve().parent.parent
+    res = subprocess.run(
+        [str(repo / "systemd/bundle.sh"), "--native", "--python", sys.executable,
+         "--key", str(key), str(out)],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
