@@ -289,3 +289,58 @@ def test_values_of_the_runner_are_what_the_buffer_takes() -> None:
     assert "count.lane-1.in.two_wheeler" in names
     assert "queue_length.approach-east" in names
     assert "queue_length_max.approach-east" in names
+
+
+async def test_a_detector_gives_the_tracker_its_objects_and_classes(tmp_path: Path) -> None:
+    """A model (built here) that finds one bus, always at the same place: with the detector
+    configured, the object comes from it, not from motion (the picture never changes), and
+    its event carries the model's class mapped to tepi's."""
+    from onnxkit import build, v8
+
+    # cx, cy, w, h = 160, 160, 80, 40 on a 320x320 input; class 1 of ("car", "bus").
+    model = build(tmp_path / "bus.onnx", {"output0": v8([[160, 160, 80, 40, 0.1, 0.95]])})
+    scene = TrafficScene(TrafficSettings(seed=2, duration_s=10.0, vehicles=False))
+    cfg = AnalyticsConfig.model_validate(
+        {
+            "fps": FPS,
+            "count_interval": 3600,
+            "detector": {"model": str(model), "labels": ["car", "bus"], "interval": "50ms"},
+        }
+    )
+    sink = Sink(tmp_path / "images")
+    runner = AnalysisRunner("cam-1", cfg, [], images=sink, mask=lambda i: i)
+    await runner.start()
+    still = scene.render(0.0)
+    mono0, wall0 = time.monotonic(), time.time()
+    for i in range(20):
+        want = runner.analysed + 1
+        runner.offer(frame_of(still.copy(), wall0 + i / FPS), mono0 + i / FPS)
+        await until(functools.partial(done, runner, want))
+    await runner.stop()
+    stats = runner.stats()
+    assert stats["errors"] == 0, stats["last_error"]
+    sink.db.close()
+    with ImageStore(tmp_path / "images", 200_000_000, sync=False) as store:
+        seen: list[int] = []
+        events = []
+        while (meta := store.next(seen)) is not None:
+            seen.append(meta.seq)
+            events.append(orjson.loads(meta.event or "null"))
+    starts = [e for e in events if e["type"] == "start"]
+    assert len(starts) == 1, events
+    assert starts[0]["label"] == "bus_truck"  # the model's "bus", as the default map has it
+    # 640x360 letterboxed into 320x320: scale 0.5, 70 px of padding above and below, so the
+    # box's y 140..180 in the input is 70..110 of the picture at half size: 140..220 of 360.
+    x0, y0, x1, y1 = starts[0]["box"]
+    assert (x0, x1) == pytest.approx((0.375, 0.625), abs=0.02)
+    assert (y0, y1) == pytest.approx((140 / 360, 220 / 360), abs=0.02)
+
+
+async def test_a_model_it_cannot_use_fails_the_start_with_what_is_wrong(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model\n")
+    cfg = AnalyticsConfig.model_validate({"detector": {"model": str(bad), "labels": ["car"]}})
+    runner = AnalysisRunner("cam-1", cfg, [], images=None, mask=lambda i: i)
+    with pytest.raises(Exception, match=r"bad\.onnx"):
+        await runner.start()
+    await runner.stop()  # nothing was started: a no-op

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from onnxkit import Dim, build, mean_nodes, save_model, v8
 
 from tepi.drivers.camera.detector import (
     Detector,
@@ -34,68 +35,7 @@ from tepi.drivers.camera.geometry import box_iou
 
 pytestmark = pytest.mark.timeout(60)
 
-Dim = int | str
 COCO_FEW = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "dog")
-
-
-def build(
-    path: Path,
-    outputs: Mapping[str, npt.ArrayLike],
-    *,
-    shape: Sequence[Dim] = (1, 3, 320, 320),
-    elem: int = TensorProto.FLOAT,
-    metadata: dict[str, str] | None = None,
-    out_type: int = TensorProto.FLOAT,
-) -> Path:
-    """A model with one image input whose outputs are the given constants (plus 0 x the
-    input's mean)."""
-    nodes = [*_mean(elem), helper.make_node("Mul", ["mean", "zero"], ["nothing"])]
-    inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
-    outs = []
-    for name, value in outputs.items():
-        arr = np.asarray(value, np.float32)
-        inits.append(numpy_helper.from_array(arr, f"{name}_c"))
-        sum_name = name if out_type == TensorProto.FLOAT else f"{name}_f"
-        nodes.append(helper.make_node("Add", [f"{name}_c", "nothing"], [sum_name]))
-        if out_type != TensorProto.FLOAT:
-            nodes.append(helper.make_node("Cast", [sum_name], [name], to=out_type))
-        outs.append(helper.make_tensor_value_info(name, out_type, list(arr.shape)))
-    return _save(path, nodes, inits, shape, elem, outs, metadata)
-
-
-def _mean(elem: int) -> list[onnx.NodeProto]:
-    """Nodes from ``images`` to ``mean``, the mean of the input (uint8 scaled to 0..1)."""
-    if elem == TensorProto.FLOAT:
-        return [helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0)]
-    mean = "mean255" if elem == TensorProto.UINT8 else "mean"
-    nodes = [
-        helper.make_node("Cast", ["images"], ["as_float"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["as_float"], [mean], keepdims=0),
-    ]
-    if elem == TensorProto.UINT8:
-        nodes.append(helper.make_node("Mul", ["mean255", "inv255"], ["mean"]))
-    return nodes
-
-
-def _save(
-    path: Path,
-    nodes: list[onnx.NodeProto],
-    inits: list[onnx.TensorProto],
-    shape: Sequence[Dim],
-    elem: int,
-    outs: list[onnx.ValueInfoProto],
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    inits = [*inits, numpy_helper.from_array(np.asarray(1 / 255, np.float32), "inv255")]
-    image = helper.make_tensor_value_info("images", elem, list(shape))
-    graph = helper.make_graph(nodes, "tiny", [image], outs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    if metadata:
-        helper.set_model_props(model, metadata)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def brightness_model(
@@ -105,7 +45,7 @@ def brightness_model(
     input, scored by the input's mean brightness in 0..1, or (float input only) by the mean
     of input channel ``channel``; the input NCHW, or NHWC."""
     if channel is None:
-        nodes = _mean(elem)
+        nodes = mean_nodes(elem)
     else:
         nodes = [
             helper.make_node("Slice", ["images", "c0", "c1", "ax"], ["plane"]),
@@ -126,7 +66,7 @@ def brightness_model(
     out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1])
     names = {"names": "{0: 'car'}"}
     shape = (1, 320, 320, 3) if nhwc else (1, 3, 320, 320)
-    return _save(path, nodes, inits, shape, elem, [out], names)
+    return save_model(path, nodes, inits, shape, elem, [out], names)
 
 
 def size_model(path: Path) -> Path:
@@ -147,14 +87,9 @@ def size_model(path: Path) -> Path:
         numpy_helper.from_array(np.asarray([1, 5, 1], np.int64), "shape"),
     ]
     out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1])
-    return _save(
+    return save_model(
         path, nodes, inits, ("n", 3, "h", "w"), TensorProto.FLOAT, [out], {"names": "['car']"}
     )
-
-
-def v8(rows: Sequence[Sequence[float]]) -> npt.NDArray[np.float32]:
-    """YOLOv8's ``[1, 4 + C, N]`` from rows ``cx, cy, w, h, class scores...``."""
-    return np.asarray(rows, np.float32).T[None]
 
 
 def frame(w: int, h: int, value: int | tuple[int, int, int] = 128) -> npt.NDArray[np.uint8]:
@@ -392,7 +327,7 @@ def dynamic_rows_model(path: Path, rows: npt.NDArray[np.float32], axis: int) -> 
     dims: list[Dim] = list(rows.shape)
     dims[axis] = "candidates"
     out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, dims)
-    return _save(path, nodes, inits, ("n", 3, 320, 320), TensorProto.FLOAT, [out])
+    return save_model(path, nodes, inits, ("n", 3, 320, 320), TensorProto.FLOAT, [out])
 
 
 def test_a_dynamic_dimension_is_the_candidates(tmp_path: Path) -> None:
