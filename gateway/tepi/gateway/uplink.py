@@ -121,6 +121,13 @@ class _SwitchBack(Exception):
         self.index = index
 
 
+class _LostBeforeConnack(aiomqtt.MqttCodeError):
+    """The broker closed the connection before it answered the CONNECT."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {self.args[0]}" if self.args else super().__str__()
+
+
 class _Client(aiomqtt.Client):
     """aiomqtt's client, without its once-a-second timer.
 
@@ -183,7 +190,7 @@ class _Client(aiomqtt.Client):
         # timeout; here the connect fails at once and the backoff takes over.
         if not self._connected.done():
             self._connected.set_exception(
-                aiomqtt.MqttCodeError(reason_code, "connection lost before the broker accepted it")
+                _LostBeforeConnack(reason_code, "connection lost before the broker accepted it")
             )
             return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
@@ -248,6 +255,15 @@ def _rc(err: BaseException) -> int | None:
         return None
     rc = err.rc
     return rc.value if isinstance(rc, ReasonCode) else rc
+
+
+def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 async def _answers(address: tuple[str, int]) -> bool:
@@ -660,7 +676,7 @@ class Uplink:
             return _Kind("qos", err)
         if rc == _RC_UNSUPPORTED_PROTOCOL:
             return _Kind("protocol", err)
-        if rc is None and "before the broker accepted it" in str(err):
+        if rc is None and _caused_by(err, _LostBeforeConnack):
             if index not in self._v311_only:  # asked once: the answer does not change
                 self._v311_only[index] = await self._takes_311(index)
             if self._v311_only[index]:
