@@ -9,15 +9,20 @@ stream on its own must keep the devices' order.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from completeness import Completeness, format_table
-from helpers import AgentProc, Broker, Subscriber, agent_config
+from helpers import AgentProc, Broker, FaultProxy, Subscriber, agent_config
 from rig import DEVICES, SIM, Rig, agent_devices, validator
 
+from tepi.core.records import Reading
+from tepi.gateway.configload import parse_config
+from tepi.gateway.runtime import Agent
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,3 +126,70 @@ async def test_the_agent_fails_over_and_returns_losing_nothing(tmp_path: Path) -
     assert "a later one of the list" in log
     assert "moving back to it" in log
     assert "Traceback" not in log
+
+
+async def test_what_the_old_broker_did_not_acknowledge_goes_to_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """On the second broker, the link swallows everything (no reset): a batch goes out and
+    its PUBACK never comes. The first broker comes back; after the hold the agent moves to it,
+    and the batch the second never acknowledged goes there: every reading arrives once
+    (the swallowed ones never reached the second broker), in order, and the buffer is empty."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = Broker(tmp_path / "a"), Broker(tmp_path / "b")
+    await second.start()
+    try:
+        async with (
+            FaultProxy(second.port) as proxy,
+            Subscriber(second.port, "ioc/v1/gw-fo/telemetry") as sub_b,
+        ):
+            urls = [f"mqtt://127.0.0.1:{first.port}", f"mqtt://127.0.0.1:{proxy.port}"]
+            up = {
+                "url": urls,
+                "failover": {"hold": f"{HOLD}s", "probe_interval": "100ms"},
+                "reconnect": {"min_delay": "100ms", "max_delay": "300ms"},
+            }
+            cfg = parse_config(
+                json.dumps(
+                    {"gateway": {"id": "gw-fo", "data_dir": str(tmp_path / "data")}, "uplink": up}
+                ),
+                "t.yaml",
+                check_files=False,
+            )
+            agent = Agent(cfg)
+            stop = asyncio.Event()
+            run = asyncio.create_task(agent.run(stop))
+            try:
+                await agent.ready.wait()
+                for i in range(50):
+                    agent.buffer.put(Reading("d", "counter", i, None, time.time(), 1.0))
+                await sub_b.wait_for(lambda s: len(s.readings()) >= 50, 20)
+                async with asyncio.timeout(10):
+                    await agent.uplink.wait_for(lambda s: s.readings_acked >= 50)
+                assert agent.uplink.stats.broker == urls[1]
+
+                proxy.blackhole()
+                for i in range(50, 100):
+                    agent.buffer.put(Reading("d", "counter", i, None, time.time(), 1.0))
+                await proxy.wait_swallowed(1000)  # the batch is out, its PUBACK will not come
+                assert agent.uplink.stats.readings_acked == 50
+
+                await first.start()
+                async with Subscriber(first.port, "ioc/v1/gw-fo/telemetry") as sub_a:
+                    await sub_a.wait_for(lambda s: len(s.readings()) >= 50, 30)
+                    async with asyncio.timeout(10):
+                        await agent.uplink.wait_for(lambda s: s.readings_acked >= 100)
+                assert agent.uplink.stats.broker == urls[0]
+                await agent.buffer.flush()
+                assert agent.buffer.stats().depth == 0
+            finally:
+                stop.set()
+                await run
+    finally:
+        await first.stop()
+        await second.stop()
+    on_b = [(r["seq"], r["value"]) for r in sub_b.readings()]
+    on_a = [(r["seq"], r["value"]) for r in sub_a.readings()]
+    assert on_b == [(i + 1, i) for i in range(50)]
+    assert on_a == [(i + 1, i) for i in range(50, 100)], "the unacknowledged went again, in order"

@@ -280,13 +280,13 @@ async def _answers(address: tuple[str, int]) -> bool:
 
 
 def _connect_311(client_id: str, username: str | None, password: str | None) -> bytes:
-    """An MQTT 3.1.1 CONNECT packet: a clean session, no will, 10 s keepalive."""
+    """An MQTT 3.1.1 CONNECT packet: not a clean session, no will, 10 s keepalive."""
 
     def text(value: str) -> bytes:
         data = value.encode()
         return len(data).to_bytes(2, "big") + data
 
-    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    flags = (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
     body = text("MQTT") + bytes([4, flags]) + (10).to_bytes(2, "big") + text(client_id)
     if username is not None:
         body += text(username)
@@ -419,7 +419,7 @@ class Uplink:
         self._max_bytes = up.batch.max_bytes  # lowered to an MQTT 5 broker's maximum packet
         self._sessions: set[int] = set()  # brokers that took a persistent session from us
         self._told: set[tuple[int, str]] = set()  # capability notes logged, once a broker
-        self._v311_only: dict[int, bool] = {}  # MQTT 5 refused: whether 3.1.1 is accepted
+        self._v311_only: set[int] = set()  # brokers that closed MQTT 5 but took 3.1.1
         # The link's state, logged as it changes: the first failure, then the reconnect.
         names = ", ".join(f"{h}:{p}" for h, p in self._brokers)
         self._outage = Outage(
@@ -676,16 +676,22 @@ class Uplink:
             return _Kind("qos", err)
         if rc == _RC_UNSUPPORTED_PROTOCOL:
             return _Kind("protocol", err)
-        if rc is None and _caused_by(err, _LostBeforeConnack):
-            if index not in self._v311_only:  # asked once: the answer does not change
-                self._v311_only[index] = await self._takes_311(index)
-            if self._v311_only[index]:
-                return _Kind("protocol", err)
+        # Once it took 3.1.1 the answer stands; a broker that was only starting or busy is
+        # asked again at the next failure (one connection, paced by the backoff).
+        if (
+            rc is None
+            and _caused_by(err, _LostBeforeConnack)
+            and (index in self._v311_only or await self._takes_311(index))
+        ):
+            self._v311_only.add(index)
+            return _Kind("protocol", err)
         return err
 
     async def _takes_311(self, index: int) -> bool:
-        """Whether broker ``index`` accepts an MQTT 3.1.1 connect (a clean session, no will,
-        disconnected at once): the diagnosis of an MQTT 5 connect it closed unanswered."""
+        """Whether broker ``index`` accepts an MQTT 3.1.1 connect (no will, disconnected at
+        once): the diagnosis of an MQTT 5 connect it closed unanswered. Not a clean session:
+        a session the gateway left there (commands queued for it) stays, and what the broker
+        may deliver meanwhile goes unacknowledged, so it is delivered again later."""
         up = self.cfg.uplink
         password = self._password.get_secret_value() if self._password else None
         packet = _connect_311(up.client_id or f"tepi-{self.cfg.gateway.id}", up.username, password)
