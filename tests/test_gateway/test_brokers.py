@@ -226,3 +226,47 @@ async def test_a_broker_without_retained_messages_is_said_and_worked_around(
         assert agent.uplink.stats.connects >= 1
     finally:
         await broker.stop()
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("max_qos 0", "does not take QoS 1"),
+        ("max_packet_size 8000", "takes packets of at most 8000 bytes"),
+        ("max_inflight_messages 2", "takes 2 unacknowledged messages at once"),
+    ],
+)
+async def test_what_an_mqtt_5_broker_lacks_is_said_at_connect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, option: str, said: str
+) -> None:
+    """Mosquitto's limits, as its MQTT 5 CONNACK states them: a broker without QoS 1 is not
+    used (readings stay buffered); with the others the readings go, and the line says what
+    tepi does instead."""
+    broker = Broker(tmp_path, extra=option)
+    await broker.start()
+    agent = in_process_agent(tmp_path, broker.port, protocol="5", max_inflight=8)
+    stop = asyncio.Event()
+    try:
+        async with Subscriber(broker.port, "ioc/v1/gw-caps/telemetry") as sub:
+            with caplog.at_level(logging.WARNING, logger="tepi.gateway.uplink"):
+                run = asyncio.create_task(agent.run(stop))
+                try:
+                    await agent.ready.wait()
+                    for i in range(300):
+                        agent.buffer.put(Reading("d", "counter", i, "x" * 40, 1.0, 1.0))
+                    if option == "max_qos 0":
+                        async with asyncio.timeout(20):
+                            await agent.uplink.wait_for(lambda s: s.errors.get("qos", 0) >= 1)
+                        assert agent.uplink.stats.connects == 0
+                    else:
+                        await sub.wait_for(lambda s: len(s.readings()) >= 300, 20)
+                finally:
+                    stop.set()
+                    await run
+        lines = [r.getMessage() for r in caplog.records if said in r.getMessage()]
+        assert len(lines) == 1, caplog.text
+        if option.startswith("max_packet_size"):
+            assert all(len(p) <= 8000 for t, p, _ in sub.messages), "batches cut to fit"
+            assert [r["value"] for r in sub.readings()] == list(range(300))
+    finally:
+        await broker.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from completeness import Completeness, format_table
-from helpers import AgentProc, Broker, FaultProxy, Subscriber, agent_config
+from helpers import AgentProc, Broker, FaultProxy, Subscriber, agent_config, start_tls_broker
 from rig import DEVICES, SIM, Rig, agent_devices, validator
 
 from tepi.core.records import Reading
@@ -193,3 +193,42 @@ async def test_what_the_old_broker_did_not_acknowledge_goes_to_the_new_one(
     on_a = [(r["seq"], r["value"]) for r in sub_a.readings()]
     assert on_b == [(i + 1, i) for i in range(50)]
     assert on_a == [(i + 1, i) for i in range(50, 100)], "the unacknowledged went again, in order"
+
+
+async def test_each_broker_of_a_tls_list_is_verified_against_its_own_name(
+    tmp_path: Path,
+) -> None:
+    """One Mosquitto with a certificate for ``localhost``, named twice in the list: first
+    as 127.0.0.1 (not the certificate's name: refused by TLS, never sent in clear), then as
+    localhost (verified: used)."""
+    tls, proc = await start_tls_broker(tmp_path, require_cert=False, auth=False)
+    urls = [f"mqtts://127.0.0.1:{tls.tls_port}", f"mqtts://localhost:{tls.tls_port}"]
+    up = {
+        "url": urls,
+        "tls": {"ca_file": str(tls.ca)},
+        "reconnect": {"min_delay": "100ms", "max_delay": "300ms"},
+    }
+    cfg = parse_config(
+        json.dumps({"gateway": {"id": "gw-tls", "data_dir": str(tmp_path / "data")}, "uplink": up}),
+        "t.yaml",
+    )
+    agent = Agent(cfg)
+    stop = asyncio.Event()
+    try:
+        async with Subscriber(tls.plain_port, "ioc/v1/gw-tls/telemetry") as sub:
+            run = asyncio.create_task(agent.run(stop))
+            try:
+                await agent.ready.wait()
+                agent.buffer.put(Reading("d", "m", 1.5, "u", time.time(), 1.0))
+                await sub.wait_for(lambda s: bool(s.readings()), 15)
+                assert agent.uplink.stats.broker == urls[1]
+            finally:
+                stop.set()
+                await run
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert agent.uplink.stats.errors.get("tls", 0) >= 1, agent.uplink.stats.errors
+    assert agent.uplink.stats.connects == 1
+    assert agent.uplink.stats.last_error is not None
+    assert "tls" in agent.uplink.stats.last_error
