@@ -270,3 +270,30 @@ async def test_what_an_mqtt_5_broker_lacks_is_said_at_connect(
             assert [r["value"] for r in sub.readings()] == list(range(300))
     finally:
         await broker.stop()
+
+
+@pytest.mark.parametrize("persistence", [False, True], ids=["forgetful", "persistent"])
+async def test_a_session_the_broker_forgot_is_said_at_the_reconnect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, persistence: bool
+) -> None:
+    """A Mosquitto restarted without persistence forgets the gateway's session (its command
+    subscription, the commands queued for it): the CONNACK's session-present flag says so,
+    and the agent says what it means. One with persistence keeps it: nothing is said."""
+    broker = Broker(tmp_path, persistence=persistence)
+    await broker.start()
+    agent = in_process_agent(tmp_path, broker.port)
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, logger="tepi.gateway.uplink"):
+        run = asyncio.create_task(agent.run(stop))
+        try:
+            async with asyncio.timeout(20):
+                await agent.uplink.wait_for(lambda s: s.connects >= 1)
+                await broker.stop()
+                await broker.start()
+                await agent.uplink.wait_for(lambda s: s.connects >= 2)
+        finally:
+            stop.set()
+            await run
+            await broker.stop()
+    said = [r.getMessage() for r in caplog.records if "did not keep" in r.getMessage()]
+    assert len(said) == (0 if persistence else 1), caplog.text
