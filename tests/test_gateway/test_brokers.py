@@ -137,6 +137,8 @@ async def test_a_broker_restart_loses_nothing_and_status_and_will_work(
             )
             status = await retained_status(broker.port, gateway)
             assert status["state"] == "online", "retained across the restart, then renewed"
+            # Each keeps the gateway's session over its restart (docs/operations.md's table).
+            assert "did not keep the gateway's session" not in rig.agent.log_text()
 
             # The last will: the agent dies without a word, the broker says it for it.
             n = len(rig.sub.on("/status"))
