@@ -58,6 +58,8 @@ def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 INSTALLED_BY_SETUP = (
     "mosquitto",
     "mosquitto_passwd",
+    "nats-server",
+    "rabbitmq-server",
     "gcc",
     "systemd-analyze",
     "systemd",

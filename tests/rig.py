@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 from completeness import Row
@@ -141,10 +141,20 @@ def agent_devices(endpoints: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
+class AnyBroker(Protocol):
+    """A broker the test owns: helpers.Broker (Mosquitto), or one of tests/brokers.py."""
+
+    port: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class Rig:
     tmp: Path
-    broker: Broker
+    broker: AnyBroker
     sim: Simulator
     sub: Subscriber
     agent: AgentProc
@@ -210,6 +220,7 @@ async def running_rig(
     prefix: list[str] | None = None,
     linked: bool = False,
     device_over: dict[str, dict[str, Any]] | None = None,
+    broker: AnyBroker | None = None,
     **over: Any,
 ) -> AsyncIterator[Rig]:
     """Broker, simulator, subscriber and agent, all started; with ``proxy``, the agent
@@ -217,9 +228,12 @@ async def running_rig(
     ``prefix`` wraps its command (helpers.mount_namespace). With ``linked``, the agent reaches
     the RTU line through a symlink (as a udev rule's /dev/ttyRS485), so a replugged adapter
     (the simulator's ``disconnect``) comes back at the same path. ``device_over`` adds keys
-    to one device's config by id, or to every device's with ``"*"``."""
-    broker = Broker(tmp_path, persistence=persistence)
-    await broker.start()
+    to one device's config by id, or to every device's with ``"*"``. ``broker``: a running
+    broker the caller owns (tests/brokers.py), used instead of a Mosquitto of the rig's own."""
+    own = broker is None
+    if broker is None:
+        broker = Broker(tmp_path, persistence=persistence)
+        await broker.start()
     via = None
     if proxy is not None:
         proxy.upstream_port = broker.port
@@ -247,7 +261,8 @@ async def running_rig(
             yield Rig(tmp_path, broker, sim, sub, agent)
         finally:
             await agent.stop()
-            await broker.stop()
+            if own:
+                await broker.stop()
     log = agent.log_text()
     assert "Traceback" not in log, log
 

@@ -553,3 +553,41 @@ def test_an_empty_password_the_config_asks_for_is_explained(tmp_path: Path, cont
     config.write_text(config.read_text().replace("  password_file: mqtt-password\n", ""))
     res = run_tepi("check", "--config", str(config), env=env)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_failover_list_of_brokers() -> None:
+    """uplink.url may be a list, tried in order; one url stays a list of one."""
+    two = "url: [mqtts://ioc-a.example.org:8883, mqtts://ioc-b.example.org]"
+    cfg = parse_config(
+        EXAMPLE.replace("url: mqtts://ioc.example.org:8883", two, 1), check_files=False
+    )
+    up = cfg.uplink
+    assert up.urls == ("mqtts://ioc-a.example.org:8883", "mqtts://ioc-b.example.org")
+    assert up.brokers == (("ioc-a.example.org", 8883), ("ioc-b.example.org", 8883))
+    assert (up.host, up.port, up.secure) == ("ioc-a.example.org", 8883, True)
+    assert up.failover.hold == 60.0
+    one = parse_config(EXAMPLE, check_files=False).uplink
+    assert one.urls == ("mqtts://ioc.example.org:8883",)
+
+
+@pytest.mark.parametrize(
+    ("urls", "expected"),
+    [
+        ("[mqtts://a.example.org, mqtt://b.example.org]", "mixes mqtt:// and mqtts://"),
+        ("[]", "the list of brokers is empty"),
+        ("[mqtts://a.example.org, mqtts://a.example.org]", "names a broker twice"),
+        ("[mqtts://a.example.org, http://b.example.org]", "url 2 (http://b.example.org)"),
+        ("mqtts://user:pw@a.example.org", "no user or password in the url"),
+    ],
+)
+def test_a_bad_failover_list_is_refused(urls: str, expected: str) -> None:
+    text = EXAMPLE.replace("url: mqtts://ioc.example.org:8883", f"url: {urls}", 1)
+    got = issues_of(text, check_files=False)
+    assert any(i.startswith("tepi.yaml:") and expected in i for i in got), got
+
+
+def test_a_password_in_a_broker_url_is_refused_without_echoing_it() -> None:
+    for urls in ("mqtts://aq-01:s3cr3t-pw@a.example.org", "[mqtts://a.b, mqtts://x:s3cr3t-pw@c.d]"):
+        got = issues_of(EXAMPLE.replace("url: mqtts://ioc.example.org:8883", f"url: {urls}", 1))
+        assert any("no user or password in the url" in i for i in got), got
+        assert not any("s3cr3t-pw" in i for i in got), got

@@ -126,6 +126,28 @@ async def test_the_tls_check_verifies_the_certificate_and_the_host_name(tmp_path
         proc.wait(10)
 
 
+async def test_every_broker_of_a_failover_list_is_checked(tmp_path: Path) -> None:
+    """A list of two: the first works, the second is down. The second fails the check (a
+    failover broker that cannot be used is found at the install), and the first's login
+    line names it."""
+    broker = password_broker(tmp_path)
+    await broker.start()
+    try:
+        down = free_port()
+        cfg = agent_config(
+            tmp_path,
+            broker.port,
+            [],
+            uplink__url=[f"mqtt://127.0.0.1:{broker.port}", f"mqtt://127.0.0.1:{down}"],
+        )
+        out = run_tepi("doctor", "--config", str(cfg))
+    finally:
+        await broker.stop()
+    assert out.returncode == 6, out.stdout
+    assert f"MQTT login as tepi-test accepted by 127.0.0.1:{broker.port}" in out.stdout
+    assert re.search(rf"FAIL  tcp +127\.0\.0\.1:{down}: ", out.stdout), out.stdout
+
+
 def sample_for_site(tmp: Path, broker: TlsBroker, ports: tuple[str, str]) -> Path:
     """The config the installer ships, edited for this site as a technician would: the
     broker, its CA, the user name, the two serial ports. ``password_file: mqtt-password``

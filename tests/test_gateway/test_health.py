@@ -90,6 +90,7 @@ def sample_health(**devices: DeviceHealth) -> Health:
             publish_rate=10.0,
             last_ack_ts=1795430462.4,
             errors={"link": 2},
+            broker="mqtt://ioc.example.org:1883",
         ),
         devices={"aq-1": DeviceHealth.of(st), **devices},
         config=ConfigHealth(

@@ -107,8 +107,34 @@ class ReconnectSection(_Model):
     )
 
 
+class FailoverSection(_Model):
+    hold: Duration = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        description="With a list of brokers in uplink.url: while connected to a later one, "
+        "an earlier one must answer every probe for this long before the agent moves back "
+        "to it, so a broker that flaps is not followed at each blink. 0: at the first answer.",
+    )
+    probe_interval: Duration = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="While connected to a later broker of the list, how often the earlier "
+        "ones are probed (a bare TCP connection, closed at once).",
+    )
+
+
 class UplinkSection(_Model):
-    url: str = Field(description="Broker: mqtt://host[:1883] or mqtts://host[:8883].")
+    url: str | list[str] = Field(
+        description="Broker: mqtt://host[:1883] or mqtts://host[:8883]; or a list of them, "
+        "tried in order (a failover list, all mqtt:// or all mqtts://): the agent uses the "
+        "first that answers and returns to an earlier one once it is back for failover.hold."
+    )
+    failover: FailoverSection = Field(
+        default_factory=FailoverSection,
+        description="Returning to an earlier broker of a failover list (uplink.url).",
+    )
     topic_prefix: str = Field(
         default="ioc/v1",
         pattern=r"^[^#+\s]+$",
@@ -171,18 +197,38 @@ class UplinkSection(_Model):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts"):
+    def _url(cls, v: str | list[str]) -> str | list[str]:
+        urls = [v] if isinstance(v, str) else v
+        if not urls:
+            raise ValueError("the list of brokers is empty: give at least one url")
+        for i, url in enumerate(urls):
+            where = "" if isinstance(v, str) else f"url {i + 1} ({url}): "
+            parts = urlsplit(url)
+            if parts.scheme not in ("mqtt", "mqtts"):
+                raise ValueError(
+                    f"{where}the scheme must be mqtt:// or mqtts://, not {parts.scheme or 'none'}"
+                )
+            if not parts.hostname:
+                raise ValueError(f"{where}the url has no host")
+            if parts.username is not None or parts.password is not None:
+                where = "" if isinstance(v, str) else f"url {i + 1}: "  # never echo a password
+                raise ValueError(
+                    f"{where}no user or password in the url (it shows in logs and health): "
+                    "use username and password_file"
+                )
+            try:
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError as err:
+                raise ValueError(f"{where}bad port in url: {err}") from None
+        # A failover list that mixes them would fall back to plaintext when the TLS broker
+        # is away: the link's security must not depend on which broker answers.
+        if len({urlsplit(u).scheme for u in urls}) > 1:
             raise ValueError(
-                f"the scheme must be mqtt:// or mqtts://, not {parts.scheme or 'none'}"
+                "the list mixes mqtt:// and mqtts://: use one scheme for every broker (a "
+                "failover must never fall back to plaintext)"
             )
-        if not parts.hostname:
-            raise ValueError("the url has no host")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as err:
-            raise ValueError(f"bad port in url: {err}") from None
+        if len(set(urls)) < len(urls):
+            raise ValueError("the list names a broker twice")
         return v
 
     @model_validator(mode="after")
@@ -194,16 +240,29 @@ class UplinkSection(_Model):
         return self
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """The brokers, in the order they are tried (one, for a single url)."""
+        return (self.url,) if isinstance(self.url, str) else tuple(self.url)
+
+    @property
+    def brokers(self) -> tuple[tuple[str, int], ...]:
+        """Each broker's (host, port), in the order of ``urls``."""
+        default = 8883 if self.secure else 1883
+        return tuple((urlsplit(u).hostname or "", urlsplit(u).port or default) for u in self.urls)
+
+    @property
     def secure(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+        return urlsplit(self.urls[0]).scheme == "mqtts"
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
+        """The first broker's host (the only one, without a failover list)."""
+        return self.brokers[0][0]
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or (8883 if self.secure else 1883)
+        """The first broker's port."""
+        return self.brokers[0][1]
 
     def read_password(self, secrets_dir: Path | None = None) -> SecretStr | None:
         """The password from its file or variable. Raises OSError/KeyError if missing.

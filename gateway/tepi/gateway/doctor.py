@@ -192,67 +192,77 @@ def check_secret(cfg: Config, secrets_dir: Path = SECRETS_DIR) -> tuple[list[Fin
 async def check_broker(
     cfg: Config, secrets_dir: Path = SECRETS_DIR, password_ok: bool = True
 ) -> list[Finding]:
+    """Every broker of uplink.url, in the list's order: a failover broker that cannot be
+    used is found at the install, not on the day the first one fails."""
+    out: list[Finding] = []
+    brokers = cfg.uplink.brokers
+    for host, port in brokers:
+        where = f" by {host}:{port}" if len(brokers) > 1 else ""
+        out += await _check_one(cfg, (host, port), where, secrets_dir, password_ok=password_ok)
+    return out
+
+
+async def _check_one(
+    cfg: Config, address: tuple[str, int], where: str, secrets_dir: Path, *, password_ok: bool
+) -> list[Finding]:
     up = cfg.uplink
+    host, port = address
     out: list[Finding] = []
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            up.host, up.port, type=socket.SOCK_STREAM
-        )
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as err:
         return [
             Finding(
                 "FAIL",
                 "dns",
-                f"{up.host}: {err}",
+                f"{host}: {err}",
                 "check the uplink.url host name and /etc/resolv.conf",
             )
         ]
     addrs = sorted({str(i[4][0]) for i in infos})
-    out.append(Finding("ok", "dns", f"{up.host} -> {', '.join(addrs)}"))
+    out.append(Finding("ok", "dns", f"{host} -> {', '.join(addrs)}"))
     try:
         async with asyncio.timeout(TIMEOUT_S):
-            _, writer = await asyncio.open_connection(up.host, up.port)
+            _, writer = await asyncio.open_connection(host, port)
         writer.close()
     except (OSError, TimeoutError) as err:
         out.append(
             Finding(
                 "FAIL",
                 "tcp",
-                f"{up.host}:{up.port}: {err or 'timed out'}",
+                f"{host}:{port}: {err or 'timed out'}",
                 "the broker is down, or a firewall or the APN blocks the port",
             )
         )
         return out
-    out.append(Finding("ok", "tcp", f"{up.host}:{up.port} accepts connections"))
+    out.append(Finding("ok", "tcp", f"{host}:{port} accepts connections"))
     tls: ssl.SSLContext | None = None
     if up.secure:
         try:
             tls = _tls_context(cfg)
             async with asyncio.timeout(TIMEOUT_S):
-                _, writer = await asyncio.open_connection(
-                    up.host, up.port, ssl=tls, server_hostname=up.host
-                )
+                _, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
             writer.close()
         except (ssl.SSLError, OSError, TimeoutError, UplinkSetupError) as err:
             out.append(
                 Finding(
                     "FAIL",
                     "tls",
-                    f"handshake with {up.host}: {err}",
+                    f"handshake with {host}: {err}",
                     "certificates are always verified: check uplink.tls.ca_file, the broker's "
                     "host name, and the client certificate",
                 )
             )
             return out
-        out.append(Finding("ok", "tls", f"{up.host}: certificate and host name verified"))
+        out.append(Finding("ok", "tls", f"{host}: certificate and host name verified"))
     if not password_ok:
         out.append(Finding("FAIL", "login", "not tried: the password cannot be read (above)"))
         return out
     password = up.read_password(secrets_dir)
     try:
         async with aiomqtt.Client(
-            up.host,
-            up.port,
+            host,
+            port,
             username=up.username,
             password=password.get_secret_value() if password else None,
             identifier=f"tepi-doctor-{os.getpid()}",
@@ -265,12 +275,13 @@ async def check_broker(
             Finding(
                 "FAIL",
                 "login",
-                f"the broker refused the login: {err}",
+                f"the broker{where} refused the login: {err}",
                 "check uplink.username and the password",
             )
         )
         return out
-    out.append(Finding("ok", "login", f"MQTT login as {up.username or '(anonymous)'} accepted"))
+    who = up.username or "(anonymous)"
+    out.append(Finding("ok", "login", f"MQTT login as {who} accepted{where}"))
     return out
 
 

@@ -196,6 +196,10 @@ class UplinkHealth(_Model):
     errors: Annotated[Counts, counter("tepi_uplink_errors_total", label="kind")] = Field(
         description="Link failures, by kind."
     )
+    broker: str | None = Field(
+        description="The url of the broker in use (one of uplink.url's list); null while "
+        "not connected.",
+    )
 
 
 class DeviceHealth(_Model):

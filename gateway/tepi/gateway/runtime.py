@@ -380,6 +380,7 @@ class Agent:
                 publish_rate=round((acked - last_acked) / span, 2),
                 last_ack_ts=up.last_ack_ts,
                 errors=up.errors,
+                broker=up.broker,
             ),
             devices={k: DeviceHealth.of(v) for k, v in self.devices.items()},
             images=None if self.images is None else self.images.health(),

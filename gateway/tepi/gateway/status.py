@@ -140,7 +140,9 @@ def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str
     lines = [
         f"tepi {health['version']}  gateway {health['gateway']}  up {health['uptime_s']:.0f} s"
         f"  clock {'synced' if health['clock_synced'] else c('warn', 'NOT synced')}",
-        f"link    {link}  last ack {_ago(last_ack)}  {up['publish_rate']:.1f} readings/s",
+        f"link    {link}"
+        + (f" to {up['broker']}" if up.get("broker") else "")
+        + f"  last ack {_ago(last_ack)}  {up['publish_rate']:.1f} readings/s",
         f"buffer  {buf['readings']:,} waiting"
         + (f", oldest {_ago(oldest)}" if oldest is not None else "")
         + f"  file {buf['bytes'] / 1e6:.1f} of {buf['max_bytes'] / 1e6:.0f} MB"

@@ -83,6 +83,7 @@ class UplinkStats:
     errors: dict[str, int] = field(default_factory=dict)
     probes: int = 0  # bare TCP connections tried while the broker was unreachable
     probes_answered: int = 0  # ... that found it back, and cut the backoff short
+    broker: str | None = None  # the url of the broker connected to (None while not connected)
 
 
 _WHAT = {
@@ -90,7 +91,17 @@ _WHAT = {
     "broker's host name and the client certificate)",
     "refused": "refused the connection (check username, password and ACL)",
     "link": "unreachable or lost",
+    "protocol": 'does not speak MQTT 5 (it accepts 3.1.1): set uplink.protocol: "3.1.1". tepi '
+    "does not fall back by itself: MQTT 5's failure acknowledgements are what keep a publish "
+    "the broker refused (an ACL) in the buffer, and 3.1.1 has none",
+    "qos": "does not take QoS 1 (its maximum QoS is 0): tepi cannot know that a reading "
+    "arrived, so it does not send; readings stay buffered",
 }
+
+# MQTT 5 CONNACK reason codes that say what the broker lacks (MQTT 5.0, 3.2.2.2).
+_RC_UNSUPPORTED_PROTOCOL = 0x84
+_RC_RETAIN_NOT_SUPPORTED = 0x9A
+_RC_QOS_NOT_SUPPORTED = 0x9B
 
 
 class _LinkDown(Exception):
@@ -99,6 +110,22 @@ class _LinkDown(Exception):
     def __init__(self, kind: str, err: BaseException) -> None:
         super().__init__(f"{_WHAT[kind]}: {err}")
         self.kind = kind
+
+
+class _SwitchBack(Exception):
+    """An earlier broker of the failover list has been back for ``failover.hold``: end the
+    session on the later one and connect to it (the unacknowledged batches go again there)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"broker {index + 1} of the list is back")
+        self.index = index
+
+
+class _LostBeforeConnack(aiomqtt.MqttCodeError):
+    """The broker closed the connection before it answered the CONNECT."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {self.args[0]}" if self.args else super().__str__()
 
 
 class _Client(aiomqtt.Client):
@@ -118,6 +145,23 @@ class _Client(aiomqtt.Client):
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super()._on_socket_open(client, userdata, sock)
+
+    # What the CONNACK said: session present, and (MQTT 5) the broker's properties.
+    session_present = False
+    connack_properties: Properties | None = None
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if not self._connected.done():
+            self.session_present = bool(getattr(flags, "session_present", False))
+            self.connack_properties = properties
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     async def _misc_loop(self) -> None:
         paho = self._client
@@ -146,7 +190,7 @@ class _Client(aiomqtt.Client):
         # timeout; here the connect fails at once and the backoff takes over.
         if not self._connected.done():
             self._connected.set_exception(
-                aiomqtt.MqttCodeError(reason_code, "connection lost before the broker accepted it")
+                _LostBeforeConnack(reason_code, "connection lost before the broker accepted it")
             )
             return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
@@ -195,6 +239,66 @@ def _classify(err: BaseException) -> str:
     if "ssl" in text or "certificate" in text or "tls" in text:
         return "tls"
     return "link"
+
+
+class _Kind(aiomqtt.MqttError):
+    """A connect failure already classified (one of ``_WHAT``'s keys), with its cause."""
+
+    def __init__(self, kind: str, err: BaseException) -> None:
+        super().__init__(str(err))
+        self.kind = kind
+
+
+def _rc(err: BaseException) -> int | None:
+    """The CONNACK reason code of a refused connect, or None."""
+    if not isinstance(err, MqttConnectError):
+        return None
+    rc = err.rc
+    return rc.value if isinstance(rc, ReasonCode) else rc
+
+
+def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def _answers(address: tuple[str, int]) -> bool:
+    """Whether ``address`` accepts a TCP connection (closed at once, nothing sent)."""
+    try:
+        async with asyncio.timeout(2.0):
+            _, writer = await asyncio.open_connection(*address)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _connect_311(client_id: str, username: str | None, password: str | None) -> bytes:
+    """An MQTT 3.1.1 CONNECT packet: not a clean session, no will, 10 s keepalive."""
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    flags = (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = text("MQTT") + bytes([4, flags]) + (10).to_bytes(2, "big") + text(client_id)
+    if username is not None:
+        body += text(username)
+    if password is not None:
+        body += text(password)
+    size, length = len(body), bytearray()
+    while True:  # the remaining length, 7 bits a byte
+        size, byte = divmod(size, 128)
+        length.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return b"\x10" + bytes(length) + body
 
 
 class UplinkSetupError(Exception):
@@ -308,21 +412,34 @@ class Uplink:
         self._paho_errors = _PahoErrors()
         # Called on every connect and link failure (the agent's STATUS= line follows it).
         self.on_link: Callable[[], None] | None = None
+        # The failover list (one broker without one): which is in use, and what each lacks.
+        self._brokers = up.brokers
+        self._current = 0  # the list's index of the broker connected to, or last tried
+        self._retain = True  # False once an MQTT 5 broker said it keeps no retained messages
+        self._max_bytes = up.batch.max_bytes  # lowered to an MQTT 5 broker's maximum packet
+        self._sessions: set[int] = set()  # brokers that took a persistent session from us
+        self._told: set[tuple[int, str]] = set()  # capability notes logged, once a broker
+        self._v311_only: set[int] = set()  # brokers that closed MQTT 5 but took 3.1.1
         # The link's state, logged as it changes: the first failure, then the reconnect.
+        names = ", ".join(f"{h}:{p}" for h, p in self._brokers)
         self._outage = Outage(
-            log, f"broker {up.host}:{up.port}", level=logging.ERROR, then="readings stay buffered"
+            log,
+            f"broker {names}" if len(self._brokers) == 1 else f"brokers {names}",
+            level=logging.ERROR,
+            then="readings stay buffered",
         )
 
     # ---- connection management --------------------------------------------------------
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, index: int) -> _Client:
         up = self.cfg.uplink
+        host, port = self._brokers[index]
         v5 = up.protocol == "5"
         will = aiomqtt.Will(
             self.topic_status,
             status_payload(self.cfg.gateway.id, "offline", None, "connection lost", __version__),
             qos=1,
-            retain=True,
+            retain=self._retain,
         )
         # A session the broker keeps while the gateway is offline: commands sent meanwhile
         # wait for it (the command log answers a redelivered one without running it again).
@@ -332,8 +449,8 @@ class Uplink:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = int(up.session_expiry)
         client = _Client(
-            up.host,
-            up.port,
+            host,
+            port,
             username=up.username,
             password=self._password.get_secret_value() if self._password else None,
             identifier=up.client_id or f"tepi-{self.cfg.gateway.id}",
@@ -400,6 +517,7 @@ class Uplink:
         up = self.cfg.uplink
         policy = UPLINK_RECONNECT.with_caps(up.reconnect.min_delay, up.reconnect.max_delay)
         while True:
+            back: int | None = None
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     client = await policy.call(
@@ -409,8 +527,18 @@ class Uplink:
                         sleep=self._backoff,
                     )
                     await self._session(client)
+            except* _SwitchBack as group:
+                back = cast("_SwitchBack", group.exceptions[0]).index
             except* (aiomqtt.MqttError, OSError) as group:
                 self._outage.failed(await self._down(group.exceptions[0]))
+            if back is not None:
+                await self._set(connected=False)
+                log.info(
+                    "broker %s answered for %.0f s (uplink.failover.hold): moving back to it",
+                    self._name(back),
+                    up.failover.hold,
+                )
+                continue  # at once: the earlier broker is known to be there
             # A link every gateway of a city lost at once (a broker restart) must not bring
             # them all back at once: the first reconnect waits too, by the same policy.
             await self._backoff(policy.delay(1))
@@ -449,10 +577,10 @@ class Uplink:
             await asyncio.sleep(min(left, period * random.uniform(0.5, 1.5)))
             if loop.time() >= end:
                 return
-            if await self._probe():
+            if (back := await self._probe()) is not None:
                 self.stats.probes_answered += 1
                 self._probed = True
-                log.info("broker %s:%d reachable again: reconnecting", *self._address)
+                log.info("broker %s:%d reachable again: reconnecting", *back)
                 if not self._alarm_waiting():
                     await asyncio.sleep(min(end - loop.time(), random.uniform(0.0, rc.spread)))
                 return
@@ -462,36 +590,186 @@ class Uplink:
         hub = self.alarms
         return hub is not None and (hub.store.pending_count_quick() > 0 or hub.busy())
 
-    async def _probe(self) -> bool:
-        """Whether the broker's port accepts a TCP connection (closed at once, nothing sent)."""
-        self.stats.probes += 1
-        try:
-            async with asyncio.timeout(2.0):
-                _, writer = await asyncio.open_connection(*self._address)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
-    @property
-    def _address(self) -> tuple[str, int]:
-        return self.cfg.uplink.host, self.cfg.uplink.port
+    async def _probe(self, upto: int | None = None) -> tuple[str, int] | None:
+        """The first broker (of the first ``upto``, default all) whose port accepts a TCP
+        connection (closed at once, nothing sent), or None."""
+        for address in self._brokers[:upto]:
+            self.stats.probes += 1
+            if await _answers(address):
+                return address
+        return None
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:
-        """One connect attempt; a failure is raised as ``_LinkDown``, with its reason."""
-        try:
-            client = await stack.enter_async_context(self._client())
-        except (aiomqtt.MqttError, OSError) as err:
-            raise await self._down(err) from err
+        """One connect attempt: each broker of the list in turn, the first that takes the
+        connection wins. When none does, the first one's failure is raised as ``_LinkDown``,
+        with every broker's reason."""
+        failures: list[tuple[int, _LinkDown]] = []
+        for index in range(len(self._brokers)):
+            try:
+                client = await self._connect_one(stack, index)
+            except _LinkDown as down:
+                failures.append((index, down))
+                continue
+            self._connected_to(index, failures)
+            await self._set(connected=True)
+            return client
+        kinds = [down.kind for _, down in failures]
+        # Probing pays while some broker was unreachable; not when every one refused.
+        self._last_kind = "link" if "link" in kinds else kinds[0]
+        if len(failures) == 1:
+            raise failures[0][1]
+        why = "; ".join(f"{self._name(i)} {down}" for i, down in failures)
+        raise _LinkDown(kinds[0], aiomqtt.MqttError(f"every broker failed: {why}"))
+
+    async def _connect_one(self, stack: contextlib.AsyncExitStack, index: int) -> aiomqtt.Client:
+        """Connect to broker ``index``; what it lacks is said (and worked around) here."""
+        for _ in range(2):  # the second only without retain, when the broker has none
+            client = self._client(index)
+            try:
+                await stack.enter_async_context(client)
+            except (aiomqtt.MqttError, OSError) as err:
+                if _rc(err) == _RC_RETAIN_NOT_SUPPORTED and self._retain:
+                    self._retain = False
+                    self._tell(
+                        index,
+                        "retain",
+                        "has no retained messages: status and health go without retain (a "
+                        "subscriber learns the state from the next health message), and the "
+                        "last will too",
+                    )
+                    continue
+                raise await self._down(await self._why(err, index)) from err
+            self._capabilities(client, index)
+            return client
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _connected_to(self, index: int, failures: list[tuple[int, _LinkDown]]) -> None:
         self._paho_errors.last = None
-        if not self._outage.down:
-            log.info("connected to broker %s:%d", self.cfg.uplink.host, self.cfg.uplink.port)
+        before = self._current
+        self._current = index
+        self.stats.broker = self.cfg.uplink.urls[index]
+        if failures:
+            log.warning(
+                "connected to broker %s, a later one of the list (%s)",
+                self._name(index),
+                "; ".join(f"{self._name(i)} {down}" for i, down in failures),
+            )
+        elif before != index:
+            log.info(
+                "connected to broker %s again (back from %s)", self._name(index), self._name(before)
+            )
+        elif not self._outage.down:
+            log.info("connected to broker %s", self._name(index))
         self._probed = False
         self._probe_misses = 0
-        await self._set(connected=True)
-        return client
+
+    def _name(self, index: int) -> str:
+        return "%s:%d" % self._brokers[index]  # noqa: UP031 - host:port, as logged elsewhere
+
+    async def _why(self, err: BaseException, index: int) -> BaseException:
+        """An MQTT 5 connect refused (or a link closed before any CONNACK: RabbitMQ before
+        3.13 cannot parse the CONNECT) by a broker that takes 3.1.1 says so in words."""
+        if self.cfg.uplink.protocol != "5":
+            return err
+        rc = _rc(err)
+        if rc == _RC_QOS_NOT_SUPPORTED:
+            return _Kind("qos", err)
+        if rc == _RC_UNSUPPORTED_PROTOCOL:
+            return _Kind("protocol", err)
+        # Once it took 3.1.1 the answer stands; a broker that was only starting or busy is
+        # asked again at the next failure (one connection, paced by the backoff).
+        if (
+            rc is None
+            and _caused_by(err, _LostBeforeConnack)
+            and (index in self._v311_only or await self._takes_311(index))
+        ):
+            self._v311_only.add(index)
+            return _Kind("protocol", err)
+        return err
+
+    async def _takes_311(self, index: int) -> bool:
+        """Whether broker ``index`` accepts an MQTT 3.1.1 connect (no will, disconnected at
+        once): the diagnosis of an MQTT 5 connect it closed unanswered. Not a clean session:
+        a session the gateway left there (commands queued for it) stays, and what the broker
+        may deliver meanwhile goes unacknowledged, so it is delivered again later."""
+        up = self.cfg.uplink
+        password = self._password.get_secret_value() if self._password else None
+        packet = _connect_311(up.client_id or f"tepi-{self.cfg.gateway.id}", up.username, password)
+        host, port = self._brokers[index]
+        try:
+            async with asyncio.timeout(5.0):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=self._tls, server_hostname=host if self._tls else None
+                )
+                try:
+                    writer.write(packet)
+                    connack = await reader.readexactly(4)
+                    writer.write(b"\xe0\x00")  # DISCONNECT
+                    await writer.drain()
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return False
+        return connack[0] == 0x20 and connack[3] == 0
+
+    def _capabilities(self, client: _Client, index: int) -> None:
+        """Say what the broker lacks, from its CONNACK (MQTT 5 properties; the session
+        flag), one line each, the first time this process sees it, with what tepi does."""
+        up = self.cfg.uplink
+        persistent = up.session_expiry > 0
+        if persistent:
+            if index in self._sessions and not client.session_present:
+                log.warning(
+                    "broker %s did not keep the gateway's session (restarted without "
+                    "persistence?): commands sent to the gateway while it was away are lost; "
+                    "subscribed again",
+                    self._name(index),
+                )
+            self._sessions.add(index)
+        props = client.connack_properties
+        if up.protocol != "5" or props is None:
+            return
+        if getattr(props, "RetainAvailable", 1) == 0 and self._retain:
+            self._retain = False  # a retained publish would end the session (0x9A)
+            self._tell(
+                index,
+                "retain",
+                "has no retained messages: status and health go without retain from now on "
+                "(a subscriber learns the state from the next health message)",
+            )
+        expiry = getattr(props, "SessionExpiryInterval", None)
+        if persistent and expiry is not None and expiry < up.session_expiry:
+            self._tell(
+                index,
+                "expiry",
+                f"keeps the gateway's session {expiry} s, not uplink.session_expiry "
+                f"({up.session_expiry:.0f} s): commands sent while the gateway is away longer "
+                "are lost",
+            )
+        receive = getattr(props, "ReceiveMaximum", None)
+        if receive is not None and receive < up.max_inflight:
+            self._tell(
+                index,
+                "receive",
+                f"takes {receive} unacknowledged messages at once, not uplink.max_inflight "
+                f"({up.max_inflight}): the rest wait their turn",
+            )
+        largest = getattr(props, "MaximumPacketSize", None)
+        if largest is not None and largest - 1024 < up.batch.max_bytes:
+            self._max_bytes = max(1024, largest - 1024)  # room for the topic and headers
+            self._tell(
+                index,
+                "size",
+                f"takes packets of at most {largest} bytes: telemetry batches are cut to "
+                f"{self._max_bytes} bytes, not uplink.batch.max_bytes ({up.batch.max_bytes})",
+            )
+
+    def _tell(self, index: int, what: str, text: str) -> None:
+        if (index, what) not in self._told:
+            self._told.add((index, what))
+            log.warning("broker %s %s", self._name(index), text)
 
     async def _down(self, err: BaseException) -> _LinkDown:
         """Count a failed connect or a lost session, and say why (paho's note added)."""
@@ -499,7 +777,7 @@ class Uplink:
         self._paho_errors.last = None
         if why is not None and why not in str(err):
             err = aiomqtt.MqttError(f"{err} ({why})")
-        kind = _classify(err)
+        kind = err.kind if isinstance(err, _Kind) else _classify(err)
         self._last_kind = kind
         await self._set(connected=False, error=(kind, err))
         return _LinkDown(kind, err)
@@ -511,6 +789,8 @@ class Uplink:
         async with self._changed:
             if connected:
                 st.connects += 1
+            else:
+                st.broker = None
             st.connected = connected
             self.buffer.linked = connected
             st.attempts += 1
@@ -535,6 +815,8 @@ class Uplink:
                 tg.create_task(self._watch(client), name="tepi.uplink.watch")
                 tg.create_task(self._stall_watch(), name="tepi.uplink.stall")
                 tg.create_task(self._start_lanes(client, tg), name="tepi.uplink.start")
+                if self._current > 0:
+                    tg.create_task(self._return_watch(client), name="tepi.uplink.failback")
         except asyncio.CancelledError:
             # Shutting down: say so while the link is up (a clean disconnect sends no will).
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -545,12 +827,46 @@ class Uplink:
                             self.cfg.gateway.id, "offline", self.boot_id, "shutdown", __version__
                         ),
                         qos=1,
-                        retain=True,
+                        retain=self._retain,
                     )
             raise
         finally:
             self._inflight = {"live": 0, "backlog": 0}
             self._backlog_busy = False
+
+    async def _return_watch(self, client: aiomqtt.Client) -> None:
+        """While on a later broker of the list, probe the earlier ones every
+        ``failover.probe_interval``; when one has answered every probe for ``failover.hold``,
+        say offline here (reason "failover") and end the session to move back to it.
+        Nothing is lost in the move: what this broker has not acknowledged stays in the
+        buffer and goes again to the earlier one (the same ``seq``, so a duplicate at most)."""
+        fo = self.cfg.uplink.failover
+        since: dict[int, float] = {}  # broker -> when its unbroken run of answers began
+        while True:
+            now = time.monotonic()
+            for index in range(self._current):
+                self.stats.probes += 1
+                if not await _answers(self._brokers[index]):
+                    since.pop(index, None)
+                    continue
+                if now - since.setdefault(index, now) >= fo.hold:
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await client.publish(
+                                self.topic_status,
+                                status_payload(
+                                    self.cfg.gateway.id,
+                                    "offline",
+                                    self.boot_id,
+                                    "failover",
+                                    __version__,
+                                ),
+                                qos=1,
+                                retain=self._retain,
+                            )
+                    raise _SwitchBack(index)
+                break  # the earliest that answers is the one to go back to
+            await asyncio.sleep(fo.probe_interval * random.uniform(0.8, 1.2))
 
     async def _start_lanes(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         online = status_payload(
@@ -561,7 +877,7 @@ class Uplink:
             __version__,
             first_seq=self.buffer.first_seq,
         )
-        await self._acked(client, self.topic_status, online, retain=True)
+        await self._acked(client, self.topic_status, online, retain=self._retain)
         if self.commands is not None:
             await client.subscribe(f"{self.topic_cmd}+", qos=1)
             _lane(tg, self._command_lane(client, self.commands), "tepi.uplink.cmd")
@@ -802,7 +1118,7 @@ class Uplink:
         payload, n = encode(
             self.cfg.gateway.id,
             batch,
-            max_bytes=up.batch.max_bytes,
+            max_bytes=self._max_bytes,
             current_boot=self.boot_id,
             clock_synced=clock_synced(),
         )
@@ -896,7 +1212,7 @@ class Uplink:
                 if failing:
                     log.info("the health message is built again")
                 failing = False
-                await self._acked(client, self.topic_health, payload, True)
+                await self._acked(client, self.topic_health, payload, self._retain)
             await asyncio.sleep(self.cfg.uplink.health_interval)
 
     # ---- images ------------------------------------------------------------------------
