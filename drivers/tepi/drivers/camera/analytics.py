@@ -119,7 +119,7 @@ class AnalyticsSettings:
     lines: tuple[CountLine, ...] = ()
     zones: tuple[Zone, ...] = ()
     classes: tuple[SizeClass, ...] = ()
-    threshold: int = 25
+    threshold: int = 15
     """Grey levels (0..255) a pixel must differ from the background, after the light is
     normalised, to be foreground; raised automatically to four times the measured noise."""
     min_area: float = 0.0004
@@ -286,11 +286,11 @@ class Analyzer:
         self, image: Image, t: float, detections: Sequence[Detection] | None = None
     ) -> Observation:
         s = self.settings
-        grey = self._prepare(image)
-        plan = self._plan_for(grey.shape[1], grey.shape[0])
+        frame = self._prepare(image)
+        plan = self._plan_for(frame.shape[1], frame.shape[0])
         dt = 0.0 if self._t is None else max(0.0, t - self._t)
         self._t = t
-        bg = self._background.apply(grey, plan.valid, t)
+        bg = self._background.apply(frame, plan.valid, t)
         fg = bg.fg
         events: list[ObjectEvent] = []
         crossings: list[Crossing] = []
@@ -381,8 +381,6 @@ class Analyzer:
             if (aw, ah) == (w, h)
             else cv2.resize(image, (aw, ah), interpolation=cv2.INTER_AREA)
         )
-        if small.ndim == 3:
-            small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         return np.asarray(cv2.GaussianBlur(small, (3, 3), 0), dtype=np.uint8)
 
     def _plan_for(self, width: int, height: int) -> _Plan:
@@ -435,9 +433,12 @@ class Analyzer:
         """Foreground pixels that have not changed for ``stopped_time``: 255, else 0."""
         prev, self._prev = self._prev, normalised
         if prev is None or prev.shape != normalised.shape or self._age is None:
-            self._age = np.zeros(normalised.shape, np.float32)
+            self._age = np.zeros(fg.shape, np.float32)
             return np.zeros(fg.shape, np.uint8)
-        changed = (cv2.absdiff(normalised, prev) > self.settings.threshold).astype(np.uint8)
+        # Changed beyond what shake and noise explain, since the last frame.
+        changed = (self._background.excess(normalised, prev) > self.settings.threshold).astype(
+            np.uint8
+        )
         changed = _u8(cv2.dilate(changed, np.ones((3, 3), np.uint8)))
         still = (fg > 0) & (changed == 0)
         self._age = np.where(still, self._age + np.float32(dt), np.float32(0.0))
@@ -476,6 +477,9 @@ class Analyzer:
         return ObjectEvent(
             kind, tr.id, tr.box, self._tracker.label(tr), tr.zones, tr.start, t, tr.best_box
         )
+
+
+_MEAN3 = np.full((1, 3), 1 / 3, np.float32)
 
 
 def _u8(a: object) -> npt.NDArray[np.uint8]:

@@ -43,6 +43,7 @@ Floats = npt.NDArray[np.float32]
 
 _GRID = 4  # the light fit samples every 4th pixel in each direction
 _GAIN_RANGE = (0.2, 5.0)
+_MEAN3 = np.full((1, 3), 1 / 3, np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class MotionParams:
     """The background model's tuning; :class:`~tepi.drivers.camera.analytics.AnalyticsSettings`
     documents each field."""
 
-    threshold: int = 25
+    threshold: int = 15
     learn_time: float = 20.0
     hold_time: float = 600.0
     shake: int = 2
@@ -90,13 +91,15 @@ class Background:
         self._relearn_until = -math.inf
         self._global_since: float | None = None
 
-    def apply(self, grey: Grey, valid: Grey, t: float) -> BackgroundResult:
-        """Compare ``grey`` (the blurred analysis frame) with the background and learn it.
+    def apply(self, image: npt.NDArray[np.uint8], valid: Grey, t: float) -> BackgroundResult:
+        """Compare ``image`` (the blurred analysis frame, BGR or grey) with the background
+        and learn it.
 
         ``valid`` is 255 where the frame is analysed (outside privacy masks and ignore zones).
         """
         p = self.params
-        frame = grey.astype(np.float32)
+        frame = image.astype(np.float32)
+        shape = frame.shape[:2]
         if self._bg is None or self._bg.shape != frame.shape:
             self._start_relearning(frame, t)
         bg = self._bg
@@ -105,18 +108,19 @@ class Background:
         self._t = t
         gain, offset, noise = self._fit_light(frame, bg, valid)
         normalised = (frame - np.float32(offset)) * np.float32(1.0 / gain)
-        empty = np.zeros(grey.shape, np.uint8)
+        empty = np.zeros(shape, np.uint8)
 
         if t < self._relearn_until:
             self._learn(normalised, None, dt, p.relearn_time / 4)
             self._prev_fg = empty
             return BackgroundResult(empty, normalised, True, False, 0.0)
 
-        # The range the background spans round each pixel (camera shake), in frame units.
+        # How far each pixel lies outside the range the background spans round it (camera
+        # shake), averaged over the channels: a green car as bright as the road differs in
+        # its channels, not in its grey.
+        excess = self.excess(normalised, bg)
         thr = max(float(p.threshold), 4.0 * noise) / gain
-        hi = cv2.dilate(bg, self._shake_kernel) + np.float32(thr)
-        lo = cv2.erode(bg, self._shake_kernel) - np.float32(thr)
-        raw = ((normalised > hi) | (normalised < lo)).astype(np.uint8) * np.uint8(255)
+        raw = _u8(cv2.threshold(excess, thr, 255, cv2.THRESH_BINARY)[1])
         raw = _u8(cv2.bitwise_and(raw, valid))
         n_valid = max(1, cv2.countNonZero(valid))
         changed = cv2.countNonZero(raw) / n_valid
@@ -139,6 +143,16 @@ class Background:
         self._learn(normalised, _u8(cv2.dilate(fg, self._grow)), dt, None)
         self._prev_fg = fg
         return BackgroundResult(fg, normalised, False, False, changed)
+
+    def excess(self, frame: Floats, ref: Floats) -> Floats:
+        """How far each pixel of ``frame`` lies outside the range ``ref`` spans within the
+        shake radius round it, as the mean over the channels (0 inside the range)."""
+        above = frame - cv2.dilate(ref, self._shake_kernel)
+        below = cv2.erode(ref, self._shake_kernel) - frame
+        excess = np.maximum(cv2.max(above, below), np.float32(0.0))
+        if excess.ndim == 3:
+            excess = cv2.transform(excess, _MEAN3)
+        return np.asarray(excess, dtype=np.float32)
 
     def _start_relearning(self, frame: Floats, t: float) -> None:
         self._bg = frame.copy()
@@ -167,8 +181,11 @@ class Background:
         """``(gain, offset, noise)`` of ``frame ~ gain * bg + offset`` on the sparse grid of
         analysed pixels that were background last frame; ``noise`` is the residuals' robust
         standard deviation (MAD), in grey levels."""
-        f = frame[::_GRID, ::_GRID].ravel()
-        b = bg[::_GRID, ::_GRID].ravel()
+        f = frame[::_GRID, ::_GRID]
+        b = bg[::_GRID, ::_GRID]
+        if f.ndim == 3:  # one gain for all channels: the light changes them alike
+            f, b = f.mean(axis=2), b.mean(axis=2)
+        f, b = f.ravel(), b.ravel()
         use = valid[::_GRID, ::_GRID].ravel() > 0
         if self._prev_fg is not None and self._prev_fg.shape == frame.shape:
             use &= self._prev_fg[::_GRID, ::_GRID].ravel() == 0

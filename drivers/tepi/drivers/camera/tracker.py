@@ -85,6 +85,7 @@ class TrackState:
     anchors: dict[str, Point] = field(default_factory=dict)
     counted: set[str] = field(default_factory=set)
     pending: list[Counted] = field(default_factory=list)
+    seen: Box = (0.0, 0.0, 0.0, 0.0)  # the box last observed (or held in a merge)
     best_score: float = 0.0
     best_box: Box | None = None
     zones: tuple[str, ...] = ()
@@ -187,13 +188,18 @@ class Tracker:
 
         # Greedy assignment, cheapest pair first.
         pairs: list[tuple[float, int, int]] = []
+        centres = [box_center(db) for db in boxes]
+        diags = [math.hypot(db[2] - db[0], db[3] - db[1]) for db in boxes]
         for i, (tr, pb) in enumerate(zip(self.tracks, pboxes, strict=True)):
             pc = preds[i]
+            diag = math.hypot(tr.w, tr.h)
             for j, db in enumerate(boxes):
+                dc = centres[j]
+                size = max(0.5 * (diag + diags[j]), 1e-6)
+                dist = math.hypot(pc[0] - dc[0], pc[1] - dc[1]) / size
+                if dist > 1.5:
+                    continue  # too far to overlap either
                 iou = box_iou(pb, db)
-                dc = box_center(db)
-                size = 0.5 * (math.hypot(tr.w, tr.h) + math.hypot(db[2] - db[0], db[3] - db[1]))
-                dist = math.hypot(pc[0] - dc[0], pc[1] - dc[1]) / max(size, 1e-6)
                 if iou > 0 or dist < 0.75:
                     pairs.append((1.0 - iou + dist, i, j))
         pairs.sort()
@@ -231,7 +237,7 @@ class Tracker:
             if j in det_track or j in merged.values():
                 continue
             for i, dj in track_det.items():
-                if _overlap(db, pboxes[i]) >= 0.5:
+                if _overlap(db, pboxes[i]) >= 0.5 or _ahead(self.tracks[i], boxes[dj], db):
                     extra[i] = _union(extra.get(i, boxes[dj]), db)
                     det_track[j] = i
                     break
@@ -245,7 +251,7 @@ class Tracker:
             elif i in merged:
                 self._coast(tr, preds[i], boxes[merged[i]], t, result)
                 alive.append(tr)
-            elif tr.confirmed and t - tr.t_seen <= p.max_lost and _centre_in_frame(preds[i]):
+            elif t - tr.t_seen <= p.max_lost and _centre_in_frame(preds[i]):
                 alive.append(tr)  # occluded: predicted on, not moved until seen again
             elif tr.confirmed:
                 result.ended.append(tr)
@@ -268,7 +274,9 @@ class Tracker:
         cx, cy = box_center(box)
         dt = t - tr.t_seen
         if tr.hits >= 1 and dt > 0:
-            vx, vy = (cx - tr.cx) / dt, (cy - tr.cy) / dt
+            prev = tr.seen
+            vx = _edge_speed(prev[0], prev[2], box[0], box[2], dt)
+            vy = _edge_speed(prev[1], prev[3], box[1], box[3], dt)
             k = 1.0 if tr.hits == 1 else 0.5
             tr.vx += k * (vx - tr.vx)
             tr.vy += k * (vy - tr.vy)
@@ -279,6 +287,7 @@ class Tracker:
             tr.w += 0.5 * (w - tr.w)
             tr.h += 0.5 * (h - tr.h)
         tr.cx, tr.cy = cx, cy
+        tr.seen = box
         tr.t_seen = t
         tr.hits += 1
         tr.merged = False
@@ -304,6 +313,7 @@ class Tracker:
             # Held back by the box's edge: the object slows (a queue forming).
             tr.vx, tr.vy = (cx - tr.cx) / dt, (cy - tr.cy) / dt
         tr.cx, tr.cy = cx, cy
+        tr.seen = tr.box
         tr.t_seen = t
         tr.hits += 1
         tr.merged = True
@@ -335,6 +345,44 @@ class Tracker:
         if tr.confirmed and tr.pending:
             result.crossings.extend(tr.pending)
             tr.pending = []
+
+
+def _edge_speed(a0: float, a1: float, b0: float, b1: float, dt: float) -> float:
+    """Speed along one axis from a box's extent ``a0..a1`` then ``b0..b1``: of its centre,
+    or of its inner edge while the other is cut by the frame's edge (an object coming into
+    view grows at its outer edge, and its centre moves at half its speed)."""
+    lo_cut = min(a0, b0) <= _EDGE
+    hi_cut = max(a1, b1) >= 1 - _EDGE
+    if lo_cut and not hi_cut:
+        return (b1 - a1) / dt
+    if hi_cut and not lo_cut:
+        return (b0 - a0) / dt
+    return ((b0 + b1) - (a0 + a1)) / 2 / dt
+
+
+def _ahead(tr: TrackState, seen: Box, part: Box) -> bool:
+    """Whether ``part`` is the front of the object that ``seen`` (its box this frame) is the
+    rear of: right ahead of it along its heading, in its lane, within half its length. A
+    fixed occluder (a gantry, a pole) cuts a passing object in two; a new object never
+    appears just in front of a moving one."""
+    speed = math.hypot(tr.vx, tr.vy)
+    if speed < 0.02 or tr.hits < 2:
+        return False
+    hx, hy = tr.vx / speed, tr.vy / speed
+
+    def extent(b: Box, ux: float, uy: float) -> tuple[float, float]:
+        xs = (b[0] * ux, b[2] * ux)
+        ys = (b[1] * uy, b[3] * uy)
+        return min(xs) + min(ys), max(xs) + max(ys)
+
+    s0, s1 = extent(seen, hx, hy)
+    p0, p1 = extent(part, hx, hy)
+    if not (p0 > s0 and p1 > s1 and p0 - s1 <= max(0.04, 0.5 * (s1 - s0))):
+        return False
+    l0, l1 = extent(seen, -hy, hx)
+    m0, m1 = extent(part, -hy, hx)
+    lateral = min(l1, m1) - max(l0, m0)
+    return lateral >= 0.5 * min(l1 - l0, m1 - m0)
 
 
 def _centre_in_frame(p: Point) -> bool:
