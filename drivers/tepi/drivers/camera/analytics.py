@@ -47,6 +47,7 @@ bigger box, wholly in view): the caller keeps that frame's crop for the end even
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -134,7 +135,7 @@ class AnalyticsSettings:
     hold_time: float = 600.0
     """Time constant of the background under objects: a stopped queue stays foreground for
     a good part of it (after one ``hold_time`` an object of contrast c shows c/e)."""
-    shake: int = 2
+    shake: int = 1
     """Camera shake tolerated, in analysis pixels (a pixel is compared with the background's
     range over this radius)."""
     global_fraction: float = 0.5
@@ -148,7 +149,7 @@ class AnalyticsSettings:
     """A centre must be this far from a line for its side to count (wiggles on the line)."""
     stopped_speed: float = 0.02
     """A track slower than this (frame widths or heights per second) is stopped."""
-    stopped_time: float = 2.0
+    stopped_time: float = 1.0
     """A foreground pixel unchanged for this long belongs to a stopped object (queues)."""
     queue_gap: float = 3.0
     """Metres of gap allowed within a queue, and between the stop line and its head."""
@@ -274,7 +275,7 @@ class Analyzer:
         self._background.reset()
         self._tracker.reset()
         self._events: dict[int, _EventState] = {}
-        self._prev: npt.NDArray[np.float32] | None = None
+        self._history: deque[tuple[float, npt.NDArray[np.float32]]] = deque(maxlen=64)
         self._age: npt.NDArray[np.float32] | None = None
         self._t: float | None = None
         self._last_motion = -math.inf
@@ -318,7 +319,15 @@ class Analyzer:
                 events.append(self._event("end", tr, t))
             best = step.best
 
-        stopped = self._stopped(fg, bg.normalised, dt)
+        w, h = plan.width, plan.height
+        self._background.learn(
+            bg,
+            [
+                (int(b[0] * w) - 1, int(b[1] * h) - 1, int(b[2] * w) + 1, int(b[3] * h) + 1)
+                for b in (tr.box for tr in self._tracker.tracks)
+            ],
+        )
+        stopped = self._stopped(fg, bg.normalised, t, dt)
         moving = cv2.bitwise_and(fg, cv2.bitwise_not(stopped))
         min_px = max(1, round(s.min_area * plan.width * plan.height))
         n_moving = cv2.countNonZero(moving)
@@ -400,7 +409,8 @@ class Analyzer:
             plan.zones.append(zp)
         self._plan = plan
         self._background.reset()
-        self._prev = self._age = None
+        self._history.clear()
+        self._age = None
         return plan
 
     def _blobs(self, fg: npt.NDArray[np.uint8], plan: _Plan) -> list[Detection]:
@@ -428,17 +438,30 @@ class Analyzer:
         return bool(plan.privacy[y, x])
 
     def _stopped(
-        self, fg: npt.NDArray[np.uint8], normalised: npt.NDArray[np.float32], dt: float
+        self, fg: npt.NDArray[np.uint8], normalised: npt.NDArray[np.float32], t: float, dt: float
     ) -> npt.NDArray[np.uint8]:
-        """Foreground pixels that have not changed for ``stopped_time``: 255, else 0."""
-        prev, self._prev = self._prev, normalised
-        if prev is None or prev.shape != normalised.shape or self._age is None:
+        """Foreground pixels that have not changed for ``stopped_time``: 255, else 0.
+
+        A pixel is compared with the frame about :data:`_STILL_WINDOW` seconds before, not
+        the last one: the uniform roof of a bus creeping off at walking pace looks the same
+        from one frame to the next, not over a second."""
+        hist = self._history
+        if hist and hist[0][1].shape != normalised.shape:
+            hist.clear()
+        ref = None
+        while hist and t - hist[0][0] >= _STILL_WINDOW:
+            ref = hist.popleft()[1]
+        if ref is not None:
+            hist.appendleft((t - _STILL_WINDOW, ref))  # the reference until a newer one ages
+        elif hist:
+            ref = hist[0][1]
+        hist.append((t, normalised))
+        if ref is None or self._age is None or self._age.shape != fg.shape:
             self._age = np.zeros(fg.shape, np.float32)
             return np.zeros(fg.shape, np.uint8)
-        # Changed beyond what shake and noise explain, since the last frame.
-        changed = (self._background.excess(normalised, prev) > self.settings.threshold).astype(
-            np.uint8
-        )
+        # Changed beyond what shake and noise explain.
+        excess = self._background.excess(normalised, ref, frames=True)
+        changed = _u8(cv2.threshold(excess, self.settings.threshold, 255, cv2.THRESH_BINARY)[1])
         changed = _u8(cv2.dilate(changed, np.ones((3, 3), np.uint8)))
         still = (fg > 0) & (changed == 0)
         self._age = np.where(still, self._age + np.float32(dt), np.float32(0.0))
@@ -450,7 +473,8 @@ class Analyzer:
         s = self.settings
         hit = stopped.ravel()[z.flat] > 0
         counts = np.bincount(z.bins[hit], minlength=len(z.bin_pixels))
-        occupied = counts >= np.maximum(1, z.bin_pixels // 5)
+        # A few pixels across the zone: a two-wheeler is a thin stripe of a wide zone.
+        occupied = counts >= 3
         gap_bins = max(1, round(s.queue_gap / s.queue_bin))
         end, last = 0, -1
         for i, on in enumerate(occupied.tolist()):
@@ -479,7 +503,8 @@ class Analyzer:
         )
 
 
-_MEAN3 = np.full((1, 3), 1 / 3, np.float32)
+_STILL_WINDOW = 1.0
+"""Seconds between the two frames compared to tell a stopped pixel."""
 
 
 def _u8(a: object) -> npt.NDArray[np.uint8]:

@@ -54,7 +54,7 @@ class MotionParams:
     threshold: int = 15
     learn_time: float = 20.0
     hold_time: float = 600.0
-    shake: int = 2
+    shake: int = 1
     global_fraction: float = 0.5
     relearn_after: float = 1.0
     relearn_time: float = 2.0
@@ -79,6 +79,8 @@ class Background:
         self.params = params
         k = 2 * max(0, params.shake) + 1
         self._shake_kernel = np.ones((k, k), np.uint8)
+        # Two frames both shaken: twice the radius apart.
+        self._shake2_kernel = np.ones((2 * k - 1, 2 * k - 1), np.uint8)
         self._open = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
         self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
         self._grow = np.ones((5, 5), np.uint8)
@@ -90,6 +92,7 @@ class Background:
         self._t: float | None = None
         self._relearn_until = -math.inf
         self._global_since: float | None = None
+        self._dt = 0.0
 
     def apply(self, image: npt.NDArray[np.uint8], valid: Grey, t: float) -> BackgroundResult:
         """Compare ``image`` (the blurred analysis frame, BGR or grey) with the background
@@ -119,7 +122,9 @@ class Background:
         # shake), averaged over the channels: a green car as bright as the road differs in
         # its channels, not in its grey.
         excess = self.excess(normalised, bg)
-        thr = max(float(p.threshold), 4.0 * noise) / gain
+        # The threshold is in normalised levels (an object's contrast scales with the light,
+        # and so does the normalisation); the noise does not scale, so dim light raises it.
+        thr = max(float(p.threshold), 4.0 * noise / gain)
         raw = _u8(cv2.threshold(excess, thr, 255, cv2.THRESH_BINARY)[1])
         raw = _u8(cv2.bitwise_and(raw, valid))
         n_valid = max(1, cv2.countNonZero(valid))
@@ -138,17 +143,31 @@ class Background:
         fg = cv2.morphologyEx(raw, cv2.MORPH_OPEN, self._open)
         fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self._close)
         fg = _u8(cv2.bitwise_and(fg, valid))
-        # Learn slowly round objects too: their blurred edges must not leak into the
-        # background and grow them frame by frame.
-        self._learn(normalised, _u8(cv2.dilate(fg, self._grow)), dt, None)
         self._prev_fg = fg
+        self._dt = dt
         return BackgroundResult(fg, normalised, False, False, changed)
 
-    def excess(self, frame: Floats, ref: Floats) -> Floats:
+    def learn(self, result: BackgroundResult, boxes: list[tuple[int, int, int, int]]) -> None:
+        """Learn the frame of ``result`` (from :meth:`apply`), slowly under its foreground,
+        round it (the blurred edges of objects must not leak into the background and grow
+        them frame by frame) and in ``boxes`` (pixel rectangles ``x0, y0, x1, y1`` of the
+        objects being tracked: a low-contrast part of a stopped object that misses the
+        threshold now and then must not fade into the background)."""
+        if result.relearning or result.global_change:
+            return
+        hold = cv2.dilate(result.fg, self._grow)
+        for x0, y0, x1, y1 in boxes:
+            cv2.rectangle(hold, (x0, y0), (x1, y1), 255, -1)
+        self._learn(result.normalised, _u8(hold), self._dt, None)
+
+    def excess(self, frame: Floats, ref: Floats, *, frames: bool = False) -> Floats:
         """How far each pixel of ``frame`` lies outside the range ``ref`` spans within the
-        shake radius round it, as the mean over the channels (0 inside the range)."""
-        above = frame - cv2.dilate(ref, self._shake_kernel)
-        below = cv2.erode(ref, self._shake_kernel) - frame
+        shake radius round it, as the mean over the channels (0 inside the range).
+        ``frames``: ``ref`` is another frame, not the background (an average of shaken
+        frames), so the radius doubles."""
+        kernel = self._shake2_kernel if frames else self._shake_kernel
+        above = frame - cv2.dilate(ref, kernel)
+        below = cv2.erode(ref, kernel) - frame
         excess = np.maximum(cv2.max(above, below), np.float32(0.0))
         if excess.ndim == 3:
             excess = cv2.transform(excess, _MEAN3)

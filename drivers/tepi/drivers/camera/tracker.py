@@ -251,7 +251,7 @@ class Tracker:
             elif i in merged:
                 self._coast(tr, preds[i], boxes[merged[i]], t, result)
                 alive.append(tr)
-            elif t - tr.t_seen <= p.max_lost and _centre_in_frame(preds[i]):
+            elif tr.hits >= 2 and t - tr.t_seen <= p.max_lost and _centre_in_frame(preds[i]):
                 alive.append(tr)  # occluded: predicted on, not moved until seen again
             elif tr.confirmed:
                 result.ended.append(tr)
