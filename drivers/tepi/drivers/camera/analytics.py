@@ -417,7 +417,7 @@ class Analyzer:
         n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
         min_px = self.settings.min_area * plan.width * plan.height
         out = []
-        for x, y, w, h, area in stats[1:n]:
+        for x, y, w, h, area in stats[1:n].tolist():
             if area >= min_px:
                 out.append(
                     Detection(
@@ -463,6 +463,15 @@ class Analyzer:
         excess = self._background.excess(normalised, ref, frames=True)
         changed = _u8(cv2.threshold(excess, self.settings.threshold, 255, cv2.THRESH_BINARY)[1])
         changed = _u8(cv2.dilate(changed, np.ones((3, 3), np.uint8)))
+        # A tracked object seen on its own and moving is not stopped, even where its
+        # uniform body looks the same as a second ago (a queue starting off).
+        h, w = fg.shape
+        for tr in self._tracker.tracks:
+            if tr.confirmed and not tr.merged and tr.speed > 2 * self.settings.stopped_speed:
+                x0, y0, x1, y1 = tr.box
+                cv2.rectangle(
+                    changed, (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h)), 255, -1
+                )
         still = (fg > 0) & (changed == 0)
         self._age = np.where(still, self._age + np.float32(dt), np.float32(0.0))
         return (self._age >= self.settings.stopped_time).astype(np.uint8) * np.uint8(255)

@@ -93,6 +93,7 @@ class Background:
         self._relearn_until = -math.inf
         self._global_since: float | None = None
         self._dt = 0.0
+        self._window: Floats | None = None
 
     def apply(self, image: npt.NDArray[np.uint8], valid: Grey, t: float) -> BackgroundResult:
         """Compare ``image`` (the blurred analysis frame, BGR or grey) with the background
@@ -130,7 +131,8 @@ class Background:
         n_valid = max(1, cv2.countNonZero(valid))
         changed = cv2.countNonZero(raw) / n_valid
 
-        if changed > p.global_fraction:
+        moved = self._moved(normalised, bg)
+        if changed > p.global_fraction or moved:
             if self._global_since is None:
                 self._global_since = t
             if t - self._global_since >= p.relearn_after:
@@ -159,6 +161,21 @@ class Background:
         for x0, y0, x1, y1 in boxes:
             cv2.rectangle(hold, (x0, y0), (x1, y1), 255, -1)
         self._learn(result.normalised, _u8(hold), self._dt, None)
+
+    def _moved(self, frame: Floats, bg: Floats) -> bool:
+        """Whether the frame as a whole is shifted from the background by more than shake
+        explains (the camera was knocked): phase correlation of the two, grey, at half
+        size. A road is mostly flat, so a moved view changes only its edges, far less than
+        ``global_fraction`` of it."""
+        a = cv2.pyrDown(frame if frame.ndim == 2 else cv2.transform(frame, _MEAN3))
+        b = cv2.pyrDown(bg if bg.ndim == 2 else cv2.transform(bg, _MEAN3))
+        if self._window is None or self._window.shape != a.shape:
+            self._window = np.asarray(
+                cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F), dtype=np.float32
+            )
+        (dx, dy), response = cv2.phaseCorrelate(b, a, self._window)
+        # Two half-size pixels beyond the shake allowed (which is in full-size pixels).
+        return response > 0.05 and math.hypot(dx, dy) > self.params.shake / 2 + 2
 
     def excess(self, frame: Floats, ref: Floats, *, frames: bool = False) -> Floats:
         """How far each pixel of ``frame`` lies outside the range ``ref`` spans within the

@@ -231,6 +231,26 @@ class Tracker:
                 track_det.pop(i, None)
             det_track.pop(j, None)
 
+        # A merge that splits: the tracks that were merged and are now without a box take
+        # the free boxes nearby, with a wider gate (inside the merge, a track's prediction
+        # drifts from where its object went).
+        late: list[tuple[float, int, int]] = []
+        for i, tr in enumerate(self.tracks):
+            if not tr.merged or i in track_det or i in merged:
+                continue
+            for j in range(len(boxes)):
+                if j in det_track or j in merged.values():
+                    continue
+                dc = centres[j]
+                size = max(0.5 * (math.hypot(tr.w, tr.h) + diags[j]), 1e-6)
+                dist = math.hypot(preds[i][0] - dc[0], preds[i][1] - dc[1]) / size
+                if dist < 2.0:
+                    late.append((dist, i, j))
+        for _, i, j in sorted(late):
+            if i not in track_det and j not in det_track:
+                track_det[i] = j
+                det_track[j] = i
+
         # Parts of one object: an unassigned box mostly inside an assigned track's prediction.
         extra: dict[int, Box] = {}
         for j, db in enumerate(boxes):
