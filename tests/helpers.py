@@ -657,3 +657,31 @@ def images_received(messages: list[tuple[str, bytes, bool]]) -> list[tuple[dict[
                 out.append((meta, joined))
                 del parts[seq]
     return out
+
+
+async def start_agent(
+    tmp: Path,
+    port: int,
+    devices: list[dict[str, Any]],
+    env: dict[str, str] | None = None,
+    **over: Any,
+) -> AgentProc:
+    sock = tmp / "status.sock"
+    sock.unlink(missing_ok=True)  # a killed agent's is left behind
+    config = agent_config(tmp, port, devices, status__socket=str(sock), **over)
+    agent = AgentProc(config, tmp / "agent.log", env=env)
+    agent.start()
+    await until(sock.exists, 20, agent)
+    return agent
+
+
+async def until(pred: Callable[[], bool], timeout: float, agent: AgentProc | None = None) -> None:
+    """Wait for a condition of a process we can only look at from outside (its status API,
+    its files)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not pred():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        dump = await agent.dump() if agent is not None else ""
+        raise AssertionError(f"timed out waiting for {pred.__qualname__}\n{dump}") from None

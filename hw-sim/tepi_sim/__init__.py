@@ -6,7 +6,9 @@ TCP slaves on 127.0.0.1, plausible drifting sensor values, exact read counters, 
 disconnect, unplugged, slow) switchable at run time; outputs, with every write recorded
 with its time (``WriteRecord``), and scripted values that follow a timeline. Simulated IP
 cameras (``Camera``) serve snapshots, MJPEG and H.264 of a synthetic scene over HTTP, with
-image and network faults and ground truth for the moving objects in view. It imports
+image and network faults and ground truth for the moving objects in view; or of a road
+seen from above (``tepi_sim.traffic``) with the exact crossings per line and direction and
+the queue length per zone, for camera analytics. It imports
 nothing from tepi, so it is an independent check of tepi's Modbus client.
 """
 

@@ -19,6 +19,11 @@ offset). Snapshot and MJPEG parts carry ``X-Sim-Frame`` (a frame sequence number
 ``X-Sim-Time`` (the real time the scene was rendered at, for :meth:`Camera.truth`): ground
 truth for tests, not something a real camera sends.
 
+The scene is :mod:`tepi_sim.scene`'s street with moving objects or, with ``scene:
+traffic``, :mod:`tepi_sim.traffic`'s road seen from above, whose ground truth the camera
+answers at real times (:meth:`Camera.vehicles`, :meth:`Camera.crossing_events`,
+:meth:`Camera.queue_lengths`; scene time is real time minus :attr:`Camera.epoch`).
+
 Frames are rendered (and JPEG-encoded) in worker threads, never on the loop. MJPEG and
 H.264 clients share one frame producer that runs only while at least one of them is
 connected; a slow client skips frames rather than queueing them. Each H.264 client has an

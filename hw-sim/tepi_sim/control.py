@@ -22,17 +22,20 @@ Writes: ``{"query": "writes"}`` answers every Modbus device's kept writes, oldes
 after that time. Scripts: ``{"device": "river-level-3", "script": {"address": 100,
 "points": [[0, 1.2], [30, 2.8], [60, 1.0]]}}`` makes a register follow the points from now
 (``"table"`` optional when one table maps the address, ``"loop"`` optional).
-Traffic cameras (``scene: traffic``) answer their ground truth; times are real times (epoch
-seconds, as ``X-Sim-Time``; the scene time is that minus the camera's ``epoch``):
+Traffic cameras (``scene: traffic``) answer their ground truth. Times are given as real
+times (epoch seconds, as ``X-Sim-Time``: ``since``, ``until``, ``at``) or as scene times
+(``t0``, ``t1``, ``t``: seconds since the camera's ``epoch``), and answered as both:
 ``{"query": "traffic", "camera": "cam-1"}`` gives the counting lines and queue zones
 (normalised), the epoch, the scene time now, the scene's duration (it loops) and whether
 the signal is red; ``{"query": "crossings", "camera": "cam-1", "since": T0, "until": T1}``
 the crossings per line and direction between the two times (defaults: the epoch, now),
 with classes, ``{"ok": true, "crossings": {"lane-1": {"in": 3, "out": 0, "classes":
-{"in": {"two_wheeler": 2, "car": 1}, "out": {}}}, ...}}`` (``"events": true`` adds each
+{"in": {"two_wheeler": 2, "car": 1}, "out": {}}}, ...}, "since": T0, "t0": 0.0, ...}``
+(``"t0": 0, "t1": 60`` asks by scene time; ``"events": true`` adds each
 crossing, at most 10,000); ``{"query": "queue", "camera": "cam-1", "at": T}`` the queue
 length in metres per zone at that time (default now): ``{"ok": true, "queue":
-{"approach-east": 12.4}, "red": true, "at": T}``.
+{"approach-east": 12.4}, "red": true, "at": T, "t": 14.0}`` (``"t": 14`` asks by scene
+time).
 Try it with ``echo '{"device": "aq-station-1", "fault": "no_reply"}' | socat -
 UNIX-CONNECT:PATH``.
 """
@@ -57,8 +60,8 @@ _LINE_LIMIT = 4096
 _EVENTS_LIMIT = 10_000
 _TRAFFIC_KEYS = {
     "traffic": {"query", "camera"},
-    "crossings": {"query", "camera", "since", "until", "events"},
-    "queue": {"query", "camera", "at"},
+    "crossings": {"query", "camera", "since", "until", "t0", "t1", "events"},
+    "queue": {"query", "camera", "at", "t"},
 }
 
 
@@ -112,11 +115,23 @@ def _writes(sim: Simulator, cmd: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "writes": {d: [w.as_dict() for w in ws] for d, ws in writes.items()}}
 
 
+_SCENE_TIMES = {"since": "t0", "until": "t1", "at": "t"}  # wall time key -> scene time key
+
+
 def _number(cmd: dict[str, Any], key: str) -> str | None:
     value = cmd.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        return f'"{key}" must be a number (wall time, seconds)'
+        kind = "wall time" if key in _SCENE_TIMES else "scene time"
+        return f'"{key}" must be a number ({kind}, seconds)'
     return None
+
+
+def _wall(cmd: dict[str, Any], key: str, epoch: float, default: float) -> float:
+    """The real time a command gives as ``key`` (wall time) or as its scene-time twin."""
+    if cmd.get(key) is not None:
+        return float(cmd[key])
+    scene_t = cmd.get(_SCENE_TIMES[key])
+    return default if scene_t is None else epoch + float(scene_t)
 
 
 def _traffic(sim: Simulator, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +142,13 @@ def _traffic(sim: Simulator, cmd: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": f"unknown keys for {query}: {', '.join(sorted(unknown))}"}
     if not isinstance(cmd.get("camera"), str):
         return {"ok": False, "error": '"camera" is a required string'}
-    problems = [p for k in ("since", "until", "at") if (p := _number(cmd, k)) is not None]
+    times = [*_SCENE_TIMES, *_SCENE_TIMES.values()]
+    problems = [p for k in times if (p := _number(cmd, k)) is not None]
+    problems += [
+        f'give "{wall}" (wall time) or "{scene_t}" (scene time), not both'
+        for wall, scene_t in _SCENE_TIMES.items()
+        if cmd.get(wall) is not None and cmd.get(scene_t) is not None
+    ]
     if "events" in cmd and not isinstance(cmd["events"], bool):
         problems.append('"events" must be true or false')
     if problems:
@@ -165,15 +186,16 @@ def _traffic(sim: Simulator, cmd: dict[str, Any]) -> dict[str, Any]:
             },
         }
     if query == "queue":
-        at = now if cmd.get("at") is None else float(cmd["at"])
+        at = _wall(cmd, "at", camera.epoch, now)
         return {
             "ok": True,
             "at": at,
+            "t": at - camera.epoch,
             "red": scene.is_red(at - camera.epoch),
             "queue": camera.queue_lengths(at),
         }
-    since = camera.epoch if cmd.get("since") is None else float(cmd["since"])
-    until = now if cmd.get("until") is None else float(cmd["until"])
+    since = _wall(cmd, "since", camera.epoch, camera.epoch)
+    until = _wall(cmd, "until", camera.epoch, now)
     events = camera.crossing_events(since, until)
     counts: dict[str, dict[str, Any]] = {
         ln.name: {"in": 0, "out": 0, "classes": {"in": {}, "out": {}}} for ln in scene.lines
@@ -182,10 +204,24 @@ def _traffic(sim: Simulator, cmd: dict[str, Any]) -> dict[str, Any]:
         line = counts[e.line]
         line[e.direction] += 1
         line["classes"][e.direction][e.cls] = line["classes"][e.direction].get(e.cls, 0) + 1
-    answer: dict[str, Any] = {"ok": True, "since": since, "until": until, "crossings": counts}
+    answer: dict[str, Any] = {
+        "ok": True,
+        "since": since,
+        "until": until,
+        "t0": since - camera.epoch,
+        "t1": until - camera.epoch,
+        "crossings": counts,
+    }
     if cmd.get("events"):
         answer["events"] = [
-            {"t": e.t, "line": e.line, "direction": e.direction, "vehicle": e.vehicle, "cls": e.cls}
+            {
+                "t": e.t,
+                "scene_t": e.t - camera.epoch,
+                "line": e.line,
+                "direction": e.direction,
+                "vehicle": e.vehicle,
+                "cls": e.cls,
+            }
             for e in events[:_EVENTS_LIMIT]
         ]
         answer["events_truncated"] = len(events) > _EVENTS_LIMIT

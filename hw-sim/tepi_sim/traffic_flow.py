@@ -91,11 +91,13 @@ class Flow:
     """The simulated trajectories, stored ragged: vehicle ``i`` is on the road from step
     ``k_in[i]`` (inclusive) to ``k_out[i]`` (exclusive); its samples are at
     ``off[i] .. off[i] + k_out[i] - k_in[i]`` of ``x``, ``y``, ``v`` and ``lanes`` (a bit
-    mask of the lanes it is in). Step ``k`` is scene time ``t0 + k * DT``."""
+    mask of the lanes it is in). Step ``k`` is scene time ``t0 + k * DT``. ``direction`` is
+    each vehicle's travel along x: -1 westbound, +1 eastbound."""
 
     t0: float
     steps: int
     cls: tuple[str, ...]
+    direction: F64
     length: F64
     width: F64
     colour: npt.NDArray[np.uint8]
@@ -331,6 +333,7 @@ def simulate(settings: TrafficSettings) -> Flow:
         t0=t0,
         steps=steps,
         cls=cls,
+        direction=direction,
         length=length,
         width=width,
         colour=colour,

@@ -43,7 +43,7 @@ class TrafficSettings:
     """Vehicles arriving per lane per minute (a signal and close followers bunch them)."""
     class_mix: tuple[float, float, float] = (0.7, 0.22, 0.08)
     """Shares of two-wheelers, cars and buses/trucks (normalised; need not sum to 1)."""
-    speed_mps: tuple[float, float] = (7.0, 14.0)
+    speed_mps: tuple[float, float] = (5.0, 12.0)
     """Range of desired speeds, m/s (buses and trucks keep to at most 11)."""
     close_followers: float = 0.3
     """Share of vehicles that arrive right behind the one before and keep a short headway."""
@@ -67,9 +67,9 @@ class TrafficSettings:
     """A tree crown over the upper lanes and a sign gantry across the road."""
     signal: bool = True
     """A stop line and a signal on the eastbound approach."""
-    red_s: float = 15.0
+    red_s: float = 12.0
     """Red time of the signal cycle, seconds."""
-    green_s: float = 35.0
+    green_s: float = 33.0
     """Green time of the signal cycle, seconds (the cycle starts with red at t = 0)."""
     vehicles: bool = True
     """False: no vehicles at all (noise, lighting, rain and shake only)."""

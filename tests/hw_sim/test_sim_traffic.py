@@ -10,8 +10,13 @@ import functools
 import itertools
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 from collections import Counter
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ from tepi_sim.traffic import (
     VehicleTruth,
     vehicle_length_m,
 )
+from tepi_sim.traffic_settings import traffic_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,6 +88,9 @@ def test_noise_changes_every_render_but_not_the_truth() -> None:
     assert not np.array_equal(first, second)
     diff = np.abs(first.astype(np.int16) - second.astype(np.int16))
     assert diff.max() <= 2 * noisy.settings.noise
+    tiny = scene(replace(DEFAULT, width=64, height=36, shake_px=0.0))
+    frames = (tiny.render(1.0) for _ in range(5000))  # past the noise offsets' cycle
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(frames))
 
 
 def test_lanes_in_both_directions_cross_both_ways_over_200_times() -> None:
@@ -172,6 +181,22 @@ def test_vehicles_never_overlap_and_classes_sizes_and_speeds_vary() -> None:
     assert sum(len(lanes) > 1 for lanes in lanes_of.values()) >= 5, "lane changes"
 
 
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_other_lane_counts_and_heavy_flow_keep_every_rule(lanes: int) -> None:
+    s = scene(replace(QUIET, lanes_per_direction=lanes, width_m=60.0, flow_per_lane_min=30.0))
+    counts = s.crossings(0.0, 100.0)
+    assert [line.name for line in s.lines][-1] == "all-lanes"
+    assert len(s.lines) == 2 * lanes + 1
+    for line in s.lines[:-1]:
+        (lane,) = line.lanes
+        travel = "in" if lane < lanes else "out"  # the upper half is westbound
+        assert counts[line.name][travel] > 10
+        assert counts[line.name]["in" if travel == "out" else "out"] == 0
+    for t in _times(0.0, 100.0, 0.1):
+        for p, q in itertools.combinations(s.truth(t), 2):
+            assert not _overlap(p.box, q.box), (t, p, q)
+
+
 def _queue_from_truth(s: TrafficScene, t: float, zone_lanes: tuple[int, ...]) -> float:
     """The queue worked out from the truth boxes alone, by the documented rule."""
     zone = s.zones[0]
@@ -208,7 +233,8 @@ def test_a_queue_forms_at_red_clears_at_green_and_matches_the_truth_boxes() -> N
         cleared = float(start) + s.settings.red_s + s.settings.green_s * 0.8
         assert not s.is_red(cleared)
         assert s.queue_length(zone.name, cleared) == 0.0
-    assert min(peaks) > 2 * vehicle_length_m("car")
+    assert min(peaks) > 2 * vehicle_length_m("two_wheeler")  # every red stops someone
+    assert sum(peaks) / len(peaks) > 2 * vehicle_length_m("car")
     spill = 0
     samples = _times(0.0, s.duration, 0.7)
     for t in samples:
@@ -243,6 +269,52 @@ def test_a_scene_without_vehicles_has_no_vehicle_pixels() -> None:
     t = 100.0
     assert busy.truth(t)
     assert np.abs(busy.render(t).astype(np.int16) - clean.render(t)).max() > 40
+
+
+def test_every_vehicle_stands_out_from_the_road_by_the_documented_contrast() -> None:
+    bare = replace(QUIET, occluders=False)  # nothing hides any part of a vehicle
+    busy = scene(bare)
+    empty = scene(replace(bare, vehicles=False))
+    w, h = busy.width, busy.height
+    checked = 0
+    near = 0
+    for t in _times(0.0, 300.0, 3.1):
+        diff = np.abs(busy.render(t).astype(np.int16) - empty.render(t)).mean(axis=2)
+        for v in busy.truth(t):
+            x0, y0, x1, y1 = v.box
+            if x0 <= 0.0 or x1 >= 1.0:
+                continue
+            # The middle of the body (a two-wheeler's rider aside): its median pixel.
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            qx, qy = (x1 - x0) / 4, (y1 - y0) / 4
+            core = diff[round((cy - qy) * h) : round((cy + qy) * h) + 1,
+                        round((cx - qx) * w) : round((cx + qx) * w) + 1]  # fmt: skip
+            if v.cls == "two_wheeler":  # the rider's helmet is in the middle: use the ends
+                core = np.concatenate(
+                    [
+                        diff[round(cy * h), round((x0 + qx / 2) * w)].reshape(1),
+                        diff[round(cy * h), round((x1 - qx / 2) * w)].reshape(1),
+                    ]
+                )
+            level = float(np.median(core))
+            assert level >= 20, (t, v)  # 28 from the base grey, less the texture's 6 and marks
+            near += level < 45
+            checked += 1
+    assert checked > 500
+    assert near > checked / 10, "some vehicles are close to the road's grey"
+
+
+@pytest.mark.parametrize("size", [(64, 36), (320, 180), (1280, 720)])
+def test_any_frame_size_renders_the_same_scene(size: tuple[int, int]) -> None:
+    w, h = size
+    small = scene(replace(QUIET, width=w, height=h))
+    frame = small.render(100.0)
+    assert frame.shape == (h, w, 3)
+    assert frame.dtype == np.uint8
+    reference = scene(QUIET)
+    assert [v.id for v in small.truth(100.0)] == [v.id for v in reference.truth(100.0)]
+    for v, r in zip(small.truth(100.0), reference.truth(100.0), strict=True):
+        assert v.center == pytest.approx(r.center)
 
 
 def test_shake_moves_the_whole_frame_by_the_configured_pixels() -> None:
@@ -486,14 +558,23 @@ async def test_the_control_socket_answers_the_traffic_ground_truth(tmp_path: Pat
             assert looped["crossings"] == counts
             first = looped["events"][0]
             assert first["t"] == pytest.approx(epoch + s.duration + s.crossing_events(0, 120)[0].t)
+            assert first["scene_t"] == pytest.approx(s.duration + s.crossing_events(0, 120)[0].t)
+            # The same window by scene time.
+            by_scene = await ask({"query": "crossings", "camera": "road", "t0": 0, "t1": 120})
+            assert by_scene["crossings"] == counts
+            assert (by_scene["t0"], by_scene["t1"]) == (0.0, 120.0)
 
             red = s.settings.red_s - 1.0  # late in the first red: a queue
             queue = await ask({"query": "queue", "camera": "road", "at": epoch + red})
             assert queue["red"] is True
             assert queue["queue"]["approach-east"] == s.queue_length("approach-east", red)
             assert queue["queue"]["approach-east"] > 0
+            assert await ask({"query": "queue", "camera": "road", "t": red}) == queue
+            assert queue["t"] == pytest.approx(red)
             now = await ask({"query": "queue", "camera": "road"})
             assert set(now["queue"]) == {"approach-east"}
+            both = await ask({"query": "queue", "camera": "road", "t": 1, "at": epoch})
+            assert both["error"] == 'give "at" (wall time) or "t" (scene time), not both'
 
             assert "objects scene" in (await ask({"query": "queue", "camera": "street"}))["error"]
             assert "no camera 'x'" in (await ask({"query": "traffic", "camera": "x"}))["error"]
@@ -532,3 +613,112 @@ async def test_the_camera_serves_the_traffic_scene_over_http() -> None:
         assert other > 2 * same
         status = camera.status()
         assert (status["scene"], status["epoch"]) == ("traffic", camera.epoch)
+
+
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.floats(-5, 50), max_size=4),
+    st.dictionaries(st.sampled_from(["car", "bus", "two_wheeler"]), st.floats(-1, 2)),
+)
+
+
+_KEYS = [f.name for f in fields(TrafficSettings)]
+
+
+@given(st.dictionaries(st.sampled_from([*_KEYS, "lanes", "sede"]), _JUNK, max_size=6))
+def test_traffic_settings_take_any_mapping_and_report_rather_than_raise(
+    raw: dict[str, object],
+) -> None:
+    settings, problems = traffic_settings(raw, "traffic")
+    assert isinstance(settings, TrafficSettings)
+    assert all(p.startswith("traffic") for p in problems)
+    if not problems:  # everything given was taken as it was
+        for key, value in raw.items():
+            got = getattr(settings, key)
+            assert got == (tuple(value) if isinstance(value, list) else value) or isinstance(
+                value, dict
+            )
+
+
+@given(
+    st.floats(0.0, 1.0),
+    st.integers(0, 30),
+    st.tuples(st.floats(1.0, 20.0), st.floats(0.0, 20.0)),
+    st.booleans(),
+)
+def test_valid_traffic_settings_come_through_unchanged(
+    rain: float, noise: int, speeds: tuple[float, float], signal: bool
+) -> None:
+    low, extra = speeds
+    raw = {"rain": rain, "noise": noise, "speed_mps": [low, low + extra], "signal": signal}
+    settings, problems = traffic_settings(raw, "traffic")
+    assert problems == []
+    assert (settings.rain, settings.noise, settings.signal) == (rain, noise, signal)
+    assert settings.speed_mps == (low, low + extra)
+
+
+def test_the_camera_s_image_faults_apply_to_the_traffic_scene() -> None:
+    s = scene()
+    normal = s.render(42.0)
+    grey = cv2.cvtColor(normal, cv2.COLOR_BGR2GRAY)
+    assert float(s.render(42.0, "black").mean()) < 1.0
+    covered = s.render(42.0, "covered")
+    assert 36 < float(covered.mean()) < 42
+    assert float(covered.std()) < 2
+    blurred = cv2.cvtColor(s.render(42.0, "blur"), cv2.COLOR_BGR2GRAY)
+    sharp = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    assert float(cv2.Laplacian(blurred, cv2.CV_64F).var()) < sharp / 20
+    moved = s.render(42.0, "moved")
+    assert moved.shape == normal.shape
+    assert float(np.abs(moved.astype(np.int16) - normal).mean()) > 20
+
+
+def test_a_tepi_sim_process_answers_a_yaml_traffic_camera_s_truth(tmp_path: Path) -> None:
+    config = tmp_path / "sim.yaml"
+    config.write_text(
+        "cameras:\n"
+        "  - id: road\n"
+        "    seed: 3\n"
+        "    scene: traffic\n"
+        "    traffic: {rain: 0.2, class_mix: {two_wheeler: 0.8, car: 0.2}}\n",
+        encoding="utf-8",
+    )
+    control = tmp_path / "ctl.sock"
+    hw_sim = Path(__file__).resolve().parents[2] / "hw-sim"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tepi_sim.cli", "--config", str(config), "--control", str(control)],
+        env={**os.environ, "PYTHONPATH": str(hw_sim)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # blocks until the simulator says it is ready
+            if line.strip() == "ready":
+                break
+        else:
+            raise AssertionError(f"no ready line; stderr: {proc.communicate()[1]}")
+        with socket.socket(socket.AF_UNIX) as ctl:
+            ctl.settimeout(10)
+            ctl.connect(str(control))
+            stream = ctl.makefile("rwb")
+            stream.write(b'{"query": "crossings", "camera": "road", "t0": 0, "t1": 300}\n')
+            stream.write(b'{"query": "queue", "camera": "road", "t": 11.5}\n')
+            stream.flush()
+            crossings = json.loads(stream.readline())
+            queue = json.loads(stream.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    # The same settings built here give the same truth: the scene depends on them alone.
+    here = scene(replace(DEFAULT, seed=3, rain=0.2, class_mix=(0.8, 0.2, 0.0)))
+    expected = here.crossings(0.0, 300.0)
+    got = {n: {"in": c["in"], "out": c["out"]} for n, c in crossings["crossings"].items()}
+    assert got == expected
+    assert queue["queue"] == {"approach-east": here.queue_length("approach-east", 11.5)}
+    assert proc.returncode == 0

@@ -161,6 +161,32 @@ def test_seq_survives_reopen_and_is_never_reused(tmp_path: Path) -> None:
         assert store.stats().next_seq == seq + 1
 
 
+def test_an_event_image_keeps_its_event_also_in_an_index_from_before_events(
+    tmp_path: Path,
+) -> None:
+    """The ``event`` column came with camera analytics (migration m002): an index made
+    before it gains the column at open, its images keep None, and new ones keep theirs."""
+    with ImageStore(tmp_path, 10_000_000) as store:
+        old = put(store, "snapshot", 100)
+    conn = sqlite3.connect(tmp_path / "images.db")
+    with conn:  # as the release before events left it
+        conn.execute("ALTER TABLE images DROP COLUMN event")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm002_event'")
+    conn.close()
+    event = '{"id": "cam1-1-7", "type": "start"}'
+    with ImageStore(tmp_path, 10_000_000) as store:
+        got = store.get(old.seq)
+        assert got is not None
+        assert got.event is None
+        new = put(store, "event", 100, event=event)
+        assert new.event == event
+    with ImageStore(tmp_path, 10_000_000) as store:
+        again = store.get(new.seq)
+        assert again is not None
+        assert again.event == event
+        assert store.next([]) == again  # events go first
+
+
 def test_one_store_at_a_time_has_a_directory_open(tmp_path: Path) -> None:
     with ImageStore(tmp_path, 10_000) as store:
         with pytest.raises(ImageStoreError, match="in use"):

@@ -104,3 +104,62 @@ def test_the_password_is_read_from_the_environment(monkeypatch: pytest.MonkeyPat
     assert pw is not None
     assert pw.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(dev)
+
+
+ANALYTICS = """\
+  - id: cam-1
+    driver: camera
+    url: rtsp://10.0.0.5/sub
+    analytics:
+      lines:
+        - {name: lane1, points: [[0.5, 0.1], [0.5, 0.45]]}
+      zones:
+        - name: approach
+          polygon: [[0.0, 0.5], [0.5, 0.5], [0.5, 0.9], [0.0, 0.9]]
+          stop_line: [[0.5, 0.5], [0.5, 0.9]]
+          length_m: 40
+      classes:
+        - {name: two_wheeler, max_area: 0.004}
+        - {name: bus_truck}
+        - {name: car, max_area: 0.03}
+"""
+
+
+def test_analytics_config_and_its_stream_decodes_every_frame() -> None:
+    dev = camera(ANALYTICS)
+    a = dev.analytics
+    assert a is not None
+    assert (a.fps, a.width, a.count_interval, a.motion_off_delay) == (5.0, 320, 60.0, 5.0)
+    assert a.lines[0].points == ((0.5, 0.1), (0.5, 0.45))
+    assert a.zones[0].length_m == 40
+    assert dev.decode is None
+    assert dev.decode_mode == "all"  # analytics needs every frame; health alone keyframes
+    assert camera("  - {id: c, driver: camera, url: rtsp://h/s}\n").decode_mode == "keyframes"
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        (("url: rtsp://10.0.0.5/sub", "url: rtsp://10.0.0.5/sub\n    decode: keyframes"),
+         "analytics needs every frame"),
+        (("[0.5, 0.45]", "[1.5, 0.45]"), "line lane1: point [1.5, 0.45] is outside 0..1"),
+        (("[[0.5, 0.1], [0.5, 0.45]]", "[[0.5, 0.1], [0.5, 0.1]]"), "its two points are the same"),
+        (("          length_m: 40\n", ""), "queue_length needs both stop_line and length_m"),
+        (("{name: bus_truck}", "{name: bus_truck}\n        - {name: big}"),
+         "only one class can have no max_area"),
+        (("      classes:",
+          "        - name: approach\n          polygon: [[0, 0], [1, 0], [1, 1]]\n      classes:"),
+         "zones: approach named more than once"),
+        (("name: lane1,", "name: 'lane 1',"), "devices[0].analytics.lines[0].name"),
+        (("length_m: 40", "length_m: -4"), "devices[0].analytics.zones[0].length_m"),
+        (("    analytics:\n", "    analytics:\n      fps: 0\n"), "devices[0].analytics.fps"),
+    ],
+)  # fmt: skip
+def test_bad_analytics_configs_are_refused_with_the_key(
+    change: tuple[str, str], expect: str
+) -> None:
+    text = ANALYTICS.replace(*change)
+    assert text != ANALYTICS
+    found = issues(text)
+    assert any(expect in i for i in found), found
+    assert all("tepi.yaml:" in i for i in found), found

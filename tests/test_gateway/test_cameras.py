@@ -13,7 +13,7 @@ import io
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from helpers import (
     agent_config,
     compile_shim,
     images_received,
+    start_agent,
+    until,
 )
 
 from tepi.gateway.status import EXIT_DEGRADED, fetch, run_status
@@ -66,34 +68,6 @@ def camera_device(sim: Simulator, tmp: Path, **over: Any) -> dict[str, Any]:
         "checks": {"frozen_polls": 2, "tamper_polls": 2},
         **over,
     }
-
-
-async def start_agent(
-    tmp: Path,
-    port: int,
-    devices: list[dict[str, Any]],
-    env: dict[str, str] | None = None,
-    **over: Any,
-) -> AgentProc:
-    sock = tmp / "status.sock"
-    sock.unlink(missing_ok=True)  # a killed agent's is left behind
-    config = agent_config(tmp, port, devices, status__socket=str(sock), **over)
-    agent = AgentProc(config, tmp / "agent.log", env=env)
-    agent.start()
-    await until(sock.exists, 20, agent)
-    return agent
-
-
-async def until(pred: Callable[[], bool], timeout: float, agent: AgentProc | None = None) -> None:
-    """Wait for a condition of a process we can only look at from outside (its status API,
-    its files)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not pred():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        dump = await agent.dump() if agent is not None else ""
-        raise AssertionError(f"timed out waiting for {pred.__qualname__}\n{dump}") from None
 
 
 def camera_state(tmp: Path) -> tuple[str | None, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from tepi.buffer import Buffer, BufferSettings
 from tepi.core.clock import boottime
 from tepi.core.errors import DeviceUnavailable
-from tepi.core.records import MetricInfo, Sample
+from tepi.core.records import MetricInfo, Sample, Values
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
@@ -199,3 +200,63 @@ async def test_error_reasons_a_device_counts_are_bounded(tmp_path: Path) -> None
     assert len(stats.errors) == MAX_REASONS + 1
     assert stats.errors["other"] == sum(stats.errors.values()) - MAX_REASONS
     assert sum(stats.errors.values()) == stats.consecutive_failures
+
+
+class _Pushing(SyntheticDriver):
+    """A synthetic device that also makes readings between polls, as a camera's analytics
+    do: ``push`` queues one and tells the poll loop (``on_ready``); ``finish`` adds a last
+    one, as a camera's interval so far at a clean stop."""
+
+    def __init__(self, cfg: SyntheticConfig) -> None:
+        super().__init__(cfg, SharedResources())
+        self.on_ready: Any = None
+        self.waiting: list[Values] = []
+        self.finished = False
+
+    def push(self, value: int) -> None:
+        self.waiting.append(Values(("pushed",), (None,), [value], time.time(), boottime()))
+        assert self.on_ready is not None, "the poll loop did not hook on_ready"
+        self.on_ready()
+
+    def drain(self) -> list[Values]:
+        out, self.waiting = self.waiting, []
+        return out
+
+    async def finish(self) -> None:
+        self.finished = True
+        self.waiting.append(Values(("pushed",), (None,), [999], time.time(), boottime()))
+
+
+async def test_readings_made_between_polls_go_at_once_without_a_poll(tmp_path: Path) -> None:
+    cfg = SyntheticConfig.model_validate(
+        {"id": "p", "driver": "synthetic", "metrics": 1, "poll_interval": "1h"}
+    )
+    driver = _Pushing(cfg)
+    stats = DeviceStats()
+    stats.wake = asyncio.Event()
+    stopping = asyncio.Event()
+
+    def pushed(items: list[Any]) -> list[object]:
+        return [i.reading.value for i in items if i.reading.metric == "pushed"]
+
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        task = asyncio.create_task(poll_device(cfg, driver, buf, stats, stopping=stopping))
+        async with asyncio.timeout(10):
+            while stats.polls < 1 or stats.last_poll_s is None:
+                await asyncio.sleep(0.01)
+            driver.push(1)
+            driver.push(2)
+            while True:  # drained by the loop, long before the next poll (an hour away)
+                batch = await buf.fetch(0, 100)
+                if batch is not None and pushed(batch.items) == [1, 2]:
+                    break
+                await asyncio.sleep(0.01)
+        assert stats.polls == 1
+        stopping.set()
+        stats.wake.set()
+        async with asyncio.timeout(5):
+            await task
+        batch = await buf.fetch(0, 100)
+    assert driver.finished
+    assert batch is not None
+    assert pushed(batch.items) == [1, 2, 999]  # a clean stop hands over what was begun

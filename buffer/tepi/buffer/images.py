@@ -116,7 +116,7 @@ TMP_PREFIX = ".tmp-"
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 _COLUMNS = (
     "seq, camera, cls, reason, ts, mono, boot, width, height, size, sha256, content_type,"
-    " parent, attempts, name"
+    " parent, attempts, event, name"
 )
 
 
@@ -170,6 +170,7 @@ class ImageMeta:
     content_type: str
     parent: int | None  # a thumbnail's full image
     attempts: int  # delivery attempts recorded with ImageStore.attempt
+    event: str | None  # an event image's event, a JSON object (camera analytics)
     path: Path
 
 
@@ -250,6 +251,11 @@ def _migrations() -> Migrations:
         # next() and eviction walk one class in seq order.
         db.table("images").create_index(["cls", "seq"])
         db.table("meta").create({"key": str, "value": int}, pk="key", not_null=["value"])
+
+    @migrations()
+    def m002_event(db: Database) -> None:
+        # An event image's event (camera analytics), a JSON object; NULL for other images.
+        db.table("images").add_column("event", str)
 
     return migrations
 
@@ -523,6 +529,7 @@ class ImageStore:
         height: int,
         parent: int | None = None,
         content_type: str = "image/jpeg",
+        event: str | None = None,
     ) -> ImageMeta:
         """Store one image durably and return it with its seq.
 
@@ -572,6 +579,7 @@ class ImageStore:
             content_type=content_type,
             parent=parent,
             attempts=0,
+            event=event,
             path=final,
         )
         with self._lock:
@@ -579,7 +587,7 @@ class ImageStore:
             try:
                 with self.db.atomic():
                     self.db.conn.execute(
-                        f"INSERT INTO images({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                        f"INSERT INTO images({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
                         (*_values(meta), name),
                     )
                     self.db.conn.execute(
@@ -854,11 +862,12 @@ class ImageStore:
         height: int,
         parent: int | None = None,
         content_type: str = "image/jpeg",
+        event: str | None = None,
     ) -> ImageMeta:
         return await asyncio.to_thread(
             lambda: self.put(
                 camera, cls, jpeg, reason=reason, ts=ts, mono=mono, width=width,
-                height=height, parent=parent, content_type=content_type,
+                height=height, parent=parent, content_type=content_type, event=event,
             )
         )  # fmt: skip
 
@@ -876,5 +885,5 @@ def _values(meta: ImageMeta) -> tuple[object, ...]:
     return (
         meta.seq, meta.camera, meta.cls, meta.reason, meta.ts, meta.mono, meta.boot,
         meta.width, meta.height, meta.size, meta.sha256, meta.content_type, meta.parent,
-        meta.attempts,
+        meta.attempts, meta.event,
     )  # fmt: skip

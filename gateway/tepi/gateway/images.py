@@ -194,6 +194,7 @@ class ImageHub:
         width: int,
         height: int,
         parent: int | None = None,
+        event: str | None = None,
     ) -> tuple[int, str]:
         """Store one image (ImageSink); its seq and file. ImageNotKept when it is not kept."""
         from tepi.buffer.images import ImageStoreError
@@ -213,6 +214,7 @@ class ImageHub:
                 width=width,
                 height=height,
                 parent=parent,
+                event=event,
             )
         except (ImageStoreError, OSError) as err:
             raise ImageNotKept(str(err)) from err

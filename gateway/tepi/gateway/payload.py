@@ -183,6 +183,7 @@ def image_meta_payload(gateway_id: str, meta: Any, *, split: bool = False) -> di
         "content_type": meta.content_type,
         "parent": meta.parent,
         "split": split,
+        "event": None if meta.event is None else orjson.loads(meta.event),
     }
 
 

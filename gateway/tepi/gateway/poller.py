@@ -107,6 +107,11 @@ class DeviceStats:
     heartbeat: BadHeartbeat = field(default_factory=BadHeartbeat)
     # Called when ``state`` changes (the agent's STATUS= line for systemd follows it).
     on_state: Callable[[], None] | None = None
+    # A driver that makes readings between polls (a camera's analytics) has some waiting
+    # (``push_ready``): the poll loop wakes and hands them to the buffer without a poll.
+    drain_due: bool = False
+    # The interval changed (``set_interval``): the loop re-plans from now.
+    rescheduled: bool = False
 
     def latest(self) -> dict[str, Reading]:
         """The latest reading of each metric."""
@@ -129,8 +134,16 @@ class DeviceStats:
         """Poll every ``interval`` s from now on (None: the config's poll_interval)."""
         if interval != self.interval:
             self.interval = interval
+            self.rescheduled = True
             if self.wake is not None:
                 self.wake.set()
+
+    def push_ready(self) -> None:
+        """The driver has readings waiting (its ``drain``): hand them over now, outside the
+        poll schedule. Called on the loop."""
+        self.drain_due = True
+        if self.wake is not None:
+            self.wake.set()
 
     def poll_now(self) -> asyncio.Future[str | None]:
         """Ask for a poll now, outside the schedule (its readings go to the buffer like any
@@ -305,6 +318,10 @@ class _Guarded:
         protocol = getattr(driver, "protocol_stats", None)
         if protocol is not None:
             stats.protocol = self._protocol(protocol)
+        # A driver with readings between polls (``drain``) says when it has some.
+        self.pushes = hasattr(driver, "drain")
+        if self.pushes:
+            driver.on_ready = stats.push_ready  # type: ignore[attr-defined]
 
     def fault(self, err: Exception) -> DriverFault:
         """Count ``err`` and classify it; its traceback is logged the device's first time."""
@@ -357,6 +374,32 @@ class _Guarded:
             bad = TypeError(f"read() gave a {type(wrong).__name__}, not a Sample or Values")
             raise self.fault(bad) from bad
         return samples
+
+    def drain(self) -> Sequence[Values]:
+        """What the driver made since its last poll or drain (``Values`` only)."""
+        if not self.pushes:
+            return []
+        try:
+            out = list(self.driver.drain())  # type: ignore[attr-defined]
+            wrong = next((v for v in out if not isinstance(v, Values)), None)
+        except Exception as err:  # noqa: BLE001 - counted and logged by fault(); none kept
+            self.fault(err)
+            return []
+        if wrong is not None:
+            self.fault(TypeError(f"drain() gave a {type(wrong).__name__}, not Values"))
+            return []
+        return out
+
+    async def finish(self) -> None:
+        """A clean stop: the driver ends what it has begun (a camera's interval so far), so
+        that the last drain hands it over."""
+        finish = getattr(self.driver, "finish", None)
+        if finish is None:
+            return
+        try:
+            await finish()
+        except Exception as err:  # noqa: BLE001 - counted and logged by fault()
+            self.fault(err)
 
     def metrics(self) -> list[MetricInfo]:
         try:
@@ -446,6 +489,20 @@ async def poll_device(
         stats.asks.clear()
 
 
+def _drained(
+    cfg: DriverConfig, driver: _Guarded, buffer: Buffer, stats: DeviceStats, clock: WallClock
+) -> None:
+    """The driver's readings made between polls into the buffer, as a poll's would go."""
+    stats.drain_due = False
+    pushed = driver.drain()
+    if not pushed:
+        return
+    stamp = clock.stamp()
+    now = asyncio.get_running_loop().time()
+    for values in pushed:
+        put_values(cfg.id, values, stamp, buffer, stats, now=now, every=cfg.bad_heartbeat)
+
+
 async def _poll_loop(
     cfg: DriverConfig,
     driver: _Guarded,
@@ -473,9 +530,19 @@ async def _poll_loop(
             else:
                 await _pause(None, delay, wake)
         if stopping is not None and stopping.is_set():
+            if driver.pushes:  # a clean stop: what the driver began goes to the buffer
+                await driver.finish()
+                _drained(cfg, driver, buffer, stats, clock)
             return
         if wake is not None and wake.is_set():
-            wake.clear()  # a new interval, or a poll asked for: poll now, then the grid
+            wake.clear()
+            if stats.drain_due and not stats.asks and not stats.rescheduled:
+                # Readings made between polls, handed over now; the grid stays as it was.
+                stats.drain_due = False
+                _drained(cfg, driver, buffer, stats, clock)
+                continue
+            # A new interval, or a poll asked for: poll now, then the grid.
+            stats.rescheduled = False
             next_t = loop.time()
         asks: list[asyncio.Future[str | None]] = []
         if stats.asks:  # answered after this poll (those asked during it wait for the next)

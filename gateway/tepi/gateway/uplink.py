@@ -979,7 +979,11 @@ class Uplink:
         if self.cfg.uplink.protocol == "5":
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ContentType = meta.content_type
-            props.UserProperty = [(k, str(v)) for k, v in info.items() if v is not None]
+            props.UserProperty = [
+                (k, orjson.dumps(v).decode() if isinstance(v, dict) else str(v))
+                for k, v in info.items()
+                if v is not None
+            ]
         if not split:
             await self._timed(client, f"{self.topic_image}/{meta.camera}", data, props)
             hub.budget.spend(size, save=True)

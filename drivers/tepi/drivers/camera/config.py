@@ -103,6 +103,250 @@ class CameraChecks(_Model):
     )
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+PointXY = tuple[float, float]
+
+
+def _check_points(points: list[PointXY] | tuple[PointXY, ...], what: str) -> None:
+    for x, y in points:
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise ValueError(
+                f"{what}: point [{x}, {y}] is outside 0..1 (points are fractions of the "
+                "image's width and height, 0,0 at the top left)"
+            )
+
+
+class CountLineConfig(_Model):
+    """A counting line across a lane (docs/vision.md#lines)."""
+
+    name: str = Field(
+        pattern=_NAME,
+        description="The line's name, in its metrics (count.NAME.in): letters, digits, _ or -.",
+    )
+    points: tuple[PointXY, PointXY] = Field(
+        description="[[x, y], [x, y]]: the line from its first point to its second, in 0..1 "
+        "of the image. Crossing from the left of this arrow to its right (as seen on the "
+        "image) counts in, the other way out.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _check_points(self.points, f"line {self.name}")
+        if self.points[0] == self.points[1]:
+            raise ValueError(f"line {self.name}: its two points are the same")
+        return self
+
+
+class ZoneConfig(_Model):
+    """A polygon zone: motion, occupancy, and with a stop line the queue length."""
+
+    name: str = Field(
+        pattern=_NAME,
+        description="The zone's name, in its metrics (occupancy.NAME): letters, digits, _ or -.",
+    )
+    polygon: list[PointXY] = Field(
+        description="The zone: at least 3 [x, y] points in 0..1 of the image.",
+    )
+    stop_line: tuple[PointXY, PointXY] | None = Field(
+        default=None,
+        description="[[x, y], [x, y]]: where the queue starts (the stop line of the lane the "
+        "zone covers). With length_m, the zone reports queue_length.",
+    )
+    length_m: float | None = Field(
+        default=None,
+        gt=0,
+        le=10000,
+        description="The real length in metres from the stop line to the zone's far end "
+        "(measured along the lane): the scale of queue_length.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if len(self.polygon) < 3:
+            raise ValueError(f"zone {self.name}: a polygon needs at least 3 points")
+        _check_points(self.polygon, f"zone {self.name}")
+        if self.stop_line is not None:
+            _check_points(self.stop_line, f"zone {self.name} stop_line")
+            if self.stop_line[0] == self.stop_line[1]:
+                raise ValueError(f"zone {self.name}: the stop line's two points are the same")
+        if (self.stop_line is None) != (self.length_m is None):
+            raise ValueError(
+                f"zone {self.name}: queue_length needs both stop_line and length_m (set both, "
+                "or neither)"
+            )
+        return self
+
+
+class SizeClassConfig(_Model):
+    """A class of object by its size on the image (without a detector)."""
+
+    name: str = Field(
+        pattern=_NAME,
+        description="The class, in the count metrics (count.LINE.in.NAME), e.g. two_wheeler.",
+    )
+    max_area: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Objects whose box covers at most this share of the image (0-1) get this "
+        "class; the classes are tried from the smallest. null: the largest class.",
+    )
+
+
+class DetectorConfig(_Model):
+    """An ONNX object detector run on some frames (docs/vision.md#the-detector)."""
+
+    model: Path = Field(description="The .onnx model file. tepi ships and downloads none.")
+    format: Literal["auto", "yolo", "ssd"] = Field(
+        default="auto",
+        description="The model's outputs: yolo (v5 or v8 layout), ssd, or auto (from their "
+        "shapes).",
+    )
+    labels: list[str] | Path = Field(
+        description="The model's class names in order, or a file with one per line.",
+    )
+    classes: dict[str, str] = Field(
+        default_factory=lambda: {
+            "person": "person",
+            "bicycle": "two_wheeler",
+            "motorcycle": "two_wheeler",
+            "car": "car",
+            "bus": "bus_truck",
+            "truck": "bus_truck",
+        },
+        description="The model's labels to tepi's classes; labels not listed are ignored.",
+    )
+    score: float = Field(
+        default=0.4, gt=0, lt=1, description="Detections scoring less are dropped (0-1)."
+    )
+    iou: float = Field(
+        default=0.45,
+        gt=0,
+        lt=1,
+        description="Non-max suppression: of two boxes of one class overlapping more than "
+        "this (intersection over union), the weaker is dropped.",
+    )
+    interval: Duration = Field(
+        default=1.0,
+        gt=0,
+        description="Run the detector on one analysed frame this often; between runs the "
+        "tracker follows the objects by background subtraction.",
+    )
+    threads: int = Field(default=1, ge=1, le=8, description="CPU threads for the model.")
+    input_size: tuple[int, int] = Field(
+        default=(320, 320),
+        description="[width, height] fed to a model whose input size is not fixed.",
+    )
+    resize: Literal["auto", "letterbox", "stretch"] = Field(
+        default="auto",
+        description="How a frame is fitted to the model's input: letterbox (as YOLO models "
+        "are trained), stretch (as TF SSD models are), or auto (by the format).",
+    )
+    box_order: Literal["yxyx", "xyxy"] = Field(
+        default="yxyx", description="The order of an SSD model's box coordinates."
+    )
+    channels: Literal["rgb", "bgr"] = Field(
+        default="rgb", description="The colour order the model was trained on."
+    )
+
+
+class AnalyticsConfig(_Model):
+    """Motion, counting and zones on the camera's frames (docs/vision.md)."""
+
+    fps: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=30,
+        description="Frames analysed a second (a stream or mjpeg source; a snapshot source "
+        "is analysed once a poll). Frames over this rate are skipped evenly.",
+    )
+    width: int = Field(
+        default=320,
+        ge=64,
+        le=1920,
+        description="The analysis works on the frame scaled to this width (px).",
+    )
+    ignore: list[list[PointXY]] = Field(
+        default_factory=list,
+        description="Polygons where motion is ignored (trees, flags, a screen); unlike masks "
+        "they are not blacked out in images.",
+    )
+    lines: list[CountLineConfig] = Field(
+        default_factory=list, description="Counting lines; each gives count.NAME.in and .out."
+    )
+    zones: list[ZoneConfig] = Field(
+        default_factory=list,
+        description="Zones: motion, occupancy and (with a stop line) queue_length each.",
+    )
+    classes: list[SizeClassConfig] = Field(
+        default_factory=list,
+        description="Count by size class too (count.LINE.in.CLASS); e.g. two_wheeler up to "
+        "0.004, car up to 0.03, bus_truck. With a detector, its classes are used.",
+    )
+    count_interval: Duration = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="Counts, occupancy and queue length are reported once per this interval.",
+    )
+    motion_off_delay: Duration = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="Motion goes off after this long without any.",
+    )
+    events: bool = Field(
+        default=True,
+        description="Object events (start, update, end) with images in the image buffer.",
+    )
+    min_area: float = Field(
+        default=0.0004,
+        gt=0,
+        lt=1,
+        description="The smallest object, as a share of the image (0-1).",
+    )
+    threshold: int = Field(
+        default=25,
+        ge=1,
+        le=255,
+        description="How far (grey levels) a pixel must differ from the background to count.",
+    )
+    max_lost: Duration = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How long an object hidden (behind a pole, a bus) is followed before it "
+        "is given up.",
+    )
+    detector: DetectorConfig | None = Field(
+        default=None, description="An optional ONNX detector (docs/vision.md#the-detector)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for i, poly in enumerate(self.ignore):
+            if len(poly) < 3:
+                raise ValueError(f"ignore[{i}]: a polygon needs at least 3 points")
+            _check_points(poly, f"ignore[{i}]")
+        for what, names in (
+            ("lines", [x.name for x in self.lines]),
+            ("zones", [z.name for z in self.zones]),
+            ("classes", [c.name for c in self.classes]),
+        ):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{what}: {', '.join(twice)} named more than once")
+        open_ended = [c.name for c in self.classes if c.max_area is None]
+        if len(open_ended) > 1:
+            raise ValueError(
+                f"classes: only one class can have no max_area (the largest): {open_ended}"
+            )
+        areas = [c.max_area for c in self.classes if c.max_area is not None]
+        if len(set(areas)) != len(areas):
+            raise ValueError("classes: two classes have the same max_area")
+        return self
+
+
 class CameraConfig(DriverConfig):
     """An IP camera: health every ``poll_interval``, a snapshot every ``snapshot_interval``."""
 
@@ -177,10 +421,10 @@ class CameraConfig(DriverConfig):
         le=1920,
         description="Width of the thumbnail stored with each snapshot; null: none.",
     )
-    decode: Literal["keyframes", "all"] = Field(
-        default="keyframes",
+    decode: Literal["keyframes", "all"] | None = Field(
+        default=None,
         description="For source stream: decode only key frames (health needs no more), or "
-        "every frame.",
+        "every frame. Default: all with analytics, else keyframes.",
     )
     transport: Literal["tcp", "udp"] = Field(
         default="tcp",
@@ -194,6 +438,11 @@ class CameraConfig(DriverConfig):
     )
     checks: CameraChecks = Field(
         default_factory=CameraChecks, description="Thresholds of the health checks."
+    )
+    analytics: AnalyticsConfig | None = Field(
+        default=None,
+        description="Motion, object events, counting lines and zones on this camera's frames "
+        "(docs/vision.md). Off when not set.",
     )
 
     @model_validator(mode="before")
@@ -243,6 +492,11 @@ class CameraConfig(DriverConfig):
             raise ValueError(f"source {self.kind} needs an http(s):// url, not rtsp")
         if self.ca_file is not None and parts.scheme not in ("https", "rtsps"):
             raise ValueError("ca_file is set but the url is not https:// or rtsps://")
+        if self.analytics is not None and self.kind == "stream" and self.decode == "keyframes":
+            raise ValueError(
+                "analytics needs every frame of the stream: remove decode: keyframes (with "
+                "analytics the default is all)"
+            )
         for i, poly in enumerate(self.masks):
             if len(poly) < 3:
                 raise ValueError(f"masks[{i}]: a polygon needs at least 3 points")
@@ -253,6 +507,12 @@ class CameraConfig(DriverConfig):
                         "of the image's width and height)"
                     )
         return self
+
+    @property
+    def decode_mode(self) -> Literal["keyframes", "all"]:
+        if self.decode is not None:
+            return self.decode
+        return "all" if self.analytics is not None else "keyframes"
 
     @property
     def kind(self) -> Source:

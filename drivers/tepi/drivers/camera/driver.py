@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from tepi.drivers.camera.analysis import AnalysisRunner
     from tepi.drivers.camera.sources import Frame
 
     Image = npt.NDArray[np.uint8]
@@ -67,6 +68,7 @@ class ImageSink(Protocol):
         width: int,
         height: int,
         parent: int | None = None,
+        event: str | None = None,
     ) -> tuple[int, str]:
         """Store one image; its seq and the file it is in. Raises OSError (or a subclass)
         when it cannot."""
@@ -129,6 +131,18 @@ class CameraDriver:
         self.snapshots = 0
         self.snapshot_errors = 0
         self.last_snapshot_seq: int | None = None
+        # Analytics (docs/vision.md): readings between polls, handed over by ``drain``; the
+        # poll loop sets ``on_ready`` to be told when some wait.
+        self.analysis: AnalysisRunner | None = None
+        self.on_ready: Callable[[], None] | None = None
+        self._analytics_metrics: list[MetricInfo] = []
+        if config.analytics is not None:
+            from tepi.drivers.camera.analysis import AnalysisRunner
+
+            probe = AnalysisRunner(
+                config.id, config.analytics, config.masks, images=None, mask=self._masked
+            )
+            self._analytics_metrics = [MetricInfo(n, u) for n, u in probe.metric_names()]
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -153,12 +167,33 @@ class CameraDriver:
             "ca_file": None if c.ca_file is None else str(c.ca_file),
         }
         if c.kind == "stream":
-            kw["decode"] = c.decode
+            kw["decode"] = c.decode_mode
             kw["transport"] = c.transport
         else:
             kw["auth"] = c.auth
         assert c.url is not None
         self._source = make_source(c.kind, c.url, **kw)
+        if c.analytics is not None:
+            from tepi.drivers.camera.analysis import AnalysisRunner
+
+            runner = AnalysisRunner(
+                c.id,
+                c.analytics,
+                c.masks,
+                images=self.images,
+                mask=self._masked,
+                thumbnail_width=c.thumbnail_width or 320,
+                best_width=min(640, c.snapshot_width),
+                quality=c.snapshot_quality,
+            )
+            runner.on_ready = self._ready
+            try:
+                await runner.start()  # loads the detector: a model it cannot use fails the open
+            except Exception as err:
+                raise DeviceUnavailable("analytics", f"{type(err).__name__}: {err}") from err
+            self.analysis = runner
+            if c.kind != "snapshot":
+                self._source.on_frame = runner.offer
         await self._source.open()
         k = c.checks
         self._checker = HealthChecker(
@@ -179,9 +214,29 @@ class CameraDriver:
         if self._source is not None:
             source, self._source = self._source, None
             await source.aclose()
+        if self.analysis is not None:
+            runner, self.analysis = self.analysis, None
+            await runner.stop()
 
     def metrics(self) -> list[MetricInfo]:
-        return [MetricInfo(n, u) for n, u in zip(self._names, self._units, strict=True)]
+        own = [MetricInfo(n, u) for n, u in zip(self._names, self._units, strict=True)]
+        return own + self._analytics_metrics
+
+    def _ready(self) -> None:
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def drain(self) -> list[Values]:
+        """The analytics' readings since the last poll or drain (none without analytics)."""
+        return [] if self.analysis is None else self.analysis.drain()
+
+    async def finish(self) -> None:
+        """A clean stop: the analytics end their open events and report the interval so
+        far, for the poll loop's last drain."""
+        if self.analysis is not None:
+            if self._source is not None:
+                self._source.on_frame = None
+            await self.analysis.stop()  # its readings stay for the drain
 
     def failure_samples(self, reason: str, ts: float, mono: float) -> list[Sample]:
         """What the poller sends when a poll fails: ``online`` false (a good reading: the
@@ -200,6 +255,8 @@ class CameraDriver:
             "snapshot_errors": self.snapshot_errors,
             "last_snapshot_seq": self.last_snapshot_seq,
         }
+        if self.analysis is not None:
+            out["analytics"] = self.analysis.stats()
         if self._source is not None:
             out["source"] = dict(self._source.counters())
         return out
@@ -217,7 +274,9 @@ class CameraDriver:
             frame, done = await self._grab(snapshot=due)
             if due:
                 await self._store(frame, done, "periodic")
-            return [self._values(frame, done)]
+            if self.analysis is not None and self.config.kind == "snapshot":
+                self.analysis.offer(frame, time.monotonic())
+            return [self._values(frame, done), *self.drain()]
 
     async def snapshot(self, reason: str) -> Stored:
         """Take a snapshot now and store it (``request_snapshot``). Raises DeviceError

@@ -54,6 +54,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -810,6 +811,8 @@ class MjpegSource(_Base):
         if timeout <= 0 or max_bytes <= 0:
             raise ValueError("timeout and max_bytes must be positive")
         self._counters = _Counters()
+        # Called on the loop with every part and its time.monotonic() (camera analytics).
+        self.on_frame: Callable[[Frame, float], None] | None = None
         self._http = _Http(
             url,
             username=username,
@@ -935,7 +938,11 @@ class MjpegSource(_Base):
             slot.mono = now
             slot.fresh = True
             slot.error = None
+            frame = slot.frame
         self._event.set()
+        hook = self.on_frame
+        if hook is not None:
+            hook(frame, now)
 
 
 # ---- H.264 streams (PyAV) ------------------------------------------------------------------
@@ -1061,6 +1068,9 @@ class StreamSource(_Base):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stuck = False  # aclose() gave up waiting for the worker
         self._progress = 0.0  # worker: when the current wait for the camera began
+        # Called in the worker with every decoded frame and its time.monotonic() (camera
+        # analytics); it must not block.
+        self.on_frame: Callable[[Frame, float], None] | None = None
 
     @property
     def url(self) -> str:
@@ -1241,8 +1251,12 @@ class StreamSource(_Base):
                     slot.mono = now
                     slot.fresh = True
                     slot.error = None
+                    decoded = slot.frame
                 got = True
                 self._notify()
+                hook = self.on_frame
+                if hook is not None:
+                    hook(decoded, now)
         return got
 
 
