@@ -307,7 +307,9 @@ class Analyzer:
                 objects = self._blobs(fg, plan)
             else:
                 objects = [d for d in detections if not self._private(d.box, plan)]
-            step = self._tracker.step(t, objects)
+            step = self._tracker.step(t, objects, blobs=detections is None)
+            for box in step.ghosts:
+                self._background.absorb(bg, _pixels(box, plan, 2))
             for tr in step.confirmed:
                 events.append(self._event("start", tr, t))
             for c in step.crossings:
@@ -319,14 +321,7 @@ class Analyzer:
                 events.append(self._event("end", tr, t))
             best = step.best
 
-        w, h = plan.width, plan.height
-        self._background.learn(
-            bg,
-            [
-                (int(b[0] * w) - 1, int(b[1] * h) - 1, int(b[2] * w) + 1, int(b[3] * h) + 1)
-                for b in (tr.box for tr in self._tracker.tracks)
-            ],
-        )
+        self._background.learn(bg, [_pixels(tr.box, plan, 1) for tr in self._tracker.tracks])
         stopped = self._stopped(fg, bg.normalised, t, dt)
         moving = cv2.bitwise_and(fg, cv2.bitwise_not(stopped))
         min_px = max(1, round(s.min_area * plan.width * plan.height))
@@ -514,6 +509,17 @@ class Analyzer:
 
 _STILL_WINDOW = 1.0
 """Seconds between the two frames compared to tell a stopped pixel."""
+
+
+def _pixels(box: Box, plan: _Plan, pad: int) -> tuple[int, int, int, int]:
+    """``box`` in the analysis image's pixels, ``pad`` pixels larger each way."""
+    w, h = plan.width, plan.height
+    return (
+        int(box[0] * w) - pad,
+        int(box[1] * h) - pad,
+        int(box[2] * w) + pad,
+        int(box[3] * h) + pad,
+    )
 
 
 def _u8(a: object) -> npt.NDArray[np.uint8]:

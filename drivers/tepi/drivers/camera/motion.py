@@ -196,6 +196,16 @@ class Background:
         self._global_since = None
         self._prev_fg = None
 
+    def absorb(self, result: BackgroundResult, box: tuple[int, int, int, int]) -> None:
+        """Take the frame of ``result`` as the background within ``box`` (pixels ``x0, y0,
+        x1, y1``): what is there is the scene, not an object (a ghost)."""
+        if self._bg is None or result.normalised.shape != self._bg.shape:
+            return
+        h, w = self._bg.shape[:2]
+        x0, y0 = max(0, box[0]), max(0, box[1])
+        x1, y1 = min(w, box[2] + 1), min(h, box[3] + 1)
+        self._bg[y0:y1, x0:x1] = result.normalised[y0:y1, x0:x1]
+
     def _learn(self, normalised: Floats, fg: Grey | None, dt: float, tau: float | None) -> None:
         """Move the background towards the normalised frame: with time constant ``tau``
         everywhere, or ``learn_time`` off ``fg`` and ``hold_time`` on it."""

@@ -43,6 +43,7 @@ from tepi.drivers.camera.geometry import (
 __all__ = ["Counted", "LineDef", "StepResult", "TrackState", "Tracker", "TrackerParams"]
 
 _AREAS = 30  # area samples kept per track for its size class
+_MOVED = 0.015  # a blob is an object once its centre has gone this far (5 px at 320)
 _EDGE = 0.01  # a box this close to the frame's edge is not wholly in view
 
 
@@ -53,6 +54,7 @@ class TrackerParams:
     hysteresis: float = 0.01
     stopped_speed: float = 0.02
     merge_growth: float = 1.3
+    ghost_time: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ class TrackState:
     anchors: dict[str, Point] = field(default_factory=dict)
     counted: set[str] = field(default_factory=set)
     pending: list[Counted] = field(default_factory=list)
+    origin: Point = (0.0, 0.0)  # the centre when first seen
+    moved: bool = False  # has gone more than _MOVED from its origin
     seen: Box = (0.0, 0.0, 0.0, 0.0)  # the box last observed (or held in a merge)
     best_score: float = 0.0
     best_box: Box | None = None
@@ -125,6 +129,7 @@ class StepResult:
     confirmed: list[TrackState]  # newly confirmed this frame
     ended: list[TrackState]  # confirmed tracks lost for good this frame
     best: list[int]
+    ghosts: list[Box]  # foreground that never moved: the caller relearns the background there
 
 
 def _contains(box: Box, p: Point, pad: float = 0.0) -> bool:
@@ -176,9 +181,11 @@ class Tracker:
     def label(self, tr: TrackState) -> str | None:
         return tr.label if tr.label is not None else self._labeller(tr.typical_area())
 
-    def step(self, t: float, detections: Sequence[Detection]) -> StepResult:
+    def step(self, t: float, detections: Sequence[Detection], *, blobs: bool = True) -> StepResult:
+        """Assign ``detections`` (``blobs``: of background subtraction, else a detector's)
+        to the tracks at time ``t``."""
         p = self.params
-        result = StepResult([], [], [], [])
+        result = StepResult([], [], [], [], [])
         preds = [tr.predicted(t) for tr in self.tracks]
         pboxes = [
             (x - tr.w / 2, y - tr.h / 2, x + tr.w / 2, y + tr.h / 2)
@@ -264,7 +271,12 @@ class Tracker:
 
         alive: list[TrackState] = []
         for i, tr in enumerate(self.tracks):
-            if i in track_det:
+            if not tr.confirmed and not tr.moved and t - tr.start >= p.ghost_time:
+                # Foreground that appeared where it is and never moved: not an object that
+                # came into view but a change of the background (a car that was there when
+                # the background was learnt, and left).
+                result.ghosts.append(tr.box)
+            elif i in track_det:
                 det = detections[track_det[i]]
                 self._observe(tr, extra.get(i, det.box), t, det, result)
                 alive.append(tr)
@@ -281,6 +293,8 @@ class Tracker:
             if any(_contains(pb, box_center(det.box)) for pb in pboxes):
                 continue  # inside a track's prediction: not a new object
             tr = TrackState(self._next_id, *box_center(det.box), 0.0, 0.0, t, t)
+            tr.origin = (tr.cx, tr.cy)
+            tr.moved = not blobs  # a detector's object needs no motion to be one
             self._next_id += 1
             tr.hits = 0
             self._observe(tr, det.box, t, det, result)
@@ -357,7 +371,9 @@ class Tracker:
                     tr.pending.append(Counted(ln.name, direction, tr.id, t))
             tr.sides[ln.name] = s
             tr.anchors[ln.name] = c
-        if not tr.confirmed and tr.hits >= self.params.min_hits:
+        if not tr.moved and math.dist(c, tr.origin) > _MOVED:
+            tr.moved = True
+        if not tr.confirmed and tr.hits >= self.params.min_hits and tr.moved:
             tr.confirmed = True
             result.confirmed.append(tr)
             if tr.best_box is not None:
