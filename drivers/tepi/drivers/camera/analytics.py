@@ -220,6 +220,7 @@ class _ZonePlan:
     bins: npt.NDArray[np.intp] | None = None  # each one's distance bin from the stop line
     bin_pixels: npt.NDArray[np.intp] | None = None
     last_motion: float = -math.inf
+    seen: bool = False  # motion in the last frame
 
 
 @dataclass(slots=True)
@@ -279,9 +280,11 @@ class Analyzer:
         self._age: npt.NDArray[np.float32] | None = None
         self._t: float | None = None
         self._last_motion = -math.inf
+        self._seen = False
         if self._plan is not None:
             for z in self._plan.zones:
                 z.last_motion = -math.inf
+                z.seen = False
 
     def process(
         self, image: Image, t: float, detections: Sequence[Detection] | None = None
@@ -302,9 +305,10 @@ class Analyzer:
                 events.append(self._event("end", tr, t))
             self._events.clear()
             self._age = None
-        elif not bg.global_change:
+        blobs, fg = self._blobs(fg, plan)
+        if not bg.relearning and not bg.global_change:
             if detections is None:
-                objects = self._blobs(fg, plan)
+                objects = blobs
             else:
                 objects = [d for d in detections if not self._private(d.box, plan)]
             step = self._tracker.step(t, objects, blobs=detections is None)
@@ -326,14 +330,19 @@ class Analyzer:
         moving = cv2.bitwise_and(fg, cv2.bitwise_not(stopped))
         min_px = max(1, round(s.min_area * plan.width * plan.height))
         n_moving = cv2.countNonZero(moving)
-        if n_moving >= min_px:
+        # Motion is on after two frames in a row with some: a single frame's worth is more
+        # likely rain in the dark than an object.
+        if n_moving >= min_px and self._seen:
             self._last_motion = t
+        self._seen = n_moving >= min_px
         n_valid = max(1, cv2.countNonZero(plan.valid))
         zones: dict[str, ZoneState] = {}
         for z in plan.zones:
             zm = cv2.countNonZero(cv2.bitwise_and(moving, z.mask))
-            if zm >= min(min_px, max(1, z.pixels // 4)):
+            seen = zm >= min(min_px, max(1, z.pixels // 4))
+            if seen and z.seen:
                 z.last_motion = t
+            z.seen = seen
             occupied = cv2.countNonZero(cv2.bitwise_and(fg, z.mask))
             zones[z.zone.name] = ZoneState(
                 motion=t - z.last_motion <= s.motion_off_delay,
@@ -408,12 +417,18 @@ class Analyzer:
         self._age = None
         return plan
 
-    def _blobs(self, fg: npt.NDArray[np.uint8], plan: _Plan) -> list[Detection]:
-        n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    def _blobs(
+        self, fg: npt.NDArray[np.uint8], plan: _Plan
+    ) -> tuple[list[Detection], npt.NDArray[np.uint8]]:
+        """The foreground's connected components of at least ``min_area``, as boxes, and the
+        foreground with the smaller ones taken out."""
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
         min_px = self.settings.min_area * plan.width * plan.height
+        keep = np.zeros(n, np.uint8)
         out = []
-        for x, y, w, h, area in stats[1:n].tolist():
-            if area >= min_px:
+        for k, (x, y, w, h, area) in enumerate(stats.tolist()):
+            if k and area >= min_px:
+                keep[k] = 255
                 out.append(
                     Detection(
                         (
@@ -424,7 +439,7 @@ class Analyzer:
                         )
                     )
                 )
-        return out
+        return out, keep[labels]
 
     def _private(self, box: Box, plan: _Plan) -> bool:
         cx, cy = box_center(box)
@@ -469,7 +484,15 @@ class Analyzer:
                 )
         still = (fg > 0) & (changed == 0)
         self._age = np.where(still, self._age + np.float32(dt), np.float32(0.0))
-        return (self._age >= self.settings.stopped_time).astype(np.uint8) * np.uint8(255)
+        stopped = (self._age >= self.settings.stopped_time).astype(np.uint8) * np.uint8(255)
+        # And the foreground of the tracks that have stopped: they know at once, where the
+        # pixels need a second or two (a queue builds fast at a red light).
+        slow = np.zeros_like(stopped)
+        for tr in self._tracker.tracks:
+            if tr.confirmed and tr.speed < self.settings.stopped_speed:
+                x0, y0, x1, y1 = tr.box
+                cv2.rectangle(slow, (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h)), 255, -1)
+        return _u8(cv2.bitwise_or(stopped, cv2.bitwise_and(slow, fg)))
 
     def _queue(self, z: _ZonePlan, stopped: npt.NDArray[np.uint8]) -> float | None:
         if z.flat is None or z.bins is None or z.bin_pixels is None:
