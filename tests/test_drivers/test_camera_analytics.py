@@ -186,14 +186,14 @@ def test_two_objects_that_touch_keep_their_tracks_and_count_once_each() -> None:
         return [upper(s), lo]
 
     obs = run(a, painter, scene, 9.0, start=3.0)
+    assert crossings(obs) == Counter({("v", "out"): 2})
+    assert events(obs) == Counter({"start": 2})
     merged = [o for o in obs if len(o.tracks) == 2 and o.t > 5.5 + 3]
     assert merged  # both seen again after the merge
     ids_before = {tr.id for tr in obs[round(2 * FPS)].tracks}
     ids_after = {tr.id for tr in obs[-5].tracks}
     assert len(ids_before) == 2
     assert ids_after == ids_before  # the same two tracks: none killed, none new
-    assert crossings(obs) == Counter({("v", "out"): 2})
-    assert events(obs) == Counter({"start": 2})
 
 
 def test_a_short_occlusion_keeps_the_track() -> None:
