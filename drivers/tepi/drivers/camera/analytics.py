@@ -439,6 +439,8 @@ class Analyzer:
                         )
                     )
                 )
+        if len(out) == n - 1:
+            return out, fg  # nothing smaller to take out
         return out, keep[labels]
 
     def _private(self, box: Box, plan: _Plan) -> bool:
@@ -455,6 +457,8 @@ class Analyzer:
         A pixel is compared with the frame about :data:`_STILL_WINDOW` seconds before, not
         the last one: the uniform roof of a bus creeping off at walking pace looks the same
         from one frame to the next, not over a second."""
+        if normalised.ndim == 3:  # grey is enough to tell still from moving, at a third
+            normalised = np.asarray(cv2.transform(normalised, _MEAN3), dtype=np.float32)
         hist = self._history
         if hist and hist[0][1].shape != normalised.shape:
             hist.clear()
@@ -482,8 +486,9 @@ class Analyzer:
                 cv2.rectangle(
                     changed, (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h)), 255, -1
                 )
-        still = (fg > 0) & (changed == 0)
-        self._age = np.where(still, self._age + np.float32(dt), np.float32(0.0))
+        still = _u8(cv2.bitwise_and(fg, cv2.bitwise_not(changed))).astype(np.float32)
+        self._age += np.float32(dt)
+        self._age *= still * np.float32(1 / 255)
         stopped = (self._age >= self.settings.stopped_time).astype(np.uint8) * np.uint8(255)
         # And the foreground of the tracks that have stopped: they know at once, where the
         # pixels need a second or two (a queue builds fast at a red light).
@@ -530,6 +535,7 @@ class Analyzer:
         )
 
 
+_MEAN3 = np.full((1, 3), 1 / 3, np.float32)
 _STILL_WINDOW = 1.0
 """Seconds between the two frames compared to tell a stopped pixel."""
 

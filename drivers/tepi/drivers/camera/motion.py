@@ -41,7 +41,11 @@ __all__ = ["Background", "BackgroundResult", "MotionParams"]
 Grey = npt.NDArray[np.uint8]
 Floats = npt.NDArray[np.float32]
 
-_GRID = 4  # the light fit samples every 4th pixel in each direction
+_GRID = 6  # the light fit samples every 6th pixel each way (1,600 of them at 320x180)
+_ENVELOPE_AGE = 1.0  # seconds the background's range is kept before it is computed again
+_STACK = 12  # frames kept, at most, over a relearning for its median
+_GLOBAL_GAP = 0.5  # seconds of normal frames that end a suspected global change
+_MOVE_CHECK = 0.5  # seconds between two checks for a camera move
 _GAIN_RANGE = (0.2, 5.0)
 _MEAN3 = np.full((1, 3), 1 / 3, np.float32)
 
@@ -92,8 +96,14 @@ class Background:
         self._t: float | None = None
         self._relearn_until = -math.inf
         self._global_since: float | None = None
+        self._global_last = -math.inf
+        self._stack: list[Grey] = []  # frames seen while relearning
+        self._stack_t = -math.inf
         self._dt = 0.0
         self._window: Floats | None = None
+        self._move_checked = -math.inf
+        self._envelope: tuple[Floats, Floats] | None = None
+        self._envelope_t = -math.inf
 
     def apply(self, image: npt.NDArray[np.uint8], valid: Grey, t: float) -> BackgroundResult:
         """Compare ``image`` (the blurred analysis frame, BGR or grey) with the background
@@ -111,18 +121,40 @@ class Background:
         dt = 0.0 if self._t is None else max(0.0, t - self._t)
         self._t = t
         gain, offset, noise = self._fit_light(frame, bg, valid)
-        normalised = (frame - np.float32(offset)) * np.float32(1.0 / gain)
+        normalised = frame  # in place: a copy of the image already
+        normalised -= np.float32(offset)
+        normalised *= np.float32(1.0 / gain)
         empty = np.zeros(shape, np.uint8)
 
         if t < self._relearn_until:
             self._learn(normalised, None, dt, p.relearn_time / 4)
+            if t - self._stack_t >= p.relearn_time / _STACK:
+                self._stack.append(np.clip(normalised, 0, 255).astype(np.uint8))
+                self._stack_t = t
             self._prev_fg = empty
             return BackgroundResult(empty, normalised, True, False, 0.0)
+        if self._stack:
+            # Relearnt: the background is the median of the frames seen meanwhile, so that
+            # the vehicles passing then leave no trace (a running mean keeps a faint one of
+            # each, and the first frame all of them).
+            if len(self._stack) >= 3:
+                self._bg = np.median(np.stack(self._stack), axis=0).astype(np.float32)
+                bg = self._bg
+                self._envelope = None
+            self._stack.clear()
 
         # How far each pixel lies outside the range the background spans round it (camera
         # shake), averaged over the channels: a green car as bright as the road differs in
         # its channels, not in its grey.
-        excess = self.excess(normalised, bg)
+        if self._envelope is None or t - self._envelope_t >= _ENVELOPE_AGE:
+            # The background moves slowly: its range round each pixel can wait a second.
+            self._envelope = (
+                _f32(cv2.dilate(bg, self._shake_kernel)),
+                _f32(cv2.erode(bg, self._shake_kernel)),
+            )
+            self._envelope_t = t
+        hi, lo = self._envelope
+        excess = _outside(normalised, hi, lo)
         # The threshold is in normalised levels (an object's contrast scales with the light,
         # and so does the normalisation); the noise does not scale, so dim light raises it.
         thr = max(float(p.threshold), 4.0 * noise / gain)
@@ -131,16 +163,27 @@ class Background:
         n_valid = max(1, cv2.countNonZero(valid))
         changed = cv2.countNonZero(raw) / n_valid
 
-        moved = self._moved(normalised, bg)
+        # The check for a camera move is the dearest part; a move must last relearn_after
+        # to count, so it is checked twice a second, and every frame once it is suspected.
+        if self._global_since is not None or t - self._move_checked >= _MOVE_CHECK:
+            self._move_checked = t
+            moved = self._moved(normalised, bg)
+        else:
+            moved = False
         if changed > p.global_fraction or moved:
             if self._global_since is None:
                 self._global_since = t
+            self._global_last = t
             if t - self._global_since >= p.relearn_after:
                 self._start_relearning(frame, t)
                 self._prev_fg = empty
                 return BackgroundResult(empty, normalised, True, True, changed)
-            return BackgroundResult(empty, normalised, False, True, changed)
-        self._global_since = None
+        if self._global_since is not None:
+            # One frame that looks normal does not end a global change (the shift measured
+            # on a moved view wavers); half a second of them does.
+            if t - self._global_last <= _GLOBAL_GAP:
+                return BackgroundResult(empty, normalised, False, True, changed)
+            self._global_since = None
 
         fg = cv2.morphologyEx(raw, cv2.MORPH_OPEN, self._open)
         fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self._close)
@@ -183,15 +226,13 @@ class Background:
         ``frames``: ``ref`` is another frame, not the background (an average of shaken
         frames), so the radius doubles."""
         kernel = self._shake2_kernel if frames else self._shake_kernel
-        above = frame - cv2.dilate(ref, kernel)
-        below = cv2.erode(ref, kernel) - frame
-        excess = np.maximum(cv2.max(above, below), np.float32(0.0))
-        if excess.ndim == 3:
-            excess = cv2.transform(excess, _MEAN3)
-        return np.asarray(excess, dtype=np.float32)
+        return _outside(frame, _f32(cv2.dilate(ref, kernel)), _f32(cv2.erode(ref, kernel)))
 
     def _start_relearning(self, frame: Floats, t: float) -> None:
         self._bg = frame.copy()
+        self._stack = [np.clip(frame, 0, 255).astype(np.uint8)]
+        self._stack_t = t
+        self._envelope = None
         self._relearn_until = t + self.params.relearn_time
         self._global_since = None
         self._prev_fg = None
@@ -205,6 +246,7 @@ class Background:
         x0, y0 = max(0, box[0]), max(0, box[1])
         x1, y1 = min(w, box[2] + 1), min(h, box[3] + 1)
         self._bg[y0:y1, x0:x1] = result.normalised[y0:y1, x0:x1]
+        self._envelope = None
 
     def _learn(self, normalised: Floats, fg: Grey | None, dt: float, tau: float | None) -> None:
         """Move the background towards the normalised frame: with time constant ``tau``
@@ -227,13 +269,14 @@ class Background:
         """``(gain, offset, noise)`` of ``frame ~ gain * bg + offset`` on the sparse grid of
         analysed pixels that were background last frame; ``noise`` is the residuals' robust
         standard deviation (MAD), in grey levels."""
-        f = frame[::_GRID, ::_GRID]
-        b = bg[::_GRID, ::_GRID]
+        f = np.ascontiguousarray(frame[::_GRID, ::_GRID])
+        b = np.ascontiguousarray(bg[::_GRID, ::_GRID])
         if f.ndim == 3:  # one gain for all channels: the light changes them alike
-            f, b = f.mean(axis=2), b.mean(axis=2)
+            f = np.asarray(cv2.transform(f, _MEAN3), dtype=np.float32)
+            b = np.asarray(cv2.transform(b, _MEAN3), dtype=np.float32)
         f, b = f.ravel(), b.ravel()
         use = valid[::_GRID, ::_GRID].ravel() > 0
-        if self._prev_fg is not None and self._prev_fg.shape == frame.shape:
+        if self._prev_fg is not None and self._prev_fg.shape == frame.shape[:2]:
             use &= self._prev_fg[::_GRID, ::_GRID].ravel() == 0
         f, b = f[use], b[use]
         if f.size < 16:
@@ -245,6 +288,20 @@ class Background:
         if int(keep.sum()) >= 16:
             gain, offset = _line(b[keep], f[keep])
         return gain, offset, 1.4826 * mad
+
+
+def _outside(frame: Floats, hi: Floats, lo: Floats) -> Floats:
+    """How far each pixel of ``frame`` lies above ``hi`` or below ``lo`` (0 between), as the
+    mean over the channels."""
+    excess = cv2.max(cv2.subtract(frame, hi), cv2.subtract(lo, frame))
+    excess = np.maximum(excess, np.float32(0.0))
+    if excess.ndim == 3:
+        excess = cv2.transform(excess, _MEAN3)
+    return np.asarray(excess, dtype=np.float32)
+
+
+def _f32(a: object) -> Floats:
+    return np.asarray(a, dtype=np.float32)
 
 
 def _u8(a: object) -> Grey:
