@@ -75,7 +75,8 @@ class Painter:
             cv2.rectangle(img, p0, p1, r.colour, -1)
         self.n += 1
         f = img.astype(np.float32) * np.float32(gain) + self.noise[self.n % len(self.noise)]
-        return np.clip(f, 0, 255).astype(np.uint8)
+        out: Image = np.clip(f, 0, 255).astype(np.uint8)
+        return out
 
 
 def run(

@@ -2,46 +2,77 @@
 
 Synchronous and pure: :class:`Analyzer` takes a frame and its time and returns an
 :class:`Observation`; it does no I/O, starts no thread and keeps no global state, so the
-camera driver runs one per camera in a worker thread. Positions are normalised as in
-:mod:`tepi.drivers.camera.geometry`.
+camera driver runs one per camera in a worker thread. OpenCV's own thread pool is the
+caller's to size (``cv2.setNumThreads``); the figures below are with one thread.
+Positions are normalised as in :mod:`tepi.drivers.camera.geometry`.
 
 **The pipeline, per frame.**
 
-1. The frame is shrunk to ``width`` pixels (``INTER_AREA``, aspect kept), turned grey and
-   blurred (3x3); privacy ``masks`` and ``ignore`` zones are rasterised once per size and
-   left out of everything below.
+1. The frame is shrunk to ``width`` pixels (``INTER_AREA``, aspect kept) and blurred (3x3),
+   in colour (a green car as bright as the road differs in its channels, not in its grey);
+   privacy ``masks`` and ``ignore`` zones are rasterised once per size and left out of
+   everything below.
 2. The background model (:mod:`tepi.drivers.camera.motion`) gives the foreground: a
-   per-frame gain/offset fit to the background follows slow and sudden light changes, a
-   range over a ``shake``-pixel neighbourhood absorbs camera shake, an opening removes
-   noise and rain speckle, and the background learns slowly (``hold_time``) under objects so
-   that a stopped queue stays foreground for minutes. When most of the frame changes and
-   stays changed for ``relearn_after`` seconds (the camera moved) the background is
-   relearned; during that, ``relearning`` is set and nothing is detected, and every track
-   ends.
+   per-frame gain/offset fit to the background follows slow and sudden light changes, the
+   range of the background over a ``shake``-pixel neighbourhood absorbs camera shake, a
+   pixel is foreground when its mean over the channels lies ``threshold`` (normalised grey
+   levels) outside that range, an opening removes noise and rain speckle, and the
+   background learns slowly (``hold_time``) under objects and inside the boxes of tracked
+   objects, so that a stopped queue stays foreground for minutes. A camera move (phase
+   correlation of the frame with the background) or a change of most of the frame that
+   lasts ``relearn_after`` seconds relearns the background from the median of the frames of
+   the next ``relearn_time`` seconds; meanwhile ``relearning`` is set, nothing is detected,
+   and every track ends. The first frames after :meth:`Analyzer.reset` are a relearning too.
 3. Objects: the foreground's connected components of at least ``min_area`` of the frame,
    or, when a detector ran on the frame, its detections. The tracker
-   (:mod:`tepi.drivers.camera.tracker`) follows them through short occlusions and through
-   merges of touching objects, confirms a track after ``min_hits`` frames and counts its
-   centre's crossings of each line, with hysteresis, once per line.
-4. Stopped pixels: foreground pixels that have not changed from frame to frame for
-   ``stopped_time`` seconds. Motion is the rest of the foreground: ``motion_area`` is its
-   share of the analysed area (of the camera, or of a zone), and ``motion`` is on while at
-   least ``min_area`` of the frame moves, and for ``motion_off_delay`` seconds after.
+   (:mod:`tepi.drivers.camera.tracker`) follows them through short occlusions, through
+   merges of touching objects and across the cut a fixed occluder makes in them; it
+   confirms a track after ``min_hits`` frames once the object has moved (a blob that never
+   moves is a *ghost*, a change of the background such as a car that was there when it was
+   learnt: the background is relearnt there), and counts its centre's crossings of each
+   line, with hysteresis, once per line.
+4. Stopped pixels: foreground pixels unchanged (beyond shake) from the frame a second
+   before, for ``stopped_time``, and the foreground inside the boxes of tracks slower than
+   ``stopped_speed``; the boxes of faster tracks are never stopped. Motion is the rest of
+   the foreground of objects of ``min_area``: ``motion_area`` is its share of the analysed
+   area (of the camera, or of a zone), and ``motion`` turns on when two frames in a row
+   have at least ``min_area`` of it, and stays on for ``motion_off_delay`` seconds after.
 5. Zones: ``occupancy`` is the share of the zone's pixels that are foreground (moving or
    stopped objects); ``queue_length`` runs from the stop line away from it over the zone's
-   stopped pixels, in bins of ``queue_bin`` metres, across gaps up to ``queue_gap`` metres,
-   and is the distance to the end of that run.
+   stopped pixels, in bins of ``queue_bin`` metres, across gaps up to ``queue_gap`` metres
+   (and needs its head within ``queue_gap`` of the line), and is the distance to the end
+   of that run, on the zone's linear scale (perspective ignored). It is the longest run of
+   the zone as a whole, not per lane.
 
 **Classes.** A track's class is the detector's label when it has one, else the first
 :class:`SizeClass` (by ``max_area``) that its typical box area (the median over the frames
-where it was wholly in view and not merged) fits, else the biggest class. Sizes are in the
-image, so a class's ``max_area`` holds for the part of the picture where the counting
-lines are.
+where it was wholly in view) fits, else the biggest class. Sizes are in the image, so a
+class's ``max_area`` holds for the part of the picture where the counting lines are.
 
 **Events.** ``start`` when a track is confirmed, ``update`` when the zones it is in change
 (at most every ``update_interval`` seconds), ``end`` when it is lost for good (or the
 background is relearned). ``best`` lists the tracks whose view improved on this frame (a
 bigger box, wholly in view): the caller keeps that frame's crop for the end event.
+
+**Measured** (tests/test_drivers/test_camera_analytics_traffic.py, the simulator's traffic
+scene, 640x360 analysed at 320 wide and 5 fps, 300 s, counted from 10 s, defaults here):
+
+- seed 0, every hard case (followers, queue, lane changes, tree and gantry, shadows,
+  lighting ramp, shake 2 px, noise 4): every line and direction within 3 % (lane 1 102/103,
+  lane 2 90/91, lane 3 98/97, lane 4 91/91, all lanes in 193/194, out 185/187; no count in
+  the wrong direction);
+- seed 1, the same with rain 0.3 and an exposure jump a minute: 4-6 % low on the
+  westbound lanes and the all-lanes line (not within 3 %);
+- two-wheelers by size within 15 % per line; buses are over-counted where two vehicles
+  merge into one box, cars under-counted (no target in issue 20);
+- queue length within the length of its last vehicle at 91 % of the moments sampled once a
+  second; it lags the truth by 1-2 s as the queue builds and as it starts off;
+- no vehicles, with rain 1.0, exposure jumps, a fast deep lighting ramp and shake: no
+  event, no motion, no count;
+- a camera knocked 4 % of the frame: relearnt within 2 s, counting goes on.
+
+**Cost**: about 2.5 ms of one core a 640x360 frame at width 320 (bench/analytics.py), 1.3 %
+of a core at 5 fps.
 """
 
 from __future__ import annotations

@@ -1,30 +1,35 @@
 """The background model of camera analytics: which pixels of a frame differ from the scene.
 
 One :class:`Background` per stream, at the analysis resolution (a few hundred pixels wide,
-grey, slightly blurred so that sensor noise averages out before any comparison).
+in colour or grey, slightly blurred so that sensor noise averages out before any
+comparison).
 
 - **Light.** The model keeps a background ``B`` and, for every frame ``F``, fits
-  ``F ~ g * B + o`` by least squares on a sparse grid of pixels that were background in the
-  previous frame, with one robust refit that drops the outliers (objects, shadows). Every
-  comparison is made against ``g * B + o``, and ``B`` learns the normalised frame
-  ``(F - o) / g``: a slow ramp (dusk, a cloud) and a global jump (auto exposure, gain) move
+  ``F ~ g * B + o`` (one gain for all channels) by least squares on a sparse grid of pixels
+  that were background in the previous frame, with one robust refit that drops the outliers
+  (objects, shadows). Every comparison is made on the normalised frame ``(F - o) / g``, and
+  ``B`` learns it: a slow ramp (dusk, a cloud) and a global jump (auto exposure, gain) move
   ``g`` and ``o``, not the pixels, and a queue that covers part of the road keeps its
   background at the right brightness while the light changes round it.
-- **Noise, speckle, shake.** A pixel is foreground when it lies more than ``threshold`` grey
-  levels (or four times the noise measured by the fit, if that is more) outside the range of
-  the background in its ``shake`` neighbourhood (a grey erosion and dilation of ``B``):
-  a camera that shakes by a pixel or two sees the edge of a kerb move onto its neighbour's
-  value, which is inside that range. An opening removes isolated specks (rain, noise) and a
-  closing joins the parts of one object.
+- **Noise, speckle, shake.** A pixel is foreground when, averaged over its channels, it lies
+  more than ``threshold`` normalised levels (or four times the noise measured by the fit,
+  scaled by the gain, if that is more) outside the range of the background in its ``shake``
+  neighbourhood (a grey erosion and dilation of ``B``, recomputed once a second): a camera
+  that shakes by a pixel sees the edge of a kerb move onto its neighbour's value, which is
+  inside that range. An opening removes isolated specks (rain, noise) and a closing joins
+  the parts of one object.
 - **Stopped objects.** ``B`` learns with the time constant ``learn_time`` where the frame is
-  background and ``hold_time`` (minutes) under foreground, so a queue waiting at a red light
-  stays foreground for its whole wait, and an object left in the scene for good is
-  eventually absorbed.
+  background and ``hold_time`` (minutes) under foreground and inside the boxes the caller
+  gives (tracked objects), so a queue waiting at a red light stays foreground for its whole
+  wait, and an object left in the scene for good is eventually absorbed. The caller may
+  also :meth:`~Background.absorb` a region at once (a ghost).
 - **Global change.** When more than ``global_fraction`` of the analysed area is foreground,
-  the frame says nothing about objects (the camera moved, or the light jumped in a way the
-  linear fit does not follow): it gives no foreground. If that lasts ``relearn_after``
-  seconds, the background is relearned: replaced by the current frame, then learned fast
-  for ``relearn_time`` seconds, during which the model reports ``relearning``.
+  or the frame as a whole is shifted from the background (phase correlation at half size,
+  checked twice a second: a moved road changes only its edges), the frame says nothing
+  about objects: it gives no foreground. If that lasts ``relearn_after`` seconds, the
+  background is relearned: for ``relearn_time`` seconds the model reports ``relearning``,
+  and then takes the median of the frames it saw meanwhile (vehicles passing leave no trace
+  in it).
 """
 
 from __future__ import annotations
