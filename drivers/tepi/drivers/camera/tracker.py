@@ -251,7 +251,7 @@ class Tracker:
                 dc = centres[j]
                 size = max(0.5 * (math.hypot(tr.w, tr.h) + diags[j]), 1e-6)
                 dist = math.hypot(preds[i][0] - dc[0], preds[i][1] - dc[1]) / size
-                if dist < 2.0:
+                if dist < 1.2:
                     late.append((dist, i, j))
         for _, i, j in sorted(late):
             if i not in track_det and j not in det_track:
