@@ -512,7 +512,7 @@ class Analyzer:
         # uniform body looks the same as a second ago (a queue starting off).
         h, w = fg.shape
         for tr in self._tracker.tracks:
-            if tr.confirmed and not tr.merged and tr.speed > 2 * self.settings.stopped_speed:
+            if tr.confirmed and not tr.merged and tr.speed > 1.5 * self.settings.stopped_speed:
                 x0, y0, x1, y1 = tr.box
                 cv2.rectangle(
                     changed, (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h)), 255, -1

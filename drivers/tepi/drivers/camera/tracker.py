@@ -271,7 +271,12 @@ class Tracker:
 
         alive: list[TrackState] = []
         for i, tr in enumerate(self.tracks):
-            if not tr.confirmed and not tr.moved and t - tr.start >= p.ghost_time:
+            if (
+                not tr.confirmed
+                and not tr.moved
+                and t - tr.start >= p.ghost_time
+                and _in_view(tr.box)  # at the edge, it came into view: the tail of a queue
+            ):
                 # Foreground that appeared where it is and never moved: not an object that
                 # came into view but a change of the background (a car that was there when
                 # the background was learnt, and left).
