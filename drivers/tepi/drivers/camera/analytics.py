@@ -180,7 +180,7 @@ class AnalyticsSettings:
     """A centre must be this far from a line for its side to count (wiggles on the line)."""
     stopped_speed: float = 0.02
     """A track slower than this (frame widths or heights per second) is stopped."""
-    stopped_time: float = 1.0
+    stopped_time: float = 0.6
     """A foreground pixel unchanged for this long belongs to a stopped object (queues)."""
     queue_gap: float = 3.0
     """Metres of gap allowed within a queue, and between the stop line and its head."""
@@ -567,7 +567,7 @@ class Analyzer:
 
 
 _MEAN3 = np.full((1, 3), 1 / 3, np.float32)
-_STILL_WINDOW = 1.0
+_STILL_WINDOW = 0.6
 """Seconds between the two frames compared to tell a stopped pixel."""
 
 
