@@ -1,20 +1,28 @@
 """The object tracker of camera analytics: boxes in, tracks, crossings and events out.
 
-Each track predicts its centre at constant velocity. A frame's boxes (blobs of background
-subtraction or a detector's objects) are assigned to the predictions greedily, best pair
-first, by a cost of overlap and centre distance, within a gate that grows with the box; with
-a few objects per frame this is as good as the Hungarian method and needs no SciPy.
+Each track predicts its centre at constant velocity (measured on the inner edge while the
+box is cut by the frame's edge: an object coming into view grows at its outer edge). A
+frame's boxes (blobs of background subtraction or a detector's objects) are assigned to the
+predictions greedily, best pair first, by a cost of overlap and centre distance, within a
+gate that grows with the box; with a few objects per frame this is as good as the Hungarian
+method and needs no SciPy.
 
 - **Touching objects.** A box that holds the predicted centres of two or more tracks, and is
   bigger than the one it was assigned to, is a merge: every track in it goes on at its own
-  predicted position (held inside the merged box), keeps its velocity and its identity, and
-  counts nothing twice; when the box splits, the parts go back to the nearest predictions.
-- **Split objects.** A box that lies mostly inside another track's prediction is a part of
-  that object (a windscreen the colour of the road cuts a car in two): it joins it.
-- **Occlusion.** A confirmed track that finds no box goes on predicted for ``max_lost``
-  seconds; a track not yet confirmed is dropped at its first miss (noise does not persist).
+  predicted position (held inside the merged box), keeps its identity, and counts nothing
+  twice. When the box splits, the tracks that were merged take the free boxes nearby with
+  a wider gate (inside the merge their predictions drift).
+- **Split objects.** A box that lies mostly inside another track's prediction, or right in
+  front of it in its lane (a gantry or a pole cuts a passing vehicle in two), is a part of
+  that object and joins it, unless another track expects that box or the union would be
+  much bigger than the object has been.
+- **Occlusion.** A track seen twice or more that finds no box goes on predicted for
+  ``max_lost`` seconds; one seen once is dropped at its first miss (noise does not persist).
 - **Confirmation.** A track is confirmed, and only then reported, after ``min_hits``
-  frames; a line it crossed before that counts at confirmation.
+  frames, once its centre has moved (a detector's objects need not move); a line it
+  crossed before that counts at confirmation. A blob that stays where it appeared for
+  ``ghost_time``, away from the frame's edge, is a ghost: the caller relearns the
+  background there.
 - **Counting.** Per line, a track's side is committed only when its centre is more than
   ``hysteresis`` (normalised) from the line: a centre that wiggles on the line commits
   nothing. A change of committed side counts when the path from the last committed point to
@@ -263,11 +271,21 @@ class Tracker:
         for j, db in enumerate(boxes):
             if j in det_track or j in merged.values():
                 continue
+            # A box another track expects (one hidden or not yet matched) is not a part.
+            claimed = any(
+                _overlap(db, pb) > 0.2 for k, pb in enumerate(pboxes) if k not in track_det
+            )
             for i, dj in track_det.items():
-                if _overlap(db, pboxes[i]) >= 0.5 or _ahead(self.tracks[i], boxes[dj], db):
-                    extra[i] = _union(extra.get(i, boxes[dj]), db)
-                    det_track[j] = i
-                    break
+                tr = self.tracks[i]
+                inside = _overlap(db, pboxes[i]) >= 0.5
+                if not inside and (claimed or not _ahead(tr, boxes[dj], db)):
+                    continue
+                union = _union(extra.get(i, boxes[dj]), db)
+                if tr.areas and _area(union) > 1.5 * tr.typical_area():
+                    continue  # more than the object: the next one in a slow queue
+                extra[i] = union
+                det_track[j] = i
+                break
 
         alive: list[TrackState] = []
         for i, tr in enumerate(self.tracks):
