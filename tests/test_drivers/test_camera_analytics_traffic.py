@@ -140,8 +140,8 @@ def test_counts_per_line_and_direction_within_3_percent(hard: Run) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="rain speckle with exposure jumps: 3.2 % low on lane 2 (92/95) and 3.1 % on "
-    "all-lanes out (189/195)",
+    reason="rain speckle with exposure jumps: 3.2 % low on lane 2 (92/95), 4.1 % on "
+    "all-lanes out (187/195), one count the wrong way on lane 2",
 )
 def test_counts_within_3_percent_in_rain_and_exposure_jumps(wet: Run) -> None:
     _check_counts(wet)
@@ -172,7 +172,7 @@ def test_every_crossing_has_a_track_start_and_end(hard: Run) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the queue lags the truth by 1-2 s as it builds and as it clears (20 of 290 "
+    reason="the queue lags the truth by 1-2 s as it builds and as it clears (19 of 290 "
     "moments of the hard scene are off by more than one vehicle)",
 )
 def test_queue_length_within_one_vehicle(hard: Run) -> None:
@@ -183,7 +183,7 @@ def test_queue_length_within_one_vehicle(hard: Run) -> None:
 def test_queue_length_mostly_within_one_vehicle(hard: Run) -> None:
     """What is met now (a guard against getting worse while the target above is not met):
     at most 10 % of the moments (once a second) are off by more than the length of the
-    queue's last vehicle (6.9 % measured), and the mean error is under 2 m (1.0 m)."""
+    queue's last vehicle (6.6 % measured), and the mean error is under 2 m (0.9 m)."""
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
     assert len(bad) <= 0.10 * len(hard.queues), bad
     mean = sum(abs(got - want) for _, got, want, _ in hard.queues) / len(hard.queues)
