@@ -1,30 +1,35 @@
 """The background model of camera analytics: which pixels of a frame differ from the scene.
 
 One :class:`Background` per stream, at the analysis resolution (a few hundred pixels wide,
-grey, slightly blurred so that sensor noise averages out before any comparison).
+in colour or grey, slightly blurred so that sensor noise averages out before any
+comparison).
 
 - **Light.** The model keeps a background ``B`` and, for every frame ``F``, fits
-  ``F ~ g * B + o`` by least squares on a sparse grid of pixels that were background in the
-  previous frame, with one robust refit that drops the outliers (objects, shadows). Every
-  comparison is made against ``g * B + o``, and ``B`` learns the normalised frame
-  ``(F - o) / g``: a slow ramp (dusk, a cloud) and a global jump (auto exposure, gain) move
+  ``F ~ g * B + o`` (one gain for all channels) by least squares on a sparse grid of pixels
+  that were background in the previous frame, with one robust refit that drops the outliers
+  (objects, shadows). Every comparison is made on the normalised frame ``(F - o) / g``, and
+  ``B`` learns it: a slow ramp (dusk, a cloud) and a global jump (auto exposure, gain) move
   ``g`` and ``o``, not the pixels, and a queue that covers part of the road keeps its
   background at the right brightness while the light changes round it.
-- **Noise, speckle, shake.** A pixel is foreground when it lies more than ``threshold`` grey
-  levels (or four times the noise measured by the fit, if that is more) outside the range of
-  the background in its ``shake`` neighbourhood (a grey erosion and dilation of ``B``):
-  a camera that shakes by a pixel or two sees the edge of a kerb move onto its neighbour's
-  value, which is inside that range. An opening removes isolated specks (rain, noise) and a
-  closing joins the parts of one object.
+- **Noise, speckle, shake.** A pixel is foreground when, averaged over its channels, it lies
+  more than ``threshold`` normalised levels (or four times the noise measured by the fit,
+  scaled by the gain, if that is more) outside the range of the background in its ``shake``
+  neighbourhood (a grey erosion and dilation of ``B``, recomputed once a second): a camera
+  that shakes by a pixel sees the edge of a kerb move onto its neighbour's value, which is
+  inside that range. An opening removes isolated specks (rain, noise) and a closing joins
+  the parts of one object.
 - **Stopped objects.** ``B`` learns with the time constant ``learn_time`` where the frame is
-  background and ``hold_time`` (minutes) under foreground, so a queue waiting at a red light
-  stays foreground for its whole wait, and an object left in the scene for good is
-  eventually absorbed.
+  background and ``hold_time`` (minutes) under foreground and inside the boxes the caller
+  gives (tracked objects), so a queue waiting at a red light stays foreground for its whole
+  wait, and an object left in the scene for good is eventually absorbed. The caller may
+  also :meth:`~Background.absorb` a region at once (a ghost).
 - **Global change.** When more than ``global_fraction`` of the analysed area is foreground,
-  the frame says nothing about objects (the camera moved, or the light jumped in a way the
-  linear fit does not follow): it gives no foreground. If that lasts ``relearn_after``
-  seconds, the background is relearned: replaced by the current frame, then learned fast
-  for ``relearn_time`` seconds, during which the model reports ``relearning``.
+  or the frame as a whole is shifted from the background (phase correlation at half size,
+  checked twice a second: a moved road changes only its edges), the frame says nothing
+  about objects: it gives no foreground. If that lasts ``relearn_after`` seconds, the
+  background is relearned: for ``relearn_time`` seconds the model reports ``relearning``,
+  and then takes the median of the frames it saw meanwhile (vehicles passing leave no trace
+  in it).
 """
 
 from __future__ import annotations
@@ -41,8 +46,13 @@ __all__ = ["Background", "BackgroundResult", "MotionParams"]
 Grey = npt.NDArray[np.uint8]
 Floats = npt.NDArray[np.float32]
 
-_GRID = 4  # the light fit samples every 4th pixel in each direction
+_GRID = 6  # the light fit samples every 6th pixel each way (1,600 of them at 320x180)
+_ENVELOPE_AGE = 1.0  # seconds the background's range is kept before it is computed again
+_STACK = 12  # frames kept, at most, over a relearning for its median
+_GLOBAL_GAP = 0.5  # seconds of normal frames that end a suspected global change
+_MOVE_CHECK = 0.5  # seconds between two checks for a camera move
 _GAIN_RANGE = (0.2, 5.0)
+_MEAN3 = np.full((1, 3), 1 / 3, np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +60,10 @@ class MotionParams:
     """The background model's tuning; :class:`~tepi.drivers.camera.analytics.AnalyticsSettings`
     documents each field."""
 
-    threshold: int = 25
+    threshold: int = 15
     learn_time: float = 20.0
     hold_time: float = 600.0
-    shake: int = 2
+    shake: int = 1
     global_fraction: float = 0.5
     relearn_after: float = 1.0
     relearn_time: float = 2.0
@@ -78,6 +88,8 @@ class Background:
         self.params = params
         k = 2 * max(0, params.shake) + 1
         self._shake_kernel = np.ones((k, k), np.uint8)
+        # Two frames both shaken: twice the radius apart.
+        self._shake2_kernel = np.ones((2 * k - 1, 2 * k - 1), np.uint8)
         self._open = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
         self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
         self._grow = np.ones((5, 5), np.uint8)
@@ -89,14 +101,24 @@ class Background:
         self._t: float | None = None
         self._relearn_until = -math.inf
         self._global_since: float | None = None
+        self._global_last = -math.inf
+        self._stack: list[Grey] = []  # frames seen while relearning
+        self._stack_t = -math.inf
+        self._dt = 0.0
+        self._window: Floats | None = None
+        self._move_checked = -math.inf
+        self._envelope: tuple[Floats, Floats] | None = None
+        self._envelope_t = -math.inf
 
-    def apply(self, grey: Grey, valid: Grey, t: float) -> BackgroundResult:
-        """Compare ``grey`` (the blurred analysis frame) with the background and learn it.
+    def apply(self, image: npt.NDArray[np.uint8], valid: Grey, t: float) -> BackgroundResult:
+        """Compare ``image`` (the blurred analysis frame, BGR or grey) with the background
+        and learn it.
 
         ``valid`` is 255 where the frame is analysed (outside privacy masks and ignore zones).
         """
         p = self.params
-        frame = grey.astype(np.float32)
+        frame = image.astype(np.float32)
+        shape = frame.shape[:2]
         if self._bg is None or self._bg.shape != frame.shape:
             self._start_relearning(frame, t)
         bg = self._bg
@@ -104,47 +126,132 @@ class Background:
         dt = 0.0 if self._t is None else max(0.0, t - self._t)
         self._t = t
         gain, offset, noise = self._fit_light(frame, bg, valid)
-        normalised = (frame - np.float32(offset)) * np.float32(1.0 / gain)
-        empty = np.zeros(grey.shape, np.uint8)
+        normalised = frame  # in place: a copy of the image already
+        normalised -= np.float32(offset)
+        normalised *= np.float32(1.0 / gain)
+        empty = np.zeros(shape, np.uint8)
 
         if t < self._relearn_until:
             self._learn(normalised, None, dt, p.relearn_time / 4)
+            if t - self._stack_t >= p.relearn_time / _STACK:
+                self._stack.append(np.clip(normalised, 0, 255).astype(np.uint8))
+                self._stack_t = t
             self._prev_fg = empty
             return BackgroundResult(empty, normalised, True, False, 0.0)
+        if self._stack:
+            # Relearnt: the background is the median of the frames seen meanwhile, so that
+            # the vehicles passing then leave no trace (a running mean keeps a faint one of
+            # each, and the first frame all of them).
+            if len(self._stack) >= 3:
+                self._bg = np.median(np.stack(self._stack), axis=0).astype(np.float32)
+                bg = self._bg
+                self._envelope = None
+            self._stack.clear()
 
-        # The range the background spans round each pixel (camera shake), in frame units.
-        thr = max(float(p.threshold), 4.0 * noise) / gain
-        hi = cv2.dilate(bg, self._shake_kernel) + np.float32(thr)
-        lo = cv2.erode(bg, self._shake_kernel) - np.float32(thr)
-        raw = ((normalised > hi) | (normalised < lo)).astype(np.uint8) * np.uint8(255)
+        # How far each pixel lies outside the range the background spans round it (camera
+        # shake), averaged over the channels: a green car as bright as the road differs in
+        # its channels, not in its grey.
+        if self._envelope is None or t - self._envelope_t >= _ENVELOPE_AGE:
+            # The background moves slowly: its range round each pixel can wait a second.
+            self._envelope = (
+                _f32(cv2.dilate(bg, self._shake_kernel)),
+                _f32(cv2.erode(bg, self._shake_kernel)),
+            )
+            self._envelope_t = t
+        hi, lo = self._envelope
+        excess = _outside(normalised, hi, lo)
+        # The threshold is in normalised levels (an object's contrast scales with the light,
+        # and so does the normalisation); the noise does not scale, so dim light raises it.
+        thr = max(float(p.threshold), 4.0 * noise / gain)
+        raw = _u8(cv2.threshold(excess, thr, 255, cv2.THRESH_BINARY)[1])
         raw = _u8(cv2.bitwise_and(raw, valid))
         n_valid = max(1, cv2.countNonZero(valid))
         changed = cv2.countNonZero(raw) / n_valid
 
-        if changed > p.global_fraction:
+        # The check for a camera move is the dearest part; a move must last relearn_after
+        # to count, so it is checked twice a second, and every frame once it is suspected.
+        if self._global_since is not None or t - self._move_checked >= _MOVE_CHECK:
+            self._move_checked = t
+            moved = self._moved(normalised, bg)
+        else:
+            moved = False
+        if changed > p.global_fraction or moved:
             if self._global_since is None:
                 self._global_since = t
+            self._global_last = t
             if t - self._global_since >= p.relearn_after:
                 self._start_relearning(frame, t)
                 self._prev_fg = empty
                 return BackgroundResult(empty, normalised, True, True, changed)
-            return BackgroundResult(empty, normalised, False, True, changed)
-        self._global_since = None
+        if self._global_since is not None:
+            # One frame that looks normal does not end a global change (the shift measured
+            # on a moved view wavers); half a second of them does.
+            if t - self._global_last <= _GLOBAL_GAP:
+                return BackgroundResult(empty, normalised, False, True, changed)
+            self._global_since = None
 
         fg = cv2.morphologyEx(raw, cv2.MORPH_OPEN, self._open)
         fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self._close)
         fg = _u8(cv2.bitwise_and(fg, valid))
-        # Learn slowly round objects too: their blurred edges must not leak into the
-        # background and grow them frame by frame.
-        self._learn(normalised, _u8(cv2.dilate(fg, self._grow)), dt, None)
         self._prev_fg = fg
+        self._dt = dt
         return BackgroundResult(fg, normalised, False, False, changed)
+
+    def learn(self, result: BackgroundResult, boxes: list[tuple[int, int, int, int]]) -> None:
+        """Learn the frame of ``result`` (from :meth:`apply`), slowly under its foreground,
+        round it (the blurred edges of objects must not leak into the background and grow
+        them frame by frame) and in ``boxes`` (pixel rectangles ``x0, y0, x1, y1`` of the
+        objects being tracked: a low-contrast part of a stopped object that misses the
+        threshold now and then must not fade into the background)."""
+        if result.relearning or result.global_change:
+            return
+        hold = cv2.dilate(result.fg, self._grow)
+        for x0, y0, x1, y1 in boxes:
+            cv2.rectangle(hold, (x0, y0), (x1, y1), 255, -1)
+        self._learn(result.normalised, _u8(hold), self._dt, None)
+
+    def _moved(self, frame: Floats, bg: Floats) -> bool:
+        """Whether the frame as a whole is shifted from the background by more than shake
+        explains (the camera was knocked): phase correlation of the two, grey, at half
+        size. A road is mostly flat, so a moved view changes only its edges, far less than
+        ``global_fraction`` of it."""
+        a = cv2.pyrDown(frame if frame.ndim == 2 else cv2.transform(frame, _MEAN3))
+        b = cv2.pyrDown(bg if bg.ndim == 2 else cv2.transform(bg, _MEAN3))
+        if self._window is None or self._window.shape != a.shape:
+            self._window = np.asarray(
+                cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F), dtype=np.float32
+            )
+        (dx, dy), response = cv2.phaseCorrelate(b, a, self._window)
+        # Two half-size pixels beyond the shake allowed (which is in full-size pixels).
+        return response > 0.05 and math.hypot(dx, dy) > self.params.shake / 2 + 2
+
+    def excess(self, frame: Floats, ref: Floats, *, frames: bool = False) -> Floats:
+        """How far each pixel of ``frame`` lies outside the range ``ref`` spans within the
+        shake radius round it, as the mean over the channels (0 inside the range).
+        ``frames``: ``ref`` is another frame, not the background (an average of shaken
+        frames), so the radius doubles."""
+        kernel = self._shake2_kernel if frames else self._shake_kernel
+        return _outside(frame, _f32(cv2.dilate(ref, kernel)), _f32(cv2.erode(ref, kernel)))
 
     def _start_relearning(self, frame: Floats, t: float) -> None:
         self._bg = frame.copy()
+        self._stack = [np.clip(frame, 0, 255).astype(np.uint8)]
+        self._stack_t = t
+        self._envelope = None
         self._relearn_until = t + self.params.relearn_time
         self._global_since = None
         self._prev_fg = None
+
+    def absorb(self, result: BackgroundResult, box: tuple[int, int, int, int]) -> None:
+        """Take the frame of ``result`` as the background within ``box`` (pixels ``x0, y0,
+        x1, y1``): what is there is the scene, not an object (a ghost)."""
+        if self._bg is None or result.normalised.shape != self._bg.shape:
+            return
+        h, w = self._bg.shape[:2]
+        x0, y0 = max(0, box[0]), max(0, box[1])
+        x1, y1 = min(w, box[2] + 1), min(h, box[3] + 1)
+        self._bg[y0:y1, x0:x1] = result.normalised[y0:y1, x0:x1]
+        self._envelope = None
 
     def _learn(self, normalised: Floats, fg: Grey | None, dt: float, tau: float | None) -> None:
         """Move the background towards the normalised frame: with time constant ``tau``
@@ -167,10 +274,14 @@ class Background:
         """``(gain, offset, noise)`` of ``frame ~ gain * bg + offset`` on the sparse grid of
         analysed pixels that were background last frame; ``noise`` is the residuals' robust
         standard deviation (MAD), in grey levels."""
-        f = frame[::_GRID, ::_GRID].ravel()
-        b = bg[::_GRID, ::_GRID].ravel()
+        f = np.ascontiguousarray(frame[::_GRID, ::_GRID])
+        b = np.ascontiguousarray(bg[::_GRID, ::_GRID])
+        if f.ndim == 3:  # one gain for all channels: the light changes them alike
+            f = np.asarray(cv2.transform(f, _MEAN3), dtype=np.float32)
+            b = np.asarray(cv2.transform(b, _MEAN3), dtype=np.float32)
+        f, b = f.ravel(), b.ravel()
         use = valid[::_GRID, ::_GRID].ravel() > 0
-        if self._prev_fg is not None and self._prev_fg.shape == frame.shape:
+        if self._prev_fg is not None and self._prev_fg.shape == frame.shape[:2]:
             use &= self._prev_fg[::_GRID, ::_GRID].ravel() == 0
         f, b = f[use], b[use]
         if f.size < 16:
@@ -182,6 +293,20 @@ class Background:
         if int(keep.sum()) >= 16:
             gain, offset = _line(b[keep], f[keep])
         return gain, offset, 1.4826 * mad
+
+
+def _outside(frame: Floats, hi: Floats, lo: Floats) -> Floats:
+    """How far each pixel of ``frame`` lies above ``hi`` or below ``lo`` (0 between), as the
+    mean over the channels."""
+    excess = cv2.max(cv2.subtract(frame, hi), cv2.subtract(lo, frame))
+    excess = np.maximum(excess, np.float32(0.0))
+    if excess.ndim == 3:
+        excess = cv2.transform(excess, _MEAN3)
+    return np.asarray(excess, dtype=np.float32)
+
+
+def _f32(a: object) -> Floats:
+    return np.asarray(a, dtype=np.float32)
 
 
 def _u8(a: object) -> Grey:

@@ -1,20 +1,28 @@
 """The object tracker of camera analytics: boxes in, tracks, crossings and events out.
 
-Each track predicts its centre at constant velocity. A frame's boxes (blobs of background
-subtraction or a detector's objects) are assigned to the predictions greedily, best pair
-first, by a cost of overlap and centre distance, within a gate that grows with the box; with
-a few objects per frame this is as good as the Hungarian method and needs no SciPy.
+Each track predicts its centre at constant velocity (measured on the inner edge while the
+box is cut by the frame's edge: an object coming into view grows at its outer edge). A
+frame's boxes (blobs of background subtraction or a detector's objects) are assigned to the
+predictions greedily, best pair first, by a cost of overlap and centre distance, within a
+gate that grows with the box; with a few objects per frame this is as good as the Hungarian
+method and needs no SciPy.
 
 - **Touching objects.** A box that holds the predicted centres of two or more tracks, and is
   bigger than the one it was assigned to, is a merge: every track in it goes on at its own
-  predicted position (held inside the merged box), keeps its velocity and its identity, and
-  counts nothing twice; when the box splits, the parts go back to the nearest predictions.
-- **Split objects.** A box that lies mostly inside another track's prediction is a part of
-  that object (a windscreen the colour of the road cuts a car in two): it joins it.
-- **Occlusion.** A confirmed track that finds no box goes on predicted for ``max_lost``
-  seconds; a track not yet confirmed is dropped at its first miss (noise does not persist).
+  predicted position (held inside the merged box), keeps its identity, and counts nothing
+  twice. When the box splits, the tracks that were merged take the free boxes nearby with
+  a wider gate (inside the merge their predictions drift).
+- **Split objects.** A box that lies mostly inside another track's prediction, or right in
+  front of it in its lane (a gantry or a pole cuts a passing vehicle in two), is a part of
+  that object and joins it, unless another track expects that box or the union would be
+  much bigger than the object has been.
+- **Occlusion.** A track seen twice or more that finds no box goes on predicted for
+  ``max_lost`` seconds; one seen once is dropped at its first miss (noise does not persist).
 - **Confirmation.** A track is confirmed, and only then reported, after ``min_hits``
-  frames; a line it crossed before that counts at confirmation.
+  frames, once its centre has moved (a detector's objects need not move); a line it
+  crossed before that counts at confirmation. A blob that stays where it appeared for
+  ``ghost_time``, away from the frame's edge, is a ghost: the caller relearns the
+  background there.
 - **Counting.** Per line, a track's side is committed only when its centre is more than
   ``hysteresis`` (normalised) from the line: a centre that wiggles on the line commits
   nothing. A change of committed side counts when the path from the last committed point to
@@ -43,6 +51,7 @@ from tepi.drivers.camera.geometry import (
 __all__ = ["Counted", "LineDef", "StepResult", "TrackState", "Tracker", "TrackerParams"]
 
 _AREAS = 30  # area samples kept per track for its size class
+_MOVED = 0.015  # a blob is an object once its centre has gone this far (5 px at 320)
 _EDGE = 0.01  # a box this close to the frame's edge is not wholly in view
 
 
@@ -53,6 +62,7 @@ class TrackerParams:
     hysteresis: float = 0.01
     stopped_speed: float = 0.02
     merge_growth: float = 1.3
+    ghost_time: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +95,9 @@ class TrackState:
     anchors: dict[str, Point] = field(default_factory=dict)
     counted: set[str] = field(default_factory=set)
     pending: list[Counted] = field(default_factory=list)
+    origin: Point = (0.0, 0.0)  # the centre when first seen
+    moved: bool = False  # has gone more than _MOVED from its origin
+    seen: Box = (0.0, 0.0, 0.0, 0.0)  # the box last observed (or held in a merge)
     best_score: float = 0.0
     best_box: Box | None = None
     zones: tuple[str, ...] = ()
@@ -124,6 +137,7 @@ class StepResult:
     confirmed: list[TrackState]  # newly confirmed this frame
     ended: list[TrackState]  # confirmed tracks lost for good this frame
     best: list[int]
+    ghosts: list[Box]  # foreground that never moved: the caller relearns the background there
 
 
 def _contains(box: Box, p: Point, pad: float = 0.0) -> bool:
@@ -175,9 +189,11 @@ class Tracker:
     def label(self, tr: TrackState) -> str | None:
         return tr.label if tr.label is not None else self._labeller(tr.typical_area())
 
-    def step(self, t: float, detections: Sequence[Detection]) -> StepResult:
+    def step(self, t: float, detections: Sequence[Detection], *, blobs: bool = True) -> StepResult:
+        """Assign ``detections`` (``blobs``: of background subtraction, else a detector's)
+        to the tracks at time ``t``."""
         p = self.params
-        result = StepResult([], [], [], [])
+        result = StepResult([], [], [], [], [])
         preds = [tr.predicted(t) for tr in self.tracks]
         pboxes = [
             (x - tr.w / 2, y - tr.h / 2, x + tr.w / 2, y + tr.h / 2)
@@ -187,13 +203,18 @@ class Tracker:
 
         # Greedy assignment, cheapest pair first.
         pairs: list[tuple[float, int, int]] = []
+        centres = [box_center(db) for db in boxes]
+        diags = [math.hypot(db[2] - db[0], db[3] - db[1]) for db in boxes]
         for i, (tr, pb) in enumerate(zip(self.tracks, pboxes, strict=True)):
             pc = preds[i]
+            diag = math.hypot(tr.w, tr.h)
             for j, db in enumerate(boxes):
+                dc = centres[j]
+                size = max(0.5 * (diag + diags[j]), 1e-6)
+                dist = math.hypot(pc[0] - dc[0], pc[1] - dc[1]) / size
+                if dist > 1.5:
+                    continue  # too far to overlap either
                 iou = box_iou(pb, db)
-                dc = box_center(db)
-                size = 0.5 * (math.hypot(tr.w, tr.h) + math.hypot(db[2] - db[0], db[3] - db[1]))
-                dist = math.hypot(pc[0] - dc[0], pc[1] - dc[1]) / max(size, 1e-6)
                 if iou > 0 or dist < 0.75:
                     pairs.append((1.0 - iou + dist, i, j))
         pairs.sort()
@@ -225,27 +246,67 @@ class Tracker:
                 track_det.pop(i, None)
             det_track.pop(j, None)
 
+        # A merge that splits: the tracks that were merged and are now without a box take
+        # the free boxes nearby, with a wider gate (inside the merge, a track's prediction
+        # drifts from where its object went).
+        late: list[tuple[float, int, int]] = []
+        for i, tr in enumerate(self.tracks):
+            if not tr.merged or i in track_det or i in merged:
+                continue
+            for j in range(len(boxes)):
+                if j in det_track or j in merged.values():
+                    continue
+                dc = centres[j]
+                size = max(0.5 * (math.hypot(tr.w, tr.h) + diags[j]), 1e-6)
+                dist = math.hypot(preds[i][0] - dc[0], preds[i][1] - dc[1]) / size
+                if dist < 1.2:
+                    late.append((dist, i, j))
+        for _, i, j in sorted(late):
+            if i not in track_det and j not in det_track:
+                track_det[i] = j
+                det_track[j] = i
+
         # Parts of one object: an unassigned box mostly inside an assigned track's prediction.
         extra: dict[int, Box] = {}
         for j, db in enumerate(boxes):
             if j in det_track or j in merged.values():
                 continue
+            # A box another track expects (one hidden or not yet matched) is not a part.
+            claimed = any(
+                _overlap(db, pb) > 0.2 for k, pb in enumerate(pboxes) if k not in track_det
+            )
             for i, dj in track_det.items():
-                if _overlap(db, pboxes[i]) >= 0.5:
-                    extra[i] = _union(extra.get(i, boxes[dj]), db)
-                    det_track[j] = i
-                    break
+                tr = self.tracks[i]
+                inside = _overlap(db, pboxes[i]) >= 0.5
+                if not inside and (claimed or not _ahead(tr, boxes[dj], db)):
+                    continue
+                union = _union(extra.get(i, boxes[dj]), db)
+                if tr.areas and _area(union) > 1.5 * tr.typical_area():
+                    continue  # more than the object: the next one in a slow queue
+                extra[i] = union
+                det_track[j] = i
+                break
 
         alive: list[TrackState] = []
         for i, tr in enumerate(self.tracks):
-            if i in track_det:
+            if (
+                not tr.confirmed
+                and not tr.moved
+                and t - tr.start >= p.ghost_time
+                and _in_view(tr.box)  # at the edge, it came into view: the tail of a queue
+            ):
+                # Foreground that appeared where it is and never moved: not an object that
+                # came into view but a change of the background (a car that was there when
+                # the background was learnt, and left).
+                result.ghosts.append(tr.box)
+            elif i in track_det:
                 det = detections[track_det[i]]
                 self._observe(tr, extra.get(i, det.box), t, det, result)
                 alive.append(tr)
             elif i in merged:
                 self._coast(tr, preds[i], boxes[merged[i]], t, result)
                 alive.append(tr)
-            elif tr.confirmed and t - tr.t_seen <= p.max_lost and _centre_in_frame(preds[i]):
+            elif tr.hits >= 2 and t - tr.t_seen <= p.max_lost and _centre_in_frame(preds[i]):
                 alive.append(tr)  # occluded: predicted on, not moved until seen again
             elif tr.confirmed:
                 result.ended.append(tr)
@@ -255,6 +316,8 @@ class Tracker:
             if any(_contains(pb, box_center(det.box)) for pb in pboxes):
                 continue  # inside a track's prediction: not a new object
             tr = TrackState(self._next_id, *box_center(det.box), 0.0, 0.0, t, t)
+            tr.origin = (tr.cx, tr.cy)
+            tr.moved = not blobs  # a detector's object needs no motion to be one
             self._next_id += 1
             tr.hits = 0
             self._observe(tr, det.box, t, det, result)
@@ -268,7 +331,9 @@ class Tracker:
         cx, cy = box_center(box)
         dt = t - tr.t_seen
         if tr.hits >= 1 and dt > 0:
-            vx, vy = (cx - tr.cx) / dt, (cy - tr.cy) / dt
+            prev = tr.seen
+            vx = _edge_speed(prev[0], prev[2], box[0], box[2], dt)
+            vy = _edge_speed(prev[1], prev[3], box[1], box[3], dt)
             k = 1.0 if tr.hits == 1 else 0.5
             tr.vx += k * (vx - tr.vx)
             tr.vy += k * (vy - tr.vy)
@@ -279,6 +344,7 @@ class Tracker:
             tr.w += 0.5 * (w - tr.w)
             tr.h += 0.5 * (h - tr.h)
         tr.cx, tr.cy = cx, cy
+        tr.seen = box
         tr.t_seen = t
         tr.hits += 1
         tr.merged = False
@@ -304,6 +370,7 @@ class Tracker:
             # Held back by the box's edge: the object slows (a queue forming).
             tr.vx, tr.vy = (cx - tr.cx) / dt, (cy - tr.cy) / dt
         tr.cx, tr.cy = cx, cy
+        tr.seen = tr.box
         tr.t_seen = t
         tr.hits += 1
         tr.merged = True
@@ -327,7 +394,9 @@ class Tracker:
                     tr.pending.append(Counted(ln.name, direction, tr.id, t))
             tr.sides[ln.name] = s
             tr.anchors[ln.name] = c
-        if not tr.confirmed and tr.hits >= self.params.min_hits:
+        if not tr.moved and math.dist(c, tr.origin) > _MOVED:
+            tr.moved = True
+        if not tr.confirmed and tr.hits >= self.params.min_hits and tr.moved:
             tr.confirmed = True
             result.confirmed.append(tr)
             if tr.best_box is not None:
@@ -335,6 +404,44 @@ class Tracker:
         if tr.confirmed and tr.pending:
             result.crossings.extend(tr.pending)
             tr.pending = []
+
+
+def _edge_speed(a0: float, a1: float, b0: float, b1: float, dt: float) -> float:
+    """Speed along one axis from a box's extent ``a0..a1`` then ``b0..b1``: of its centre,
+    or of its inner edge while the other is cut by the frame's edge (an object coming into
+    view grows at its outer edge, and its centre moves at half its speed)."""
+    lo_cut = min(a0, b0) <= _EDGE
+    hi_cut = max(a1, b1) >= 1 - _EDGE
+    if lo_cut and not hi_cut:
+        return (b1 - a1) / dt
+    if hi_cut and not lo_cut:
+        return (b0 - a0) / dt
+    return ((b0 + b1) - (a0 + a1)) / 2 / dt
+
+
+def _ahead(tr: TrackState, seen: Box, part: Box) -> bool:
+    """Whether ``part`` is the front of the object that ``seen`` (its box this frame) is the
+    rear of: right ahead of it along its heading, in its lane, within half its length. A
+    fixed occluder (a gantry, a pole) cuts a passing object in two; a new object never
+    appears just in front of a moving one."""
+    speed = math.hypot(tr.vx, tr.vy)
+    if speed < 0.02 or tr.hits < 2:
+        return False
+    hx, hy = tr.vx / speed, tr.vy / speed
+
+    def extent(b: Box, ux: float, uy: float) -> tuple[float, float]:
+        xs = (b[0] * ux, b[2] * ux)
+        ys = (b[1] * uy, b[3] * uy)
+        return min(xs) + min(ys), max(xs) + max(ys)
+
+    s0, s1 = extent(seen, hx, hy)
+    p0, p1 = extent(part, hx, hy)
+    if not (p0 > s0 and p1 > s1 and p0 - s1 <= max(0.04, 0.5 * (s1 - s0))):
+        return False
+    l0, l1 = extent(seen, -hy, hx)
+    m0, m1 = extent(part, -hy, hx)
+    lateral = min(l1, m1) - max(l0, m0)
+    return lateral >= 0.5 * min(l1 - l0, m1 - m0)
 
 
 def _centre_in_frame(p: Point) -> bool:

@@ -1,0 +1,367 @@
+"""Camera analytics on frames the tests draw: tracking through merges and occlusions,
+counting with direction and hysteresis, stopped objects, masks, light and camera moves.
+
+Each case draws rectangles on a textured, noisy background at 5 frames a second and checks
+what :class:`Analyzer` makes of them; the traffic scene's accuracy is in
+test_camera_analytics_traffic.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+import pytest
+
+from tepi.drivers.camera.analytics import (
+    AnalyticsSettings,
+    Analyzer,
+    CountLine,
+    Observation,
+    SizeClass,
+    Zone,
+)
+from tepi.drivers.camera.geometry import Detection
+from tepi.drivers.camera.vision import Image
+
+pytestmark = pytest.mark.timeout(60)
+
+W, H = 640, 360
+FPS = 5.0
+ROAD = (95, 95, 95)
+
+
+@dataclass(frozen=True)
+class Rect:
+    """A filled rectangle: centre and size, normalised, and a BGR colour."""
+
+    cx: float
+    cy: float
+    w: float
+    h: float
+    colour: tuple[int, int, int] = (200, 200, 200)
+
+
+def background(seed: int = 0, shift: tuple[int, int] = (0, 0)) -> Image:
+    """A road-like texture with some structure (blocks, lines) so that a camera move shows."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(70, 130, size=(18, 32, 3)).astype(np.uint8)
+    img = cv2.resize(small, (W + 40, H + 40), interpolation=cv2.INTER_CUBIC)
+    for k in range(6):
+        cv2.line(img, (0, 40 + 60 * k), (W + 40, 40 + 60 * k), (180, 180, 180), 2)
+    x, y = 20 + shift[0], 20 + shift[1]
+    return np.ascontiguousarray(img[y : y + H, x : x + W])
+
+
+class Painter:
+    """Frames of rectangles over a background, with sensor noise, at a gain."""
+
+    def __init__(self, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed + 1)
+        self.bg = background(seed)
+        # Sensor noise (sd 2 levels), from a few precomputed tiles: drawing it anew for each
+        # frame would cost more than the analysis.
+        self.noise = [rng.normal(0, 2.0, (H, W, 3)).astype(np.float32) for _ in range(7)]
+        self.n = 0
+
+    def frame(self, rects: Sequence[Rect], gain: float = 1.0, bg: Image | None = None) -> Image:
+        img = (self.bg if bg is None else bg).copy()
+        for r in rects:
+            p0 = (round((r.cx - r.w / 2) * W), round((r.cy - r.h / 2) * H))
+            p1 = (round((r.cx + r.w / 2) * W), round((r.cy + r.h / 2) * H))
+            cv2.rectangle(img, p0, p1, r.colour, -1)
+        self.n += 1
+        f = img.astype(np.float32) * np.float32(gain) + self.noise[self.n % len(self.noise)]
+        out: Image = np.clip(f, 0, 255).astype(np.uint8)
+        return out
+
+
+def run(
+    analyzer: Analyzer,
+    painter: Painter,
+    scene: Callable[[float], Sequence[Rect]],
+    seconds: float,
+    *,
+    start: float = 0.0,
+    gain: Callable[[float], float] = lambda t: 1.0,
+    detections: Callable[[float], Sequence[Detection] | None] = lambda t: None,
+) -> list[Observation]:
+    out = []
+    for k in range(round(seconds * FPS)):
+        t = start + k / FPS
+        out.append(analyzer.process(painter.frame(scene(t), gain(t)), t, detections(t)))
+    return out
+
+
+def warmed(settings: AnalyticsSettings, painter: Painter) -> Analyzer:
+    """An analyzer that has learnt the empty background (3 s)."""
+    a = Analyzer(settings)
+    obs = run(a, painter, lambda t: [], 3.0)
+    assert obs[0].relearning
+    assert not obs[-1].relearning
+    return a
+
+
+def crossings(obs: list[Observation]) -> Counter[tuple[str, str]]:
+    return Counter((c.line, c.direction) for o in obs for c in o.crossings)
+
+
+def events(obs: list[Observation]) -> Counter[str]:
+    return Counter(e.kind for o in obs for e in o.events)
+
+
+VERTICAL = CountLine("v", (0.5, 0.0), (0.5, 1.0))  # arrow down: moving left is "in"
+HORIZONTAL = CountLine("h", (0.0, 0.5), (1.0, 0.5))  # arrow right: moving down is "in"
+
+
+def mover(x0: float, y0: float, vx: float, vy: float, **kw: object) -> Callable[[float], Rect]:
+    def at(t: float) -> Rect:
+        return Rect(x0 + vx * t, y0 + vy * t, **kw)  # type: ignore[arg-type]
+
+    return at
+
+
+# ---- counting and direction ------------------------------------------------------------------
+
+
+def test_each_direction_counts_once_on_its_side_of_the_arrow() -> None:
+    painter = Painter()
+    a = warmed(AnalyticsSettings(lines=(VERTICAL, HORIZONTAL)), painter)
+    right = mover(0.1, 0.3, 0.12, 0.0, w=0.06, h=0.05)  # left to right, above the h line
+    left = mover(0.9, 0.8, -0.12, 0.0, w=0.06, h=0.05, colour=(30, 30, 30))
+    down = mover(0.25, 0.1, 0.0, 0.12, w=0.05, h=0.06, colour=(40, 200, 60))
+    obs = run(a, painter, lambda t: [right(t - 3), left(t - 3), down(t - 3)], 7.0, start=3.0)
+    # Across the vertical line drawn downwards: left to right is "out", right to left "in".
+    # Across the horizontal line drawn rightwards: downwards is "in".
+    assert crossings(obs) == Counter({("v", "out"): 1, ("v", "in"): 1, ("h", "in"): 1})
+    assert events(obs)["start"] == 3
+
+
+def test_a_track_wiggling_on_the_line_counts_once() -> None:
+    painter = Painter()
+    a = warmed(AnalyticsSettings(lines=(VERTICAL,)), painter)
+
+    def wiggle(t: float) -> list[Rect]:
+        s = t - 3
+        if s < 3:  # comes up to the line
+            x = 0.2 + 0.1 * s
+        else:  # sits on it, a pixel or two either side each frame, then goes on
+            x = 0.5 + (0.004 if round(s * FPS) % 2 else -0.004) if s < 7 else 0.5 + 0.1 * (s - 7)
+        return [Rect(x, 0.5, 0.06, 0.05)]
+
+    obs = run(a, painter, wiggle, 10.0, start=3.0)
+    assert crossings(obs) == Counter({("v", "out"): 1})
+    assert events(obs)["start"] == 1
+
+
+def test_a_line_counts_only_crossings_within_its_segment() -> None:
+    painter = Painter()
+    short = CountLine("short", (0.5, 0.0), (0.5, 0.4))
+    a = warmed(AnalyticsSettings(lines=(short,)), painter)
+    above = mover(0.1, 0.25, 0.15, 0.0, w=0.05, h=0.05)
+    below = mover(0.1, 0.75, 0.15, 0.0, w=0.05, h=0.05)
+    obs = run(a, painter, lambda t: [above(t - 3), below(t - 3)], 6.0, start=3.0)
+    assert crossings(obs) == Counter({("short", "out"): 1})
+
+
+# ---- tracking ---------------------------------------------------------------------------------
+
+
+def test_two_objects_that_touch_keep_their_tracks_and_count_once_each() -> None:
+    """Two cars in neighbouring lanes, level with each other, their boxes touching across the
+    counting line: one blob for a few frames, then two again."""
+    painter = Painter()
+    a = warmed(AnalyticsSettings(lines=(VERTICAL,)), painter)
+    upper = mover(0.1, 0.45, 0.1, 0.0, w=0.08, h=0.1)
+    # Drifts down into the upper one's lane for a while, then back.
+    lower = mover(0.1, 0.6, 0.1, 0.0, w=0.08, h=0.1, colour=(60, 60, 200))
+
+    def scene(t: float) -> list[Rect]:
+        s = t - 3
+        lo = lower(s)
+        touch = min(1.0, max(0.0, 1 - abs(s - 4.0) / 1.5))  # touching from 2.5 s to 5.5 s
+        lo = Rect(lo.cx, 0.6 - 0.06 * touch, lo.w, lo.h, lo.colour)
+        return [upper(s), lo]
+
+    obs = run(a, painter, scene, 9.0, start=3.0)
+    assert crossings(obs) == Counter({("v", "out"): 2})
+    assert events(obs) == Counter({"start": 2})
+    merged = [o for o in obs if len(o.tracks) == 2 and o.t > 5.5 + 3]
+    assert merged  # both seen again after the merge
+    ids_before = {tr.id for tr in obs[round(2 * FPS)].tracks}
+    ids_after = {tr.id for tr in obs[-5].tracks}
+    assert len(ids_before) == 2
+    assert ids_after == ids_before  # the same two tracks: none killed, none new
+
+
+def test_a_short_occlusion_keeps_the_track() -> None:
+    """An object hidden for 0.6 s (less than max_lost) while it crosses the line."""
+    painter = Painter()
+    a = warmed(AnalyticsSettings(lines=(VERTICAL,), max_lost=1.0), painter)
+    car = mover(0.1, 0.5, 0.12, 0.0, w=0.06, h=0.05)
+
+    def scene(t: float) -> list[Rect]:
+        c = car(t - 3)
+        return [] if 0.46 < c.cx < 0.54 else [c]
+
+    obs = run(a, painter, scene, 9.0, start=3.0)
+    assert crossings(obs) == Counter({("v", "out"): 1})
+    assert events(obs) == Counter({"start": 1, "end": 1})
+
+
+def test_an_object_lost_for_longer_than_max_lost_ends() -> None:
+    painter = Painter()
+    a = warmed(AnalyticsSettings(max_lost=0.5), painter)
+    car = mover(0.1, 0.5, 0.1, 0.0, w=0.06, h=0.05)
+    obs = run(a, painter, lambda t: [car(t - 3)] if t < 6 else [], 5.0, start=3.0)
+    ends = [e for o in obs for e in o.events if e.kind == "end"]
+    assert len(ends) == 1
+    last_seen = 6.0 - 1 / FPS
+    assert last_seen + 0.5 < ends[0].t <= last_seen + 0.5 + 1 / FPS
+    assert ends[0].best_box is not None
+
+
+def test_a_stopped_object_stays_a_stopped_track_and_fills_the_queue() -> None:
+    """A car drives up to a stop line and waits 90 s: it stays foreground (the background
+    does not absorb it), its track stays the same and stopped, and the queue measures it."""
+    painter = Painter()
+    # The zone runs from x = 0 (20 m back) to the stop line at x = 0.5.
+    zone = Zone(
+        "approach", ((0.0, 0.3), (0.5, 0.3), (0.5, 0.7), (0.0, 0.7)), ((0.5, 0.3), (0.5, 0.7)), 20.0
+    )
+    a = warmed(AnalyticsSettings(zones=(zone,)), painter)
+
+    def scene(t: float) -> list[Rect]:
+        x = min(0.45, 0.05 + 0.1 * (t - 3))  # stops with its front at the stop line
+        return [Rect(x, 0.5, 0.1, 0.08)]  # 4 m long at 20 m per half frame
+
+    obs = run(a, painter, scene, 100.0, start=3.0)
+    late = obs[-1]
+    assert len(late.tracks) == 1
+    assert late.tracks[0].stopped
+    assert late.tracks[0].id == obs[round(10 * FPS)].tracks[0].id
+    assert events(obs) == Counter({"start": 1})
+    queue = late.zones["approach"].queue_length
+    assert queue is not None
+    assert 4.0 - 1.0 <= queue <= 4.0 + 1.0
+    assert late.zones["approach"].occupancy == pytest.approx(0.1 * 0.08 / (0.5 * 0.4), abs=0.01)
+    assert not late.zones["approach"].motion  # stopped is not motion
+    assert not late.motion
+
+
+def test_objects_below_min_area_are_not_tracked() -> None:
+    painter = Painter()
+    a = warmed(AnalyticsSettings(min_area=0.004), painter)
+    dot = mover(0.1, 0.5, 0.1, 0.0, w=0.03, h=0.05)  # 0.0015 of the frame
+    obs = run(a, painter, lambda t: [dot(t - 3)], 5.0, start=3.0)
+    assert not any(o.tracks for o in obs)
+    assert events(obs) == Counter()
+
+
+# ---- classes and detections -------------------------------------------------------------------
+
+
+def test_size_classes_name_tracks_and_crossings() -> None:
+    painter = Painter()
+    classes = (SizeClass("big", 1.0), SizeClass("small", 0.004))  # sorted by max_area
+    a = warmed(AnalyticsSettings(lines=(VERTICAL,), classes=classes), painter)
+    small = mover(0.1, 0.3, 0.12, 0.0, w=0.05, h=0.05)  # 0.0025
+    big = mover(0.1, 0.7, 0.12, 0.0, w=0.15, h=0.1)  # 0.015
+    obs = run(a, painter, lambda t: [small(t - 3), big(t - 3)], 6.0, start=3.0)
+    assert Counter(c.label for o in obs for c in o.crossings) == Counter({"small": 1, "big": 1})
+
+
+def test_a_detectors_objects_replace_the_blobs() -> None:
+    """With detections, tracks follow them and carry their labels, even where the pixels
+    show nothing (the detector saw what the background model could not)."""
+    painter = Painter()
+    a = warmed(AnalyticsSettings(lines=(VERTICAL,)), painter)
+
+    def dets(t: float) -> list[Detection]:
+        x = 0.1 + 0.12 * (t - 3)
+        return [Detection((x - 0.03, 0.4, x + 0.03, 0.45), "person", 0.8)]
+
+    obs = run(a, painter, lambda t: [], 6.0, start=3.0, detections=dets)
+    assert [(c.line, c.direction, c.label) for o in obs for c in o.crossings] == [
+        ("v", "out", "person")
+    ]
+    assert obs[-1].tracks[0].label == "person"
+    assert obs[-1].tracks[0].score == pytest.approx(0.8)
+    assert not any(o.motion for o in obs)  # motion still comes from the pixels
+
+
+# ---- masks, ignore zones, light, camera moves ------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["masks", "ignore"])
+def test_motion_in_a_masked_or_ignored_area_gives_nothing(key: str) -> None:
+    painter = Painter()
+    area = ((0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0))
+    zone = Zone("left", area)
+    settings = AnalyticsSettings(lines=(CountLine("l", (0.25, 0.0), (0.25, 1.0)),), zones=(zone,))
+    if key == "masks":
+        settings = replace(settings, masks=(area,))
+    else:
+        settings = replace(settings, ignore=(area,))
+    a = warmed(settings, painter)
+    flag = mover(0.05, 0.5, 0.1, 0.0, w=0.08, h=0.1)  # stays in the left half
+    obs = run(a, painter, lambda t: [flag(t - 3)], 3.0, start=3.0)
+    assert not any(o.motion or o.tracks or o.crossings or o.events for o in obs)
+    assert all(o.zones["left"].motion_area == 0 for o in obs)
+    # The same object in the right half is seen.
+    other = mover(0.6, 0.5, 0.1, 0.0, w=0.08, h=0.1)
+    obs = run(a, painter, lambda t: [other(t - 6)], 2.0, start=6.0)
+    assert obs[-1].motion
+    assert obs[-1].tracks
+
+
+def test_light_ramps_and_jumps_give_no_motion_and_no_objects() -> None:
+    painter = Painter()
+    a = warmed(AnalyticsSettings(), painter)
+
+    def gain(t: float) -> float:
+        ramp = 1.0 - 0.3 * min(1.0, (t - 3) / 20)  # dusk over 20 s
+        return ramp * (1.35 if 10 <= t < 14 else 0.75 if 18 <= t < 21 else 1.0)  # exposure
+
+    obs = run(a, painter, lambda t: [], 25.0, start=3.0, gain=gain)
+    assert not any(o.motion or o.tracks or o.events for o in obs)
+    # Objects are still seen in the dim light after all that.
+    car = mover(0.1, 0.5, 0.12, 0.0, w=0.06, h=0.05)
+    obs = run(a, painter, lambda t: [car(t - 28)], 3.0, start=28.0, gain=gain)
+    assert obs[-1].motion
+    assert len(obs[-1].tracks) == 1
+
+
+def test_a_camera_move_relearns_the_background_without_objects() -> None:
+    painter = Painter()
+    a = warmed(AnalyticsSettings(relearn_after=1.0, relearn_time=2.0), painter)
+    moved = background(0, shift=(15, 10))
+    obs = []
+    for k in range(round(8 * FPS)):
+        t = 3 + k / FPS
+        obs.append(a.process(painter.frame([], bg=moved), t))
+    relearning = [o.t for o in obs if o.relearning]
+    assert relearning
+    # After relearn_after, the move first seen by a check made twice a second.
+    assert 3.0 + 1.0 <= relearning[0] <= 3.0 + 1.0 + 0.5 + 2 / FPS
+    assert relearning[-1] <= relearning[0] + 2.0
+    assert not any(o.motion or o.tracks or o.events for o in obs)
+    # Objects are seen on the relearnt background.
+    car = mover(0.1, 0.5, 0.12, 0.0, w=0.06, h=0.05)
+    after = [a.process(painter.frame([car(k / FPS)], bg=moved), 11 + k / FPS) for k in range(10)]
+    assert after[-1].tracks
+    assert not after[-1].relearning
+
+
+def test_reset_forgets_the_background_and_the_tracks() -> None:
+    painter = Painter()
+    a = warmed(AnalyticsSettings(), painter)
+    car = mover(0.1, 0.5, 0.1, 0.0, w=0.06, h=0.05)
+    assert run(a, painter, lambda t: [car(t - 3)], 2.0, start=3.0)[-1].tracks
+    a.reset()
+    o = a.process(painter.frame([car(2.0)]), 5.0)
+    assert o.relearning
+    assert not o.tracks
