@@ -222,6 +222,8 @@ class AnalysisRunner:
     async def start(self) -> None:
         """Build the engine (and load the detector, in a worker thread: a bad model raises
         here, before any frame) and start the threads."""
+        import cv2
+
         from tepi.drivers.camera.analytics import (
             AnalyticsSettings,
             Analyzer,
@@ -230,6 +232,10 @@ class AnalysisRunner:
             Zone,
         )
 
+        # OpenCV's own pool, one thread, as for the pixel thread (driver._pixels): its
+        # workers' wake-ups cost more than they save on frames this small, and on a loaded
+        # 2-core box a frame took 4 times longer with them.
+        cv2.setNumThreads(1)
         c = self.cfg
         classes = sorted(
             (SizeClass(k.name, k.max_area if k.max_area is not None else 1.0) for k in c.classes),

@@ -306,10 +306,12 @@ class AnalyticsConfig(_Model):
         description="The smallest object, as a share of the image (0-1).",
     )
     threshold: int = Field(
-        default=25,
+        default=15,
         ge=1,
         le=255,
-        description="How far (grey levels) a pixel must differ from the background to count.",
+        description="How far a pixel must differ from the background to count: levels "
+        "(0-255) averaged over its colour channels, after the frame's light is matched to "
+        "the background's.",
     )
     max_lost: Duration = Field(
         default=1.0,
