@@ -75,9 +75,9 @@ def test_the_sample_config_is_valid_with_its_commented_keys_too(tmp_path: Path) 
     assert "url: mqtts://" in SAMPLE.read_text()
 
 
-# alone: it checks that the install left no build/ in the checkout, and test_layers.py's wheel
-# (pip wheel of the checkout) leaves one; under xdist that ran on the other worker in between.
-@pytest.mark.alone
+# It checks that the install left nothing (build/, *.egg-info) in the checkout, so no test
+# beside it may write there: test_layers.py builds its wheel from a copy of the tree, as
+# bundle.sh does.
 @pytest.mark.timeout(600)
 def test_online_install_from_the_checkout(tmp_path: Path) -> None:
     if problem := device_python_problem():
