@@ -134,3 +134,57 @@ def pytest_runtest_protocol(
         pass
     with _flock(tests, fcntl.LOCK_SH):
         return (yield)
+
+
+# ---- the longest files first ---------------------------------------------------------------
+
+# .ci/run hands whole files to the two workers (--dist loadfile), the next in the queue to
+# whichever is free. pytest-xdist's own queue puts the files with the most tests first
+# (--loadscope-reorder), so a long file of few tests (the installs, the bench smoke) started
+# late and ran on one worker while the other had nothing left. The queue is the collection
+# order instead, and that puts these files first, longest first (seconds on one worker at
+# a769bfb, a lightly loaded 2-core machine), so that the short ones fill in at the end. The
+# files with an ``alone`` test go last, where the other worker's tests are short: an alone
+# test waits for the test running beside it. A file not named here keeps its place.
+LONGEST_FIRST = (
+    "tests/test_bench/test_bench_smoke.py",  # 104 s
+    "tests/test_systemd/test_install.py",  # 90 s, the native bundle's build in it
+    "tests/test_systemd/test_install_bundle_checks.py",  # 70 s
+    "tests/test_gateway/test_disk.py",  # 56 s
+    "tests/test_gateway/test_cameras.py",  # 49 s
+    "tests/test_gateway/test_demo.py",  # 49 s
+    "tests/test_systemd/test_install_full_bundle.py",  # 47 s
+    "tests/test_gateway/test_faults.py",  # 33 s
+    "tests/test_gateway/test_serial_e2e.py",  # 32 s
+    "tests/test_gateway/test_config_push_e2e.py",  # 31 s
+    "tests/test_gateway/test_bad_devices.py",  # 29 s
+    "tests/test_buffer/test_powercut.py",  # 28 s
+    "tests/test_gateway/test_remote_ops_e2e.py",  # 27 s
+    "tests/test_gateway/test_alarms_e2e.py",  # 25 s
+    "tests/test_gateway/test_config.py",  # 24 s
+    "tests/test_gateway/test_update.py",  # 24 s
+    "tests/test_systemd/test_install_online.py",  # 22 s
+)
+WITH_ALONE_LAST = (
+    "tests/test_gateway/test_e2e.py",
+    "tests/test_gateway/test_status_api.py",
+    "tests/test_gateway/test_security.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist is loaded
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    first = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    last = {name: i for i, name in enumerate(WITH_ALONE_LAST)}
+
+    def place(item: pytest.Item) -> tuple[int, int]:
+        path = item.nodeid.split("::", 1)[0]
+        if path in first:
+            return (0, first[path])
+        return (2, last[path]) if path in last else (1, 0)
+
+    items.sort(key=place)  # stable: the tests of a file keep their order
