@@ -142,28 +142,34 @@ def pytest_runtest_protocol(
 # whichever is free. pytest-xdist's own queue puts the files with the most tests first
 # (--loadscope-reorder), so a long file of few tests (the installs, the bench smoke) started
 # late and ran on one worker while the other had nothing left. The queue is the collection
-# order instead, and that puts these files first, longest first (seconds on one worker at
-# a769bfb, a lightly loaded 2-core machine), so that the short ones fill in at the end. The
-# files with an ``alone`` test go last, where the other worker's tests are short: an alone
-# test waits for the test running beside it. A file not named here keeps its place.
+# order instead, and that puts these files first, longest first (seconds on one worker in a
+# whole run at load 5 to 7 on 2 cores; lightly loaded, the installs take about a third),
+# so that the short ones fill in at the end. The bench smoke goes between the install files:
+# test_install_bundle_checks.py then starts once test_install.py has built the native bundle,
+# instead of waiting for it. The files with an ``alone`` test go last, where the other
+# worker's tests are short: an alone test waits for the test running beside it to end. A file
+# not named here keeps its place.
 LONGEST_FIRST = (
-    "tests/test_bench/test_bench_smoke.py",  # 104 s
-    "tests/test_systemd/test_install.py",  # 90 s, the native bundle's build in it
-    "tests/test_systemd/test_install_bundle_checks.py",  # 70 s
-    "tests/test_gateway/test_disk.py",  # 56 s
-    "tests/test_gateway/test_cameras.py",  # 49 s
-    "tests/test_gateway/test_demo.py",  # 49 s
-    "tests/test_systemd/test_install_full_bundle.py",  # 47 s
-    "tests/test_gateway/test_faults.py",  # 33 s
-    "tests/test_gateway/test_serial_e2e.py",  # 32 s
-    "tests/test_gateway/test_config_push_e2e.py",  # 31 s
+    "tests/test_systemd/test_install.py",  # 331 s, the native bundle's build in it
+    "tests/test_bench/test_bench_smoke.py",  # 177 s (before its suite ran in two halves)
+    "tests/test_systemd/test_install_bundle_checks.py",  # 189 s
+    "tests/test_systemd/test_install_full_bundle.py",  # 86 s
+    "tests/test_gateway/test_cameras.py",  # 70 s
+    "tests/test_systemd/test_install_online.py",  # 60 s
+    "tests/test_gateway/test_demo.py",  # 59 s
+    "tests/test_gateway/test_update.py",  # 52 s
+    "tests/test_gateway/test_disk.py",  # 50 s
+    "tests/test_gateway/test_alarms_e2e.py",  # 47 s
+    "tests/test_gateway/test_buffer_cli.py",  # 44 s
+    "tests/test_buffer/test_powercut.py",  # 41 s
+    "tests/test_gateway/test_serial_e2e.py",  # 39 s
+    "tests/test_gateway/test_faults.py",  # 37 s
+    "tests/test_gateway/test_remote_ops_e2e.py",  # 37 s
+    "tests/test_gateway/test_config.py",  # 35 s
+    "tests/test_gateway/test_config_push_e2e.py",  # 29 s
     "tests/test_gateway/test_bad_devices.py",  # 29 s
-    "tests/test_buffer/test_powercut.py",  # 28 s
-    "tests/test_gateway/test_remote_ops_e2e.py",  # 27 s
-    "tests/test_gateway/test_alarms_e2e.py",  # 25 s
-    "tests/test_gateway/test_config.py",  # 24 s
-    "tests/test_gateway/test_update.py",  # 24 s
-    "tests/test_systemd/test_install_online.py",  # 22 s
+    "tests/test_gateway/test_commands_e2e.py",  # 24 s
+    "tests/test_buffer/test_alarms_powercut.py",  # 22 s
 )
 WITH_ALONE_LAST = (
     "tests/test_gateway/test_e2e.py",
