@@ -136,3 +136,63 @@ def pytest_runtest_protocol(
         pass
     with _flock(tests, fcntl.LOCK_SH):
         return (yield)
+
+
+# ---- the longest files first ---------------------------------------------------------------
+
+# .ci/run hands whole files to the two workers (--dist loadfile), the next in the queue to
+# whichever is free. pytest-xdist's own queue puts the files with the most tests first
+# (--loadscope-reorder), so a long file of few tests (the installs, the bench smoke) started
+# late and ran on one worker while the other had nothing left. The queue is the collection
+# order instead, and that puts these files first, longest first (seconds on one worker in a
+# whole run at load 5 to 7 on 2 cores; lightly loaded, the installs take about a third),
+# so that the short ones fill in at the end. The bench smoke goes between the install files:
+# test_install_bundle_checks.py then starts once test_install.py has built the native bundle,
+# instead of waiting for it. The files with an ``alone`` test go last, where the other
+# worker's tests are short: an alone test waits for the test running beside it to end. A file
+# not named here keeps its place.
+LONGEST_FIRST = (
+    "tests/test_systemd/test_install.py",  # 331 s, the native bundle's build in it
+    "tests/test_bench/test_bench_smoke.py",  # 177 s (before its suite ran in two halves)
+    "tests/test_systemd/test_install_bundle_checks.py",  # 189 s
+    "tests/test_systemd/test_install_full_bundle.py",  # 86 s
+    "tests/test_gateway/test_cameras.py",  # 70 s
+    "tests/test_systemd/test_install_online.py",  # 60 s
+    "tests/test_gateway/test_demo.py",  # 59 s
+    "tests/test_gateway/test_update.py",  # 52 s
+    "tests/test_gateway/test_disk.py",  # 50 s
+    "tests/test_gateway/test_alarms_e2e.py",  # 47 s
+    "tests/test_gateway/test_buffer_cli.py",  # 44 s
+    "tests/test_buffer/test_powercut.py",  # 41 s
+    "tests/test_gateway/test_serial_e2e.py",  # 39 s
+    "tests/test_gateway/test_faults.py",  # 37 s
+    "tests/test_gateway/test_remote_ops_e2e.py",  # 37 s
+    "tests/test_gateway/test_config.py",  # 35 s
+    "tests/test_gateway/test_config_push_e2e.py",  # 29 s
+    "tests/test_gateway/test_bad_devices.py",  # 29 s
+    "tests/test_gateway/test_commands_e2e.py",  # 24 s
+    "tests/test_buffer/test_alarms_powercut.py",  # 22 s
+)
+WITH_ALONE_LAST = (
+    "tests/test_gateway/test_e2e.py",
+    "tests/test_gateway/test_status_api.py",
+    "tests/test_gateway/test_security.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist is loaded
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    first = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    last = {name: i for i, name in enumerate(WITH_ALONE_LAST)}
+
+    def place(item: pytest.Item) -> tuple[int, int]:
+        path = item.nodeid.split("::", 1)[0]
+        if path in first:
+            return (0, first[path])
+        return (2, last[path]) if path in last else (1, 0)
+
+    items.sort(key=place)  # stable: the tests of a file keep their order

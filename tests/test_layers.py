@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -229,11 +230,23 @@ def test_the_version_is_written_once() -> None:
     assert out.stdout.strip() == f"tepi {__version__}"
 
 
+# Not copied to build the wheel: what is not source (as systemd/bundle.sh leaves out).
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache",
+    ".pytest_cache", ".hypothesis",
+)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tepi's wheel, built from a copy of the checkout: pip wheel leaves build/ in the tree
+    it builds, and the checkout is shared with the tests running beside this one
+    (test_install.py's online install checks that it leaves nothing there)."""
+    src = tmp_path_factory.mktemp("src") / "tepi"
+    shutil.copytree(REPO, src, ignore=NOT_SOURCE)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
         check=True,
         timeout=300,
         env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"),
