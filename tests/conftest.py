@@ -156,7 +156,11 @@ LONGEST_FIRST = (
     "tests/test_bench/test_bench_smoke.py",  # 177 s (before its suite ran in two halves)
     "tests/test_systemd/test_install_bundle_checks.py",  # 189 s
     "tests/test_systemd/test_install_full_bundle.py",  # 86 s
+    "tests/test_gateway/test_brokers.py",  # 80 s: RabbitMQ's boot and restart, nats, Mosquitto
     "tests/test_gateway/test_cameras.py",  # 70 s
+    "tests/hw_sim/test_sim_traffic.py",  # 22-47 s
+    "tests/test_drivers/test_camera_analytics_traffic.py",  # 16-40 s: 300 s scenes analysed
+    "tests/test_gateway/test_vision_e2e.py",  # 25 s
     "tests/test_systemd/test_install_online.py",  # 60 s
     "tests/test_gateway/test_demo.py",  # 59 s
     "tests/test_gateway/test_update.py",  # 52 s
