@@ -108,6 +108,55 @@ class _Live:
     score: float = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class MetricPlan:
+    """The analytics' metric names, fixed by the config: the interval's tuple (shared by
+    every interval's Values) and where each line, direction and class counts in it."""
+
+    counts: tuple[str, ...]
+    count_index: dict[tuple[str, str, str | None], int]
+    interval: tuple[str, ...]
+    interval_units: tuple[str | None, ...]
+    zones: tuple[str, ...]
+
+    @classmethod
+    def of(cls, cfg: AnalyticsConfig) -> MetricPlan:
+        classes: list[str] = [c.name for c in cfg.classes]
+        if cfg.detector is not None:
+            classes = sorted(set(cfg.detector.classes.values()))
+        counts: list[str] = []
+        index: dict[tuple[str, str, str | None], int] = {}
+        for line in cfg.lines:
+            for direction in ("in", "out"):
+                index[(line.name, direction, None)] = len(counts)
+                counts.append(f"count.{line.name}.{direction}")
+                for k in classes:
+                    index[(line.name, direction, k)] = len(counts)
+                    counts.append(f"count.{line.name}.{direction}.{k}")
+        zones = tuple(z.name for z in cfg.zones)
+        queues = [z.name for z in cfg.zones if z.stop_line is not None]
+        interval = (
+            *counts,
+            *(f"occupancy.{z}" for z in zones),
+            *(f"queue_length.{z}" for z in queues),
+            *(f"queue_length_max.{z}" for z in queues),
+            "motion_area",
+            *(f"motion_area.{z}" for z in zones),
+            "frames",
+        )
+        units: list[str | None] = [None] * len(counts)
+        units += ["%"] * len(zones) + ["m"] * (2 * len(queues)) + ["%"] * (1 + len(zones))
+        units.append(None)
+        return cls(tuple(counts), index, interval, tuple(units), zones)
+
+    def all(self) -> list[tuple[str, str | None]]:
+        """Every metric, with its unit: motion's (on a change) and the interval's."""
+        out: list[tuple[str, str | None]] = [("motion", None)]
+        out += [(f"motion.{z}", None) for z in self.zones]
+        out += list(zip(self.interval, self.interval_units, strict=True))
+        return out
+
+
 class AnalysisRunner:
     """The analytics of one camera; see the module docstring.
 
@@ -159,22 +208,9 @@ class AnalysisRunner:
         self._interval: _Interval | None = None
         self._motion: dict[str, bool] = {}
         self._live: dict[int, _Live] = {}
-        self._count_names, self._count_index = self._count_metrics()
-        zones = [z.name for z in cfg.zones]
-        queues = [z.name for z in cfg.zones if z.stop_line is not None]
-        self._interval_metrics: tuple[str, ...] = (
-            *self._count_names,
-            *(f"occupancy.{z}" for z in zones),
-            *(f"queue_length.{z}" for z in queues),
-            *(f"queue_length_max.{z}" for z in queues),
-            "motion_area",
-            *(f"motion_area.{z}" for z in zones),
-            "frames",
-        )
-        units: list[str | None] = [None] * len(self._count_names)
-        units += ["%"] * len(zones) + ["m"] * (2 * len(queues)) + ["%"] * (1 + len(zones))
-        units.append(None)
-        self._interval_units = tuple(units)
+        plan = MetricPlan.of(cfg)
+        self._count_names, self._count_index = plan.counts, plan.count_index
+        self._interval_metrics, self._interval_units = plan.interval, plan.interval_units
         # Counters (health); written by the analysis thread, read by anyone (plain ints).
         self.offered = 0
         self.skipped = 0  # over the rate: not wanted
@@ -195,27 +231,9 @@ class AnalysisRunner:
 
     # ---- metrics ------------------------------------------------------------------------
 
-    def _count_metrics(self) -> tuple[tuple[str, ...], dict[tuple[str, str, str | None], int]]:
-        classes: list[str] = [c.name for c in self.cfg.classes]
-        if self.cfg.detector is not None:
-            classes = sorted(set(self.cfg.detector.classes.values()))
-        names: list[str] = []
-        index: dict[tuple[str, str, str | None], int] = {}
-        for line in self.cfg.lines:
-            for direction in ("in", "out"):
-                index[(line.name, direction, None)] = len(names)
-                names.append(f"count.{line.name}.{direction}")
-                for cls in classes:
-                    index[(line.name, direction, cls)] = len(names)
-                    names.append(f"count.{line.name}.{direction}.{cls}")
-        return tuple(names), index
-
     def metric_names(self) -> list[tuple[str, str | None]]:
         """Every metric the analytics give, with its unit."""
-        out: list[tuple[str, str | None]] = [("motion", None)]
-        out += [(f"motion.{z.name}", None) for z in self.cfg.zones]
-        out += list(zip(self._interval_metrics, self._interval_units, strict=True))
-        return out
+        return MetricPlan.of(self.cfg).all()
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -283,7 +301,7 @@ class AnalysisRunner:
             # Stamped at the last frame analysed: what the interval so far covers.
             mono, wall = self._last_frame or (time.monotonic(), time.time())
             self._end_all(mono, wall)
-            self._flush(mono, wall)
+            self._flush(wall)
         writer, self._writer = self._writer, None
         if writer is not None:
             # Behind what is queued (the writer needs the loop, which runs meanwhile).
@@ -416,7 +434,7 @@ class AnalysisRunner:
         if iv is None:
             iv = self._interval = _Interval(start=mono - mono % every)
         elif mono >= iv.start + every:
-            self._flush(iv.start + every, wall - (mono - (iv.start + every)))
+            self._flush(wall - (mono - (iv.start + every)))
             iv = self._interval = _Interval(start=mono - mono % every)
             self._ready()
         iv.frames += 1
@@ -441,10 +459,10 @@ class AnalysisRunner:
         iv = self._interval
         if iv is not None and mono >= iv.start + self.cfg.count_interval:
             end = iv.start + self.cfg.count_interval
-            self._flush(end, wall - (mono - end))
+            self._flush(wall - (mono - end))
             self._ready()
 
-    def _flush(self, mono_end: float, wall_end: float) -> None:
+    def _flush(self, wall_end: float) -> None:
         """The interval so far as one Values, stamped at its end."""
         iv = self._interval
         if iv is None or iv.frames == 0:

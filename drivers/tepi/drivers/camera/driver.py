@@ -137,12 +137,10 @@ class CameraDriver:
         self.on_ready: Callable[[], None] | None = None
         self._analytics_metrics: list[MetricInfo] = []
         if config.analytics is not None:
-            from tepi.drivers.camera.analysis import AnalysisRunner
+            from tepi.drivers.camera.analysis import MetricPlan
 
-            probe = AnalysisRunner(
-                config.id, config.analytics, config.masks, images=None, mask=self._masked
-            )
-            self._analytics_metrics = [MetricInfo(n, u) for n, u in probe.metric_names()]
+            plan = MetricPlan.of(config.analytics).all()
+            self._analytics_metrics = [MetricInfo(n, u) for n, u in plan]
 
     # ---- lifecycle --------------------------------------------------------------------
 
