@@ -352,6 +352,10 @@ class ImagesHealth(_Model):
     by_class: dict[str, ImageClassHealth] = Field(
         description="Waiting images by class: event, thumbnail, snapshot."
     )
+    in_ram: ImageClassHealth = Field(
+        description="Of them, those kept in RAM within images.commit_interval: written to "
+        "disk only if the broker has not acknowledged them by then."
+    )
     oldest_ts: float | None = Field(description="When the oldest waiting image was taken.")
     dropped: Annotated[
         Counts,
