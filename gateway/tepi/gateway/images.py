@@ -219,13 +219,21 @@ class ImageHub:
 
     async def close(self) -> None:
         """Write every image still in RAM (a clean stop loses none), then close the store."""
-        if self._writer is not None:
+        if self._ram and self.store_ is not None:
             self._closing = True
             self._wake.set()
             writer, self._writer = self._writer, None
+            if writer is None or writer.done():  # none yet, or it failed (logged)
+                writer = asyncio.create_task(self._write_loop(), name="tepi.images.writer")
+            try:
+                await writer
+            finally:
+                self._closing = False
+        elif self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.cancel()  # idle: waiting for an image
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-            self._closing = False
         if self.store_ is not None:
             store, self.store_ = self.store_, None
             await asyncio.to_thread(store.close)
@@ -288,8 +296,9 @@ class ImageHub:
                 path=store.path_for(seq),
             )
             self._ram[seq] = _Held(meta, jpeg, time.monotonic() + self.cfg.commit_interval)
-            if self._writer is None:
+            if self._writer is None or self._writer.done():
                 self._writer = asyncio.create_task(self._write_loop(), name="tepi.images.writer")
+                self._writer.add_done_callback(_writer_ended)
             self._wake.set()
             self.arrived.set()
             return seq, str(meta.path)
@@ -316,7 +325,7 @@ class ImageHub:
 
     async def _write_loop(self) -> None:
         """Write each held image whose window has ended; at close, all of them."""
-        while True:
+        while self.store_ is not None:
             self._wake.clear()
             now = time.monotonic()
             all_now = self._closing or not self.link_up
@@ -465,6 +474,13 @@ class ImageHub:
                 "state": self.budget.state(),
             },
         }
+
+
+def _writer_ended(task: asyncio.Task[None]) -> None:
+    """A writer that failed leaves its images in RAM (the next store or the close starts
+    another): say why, once, rather than lose the exception."""
+    if not task.cancelled() and (err := task.exception()) is not None:
+        log.error("image buffer: writing held images failed: %r", err)
 
 
 def _put_held(store: ImageStore, held: list[_Held]) -> set[int]:
