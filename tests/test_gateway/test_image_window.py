@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -198,6 +199,47 @@ async def test_order_holds_over_ram_and_disk(tmp_path: Path) -> None:
     assert order == [event_disk, event_ram, big_event, thumb_ram, snap_disk, snap_ram]
     assert hub.ram() == (0, 0)
     await hub.close()
+
+
+async def test_an_image_acknowledged_while_it_is_written_is_deleted_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    """The broker's acknowledgement comes while the window's write is under way (held in the
+    store's put by its disk-reserve check): the image is deleted once written, and never
+    offered again."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def reserve() -> int:  # called by the store's put, before it writes the file
+        entered.set()
+        gate.wait(10)
+        return 0
+
+    hub = ImageHub(
+        ImagesSection.model_validate({"commit_interval": "50ms"}),
+        tmp_path / "data",
+        boot_id="boot-w",
+        reserve_bytes=reserve,
+        sync=False,
+    )
+    await hub.open()
+    hub.link(True)
+    seq = await put(hub, "event", 1)
+    assert await asyncio.to_thread(entered.wait, 10)  # the window ended: being written
+    # (the store is locked meanwhile: its put holds the lock across the reserve check)
+    assert await hub.read(seq) == jpeg_like(1500, 1)  # from RAM: it is still there
+    await hub.ack(seq, 1500)
+    assert not gate.is_set()
+    gate.set()
+    assert hub.store_ is not None
+    store = hub.store_
+    await until(lambda: store.stats().acks == 1)
+    assert store.stats().puts == 1
+    assert await hub.next() is None
+    h = hub.health()
+    assert h is not None
+    assert (h["count"], h["sent"]) == (0, 1)
+    await hub.close()
+    assert on_disk(tmp_path / "data") == {}
 
 
 async def test_ram_is_bounded_and_the_rest_goes_to_disk(tmp_path: Path) -> None:
