@@ -344,7 +344,7 @@ class ImagesHealth(_Model):
         description="Images in the image buffer, waiting to be sent."
     )
     bytes: Annotated[int, gauge("tepi_images_bytes")] = Field(
-        description="Bytes of the images kept."
+        description="Bytes of the images kept (in RAM included)."
     )
     max_bytes: Annotated[int, gauge("tepi_images_max_bytes")] = Field(
         description="images.max_bytes: the image buffer's limit."
