@@ -571,3 +571,35 @@ def test_random_operations_agree_with_a_model(ops: list[Op]) -> None:
                 assert total <= max_bytes
         finally:
             store.close()
+
+
+# ---- seqs handed out before the image is stored (the agent's window) ----------------------
+
+
+def test_a_reserved_seq_is_stored_later_in_its_place(tmp_path: Path) -> None:
+    with ImageStore(tmp_path, 10_000_000, boot_id="b1") as store:
+        held = store.reserve_seq()
+        after = put(store, "event", 800, seed=1)
+        assert after.seq == held + 1
+        late = put(store, "event", 700, seed=2, seq=held)  # its window ended unacknowledged
+        assert late.seq == held
+        assert late.path == store.path_for(held)
+        assert store.read(held) == image(700, 2)
+        assert drain_order(store) == [held, after.seq]  # seq order within the class
+        assert store.stats().puts == 2
+        with pytest.raises(ValueError, match="not handed out"):
+            put(store, "event", 100, seq=after.seq + 1)
+        assert store.stats().dropped == dict.fromkeys(DROP_REASONS, 0)
+
+
+def test_reserved_seqs_are_never_handed_out_again(tmp_path: Path) -> None:
+    """Neither after a clean close nor after a crash (the index lost with its last_seq):
+    a seq handed out and never stored is still taken."""
+    with ImageStore(tmp_path, 10_000_000) as store:
+        reserved = [store.reserve_seq() for _ in range(5)]
+    with ImageStore(tmp_path, 10_000_000) as store:
+        assert put(store, "event", 100).seq > max(reserved)
+        reserved += [store.reserve_seq() for _ in range(5)]
+    (tmp_path / "images.db").unlink()  # as a crash that lost the index would leave it
+    with ImageStore(tmp_path, 10_000_000) as store:
+        assert put(store, "event", 100).seq > max(reserved)

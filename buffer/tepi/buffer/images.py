@@ -30,7 +30,10 @@ Sequence numbers. ``seq`` increases with every put and is never reused: the inde
 last one stored (``meta.last_seq``, committed with each row; at a clean close, the last one
 handed out), and a reservation in
 ``DIR/images.seq`` (raised a block at a time, one fsync per block) covers a lost index or a
-crash; after either, numbering resumes above the reservation.
+crash; after either, numbering resumes above the reservation. :meth:`ImageStore.reserve_seq`
+hands out a seq without storing anything (the agent keeps an image in RAM for a while and
+writes it, with that seq, only if the broker has not taken it meanwhile): such a seq is covered
+by the same reservation, so it is not handed out again whether or not its image is written.
 
 Quotas. ``max_bytes`` bounds the sum of the image files' sizes (``st_size``, temporary files
 included while they are written). Not counted: the index (``images.db`` and its WAL, a few
@@ -530,8 +533,12 @@ class ImageStore:
         parent: int | None = None,
         content_type: str = "image/jpeg",
         event: str | None = None,
+        seq: int | None = None,
     ) -> ImageMeta:
         """Store one image durably and return it with its seq.
+
+        ``seq``: a seq handed out earlier by :meth:`reserve_seq` (an image the agent kept in
+        RAM and writes only now); None takes the next one.
 
         When this returns, the image is on disk (with ``sync``) and its row committed. Raises
         :class:`ImageRefused` (too large, only room by evicting a higher class, or the disk
@@ -545,14 +552,14 @@ class ImageStore:
         size = len(jpeg)
         with self._lock:
             try:
-                seq = self._reserve(cls, size)
+                seq = self._reserve(cls, size, seq)
             except (OSError, sqlite3.Error) as err:  # evicting or the seq reservation
                 self._write_failed()
                 raise ImageWriteError(
                     f"image from {camera} not stored: {err}", getattr(err, "errno", None)
                 ) from err
-        name = f"{seq:012d}.{_EXTENSIONS.get(content_type, 'bin')}"
-        final = self.images_dir / name
+        final = self.path_for(seq, content_type)
+        name = final.name
         digest = hashlib.sha256(jpeg).hexdigest()
         try:
             self._write(seq, jpeg, final)
@@ -609,10 +616,33 @@ class ImageStore:
         self._write_errors += 1
         self._dropped["write_error"] += 1
 
-    def _reserve(self, cls: str, size: int) -> int:
+    def reserve_seq(self) -> int:
+        """Hand out the next seq without storing anything: for an image kept in RAM first and
+        given to :meth:`put` (``seq=``) only if it must be written. It is covered by the
+        reservation in ``images.seq`` like any other, so it is never handed out again, even
+        after a crash, whether or not the image is ever written."""
+        with self._lock:
+            self._check_open()
+            return self._take_seq()
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        if seq > self._ceiling.value:
+            self._ceiling.raise_to(seq + SEQ_BLOCK)
+        self._next_seq = seq + 1
+        return seq
+
+    def path_for(self, seq: int, content_type: str = "image/jpeg") -> Path:
+        """Where image ``seq`` is (or would be) stored."""
+        return self.images_dir / f"{seq:012d}.{_EXTENSIONS.get(content_type, 'bin')}"
+
+    def _reserve(self, cls: str, size: int, seq: int | None = None) -> int:
         """Under the lock: expire, check the limits, evict for room, and reserve ``size``
-        bytes and a seq. Nothing is evicted for an image that is then refused."""
+        bytes and a seq (``seq``, if given, was handed out by :meth:`reserve_seq`). Nothing
+        is evicted for an image that is then refused."""
         self._check_open()
+        if seq is not None and not 0 < seq < self._next_seq:
+            raise ValueError(f"seq {seq} was not handed out by reserve_seq()")
         if self.max_age_s is not None:
             self._expire(None, None)
         if size > self.max_bytes:
@@ -642,10 +672,8 @@ class ImageStore:
         if victims:
             self._delete(victims)
             self._dropped["quota"] += len(victims)
-        seq = self._next_seq
-        if seq > self._ceiling.value:
-            self._ceiling.raise_to(seq + SEQ_BLOCK)
-        self._next_seq = seq + 1
+        if seq is None:
+            seq = self._take_seq()
         self._reserved += size
         return seq
 

@@ -355,6 +355,22 @@ class ImagesSection(_Model):
         description="Most image bytes sent in one UTC day, for a metered 4G plan; then "
         "images wait for the next day (kept, within max_bytes). 0: no cap.",
     )
+    commit_interval: Duration = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="Every image is acknowledged by the broker or written to disk within "
+        "this time of being stored; one the broker takes in time is never written (kept in "
+        "RAM meanwhile). A kill -9 or power cut loses at most this much of the images not yet "
+        "acknowledged. 0: every image is written at once.",
+    )
+    ram_bytes: Size = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        le=256 * 1024 * 1024,
+        description="Most bytes of images kept in RAM within commit_interval; an image that "
+        "would exceed it, or one over 64 KiB, is written at once. 0: no images in RAM.",
+    )
 
 
 RUN_DIR = Path("/run/tepi")

@@ -344,13 +344,17 @@ class ImagesHealth(_Model):
         description="Images in the image buffer, waiting to be sent."
     )
     bytes: Annotated[int, gauge("tepi_images_bytes")] = Field(
-        description="Bytes of the images kept."
+        description="Bytes of the images kept (in RAM included)."
     )
     max_bytes: Annotated[int, gauge("tepi_images_max_bytes")] = Field(
         description="images.max_bytes: the image buffer's limit."
     )
     by_class: dict[str, ImageClassHealth] = Field(
         description="Waiting images by class: event, thumbnail, snapshot."
+    )
+    in_ram: ImageClassHealth = Field(
+        description="Of them, those kept in RAM within images.commit_interval: written to "
+        "disk only if the broker has not acknowledged them by then."
     )
     oldest_ts: float | None = Field(description="When the oldest waiting image was taken.")
     dropped: Annotated[

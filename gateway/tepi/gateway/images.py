@@ -8,12 +8,27 @@ metered link (``images.rate`` bytes a second, ``images.daily_bytes`` a UTC day).
 
 The image buffer is opened only when a camera is configured or images are left from an
 earlier run: a box without cameras opens no second database and imports nothing for it.
+
+The window. Like the readings buffer (``buffer.commit_interval``), the hub keeps a new image
+in RAM and writes it to the image buffer only if the broker has not acknowledged it within
+``images.commit_interval``: an image that goes in time never touches the SD card (a durable
+put is a file, two fsyncs, an index row, and its delete another row: ~30 kB of writes for a
+2 kB event image). Its seq is handed out at once from the store's reservation
+(``ImageStore.reserve_seq``), so seqs stay unique and increasing across restarts and crashes
+whether or not the image is ever written. RAM is bounded by ``images.ram_bytes``; an image
+that would exceed it, or one larger than ``RAM_IMAGE_MAX``, is written at once, and so is
+every image while the uplink's image lane is not running (no acknowledgement can come: as the
+readings are during an outage). A clean stop
+writes what is still in RAM; a kill -9 or a power cut loses at most the images of the last
+``commit_interval`` that the broker had not acknowledged. The store's quotas apply when an
+image is written: one refused then is dropped and counted like any refused put.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -31,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUDGET_FILE = "image_budget.json"
+# Larger images are written at once: the window is for the many small ones (event crops,
+# thumbnails); a full-size snapshot would take the room of dozens of them.
+RAM_IMAGE_MAX = 64 * 1024
 
 
 class ImageNotKept(OSError):
@@ -110,6 +128,16 @@ def _utc_day() -> str:
     return time.strftime("%Y-%m-%d", time.gmtime())
 
 
+@dataclass(slots=True)
+class _Held:
+    """An image kept in RAM within its window: written to the store at ``due`` (monotonic)
+    unless the broker has acknowledged it by then."""
+
+    meta: ImageMeta
+    data: bytes
+    due: float
+
+
 @dataclass
 class ImageLaneStats:
     sent: int = 0
@@ -146,6 +174,18 @@ class ImageHub:
             path=data_dir / BUDGET_FILE,
         )
         self._lock = asyncio.Lock()
+        # The window (see the module docstring). _writing: held images being written now
+        # (still in _ram until their put returns); _acked: those the broker acknowledged
+        # meanwhile, hidden from next() and deleted from the store once written.
+        self._ram: dict[int, _Held] = {}
+        self._ram_bytes = 0
+        self._writing: set[int] = set()
+        self._acked: set[int] = set()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._lanes = 0  # the uplink's image lanes running (link())
+        self._writer: asyncio.Task[None] | None = None
+        self.ram_written = 0  # held images written to disk when their window ended
 
     @staticmethod
     def wanted(data_dir: Path, cameras: int) -> bool:
@@ -178,6 +218,22 @@ class ImageHub:
                 )
 
     async def close(self) -> None:
+        """Write every image still in RAM (a clean stop loses none), then close the store."""
+        if self._ram and self.store_ is not None:
+            self._closing = True
+            self._wake.set()
+            writer, self._writer = self._writer, None
+            if writer is None or writer.done():  # none yet, or it failed (logged)
+                writer = asyncio.create_task(self._write_loop(), name="tepi.images.writer")
+            try:
+                await writer
+            finally:
+                self._closing = False
+        elif self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.cancel()  # idle: waiting for an image
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         if self.store_ is not None:
             store, self.store_ = self.store_, None
             await asyncio.to_thread(store.close)
@@ -196,12 +252,56 @@ class ImageHub:
         parent: int | None = None,
         event: str | None = None,
     ) -> tuple[int, str]:
-        """Store one image (ImageSink); its seq and file. ImageNotKept when it is not kept."""
-        from tepi.buffer.images import ImageStoreError
+        """Store one image (ImageSink); its seq and the file it is (or will be) in.
+        ImageNotKept when it is not kept. Within the window it is kept in RAM (see the module
+        docstring) and its file does not exist yet."""
+        from tepi.buffer.images import PRIORITY, ImageMeta, ImageStoreError
 
         if self.store_ is None:
             await self.open()
         assert self.store_ is not None
+        size = len(jpeg)
+        if (
+            self.cfg.commit_interval > 0
+            and size <= RAM_IMAGE_MAX
+            and self._ram_bytes + size <= self.cfg.ram_bytes
+            and self.link_up
+            and not self._closing
+        ):
+            if cls not in PRIORITY:
+                raise ValueError(f"image class must be one of {', '.join(PRIORITY)}, not {cls!r}")
+            store = self.store_
+            self._ram_bytes += size  # before the await: concurrent puts see the room taken
+            try:
+                seq = await asyncio.to_thread(store.reserve_seq)  # an fsync per 1000 seqs
+            except (ImageStoreError, OSError) as err:
+                self._ram_bytes -= size
+                raise ImageNotKept(str(err)) from err
+            meta = ImageMeta(
+                seq=seq,
+                camera=camera,
+                cls=cls,
+                reason=reason,
+                ts=ts,
+                mono=mono,
+                boot=store.boot_id,
+                width=width,
+                height=height,
+                size=size,
+                sha256=hashlib.sha256(jpeg).hexdigest(),
+                content_type="image/jpeg",
+                parent=parent,
+                attempts=0,
+                event=event,
+                path=store.path_for(seq),
+            )
+            self._ram[seq] = _Held(meta, jpeg, time.monotonic() + self.cfg.commit_interval)
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(self._write_loop(), name="tepi.images.writer")
+                self._writer.add_done_callback(_writer_ended)
+            self._wake.set()
+            self.arrived.set()
+            return seq, str(meta.path)
         try:
             meta = await asyncio.to_thread(
                 self.store_.put,
@@ -223,15 +323,96 @@ class ImageHub:
 
     # ---- the uplink's side ------------------------------------------------------------
 
+    async def _write_loop(self) -> None:
+        """Write each held image whose window has ended; at close, all of them."""
+        while self.store_ is not None:
+            self._wake.clear()
+            now = time.monotonic()
+            all_now = self._closing or not self.link_up
+            ready = [
+                h
+                for seq, h in self._ram.items()
+                if seq not in self._writing and (all_now or h.due <= now)
+            ]
+            if ready:
+                await self._write_held(ready)
+                continue
+            if self._closing:
+                return
+            dues = [h.due for seq, h in self._ram.items() if seq not in self._writing]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(dues) - now if dues else None):
+                    await self._wake.wait()
+
+    async def _write_held(self, held: list[_Held]) -> None:
+        store = self.store_
+        if store is None:
+            return
+        seqs = [h.meta.seq for h in held]
+        self._writing.update(seqs)
+        try:
+            written = await asyncio.to_thread(_put_held, store, held)
+        finally:
+            self._writing.difference_update(seqs)
+        for h in held:
+            seq = h.meta.seq
+            if seq in self._acked:  # the broker took it while it was being written
+                self._acked.discard(seq)
+                if seq in written:
+                    await asyncio.to_thread(store.ack, seq)
+                continue
+            if self._ram.pop(seq, None) is not None:
+                self._ram_bytes -= h.meta.size
+        self.ram_written += len(written)
+
+    def link(self, up: bool) -> None:
+        """The uplink's image lane started (True) or ended (False). Without it no image can
+        be acknowledged, so new images are written at once, and those held are written now:
+        during an outage a crash loses no image, as for the readings."""
+        # A count: an uplink replaced by a reload may end its lane after the new one began.
+        self._lanes = max(0, self._lanes + (1 if up else -1))
+        if not self.link_up and self._ram:
+            self._wake.set()
+
+    @property
+    def link_up(self) -> bool:
+        """An image lane runs: an acknowledgement may come."""
+        return self._lanes > 0
+
+    def ram(self) -> tuple[int, int]:
+        """Images held in RAM within their window, and their bytes."""
+        return len(self._ram), self._ram_bytes
+
     async def next(self, exclude: frozenset[int] = frozenset()) -> ImageMeta | None:
+        """The next image to send, from RAM or disk: events, then thumbnails, then snapshots,
+        each lowest seq first (the store's order, over both)."""
+        from tepi.buffer.images import PRIORITY
+
         if self.store_ is None:
             return None
-        return await asyncio.to_thread(self.store_.next, exclude)
+        held = min(
+            (h.meta for seq, h in self._ram.items() if seq not in exclude),
+            key=lambda m: (-PRIORITY[m.cls], m.seq),
+            default=None,
+        )
+        # Held images being written are on disk and in RAM a moment; those acknowledged
+        # meanwhile are on disk until deleted: neither is offered from disk.
+        skip = exclude | self._writing | self._acked
+        stored = await asyncio.to_thread(self.store_.next, skip)
+        if held is None or (
+            stored is not None
+            and (-PRIORITY[stored.cls], stored.seq) < (-PRIORITY[held.cls], held.seq)
+        ):
+            return stored
+        return held
 
     async def read(self, seq: int) -> bytes | None:
         """The image's bytes, or None when it went meanwhile (a quota, its age)."""
         from tepi.buffer.images import ImageGone
 
+        held = self._ram.get(seq)
+        if held is not None:
+            return held.data
         assert self.store_ is not None
         try:
             return await asyncio.to_thread(self.store_.read, seq)
@@ -241,8 +422,14 @@ class ImageHub:
     async def ack(self, seq: int, size: int) -> None:
         """The broker acknowledged all of it: only now does it leave the buffer. (Its bytes
         were spent from the budget as they went.)"""
-        assert self.store_ is not None
-        await asyncio.to_thread(self.store_.ack, seq)
+        held = self._ram.pop(seq, None)
+        if held is not None:  # in time: never written, unless it is being written now
+            self._ram_bytes -= held.meta.size
+            if seq in self._writing:
+                self._acked.add(seq)
+        else:
+            assert self.store_ is not None
+            await asyncio.to_thread(self.store_.ack, seq)
         self.lane.sent += 1
         self.lane.bytes_sent += size
         self.lane.last_sent_ts = round(time.time(), 3)
@@ -252,12 +439,20 @@ class ImageHub:
         if self.store_ is None:
             return None
         st = self.store_.stats()
+        by_class = {c: {"count": u.count, "bytes": u.size} for c, u in st.classes.items()}
+        oldest = st.oldest_ts
+        for h in self._ram.values():
+            usage = by_class.setdefault(h.meta.cls, {"count": 0, "bytes": 0})
+            usage["count"] += 1
+            usage["bytes"] += h.meta.size
+            oldest = h.meta.ts if oldest is None else min(oldest, h.meta.ts)
         return {
-            "count": sum(u.count for u in st.classes.values()),
-            "bytes": st.total_bytes,
+            "count": sum(u["count"] for u in by_class.values()),
+            "bytes": st.total_bytes + self._ram_bytes,
             "max_bytes": st.max_bytes,
-            "by_class": {c: {"count": u.count, "bytes": u.size} for c, u in st.classes.items()},
-            "oldest_ts": st.oldest_ts,
+            "by_class": by_class,
+            "in_ram": {"count": len(self._ram), "bytes": self._ram_bytes},
+            "oldest_ts": oldest,
             "dropped": {k: n for k, n in st.dropped.items() if n},
             "reconciled": {
                 k: n
@@ -279,6 +474,36 @@ class ImageHub:
                 "state": self.budget.state(),
             },
         }
+
+
+def _writer_ended(task: asyncio.Task[None]) -> None:
+    """A writer that failed leaves its images in RAM (the next store or the close starts
+    another): say why, once, rather than lose the exception."""
+    if not task.cancelled() and (err := task.exception()) is not None:
+        log.error("image buffer: writing held images failed: %r", err)
+
+
+def _put_held(store: ImageStore, held: list[_Held]) -> set[int]:
+    """Write held images to the store (in a worker thread); the seqs written. One the store
+    refuses (a quota, the disk's reserve, a full disk) is dropped: the store counts it."""
+    from tepi.buffer.images import ImageStoreError
+
+    written: set[int] = set()
+    for h in held:
+        m = h.meta
+        try:
+            store.put(
+                m.camera, m.cls, h.data, reason=m.reason, ts=m.ts, mono=m.mono, width=m.width,
+                height=m.height, parent=m.parent, content_type=m.content_type, event=m.event,
+                seq=m.seq,
+            )  # fmt: skip
+        except (ImageStoreError, OSError) as err:
+            # Counted by the store (health's images.dropped); a line each would flood the
+            # journal while a quota refuses every image of an outage.
+            log.debug("image %d from %s held in RAM, not kept: %s", m.seq, m.camera, err)
+            continue
+        written.add(m.seq)
+    return written
 
 
 def disk_reserve(buffer_max: int, buffer_path: Path) -> Callable[[], int]:

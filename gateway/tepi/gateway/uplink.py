@@ -1243,20 +1243,24 @@ class Uplink:
         hub = self.images
         assert hub is not None
         lane = hub.lane
-        while True:
-            hub.arrived.clear()
-            meta = await hub.next()
-            if meta is None:
-                lane.waiting_for = None
-                await hub.arrived.wait()
-                continue
-            if not await self._image_may_go(hub, meta.size):
-                continue  # pick again: a higher class may have come meanwhile
-            data = await hub.read(meta.seq)
-            if data is None:
-                continue  # gone meanwhile (a quota, its age): counted by the image buffer
-            await self._publish_image(client, meta, data)
-            await hub.ack(meta.seq, len(data))
+        hub.link(True)  # images may wait in RAM for their acknowledgement (images.py)
+        try:
+            while True:
+                hub.arrived.clear()
+                meta = await hub.next()
+                if meta is None:
+                    lane.waiting_for = None
+                    await hub.arrived.wait()
+                    continue
+                if not await self._image_may_go(hub, meta.size):
+                    continue  # pick again: a higher class may have come meanwhile
+                data = await hub.read(meta.seq)
+                if data is None:
+                    continue  # gone meanwhile (a quota, its age): counted by the image buffer
+                await self._publish_image(client, meta, data)
+                await hub.ack(meta.seq, len(data))
+        finally:
+            hub.link(False)
 
     async def _image_may_go(self, hub: ImageHub, size: int) -> bool:
         """Whether ``size`` bytes of image may go now; if not, wait a little (for the
