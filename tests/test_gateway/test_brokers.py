@@ -288,7 +288,9 @@ async def test_a_session_the_broker_forgot_is_said_at_the_reconnect(
     with caplog.at_level(logging.WARNING, logger="tepi.gateway.uplink"):
         run = asyncio.create_task(agent.run(stop))
         try:
-            async with asyncio.timeout(20):
+            # A bound, not a wait: the agent runs in this process, and under a loaded CI
+            # run its start, a broker's stop and its restart took over 20 s once.
+            async with asyncio.timeout(60):
                 await agent.uplink.wait_for(lambda s: s.connects >= 1)
                 await broker.stop()
                 await broker.start()
