@@ -344,3 +344,41 @@ async def test_a_model_it_cannot_use_fails_the_start_with_what_is_wrong(tmp_path
     with pytest.raises(Exception, match=r"bad\.onnx"):
         await runner.start()
     await runner.stop()  # nothing was started: a no-op
+
+
+async def test_event_zones_keep_the_events_to_objects_that_enter_them(tmp_path: Path) -> None:
+    """With event_zones, only objects that enter the queue zone (eastbound, before the stop
+    line) give events: a westbound vehicle never does. Each event still has its start (held
+    until the entry, with its first thumbnail) and its end; the counts are not affected."""
+    scene = TrafficScene(TrafficSettings(seed=3, duration_s=60.0, signal=True))
+    [zone] = scene.zones
+    sink = Sink(tmp_path)
+    cfg = config(scene, event_zones=[zone.name])
+    runner = AnalysisRunner("cam-1", cfg, [], images=sink, mask=lambda i: i)
+    await runner.start()
+    assert runner.settings is not None
+    try:
+        counted = await feed(runner, scene, 40.0, Analyzer(runner.settings))
+    finally:
+        await runner.stop()
+    stats = runner.stats()
+    sink.db.close()
+    assert stats["events_dropped"] == 0
+    assert int(stats["events_filtered"]) > 0  # the westbound traffic, at least
+    kinds: dict[str, Counter[str]] = {}
+    with ImageStore(tmp_path, 200_000_000, sync=False) as store:
+        seen: list[int] = []
+        while (meta := store.next(seen)) is not None:
+            seen.append(meta.seq)
+            ev = orjson.loads(meta.event or "null")
+            assert zone.name in ev["entered_zones"], ev
+            kinds.setdefault(ev["id"], Counter())[ev["type"]] += 1
+    assert kinds
+    assert all(c["start"] == 1 and c["end"] == 1 for c in kinds.values()), kinds
+    # Counting goes on for every object: the westbound lines counted too.
+    totals = Counter[str]()
+    for v in runner.drain():
+        for m, x in zip(v.metrics, v.values, strict=True):
+            if m.startswith("count.") and m.count(".") == 2:
+                totals[m] += int(x or 0)
+    assert totals["count.all-lanes.in"] == counted["all-lanes.in"] > 0

@@ -153,6 +153,8 @@ def test_analytics_config_and_its_stream_decodes_every_frame() -> None:
         (("name: lane1,", "name: 'lane 1',"), "devices[0].analytics.lines[0].name"),
         (("length_m: 40", "length_m: -4"), "devices[0].analytics.zones[0].length_m"),
         (("    analytics:\n", "    analytics:\n      fps: 0\n"), "devices[0].analytics.fps"),
+        (("      classes:", "      event_zones: [nowhere]\n      classes:"),
+         "event_zones: no zone named nowhere"),
     ],
 )  # fmt: skip
 def test_bad_analytics_configs_are_refused_with_the_key(

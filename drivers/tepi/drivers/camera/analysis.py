@@ -94,6 +94,9 @@ class _Interval:
     frames: int = 0
 
 
+_Held = tuple[tuple[bytes, int, int], tuple[float, float, float, float], tuple[str, ...], float]
+
+
 @dataclass(slots=True)
 class _Live:
     """A tracked object with an event open: where it has been and its best view."""
@@ -106,6 +109,9 @@ class _Live:
     last_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     label: str | None = None
     score: float = 1.0
+    # With event_zones: the start held back until the object enters one of them (its
+    # thumbnail, box, zones and time); None once it has gone, or without event_zones.
+    held: _Held | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +214,7 @@ class AnalysisRunner:
         self._interval: _Interval | None = None
         self._motion: dict[str, bool] = {}
         self._live: dict[int, _Live] = {}
+        self._required = frozenset(cfg.event_zones)
         plan = MetricPlan.of(cfg)
         self._count_names, self._count_index = plan.counts, plan.count_index
         self._interval_metrics, self._interval_units = plan.interval, plan.interval_units
@@ -221,6 +228,7 @@ class AnalysisRunner:
         self._recent: deque[tuple[float, float]] = deque(maxlen=64)  # (mono, cpu s)
         self.events = 0
         self.events_dropped = 0
+        self.events_filtered = 0  # objects that never entered an event zone: no event
         self.event_errors = 0
         self.readings_dropped = 0
         self.relearning = False
@@ -535,6 +543,26 @@ class AnalysisRunner:
                 live.entered.append(z)
         live.label = ev.label
         live.last_box = ev.box
+        required = self._required
+        if required and not required.intersection(live.entered):
+            # Not (yet) in a zone the events are for: its start waits, its updates go, and
+            # an end without an entry means the object gives no event at all.
+            if ev.kind == "start":
+                img = self._crop(frame(), ev.box, self._thumb_w)
+                live.held = (img, ev.box, tuple(ev.zones), wall)
+                live.best, live.best_box = img, ev.box
+            elif ev.kind == "end":
+                self._live.pop(ev.track, None)
+                self.events_filtered += 1
+            return
+        if live.held is not None:  # it has entered one: the start goes first, as it was
+            img, box, zones, at = live.held
+            live.held = None
+            self._queue_event(
+                live, "start", box=box, zones=zones, wall=at, img=img, image_kind="thumbnail"
+            )
+            if ev.kind == "start":
+                return
         if ev.kind == "end":
             self._live.pop(ev.track, None)
             if live.best is not None:  # the box is the one the image was cut around
@@ -558,7 +586,7 @@ class AnalysisRunner:
         """At a stop: the end of every open event (its last box, its best view)."""
         del mono
         for live in list(self._live.values()):
-            if live.best is not None:
+            if live.best is not None and live.held is None:
                 self._queue_event(
                     live, "end", box=live.best_box, zones=(), wall=wall, img=live.best,
                     image_kind="best",
@@ -672,6 +700,7 @@ class AnalysisRunner:
             "tracks": len(self._live),
             "events": self.events,
             "events_queued": self._events.qsize(),
+            "events_filtered": self.events_filtered,
             "events_dropped": self.events_dropped,
             "event_errors": self.event_errors,
             "readings_dropped": self.readings_dropped,

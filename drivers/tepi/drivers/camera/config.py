@@ -299,6 +299,11 @@ class AnalyticsConfig(_Model):
         default=True,
         description="Object events (start, update, end) with images in the image buffer.",
     )
+    event_zones: list[str] = Field(
+        default_factory=list,
+        description="Only objects that enter one of these zones give events (as Frigate's "
+        "required_zones): a busy road's through traffic gives none. Empty: every object.",
+    )
     min_area: float = Field(
         default=0.0004,
         gt=0,
@@ -338,6 +343,9 @@ class AnalyticsConfig(_Model):
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:
                 raise ValueError(f"{what}: {', '.join(twice)} named more than once")
+        unknown = sorted(set(self.event_zones) - {z.name for z in self.zones})
+        if unknown:
+            raise ValueError(f"event_zones: no zone named {', '.join(unknown)} in zones")
         open_ended = [c.name for c in self.classes if c.max_area is None]
         if len(open_ended) > 1:
             raise ValueError(
