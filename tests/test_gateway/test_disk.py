@@ -101,7 +101,13 @@ async def test_a_full_disk_drops_oldest_first_counts_every_drop_and_recovers(
     assert set(dropped) == {"overflow"}, dropped
     assert dropped["overflow"] > 100, "the fault must have forced drops"
     missing = [s for lo, hi in check.seq_gaps() for s in range(lo, hi + 1)]
-    assert len(missing) == dropped["overflow"], "every reading lost is a counted drop"
+    assert len(missing) <= dropped["overflow"], "every reading lost is a counted drop"
+    # The batch in flight when proxy.drop() cut the link may have reached the broker with its
+    # PUBACK lost. Sent again, it is a duplicate (below); but its readings are the oldest
+    # held, so the overflow may drop them before the resend: counted as dropped, yet the IOC
+    # has them. Seen once in CI: 3 readings (one tick of the three devices). At most about a
+    # batch, so the count is exact but for it.
+    assert dropped["overflow"] - len(missing) <= 2 * len(rows), (dropped, len(missing))
     for row in rows:  # oldest first: what was lost is one run, and everything after arrived
         lost = list(row.lost_values)
         assert lost, row
