@@ -26,14 +26,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 
 import cv2
 import numpy as np
+from harness import timed
 
 from tepi.drivers.camera.vision import (
     HealthChecker,
@@ -76,18 +75,6 @@ def scene(width: int, height: int, seed: int = 0) -> Image:
     tint = np.array([0.9, 1.0, 1.1], np.float32)  # a little colour, for the chroma planes
     colour: Image = np.clip(gray[:, :, None] * tint, 0, 255).astype(np.uint8)
     return colour
-
-
-def timed(repeats: int, fn: Callable[[], object]) -> float:
-    """The median wall time of ``fn`` in milliseconds, after a warm-up."""
-    for _ in range(min(5, repeats)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def run(repeats: int) -> dict[str, object]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,15 @@ async def start_simulator(
     devices: dict[str, Any] = data["devices"]
     devices.update(data.get("cameras", {}))  # a camera's: url, snapshot, mjpeg, stream
     return sim, devices
+
+
+def timed(repeats: int, fn: Callable[[], object], warmup: int = 3) -> float:
+    """The median wall time of ``fn`` in milliseconds, after ``warmup`` calls."""
+    for _ in range(min(warmup, repeats)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3

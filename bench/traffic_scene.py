@@ -21,26 +21,12 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import cv2
+from harness import timed
 
 from tepi_sim.traffic import TrafficScene, TrafficSettings
-
-
-def timed(repeats: int, fn: Callable[[], object]) -> float:
-    """The median wall time of ``fn`` in milliseconds, after a warm-up."""
-    for _ in range(min(3, repeats)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def run(repeats: int) -> dict[str, float]:

@@ -235,7 +235,7 @@ class AnalysisRunner:
         self.errors = 0
         self.last_error: str | None = None
         self._last_obs: Observation | None = None
-        self._last_frame: tuple[float, float] | None = None  # (mono, wall) of the last
+        self._last_wall: float | None = None  # when the last frame analysed was received
 
     # ---- metrics ------------------------------------------------------------------------
 
@@ -307,8 +307,8 @@ class AnalysisRunner:
         await asyncio.to_thread(thread.join, 10.0)
         if not thread.is_alive():
             # Stamped at the last frame analysed: what the interval so far covers.
-            mono, wall = self._last_frame or (time.monotonic(), time.time())
-            self._end_all(mono, wall)
+            wall = self._last_wall if self._last_wall is not None else time.time()
+            self._end_all(wall)
             self._flush(wall)
         writer, self._writer = self._writer, None
         if writer is not None:
@@ -383,7 +383,7 @@ class AnalysisRunner:
             self._next_detect = mono + self.cfg.detector.interval
             detections = self._detector.detect(image)
         obs = self._analyzer.process(image, mono, detections)
-        self._last_frame = (mono, wall)
+        self._last_wall = wall
         self.analysed += 1
         self.relearning = obs.relearning
         ready = self._motion_changes(obs, wall)
@@ -582,9 +582,8 @@ class AnalysisRunner:
                 live, ev.kind, box=ev.box, zones=ev.zones, wall=wall, img=img, image_kind=kind
             )
 
-    def _end_all(self, mono: float, wall: float) -> None:
-        """At a stop: the end of every open event (its last box, its best view)."""
-        del mono
+    def _end_all(self, wall: float) -> None:
+        """At a stop: the end of every open event (its best view and its box)."""
         for live in list(self._live.values()):
             if live.best is not None and live.held is None:
                 self._queue_event(
