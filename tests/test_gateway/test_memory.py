@@ -28,6 +28,22 @@ from tepi_sim import Simulator
 pytestmark = pytest.mark.timeout(90)
 
 LAZY = ("aiohttp", "prometheus_client", "zstandard")
+# tepi's own modules a box without rules or cameras does not import
+LAZY_TEPI = (
+    "tepi.gateway.alarms",
+    "tepi.gateway.rules_engine",
+    "tepi.buffer.alarms",
+    "tepi.buffer.images",
+)
+
+
+def imported_modules(log: str) -> set[str]:
+    """Every module in the agent's import log."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in log.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
 
 
 def imported(log: str) -> set[str]:
@@ -81,6 +97,9 @@ async def test_a_typical_agent_loads_no_http_metrics_or_zstd_until_asked(tmp_pat
             before = imported(agent.log_text())
             assert {"pymodbus", "aiomqtt", "pydantic"} <= before  # the import log works
             assert not set(LAZY) & before, set(LAZY) & before
+            modules = imported_modules(agent.log_text())
+            assert "tepi.gateway.poller" in modules  # the module names are read right
+            assert not set(LAZY_TEPI) & modules, set(LAZY_TEPI) & modules
             maps = extension_modules(agent.proc.pid)
             assert "pydantic_core" in maps  # the maps are readable
             assert "/aiohttp/" not in maps

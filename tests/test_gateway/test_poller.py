@@ -18,7 +18,7 @@ from tepi.core.records import MetricInfo, Sample, Values
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
-from tepi.gateway.poller import MAX_REASONS, DeviceStats, poll_device
+from tepi.gateway.poller import MAX_REASONS, Bell, DeviceStats, poll_device
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(30)
@@ -260,3 +260,103 @@ async def test_readings_made_between_polls_go_at_once_without_a_poll(tmp_path: P
     assert driver.finished
     assert batch is not None
     assert pushed(batch.items) == [1, 2, 999]  # a clean stop hands over what was begun
+
+
+class _Hangs(SyntheticDriver):
+    """A synthetic device whose reads hang (a driver bug: no timeout of its own) until
+    ``hang`` is cleared."""
+
+    def __init__(self, cfg: SyntheticConfig) -> None:
+        super().__init__(cfg, SharedResources())
+        self.hang = True
+        self.reads = 0
+        self.released = asyncio.Event()
+
+    async def read(self) -> list[Sample | Values]:
+        self.reads += 1
+        if self.hang:
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                self.released.set()
+                raise
+        return list(await super().read())
+
+
+def _hanging(timeout: float = 0.01) -> SyntheticConfig:
+    return SyntheticConfig.model_validate(
+        {"id": "h", "driver": "synthetic", "metrics": 1, "poll_interval": 0.05, "timeout": timeout}
+    )
+
+
+@pytest.mark.timeout(40)
+async def test_a_read_that_never_returns_is_a_failed_poll_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The guard is 8 timeouts + 5 s: a read hung for longer is a failed poll ("poll timeout"),
+    # and the loop polls on. One timer serves many polls (``_HangGuard``): it must still fire
+    # for a poll that started after it was armed.
+    driver = _Hangs(_hanging())
+    stats = DeviceStats()
+    stats.wake = Bell()
+    stopping = asyncio.Event()
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        task = asyncio.create_task(poll_device(driver.config, driver, buf, stats, stopping=stopping))
+        started = time.monotonic()
+        async with asyncio.timeout(15):
+            await driver.released.wait()
+        hung_for = time.monotonic() - started
+        async with asyncio.timeout(5):
+            while stats.errors.get("poll timeout", 0) < 1:
+                await asyncio.sleep(0.01)
+        driver.hang = False
+        async with asyncio.timeout(5):
+            while stats.state != "ok" or stats.readings < 1:
+                await asyncio.sleep(0.01)
+        assert not task.done()
+        stopping.set()
+        stats.wake.set()
+        async with asyncio.timeout(5):
+            await task
+    assert 5.0 <= hung_for < 8.0, hung_for
+    assert stats.errors["poll timeout"] == 1
+    assert stats.last_error == "poll timeout: no result in 5 s"
+
+
+async def test_a_cancel_from_outside_during_a_read_is_not_taken_for_a_hang(
+    tmp_path: Path,
+) -> None:
+    driver = _Hangs(_hanging())
+    stats = DeviceStats()
+    stats.wake = Bell()
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        task = asyncio.create_task(poll_device(driver.config, driver, buf, stats))
+        async with asyncio.timeout(5):
+            while driver.reads < 1:
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await task
+    assert task.cancelled()
+    assert stats.errors.get("poll timeout", 0) == 0
+
+
+async def test_a_bell_wakes_its_sleeper_at_once_and_otherwise_at_the_time() -> None:
+    bell = Bell()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await bell.sleep(0.05)  # nothing rings: the time
+    assert loop.time() - t0 >= 0.05
+    sleeper = asyncio.create_task(bell.sleep(30))
+    await asyncio.sleep(0)
+    t0 = loop.time()
+    bell.set()
+    async with asyncio.timeout(1):
+        await sleeper
+    assert loop.time() - t0 < 0.5
+    t0 = loop.time()
+    await bell.sleep(30)  # set: returns at once, as Event.wait does
+    assert loop.time() - t0 < 0.5
+    bell.clear()
+    assert not bell._sleepers  # noqa: SLF001 - nothing left behind

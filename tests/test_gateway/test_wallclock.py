@@ -102,3 +102,22 @@ async def test_a_polls_values_get_the_same_rules_as_samples(tmp_path: Path) -> N
     assert {i.reading.ts for i in batch.items} == {1_800_000_100.0}
     assert all(i.reading.gps_time and i.reading.synced for i in batch.items)
     assert stats.latest()["m4"].reason == "timeout"
+
+
+def test_the_polls_of_one_tick_share_a_stamp_and_the_next_tick_asks_again() -> None:
+    asked: list[bool] = []
+    synced = False
+
+    def kernel() -> bool:
+        asked.append(synced)
+        return synced
+
+    clock = WallClock(kernel)
+    assert clock.stamp_for(10.0) == Stamp(False, None)
+    synced = True
+    assert clock.stamp_for(10.0) == Stamp(False, None)  # the same tick: not asked again
+    assert len(asked) == 1
+    assert clock.stamp_for(10.1) == Stamp(True, None)  # the next tick: asked
+    assert len(asked) == 2
+    assert clock.stamp() == Stamp(True, None)  # stamp() always asks
+    assert len(asked) == 3

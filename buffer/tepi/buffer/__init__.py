@@ -18,27 +18,65 @@ per image and a small index, beside the readings' file. Importing it is cheap; s
 is imported when a store is opened.
 """
 
-from tepi.buffer.alarms import (
-    AlarmState,
-    AlarmStats,
-    AlarmStore,
-    AlarmStoreError,
-    AlarmWriteError,
-)
-from tepi.buffer.alarms import Message as AlarmMessage
+from typing import TYPE_CHECKING, Any
+
 from tepi.buffer.commands import CommandLog, CommandLogError
-from tepi.buffer.images import (
-    ImageGone,
-    ImageMeta,
-    ImageRefused,
-    ImageStats,
-    ImageStore,
-    ImageStoreError,
-    ImageWriteError,
-)
 from tepi.buffer.records import Batch, BufferStats
 from tepi.buffer.store import Buffer, BufferSettings
 from tepi.core.records import Reading
+
+if TYPE_CHECKING:
+    from tepi.buffer.alarms import (
+        AlarmState,
+        AlarmStats,
+        AlarmStore,
+        AlarmStoreError,
+        AlarmWriteError,
+    )
+    from tepi.buffer.alarms import Message as AlarmMessage
+    from tepi.buffer.images import (
+        ImageGone,
+        ImageMeta,
+        ImageRefused,
+        ImageStats,
+        ImageStore,
+        ImageStoreError,
+        ImageWriteError,
+    )
+
+# The alarm and image stores are imported when first named (PEP 562): a box without rules
+# or cameras does not hold their code (docs/performance.md#memory).
+_LAZY = {
+    "AlarmMessage": ("tepi.buffer.alarms", "Message"),
+    **{
+        n: ("tepi.buffer.alarms", n)
+        for n in ("AlarmState", "AlarmStats", "AlarmStore", "AlarmStoreError", "AlarmWriteError")
+    },
+    **{
+        n: ("tepi.buffer.images", n)
+        for n in (
+            "ImageGone",
+            "ImageMeta",
+            "ImageRefused",
+            "ImageStats",
+            "ImageStore",
+            "ImageStoreError",
+            "ImageWriteError",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'tepi.buffer' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(where[0]), where[1])
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AlarmMessage",

@@ -95,6 +95,7 @@ from tepi.buffer.db import (
     quarantine,
     sqlite_utils_lean,
 )
+from tepi.buffer.records import ALARM_DROP_REASONS
 from tepi.core.clock import boottime
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ log = logging.getLogger(__name__)
 
 FIRING, RESOLVED, ACKNOWLEDGED, ACTION = "firing", "resolved", "acknowledged", "action"
 TRANSITIONS = (FIRING, RESOLVED, ACKNOWLEDGED, ACTION)
-DROP_REASONS = ("resolved_state", "resolved_message", "firing_followup")
+DROP_REASONS = ALARM_DROP_REASONS
 SEQ_BLOCK = 1000  # seqs reserved in alarms.seq per fsync
 # messages.keep: which messages the bound may drop, in this order (an index makes it cheap).
 KEEP_OVER = 0  # of an alarm that is over (resolved, or an earlier episode): dropped first

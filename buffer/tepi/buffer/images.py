@@ -94,6 +94,7 @@ from tepi.buffer.db import (
     quarantine,
     sqlite_utils_lean,
 )
+from tepi.buffer.records import IMAGE_DROP_REASONS
 from tepi.core.clock import boottime
 
 if TYPE_CHECKING:
@@ -105,15 +106,7 @@ EVENT, THUMBNAIL, SNAPSHOT = "event", "thumbnail", "snapshot"
 CLASSES = (EVENT, THUMBNAIL, SNAPSHOT)  # delivery order: highest priority first
 EVICTION_ORDER = (SNAPSHOT, THUMBNAIL, EVENT)  # the reverse: lowest priority goes first
 PRIORITY = {SNAPSHOT: 0, THUMBNAIL: 1, EVENT: 2}
-DROP_REASONS = (
-    "quota",
-    "age",
-    "too_large",
-    "refused_priority",
-    "disk_reserve",
-    "write_error",
-    "damaged",
-)
+DROP_REASONS = IMAGE_DROP_REASONS
 SEQ_BLOCK = 1000  # seqs reserved in images.seq per fsync
 TMP_PREFIX = ".tmp-"
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}

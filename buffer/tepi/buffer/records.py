@@ -10,6 +10,19 @@ from dataclasses import dataclass, field
 
 from tepi.core.records import Reading, Value
 
+# Why the alarm and image stores drop what they drop (health counts them by these). Here, not
+# in those modules, so that health names them without importing the stores.
+ALARM_DROP_REASONS = ("resolved_state", "resolved_message", "firing_followup")
+IMAGE_DROP_REASONS = (
+    "quota",
+    "age",
+    "too_large",
+    "refused_priority",
+    "disk_reserve",
+    "write_error",
+    "damaged",
+)
+
 
 @dataclass(slots=True)
 class Run:

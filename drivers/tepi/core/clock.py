@@ -58,6 +58,9 @@ class Stamp:
     gps_fix: float | None  # not synced, but ts = mono + gps_fix (a fresh GPS time)
 
 
+_SYNCED = Stamp(True, None)
+
+
 class WallClock:
     """See the module docstring. One per agent, shared by the pollers and GPS devices."""
 
@@ -72,6 +75,7 @@ class WallClock:
         self._fixes: deque[float] = deque(maxlen=WINDOW)
         self._last_mono: float | None = None
         self.source_device: str | None = None
+        self._tick: tuple[float, Stamp] | None = None  # stamp_for's last tick and its stamp
 
     def gps_update(self, utc: float, mono: float, device: str) -> None:
         """A valid GPS time ``utc`` read at boot time ``mono``, from ``device``."""
@@ -91,8 +95,19 @@ class WallClock:
     def stamp(self) -> Stamp:
         """Asked before each poll: how its readings are to be dated."""
         if self._synced():
-            return Stamp(True, None)
+            return _SYNCED
         return Stamp(False, self.gps_fix())
+
+    def stamp_for(self, tick: float) -> Stamp:
+        """``stamp()``, asked once for the polls of one tick of the poll grid (the devices
+        with one interval poll at the same instants): asking the kernel is a system call
+        through ctypes, once a tick rather than once a device."""
+        last = self._tick
+        if last is not None and last[0] == tick:
+            return last[1]
+        stamp = self.stamp()
+        self._tick = (tick, stamp)
+        return stamp
 
     def health(self) -> dict[str, object]:
         """The ``clock`` part of the health message."""

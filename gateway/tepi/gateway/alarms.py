@@ -50,7 +50,7 @@ from tepi.core.clock import boottime
 from tepi.core.errors import DeviceError, WriteRefused
 from tepi.core.records import Value
 from tepi.core.retry import RULE_ACTION, Outage
-from tepi.gateway.rules import ActionConfig, RuleConfig
+from tepi.gateway.rules import ActionConfig, RuleConfig, alarms_wanted
 from tepi.gateway.rules_engine import RuleEngine, Transition
 
 __all__ = ["ActionTargets", "AlarmHub", "HubStats"]
@@ -240,7 +240,7 @@ class AlarmHub:
     @staticmethod
     def wanted(directory: Path, rules: list[RuleConfig]) -> bool:
         """Whether the agent needs a hub: rules, or alarms left from an earlier config."""
-        return bool(rules) or (directory / "alarms.db").exists()
+        return alarms_wanted(directory, rules)
 
     def _make_runners(self, rules: list[RuleConfig]) -> dict[str, list[_Runner]]:
         return {r.id: [_Runner(self, r, str(i), a) for i, a in enumerate(r.actions)] for r in rules}

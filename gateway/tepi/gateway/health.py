@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tepi.buffer import BufferStats
-from tepi.buffer.alarms import DROP_REASONS as ALARM_DROP_REASONS
-from tepi.buffer.images import DROP_REASONS as IMAGE_DROP_REASONS  # one list, the store's
+from tepi.buffer.records import ALARM_DROP_REASONS, IMAGE_DROP_REASONS  # the stores' lists
 from tepi.gateway.commands import REASONS as COMMAND_REASONS
 from tepi.gateway.poller import DeviceStats
 

@@ -92,7 +92,7 @@ class DeviceStats:
     # a poll asked for now (``poll_now``), and the stop, which the agent sets after its
     # ``stopping`` (one event a sleep: waiting on two would cost two tasks a sleep). None:
     # the loop sleeps on ``stopping`` alone, and nothing else wakes it.
-    wake: asyncio.Event | None = None
+    wake: asyncio.Event | None = None  # a Bell: its timed wait is the cheap one
     # Polls asked for now (the IOC's ``read``, a device's restart): each future is given
     # None once a poll that started after the ask is done, or the poll's error.
     asks: list[asyncio.Future[str | None]] = field(default_factory=list)
@@ -279,12 +279,114 @@ def put_values(
         )
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Bell(asyncio.Event):
+    """An ``asyncio.Event`` with a timed wait that costs a timer and a future.
+
+    ``asyncio.timeout`` around ``Event.wait`` makes a Timeout, reschedules its timer and,
+    when the time is up (every tick of a poll loop), cancels the waiting task and turns the
+    cancellation back into a TimeoutError: about three times the CPU of a future that a
+    timer resolves, once a poll of every device. ``sleep`` returns when the time is up or
+    the bell is set, whichever comes first, without a cancellation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sleepers: set[asyncio.Future[None]] = set()
+
+    def set(self) -> None:
+        super().set()
+        if self._sleepers:
+            for fut in self._sleepers:
+                _resolve(fut)
+
+    async def sleep(self, seconds: float) -> None:
+        """Until ``seconds`` have passed or the bell is set (at once if it is)."""
+        if self.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, fut)
+        self._sleepers.add(fut)
+        try:
+            await fut
+        finally:
+            self._sleepers.discard(fut)
+            timer.cancel()
+
+
+class _HangGuard:
+    """The poll loop's guard against a driver that never returns, with one timer for many
+    polls rather than one a poll (``asyncio.timeout`` arms and cancels a timer each time).
+
+    ``start`` marks a poll as in flight with its deadline; the timer, armed only when none
+    is, fires at the deadline it was armed for: if a poll is still in flight and past its
+    own deadline, the poll loop's task is cancelled (``hung``); if a later poll is in flight,
+    it is armed again for that one's deadline. ``done`` cancels it when the next poll is
+    due after it would fire, so a device polled less often than the guard gets no wake-up
+    for nothing."""
+
+    __slots__ = ("deadline", "hung", "loop", "seconds", "task", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self.loop = loop
+        self.task = asyncio.current_task()
+        self.seconds = seconds
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.hung = False
+
+    def start(self, now: float) -> None:
+        self.deadline = now + self.seconds
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._fire)
+
+    def done(self, next_at: float) -> None:
+        self.deadline = None
+        timer = self.timer
+        if timer is not None and next_at >= timer.when():
+            timer.cancel()
+            self.timer = None
+
+    def close(self) -> None:
+        self.deadline = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _fire(self) -> None:
+        self.timer = None
+        deadline = self.deadline
+        if deadline is None or self.task is None:
+            return
+        if self.loop.time() >= deadline:
+            self.hung = True
+            self.task.cancel()
+        else:
+            self.timer = self.loop.call_at(deadline, self._fire)
+
+    def caught(self) -> bool:
+        """In ``except CancelledError`` around the read: True if the guard cancelled it
+        (and nothing else did): the poll timed out. False: re-raise."""
+        if not self.hung:
+            return False
+        self.hung = False
+        assert self.task is not None
+        return self.task.uncancel() == 0
+
+
 async def _pause(
     stopping: asyncio.Event | None, seconds: float, poke: asyncio.Event | None = None
 ) -> None:
     """Sleep, but wake at once when the agent is stopping (or ``poke`` is set)."""
     if stopping is None and poke is None:
         await asyncio.sleep(seconds)
+        return
+    if stopping is None and isinstance(poke, Bell):
+        await poke.sleep(seconds)
         return
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
@@ -520,132 +622,155 @@ async def _poll_loop(
     # name): quarantine saves bus time for the devices that share a port, and would only delay
     # the read after a replug.
     next_t = loop.time()
+    hang = _HangGuard(loop, guard)
     late_logged = False
-    while True:
-        delay = next_t - loop.time()
-        wake = stats.wake
-        if delay > 0:
-            if wake is None:
-                await _pause(stopping, delay)
-            else:
-                await _pause(None, delay, wake)
-        if stopping is not None and stopping.is_set():
-            if driver.pushes:  # a clean stop: what the driver began goes to the buffer
-                await driver.finish()
-                _drained(cfg, driver, buffer, stats, clock)
-            return
-        if wake is not None and wake.is_set():
-            wake.clear()
-            if stats.drain_due and not stats.asks and not stats.rescheduled:
-                # Readings made between polls, handed over now; the grid stays as it was.
-                stats.drain_due = False
-                _drained(cfg, driver, buffer, stats, clock)
-                continue
-            # A new interval, or a poll asked for: poll now, then the grid.
-            stats.rescheduled = False
-            next_t = loop.time()
-        asks: list[asyncio.Future[str | None]] = []
-        if stats.asks:  # answered after this poll (those asked during it wait for the next)
-            asks, stats.asks = stats.asks, []
-        interval = stats.interval or cfg.poll_interval
-        started = loop.time()
-        stats.polls += 1
-        # Asked before the read: a reading taken as the clock syncs is flagged unsynced, and
-        # its timestamp is then recomputed from ``mono``, which is right either way.
-        stamp = clock.stamp()
-        try:
-            async with asyncio.timeout(guard):
-                samples = await driver.read()
-        except DeviceError as err:
-            _failed(cfg, driver, buffer, stats, err, stamp=stamp)
-        except TimeoutError:
-            _failed(
-                cfg,
-                driver,
-                buffer,
-                stats,
-                DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
-                stamp=stamp,
-            )
-        else:
-            if stats.state in ("failing", "quarantined"):
-                log.info(
-                    "device %s recovered after %d failed polls", cfg.id, stats.consecutive_failures
-                )
-                stats.heartbeat.sent.clear()  # the failure's own bad readings went between
-            stats.set_state("ok")
-            stats.consecutive_failures = 0
-            stats.last_ok_ts = time.time()
-            heartbeat = stats.heartbeat
-            for s in samples:
-                if isinstance(s, Values):
-                    put_values(
-                        cfg.id, s, stamp, buffer, stats, now=started, every=cfg.bad_heartbeat
-                    )
-                    continue
-                run = Run.of(reading(cfg.id, s, stamp))  # one object: kept, and buffered
-                stats.last[s.metric] = run
-                stats.readings += 1
-                if s.reason is None or s.uncertain:
-                    if heartbeat.sent:  # a metric good again: its next bad reading goes at once
-                        heartbeat.sent.pop(s.metric, None)
-                    buffer.put_many(run)
-                    continue
-                stats.bad_readings += 1
-                if heartbeat.send(s.metric, s.reason, started, cfg.bad_heartbeat):
-                    buffer.put_many(run)
+    try:
+        while True:
+            delay = next_t - loop.time()
+            wake = stats.wake
+            if delay > 0:
+                hang.done(next_t)
+                if wake is None:
+                    await _pause(stopping, delay)
                 else:
-                    stats.bad_suppressed += 1
-        stats.last_poll_s = loop.time() - started
-        if asks:
-            stats.answer(asks, stats.last_error if stats.consecutive_failures else None)
-        if stats.consecutive_failures >= cfg.quarantine_after and quarantine:
-            # Quarantined: probe with backoff instead of every tick. Not a retry policy
-            # (tepi.core.retry): each probe is a poll like any other, counted, sent and kept on
-            # the device's grid, and its backoff is in bus time (timeouts), so it stays here.
-            # A probe of a dead device costs one timeout of bus time: probing no more often
-            # than every 10 timeouts keeps its share of the bus under a tenth.
-            first = max(interval, 10 * cfg.timeout)
-            wait = min(
-                cfg.quarantine_max,
-                first * 2 ** (stats.consecutive_failures - cfg.quarantine_after),
-            )
-            if stats.state != "quarantined":
-                log.warning(
-                    "device %s: %d failed polls in a row; quarantined, probing every %.0f s "
-                    "at most (backing off to %.0f s)",
-                    cfg.id,
-                    stats.consecutive_failures,
-                    wait,
+                    await _pause(None, delay, wake)
+            if stopping is not None and stopping.is_set():
+                if driver.pushes:  # a clean stop: what the driver began goes to the buffer
+                    await driver.finish()
+                    _drained(cfg, driver, buffer, stats, clock)
+                return
+            if wake is not None and wake.is_set():
+                wake.clear()
+                if stats.drain_due and not stats.asks and not stats.rescheduled:
+                    # Readings made between polls, handed over now; the grid stays as it was.
+                    stats.drain_due = False
+                    _drained(cfg, driver, buffer, stats, clock)
+                    continue
+                # A new interval, or a poll asked for: poll now, then the grid.
+                stats.rescheduled = False
+                next_t = loop.time()
+            asks: list[asyncio.Future[str | None]] = []
+            if stats.asks:  # answered after this poll (those asked during it wait for the next)
+                asks, stats.asks = stats.asks, []
+            interval = stats.interval or cfg.poll_interval
+            started = loop.time()
+            stats.polls += 1
+            # Asked before the read: a reading taken as the clock syncs is flagged unsynced, and
+            # its timestamp is then recomputed from ``mono``, which is right either way. Once a
+            # tick: the devices on this grid share it.
+            stamp = clock.stamp_for(next_t)
+            hang.start(started)
+            try:
+                try:
+                    samples = await driver.read()
+                finally:
+                    hang.deadline = None
+            except asyncio.CancelledError:
+                if not hang.caught():
+                    raise
+                _failed(
+                    cfg,
+                    driver,
+                    buffer,
+                    stats,
+                    DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
+                    stamp=stamp,
+                )
+            except DeviceError as err:
+                _failed(cfg, driver, buffer, stats, err, stamp=stamp)
+            except TimeoutError:
+                _failed(
+                    cfg,
+                    driver,
+                    buffer,
+                    stats,
+                    DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
+                    stamp=stamp,
+                )
+            else:
+                if stats.state in ("failing", "quarantined"):
+                    log.info(
+                        "device %s recovered after %d failed polls",
+                        cfg.id,
+                        stats.consecutive_failures,
+                    )
+                    stats.heartbeat.sent.clear()  # the failure's own bad readings went between
+                stats.set_state("ok")
+                stats.consecutive_failures = 0
+                stats.last_ok_ts = time.time()
+                heartbeat = stats.heartbeat
+                for s in samples:
+                    if isinstance(s, Values):
+                        put_values(
+                            cfg.id, s, stamp, buffer, stats, now=started, every=cfg.bad_heartbeat
+                        )
+                        continue
+                    run = Run.of(reading(cfg.id, s, stamp))  # one object: kept, and buffered
+                    stats.last[s.metric] = run
+                    stats.readings += 1
+                    if s.reason is None or s.uncertain:
+                        if heartbeat.sent:  # a metric good again: its next bad reading goes at once
+                            heartbeat.sent.pop(s.metric, None)
+                        buffer.put_many(run)
+                        continue
+                    stats.bad_readings += 1
+                    if heartbeat.send(s.metric, s.reason, started, cfg.bad_heartbeat):
+                        buffer.put_many(run)
+                    else:
+                        stats.bad_suppressed += 1
+            stats.last_poll_s = loop.time() - started
+            if asks:
+                stats.answer(asks, stats.last_error if stats.consecutive_failures else None)
+            if stats.consecutive_failures >= cfg.quarantine_after and quarantine:
+                # Quarantined: probe with backoff instead of every tick. Not a retry policy
+                # (tepi.core.retry): each probe is a poll like any other, counted, sent and kept on
+                # the device's grid, and its backoff is in bus time (timeouts), so it stays here.
+                # A probe of a dead device costs one timeout of bus time: probing no more often
+                # than every 10 timeouts keeps its share of the bus under a tenth.
+                first = max(interval, 10 * cfg.timeout)
+                wait = min(
                     cfg.quarantine_max,
+                    first * 2 ** (stats.consecutive_failures - cfg.quarantine_after),
                 )
-                stats.set_state("quarantined")
-            stats.next_probe_s = round(wait, 3)
-            next_t = loop.time() + wait
-            continue
-        stats.next_probe_s = None
-        # The next tick is the next multiple of the interval on the loop's clock: every
-        # device with the same interval polls at the same instants, so a tick wakes the loop
-        # once for all of them, not once a device (each wake-up costs CPU, on a Pi and more
-        # so in a VM). The first poll was at once; after a probe or a late poll the device
-        # falls back onto the grid. (The epsilon keeps a tick from being found again.)
-        next_t = (math.floor(next_t / interval + 1e-9) + 1) * interval
-        now = loop.time()
-        if next_t <= now:
-            missed = int((now - next_t) // interval) + 1
-            stats.missed_polls += missed
-            next_t += missed * interval
-            if not late_logged:
-                late_logged = True
-                log.warning(
-                    "device %s cannot keep its %.3g s poll interval: a poll took %.2f s (its "
-                    "port is busy, or it has too many reads); %d ticks skipped, counted as "
-                    "missed_polls",
-                    cfg.id,
-                    interval,
-                    stats.last_poll_s,
-                    missed,
-                )
+                if stats.state != "quarantined":
+                    log.warning(
+                        "device %s: %d failed polls in a row; quarantined, probing every %.0f s "
+                        "at most (backing off to %.0f s)",
+                        cfg.id,
+                        stats.consecutive_failures,
+                        wait,
+                        cfg.quarantine_max,
+                    )
+                    stats.set_state("quarantined")
+                stats.next_probe_s = round(wait, 3)
+                next_t = loop.time() + wait
+                continue
+            stats.next_probe_s = None
+            # The next tick is the next multiple of the interval on the loop's clock: every
+            # device with the same interval polls at the same instants, so a tick wakes the loop
+            # once for all of them, not once a device (each wake-up costs CPU, on a Pi and more
+            # so in a VM). The first poll was at once; after a probe or a late poll the device
+            # falls back onto the grid. (The epsilon keeps a tick from being found again.)
+            next_t = (math.floor(next_t / interval + 1e-9) + 1) * interval
+            now = loop.time()
+            if next_t <= now:
+                missed = int((now - next_t) // interval) + 1
+                stats.missed_polls += missed
+                next_t += missed * interval
+                if not late_logged:
+                    late_logged = True
+                    log.warning(
+                        "device %s cannot keep its %.3g s poll interval: a poll took %.2f s (its "
+                        "port is busy, or it has too many reads); %d ticks skipped, counted as "
+                        "missed_polls",
+                        cfg.id,
+                        interval,
+                        stats.last_poll_s,
+                        missed,
+                    )
+
+    finally:
+        hang.close()
 
 
 def _failed(

@@ -15,6 +15,8 @@ key it is about, so that the report points at that key's line and not only at th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -440,3 +442,10 @@ class RuleConfig(Condition):
             if len(text) > 256:
                 raise ValueError(f"label {key}: at most 256 characters")
         return v
+
+
+def alarms_wanted(directory: Path, rules: Sequence[object]) -> bool:
+    """Whether the agent needs an alarm hub: rules, or alarms left from an earlier config.
+    Without one, the rules engine and the alarm store are not imported (about 1 MB of RSS,
+    docs/performance.md#memory)."""
+    return bool(rules) or (directory / "alarms.db").exists()

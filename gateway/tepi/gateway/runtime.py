@@ -30,7 +30,6 @@ from tepi.core.errors import ConfigError, DeviceUnavailable, WriteRefused
 from tepi.core.records import Value
 from tepi.drivers.base import Driver, SharedResources
 from tepi.drivers.registry import DeviceConfig, make_driver
-from tepi.gateway.alarms import AlarmHub
 from tepi.gateway.commands import result_payload
 from tepi.gateway.config import Config
 from tepi.gateway.configload import load_config
@@ -48,8 +47,9 @@ from tepi.gateway.images import ImageHub, disk_reserve
 from tepi.gateway.logring import LogRing
 from tepi.gateway.notify import Notifier
 from tepi.gateway.operations import Operations
-from tepi.gateway.poller import DeviceStats, poll_device
+from tepi.gateway.poller import Bell, DeviceStats, poll_device
 from tepi.gateway.remote import Call, CommandFailed, CommandHub, current
+from tepi.gateway.rules import alarms_wanted
 from tepi.gateway.statusapi import AlarmAccess, CameraAccess, StatusServer
 from tepi.gateway.sysinfo import boot_id as read_boot_id
 from tepi.gateway.sysinfo import cpu_seconds, free_disk_bytes, rss_bytes
@@ -59,12 +59,15 @@ from tepi.gateway.uplink import Uplink, UplinkSetupError
 
 if TYPE_CHECKING:
     from tepi.drivers.camera.driver import Stored
+    from tepi.gateway.alarms import AlarmHub
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("tepi.audit")
 
 
 STOP_DEADLINE_S = 8.0
+
+
 STATUS_EVERY_S = 10.0  # how often the STATUS= line for systemctl is refreshed
 DRAIN_S = 2.0  # at a stop, how long the polls in flight may take to finish
 
@@ -130,7 +133,7 @@ class Agent:
         self.devices = {d.id: DeviceStats(on_state=self._status_changed.set) for d in cfg.devices}
         # The rules and their alarms, only with rules (or alarms left from an earlier run).
         self.alarms: AlarmHub | None = None
-        if AlarmHub.wanted(cfg.gateway.data_dir, cfg.rules):
+        if alarms_wanted(cfg.gateway.data_dir, cfg.rules):
             self.alarms = self._alarm_hub(cfg)
         self.update = UpdateTrial(cfg.gateway.data_dir)  # an update's trial (docs/update.md)
         # Commands from the IOC (docs/payload.md#commands), unless the config turns them off.
@@ -200,6 +203,8 @@ class Agent:
         )
 
     def _alarm_hub(self, cfg: Config) -> AlarmHub:
+        from tepi.gateway.alarms import AlarmHub  # with the first rule (docs/performance.md)
+
         hub = AlarmHub(
             cfg.rules,
             cfg.gateway.data_dir,
@@ -471,7 +476,7 @@ class Agent:
                 hub.on_state(dev.id, stats.state)
 
         stats.on_state = state_changed
-        stats.wake = asyncio.Event()  # a new interval, a poll asked for now, the stop
+        stats.wake = Bell()  # a new interval, a poll asked for now, the stop
         rates = self._poll_rates.get(dev.id)
         if rates:
             stats.interval = min(rates.values())
@@ -581,6 +586,8 @@ class Agent:
         # reconnects with its alarm lane.
         new_alarms: AlarmHub | None = None
         if self.alarms is None and applied.rules:
+            from tepi.gateway.alarms import AlarmHub
+
             new_alarms = AlarmHub(
                 applied.rules,
                 applied.gateway.data_dir,
