@@ -663,19 +663,12 @@ async def _poll_loop(
             try:
                 try:
                     samples = await driver.read()
+                except asyncio.CancelledError:
+                    if not hang.caught():
+                        raise
+                    raise TimeoutError from None  # the guard's: a hung read
                 finally:
                     hang.deadline = None
-            except asyncio.CancelledError:
-                if not hang.caught():
-                    raise
-                _failed(
-                    cfg,
-                    driver,
-                    buffer,
-                    stats,
-                    DeviceUnavailable("poll timeout", f"no result in {guard:.0f} s"),
-                    stamp=stamp,
-                )
             except DeviceError as err:
                 _failed(cfg, driver, buffer, stats, err, stamp=stamp)
             except TimeoutError:
