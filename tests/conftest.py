@@ -22,6 +22,12 @@ from collections.abc import Generator, Iterator
 
 import pytest
 from helpers import AGENT_LOGS, TEST_SECRETS, find_secrets
+from hypothesis import HealthCheck, settings
+
+# Hypothesis's timing checks off for every test: what the properties check is behaviour, and
+# on a loaded 2-core CI machine one draw of a trivial strategy once took 1.9 s (too_slow).
+settings.register_profile("tepi", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tepi")
 
 
 @pytest.fixture(autouse=True, scope="session")

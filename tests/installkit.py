@@ -264,6 +264,20 @@ def mode(path: Path) -> int:
 
 def unpacked(bundle: Path, into: Path) -> Path:
     with tarfile.open(bundle) as tar:
-        tar.extractall(into, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+            tar.extractall(into, filter="data")
+        else:  # Debian 12's 3.11.2 has no extraction filters: the same checks, by hand
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                link = Path(member.linkname).parts if member.issym() else ()
+                if (
+                    member.name.startswith("/")
+                    or ".." in parts
+                    or ".." in link
+                    or member.linkname.startswith("/")
+                    or not (member.isfile() or member.isdir() or member.issym())
+                ):
+                    raise ValueError(f"{bundle}: {member.name!r} would leave {into}")
+            tar.extractall(into)  # every member checked above
     (found,) = into.glob("tepi-bundle-*")
     return found

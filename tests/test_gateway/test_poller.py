@@ -272,7 +272,7 @@ class _Hangs(SyntheticDriver):
         self.reads = 0
         self.released = asyncio.Event()
 
-    async def read(self) -> list[Sample | Values]:
+    async def read(self) -> list[Values]:
         self.reads += 1
         if self.hang:
             try:
@@ -301,7 +301,9 @@ async def test_a_read_that_never_returns_is_a_failed_poll_and_the_loop_goes_on(
     stats.wake = Bell()
     stopping = asyncio.Event()
     async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
-        task = asyncio.create_task(poll_device(driver.config, driver, buf, stats, stopping=stopping))
+        task = asyncio.create_task(
+            poll_device(driver.config, driver, buf, stats, stopping=stopping)
+        )
         started = time.monotonic()
         async with asyncio.timeout(15):
             await driver.released.wait()
@@ -359,4 +361,46 @@ async def test_a_bell_wakes_its_sleeper_at_once_and_otherwise_at_the_time() -> N
     await bell.sleep(30)  # set: returns at once, as Event.wait does
     assert loop.time() - t0 < 0.5
     bell.clear()
-    assert not bell._sleepers  # noqa: SLF001 - nothing left behind
+    assert not bell._sleepers  # nothing left behind
+
+
+class _SwallowsCancel(SyntheticDriver):
+    """A driver whose read returns its values when cancelled, as Python 3.11's
+    ``asyncio.wait_for`` does when the answer comes in the same turn as the cancel."""
+
+    def __init__(self, cfg: SyntheticConfig) -> None:
+        super().__init__(cfg, SharedResources())
+        self.reading = asyncio.Event()
+        self.swallowed = 0
+
+    async def read(self) -> list[Values]:
+        values = list(await super().read())
+        self.reading.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.swallowed += 1  # and no uncancel(): the task is still being cancelled
+        return values
+
+
+async def test_a_cancel_the_driver_swallowed_still_ends_the_poll_loop(tmp_path: Path) -> None:
+    cfg = SyntheticConfig.model_validate(
+        {"id": "s", "driver": "synthetic", "metrics": 1, "poll_interval": 0.05}
+    )
+    driver = _SwallowsCancel(cfg)
+    stats = DeviceStats()
+    stats.wake = Bell()
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        task = asyncio.create_task(poll_device(cfg, driver, buf, stats))
+        async with asyncio.timeout(5):
+            await driver.reading.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):  # it polled on for ever before
+                await task
+        assert driver.swallowed == 1
+        assert stats.polls == 1
+        assert stats.readings == 1  # the poll's values, handed out, are kept
+        batch = await buf.fetch(0, 10)
+    assert batch is not None
+    assert len(batch) == 1

@@ -624,8 +624,15 @@ async def _poll_loop(
     next_t = loop.time()
     hang = _HangGuard(loop, guard)
     late_logged = False
+    task = hang.task
     try:
         while True:
+            if task is not None and task.cancelling():
+                # A cancel the driver's library swallowed: Python 3.11's asyncio.wait_for
+                # (pymodbus's, on serial lines) returns the answer instead when the answer and
+                # the cancel come in the same turn of the loop. The poll's readings are kept;
+                # the cancel goes on from here, or the loop would poll on for ever.
+                raise asyncio.CancelledError
             delay = next_t - loop.time()
             wake = stats.wake
             if delay > 0:
