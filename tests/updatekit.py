@@ -142,13 +142,14 @@ async def https(tmp_path: Path) -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
-def build_bundle(out: Path, key: Path, *, timeout: float = 300) -> None:
+def build_bundle(out: Path, key: Path, *, timeout: float = 300, native: bool = True) -> None:
     """The real offline bundle for this machine's platform (``bundle.sh --native``, with this
-    Python's pip: PyPI or pip's cache), signed with ``key``."""
+    Python's pip: PyPI or pip's cache), signed with ``key``. ``native=False``: the bundle a
+    release ships, for aarch64 and x86_64."""
     repo = Path(__file__).resolve().parent.parent
     res = subprocess.run(
-        [str(repo / "systemd/bundle.sh"), "--native", "--python", sys.executable,
-         "--key", str(key), str(out)],
+        [str(repo / "systemd/bundle.sh"), *(["--native"] if native else []),
+         "--python", sys.executable, "--key", str(key), str(out)],
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]

@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -53,6 +54,10 @@ RELEASE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "openssl")
 CACHE = Path(os.environ.get("TEPI_FIELD_CACHE", "/var/cache/tepi-field"))
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# uname -m to Debian's name for the architecture, and the qemu-user binfmt entry for each.
+DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+QEMU_BINFMT = {"arm64": "qemu-aarch64", "amd64": "qemu-x86_64"}
+BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 
 # What _finish_root writes into the cached root; a change here makes a new cache key.
 _HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -90,9 +95,59 @@ def why_not() -> str | None:
     return None
 
 
-def root_key() -> str:
-    text = "\n".join([RELEASE, *PACKAGES, _HOSTS, *_MASKED])
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def why_not_foreign(arch: str) -> str | None:
+    """Why a root of the foreign ``arch`` cannot be made and run here, or None.
+
+    It runs through qemu-user: the kernel hands each of the root's binaries to
+    qemu-ARCH-static by its binfmt_misc entry, whose F flag (Debian's qemu-user-static sets
+    it) has the kernel open the interpreter once, at registration, so a chroot needs no copy
+    of it. Where the package is installed but binfmt_misc is not mounted, or the entry is
+    disabled (a container-like VM whose PID 1 is not systemd mounts none), they are set up
+    here: the same two commands docs/operations.md gives."""
+    install = "apt-get install -y qemu-user-static binfmt-support debootstrap"
+    if os.geteuid() != 0:
+        return f"the {arch} field tests chroot into a Debian root: they need root"
+    name = QEMU_BINFMT.get(arch)
+    if name is None:
+        return f"no qemu-user emulation known for {arch}"
+    for tool in ("debootstrap", f"{name}-static", "update-binfmts"):
+        if shutil.which(tool) is None:
+            return f"no {tool}, to run an {arch} root emulated: {install}"
+    if not (BINFMT_MISC / "register").exists():
+        res = subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if res.returncode != 0:
+            return (f"binfmt_misc is not mounted and could not be ({res.stderr.strip()}): "
+                    f"without it the kernel cannot hand {arch} binaries to qemu")  # fmt: skip
+    entry = BINFMT_MISC / name
+    if not entry.exists() or not entry.read_text().startswith("enabled"):
+        subprocess.run(
+            ["update-binfmts", "--enable", name],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    if not entry.exists() or not entry.read_text().startswith("enabled"):
+        return f"no enabled {entry}: {install}, then update-binfmts --enable {name}"
+    flags = re.search(r"^flags: *(\S*)$", entry.read_text(), re.MULTILINE)
+    if flags is None or "F" not in flags.group(1):
+        return (f"{entry} lacks the F flag: a chroot would need the interpreter copied in "
+                f"(qemu-user-static's own entry has it: {install})")  # fmt: skip
+    return None
+
+
+def native_arch() -> str:
+    """This machine's Debian architecture (amd64, arm64)."""
+    return DEBIAN_ARCH.get(os.uname().machine, os.uname().machine)
+
+
+def root_key(arch: str | None = None) -> str:
+    """The cache key of the root; a foreign architecture's root has its own key (the native
+    one's is what it always was, so an existing cache stays valid)."""
+    parts = [RELEASE, *PACKAGES, _HOSTS, *_MASKED]
+    if arch is not None and arch != native_arch():
+        parts.append(f"arch={arch}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -111,10 +166,16 @@ class Timings:
             self.steps[name] = round(time.monotonic() - t0, 1)
 
 
-def cached_root(log: Callable[[str], None] = print) -> Path:
+def cached_root(log: Callable[[str], None] = print, *, arch: str | None = None) -> Path:
     """The Debian root for guests: made with debootstrap the first time (a few minutes and
-    Debian's mirror), then reused. A lock keeps two runs from making it at once."""
-    base = CACHE / f"debian-12-{root_key()}"
+    Debian's mirror), then reused. A lock keeps two runs from making it at once.
+
+    ``arch`` (a Debian architecture, default this machine's): a foreign one is made with
+    ``debootstrap --foreign`` here, then its second stage runs inside it, emulated by
+    qemu-user through binfmt_misc (see ``why_not_foreign``)."""
+    foreign = arch is not None and arch != native_arch()
+    name = f"debian-12-{arch}-{root_key(arch)}" if foreign else f"debian-12-{root_key()}"
+    base = CACHE / name
     root = base / "root"
     base.mkdir(parents=True, exist_ok=True)
     with (base / "lock").open("w") as lock:
@@ -125,16 +186,37 @@ def cached_root(log: Callable[[str], None] = print) -> Path:
         if work.exists():
             shutil.rmtree(work)
         url = mirror()
-        log(f"field: making the Debian 12 root in {root} with debootstrap from {url}")
+        how = f" --foreign --arch={arch}" if foreign else ""
+        log(f"field: making the Debian 12 root in {root} with debootstrap{how} from {url}")
+        t0 = time.monotonic()
         res = subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+             *(["--foreign", f"--arch={arch}"] if foreign else []),
              RELEASE, str(work), url],
             capture_output=True, text=True, timeout=1200, check=False,
         )  # fmt: skip
         if res.returncode != 0:
             raise RuntimeError(f"debootstrap failed ({res.returncode}):\n{res.stdout[-3000:]}")
+        if foreign:
+            log(f"field: debootstrap's first stage took {time.monotonic() - t0:.0f} s")
+            t0 = time.monotonic()
+            # In a mount namespace of its own: the second stage mounts /proc and /sys in the
+            # root, and those mounts go with the namespace even if it fails half-way.
+            res = subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "--",
+                 "chroot", str(work), "/debootstrap/debootstrap", "--second-stage"],
+                capture_output=True, text=True, timeout=3600, check=False,
+                env={"PATH": GUEST_PATH, "LANG": "C.UTF-8"},
+            )  # fmt: skip
+            if res.returncode != 0:
+                raise RuntimeError(
+                    f"debootstrap --second-stage failed ({res.returncode}):\n"
+                    f"{(res.stdout + res.stderr)[-3000:]}"
+                )
+            log(f"field: its second stage, emulated, took {time.monotonic() - t0:.0f} s")
         _finish_root(work)
-        (work / ".tepi-field-ready").write_text(f"{RELEASE} {' '.join(PACKAGES)}\n")
+        arch_note = f"{arch} " if foreign else ""
+        (work / ".tepi-field-ready").write_text(f"{RELEASE} {arch_note}{' '.join(PACKAGES)}\n")
         work.rename(root)
     return root
 
@@ -339,6 +421,119 @@ class Guest:
         out = self.run(["journalctl", "--lines", "0", "--show-cursor", "--no-pager"]).stdout
         found = re.search(r"-- cursor: (\S+)", out)
         return found.group(1) if found else ""
+
+
+class Chroot:
+    """A Debian root of any architecture, entered with chroot: where systemd cannot boot
+    (qemu-user emulates a process, not a machine), the commands a technician runs as root.
+    ``run``, ``sh`` and ``path`` work as a booted ``Guest``'s do.
+
+    The cached root is only read: an overlay on it takes what the commands write, in a mount
+    namespace of its own that a sleeping process holds, with /proc, /sys, /dev and the
+    share (read-only at /srv/field). It all goes when ``stop`` ends that namespace's
+    processes. The commands use the host's network, so a broker on the host's loopback is
+    reached as on the box itself; ``network=False`` gives one a network namespace of its own
+    with nothing in it (no link, no route: the offline install)."""
+
+    def __init__(self, root: Path, share: Path, workdir: Path) -> None:
+        self.root = root
+        self.share = share
+        self.workdir = workdir
+        self.merged = workdir / "chroot"
+        self._upper = workdir / "chroot.upper"
+        self._ovl = workdir / "chroot.work"
+        self.holder: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        for d in (self.merged, self._upper, self._ovl):
+            d.mkdir(parents=True, exist_ok=True)
+        m = shlex.quote(str(self.merged))
+        lower, upper, ovl = (shlex.quote(str(p)) for p in (self.root, self._upper, self._ovl))
+        script = f"""set -e
+mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={ovl} {m}
+mount -t proc proc {m}/proc
+mount -t sysfs sysfs {m}/sys
+mount --rbind /dev {m}/dev
+mkdir -p {m}/srv/field
+mount --bind {shlex.quote(str(self.share))} {m}/srv/field
+mount -o remount,bind,ro {m}/srv/field
+echo ready
+exec sleep infinity
+"""
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.holder.stdout is not None
+        line = self.holder.stdout.readline()
+        if line.strip() != "ready":
+            self.holder.kill()
+            _, err = self.holder.communicate(timeout=timeout)
+            raise AssertionError(f"could not set up the chroot's mounts:\n{err}")
+
+    def processes(self) -> list[int]:
+        """The processes in the chroot's mount namespace, but for the one that holds it."""
+        if self.holder is None:
+            return []
+        ns = Path(f"/proc/{self.holder.pid}/ns/mnt").readlink()
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == self.holder.pid:
+                continue
+            with contextlib.suppress(OSError):
+                if (proc / "ns/mnt").readlink() == ns:
+                    found.append(int(proc.name))
+        return found
+
+    def stop(self) -> None:
+        """End every process in the chroot's mount namespace, then the namespace; remove
+        what the overlay took."""
+        if self.holder is None:
+            return
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+        self.holder.kill()
+        self.holder.communicate(timeout=30)
+        self.holder = None
+        for d in (self._upper, self._ovl):
+            shutil.rmtree(d, ignore_errors=True)
+
+    def argv(self, cmd: Sequence[str], *, network: bool = True) -> list[str]:
+        """The host's command line that runs ``cmd`` as root in the chroot, with a clean
+        environment."""
+        assert self.holder is not None, "start() first"
+        netns = [] if network else ["unshare", "--net", "--"]
+        return [
+            "nsenter", f"--target={self.holder.pid}", "--mount", "--", *netns,
+            "chroot", str(self.merged),
+            "env", "-i", f"PATH={GUEST_PATH}", "LANG=C.UTF-8", "HOME=/root", "TERM=dumb", *cmd,
+        ]  # fmt: skip
+
+    def run(
+        self,
+        cmd: Sequence[str],
+        *,
+        timeout: float = 60,
+        input: str | None = None,
+        network: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """``cmd`` as root in the chroot; its result (never raises for an exit code)."""
+        return subprocess.run(
+            self.argv(cmd, network=network),
+            capture_output=True, text=True, timeout=timeout, check=False, input=input,
+        )  # fmt: skip
+
+    def sh(
+        self, script: str, *, timeout: float = 60, network: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(["sh", "-c", script], timeout=timeout, network=network)
+
+    def path(self, guest_path: str) -> Path:
+        """A file of the chroot, seen from the host (through the namespace holder's root)."""
+        assert self.holder is not None, "start() first"
+        inside = self.merged / guest_path.lstrip("/")
+        return Path(f"/proc/{self.holder.pid}/root") / str(inside).lstrip("/")
 
 
 def result(res: subprocess.CompletedProcess[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
@@ -10,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_tepi
+from helpers import Broker, run_tepi
 
 from tepi.gateway.configload import load_config
 from tepi.gateway.demo import render_config
+from tepi.gateway.localbroker import free_port
 
 READING = re.compile(r"^\d\d:\d\d:\d\d  (\S+)\s+(\S+)\s+(\S+)\s+(\S*)\s+seq (\d+)$")
 ALARM = re.compile(r"^\d\d:\d\d:\d\d  ALARM (.*)$")
@@ -41,6 +43,32 @@ def test_demo_prints_readings_from_every_device(tmp_path: Path) -> None:
     assert "broker: mosquitto on 127.0.0.1:" in out.stdout
     # the demo's config is a valid config
     assert load_config(tmp_path / "tepi.yaml").gateway.id == "demo-gateway-01"
+
+
+async def test_demo_uses_a_broker_that_runs_already(tmp_path: Path) -> None:
+    """--broker-port: the demo's readings go to a broker it did not start (the mosquitto
+    service on a Pi, or the field test's on the host), which it leaves running."""
+    broker = Broker(tmp_path)
+    await broker.start()
+    try:
+        args = ["--dir", str(tmp_path / "demo"), "--count", "12", "--broker-port", str(broker.port)]
+        out = await asyncio.to_thread(run_tepi, "demo", *args, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert f"broker: the one on 127.0.0.1:{broker.port}" in out.stdout
+        rows = [m.groups() for line in out.stdout.splitlines() if (m := READING.match(line))]
+        assert len(rows) >= 12, out.stdout
+        assert not (tmp_path / "demo" / "mosquitto.conf").exists()
+        assert broker.proc is not None
+        assert broker.proc.poll() is None  # left running
+    finally:
+        await broker.stop()
+
+
+def test_demo_says_when_the_given_broker_is_not_there(tmp_path: Path) -> None:
+    port = free_port()
+    out = run_tepi("demo", "--dir", str(tmp_path), "--broker-port", str(port), timeout=30)
+    assert out.returncode == 4, out
+    assert f"no broker listens on 127.0.0.1:{port} (--broker-port)" in out.stderr
 
 
 # Ctrl-C's SIGINT as a terminal's foreground job has it. A non-interactive shell starts its

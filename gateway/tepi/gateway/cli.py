@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--count", type=int, default=0, help="stop after this many readings (0: until Ctrl-C)"
     )
+    demo.add_argument(
+        "--broker-port",
+        type=int,
+        default=None,
+        help="use the MQTT broker already listening on 127.0.0.1:PORT (for example the "
+        "mosquitto service, 1883) instead of starting one",
+    )
     scan = sub.add_parser("scan", help="find the Modbus units that answer on a port")
     scan.add_argument("--port", required=True, help="/dev/ttyUSB0 (RTU) or host:port (TCP)")
     scan.add_argument("--baud", default="9600", help="9600, 19200, ... or auto (serial only)")
@@ -519,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         from tepi.gateway.demo import run_demo
 
         setup_logging("warning", args.debug)
-        return run_demo(args.dir, args.count)
+        return run_demo(args.dir, args.count, args.broker_port)
     return EXIT_USAGE
 
 

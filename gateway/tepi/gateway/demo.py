@@ -221,14 +221,24 @@ async def _stop(proc: Process | None, timeout_s: float = 10.0) -> None:
         await proc.wait()
 
 
-async def _demo(work: Path, count: int) -> int:
+async def _demo(work: Path, count: int, broker_port: int | None = None) -> int:
     broker: Process | None = None
     sim: Process | None = None
     agent: Process | None = None
     try:
         mosq = find_mosquitto()
-        port = free_port()
-        if mosq is not None:
+        port = free_port() if broker_port is None else broker_port
+        if broker_port is not None:
+            # A broker that runs already (the mosquitto service, a test's): not ours to stop.
+            try:
+                await wait_port(port, timeout_s=5)
+            except TimeoutError:
+                print(
+                    f"error: no broker listens on 127.0.0.1:{port} (--broker-port)", file=sys.stderr
+                )
+                return EXIT_MISSING
+            print(f"broker: the one on 127.0.0.1:{port}", flush=True)
+        elif mosq is not None:
             conf = work / "mosquitto.conf"
             conf.write_text(mosquitto_conf(port))
             with (work / "mosquitto.log").open("wb") as mlog:
@@ -258,7 +268,7 @@ async def _demo(work: Path, count: int) -> int:
                 stderr=alog,
             )
         print(f"agent: tepi run --config {config}  (log: {work / 'agent.log'})", flush=True)
-        if broker is not None:
+        if broker is not None or broker_port is not None:
             await _print_readings(port, count, images="cam-1" in manifest.get("cameras", {}))
         else:
             await _show_buffer(work / "data" / "buffer.db", count)
@@ -267,7 +277,7 @@ async def _demo(work: Path, count: int) -> int:
         await asyncio.shield(asyncio.gather(_stop(agent), _stop(sim), _stop(broker)))
 
 
-def run_demo(workdir: Path | None, count: int) -> int:
+def run_demo(workdir: Path | None, count: int, broker_port: int | None = None) -> int:
     if not simulator_installed():
         print(f"error: {SIM_MISSING}", file=sys.stderr)
         return EXIT_MISSING
@@ -275,7 +285,7 @@ def run_demo(workdir: Path | None, count: int) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"tepi demo in {work}", flush=True)
     try:
-        return asyncio.run(_demo(work, count))
+        return asyncio.run(_demo(work, count, broker_port))
     except KeyboardInterrupt:
         print("\nstopped.", flush=True)
         return EXIT_OK
