@@ -22,7 +22,7 @@
 #     the path unit enabled with the service;
 #     Not started: with --no-start, while tepi.yaml is the unedited sample, when `tepi check`
 #     rejects the config, when the secret the unit loads is missing, or without systemd.
-# Needs python3 (>= 3.11) with its venv module (python3-venv, part of Raspberry Pi OS). From a
+# Needs python3 (>= 3.11.2) with its venv module (python3-venv, part of Raspberry Pi OS). From a
 # checkout a missing python3-venv is installed with apt; a bundle needs no network at all, so
 # there it must already be present.
 #
@@ -388,9 +388,9 @@ check_python() {
     version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || die "$PYTHON does not run"
     if [[ $SRC_KIND == bundle ]]; then
         [[ $version == "$BUNDLE_PY" ]] || die "the bundle's wheels are for Python $BUNDLE_PY; $PYTHON is $version (Debian 12 and Raspberry Pi OS bookworm have 3.11; or give --python PATH)"
-    else
-        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "tepi needs Python >= 3.11; $PYTHON is $version"
     fi
+    # 3.11.2: Debian 12's and Raspberry Pi OS bookworm's, the oldest tepi is tested on
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11, 2))' || die "tepi needs Python >= 3.11.2; $PYTHON is $("$PYTHON" -c 'import platform; print(platform.python_version())')"
     if "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
         return
     fi
