@@ -38,6 +38,9 @@ PROG=${0##*/}
 SELF_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$SELF_DIR/.." && pwd)
 TARGET_PY=3.11
+# The oldest 3.11 the devices run (Debian 12's and Raspberry Pi OS bookworm's), for pip's
+# Requires-Python checks: "3.11" alone would mean 3.11.0, which tepi does not support.
+TARGET_PY_FULL=3.11.2
 ALL_ARCHES=(aarch64 x86_64)
 
 PYTHON=python3
@@ -115,7 +118,7 @@ fi
 
 platform_args() {
     local arch=$1
-    printf '%s\n' --only-binary=:all: --python-version "$TARGET_PY" --implementation cp \
+    printf '%s\n' --only-binary=:all: --python-version "$TARGET_PY_FULL" --implementation cp \
         --platform "manylinux2014_$arch" --platform "manylinux_2_17_$arch" \
         --platform "manylinux_2_28_$arch"
 }

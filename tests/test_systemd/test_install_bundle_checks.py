@@ -271,3 +271,23 @@ def test_real_install_in_a_private_mount_namespace(native_bundle: Path, tmp_path
     assert "NO FILES" in purge
     # The machine's own /etc was not touched.
     assert run(["getent", "passwd", "tepi"]).stdout == host_user
+
+
+@pytest.mark.timeout(300)
+def test_a_python_older_than_debian_12s_is_refused(native_bundle: Path, tmp_path: Path) -> None:
+    # 3.11.1: the bundle's minor version, older than 3.11.2, the oldest tepi is tested on.
+    python = tmp_path / "python3"
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$2" in\n'
+        '  *"(3, 11, 2)"*) exit 1 ;;\n'
+        "  *python_version*) echo 3.11.1 ;;\n"
+        "  *) echo 3.11 ;;\n"
+        "esac\n"
+    )
+    python.chmod(0o755)
+    root = tmp_path / "root"
+    res = install(root, "--bundle", native_bundle, "--python", python, offline=False)
+    assert res.returncode == 1, output(res)
+    assert f"tepi needs Python >= 3.11.2; {python} is 3.11.1" in res.stderr
+    assert not (root / "opt").exists()
