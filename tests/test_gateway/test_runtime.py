@@ -85,6 +85,14 @@ async def test_a_socket_closed_before_the_loop_watches_it_is_one_quiet_line(
     assert "Traceback" not in caplog.text
     assert "Exception in callback" not in caplog.text
     caplog.clear()
+    with caplog.at_level(logging.DEBUG):  # closed already when its number was asked: -1
+        loop.call_soon(loop.add_writer, a.fileno(), lambda: None)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    assert a.fileno() == -1
+    assert "ignored" in caplog.text
+    assert "Exception in callback" not in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.DEBUG):  # any other error still gets the full report
 
         def boom() -> None:

@@ -311,6 +311,22 @@ async def test_the_mqtt_socket_sends_small_publishes_at_once(tmp_path: Path) -> 
         await broker.stop()
 
 
+async def test_a_link_lost_after_a_connect_was_given_up_on_raises_nothing_in_paho(
+    tmp_path: Path,
+) -> None:
+    """A connect abandoned (its timeout, a stop) cancels the CONNACK future; the link's loss
+    reported after that must not raise CancelledError in paho's callback (aiomqtt reads the
+    future's ``exception()``), which the loop logs as a traceback."""
+    import paho.mqtt.client as mqtt
+
+    client = _Client("127.0.0.1", 1)
+    client._connected.cancel()
+    await asyncio.sleep(0)
+    assert client._connected.cancelled()
+    client._on_disconnect(client._client, None, mqtt.DisconnectFlags(False), 7, None)  # type: ignore[arg-type]
+    assert not client._disconnected.done()  # nothing to tell: no one awaits this session
+
+
 async def test_a_returning_broker_is_found_by_a_probe_not_after_the_backoff(
     tmp_path: Path,
 ) -> None:

@@ -914,13 +914,19 @@ def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> 
     """The loop's handler for errors in callbacks. One is known and harmless: aiomqtt asks
     the loop to watch the MQTT socket with ``call_soon_threadsafe(add_writer, fd)``, and
     when the connection drops in between the socket is closed by the time that runs (EBADF;
-    the fifth soak logged it as a traceback). The session is being torn down anyway and the
-    uplink reconnects: one debug line. Anything else keeps the default report."""
+    the fifth soak logged it as a traceback), or was closed already when aiomqtt asked for
+    its number (fd -1: a ValueError, seen in CI on Python 3.11.2). The session is being torn
+    down anyway and the uplink reconnects: one debug line. Anything else keeps the default
+    report."""
     exc = context.get("exception")
     handle = context.get("handle")
     callback = getattr(handle, "_callback", None)
     name = getattr(callback, "__name__", "")
-    if isinstance(exc, OSError) and exc.errno == errno.EBADF and name in _WATCHERS:
+    args = getattr(handle, "_args", None) or (None,)
+    closed = (isinstance(exc, OSError) and exc.errno == errno.EBADF) or (
+        isinstance(exc, ValueError) and args[0] == -1
+    )
+    if closed and name in _WATCHERS:
         log.debug("a socket closed before the loop could watch it (%s): ignored", name)
         return
     loop.default_exception_handler(context)

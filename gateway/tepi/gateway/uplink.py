@@ -193,6 +193,12 @@ class _Client(aiomqtt.Client):
                 _LostBeforeConnack(reason_code, "connection lost before the broker accepted it")
             )
             return
+        if self._connected.cancelled():
+            # A connect given up on (its timeout, the agent stopping) cancelled the future
+            # aiomqtt reads here with ``exception()``, which then raises CancelledError in
+            # paho's callback ("Exception in callback", seen in CI on Python 3.11.2). No one
+            # awaits this session's end: nothing to tell.
+            return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
         # The session learns of a lost link from its message stream (_watch). A link lost as
         # the session ends (the agent stopping as the broker goes) left this future's
