@@ -398,6 +398,8 @@ class AgentProc:
                 f"agent did not stop within {timeout} s of SIGTERM:\n{dump}"
             ) from None
         self._gone()
+        if code != 0:  # the test asserts the code; its output then says why (pytest shows it)
+            print(f"agent exited {code}; the end of its log:\n{self.log_text()[-6000:]}")
         return code
 
     def log_text(self) -> str:
