@@ -84,6 +84,7 @@ class Gateway:
     """What arrived from one gateway."""
 
     first_seq: int | None = None  # from its ``online`` status message
+    online: list[float] = field(default_factory=list)  # when each ``online`` arrived
     seqs: array[int] = field(default_factory=lambda: array("q"))
     taken: array[float] = field(default_factory=lambda: array("d"))  # the reading's ts
     arrived: array[float] = field(default_factory=lambda: array("d"))  # time.time()
@@ -101,6 +102,7 @@ class Subscriber:
         self.gateways: dict[str, Gateway] = {}
         self.undecodable = 0
         self.connected = threading.Event()
+        self.connected_at = 0.0  # time.time() of its last CONNACK
         self._stop = threading.Event()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=SUBSCRIBER_ID, clean_session=False
@@ -127,6 +129,7 @@ class Subscriber:
 
     def _on_connect(self, c: mqtt.Client, *_: Any) -> None:
         c.subscribe([("ioc/v1/+/telemetry", 1), ("ioc/v1/+/status", 1)])
+        self.connected_at = time.time()
         self.connected.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -141,7 +144,9 @@ class Subscriber:
                 obj = json.loads(data)
                 if obj.get("state") == "online" and isinstance(obj.get("first_seq"), int):
                     with self.lock:
-                        self.gateways.setdefault(gw_id, Gateway()).first_seq = obj["first_seq"]
+                        gw = self.gateways.setdefault(gw_id, Gateway())
+                        gw.first_seq = obj["first_seq"]
+                        gw.online.append(now)
                 return
             obj = decode_compact(data) if data.startswith(ZSTD_MAGIC) else json.loads(data)
             rows = [(int(r["seq"]), float(r["ts"])) for r in obj["readings"]]
@@ -475,6 +480,12 @@ async def scenario(
     agents_cpu = fleet.cpu_s() - cpu_agents
     await asyncio.sleep(args.settle)  # what is still on its way, for the counts
     firsts = sorted(t - back for t in ret.first.values())
+    with sub.lock:
+        online = sorted(
+            min(t for t in g.online if t >= back) - back
+            for g in sub.gateways.values()
+            if any(t >= back for t in g.online)
+        )
     drains = sorted(t - back for t in ret.drained.values())
     log = broker.connects(back, max(drain_end, back + 10))
     window = max(drain_end - back, 1e-3)
@@ -482,6 +493,8 @@ async def scenario(
         "scenario": kind,
         "down_s": round(back - stopped, 2),
         "agents": n,
+        "online_median_s": r2(statistics.median(online)) if online else None,
+        "online_all_s": r2(online[-1]) if len(online) == n else None,
         "back_median_s": r2(statistics.median(firsts)) if firsts else None,
         "back_p90_s": r2(pct(firsts, 0.9)),
         "back_all_s": r2(firsts[-1]) if len(firsts) == n else None,
@@ -490,6 +503,8 @@ async def scenario(
         "drained_all_s": r2(drains[-1]) if len(drains) == n else None,
         "agents_drained": len(drains),
         "backlog_readings": sum(ret.backlog.values()),
+        "back_s": [round(t, 2) for t in firsts],
+        "subscriber_back_s": round(sub.connected_at - back, 3),
         **log,
         **completeness(sub),
         "rss_sum_mb": round(sum(rss_peak) / 2**20, 1),
@@ -508,7 +523,8 @@ def r2(v: float | None) -> float | None:
 async def run_setting(setting: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory(prefix=f"tepi-fleet-{setting}-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if args.work is None else args.work / setting
+        work.mkdir(parents=True, exist_ok=True)
         broker = Broker(work, free_port())
         fleet = Fleet(work, broker.port, args, SETTINGS[setting])
         sub: Subscriber | None = None
@@ -539,7 +555,7 @@ async def run_setting(setting: str, args: argparse.Namespace) -> list[dict[str, 
 
 
 def summary(res: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in res.items() if k != "mqtt_per_s")
+    return " ".join(f"{k}={v}" for k, v in res.items() if k not in ("mqtt_per_s", "back_s"))
 
 
 COLUMNS = [
@@ -549,7 +565,9 @@ COLUMNS = [
     ("tcp_peak_per_s", "TCP accepts/s, peak"),
     ("mqtt_peak_per_s", "MQTT connects/s, peak"),
     ("mqtt_connects", "MQTT connects"),
-    ("back_median_s", "back: median (s)"),
+    ("online_median_s", "online: median (s)"),
+    ("online_all_s", "all (s)"),
+    ("back_median_s", "a reading: median (s)"),
     ("back_p90_s", "p90 (s)"),
     ("back_all_s", "all (s)"),
     ("drained_all_s", "all drained (s)"),
@@ -612,6 +630,7 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=5.0, help="seconds after the drain")
     p.add_argument("--limit", type=float, default=600.0, help="give up this long after return")
     p.add_argument("--json", action="store_true", help="JSON lines instead of the table")
+    p.add_argument("--work", type=Path, help="keep the logs and data dirs here")
     args = p.parse_args()
     for s in args.settings:
         if s not in SETTINGS:
