@@ -578,6 +578,7 @@ COLUMNS = [
     ("rss_sum_mb", "RSS sum (MB)"),
     ("cpu_pct", "CPU, 2 cores (%)"),
     ("cpu_peak_pct", "busiest second (%)"),
+    ("agents_cpu_pct", "agents' CPU (% of a core)"),
 ]
 
 
@@ -591,6 +592,10 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    # SIGTERM (a timeout's) cancels the run, so the agents and the broker are still stopped
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     print(
         f"{args.agents} agents, {args.metrics} values every {args.interval}; outage "
         f"{args.outage:g} s; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
@@ -603,6 +608,8 @@ async def main_async(args: argparse.Namespace) -> None:
         results += await run_setting(setting, args)
     if not args.json:
         print("\n" + table(results))
+    elif args.table:
+        print("\n" + table(results), file=sys.stderr)
     print(f"load average at the end: {loadavg()}", file=sys.stderr if args.json else sys.stdout)
 
 
@@ -630,6 +637,7 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=5.0, help="seconds after the drain")
     p.add_argument("--limit", type=float, default=600.0, help="give up this long after return")
     p.add_argument("--json", action="store_true", help="JSON lines instead of the table")
+    p.add_argument("--table", action="store_true", help="with --json: the table on stderr")
     p.add_argument("--work", type=Path, help="keep the logs and data dirs here")
     args = p.parse_args()
     for s in args.settings:
@@ -638,7 +646,10 @@ def main() -> None:
     for s in args.scenarios:
         if s not in ("restart", "outage"):
             p.error(f"unknown scenario {s!r}")
-    asyncio.run(main_async(args))
+    try:
+        asyncio.run(main_async(args))
+    except asyncio.CancelledError:
+        raise SystemExit("stopped (SIGTERM): the agents and the broker were stopped") from None
 
 
 if __name__ == "__main__":
