@@ -19,15 +19,29 @@ REPO = Path(__file__).resolve().parents[1]
 from tepi.gateway.localbroker import find_mosquitto, mosquitto_conf  # noqa: E402
 
 
-def start_broker(work: Path, port: int, extra: Iterable[str] = ()) -> subprocess.Popen[bytes]:
-    """Mosquitto on 127.0.0.1:``port``, its config in ``work``."""
+def start_broker(
+    work: Path,
+    port: int,
+    extra: Iterable[str] = (),
+    *,
+    persistence: bool = False,
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Mosquitto on 127.0.0.1:``port``, its config in ``work`` (and its ``persistence`` file,
+    which keeps sessions and queued messages across a restart). ``new_session``: in a process
+    group of its own, which the caller ends."""
     mosq = find_mosquitto()
     if mosq is None:
         raise SystemExit("mosquitto is not installed: run .ci/setup")
     conf = work / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(port, extra=extra))
+    conf.write_text(
+        mosquitto_conf(port, persistence_dir=work if persistence else None, extra=extra)
+    )
     return subprocess.Popen(
-        [mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [mosq, "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=new_session,
     )
 
 

@@ -370,6 +370,46 @@ async def test_a_returning_broker_is_found_by_a_probe_not_after_the_backoff(
         await broker.stop()
 
 
+async def test_a_session_lost_to_a_restart_comes_back_over_spread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker restart ends every gateway's session at the same instant and is back before
+    their first attempt: that attempt waits a random part of ``spread``, not only of the
+    backoff's first cap, so a fleet's reconnects spread over those seconds (bench/fleet.py:
+    with the first cap alone, a restart put 100 agents' connects in one second)."""
+    monkeypatch.setattr(random, "uniform", lambda a, b: (a + b) / 2)  # every draw its middle
+    broker = Broker(tmp_path)
+    await broker.start()
+    agent = agent_for(
+        tmp_path,
+        broker.port,
+        reconnect={
+            "min_delay": "100ms",
+            "max_delay": "300ms",
+            "probe_interval": "100ms",
+            "spread": "2s",
+        },
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await agent.uplink.wait_for(lambda s: s.connected)
+        stopped = time.monotonic()
+        await broker.stop()
+        await broker.start()  # a restart: back at once
+        async with asyncio.timeout(10):
+            await agent.uplink.wait_for(lambda s: s.connects >= 2)
+        took = time.monotonic() - stopped
+        # the middle of spread: 1 s after the session ended; of the first cap alone: 0.05 s
+        # (or, with the broker not back yet, a probe 0.1 s later and half the 0.2 s cap)
+        assert took >= 0.95, took
+    finally:
+        stop.set()
+        await run
+        await broker.stop()
+
+
 async def test_a_port_that_accepts_but_never_connects_gets_fewer_early_attempts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

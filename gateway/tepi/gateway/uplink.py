@@ -546,8 +546,23 @@ class Uplink:
                 )
                 continue  # at once: the earlier broker is known to be there
             # A link every gateway of a city lost at once (a broker restart) must not bring
-            # them all back at once: the first reconnect waits too, by the same policy.
-            await self._backoff(policy.delay(1))
+            # them all back at once: the first reconnect waits too.
+            await self._backoff(self._first_wait(policy.cap(1)))
+
+    def _first_wait(self, first_cap: float) -> float:
+        """The wait before the first reconnect after a session was lost or a move failed.
+
+        A broker restart ends every gateway's session at the same instant, and the broker is
+        often back before the first attempt. With probes on, that attempt waits a random part
+        of ``spread`` (or of the backoff's first cap, if longer), so a fleet comes back over
+        those seconds, as it does when a probe finds the broker back after an outage: the
+        first cap alone (1 s) put a city's reconnects in one second (bench/fleet.py). With
+        probes off, or an alarm waiting to be sent, or a broker that refused (TLS,
+        credentials): the backoff's first wait, as before."""
+        rc = self.cfg.uplink.reconnect
+        if rc.probe_interval <= 0 or self._last_kind != "link" or self._alarm_waiting():
+            return random.uniform(0.0, first_cap)
+        return random.uniform(0.0, max(rc.spread, first_cap))
 
     async def _backoff(self, seconds: float) -> None:
         """The wait between two connect attempts, cut short when the broker is back.
