@@ -8,95 +8,28 @@ only after the broker has acknowledged it.
 
 Alarms have a store of their own, :class:`AlarmStore` (``tepi.buffer.alarms``): each rule's
 alarm state and the alarm messages still to deliver, bounded apart from the readings (a firing
-alarm is never dropped). Importing it is cheap, as for the images.
+alarm is never dropped). It is imported from there, with the first rule: a box without
+rules does not hold its code (docs/performance.md#memory); the same for the images.
 
 Commands from the IOC are logged by id in :class:`CommandLog` (``tepi.buffer.commands``), so
 that a redelivered or replayed request never runs twice and its result is sent at least once.
 
 Camera images have a store of their own, :class:`ImageStore` (``tepi.buffer.images``): a file
-per image and a small index, beside the readings' file. Importing it is cheap; sqlite-utils
-is imported when a store is opened.
+per image and a small index, beside the readings' file, imported from there with the first
+camera; sqlite-utils is imported when a store is opened.
 """
-
-from typing import TYPE_CHECKING, Any
 
 from tepi.buffer.commands import CommandLog, CommandLogError
 from tepi.buffer.records import Batch, BufferStats
 from tepi.buffer.store import Buffer, BufferSettings
 from tepi.core.records import Reading
 
-if TYPE_CHECKING:
-    from tepi.buffer.alarms import (
-        AlarmState,
-        AlarmStats,
-        AlarmStore,
-        AlarmStoreError,
-        AlarmWriteError,
-    )
-    from tepi.buffer.alarms import Message as AlarmMessage
-    from tepi.buffer.images import (
-        ImageGone,
-        ImageMeta,
-        ImageRefused,
-        ImageStats,
-        ImageStore,
-        ImageStoreError,
-        ImageWriteError,
-    )
-
-# The alarm and image stores are imported when first named (PEP 562): a box without rules
-# or cameras does not hold their code (docs/performance.md#memory).
-_LAZY = {
-    "AlarmMessage": ("tepi.buffer.alarms", "Message"),
-    **{
-        n: ("tepi.buffer.alarms", n)
-        for n in ("AlarmState", "AlarmStats", "AlarmStore", "AlarmStoreError", "AlarmWriteError")
-    },
-    **{
-        n: ("tepi.buffer.images", n)
-        for n in (
-            "ImageGone",
-            "ImageMeta",
-            "ImageRefused",
-            "ImageStats",
-            "ImageStore",
-            "ImageStoreError",
-            "ImageWriteError",
-        )
-    },
-}
-
-
-def __getattr__(name: str) -> Any:
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'tepi.buffer' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(where[0]), where[1])
-    globals()[name] = value
-    return value
-
-
 __all__ = [
-    "AlarmMessage",
-    "AlarmState",
-    "AlarmStats",
-    "AlarmStore",
-    "AlarmStoreError",
-    "AlarmWriteError",
     "Batch",
     "Buffer",
     "BufferSettings",
     "BufferStats",
     "CommandLog",
     "CommandLogError",
-    "ImageGone",
-    "ImageMeta",
-    "ImageRefused",
-    "ImageStats",
-    "ImageStore",
-    "ImageStoreError",
-    "ImageWriteError",
     "Reading",
 ]
