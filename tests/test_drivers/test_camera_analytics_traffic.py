@@ -113,6 +113,11 @@ WET = TrafficSettings(
 )
 
 
+# A slow bus in view while the first background is learnt leaves its picture in it; when it
+# has gone, that is a hole the vehicles passing through it merge with (seed 7).
+IMPRINTED = TrafficSettings(seed=7, duration_s=300.0)
+
+
 @pytest.fixture(scope="module")
 def hard() -> Run:
     return analyse(HARD, 300.0)
@@ -138,10 +143,18 @@ def test_counts_per_line_and_direction_within_3_percent(hard: Run) -> None:
     _check_counts(hard)
 
 
+def test_counts_within_3_percent_after_a_start_that_learnt_a_bus() -> None:
+    """The bus that was in the first background is a hole once it has gone; the vehicles
+    driving through it merged with it, so it "moved", became a confirmed track, stood there
+    and took over those that passed later: 21 % of a lane was not counted. Such a still
+    track is found by its edges and dropped (Background.ghostly)."""
+    _check_counts(analyse(IMPRINTED, 300.0))
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="rain speckle with exposure jumps: 3.2 % low on lane 2 (92/95), 4.1 % on "
-    "all-lanes out (187/195), one count the wrong way on lane 2",
+    reason="rain speckle with exposure jumps: 3.2 % low on lane 2 (92/95); every other line "
+    "within 2.6 %",
 )
 def test_counts_within_3_percent_in_rain_and_exposure_jumps(wet: Run) -> None:
     _check_counts(wet)
@@ -172,8 +185,8 @@ def test_every_crossing_has_a_track_start_and_end(hard: Run) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the queue lags the truth by 1-2 s as it builds and as it clears (19 of 290 "
-    "moments of the hard scene are off by more than one vehicle)",
+    reason="the queue lags the truth by about a second as it builds and as it clears (13 of "
+    "290 moments of the hard scene are off by more than one vehicle)",
 )
 def test_queue_length_within_one_vehicle(hard: Run) -> None:
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
@@ -182,12 +195,12 @@ def test_queue_length_within_one_vehicle(hard: Run) -> None:
 
 def test_queue_length_mostly_within_one_vehicle(hard: Run) -> None:
     """What is met now (a guard against getting worse while the target above is not met):
-    at most 10 % of the moments (once a second) are off by more than the length of the
-    queue's last vehicle (6.6 % measured), and the mean error is under 2 m (0.9 m)."""
+    at most 7 % of the moments (once a second) are off by more than the length of the
+    queue's last vehicle (4.5 % measured), and the mean error is under 1 m (0.6 m)."""
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
-    assert len(bad) <= 0.10 * len(hard.queues), bad
+    assert len(bad) <= 0.07 * len(hard.queues), bad
     mean = sum(abs(got - want) for _, got, want, _ in hard.queues) / len(hard.queues)
-    assert mean < 2.0
+    assert mean < 1.0
     assert max(want for _, _, want, _ in hard.queues) > 20  # the scene has long queues
 
 

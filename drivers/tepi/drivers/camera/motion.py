@@ -81,6 +81,23 @@ class BackgroundResult:
     changed: float  # the share of the analysed area that differed, before any cleaning
 
 
+_GHOST_BG_SHARE = 0.3
+""":meth:`Background.ghostly`: the least share of the outline that is the background's edge
+alone (twice as strong as the frame's there)..."""
+_GHOST_FRAME_SHARE = 0.15
+"""... and the largest share that is the frame's alone."""
+_GHOST_MIN_EDGE = 8.0
+"""An edge (the gradient's magnitude, in grey levels) weaker than this is noise."""
+
+
+def _edges(image: Floats) -> Floats:
+    """The gradient's magnitude (Sobel, 3x3) of ``image``'s grey."""
+    grey = image if image.ndim == 2 else cv2.transform(image, _MEAN3)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    return _f32(cv2.magnitude(gx, gy))
+
+
 class Background:
     """The background of one stream at one analysis size (see the module's docstring)."""
 
@@ -252,6 +269,34 @@ class Background:
         x1, y1 = min(w, box[2] + 1), min(h, box[3] + 1)
         self._bg[y0:y1, x0:x1] = result.normalised[y0:y1, x0:x1]
         self._envelope = None
+
+    def ghostly(self, result: BackgroundResult, box: tuple[int, int, int, int]) -> bool:
+        """Whether the foreground in ``box`` (pixels ``x0, y0, x1, y1``) is a hole in the
+        background rather than an object. Along the outline of that foreground, an object
+        has its edges in the frame and not in the (empty) background; a vehicle that was
+        learnt into the background and has since left has them in the background and not
+        in the frame. A hole is one where a good share of the outline is the background's
+        and hardly any is the frame's: with a vehicle passing through the hole, the
+        outline is both, and the check waits for a clear view."""
+        bg = self._bg
+        if bg is None or result.normalised.shape != bg.shape:
+            return False
+        h, w = bg.shape[:2]
+        x0, y0 = max(0, box[0]), max(0, box[1])
+        x1, y1 = min(w, box[2] + 1), min(h, box[3] + 1)
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            return False
+        outline = cv2.morphologyEx(result.fg[y0:y1, x0:x1], cv2.MORPH_GRADIENT, self._open)
+        at = outline > 0
+        n = int(np.count_nonzero(at))
+        if n < 8:
+            return False
+        in_bg = _edges(bg[y0:y1, x0:x1])[at]
+        in_frame = _edges(result.normalised[y0:y1, x0:x1])[at]
+        strong = _GHOST_MIN_EDGE
+        bg_only = int(np.count_nonzero((in_bg > 2 * in_frame) & (in_bg > strong))) / n
+        frame_only = int(np.count_nonzero((in_frame > 2 * in_bg) & (in_frame > strong))) / n
+        return bg_only >= _GHOST_BG_SHARE and frame_only <= _GHOST_FRAME_SHARE
 
     def _learn(self, normalised: Floats, fg: Grey | None, dt: float, tau: float | None) -> None:
         """Move the background towards the normalised frame: with time constant ``tau``

@@ -53,6 +53,8 @@ __all__ = ["Counted", "LineDef", "StepResult", "TrackState", "Tracker", "Tracker
 _AREAS = 30  # area samples kept per track for its size class
 _MOVED = 0.015  # a blob is an object once its centre has gone this far (5 px at 320)
 _EDGE = 0.01  # a box this close to the frame's edge is not wholly in view
+STEADY_WINDOW = 1.0
+"""Seconds over which :attr:`TrackState.steady_speed` measures a displacement."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,9 @@ class TrackState:
     best_score: float = 0.0
     best_box: Box | None = None
     zones: tuple[str, ...] = ()
+    trail: deque[tuple[float, Box]] = field(default_factory=deque)
+    """(t, box seen) over the last :data:`STEADY_WINDOW` seconds and one before: see
+    :attr:`steady_speed`."""
 
     @property
     def box(self) -> Box:
@@ -114,6 +119,31 @@ class TrackState:
     @property
     def speed(self) -> float:
         return math.hypot(self.vx, self.vy)
+
+    @property
+    def steady_speed(self) -> float | None:
+        """The displacement over the last :data:`STEADY_WINDOW` seconds, per second, of the
+        centre (of the inner edge of a box the frame's edge cuts, as in ``_edge_speed``):
+        what the object did, not how its box jittered from one frame to the next (a stopped
+        two-wheeler whose box merges with its neighbours' and splits again moves its centre
+        back and forth, and ``speed`` follows that). None until the track has a window's
+        history: a track just made from a blob that split has no steady speed yet."""
+        trail = self.trail
+        if len(trail) < 2 or trail[-1][0] - trail[0][0] < STEADY_WINDOW:
+            return None
+        t0, a = trail[0]
+        t1, b = trail[-1]
+        dt = t1 - t0
+        return math.hypot(
+            _edge_speed(a[0], a[2], b[0], b[2], dt), _edge_speed(a[1], a[3], b[1], b[3], dt)
+        )
+
+    def remember(self, t: float) -> None:
+        """Add the box now to the trail, keeping one point older than the window."""
+        trail = self.trail
+        trail.append((t, self.seen))
+        while len(trail) > 2 and t - trail[1][0] >= STEADY_WINDOW:
+            trail.popleft()
 
     def predicted(self, t: float) -> tuple[float, float]:
         dt = t - self.t_seen
@@ -185,6 +215,14 @@ class Tracker:
         ended = [tr for tr in self.tracks if tr.confirmed]
         self.tracks = []
         return ended
+
+    def drop(self, track_id: int) -> TrackState | None:
+        """Forget one track (a ghost found by the caller); returns it, which the caller
+        ends if it was confirmed."""
+        for i, tr in enumerate(self.tracks):
+            if tr.id == track_id:
+                return self.tracks.pop(i)
+        return None
 
     def label(self, tr: TrackState) -> str | None:
         return tr.label if tr.label is not None else self._labeller(tr.typical_area())
@@ -378,6 +416,7 @@ class Tracker:
 
     def _moved(self, tr: TrackState, t: float, result: StepResult) -> None:
         """Commit the track's side of each line and count the crossings."""
+        tr.remember(t)
         c = (tr.cx, tr.cy)
         h = self.params.hysteresis
         for ln in self.lines:

@@ -1,0 +1,86 @@
+"""How the camera analytics engine counts and measures queues over many traffic scenes.
+
+The accuracy tests (tests/test_drivers/test_camera_analytics_traffic.py) check three fixed
+scenes; this runs the same engine, settings and scoring over more seeds, dry and in the rain
+with exposure jumps, and prints for each scene its worst line (lines with more than 20
+crossings; error against the simulator's exact truth) and how many of its once-a-second
+queue moments are off by more than the queue's last vehicle. About 10 s of one core a scene.
+The table in docs/vision.md ("Over more scenes") comes from:
+
+    .venv/bin/python bench/analytics_accuracy.py --seeds 0-11
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from test_drivers.test_camera_analytics_traffic import HARD, WET, analyse
+
+
+def score(weather: str, seed: int) -> dict[str, Any]:
+    base = WET if weather == "wet" else HARD
+    t0 = time.process_time()
+    run = analyse(dataclasses.replace(base, seed=seed), base.duration_s)
+    truth = run.truth()
+    errors = {
+        f"{line} {way}": (run.counts[(line, way)], n) for (line, way), n in truth.items() if n > 20
+    }
+    worst = max(errors, key=lambda k: abs(errors[k][0] - errors[k][1]) / errors[k][1])
+    got, want = errors[worst]
+    off = sum(1 for _, got_q, want_q, tail in run.queues if abs(got_q - want_q) > tail)
+    wrong_way = sum(n for key, n in run.counts.items() if truth[key] == 0)
+    return {
+        "weather": weather,
+        "seed": seed,
+        "worst_line": worst,
+        "counted": got,
+        "truth": want,
+        "worst_error_percent": round(100 * abs(got - want) / want, 1),
+        "wrong_way": wrong_way,
+        "queue_off": off,
+        "queue_moments": len(run.queues),
+        "cpu_s": round(time.process_time() - t0, 1),
+    }
+
+
+def seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--seeds", default="0-11", help="e.g. 0-11 or 0,7,9")
+    p.add_argument("--weather", default="dry,wet", help="dry, wet or both")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    args = p.parse_args()
+    if not args.json:
+        print("| scene | seed | worst line | counted/truth | error | wrong way | queue off |")
+        print("|---|---|---|---|---|---|---|")
+    for weather in args.weather.split(","):
+        for seed in seeds(args.seeds):
+            r = score(weather, seed)
+            if args.json:
+                print(json.dumps(r), flush=True)
+            else:
+                print(
+                    f"| {weather} | {seed} | {r['worst_line']} | {r['counted']}/{r['truth']} "
+                    f"| {r['worst_error_percent']}% | {r['wrong_way']} "
+                    f"| {r['queue_off']}/{r['queue_moments']} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
