@@ -195,12 +195,13 @@ def test_queue_length_within_one_vehicle(hard: Run) -> None:
 
 def test_queue_length_mostly_within_one_vehicle(hard: Run) -> None:
     """What is met now (a guard against getting worse while the target above is not met):
-    at most 7 % of the moments (once a second) are off by more than the length of the
-    queue's last vehicle (4.5 % measured), and the mean error is under 1 m (0.6 m)."""
+    at most 6 % of the moments (once a second) are off by more than the length of the
+    queue's last vehicle (4.5 % measured; 6.6 % when a track's box that jittered made it
+    "moving"), and the mean error is under 0.8 m (0.6 m; 0.9 m then)."""
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
-    assert len(bad) <= 0.07 * len(hard.queues), bad
+    assert len(bad) <= 0.06 * len(hard.queues), bad
     mean = sum(abs(got - want) for _, got, want, _ in hard.queues) / len(hard.queues)
-    assert mean < 1.0
+    assert mean < 0.8
     assert max(want for _, _, want, _ in hard.queues) > 20  # the scene has long queues
 
 
