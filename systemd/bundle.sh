@@ -2,7 +2,7 @@
 # Build the offline bundle: one tarball that installs tepi on a Raspberry Pi OS / Debian 12
 # machine with no network (a site whose APN reaches only the IOC).
 #
-#   systemd/bundle.sh --key SIGNING.pem [--native] [--python PATH] OUT.tar.gz
+#   systemd/bundle.sh --key SIGNING.pem [--native] [--with EXTRA] [--python PATH] OUT.tar.gz
 #
 # It holds, in tepi-bundle-VERSION/:
 #   wheels/            a wheel of tepi (pip wheel --no-deps .) and of every runtime dependency,
@@ -24,6 +24,10 @@
 # --key:    the builder's Ed25519 private key (PEM, from openssl genpkey -algorithm ed25519;
 #           never in the repository). Required: an unsigned bundle would not install.
 # --native: only this machine's platform (a smaller bundle, for tests).
+# --with EXTRA: also tepi's optional dependencies EXTRA (pyproject.toml's extras; repeat it
+#           for more): `--with detector` carries onnxruntime and what it needs for the camera
+#           detector (docs/vision.md), about 20 MB a platform more. install.sh installs every
+#           wheel of a bundle, so a site gets the extra by installing such a bundle.
 # --python: the Python whose pip does the work (default: python3). It must be 3.11, the
 #           devices' Python: pip evaluates the dependencies' markers (python_version < "3.11")
 #           for the Python it runs in, not for --python-version.
@@ -48,6 +52,7 @@ NATIVE=0
 OUT=""
 KEY=""
 WORK=""
+EXTRAS=()
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
 die() {
@@ -55,7 +60,7 @@ die() {
     exit 1
 }
 usage_error() {
-    printf '%s: %s\nusage: %s --key SIGNING.pem [--native] [--python PATH] OUT.tar.gz\n' "$PROG" "$*" "$PROG" >&2
+    printf '%s: %s\nusage: %s --key SIGNING.pem [--native] [--with EXTRA] [--python PATH] OUT.tar.gz\n' "$PROG" "$*" "$PROG" >&2
     exit 2
 }
 cleanup() {
@@ -74,6 +79,12 @@ while (($#)); do
         --key)
             (($# >= 2)) || usage_error "--key needs a file"
             KEY=$2
+            shift 2
+            ;;
+        --with)
+            (($# >= 2)) || usage_error "--with needs an extra's name (e.g. detector)"
+            [[ $2 =~ ^[a-z][a-z0-9-]*$ ]] || usage_error "not an extra's name: $2"
+            EXTRAS+=("$2")
             shift 2
             ;;
         --python)
@@ -99,6 +110,18 @@ done
 OUT=$(realpath -m -- "$OUT")
 [[ -d $(dirname -- "$OUT") ]] || die "no directory for $OUT"
 [[ -f $REPO/pyproject.toml && -f $REPO/constraints.txt ]] || die "$REPO is not a tepi checkout"
+for extra in "${EXTRAS[@]}"; do
+    # The runtime extras tepi declares, not the test one.
+    [[ $extra != test ]] || usage_error "--with test: a bundle is for devices, not for tests"
+    "$PYTHON" -c 'import sys, tomllib
+extras = tomllib.load(open(sys.argv[1], "rb"))["project"].get("optional-dependencies", {})
+sys.exit(sys.argv[2] not in extras)' "$REPO/pyproject.toml" "$extra" ||
+        usage_error "tepi has no optional dependencies named $extra ([project.optional-dependencies] in pyproject.toml)"
+done
+EXTRA_SPEC=""
+if ((${#EXTRAS[@]})); then
+    EXTRA_SPEC="[$(IFS=,; echo "${EXTRAS[*]}")]"
+fi
 
 command -v openssl >/dev/null || die "no openssl: apt-get install openssl"
 [[ -f $KEY && -r $KEY ]] || die "cannot read the signing key $KEY"
@@ -149,7 +172,7 @@ for arch in "${ARCHES[@]}"; do
     say "downloading the wheels for $arch (CPython $TARGET_PY, manylinux)"
     mapfile -t plat < <(platform_args "$arch")
     if ! "$PYTHON" -m pip download --disable-pip-version-check --quiet "${plat[@]}" \
-        -c "$REPO/constraints.txt" --dest "$WORK/dl-$arch" "$TEPI_WHEEL"; then
+        -c "$REPO/constraints.txt" --dest "$WORK/dl-$arch" "$TEPI_WHEEL$EXTRA_SPEC"; then
         die "a dependency has no $arch wheel for CPython $TARGET_PY (the package pip names above): a bundle must install without a compiler; pin a version with $arch wheels in constraints.txt"
     fi
     cp -n -- "$WORK/dl-$arch"/*.whl "$STAGE/wheels/"
@@ -164,7 +187,7 @@ for arch in "${ARCHES[@]}"; do
         PIP_CONFIG_FILE=/dev/null "$PYTHON" -m pip install --dry-run --quiet \
             --disable-pip-version-check --no-index --find-links "$STAGE/wheels" "${plat[@]}" \
             --target "$WORK/dry-$arch" --report "$WORK/report-$arch.json" \
-            -c "$REPO/constraints.txt" "tepi==$VERSION"
+            -c "$REPO/constraints.txt" "tepi$EXTRA_SPEC==$VERSION"
     ); then
         die "the bundle cannot install tepi on $arch without a network (see above)"
     fi
@@ -221,13 +244,14 @@ name=tepi
 version=$VERSION
 python=$TARGET_PY
 platforms=${ARCHES[*]}
+extras=${EXTRAS[*]}
 built=$built
 source=$source_rev
 EOF
 
 cat >"$STAGE/README.txt" <<EOF
 tepi $VERSION offline bundle: every wheel for CPython $TARGET_PY on ${ARCHES[*]}.
-Built $built from $source_rev.
+Built $built from $source_rev. Optional parts included: ${EXTRAS[*]:-none}.
 
 Install (Raspberry Pi OS / Debian 12 bookworm, 64-bit; needs python3 and python3-venv,
 both part of Raspberry Pi OS; uses no network):
