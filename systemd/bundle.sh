@@ -26,7 +26,7 @@
 # --native: only this machine's platform (a smaller bundle, for tests).
 # --with EXTRA: also tepi's optional dependencies EXTRA (pyproject.toml's extras; repeat it
 #           for more): `--with detector` carries onnxruntime and what it needs for the camera
-#           detector (docs/vision.md), about 20 MB a platform more. install.sh installs every
+#           detector (docs/vision.md), 23-28 MB a platform more. install.sh installs every
 #           wheel of a bundle, so a site gets the extra by installing such a bundle.
 # --python: the Python whose pip does the work (default: python3). It must be 3.11, the
 #           devices' Python: pip evaluates the dependencies' markers (python_version < "3.11")

@@ -1,6 +1,6 @@
 """A bundle with the camera detector (``bundle.sh --with detector``): onnxruntime and what it
 needs ride in the bundle, install with no network, and run the tests' own model with the
-installed tepi's detector. A bundle without it carries no onnxruntime (20 MB a platform)."""
+installed tepi's detector. A bundle without it carries no onnxruntime (23-28 MB a platform)."""
 
 from __future__ import annotations
 
