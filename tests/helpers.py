@@ -692,3 +692,21 @@ async def until(pred: Callable[[], bool], timeout: float, agent: AgentProc | Non
     except TimeoutError:
         dump = await agent.dump() if agent is not None else ""
         raise AssertionError(f"timed out waiting for {pred.__qualname__}\n{dump}") from None
+
+
+async def wait_listening(port: int, agent: AgentProc, timeout: float = 30) -> None:
+    """Until something accepts on 127.0.0.1:``port``; fails at once if ``agent`` exits."""
+
+    async def up() -> bool:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        w.close()
+        return True
+
+    async with asyncio.timeout(timeout):
+        while not await up():
+            if agent.proc is not None and agent.proc.poll() is not None:
+                raise AssertionError(f"agent exited:\n{agent.log_text()[-4000:]}")
+            await asyncio.sleep(0.05)

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import AgentProc, agent_config, run_tepi, until
+from helpers import AgentProc, agent_config, run_tepi, until, wait_listening
 from yarl import URL
 
 from tepi.gateway.config import DashboardSection
@@ -45,22 +45,6 @@ class Console:
     data: Path
 
 
-async def _wait_listening(port: int, agent: AgentProc) -> None:
-    async def up() -> bool:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        w.close()
-        return True
-
-    async with asyncio.timeout(30):
-        while not await up():
-            if agent.proc is not None and agent.proc.poll() is not None:
-                raise AssertionError(f"agent exited:\n{agent.log_text()[-4000:]}")
-            await asyncio.sleep(0.05)
-
-
 async def start_console(tmp: Path, devices: list[dict[str, Any]], **over: Any) -> Console:
     port, status_port = free_port(), free_port()
     config = agent_config(
@@ -77,7 +61,7 @@ async def start_console(tmp: Path, devices: list[dict[str, Any]], **over: Any) -
     users.set(VIEWER[0], "viewer", VIEWER[1])
     agent = AgentProc(config, tmp / "agent.log")
     agent.start()
-    await _wait_listening(port, agent)
+    await wait_listening(port, agent)
     return Console(f"https://127.0.0.1:{port}", status_port, agent, config, tmp / "data")
 
 
@@ -315,7 +299,7 @@ async def test_tepi_status_shows_the_fingerprint_and_the_certificate_is_kept(
     before = cert.read_bytes()
     assert await console.agent.stop() == 0
     console.agent.start()
-    await _wait_listening(port, console.agent)
+    await wait_listening(port, console.agent)
     await until(lambda: console.agent.log_text().count("web console on") == 2, 20, console.agent)
     assert cert.read_bytes() == before
     assert console.agent.log_text().count(served) == 2  # logged at each start, the same

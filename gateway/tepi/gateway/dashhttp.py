@@ -190,7 +190,11 @@ class DashApp:
     # ---- login -------------------------------------------------------------------------
 
     def _login(self, req: web.Request, error: str | None = None, status: int = 200) -> web.Response:
-        token = secrets.token_urlsafe(24)
+        # One token while the cookie lasts: a second login page (another tab, the browser's
+        # own request for an icon, sent here) must not void the form already shown.
+        token = req.cookies.get(LOGIN_COOKIE) or ""
+        if len(token) < 32:
+            token = secrets.token_urlsafe(24)
         next_url = _safe_next(req.query.get("next") or "/")
         no_users = not self.users.load()
         text = login_page(self.access.gateway, token, next_url, error, no_users)

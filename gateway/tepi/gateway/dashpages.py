@@ -87,7 +87,7 @@ def layout(
         f'<!doctype html><html lang="{LANG}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{e(title)} · {e(t('title', gateway=gateway))}</title>"
-        '<link rel="stylesheet" href="/static/app.css">'
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css">'
         '<script type="module" src="/static/app.js"></script></head>'
         f'<body data-page="{e(page)}"><header><span class="brand">'
         f"{e(t('title', gateway=gateway))}</span>{nav}</header>"
@@ -169,9 +169,12 @@ def strip_svg(
         runs.append((at, ts, state))
         at, state = ts, "up" if c else "down"
     runs.append((at, now, "up" if connected else state if changes else "down"))
+    # At least 4 minutes wide (a few pixels on a phone): a short run, such as the minutes
+    # since the agent started, must still show. Later runs are drawn over earlier ones, so
+    # the newest state is the one at the right edge.
     rects = "".join(
-        f'<rect class="{k}" x="{(a - t0) / 60:.1f}" y="0" width="{max((b - a) / 60, 0.5):.1f}" '
-        'height="10"/>'
+        f'<rect class="{k}" x="{min((a - t0) / 60, 1436):.1f}" y="0" '
+        f'width="{max((b - a) / 60, 4):.1f}" height="10"/>'
         for a, b, k in runs
         if b > a
     )
@@ -253,8 +256,8 @@ def _state(d: dict[str, Any]) -> str:
     extra = ""
     if st == "quarantined" and d.get("probe_interval_s"):
         seconds = f"{d['probe_interval_s']:.0f}"
-        extra = f" ({t('dev.quarantined', seconds=seconds)})"
-    return f'<span class="badge" data-state="{e(st)}">{e(st)}{e(extra)}</span>'
+        extra = f'<small class="hint">{e(t("dev.quarantined", seconds=seconds))}</small>'
+    return f'<span class="badge" data-state="{e(st)}">{e(st)}</span>{extra}'
 
 
 def _metric(dev: str, metric: str, v: dict[str, Any], big: bool = False) -> str:
@@ -331,7 +334,7 @@ def device_page(dev: str, d: dict[str, Any], errors: list[dict[str, Any]]) -> st
             if wire_rows
             else ""
         )
-        + f'</div><section class="card"><h2>{t("logs.title")}</h2>'
+        + f'</div><section class="card"><h2>{t("dev.recent")}</h2>'
         f'<ul class="log">{log_rows or "<li>" + t("logs.none") + "</li>"}</ul></section>'
     )
 
