@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -303,3 +304,32 @@ async def test_tepi_status_shows_the_fingerprint_and_the_certificate_is_kept(
     await until(lambda: console.agent.log_text().count("web console on") == 2, 20, console.agent)
     assert cert.read_bytes() == before
     assert console.agent.log_text().count(served) == 2  # logged at each start, the same
+
+
+async def test_the_live_stream_sends_values_and_the_agent_stops_with_one_open(
+    console: Console,
+) -> None:
+    async with client() as s:
+        assert await login(s, console.base, *VIEWER) == 303
+        async with s.get(f"{console.base}/events?page=devices") as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"] == "text/event-stream"
+            msgs = []
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    msgs.append(json.loads(line[6:]))
+                    if len(msgs) == 3:
+                        break
+            assert msgs[-1]["state"] == {"aq-1": "ok"}
+            assert set(msgs[-1]["v"]) == {"aq-1/m0", "aq-1/m1"}
+            assert msgs[0]["t"] < msgs[1]["t"] < msgs[2]["t"]
+            # Each message carries only the points newer than the one before.
+            seen = [p[0] for m in msgs for p in m["points"].get("aq-1", {}).get("m0", [])]
+            assert seen == sorted(set(seen)), seen
+            assert seen  # the ring had the device's values
+            # The stream is still open: the agent stops anyway, cleanly and soon.
+            started = asyncio.get_running_loop().time()
+            assert await console.agent.stop(timeout=8) == 0
+            assert asyncio.get_running_loop().time() - started < 6
+    console.agent.start()  # (the fixture stops it again)
+    await wait_listening(int(console.base.rsplit(":", 1)[1]), console.agent)
