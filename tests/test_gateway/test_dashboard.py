@@ -298,6 +298,9 @@ async def test_tepi_status_shows_the_fingerprint_and_the_certificate_is_kept(
     assert console.base.removeprefix("https://") in out.stdout
     cert = console.data / "dashboard" / "cert.pem"
     before = cert.read_bytes()
+    # It was made in a child process: the agent does not hold cryptography for it.
+    assert console.agent.proc is not None
+    assert "cryptography" not in Path(f"/proc/{console.agent.proc.pid}/maps").read_text()
     assert await console.agent.stop() == 0
     console.agent.start()
     await wait_listening(port, console.agent)
@@ -333,3 +336,20 @@ async def test_the_live_stream_sends_values_and_the_agent_stops_with_one_open(
             assert asyncio.get_running_loop().time() - started < 6
     console.agent.start()  # (the fixture stops it again)
     await wait_listening(int(console.base.rsplit(":", 1)[1]), console.agent)
+
+
+async def test_logs_by_level_escaped_and_an_unknown_device_is_404(console: Console) -> None:
+    async with client() as s:
+        # A user name is the client's text, and the failed login is logged with it.
+        assert await login(s, console.base, "<img src=x onerror=alert(1)>", "nope") == 401
+        assert await login(s, console.base, *VIEWER) == 303
+        async with s.get(f"{console.base}/logs?level=warning") as r:
+            page = await r.text()
+        assert "failed login for" in page
+        assert "<img src=x" not in page
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page
+        assert "web console on" not in page  # an info line, under the level asked
+        async with s.get(f"{console.base}/logs") as r:
+            assert "web console on" in await r.text()
+        async with s.get(f"{console.base}/devices/no-such-device") as r:
+            assert r.status == 404

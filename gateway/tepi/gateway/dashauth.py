@@ -351,3 +351,9 @@ def read_password(prompt: str = "Password: ") -> str:
     if len(first) < 8:
         raise ValueError("a password has at least 8 characters")
     return first
+
+
+if __name__ == "__main__":  # the agent makes its certificate this way (tepi.gateway.dashboard)
+    import sys
+
+    certificate(Path(sys.argv[1]))

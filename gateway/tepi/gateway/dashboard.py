@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tepi.gateway.config import DashboardSection, listen_address
-from tepi.gateway.dashauth import box_names, certificate, fingerprint, server_context
+from tepi.gateway.dashauth import box_names, fingerprint, server_context
 from tepi.gateway.health import Health
 
 if TYPE_CHECKING:
@@ -95,9 +97,28 @@ class Dashboard:
         if s.cert_file is not None and s.key_file is not None:
             cert, key = s.cert_file, s.key_file
         else:
-            cert, key = certificate(s.dir(self.data_dir))
+            cert, key = made_certificate(s.dir(self.data_dir))
         self.fingerprint = fingerprint(cert)
         return server_context(cert, key)
+
+
+def made_certificate(directory: Path) -> tuple[Path, Path]:
+    """The self-signed certificate, made the first time in a child process: making it needs
+    ``cryptography`` (about 10 MB of RSS), which the agent would otherwise hold until its
+    next restart. OSError when it could not be made."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    if not (cert.exists() and key.exists()):
+        cmd = [sys.executable, "-m", "tepi.gateway.dashauth", str(directory)]
+        try:
+            done = subprocess.run(  # noqa: S603 - our own module, a fixed argument list
+                cmd, capture_output=True, text=True, timeout=120, check=False
+            )
+        except subprocess.TimeoutExpired as err:
+            raise OSError(f"making the certificate took over {err.timeout:.0f} s") from err
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["?"])[-1]
+            raise OSError(f"cannot make the certificate in {directory}: {last}")
+    return cert, key
 
 
 def _load_http() -> type[DashApp]:
