@@ -10,7 +10,9 @@ bench/suite.py (the agent's CPU, its threads' voluntary wake-ups, its RSS):
 
     .venv/bin/python bench/dashboard.py [--workload reference] [--seconds 60] [--json]
 
-Needs /usr/bin/chromium and Playwright (the ``test`` extra) for the third window.
+Needs /usr/bin/chromium and Playwright (the ``test`` extra) for the third window, which also
+reports the first page load as Chromium saw it: bytes transferred (compressed, with headers)
+and the first contentful paint, for the login page with a cold cache and the devices page.
 """
 
 from __future__ import annotations
@@ -35,6 +37,29 @@ from tepi.gateway.localbroker import free_port
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 CHROMIUM = "/usr/bin/chromium"
 USER, PASSWORD = "bench", "bench-password"
+
+
+# The page's load as Chromium saw it: bytes over the wire (the document and its assets,
+# compressed, with headers) and the first contentful paint, from the page's own timings.
+LOAD = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const res = performance.getEntriesByType('resource').filter((r) => !r.name.includes('/events'));
+  const fcp = performance.getEntriesByName('first-contentful-paint')[0];
+  return {
+    bytes: nav.transferSize + res.reduce((n, r) => n + r.transferSize, 0),
+    fcp: fcp ? Math.round(fcp.startTime) : -1,
+  };
+}"""
+
+
+async def load(page: Any) -> dict[str, float]:
+    """LOAD, once the page has painted (its paint entry comes a frame after the load)."""
+    for _ in range(100):
+        got: dict[str, float] = await page.evaluate(LOAD)
+        if got["fcp"] >= 0:
+            break
+        await asyncio.sleep(0.05)
+    return got
 
 
 async def window(rig: Rig, seconds: float) -> dict[str, float]:
@@ -81,13 +106,20 @@ async def run(
                 page = await (await b.new_context(ignore_https_errors=True)).new_page()
                 base = f"https://127.0.0.1:{port}"
                 await page.goto(f"{base}/login?next=/devices")
+                first = await load(page)  # a cold cache: the login page's load
                 await page.fill("input[name=user]", USER)
                 await page.fill("input[name=password]", PASSWORD)
                 await page.click("button[type=submit]")
                 await page.wait_for_url(f"{base}/devices")
                 await page.wait_for_selector("body[data-live='1']")
+                on_devices = await load(page)  # the devices page, assets revalidated
                 await asyncio.sleep(warmup)
-                return await window(rig, seconds)
+                res: dict[str, float] = await window(rig, seconds)
+                res["login_load_bytes"] = first["bytes"]
+                res["login_fcp_ms"] = first["fcp"]
+                res["devices_load_bytes"] = on_devices["bytes"]
+                res["devices_fcp_ms"] = on_devices["fcp"]
+                return res
             finally:
                 await b.close()
     finally:
@@ -97,11 +129,12 @@ async def run(
 async def main_async(args: argparse.Namespace) -> None:
     wl = yaml.safe_load((WORKLOADS / f"{args.workload}.yaml").read_text())
     rows = []
-    for name, dashboard, browser in (
+    windows = (
         ("console off", False, False),
         ("console on, no browser", True, False),
         ("console on, devices page open", True, True),
-    ):
+    )
+    for name, dashboard, browser in windows[2:] if args.browser_only else windows:
         res = await run(wl, args.seconds, args.warmup, dashboard, browser)
         rows.append({"window": name, "workload": args.workload, **res})
         if args.json:
@@ -113,6 +146,12 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{r['window']:<32} {r['cpu_percent']:>7.2f} {r['wakeups_per_s']:>11.1f} "
                 f"{r['rss_mb']:>7.1f}"
             )
+        last = rows[-1]
+        print(
+            f"first load (login page, cold cache): {last['login_load_bytes']:,} bytes, "
+            f"first contentful paint {last['login_fcp_ms']:.0f} ms; devices page after login: "
+            f"{last['devices_load_bytes']:,} bytes, {last['devices_fcp_ms']:.0f} ms"
+        )
 
 
 def main() -> None:
@@ -121,6 +160,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="each window's length")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before each window")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--browser-only", action="store_true", help="only the third window")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main_async(p.parse_args()))
 

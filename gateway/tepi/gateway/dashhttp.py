@@ -345,6 +345,7 @@ class DashApp:
             if tick % OVERVIEW_EVERY == 0:
                 h = self.access.health()
                 self.history.add("_buffer", "depth", now, h.buffer.readings)
+                self.history.add("_buffer", "oldest", now, h.buffer.oldest_age_s or 0.0)
                 msg["k"] = overview_fields(h, now)
             msg["points"] = {"_buffer": self.history.series("_buffer", since, now)}
             return msg

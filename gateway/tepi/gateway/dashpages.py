@@ -169,12 +169,12 @@ def strip_svg(
         runs.append((at, ts, state))
         at, state = ts, "up" if c else "down"
     runs.append((at, now, "up" if connected else state if changes else "down"))
-    # At least 4 minutes wide (a few pixels on a phone): a short run, such as the minutes
+    # At least 10 minutes wide (2 pixels on a phone): a short run, such as the minutes
     # since the agent started, must still show. Later runs are drawn over earlier ones, so
     # the newest state is the one at the right edge.
     rects = "".join(
-        f'<rect class="{k}" x="{min((a - t0) / 60, 1436):.1f}" y="0" '
-        f'width="{max((b - a) / 60, 4):.1f}" height="10"/>'
+        f'<rect class="{k}" x="{min((a - t0) / 60, 1430):.1f}" y="0" '
+        f'width="{max((b - a) / 60, 10):.1f}" height="10"/>'
         for a, b, k in runs
         if b > a
     )
@@ -232,6 +232,9 @@ def overview_page(
         + _row(t("ov.dropped"), "buffer.dropped", f)
         + f"</dl><h3>{t('ov.depth_plot')}</h3>"
         '<svg class="plot" data-spark="_buffer/depth" viewBox="0 0 300 60" '
+        'preserveAspectRatio="none"></svg>'
+        f"<h3>{t('ov.oldest_plot')}</h3>"
+        '<svg class="plot" data-spark="_buffer/oldest" viewBox="0 0 300 60" '
         'preserveAspectRatio="none"></svg></section>'
         f'<section class="card"><h2>{t("ov.process")}</h2><dl>'
         + _row(t("ov.cpu"), "process.cpu", f)

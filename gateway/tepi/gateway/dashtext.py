@@ -44,6 +44,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "ov.pending": "In RAM, not yet committed",
         "ov.dropped": "Dropped",
         "ov.depth_plot": "Waiting, since the page opened",
+        "ov.oldest_plot": "Oldest waiting (s), since the page opened",
         "ov.process": "Box",
         "ov.cpu": "CPU (agent)",
         "ov.rss": "Memory (agent)",
