@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from helpers import AgentProc, agent_config, run_tepi, until, wait_listening
 from yarl import URL
 
@@ -30,6 +31,7 @@ from tepi.gateway.dashauth import Users
 from tepi.gateway.dashboard import DashboardAccess
 from tepi.gateway.dashhttp import CSP, PUBLIC, DashApp
 from tepi.gateway.localbroker import free_port
+from tepi.gateway.status import fetch
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -353,3 +355,35 @@ async def test_logs_by_level_escaped_and_an_unknown_device_is_404(console: Conso
             assert "web console on" in await r.text()
         async with s.get(f"{console.base}/devices/no-such-device") as r:
             assert r.status == 404
+
+
+async def test_a_dashboard_change_needs_a_restart_and_the_overview_says_so(
+    console: Console,
+) -> None:
+    cfg = yaml.safe_load(console.config.read_text())
+    cfg["dashboard"]["session_ttl"] = "1h"
+    console.config.write_text(yaml.safe_dump(cfg))
+    async with client() as s:
+        assert await login(s, console.base, *ADMIN) == 303
+        async with s.get(f"{console.base}/") as r:
+            csrf = csrf_of(await r.text())
+        async with s.post(f"{console.base}/admin/reload", data={"csrf": csrf}) as r:
+            page = await r.text()  # the overview, after the redirect
+        assert str(r.url).endswith("/?reloaded=1")
+        assert "Config reloaded." in page
+        assert "restart to apply: dashboard" in page
+    health = await asyncio.to_thread(fetch, console.config.parent / "status.sock", "/health")
+    assert health["config"]["restart_needed"] == ["dashboard"]
+
+
+async def test_logins_at_once_are_checked_one_at_a_time_and_stop_at_the_lockout(
+    console: Console,
+) -> None:
+    async with client() as s:
+        got = await asyncio.gather(
+            *(login(s, console.base, ADMIN[0], f"bad-{i}") for i in range(8))
+        )
+    assert sorted(got) == [401, 401] + [429] * 6, got
+    # Only the three before the lockout cost a password check (each 16 MiB of scrypt); the
+    # rest waited their turn and were refused without one.
+    assert console.agent.log_text().count("failed login for") == 3

@@ -116,6 +116,9 @@ class DashApp:
         self.history = History()
         self.assets = load_assets()
         self.streams = 0
+        # One password check at a time: each is 16 MiB of scrypt for about 50 ms on a Pi, and
+        # a flood of logins must neither take the box's RAM nor every worker thread.
+        self._checking = asyncio.Semaphore(1)
         app = web.Application(middlewares=[self._host, self._auth], client_max_size=64 * 1024)
         app.on_response_prepare.append(self._headers)
         r = app.router
@@ -219,7 +222,12 @@ class DashApp:
         if not want or not hmac.compare_digest(sent, want):
             return self._login(req, t("login.expired"), 403)
         name, password = str(form.get("user", ""))[:64], str(form.get("password", ""))[:256]
-        user = await asyncio.to_thread(self.users.check, name, password)
+        async with self._checking:
+            if self.limiter.locked(client) > 0:  # locked out while this one waited its turn
+                return self._login(
+                    req, t("login.locked", seconds=f"{self.limiter.lockout:.0f}"), 429
+                )
+            user = await asyncio.to_thread(self.users.check, name, password)
         if user is None:
             locked = self.limiter.failed(client)
             audit.warning("dashboard: failed login for %r from %s", name, client)
