@@ -293,6 +293,12 @@ async def test_every_page_at_360_and_1280_px_without_csp_violations(
             )
             assert overflow <= 0, (name, width, overflow)
             await page.screenshot(path=site.shots / f"{name}-{width}.png", full_page=True)
+    # A failing device's page lists its own recent errors, and no other device's.
+    await page.goto(site.base + "/devices/noise-meter")
+    recent = await page.locator("ul.log li").all_text_contents()
+    assert recent, recent
+    assert all("noise-meter" in line for line in recent), recent
+    assert any("cannot connect" in line for line in recent), recent
     # The overview: the link is up, the strip is drawn, the admin sees the reload button.
     await page.goto(site.base + "/")
     assert await page.locator(".badge[data-k='uplink.state']").text_content() == "online"

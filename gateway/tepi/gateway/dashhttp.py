@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import importlib.resources
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -287,7 +288,8 @@ class DashApp:
         if d is None:
             raise web.HTTPNotFound(text=t("dev.unknown", device=dev))
         lines = self.access.logs(1000, "warning")["lines"]
-        mine = [x for x in lines if dev in x["message"]][-20:][::-1]
+        named = re.compile(rf"(?<![\w.-]){re.escape(dev)}(?![\w-])")  # aq-1, not aq-10
+        mine = [x for x in lines if named.search(x["message"])][-20:][::-1]
         return self._page(req, dev, "device", device_page(dev, d, mine))
 
     async def _get_logs(self, req: web.Request) -> web.Response:

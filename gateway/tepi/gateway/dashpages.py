@@ -60,7 +60,7 @@ def size(n: float | None) -> str:
 def value_text(v: dict[str, Any]) -> str:
     """A reading as a person reads it: ``28.4 degC``, ``~31 ug/m3`` (uncertain), ``BAD (...)``."""
     if v.get("quality") == "bad":
-        return f"BAD ({v.get('reason')})"
+        return t("dev.bad_value", reason=v.get("reason"))
     x = v.get("value")
     text = f"{x:.4g}" if isinstance(x, float) else str(x)
     unit = f" {v['unit']}" if v.get("unit") else ""

@@ -69,6 +69,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "dev.quarantined": "probed every {seconds} s",
         "dev.none": "No devices in the config.",
         "dev.no_values": "no values yet",
+        "dev.bad_value": "BAD ({reason})",
         "dev.history_note": "Plots start when a page is first opened and keep the last hour.",
         "dev.wire": "Wire",
         "dev.counters": "Polls",
