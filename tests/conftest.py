@@ -73,6 +73,7 @@ INSTALLED_BY_SETUP = (
     "util-linux",
     "python3-venv",
     "/usr/bin/python3",
+    "chromium",
 )
 _MISSING = re.compile(r"\bno\b|not installed|not found|missing|is needed|cannot find", re.I)
 
@@ -174,6 +175,7 @@ LONGEST_FIRST = (
     "tests/test_gateway/test_alarms_e2e.py",  # 47 s
     "tests/test_gateway/test_buffer_cli.py",  # 44 s
     "tests/test_buffer/test_powercut.py",  # 41 s
+    "tests/test_gateway/test_dashboard_browser.py",  # 40 s: Chromium, plots of a few points
     "tests/test_gateway/test_serial_e2e.py",  # 39 s
     "tests/test_gateway/test_faults.py",  # 37 s
     "tests/test_gateway/test_remote_ops_e2e.py",  # 37 s

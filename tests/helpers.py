@@ -114,14 +114,19 @@ def read_db(path: Path) -> Iterator[Database]:
 
 
 def run_tepi(
-    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    *args: str,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``tepi`` CLI as a person would, and capture what it says. One that does not
     finish in ``timeout`` is asked for its task stacks (SIGUSR1: ``tepi run`` and the demo
-    log them), then killed, and the failure shows what it said. ``env`` adds variables."""
+    log them), then killed, and the failure shows what it said. ``env`` adds variables;
+    ``input`` is its stdin (a pipe, not a terminal)."""
     cmd = [sys.executable, "-m", "tepi.gateway.cli", *args]
     with subprocess.Popen(
         cmd,
+        stdin=subprocess.PIPE if input is not None else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -129,7 +134,7 @@ def run_tepi(
         env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
     ) as proc:
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGUSR1)
             try:
@@ -687,3 +692,21 @@ async def until(pred: Callable[[], bool], timeout: float, agent: AgentProc | Non
     except TimeoutError:
         dump = await agent.dump() if agent is not None else ""
         raise AssertionError(f"timed out waiting for {pred.__qualname__}\n{dump}") from None
+
+
+async def wait_listening(port: int, agent: AgentProc, timeout: float = 30) -> None:
+    """Until something accepts on 127.0.0.1:``port``; fails at once if ``agent`` exits."""
+
+    async def up() -> bool:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        w.close()
+        return True
+
+    async with asyncio.timeout(timeout):
+        while not await up():
+            if agent.proc is not None and agent.proc.poll() is not None:
+                raise AssertionError(f"agent exited:\n{agent.log_text()[-4000:]}")
+            await asyncio.sleep(0.05)

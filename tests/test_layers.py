@@ -268,6 +268,11 @@ def test_the_wheel_installs_tepi_alone(wheel: Path) -> None:
         "tepi/buffer/py.typed",
     ):
         assert must in names
+    # The web console's pages load these: each one the checkout has is in the wheel.
+    assets = sorted((REPO / "gateway/tepi/gateway/dashboard_assets").iterdir())
+    assert assets
+    for asset in assets:
+        assert f"tepi/gateway/dashboard_assets/{asset.name}" in names, asset.name
     assert not [n for n in names if "tepi_sim" in n or n.startswith("tests/")]
     assert wheel.name.startswith(f"tepi-{__version__}-")
 

@@ -34,6 +34,12 @@ LAZY_TEPI = (
     "tepi.gateway.rules_engine",
     "tepi.buffer.alarms",
     "tepi.buffer.images",
+    # the web console's, with dashboard.listen unset (the default)
+    "tepi.gateway.dashboard",
+    "tepi.gateway.dashhttp",
+    "tepi.gateway.dashauth",
+    "tepi.gateway.dashpages",
+    "tepi.gateway.dashhistory",
 )
 
 

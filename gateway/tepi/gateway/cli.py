@@ -183,6 +183,22 @@ def _parser() -> argparse.ArgumentParser:
         help="where the unit's LoadCredential= loads a relative uplink.password_file from "
         "(default /etc/tepi/secrets)",
     )
+    dash = sub.add_parser("dashboard", help="the web console: set a user's password")
+    dash.add_argument("action", choices=["passwd"], help="passwd: add a user or set a password")
+    dash.add_argument("user", help="the user name (1-32 letters, digits, . _ -)")
+    dash.add_argument(
+        "--role",
+        choices=["viewer", "admin"],
+        default=None,
+        help="viewer (reads) or admin (also acts); default: kept, else viewer",
+    )
+    dash.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/tepi/tepi.yaml"),
+        help="config file, to find the users file (default /etc/tepi/tepi.yaml)",
+    )
     profiles = sub.add_parser("profiles", help="list the device profiles, or show one")
     profiles.add_argument("name", nargs="?", help="a profile to show")
     return p
@@ -402,6 +418,38 @@ def cmd_buffer(args: argparse.Namespace) -> int:
         return EXIT_MISSING
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """``tepi dashboard passwd USER [--role R]``: the password from the terminal (twice) or
+    one line of stdin, never from the command line (ps and the shell's history show it)."""
+    from tepi.gateway.configload import load_config
+    from tepi.gateway.dashauth import Users, read_password, valid_user
+
+    if not valid_user(args.user):
+        print(f"{args.user!r}: a user name is 1-32 letters, digits, . _ or -", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg = load_config(args.config, check_files=False)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
+    users = Users(cfg.dashboard.users(cfg.gateway.data_dir))
+    known = users.load().get(args.user)
+    role = args.role or (known.role if known is not None else "viewer")
+    try:
+        password = read_password(f"New password for {args.user}: ")
+        new = users.set(args.user, role, password)
+    except ValueError as err:
+        print(f"tepi dashboard passwd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"tepi dashboard passwd: cannot write {users.path}: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"{'added' if new else 'changed'} {args.user} ({role}) in {users.path}")
+    if cfg.dashboard.listen is None:
+        print("the console is off: set dashboard.listen in the config (docs/dashboard.md)")
+    return EXIT_OK
+
+
 def cmd_profiles(name: str | None) -> int:
     from tepi.drivers.modbus.profile import describe
 
@@ -519,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "profiles":
         return cmd_profiles(args.name)
+    if args.command == "dashboard":
+        return cmd_dashboard(args)
     if args.command in ("scan", "read"):
         setup_logging("warning", args.debug)
         return cmd_modbus_tool(args)

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit
@@ -20,6 +22,7 @@ __all__ = [
     "PASSWORD_CREDENTIAL",
     "SECRETS_DIR",
     "Config",
+    "DashboardSection",
     "ImagesSection",
     "RuleConfig",
     "UplinkSection",
@@ -394,6 +397,94 @@ class StatusSection(_Model):
     enabled: bool = Field(default=True, description="Serve the local status API at all.")
 
 
+class DashboardSection(_Model):
+    """The technician's web console (docs/dashboard.md): off unless ``listen`` is set."""
+
+    listen: str | None = Field(
+        default=None,
+        description="Serve the web console over HTTPS on HOST:PORT, e.g. 0.0.0.0:8443 (every "
+        "interface) or 127.0.0.1:8443 (an SSH tunnel only). Off by default.",
+    )
+    cert_file: Path | None = Field(
+        default=None,
+        description="TLS certificate (PEM). Default: a self-signed EC P-256 certificate made "
+        "on the first start in gateway.data_dir/dashboard/ and kept; tepi status shows its "
+        "SHA-256 fingerprint.",
+    )
+    key_file: Path | None = Field(default=None, description="The certificate's private key (PEM).")
+    users_file: Path | None = Field(
+        default=None,
+        description="The users and their scrypt password hashes, written by tepi dashboard "
+        "passwd. Default: gateway.data_dir/dashboard/users.",
+    )
+    hosts: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Host names the box is reached by, besides IP addresses, localhost and "
+        "its own host name: any other Host header is refused (DNS rebinding).",
+    )
+    session_ttl: Duration = Field(
+        default=8 * 3600.0, ge=60, le=7 * 86400, description="A login lasts this long."
+    )
+    login_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Failed logins from one client before it is locked out.",
+    )
+    lockout: Duration = Field(
+        default=300.0,
+        ge=1,
+        le=86400,
+        description="How long a client that failed login_attempts times is refused; the "
+        "lockout ends by itself.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            listen_address(v)
+        return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", h):
+                raise ValueError(f"{h!r}: a host name (letters, digits, dots and dashes)")
+        return [h.lower() for h in v]
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+    def dir(self, data_dir: Path) -> Path:
+        """Where the generated certificate and the users file live by default."""
+        return data_dir / "dashboard"
+
+    def users(self, data_dir: Path) -> Path:
+        return self.users_file if self.users_file is not None else self.dir(data_dir) / "users"
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::]:8443`` for IPv6) as (host, port); ValueError with a hint."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: HOST:PORT, e.g. 0.0.0.0:8443 or 127.0.0.1:8443")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(
+                f"{text!r}: the host is an IP address (0.0.0.0: every interface) or localhost"
+            ) from None
+    return host, int(port)
+
+
 class CommandKey(_Model):
     id: str = Field(
         pattern=r"^[A-Za-z0-9._-]{1,64}$", description="The key's id, named in a signed request."
@@ -534,6 +625,10 @@ class Config(_Model):
     buffer: BufferSection = Field(default_factory=BufferSection, description="Store-and-forward.")
     status: StatusSection = Field(
         default_factory=StatusSection, description="The local status API."
+    )
+    dashboard: DashboardSection = Field(
+        default_factory=DashboardSection,
+        description="The technician's web console on the box (docs/dashboard.md); off by default.",
     )
     images: ImagesSection = Field(
         default_factory=ImagesSection,

@@ -316,6 +316,7 @@ def _cross_checks(cfg: Config, doc: _Located, check_files: bool) -> list[ConfigI
                 (("uplink", "tls", k), getattr(up.tls, k))
                 for k in ("ca_file", "cert_file", "key_file")
             ]
+        files += [(("dashboard", k), getattr(cfg.dashboard, k)) for k in ("cert_file", "key_file")]
         for i, dev in enumerate(cfg.devices):
             if isinstance(dev, CameraConfig):
                 files.append(

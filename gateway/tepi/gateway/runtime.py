@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ from tepi.gateway.uplink import Uplink, UplinkSetupError
 if TYPE_CHECKING:
     from tepi.drivers.camera.driver import Stored
     from tepi.gateway.alarms import AlarmHub
+    from tepi.gateway.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("tepi.audit")
@@ -70,6 +72,7 @@ STOP_DEADLINE_S = 8.0
 
 STATUS_EVERY_S = 10.0  # how often the STATUS= line for systemctl is refreshed
 DRAIN_S = 2.0  # at a stop, how long the polls in flight may take to finish
+LINK_HISTORY = 500  # link changes kept (for the web console's strip of the last 24 h)
 
 
 class _Stop(Exception):
@@ -166,7 +169,11 @@ class Agent:
             alarms=self.alarms,
             commands=self.commands,
         )
-        self.uplink.on_link = self._status_changed.set
+        self.uplink.on_link = self._on_link
+        # The link's changes (time, connected), for the web console's 24 h strip: a few
+        # hundred tuples, appended only when the link changes.
+        self.link_history: deque[tuple[float, bool]] = deque(maxlen=LINK_HISTORY)
+        self.dashboard: Dashboard | None = None
         if self.commands is not None:
             self.uplink.update_parts = self.update_parts
         self.started = time.monotonic()
@@ -192,6 +199,33 @@ class Agent:
         self._resources = SharedResources(gps_time=self.clock.gps_update)
         self._resources.images = self.images
         self._last_cpu = (time.monotonic(), cpu_seconds(), 0)
+
+    def _on_link(self) -> None:
+        self._status_changed.set()
+        self.link_history.append((time.time(), self.uplink.stats.connected))
+
+    def _start_dashboard(self) -> None:
+        """The web console, when dashboard.listen is set (imported only then)."""
+        if self.cfg.dashboard.listen is None:
+            return
+        assert self._tg is not None
+        from tepi.gateway.dashboard import Dashboard, DashboardAccess
+
+        wall_start = time.time() - (time.monotonic() - self.started)
+        self.dashboard = Dashboard(
+            self.cfg.dashboard,
+            self.cfg.gateway.data_dir,
+            DashboardAccess(
+                gateway=self.cfg.gateway.id,
+                health=lambda: self.snapshot(mark=False),
+                devices=self.device_status,
+                logs=self.log_ring.tail,
+                link_history=lambda: list(self.link_history),
+                started=wall_start,
+                reload=self.reload,
+            ),
+        )
+        self._tg.create_task(self.dashboard.run(), name="tepi.dashboard")
 
     def _image_hub(self, cfg: Config) -> ImageHub:
         return ImageHub(
@@ -441,6 +475,7 @@ class Agent:
                     tg.create_task(self._notify_loop(), name="tepi.notify")
                     tg.create_task(self._reload_loop(), name="tepi.reload")
                     self._start_status(self.cfg)
+                    self._start_dashboard()
                     self.ready.set()
                     tg.create_task(self.update.on_start(self._healthy), name="tepi.update.trial")
                     self.notify.ready(self.status_line())
@@ -559,6 +594,7 @@ class Agent:
                 ("buffer", old.buffer, new.buffer),
                 ("images", old.images, new.images),
                 ("commands", old.commands, new.commands),
+                ("dashboard", old.dashboard, new.dashboard),
             )
             if a != b
         ]
@@ -615,7 +651,7 @@ class Agent:
                     alarms=new_alarms or self.alarms,
                     commands=self.commands,
                 )
-                uplink.on_link = self._status_changed.set
+                uplink.on_link = self._on_link
                 if self.commands is not None:
                     uplink.update_parts = self.update_parts
             except UplinkSetupError as err:
@@ -702,6 +738,7 @@ class Agent:
                 CameraAccess(self._api_snapshot, self._api_image),
                 AlarmAccess(self._api_alarms, self._api_ack),
                 self._api_config if self.config_push is not None else None,
+                lambda: self.dashboard.info() if self.dashboard is not None else None,
             )
             self._status_task = self._tg.create_task(self.status_server.run(), name="tepi.status")
 

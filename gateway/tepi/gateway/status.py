@@ -128,7 +128,12 @@ def _camera(d: dict[str, Any]) -> dict[str, Any] | None:
     return proto if isinstance(proto, dict) and proto.get("kind") == "camera" else None
 
 
-def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str:
+def render(
+    health: dict[str, Any],
+    devices: dict[str, Any],
+    colour: bool,
+    dashboard: dict[str, Any] | None = None,
+) -> str:
     def c(kind: str, text: str) -> str:
         return f"\033[{_COLOURS[kind]}m{text}\033[0m" if colour else text
 
@@ -148,6 +153,9 @@ def render(health: dict[str, Any], devices: dict[str, Any], colour: bool) -> str
         + f"  file {buf['bytes'] / 1e6:.1f} of {buf['max_bytes'] / 1e6:.0f} MB"
         + (f"  {c('bad', 'FILE: ' + buf['file_error'])}" if buf["file_error"] else ""),
     ]
+    if dashboard is not None:
+        lines.append(f"console https://{dashboard['listen']}  users {dashboard['users']}")
+        lines.append(f"        certificate SHA-256 {dashboard['fingerprint']}")
     images = health.get("images")
     if images:
         waiting = images["waiting_for"]
@@ -236,8 +244,13 @@ def run_status(socket_path: Path, *, as_json: bool, out: TextIO = sys.stdout) ->
             file=sys.stderr,
         )
         return EXIT_UNREACHABLE
+    try:
+        dashboard = fetch(socket_path, "/dashboard")
+    except (OSError, http.client.HTTPException, ValueError):
+        dashboard = None  # off (404), or an agent from before the console
     if as_json:
-        out.write(json.dumps({"health": health, "devices": devices}, indent=2) + "\n")
+        both = {"health": health, "devices": devices, "dashboard": dashboard}
+        out.write(json.dumps(both, indent=2) + "\n")
     else:
-        out.write(render(health, devices, colour=out.isatty()) + "\n")
+        out.write(render(health, devices, colour=out.isatty(), dashboard=dashboard) + "\n")
     return EXIT_DEGRADED if problems(health) else 0

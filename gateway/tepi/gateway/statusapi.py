@@ -12,7 +12,13 @@ config asks, on 127.0.0.1. Nothing on the network can reach it by default. Its r
   (``tepi snapshot``); ``GET /images/{seq}``: a stored image's bytes, until it is sent;
 - ``POST /config/{get,apply,rollback}``: the IOC's config commands, run for a technician on
   the box (``tepi config``): the JSON body is the command's args, the answer its result
-  (``{"status": "done" | "failed", "reason", "detail", "output"}``), after the trial.
+  (``{"status": "done" | "failed", "reason", "detail", "output"}``), after the trial;
+- ``GET /dashboard``: where the web console listens and its certificate's SHA-256
+  fingerprint (``tepi status``), 404 when it is off.
+
+On the loopback TCP port a request must name the box itself in its Host header (127.0.0.1,
+localhost or ::1): a web page from elsewhere whose name an attacker re-points at 127.0.0.1
+(DNS rebinding) sends its own name, and is refused (403).
 
 Every answer but a snapshot's and an acknowledgement's is built from the agent's counters
 at request time; such a request reads, never changes, anything (the health message's rates
@@ -80,8 +86,10 @@ class StatusServer:
         cameras: CameraAccess | None = None,
         alarms: AlarmAccess | None = None,
         config: ConfigAccess | None = None,
+        dashboard: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self._config = config
+        self._dashboard = dashboard
         self._cameras = cameras
         self._alarms = alarms
         self._health = health
@@ -107,7 +115,12 @@ class StatusServer:
             accepted = await _first_connections(socks)
             app_class = await asyncio.to_thread(_load_http)
             self.app = app_class(
-                self._health, self._devices, self._cameras, self._alarms, self._config
+                self._health,
+                self._devices,
+                self._cameras,
+                self._alarms,
+                self._config,
+                self._dashboard,
             )
             await self.app.start(socks, accepted)  # its transports own them now
             await asyncio.Event().wait()

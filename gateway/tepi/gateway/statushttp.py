@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from tepi.core.errors import DeviceError
+from tepi.gateway.dashauth import LOOPBACK_HOSTS, host_allowed
 from tepi.gateway.health import Health
 from tepi.gateway.statusapi import AlarmAccess, CameraAccess, ConfigAccess
 
@@ -57,15 +58,17 @@ def prometheus_renderer(health: Callable[[], Health]) -> Callable[[], bytes]:
 class StatusApp:
     """The routes of the status API (its docstring) for one agent, on sockets it is given."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the app's parts, the last ones optional
         self,
         health: Callable[[], Health],
         devices: Callable[[], dict[str, Any]],
         cameras: CameraAccess | None = None,
         alarms: AlarmAccess | None = None,
         config: ConfigAccess | None = None,
+        dashboard: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self._config = config
+        self._dashboard = dashboard
         self._health = health
         self._devices = devices
         self._cameras = cameras
@@ -82,6 +85,7 @@ class StatusApp:
         app.router.add_get("/alarms", self._get_alarms)
         app.router.add_post("/alarms/{rule}/ack", self._post_ack)
         app.router.add_post("/config/{action:get|apply|rollback}", self._post_config)
+        app.router.add_get("/dashboard", self._get_dashboard)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def start(self, listening: list[socket.socket], accepted: list[socket.socket]) -> None:
@@ -102,6 +106,11 @@ class StatusApp:
     ) -> web.StreamResponse:
         """A handler's bug fails that request (500), never the agent; its traceback is
         logged the first time in a row the route fails, its recovery as info."""
+        # Over TCP (loopback), the Host must be the box: DNS rebinding (module docstring).
+        if isinstance(request.transport and request.transport.get_extra_info("sockname"), tuple):
+            host = request.headers.get("Host")
+            if not host_allowed(host, LOOPBACK_HOSTS, any_ip=False):
+                return _error(403, "Host not allowed: ask http://127.0.0.1:PORT")
         # Keyed by the route matched, not the path asked: a path is the client's text.
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else request.path
@@ -121,6 +130,12 @@ class StatusApp:
 
     async def _get_health(self, _req: web.Request) -> web.Response:
         return _json(self._health().payload())
+
+    async def _get_dashboard(self, _req: web.Request) -> web.Response:
+        info = self._dashboard() if self._dashboard is not None else None
+        if info is None:
+            return _error(404, "the web console is off (dashboard.listen)")
+        return _json(info)
 
     async def _get_devices(self, _req: web.Request) -> web.Response:
         return _json(self._devices())

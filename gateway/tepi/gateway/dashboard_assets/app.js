@@ -1,0 +1,73 @@
+// The console's live parts: one Server-Sent Events stream a page, filling the elements the
+// server marked (data-k, data-v, data-spark, data-devstate). The words come from the server.
+import { draw } from "./spark.js";
+
+const HOUR = 3600;
+const MAX_POINTS = 360;
+const series = new Map(); // "device/metric" -> [[ts, value], ...]
+
+function merge(points) {
+  for (const [dev, metrics] of Object.entries(points || {})) {
+    for (const [metric, pts] of Object.entries(metrics)) {
+      const key = `${dev}/${metric}`;
+      const have = series.get(key) || [];
+      for (const p of pts) {
+        const last = have[have.length - 1];
+        if (last && last[0] >= p[0]) continue;
+        if (last && Math.floor(last[0] / 10) === Math.floor(p[0] / 10)) have[have.length - 1] = p;
+        else have.push(p);
+      }
+      while (have.length > MAX_POINTS) have.shift();
+      series.set(key, have);
+    }
+  }
+}
+
+function redraw() {
+  for (const svg of document.querySelectorAll("svg[data-spark]")) {
+    const pts = series.get(svg.dataset.spark);
+    if (pts) draw(svg, pts, HOUR);
+  }
+}
+
+function apply(msg) {
+  for (const [key, text] of Object.entries(msg.k || {})) {
+    for (const el of document.querySelectorAll(`[data-k="${CSS.escape(key)}"]`)) {
+      el.textContent = text;
+    }
+    if (key === "uplink.ok" || key === "clock.ok") {
+      const badge = document.querySelector(`.badge[data-k="${key.replace(".ok", ".state")}"]`);
+      if (badge) badge.dataset.ok = text;
+    }
+  }
+  for (const [key, text] of Object.entries(msg.v || {})) {
+    const el = document.querySelector(`[data-v="${CSS.escape(key)}"]`);
+    if (el && el.textContent !== text) el.textContent = text;
+  }
+  for (const [dev, state] of Object.entries(msg.state || {})) {
+    const cell = document.querySelector(`[data-devstate="${CSS.escape(dev)}"] .badge`);
+    if (cell && cell.dataset.state !== state) {
+      cell.dataset.state = state;
+      cell.textContent = state;
+    }
+  }
+  merge(msg.points);
+  redraw();
+}
+
+function start() {
+  const page = document.body.dataset.page;
+  if (!["overview", "devices", "device"].includes(page)) return;
+  const lost = document.querySelector(".live-lost");
+  const events = new EventSource(`/events?page=${page === "overview" ? "overview" : "devices"}`);
+  events.onmessage = (ev) => {
+    if (lost) lost.hidden = true;
+    apply(JSON.parse(ev.data));
+    document.body.dataset.live = "1"; // the tests wait on this
+  };
+  events.onerror = () => {
+    if (lost) lost.hidden = false;
+  };
+}
+
+start();

@@ -1,0 +1,108 @@
+"""Every word the web console shows, in one table per language, so a translation is one more
+table (``vi`` next). Pages call :func:`t` with a key and its ``{placeholders}``; a key missing
+from a language falls back to English. The JavaScript modules carry no words: the server
+sends what they show already worded."""
+
+from __future__ import annotations
+
+__all__ = ["LANG", "STRINGS", "t"]
+
+LANG = "en"
+
+STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "tepi {gateway}",
+        "nav.overview": "Overview",
+        "nav.devices": "Devices",
+        "nav.logs": "Logs",
+        "nav.logout": "Log out",
+        "nav.user": "{user} ({role})",
+        "login.title": "Log in",
+        "login.user": "User",
+        "login.password": "Password",
+        "login.submit": "Log in",
+        "login.failed": "Wrong user or password.",
+        "login.locked": "Too many failed attempts. Try again in {seconds} s.",
+        "login.expired": "The login form expired. Try again.",
+        "login.nousers": "No users yet: on the box, run tepi dashboard passwd USER --role admin.",
+        "ov.uplink": "Uplink",
+        "ov.online": "online",
+        "ov.offline": "OFFLINE",
+        "ov.broker": "Broker",
+        "ov.last_ack": "Last acknowledgement",
+        "ov.connects": "Connects",
+        "ov.rate": "Readings acknowledged",
+        "ov.rate_value": "{rate} /s",
+        "ov.link_errors": "Link errors",
+        "ov.strip": "Link, last 24 h",
+        "ov.strip_legend": "green: connected, red: not, grey: the agent was not running",
+        "ov.buffer": "Buffer",
+        "ov.depth": "Waiting",
+        "ov.oldest": "Oldest",
+        "ov.file": "File",
+        "ov.file_value": "{used} of {max}",
+        "ov.pending": "In RAM, not yet committed",
+        "ov.dropped": "Dropped",
+        "ov.depth_plot": "Waiting, since the page opened",
+        "ov.oldest_plot": "Oldest waiting (s), since the page opened",
+        "ov.process": "Box",
+        "ov.cpu": "CPU (agent)",
+        "ov.rss": "Memory (agent)",
+        "ov.disk": "Disk free",
+        "ov.clock": "Clock",
+        "ov.synced": "synced",
+        "ov.not_synced": "NOT synced",
+        "ov.gps_offset": "GPS offset",
+        "ov.uptime": "Agent up",
+        "ov.version": "Version",
+        "ov.problems": "Needs attention",
+        "ov.all_well": "All is well.",
+        "ov.reload": "Reload the config",
+        "ov.reloaded": "Config reloaded.",
+        "ov.reload_failed": "Reload refused: the config has problems (see Logs); the old one runs.",
+        "ov.none": "none",
+        "ov.never": "never",
+        "dev.title": "Devices",
+        "dev.device": "Device",
+        "dev.state": "State",
+        "dev.values": "Last values (last hour)",
+        "dev.quarantined": "probed every {seconds} s",
+        "dev.none": "No devices in the config.",
+        "dev.no_values": "no values yet",
+        "dev.bad_value": "BAD ({reason})",
+        "dev.history_note": "Plots start when a page is first opened and keep the last hour.",
+        "dev.wire": "Wire",
+        "dev.counters": "Polls",
+        "dev.polls": "Polls",
+        "dev.readings": "Readings",
+        "dev.bad": "Bad readings",
+        "dev.missed": "Missed polls",
+        "dev.last_poll": "Last poll",
+        "dev.last_ok": "Last good poll",
+        "dev.errors": "Errors",
+        "dev.last_error": "Last error",
+        "dev.unknown": "No device {device} in the config.",
+        "dev.metrics": "Metrics",
+        "dev.recent": "Recent warnings and errors",
+        "logs.title": "Recent log lines",
+        "logs.level": "At least",
+        "logs.show": "Show",
+        "logs.kept": "{shown} of {kept} kept lines ({seen} since start)",
+        "logs.none": "No lines at this level.",
+        "ago.never": "never",
+        "ago.s": "{n} s ago",
+        "ago.min": "{n} min ago",
+        "ago.h": "{n} h ago",
+        "err.forbidden": "Only an admin may do that.",
+        "err.csrf": "This form is stale: reload the page and try again.",
+        "err.host": "This host name is not allowed here.",
+        "err.login": "Log in first.",
+        "live.lost": "Live updates lost; retrying.",
+    },
+}
+
+
+def t(key: str, **values: object) -> str:
+    """The text of ``key`` in :data:`LANG` (else English), with ``values`` filled in."""
+    text = STRINGS.get(LANG, {}).get(key) or STRINGS["en"][key]
+    return text.format(**values) if values else text

@@ -1,0 +1,329 @@
+"""The web console in a real browser: Debian's Chromium (apt, launched by its path; no browser
+download) driven by Playwright's async API, against a real ``tepi run`` polling the
+simulator (Modbus TCP) and publishing to the test's own Mosquitto.
+
+Checked: the login form, a value changed in the simulator reaching the devices page within
+2 s (over the live stream), the pages with no Content-Security-Policy violation in the
+browser's console (so nothing inline slipped in), and every page at 360 px and 1280 px
+wide, saved as screenshots: into the test's tmp dir, or into ``$TEPI_SCREENSHOTS`` when it is
+set (docs/dashboard/ holds the copies the docs show: ``TEPI_SCREENSHOTS=docs/dashboard``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import AgentProc, Broker, agent_config, until, wait_listening
+
+from tepi.gateway.dashauth import Users
+from tepi.gateway.localbroker import free_port
+from tepi_sim import Simulator
+
+CHROMIUM = Path("/usr/bin/chromium")
+ADMIN, VIEWER = ("ana", "admin-pass-1"), ("bo", "viewer-pass-2")
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (.ci/setup)"),
+]
+playwright_api = pytest.importorskip("playwright.async_api")
+
+SIM: dict[str, Any] = {
+    "seed": 5,
+    "devices": [
+        {
+            "id": "gauge",
+            "transport": "tcp",
+            "unit": 1,
+            "registers": [
+                {
+                    "address": 100,
+                    "table": "input",
+                    "kind": "constant",
+                    "value": 1.25,
+                    "type": "int16",
+                    "scale": 0.01,
+                },
+            ],
+        },
+        {
+            "id": "station",
+            "transport": "tcp",
+            "unit": 2,
+            "registers": [
+                {
+                    "address": 0,
+                    "table": "input",
+                    "kind": "temperature",
+                    "type": "int16",
+                    "scale": 0.1,
+                },
+                {"address": 1, "table": "input", "kind": "humidity", "type": "int16", "scale": 0.1},
+            ],
+        },
+    ],
+}
+
+
+def devices(sim: Simulator) -> list[dict[str, Any]]:
+    def tcp(dev: str) -> dict[str, Any]:
+        host, port = sim.endpoint(dev).rsplit(":", 1)
+        return {"host": host, "port": int(port)}
+
+    return [
+        {
+            "id": "river-gauge",
+            "driver": "modbus-tcp",
+            **tcp("gauge"),
+            "unit": 1,
+            "poll_interval": "250ms",
+            "registers": [
+                {
+                    "name": "level",
+                    "address": 100,
+                    "table": "input",
+                    "type": "int16",
+                    "scale": 0.01,
+                    "unit": "m",
+                }
+            ],
+        },
+        {
+            "id": "aq-station",
+            "driver": "modbus-tcp",
+            **tcp("station"),
+            "unit": 2,
+            "poll_interval": "1s",
+            "registers": [
+                {
+                    "name": "temperature",
+                    "address": 0,
+                    "table": "input",
+                    "type": "int16",
+                    "scale": 0.1,
+                    "unit": "degC",
+                },
+                {
+                    "name": "humidity",
+                    "address": 1,
+                    "table": "input",
+                    "type": "int16",
+                    "scale": 0.1,
+                    "unit": "%",
+                },
+            ],
+        },
+        {  # nothing answers there: a failing device, as the page shows one
+            "id": "noise-meter",
+            "driver": "modbus-tcp",
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "timeout": "200ms",
+            "poll_interval": "2s",
+            "registers": [{"name": "laeq", "address": 0, "unit": "dB"}],
+        },
+    ]
+
+
+@dataclass
+class Site:
+    base: str
+    sim: Simulator
+    agent: AgentProc
+    shots: Path
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    broker = Broker(tmp_path)
+    await broker.start()
+    port = free_port()
+    async with Simulator(SIM) as sim:
+        cfg = agent_config(
+            tmp_path,
+            broker.port,
+            devices(sim),
+            gateway_id="gw-bridge-07",
+            status__socket=str(tmp_path / "status.sock"),
+            dashboard__listen=f"127.0.0.1:{port}",
+        )
+        users = Users(tmp_path / "data" / "dashboard" / "users")
+        users.set(ADMIN[0], "admin", ADMIN[1])
+        users.set(VIEWER[0], "viewer", VIEWER[1])
+        agent = AgentProc(cfg, tmp_path / "agent.log")
+        agent.start()
+        shots = Path(os.environ.get("TEPI_SCREENSHOTS") or tmp_path / "shots")
+        shots.mkdir(parents=True, exist_ok=True)
+        try:
+            await wait_listening(port, agent)
+            yield Site(f"https://127.0.0.1:{port}", sim, agent, shots)
+        finally:
+            if agent.proc is not None and agent.proc.poll() is None:
+                assert await agent.stop() == 0
+            await broker.stop()
+    assert "Traceback" not in agent.log_text(), agent.log_text()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox"],  # root in CI containers
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def new_page(browser: Any, width: int, violations: list[str]) -> Any:
+    context = await browser.new_context(
+        ignore_https_errors=True,  # the console's self-signed certificate
+        viewport={"width": width, "height": 800},
+        device_scale_factor=1,
+    )
+    page = await context.new_page()
+    page.set_default_timeout(15_000)
+
+    def on_console(msg: Any) -> None:
+        if "Content Security Policy" in msg.text or msg.type == "error":
+            violations.append(f"{msg.type}: {msg.text}")
+
+    page.on("console", on_console)
+    return page
+
+
+async def until_js(page: Any, expr: str, arg: Any = None, timeout: float = 15.0) -> None:
+    """Until the JavaScript function ``expr`` returns true in the page. Asked from here
+    (Playwright's evaluate is not subject to the page's CSP), not by wait_for_function, whose
+    polling the console's CSP blocks (no eval): that block is what the CSP is for."""
+    async with asyncio.timeout(timeout):
+        while not await page.evaluate(expr, arg):
+            await asyncio.sleep(0.05)
+
+
+async def log_in(page: Any, base: str, user: str, password: str) -> None:
+    await page.goto(f"{base}/login?next=/devices")
+    await page.fill("input[name=user]", user)
+    await page.fill("input[name=password]", password)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/devices")
+
+
+async def test_a_simulator_value_reaches_the_devices_page_within_2_s(
+    site: Site, browser: Any
+) -> None:
+    violations: list[str] = []
+    page = await new_page(browser, 1280, violations)
+    await log_in(page, site.base, *VIEWER)
+    await page.wait_for_selector("body[data-live='1']")
+    cell = page.locator("[data-v='river-gauge/level']")
+    shows = (
+        "(want) => document.querySelector(\"[data-v='river-gauge/level']\")"
+        ".textContent.startsWith(want)"
+    )
+    await until_js(page, shows, "1.25")
+    for level in (3.21, 0.42):
+        site.sim.device("gauge").set_value(100, level, "input")
+        changed = time.monotonic()
+        await until_js(page, shows, f"{level:.2f}", timeout=2.0)
+        took = time.monotonic() - changed
+        assert took < 2.0, took
+        assert (await cell.text_content() or "").endswith(" m")
+    # The failing device is shown as such.
+    await page.wait_for_selector(
+        "[data-devstate='noise-meter'] "
+        ".badge:is([data-state='failing'], [data-state='quarantined'])"
+    )
+    assert violations == []
+
+
+PAGES = (
+    ("overview", "/"),
+    ("devices", "/devices"),
+    ("device", "/devices/aq-station"),
+    ("logs", "/logs"),
+)
+
+
+async def test_every_page_at_360_and_1280_px_without_csp_violations(
+    site: Site, browser: Any
+) -> None:
+    violations: list[str] = []
+    page = await new_page(browser, 1280, violations)
+    await page.goto(f"{site.base}/")
+    await page.wait_for_url(f"{site.base}/login?next=/")
+    # The first load (a cold cache) within the issue's 150 KB, compressed, as the browser
+    # fetched it (bench/dashboard.py reports the figure).
+    loaded = await page.evaluate(
+        "() => performance.getEntriesByType('navigation')[0].transferSize + performance"
+        ".getEntriesByType('resource').reduce((n, r) => n + r.transferSize, 0)"
+    )
+    assert 1000 < loaded < 150_000, loaded
+    for width in (360, 1280):
+        await page.set_viewport_size({"width": width, "height": 800})
+        await page.screenshot(path=site.shots / f"login-{width}.png", full_page=True)
+    await log_in(page, site.base, *ADMIN)
+    # Wait until the plots have a few points (one a 10 s step): a line, not a dot.
+    await page.wait_for_selector("body[data-live='1']")
+    await until_js(
+        page,
+        "() => (document.querySelector(\"svg[data-spark='aq-station/temperature'] path.line\")"
+        "?.getAttribute('d') || '').split('L').length >= 3",
+        timeout=60,
+    )
+    for name, path in PAGES:
+        for width in (360, 1280):
+            await page.set_viewport_size({"width": width, "height": 800})
+            await page.goto(site.base + path)
+            if name != "logs":
+                await page.wait_for_selector("body[data-live='1']")
+            if name == "device":
+                await page.wait_for_selector("svg[data-spark='aq-station/temperature'] path.line")
+            # Nothing wider than the screen (a phone would scroll sideways).
+            overflow = await page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, (name, width, overflow)
+            await page.screenshot(path=site.shots / f"{name}-{width}.png", full_page=True)
+    # A failing device's page lists its own recent errors, and no other device's.
+    await page.goto(site.base + "/devices/noise-meter")
+    recent = await page.locator("ul.log li").all_text_contents()
+    assert recent, recent
+    assert all("noise-meter" in line for line in recent), recent
+    assert any("cannot connect" in line for line in recent), recent
+    # The overview: the link is up, the strip is drawn, the admin sees the reload button.
+    await page.goto(site.base + "/")
+    assert await page.locator(".badge[data-k='uplink.state']").text_content() == "online"
+    assert await page.locator("svg.strip rect.up").count() >= 1
+    await page.click("form.admin button")
+    await page.wait_for_url(f"{site.base}/?reloaded=1")
+    assert "Config reloaded." in (await page.locator(".notice").text_content() or "")
+    # Logging out goes back to the login, and the pages are closed again.
+    await page.click(".who button")
+    await page.wait_for_url(f"{site.base}/login")
+    await page.goto(site.base + "/devices")
+    await page.wait_for_url(f"{site.base}/login?next=/devices")
+    assert violations == []
+    taken = sorted(p.name for p in site.shots.glob("*.png"))
+    assert len(taken) >= 10, taken
+    await until(lambda: "dashboard: ana (admin) logged in" in site.agent.log_text(), 5)
+
+
+def test_the_screenshot_copies_in_the_docs_are_there() -> None:
+    """docs/dashboard.md shows the screenshots this file takes (refreshed by running it with
+    TEPI_SCREENSHOTS=docs/dashboard)."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    text = (docs / "dashboard.md").read_text()
+    for name, _ in (("login", ""), *PAGES):
+        for width in (360, 1280):
+            shot = f"dashboard/{name}-{width}.png"
+            assert shot in text, shot
+            assert (docs / shot).stat().st_size > 2000, shot
