@@ -39,7 +39,11 @@ async def rtu_client() -> AsyncIterator[RtuClientFactory]:
     clients: list[AsyncModbusSerialClient] = []
 
     async def connect(path: str, timeout: float = 1.0) -> AsyncModbusSerialClient:
-        client = AsyncModbusSerialClient(port=path, baudrate=9600, timeout=timeout, retries=0)
+        # reconnect_delay=0: as the agent's client, it never reopens a lost port on its own
+        # (test_a_client_that_lost_its_port_leaves_the_replugged_one_alone).
+        client = AsyncModbusSerialClient(
+            port=path, baudrate=9600, timeout=timeout, retries=0, reconnect_delay=0
+        )
         clients.append(client)
         assert await client.connect(), f"cannot open {path}"
         return client

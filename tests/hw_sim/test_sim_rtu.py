@@ -357,3 +357,23 @@ async def test_wire_time_makes_a_reply_take_as_long_as_on_a_real_line() -> None:
         finally:
             client.close()
     assert min(took) >= (8 + 25 + 3.5) * 10 / 9600, took
+
+
+async def test_a_client_that_lost_its_port_leaves_the_replugged_one_alone(
+    sim: Simulator, rtu_client: RtuClientFactory, tmp_path: Path
+) -> None:
+    """The tests' clients do not reopen a lost port on their own, as the agent's do not
+    (``reconnect_delay=0``, drivers/tepi/drivers/modbus/link.py). With pymodbus's default
+    (0.1 s) the old client reopened the link, which by then led to the replugged adapter's
+    new pty, and held it locked (pyserial's exclusive flock): the next client failed with
+    "Could not exclusively lock port" (issue 21, point 8, seen in a Debian 12 root)."""
+    link = tmp_path / "ttyAQ"
+    old = await rtu_client(str(link), timeout=0.3)
+    assert (await old.read_holding_registers(10, count=1, device_id=1)).registers == [1]
+    sim.device("aq").set_fault("disconnect")  # a new pty behind the link at once
+    with pytest.raises(ModbusException):
+        await old.read_holding_registers(10, count=1, device_id=1)
+    assert not old.connected, "the old client reopened the port on its own"
+    sim.device("aq").set_fault("none")
+    again = await rtu_client(str(link), timeout=1.0)  # the old one is not closed
+    assert (await again.read_holding_registers(10, count=1, device_id=1)).registers == [2]

@@ -279,10 +279,31 @@ class Guest:
     """One booted guest. ``run`` executes a command in it as root, in all of PID 1's
     namespaces, with a clean environment: what a technician's root shell would run."""
 
-    def __init__(self, root: Path, share: Path, workdir: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        share: Path,
+        workdir: Path,
+        *,
+        host_network: bool = False,
+        volatile: bool = True,
+        env: dict[str, str] | None = None,
+        tmp: Path | None = None,
+    ) -> None:
+        """``host_network``: the guest shares the host's network (no link of its own; what it
+        binds, the host's ports, hence no broker started by a package install: see
+        tests/test_field/test_suite_in_root.py). ``volatile=False``: the guest writes into
+        ``root`` itself, which must then be a copy of its own. ``env``: added to every
+        command's clean environment. ``tmp``: a directory of the host bound at /tmp, where
+        nspawn would mount a tmpfs of a tenth of the host's memory: Debian 12 keeps /tmp on
+        the disk (a tmpfs only from Debian 13), and the whole suite's bundles need more."""
         self.root = root
         self.share = share  # bound read-only at /srv/field
         self.workdir = workdir
+        self.host_network = host_network
+        self.volatile = volatile
+        self.env = dict(env or {})
+        self.tmp = tmp
         self.name = f"tepif{os.getpid() % 100000}"
         self.veth = f"ve-{self.name}"[:15]
         n = _free_subnet()
@@ -299,10 +320,13 @@ class Guest:
         self._cgroups.make()
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         cmd = [
-            "systemd-nspawn", "--boot", "--directory", str(self.root), "--volatile=overlay",
+            "systemd-nspawn", "--boot", "--directory", str(self.root),
+            *(["--volatile=overlay"] if self.volatile else []),
             "--machine", self.name, "--register=no", "--keep-unit",
-            "--system-call-filter=bpf", "--network-veth", "--console=read-only",
+            "--system-call-filter=bpf", "--console=read-only",
+            *([] if self.host_network else ["--network-veth"]),
             f"--bind-ro={self.share}:/srv/field",
+            *([f"--bind={self.tmp}:/tmp"] if self.tmp is not None else []),
         ]  # fmt: skip
         if Path("/run/systemd/system").is_dir():
             cmd.remove("--keep-unit")  # a host systemd gives nspawn a scope of its own
@@ -320,7 +344,8 @@ class Guest:
         if state != "running":
             failed = self.run(["systemctl", "--failed", "--no-legend"]).stdout
             raise AssertionError(f"the guest booted {state}: failed units:\n{failed}")
-        self._link()
+        if not self.host_network:
+            self._link()
 
     def _wait(self, probe: Callable[[], T], deadline: float, what: str) -> T:
         while True:
@@ -391,13 +416,25 @@ class Guest:
         self, cmd: Sequence[str], *, timeout: float = 60, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """``cmd`` as root in the guest; its result (never raises for an exit code)."""
-        argv = [
-            "nsenter", "--target", str(self.leader), "--all", "--",
-            "env", "-i", f"PATH={GUEST_PATH}", "LANG=C.UTF-8", "HOME=/root", "TERM=dumb", *cmd,
-        ]  # fmt: skip
         return subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=False, input=input
+            self.argv(cmd),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            input=input,
         )
+
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        """The host's command line that runs ``cmd`` as root in the guest (for a process the
+        test starts and signals itself); ``run`` uses the same."""
+        into = ["nsenter", "--target", str(self.leader), "--all", "--"]
+        return [*into, *self.env_argv(), *cmd]
+
+    def env_argv(self) -> list[str]:
+        """``env -i`` and the clean environment a command in the guest starts with."""
+        base = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "HOME": "/root", "TERM": "dumb"}
+        return ["env", "-i", *(f"{k}={v}" for k, v in {**base, **self.env}.items())]
 
     def sh(self, script: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.run(["sh", "-c", script], timeout=timeout)
