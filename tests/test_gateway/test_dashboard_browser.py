@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import AgentProc, Broker, agent_config, until, wait_listening
 
 from tepi.gateway.dashauth import Users
@@ -68,6 +70,17 @@ SIM: dict[str, Any] = {
             ],
         },
     ],
+}
+
+
+RULE: dict[str, Any] = {
+    "id": "level-high",
+    "device": "river-gauge",
+    "metric": "level",
+    "above": 3.0,
+    "clear_below": 2.8,
+    "severity": "critical",
+    "description": "River above the alarm level at the bridge",
 }
 
 
@@ -153,6 +166,9 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             status__socket=str(tmp_path / "status.sock"),
             dashboard__listen=f"127.0.0.1:{port}",
         )
+        with_rules = yaml.safe_load(cfg.read_text())
+        with_rules["rules"] = [RULE]
+        cfg.write_text(yaml.safe_dump(with_rules, sort_keys=False))
         users = Users(tmp_path / "data" / "dashboard" / "users")
         users.set(ADMIN[0], "admin", ADMIN[1])
         users.set(VIEWER[0], "viewer", VIEWER[1])
@@ -249,6 +265,8 @@ PAGES = (
     ("overview", "/"),
     ("devices", "/devices"),
     ("device", "/devices/aq-station"),
+    ("alarms", "/alarms"),
+    ("config", "/config"),
     ("logs", "/logs"),
 )
 
@@ -283,7 +301,7 @@ async def test_every_page_at_360_and_1280_px_without_csp_violations(
         for width in (360, 1280):
             await page.set_viewport_size({"width": width, "height": 800})
             await page.goto(site.base + path)
-            if name != "logs":
+            if name in ("overview", "devices", "device"):
                 await page.wait_for_selector("body[data-live='1']")
             if name == "device":
                 await page.wait_for_selector("svg[data-spark='aq-station/temperature'] path.line")
@@ -293,6 +311,25 @@ async def test_every_page_at_360_and_1280_px_without_csp_violations(
             )
             assert overflow <= 0, (name, width, overflow)
             await page.screenshot(path=site.shots / f"{name}-{width}.png", full_page=True)
+    # The config page's check shows a problem as `tepi check` words it, at both widths.
+    await page.goto(site.base + "/config")
+    text = await page.locator("textarea[name=text]").input_value()
+    assert "river-gauge" in text
+    await page.fill(
+        "textarea[name=text]", text.replace("poll_interval: 250ms", "poll_interval: 250 ms!")
+    )
+    await page.click("button:text('Check')")
+    await page.wait_for_selector(".result[data-ok='bad']")
+    shown = await page.locator(".cfg-errors li").all_text_contents()
+    assert len(shown) == 1, shown
+    assert re.match(r".*tepi\.yaml:\d+: devices\[0\]\.poll_interval: ", shown[0]), shown
+    for width in (360, 1280):
+        await page.set_viewport_size({"width": width, "height": 800})
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, ("config-check", width, overflow)
+        await page.screenshot(path=site.shots / f"config-check-{width}.png", full_page=True)
     # A failing device's page lists its own recent errors, and no other device's.
     await page.goto(site.base + "/devices/noise-meter")
     recent = await page.locator("ul.log li").all_text_contents()
@@ -317,12 +354,66 @@ async def test_every_page_at_360_and_1280_px_without_csp_violations(
     await until(lambda: "dashboard: ana (admin) logged in" in site.agent.log_text(), 5)
 
 
+async def test_a_rule_fires_on_a_simulator_value_and_an_admin_acknowledges_it(
+    site: Site, browser: Any
+) -> None:
+    violations: list[str] = []
+    page = await new_page(browser, 1280, violations)
+    await log_in(page, site.base, *ADMIN)
+    await page.goto(site.base + "/alarms")
+    assert await page.locator("tr[data-rule]").count() == 0
+    site.sim.device("gauge").set_value(100, 3.5, "input")
+    row = page.locator("tr[data-rule='level-high']")
+    async with asyncio.timeout(20):
+        while await row.count() == 0:  # the page is not live: asked again until it fires
+            await asyncio.sleep(0.25)
+            await page.reload()
+    assert "firing" in (await row.locator(".badge").text_content() or "")
+    assert "3.5" in (await row.text_content() or "")
+    for width in (360, 1280):
+        await page.set_viewport_size({"width": width, "height": 800})
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, ("alarms", width, overflow)
+        await page.screenshot(path=site.shots / f"alarm-firing-{width}.png", full_page=True)
+    # A change without the CSRF token is refused (the page's own request, its cookie).
+    refused = await page.request.post(f"{site.base}/admin/alarms/level-high/ack", form={})
+    assert refused.status == 403
+    # A viewer sees it, without the button, and the server refuses the action anyway.
+    viewer = await new_page(browser, 1280, violations)
+    await log_in(viewer, site.base, *VIEWER)
+    await viewer.goto(site.base + "/alarms")
+    vrow = viewer.locator("tr[data-rule='level-high']")
+    assert await vrow.locator("button").count() == 0
+    token = await viewer.locator(".who input[name=csrf]").input_value()
+    refused = await viewer.request.post(
+        f"{site.base}/admin/alarms/level-high/ack", form={"csrf": token}
+    )
+    assert refused.status == 403
+    # The admin acknowledges it: the page says so, and says by whom.
+    await row.locator("button").click()
+    await page.wait_for_url(re.compile(r".*/alarms\?acked=level-high&done=1$"))
+    assert "acknowledged" in (await page.locator(".notice").text_content() or "")
+    assert "by dashboard:ana" in (await row.text_content() or "")
+    assert await row.locator("button").count() == 0
+    log = site.agent.log_text()
+    assert "dashboard: ana acknowledges the alarm of rule level-high" in log
+    # It resolves when the river goes down, and stays listed among the recent ones.
+    site.sim.device("gauge").set_value(100, 1.0, "input")
+    async with asyncio.timeout(20):
+        while "resolved" not in (await row.locator(".badge").text_content() or ""):
+            await asyncio.sleep(0.25)
+            await page.reload()
+    assert violations == []
+
+
 def test_the_screenshot_copies_in_the_docs_are_there() -> None:
     """docs/dashboard.md shows the screenshots this file takes (refreshed by running it with
     TEPI_SCREENSHOTS=docs/dashboard)."""
     docs = Path(__file__).resolve().parents[2] / "docs"
     text = (docs / "dashboard.md").read_text()
-    for name, _ in (("login", ""), *PAGES):
+    for name, _ in (("login", ""), *PAGES, ("config-check", ""), ("alarm-firing", "")):
         for width in (360, 1280):
             shot = f"dashboard/{name}-{width}.png"
             assert shot in text, shot

@@ -75,7 +75,13 @@ def layout(
     if session is not None:
         links = "".join(
             f'<a href="{href}"{" aria-current=page" if page == key else ""}>{t("nav." + key)}</a>'
-            for key, href in (("overview", "/"), ("devices", "/devices"), ("logs", "/logs"))
+            for key, href in (
+                ("overview", "/"),
+                ("devices", "/devices"),
+                ("alarms", "/alarms"),
+                ("config", "/config"),
+                ("logs", "/logs"),
+            )
         )
         nav = (
             f'<nav class="nav">{links}</nav><div class="who">'
