@@ -9,6 +9,8 @@ cannot change it; a change without the CSRF token is refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import html
 import json
 import re
 import time
@@ -61,15 +63,24 @@ class Box:
         return devs
 
 
+AQ1 = {"id": "aq-1", "driver": "synthetic", "metrics": 2, "poll_interval": "500ms"}
+
+
 @pytest.fixture
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
+    async with running_box(tmp_path, [AQ1]) as b:
+        yield b
+
+
+@contextlib.asynccontextmanager
+async def running_box(tmp_path: Path, devices: list[dict[str, Any]]) -> AsyncIterator[Box]:
     broker = Broker(tmp_path)
     await broker.start()
     port = free_port()
     config = agent_config(
         tmp_path,
         broker.port,
-        [{"id": "aq-1", "driver": "synthetic", "metrics": 2, "poll_interval": "500ms"}],
+        devices,
         status__socket=str(tmp_path / "status.sock"),
         dashboard__listen=f"127.0.0.1:{port}",
         commands__confirm_timeout=f"{CONFIRM_S}s",
@@ -115,8 +126,6 @@ async def post(s: aiohttp.ClientSession, url: str, form: dict[str, str]) -> tupl
 
 
 def problems_shown(page: str) -> list[str]:
-    import html
-
     return [html.unescape(x) for x in re.findall(r"<li><code>(.*?)</code></li>", page, re.S)]
 
 
@@ -266,3 +275,76 @@ def test_a_redacted_line_left_as_shown_gets_its_secret_back() -> None:
     # Two secrets that redact alike: neither is guessed.
     twins = "a:\n  password: one-1\nb:\n  password: two-2\n"
     assert unredact(redact(twins), twins) == redact(twins)
+
+
+async def scan_events(s: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+    out = []
+    async with s.get(url) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        async for line in r.content:
+            if line.startswith(b"data: "):
+                out.append(json.loads(line[6:]))
+    return out
+
+
+async def test_commissioning_is_an_admins_and_adding_a_bad_device_shows_its_lines(
+    tmp_path: Path,
+) -> None:
+    line = {"id": "line-1", "driver": "modbus-rtu", "port": "/dev/tepi-test-line", "unit": 1,
+            "registers": [{"name": "x", "address": 0}]}  # fmt: skip
+    async with running_box(tmp_path, [AQ1, line]) as box:
+        base = f"{box.base}/admin/commission"
+        async with client() as s:
+            assert await login(s, box.base, *VIEWER) == 303
+            async with s.get(base, allow_redirects=False) as r:
+                assert r.status == 403
+            async with s.get(f"{box.base}/config") as r:
+                csrf = csrf_of(await r.text())
+            async with s.get(f"{base}/scan?csrf={csrf}&port=127.0.0.1:1&units=1") as r:
+                assert r.status == 403
+        async with client() as s:
+            assert await login(s, box.base, *ADMIN) == 303
+            async with s.get(base) as r:
+                page = await r.text()
+            assert r.status == 200
+            assert "Scan" in page
+            csrf = csrf_of(page)
+            # The stream needs the form's token (it is a GET: the query carries it).
+            async with s.get(f"{base}/scan?port=127.0.0.1:1&units=1") as r:
+                assert r.status == 403
+            # Bad arguments and a busy serial port: said in the stream, nothing asked.
+            (ev,) = await scan_events(s, f"{base}/scan?csrf={csrf}&port=127.0.0.1:1&units=0-300")
+            assert ev["end"] is True
+            assert "0-300" in ev["error"]
+            (ev,) = await scan_events(s, f"{base}/scan?csrf={csrf}&port=/dev/tepi-test-line")
+            assert "line-1" in ev["error"], ev
+            # Nothing listens on a closed port: the stream says which units were asked.
+            closed = f"127.0.0.1:{free_port()}"
+            events = await scan_events(
+                s, f"{base}/scan?csrf={csrf}&port={closed}&units=1-2&timeout=0.1"
+            )
+            assert events[-1]["end"] is True
+            assert events[-1]["found"] == []
+            # Adding a device with a problem opens the config page with the whole text and
+            # the problem, its line naming that text's line.
+            bad = "- id: aq-9\n  driver: synthetic\n  metrics: 1\n  poll_interval: often\n"
+            status, page = await post(s, f"{base}/add", {"csrf": csrf, "device": bad})
+            assert status == 200
+            (problem,) = problems_shown(page)
+            m = re.match(
+                rf"{re.escape(str(box.config))}:(\d+): devices\[2\]\.poll_interval", problem
+            )
+            assert m is not None, problem
+            shown = re.search(r"<textarea[^>]*>(.*?)</textarea>", page, re.S)
+            assert shown is not None
+            text_lines = html.unescape(shown.group(1)).splitlines()
+            assert "poll_interval: often" in text_lines[int(m.group(1)) - 1]
+            # Not YAML at all: said, and the text kept.
+            status, page = await post(s, f"{base}/add", {"csrf": csrf, "device": "[: x"})
+            assert "Not YAML" in page
+            # Without the token: refused.
+            status, _ = await post(s, f"{base}/add", {"device": bad})
+            assert status == 403
+        assert box.state() == {}
+        assert "command config.apply" not in box.agent.log_text()

@@ -40,6 +40,7 @@ from aiohttp import web
 from tepi.gateway.config import DashboardSection
 from tepi.gateway.dashadmin import Outcome, alarms_page, config_page, problems_text
 from tepi.gateway.dashauth import LoginLimiter, Session, Sessions, Users, host_allowed
+from tepi.gateway.dashcommission import Commissioning
 from tepi.gateway.dashhistory import History
 from tepi.gateway.dashpages import (
     device_page,
@@ -139,6 +140,7 @@ class DashApp:
         r.add_post("/admin/config/apply", self._post_config_apply)
         r.add_get("/alarms", self._get_alarms)
         r.add_post("/admin/alarms/{rule}/ack", self._post_ack)
+        Commissioning(self).routes(r)
         r.add_get("/static/{name}", self._get_static)
         self.app = app
         # A live stream never ends by itself: at a stop, wait for none (the agent's deadline).
@@ -189,7 +191,7 @@ class DashApp:
         request["session"] = session
         return await handler(request)
 
-    def _page(self, req: web.Request, title: str, page: str, body: str) -> web.Response:
+    def page(self, req: web.Request, title: str, page: str, body: str) -> web.Response:
         session: Session = req["session"]
         text = layout(
             title, page, body, gateway=self.access.gateway, session=session, csrf=session.csrf
@@ -284,10 +286,10 @@ class DashApp:
             h, problems(health), strip, admin=session.role == "admin", csrf=session.csrf,
             message=msg,
         )  # fmt: skip
-        return self._page(req, t("nav.overview"), "overview", body)
+        return self.page(req, t("nav.overview"), "overview", body)
 
     async def _get_devices(self, req: web.Request) -> web.Response:
-        return self._page(req, t("dev.title"), "devices", devices_page(self.access.devices()))
+        return self.page(req, t("dev.title"), "devices", devices_page(self.access.devices()))
 
     async def _get_device(self, req: web.Request) -> web.Response:
         dev = req.match_info["device"]
@@ -297,13 +299,13 @@ class DashApp:
         lines = self.access.logs(1000, "warning")["lines"]
         named = re.compile(rf"(?<![\w.-]){re.escape(dev)}(?![\w-])")  # aq-1, not aq-10
         mine = [x for x in lines if named.search(x["message"])][-20:][::-1]
-        return self._page(req, dev, "device", device_page(dev, d, mine))
+        return self.page(req, dev, "device", device_page(dev, d, mine))
 
     async def _get_logs(self, req: web.Request) -> web.Response:
         level = req.query.get("level", "info")
         if level not in ("debug", "info", "warning", "error"):
             level = "info"
-        return self._page(
+        return self.page(
             req, t("logs.title"), "logs", logs_page(self.access.logs(300, level), level)
         )
 
@@ -315,7 +317,7 @@ class DashApp:
 
     # ---- config and alarms (tepi.gateway.dashconfig) ------------------------------------
 
-    def _actions(self) -> ConsoleActions:
+    def actions(self) -> ConsoleActions:
         if self.access.actions is None:
             raise web.HTTPNotFound(text=t("cfg.no_file"))
         return self.access.actions
@@ -323,14 +325,14 @@ class DashApp:
     async def _config(
         self, req: web.Request, text: str | None = None, outcome: Outcome | None = None
     ) -> web.Response:
-        actions = self._actions()
+        actions = self.actions()
         session: Session = req["session"]
         body = config_page(
             await actions.config(), admin=session.role == "admin", csrf=session.csrf, text=text,
             outcome=outcome, confirm_s=actions.confirm_timeout,
         )  # fmt: skip
         # 200 even for problems: the answer is the page with them (a form, not an API).
-        return self._page(req, t("cfg.title"), "config", body)
+        return self.page(req, t("cfg.title"), "config", body)
 
     async def _get_config(self, req: web.Request) -> web.Response:
         return await self._config(req)
@@ -340,7 +342,7 @@ class DashApp:
         return text.replace("\r\n", "\n")  # a textarea sends CRLF
 
     async def _post_config_check(self, req: web.Request) -> web.Response:
-        actions = self._actions()
+        actions = self.actions()
         text = await self._edited(req)
         if not actions.can_apply:
             raise web.HTTPNotFound(text=t("cfg.no_file"))
@@ -352,8 +354,12 @@ class DashApp:
         return await self._config(req, text, outcome)
 
     async def _post_config_apply(self, req: web.Request) -> web.Response:
-        actions = self._actions()
-        text = await self._edited(req)
+        return await self.apply_config(req, await self._edited(req))
+
+    async def apply_config(self, req: web.Request, text: str) -> web.Response:
+        """Apply ``text`` (as the editor shows it: redacted) for the session's user; the
+        config page with what it came to."""
+        actions = self.actions()
         if not actions.can_apply:
             raise web.HTTPNotFound(text=t("cfg.no_file"))
         session: Session = req["session"]
@@ -377,7 +383,7 @@ class DashApp:
         return await self._config(req, text, outcome)
 
     async def _get_alarms(self, req: web.Request) -> web.Response:
-        actions = self._actions()
+        actions = self.actions()
         session: Session = req["session"]
         rule, done = req.query.get("acked"), req.query.get("done")
         message = None
@@ -387,10 +393,10 @@ class DashApp:
             await actions.alarms(), admin=session.role == "admin", csrf=session.csrf,
             message=message,
         )  # fmt: skip
-        return self._page(req, t("al.title"), "alarms", body)
+        return self.page(req, t("al.title"), "alarms", body)
 
     async def _post_ack(self, req: web.Request) -> web.Response:
-        actions = self._actions()
+        actions = self.actions()
         rule = req.match_info["rule"]
         session: Session = req["session"]
         try:
