@@ -1,17 +1,24 @@
-"""The web console's config and alarms pages as HTML (the rest: `tepi.gateway.dashpages`,
-same rules: every value escaped, nothing inline, the words from `tepi.gateway.dashtext`)."""
+"""The web console's config and alarms pages: their routes, and their HTML (the rest:
+`tepi.gateway.dashpages`, same rules: every value escaped, nothing inline, the words from
+`tepi.gateway.dashtext`)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from aiohttp import web
 
 from tepi.gateway.dashpages import NONE, ago, e
 from tepi.gateway.dashtext import t
 
-__all__ = ["Outcome", "alarms_page", "config_page", "problems_text"]
+if TYPE_CHECKING:
+    from tepi.gateway.dashauth import Session
+    from tepi.gateway.dashhttp import DashApp
+
+__all__ = ["AdminPages", "Outcome", "alarms_page", "config_page", "problems_text"]
 
 
 @dataclass(frozen=True)
@@ -182,3 +189,101 @@ def alarms_page(
         f'<section class="card"><h2>{t("al.recent")}</h2>'
         f"{table(recent, t('al.none_recent'))}</section>"
     )
+
+
+class AdminPages:
+    """The config and alarms routes of one console (registered by `tepi.gateway.dashhttp`;
+    what they do in the agent: `tepi.gateway.dashconfig`)."""
+
+    def __init__(self, app: DashApp) -> None:
+        self.app = app
+
+    def routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/config", self.get_config)
+        r.add_post("/admin/config/check", self.post_check)
+        r.add_post("/admin/config/apply", self.post_apply)
+        r.add_get("/alarms", self.get_alarms)
+        r.add_post("/admin/alarms/{rule}/ack", self.post_ack)
+
+    async def _config(
+        self, req: web.Request, text: str | None = None, outcome: Outcome | None = None
+    ) -> web.Response:
+        actions = self.app.actions()
+        session: Session = req["session"]
+        body = config_page(
+            await actions.config(), admin=session.role == "admin", csrf=session.csrf, text=text,
+            outcome=outcome, confirm_s=actions.confirm_timeout,
+        )  # fmt: skip
+        # 200 even for problems: the answer is the page with them (a form, not an API).
+        return self.app.page(req, t("cfg.title"), "config", body)
+
+    async def get_config(self, req: web.Request) -> web.Response:
+        return await self._config(req)
+
+    async def _edited(self, req: web.Request) -> str:
+        text = str((await req.post()).get("text", ""))
+        return text.replace("\r\n", "\n")  # a textarea sends CRLF
+
+    async def post_check(self, req: web.Request) -> web.Response:
+        actions = self.app.actions()
+        text = await self._edited(req)
+        if not actions.can_apply:
+            raise web.HTTPNotFound(text=t("cfg.no_file"))
+        errors = await actions.check(text)
+        if errors:
+            outcome = Outcome(False, problems_text(len(errors)), tuple(errors))
+        else:
+            outcome = Outcome(True, t("cfg.valid"))
+        return await self._config(req, text, outcome)
+
+    async def post_apply(self, req: web.Request) -> web.Response:
+        return await self.apply_config(req, await self._edited(req))
+
+    async def apply_config(self, req: web.Request, text: str) -> web.Response:
+        """Apply ``text`` (as the editor shows it: redacted) for the session's user; the
+        config page with what it came to."""
+        actions = self.app.actions()
+        if not actions.can_apply:
+            raise web.HTTPNotFound(text=t("cfg.no_file"))
+        session: Session = req["session"]
+        res = await actions.apply(text, session.user)
+        out = res.get("output") or {}
+        if res["status"] == "done":
+            keys = out.get("restart_needed") or []
+            msg = (
+                t("cfg.restart_needed", version=out["version"], keys=", ".join(map(str, keys)))
+                if keys
+                else t("cfg.applied", version=out["version"], seconds=out.get("confirm_s"))
+            )
+            return await self._config(req, None, Outcome(True, msg))
+        errors = tuple(str(x) for x in out.get("errors", ())) if isinstance(out, dict) else ()
+        if res.get("reason") == "config_refused" and errors:
+            outcome = Outcome(False, problems_text(len(errors)), errors)
+        elif res.get("reason") == "rolled_back":
+            outcome = Outcome(False, t("cfg.rolled_back", detail=res.get("detail")))
+        else:
+            outcome = Outcome(False, t("cfg.failed", detail=res.get("detail")))
+        return await self._config(req, text, outcome)
+
+    async def get_alarms(self, req: web.Request) -> web.Response:
+        actions = self.app.actions()
+        session: Session = req["session"]
+        rule, done = req.query.get("acked"), req.query.get("done")
+        message = None
+        if rule:
+            message = t("al.acked" if done == "1" else "al.not_ackable", rule=rule)
+        body = alarms_page(
+            await actions.alarms(), admin=session.role == "admin", csrf=session.csrf,
+            message=message,
+        )  # fmt: skip
+        return self.app.page(req, t("al.title"), "alarms", body)
+
+    async def post_ack(self, req: web.Request) -> web.Response:
+        actions = self.app.actions()
+        rule = req.match_info["rule"]
+        session: Session = req["session"]
+        try:
+            done = await actions.ack(rule, session.user)
+        except LookupError:
+            raise web.HTTPNotFound(text=t("al.unknown", rule=rule)) from None
+        raise web.HTTPSeeOther("/alarms?acked=" + quote(rule, safe="") + f"&done={int(done)}")

@@ -244,7 +244,7 @@ class Commissioning:
             return self._page(req, error=str(err), add=snippet)
         # Through the config page: its apply, its answer (the problems with their lines,
         # in the text they name, or the version confirmed).
-        return await self.app.apply_config(req, redact(text))
+        return await self.app.admin.apply_config(req, redact(text))
 
 
 def _scan_words(port: Port, found: list[dict[str, Any]]) -> str:

@@ -38,7 +38,7 @@ import orjson
 from aiohttp import web
 
 from tepi.gateway.config import DashboardSection
-from tepi.gateway.dashadmin import Outcome, alarms_page, config_page, problems_text
+from tepi.gateway.dashadmin import AdminPages
 from tepi.gateway.dashauth import LoginLimiter, Session, Sessions, Users, host_allowed
 from tepi.gateway.dashcommission import Commissioning
 from tepi.gateway.dashhistory import History
@@ -135,11 +135,8 @@ class DashApp:
         r.add_get("/logs", self._get_logs)
         r.add_get("/events", self._get_events)
         r.add_post("/admin/reload", self._post_reload)
-        r.add_get("/config", self._get_config)
-        r.add_post("/admin/config/check", self._post_config_check)
-        r.add_post("/admin/config/apply", self._post_config_apply)
-        r.add_get("/alarms", self._get_alarms)
-        r.add_post("/admin/alarms/{rule}/ack", self._post_ack)
+        self.admin = AdminPages(self)
+        self.admin.routes(r)
         Commissioning(self).routes(r)
         r.add_get("/static/{name}", self._get_static)
         self.app = app
@@ -315,95 +312,12 @@ class DashApp:
         ok = await self.access.reload()
         raise web.HTTPSeeOther(f"/?reloaded={int(ok)}")
 
-    # ---- config and alarms (tepi.gateway.dashconfig) ------------------------------------
+    # ---- config, alarms, commissioning (dashadmin, dashcommission) ---------------------
 
     def actions(self) -> ConsoleActions:
         if self.access.actions is None:
             raise web.HTTPNotFound(text=t("cfg.no_file"))
         return self.access.actions
-
-    async def _config(
-        self, req: web.Request, text: str | None = None, outcome: Outcome | None = None
-    ) -> web.Response:
-        actions = self.actions()
-        session: Session = req["session"]
-        body = config_page(
-            await actions.config(), admin=session.role == "admin", csrf=session.csrf, text=text,
-            outcome=outcome, confirm_s=actions.confirm_timeout,
-        )  # fmt: skip
-        # 200 even for problems: the answer is the page with them (a form, not an API).
-        return self.page(req, t("cfg.title"), "config", body)
-
-    async def _get_config(self, req: web.Request) -> web.Response:
-        return await self._config(req)
-
-    async def _edited(self, req: web.Request) -> str:
-        text = str((await req.post()).get("text", ""))
-        return text.replace("\r\n", "\n")  # a textarea sends CRLF
-
-    async def _post_config_check(self, req: web.Request) -> web.Response:
-        actions = self.actions()
-        text = await self._edited(req)
-        if not actions.can_apply:
-            raise web.HTTPNotFound(text=t("cfg.no_file"))
-        errors = await actions.check(text)
-        if errors:
-            outcome = Outcome(False, problems_text(len(errors)), tuple(errors))
-        else:
-            outcome = Outcome(True, t("cfg.valid"))
-        return await self._config(req, text, outcome)
-
-    async def _post_config_apply(self, req: web.Request) -> web.Response:
-        return await self.apply_config(req, await self._edited(req))
-
-    async def apply_config(self, req: web.Request, text: str) -> web.Response:
-        """Apply ``text`` (as the editor shows it: redacted) for the session's user; the
-        config page with what it came to."""
-        actions = self.actions()
-        if not actions.can_apply:
-            raise web.HTTPNotFound(text=t("cfg.no_file"))
-        session: Session = req["session"]
-        res = await actions.apply(text, session.user)
-        out = res.get("output") or {}
-        if res["status"] == "done":
-            keys = out.get("restart_needed") or []
-            msg = (
-                t("cfg.restart_needed", version=out["version"], keys=", ".join(map(str, keys)))
-                if keys
-                else t("cfg.applied", version=out["version"], seconds=out.get("confirm_s"))
-            )
-            return await self._config(req, None, Outcome(True, msg))
-        errors = tuple(str(x) for x in out.get("errors", ())) if isinstance(out, dict) else ()
-        if res.get("reason") == "config_refused" and errors:
-            outcome = Outcome(False, problems_text(len(errors)), errors)
-        elif res.get("reason") == "rolled_back":
-            outcome = Outcome(False, t("cfg.rolled_back", detail=res.get("detail")))
-        else:
-            outcome = Outcome(False, t("cfg.failed", detail=res.get("detail")))
-        return await self._config(req, text, outcome)
-
-    async def _get_alarms(self, req: web.Request) -> web.Response:
-        actions = self.actions()
-        session: Session = req["session"]
-        rule, done = req.query.get("acked"), req.query.get("done")
-        message = None
-        if rule:
-            message = t("al.acked" if done == "1" else "al.not_ackable", rule=rule)
-        body = alarms_page(
-            await actions.alarms(), admin=session.role == "admin", csrf=session.csrf,
-            message=message,
-        )  # fmt: skip
-        return self.page(req, t("al.title"), "alarms", body)
-
-    async def _post_ack(self, req: web.Request) -> web.Response:
-        actions = self.actions()
-        rule = req.match_info["rule"]
-        session: Session = req["session"]
-        try:
-            done = await actions.ack(rule, session.user)
-        except LookupError:
-            raise web.HTTPNotFound(text=t("al.unknown", rule=rule)) from None
-        raise web.HTTPSeeOther("/alarms?acked=" + quote(rule, safe="") + f"&done={int(done)}")
 
     async def _get_static(self, req: web.Request) -> web.Response:
         asset = self.assets.get(req.match_info["name"])
