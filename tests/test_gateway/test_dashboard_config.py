@@ -348,3 +348,31 @@ async def test_commissioning_is_an_admins_and_adding_a_bad_device_shows_its_line
             assert status == 403
         assert box.state() == {}
         assert "command config.apply" not in box.agent.log_text()
+
+
+async def test_a_device_added_with_a_profile_is_applied_with_it(box: Box) -> None:
+    device = f"id: level-9\ndriver: modbus-tcp\nhost: 127.0.0.1\nport: {free_port()}\n"
+    async with client() as s:
+        assert await login(s, box.base, *ADMIN) == 303
+        async with s.get(f"{box.base}/admin/commission") as r:
+            page = await r.text()
+        # The profiles the box knows, with their registers.
+        assert "water-level-gauge" in page
+        assert "high_water_alarm" in page
+        csrf = csrf_of(page)
+        form = {"csrf": csrf, "device": device, "profile": "no-such-profile"}
+        status, page = await post(s, f"{box.base}/admin/commission/add", form)
+        assert "profile: not a valid value" in page
+        form["profile"] = "water-level-gauge"
+        status, page = await post(s, f"{box.base}/admin/commission/add", form)
+        assert status == 200
+        assert "Applied and confirmed: v1" in page, problems_shown(page) or page[-3000:]
+    applied = yaml.safe_load((box.data / "config" / "v1.yaml").read_text())
+    added = applied["devices"][-1]
+    assert added["id"] == "level-9"
+    assert added["profile"] == "water-level-gauge"
+    # The agent runs it with the profile's registers (nothing answers there: it fails, and
+    # was not one of the devices a trial waits for).
+    devs = await box.until_devices(lambda d: "level-9" in d)
+    assert devs["level-9"]["state"] in ("starting", "failing", "quarantined")
+    assert box.state()["history"][-1]["by"].startswith("dashboard:ana:")

@@ -7,6 +7,8 @@
   configured device uses is refused: two masters on one line garble each other. The form's
   CSRF token rides in the query (an EventSource can only GET).
 - **Read** is one request: every decoding of the registers, as ``tepi read`` prints them.
+- **Profiles**: the register maps the box knows (``tepi profiles``); one chosen in the add
+  form is the new device's ``profile``.
 - **Add this device** takes a device's YAML (prefilled from the form: a unit found, its port,
   a register read), appends it to the running config's ``devices`` and applies the result as
   the config page does (checked, on trial, rolled back unless confirmed, audited with the
@@ -28,6 +30,7 @@ from aiohttp import web
 
 from tepi.core.errors import DeviceError
 from tepi.drivers.modbus.link import ExceptionReply
+from tepi.drivers.modbus.profile import load_profile, profile_names
 from tepi.drivers.modbus.tools import BAUD_RATES, Decodings, Port, read, scan
 from tepi.gateway.dashpages import e
 from tepi.gateway.dashtext import t
@@ -61,9 +64,11 @@ def device_yaml(port: Port, unit: int, address: int, table_name: str, baud: int)
     return str(yaml.safe_dump([dev], sort_keys=False))
 
 
-def with_device(running: str, snippet: str) -> str:
+def with_device(running: str, snippet: str, profile: str | None = None) -> str:
     """The running config's text with the device(s) of ``snippet`` (YAML: one device, or a
-    list of them) appended to ``devices``. ValueError when it is not that."""
+    list of them) appended to ``devices``, each given ``profile`` when one is chosen (its
+    registers come first; the YAML's add to them or change them). ValueError when it is not
+    that."""
     try:
         new = yaml.safe_load(snippet)
         cfg = yaml.safe_load(running)
@@ -74,6 +79,8 @@ def with_device(running: str, snippet: str) -> str:
     devices_ok = isinstance(new, list) and new and all(isinstance(d, dict) for d in new)
     if not devices_ok or not isinstance(cfg, dict):
         raise ValueError(t("com.not_device"))
+    if profile:
+        new = [{**d, "profile": profile} for d in new]
     cfg["devices"] = [*(cfg.get("devices") or []), *new]
     return str(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
@@ -234,12 +241,16 @@ class Commissioning:
         actions = self.app.actions()
         form = await req.post()
         snippet = str(form.get("device", "")).replace("\r\n", "\n")
+        profile = str(form.get("profile", ""))
+        req["form"] = {"profile": profile}
+        if profile and profile not in profile_names():
+            return self._page(req, error=t("com.bad_number", field="profile"), add=snippet)
         path = actions.agent.config_path
         if path is None:
             raise web.HTTPNotFound(text=t("cfg.no_file"))
         running = await asyncio.to_thread(path.read_text, encoding="utf-8")
         try:
-            text = with_device(running, snippet)
+            text = with_device(running, snippet, profile or None)
         except ValueError as err:
             return self._page(req, error=str(err), add=snippet)
         # Through the config page: its apply, its answer (the problems with their lines,
@@ -268,6 +279,16 @@ def commission_page(values: dict[str, Any], csrf: str, result: str, add: str) ->
     tbl = values.get("table") or "holding"
     tables = "".join(
         f'<option value="{x}"{" selected" if x == tbl else ""}>{x}</option>' for x in TABLES
+    )
+    chosen = values.get("profile") or ""
+    profiles = f'<option value="">{t("com.no_profile")}</option>' + "".join(
+        f'<option value="{e(n)}"{" selected" if n == chosen else ""}>{e(n)}</option>'
+        for n in profile_names()
+    )
+    profile_rows = "".join(
+        f'<tr><td><b>{e(n)}</b></td><td>{e(p.get("description", ""))}<small class="hint">'
+        f"{e(', '.join(str(r.get('name')) for r in p['registers']))}</small></td></tr>"
+        for n, p in ((n, load_profile(n)) for n in profile_names())
     )
     port = (
         f'<label>{t("com.port")}<input name="port" value="{v("port")}" required '
@@ -303,7 +324,12 @@ def commission_page(values: dict[str, Any], csrf: str, result: str, add: str) ->
         f'<input type="hidden" name="csrf" value="{e(csrf)}">'
         '<textarea name="device" spellcheck="false" autocomplete="off" wrap="off" '
         f'class="short" aria-label="{t("com.add")}">{e(add)}</textarea>'
+        f'<label class="profile">{t("com.profile")}<select name="profile">{profiles}</select>'
+        "</label>"
         f'<div class="buttons"><button type="submit" data-busy="{e(t("com.adding"))}">'
         f"{t('com.add_go')}</button></div></form>"
         f'<p class="hint">{t("com.add_hint")}</p></section>'
+        f'<section class="card"><h2>{t("com.profiles")}</h2><p class="hint">'
+        f'{t("com.profiles_hint")}</p><table class="list profiles"><tbody>{profile_rows}'
+        "</tbody></table></section>"
     )

@@ -176,6 +176,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "com.add_hint": "The device's YAML (a read fills it in: give it an id and name its "
         "registers). It is added to the running config and applied as on the config page: "
         "checked, then on trial, rolled back unless confirmed.",
+        "com.profile": "Profile",
+        "com.no_profile": "(none: the registers in the YAML)",
+        "com.profiles": "Profiles",
+        "com.profiles_hint": "Register maps the box knows (tepi profiles). Chosen in the form "
+        "above, its registers come first; registers in the YAML add to them, or change one "
+        "of the same name.",
         "com.no_port": "Give a port: /dev/ttyUSB0, or host:port.",
         "com.port_busy": "{port} is the port of the configured device {device}: scan or read "
         "it with the agent's polling stopped, or another port.",
