@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
+from dashkit import ADMIN, VIEWER, client, csrf_of, login
 from helpers import AgentProc, agent_config, run_tepi, until, wait_listening
 from yarl import URL
 
@@ -35,7 +34,6 @@ from tepi.gateway.status import fetch
 
 pytestmark = pytest.mark.timeout(90)
 
-ADMIN, VIEWER = ("ana", "admin-pass-1"), ("bo", "viewer-pass-2")
 LOCKOUT_S = 2.0
 
 
@@ -83,34 +81,6 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
     assert "Traceback" not in c.agent.log_text(), c.agent.log_text()
 
 
-def client() -> aiohttp.ClientSession:
-    # The console's certificate is self-signed; the fingerprint test checks it instead.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx),
-        cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies for an IP address
-        timeout=aiohttp.ClientTimeout(total=20),
-    )
-
-
-async def login(s: aiohttp.ClientSession, base: str, user: str, password: str) -> int:
-    """Log in through the form; the status of the form's answer (303 when it worked)."""
-    async with s.get(f"{base}/login") as r:
-        token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
-    assert token is not None
-    form = {"csrf": token.group(1), "user": user, "password": password, "next": "/devices"}
-    async with s.post(f"{base}/login", data=form, allow_redirects=False) as r:
-        return r.status
-
-
-def csrf_of(page: str) -> str:
-    m = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert m is not None, page[:500]
-    return m.group(1)
-
-
 def router_routes() -> set[tuple[str, str]]:
     """(method, path) of every route the console's router has (the app is built for its
     router only: nothing of it is called)."""
@@ -137,7 +107,7 @@ def router_routes() -> set[tuple[str, str]]:
 
 
 def concrete(path: str) -> str:
-    return path.replace("{device}", "aq-1").replace("{name}", "app.css")
+    return path.replace("{device}", "aq-1").replace("{name}", "app.css").replace("{rule}", "r1")
 
 
 async def test_every_route_without_a_session_is_refused_or_sent_to_login(

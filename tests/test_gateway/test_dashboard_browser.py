@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import AgentProc, Broker, agent_config, until, wait_listening
 
 from tepi.gateway.dashauth import Users
@@ -40,6 +42,7 @@ SIM: dict[str, Any] = {
         {
             "id": "gauge",
             "transport": "tcp",
+            "bus": "gw",  # the two behind one Modbus TCP gateway: the scan finds both
             "unit": 1,
             "registers": [
                 {
@@ -55,6 +58,7 @@ SIM: dict[str, Any] = {
         {
             "id": "station",
             "transport": "tcp",
+            "bus": "gw",
             "unit": 2,
             "registers": [
                 {
@@ -67,7 +71,34 @@ SIM: dict[str, Any] = {
                 {"address": 1, "table": "input", "kind": "humidity", "type": "int16", "scale": 0.1},
             ],
         },
+        {  # not in the agent's config: the one commissioning finds and adds
+            "id": "spare",
+            "transport": "tcp",
+            "bus": "gw",
+            "unit": 3,
+            "registers": [
+                {
+                    "address": 100,
+                    "table": "input",
+                    "kind": "constant",
+                    "value": 4.2,
+                    "type": "int16",
+                    "scale": 0.01,
+                },
+            ],
+        },
     ],
+}
+
+
+RULE: dict[str, Any] = {
+    "id": "level-high",
+    "device": "river-gauge",
+    "metric": "level",
+    "above": 3.0,
+    "clear_below": 2.8,
+    "severity": "critical",
+    "description": "River above the alarm level at the bridge",
 }
 
 
@@ -153,6 +184,9 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             status__socket=str(tmp_path / "status.sock"),
             dashboard__listen=f"127.0.0.1:{port}",
         )
+        with_rules = yaml.safe_load(cfg.read_text())
+        with_rules["rules"] = [RULE]
+        cfg.write_text(yaml.safe_dump(with_rules, sort_keys=False))
         users = Users(tmp_path / "data" / "dashboard" / "users")
         users.set(ADMIN[0], "admin", ADMIN[1])
         users.set(VIEWER[0], "viewer", VIEWER[1])
@@ -249,6 +283,8 @@ PAGES = (
     ("overview", "/"),
     ("devices", "/devices"),
     ("device", "/devices/aq-station"),
+    ("alarms", "/alarms"),
+    ("config", "/config"),
     ("logs", "/logs"),
 )
 
@@ -283,7 +319,7 @@ async def test_every_page_at_360_and_1280_px_without_csp_violations(
         for width in (360, 1280):
             await page.set_viewport_size({"width": width, "height": 800})
             await page.goto(site.base + path)
-            if name != "logs":
+            if name in ("overview", "devices", "device"):
                 await page.wait_for_selector("body[data-live='1']")
             if name == "device":
                 await page.wait_for_selector("svg[data-spark='aq-station/temperature'] path.line")
@@ -293,6 +329,25 @@ async def test_every_page_at_360_and_1280_px_without_csp_violations(
             )
             assert overflow <= 0, (name, width, overflow)
             await page.screenshot(path=site.shots / f"{name}-{width}.png", full_page=True)
+    # The config page's check shows a problem as `tepi check` words it, at both widths.
+    await page.goto(site.base + "/config")
+    text = await page.locator("textarea[name=text]").input_value()
+    assert "river-gauge" in text
+    await page.fill(
+        "textarea[name=text]", text.replace("poll_interval: 250ms", "poll_interval: 250 ms!")
+    )
+    await page.click("button:text('Check')")
+    await page.wait_for_selector(".result[data-ok='bad']")
+    shown = await page.locator(".cfg-errors li").all_text_contents()
+    assert len(shown) == 1, shown
+    assert re.match(r".*tepi\.yaml:\d+: devices\[0\]\.poll_interval: ", shown[0]), shown
+    for width in (360, 1280):
+        await page.set_viewport_size({"width": width, "height": 800})
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, ("config-check", width, overflow)
+        await page.screenshot(path=site.shots / f"config-check-{width}.png", full_page=True)
     # A failing device's page lists its own recent errors, and no other device's.
     await page.goto(site.base + "/devices/noise-meter")
     recent = await page.locator("ul.log li").all_text_contents()
@@ -317,12 +372,137 @@ async def test_every_page_at_360_and_1280_px_without_csp_violations(
     await until(lambda: "dashboard: ana (admin) logged in" in site.agent.log_text(), 5)
 
 
+async def test_a_rule_fires_on_a_simulator_value_and_an_admin_acknowledges_it(
+    site: Site, browser: Any
+) -> None:
+    violations: list[str] = []
+    page = await new_page(browser, 1280, violations)
+    await log_in(page, site.base, *ADMIN)
+    await page.goto(site.base + "/alarms")
+    assert await page.locator("tr[data-rule]").count() == 0
+    site.sim.device("gauge").set_value(100, 3.5, "input")
+    row = page.locator("tr[data-rule='level-high']")
+    async with asyncio.timeout(20):
+        while await row.count() == 0:  # the page is not live: asked again until it fires
+            await asyncio.sleep(0.25)
+            await page.reload()
+    assert "firing" in (await row.locator(".badge").text_content() or "")
+    assert "3.5" in (await row.text_content() or "")
+    for width in (360, 1280):
+        await page.set_viewport_size({"width": width, "height": 800})
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, ("alarms", width, overflow)
+        await page.screenshot(path=site.shots / f"alarm-firing-{width}.png", full_page=True)
+    # A change without the CSRF token is refused (the page's own request, its cookie).
+    refused = await page.request.post(f"{site.base}/admin/alarms/level-high/ack", form={})
+    assert refused.status == 403
+    # A viewer sees it, without the button, and the server refuses the action anyway.
+    viewer = await new_page(browser, 1280, violations)
+    await log_in(viewer, site.base, *VIEWER)
+    await viewer.goto(site.base + "/alarms")
+    vrow = viewer.locator("tr[data-rule='level-high']")
+    assert await vrow.locator("button").count() == 0
+    token = await viewer.locator(".who input[name=csrf]").input_value()
+    refused = await viewer.request.post(
+        f"{site.base}/admin/alarms/level-high/ack", form={"csrf": token}
+    )
+    assert refused.status == 403
+    # The admin acknowledges it: the page says so, and says by whom.
+    await row.locator("button").click()
+    await page.wait_for_url(re.compile(r".*/alarms\?acked=level-high&done=1$"))
+    assert "acknowledged" in (await page.locator(".notice").text_content() or "")
+    assert "by dashboard:ana" in (await row.text_content() or "")
+    assert await row.locator("button").count() == 0
+    log = site.agent.log_text()
+    assert "dashboard: ana acknowledges the alarm of rule level-high" in log
+    # It resolves when the river goes down, and stays listed among the recent ones.
+    site.sim.device("gauge").set_value(100, 1.0, "input")
+    async with asyncio.timeout(20):
+        while "resolved" not in (await row.locator(".badge").text_content() or ""):
+            await asyncio.sleep(0.25)
+            await page.reload()
+    assert violations == []
+
+
+async def test_a_scan_from_the_page_finds_the_simulators_unit_and_it_is_added(
+    site: Site, browser: Any
+) -> None:
+    violations: list[str] = []
+    page = await new_page(browser, 1280, violations)
+    await log_in(page, site.base, *ADMIN)
+    await page.click("nav a:text('Commissioning')")
+    await page.wait_for_url(f"{site.base}/admin/commission")
+    endpoint = site.sim.endpoint("gauge")  # units 1, 2 and 3 answer there, and no other
+    scan = page.locator("form.scan")
+    await scan.locator("input[name=port]").fill(endpoint)
+    await scan.locator("input[name=units]").fill("1-5")
+    await scan.locator("button").click()
+    await page.wait_for_selector(".scan-out[data-done]")
+    found = await page.locator(".found li").all_text_contents()
+    assert await page.locator(".scan-out").get_attribute("data-done") == "3", found
+    for unit, text in zip((1, 2, 3), found, strict=True):
+        assert text.startswith(f"unit {unit}: answers (registers)"), found
+    assert "3 unit(s) answered" in (await page.locator(".scan-text").text_content() or "")
+    assert await page.locator(".scan-out progress").get_attribute("value") == "5"
+    # The unit found fills the read form; a read shows every decoding.
+    await page.click(".found li[data-unit='3'] button")
+    read = page.locator("form.read")
+    assert await read.locator("input[name=port]").input_value() == endpoint
+    await read.locator("select[name=table]").select_option("input")
+    await read.locator("input[name=address]").fill("100")
+    await read.locator("input[name=count]").fill("1")
+    await read.locator("button").click()
+    await page.wait_for_selector("pre.decodings")
+    decoded = await page.locator("pre.decodings").text_content() or ""
+    assert re.search(r"^\s+100\s+0x01A4\s+420\s+420", decoded, re.M), decoded
+    for width in (360, 1280):
+        await page.set_viewport_size({"width": width, "height": 800})
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, ("commission", width, overflow)
+        await page.screenshot(path=site.shots / f"commission-{width}.png", full_page=True)
+    # "Add this device": the read filled it in; named, it goes through the config's apply.
+    snippet = await page.locator("textarea[name=device]").input_value()
+    assert "driver: modbus-tcp" in snippet, snippet
+    assert "address: 100" in snippet, snippet
+    snippet = snippet.replace("id: unit-3", "id: gauge-2").replace("name: r100", "name: level")
+    await page.fill("textarea[name=device]", snippet)
+    await page.click("button:text('Add to the config and apply')")
+    await page.wait_for_selector(".result", timeout=60_000)
+    result = await page.locator(".result").text_content() or ""
+    assert await page.locator(".result").get_attribute("data-ok") == "ok", result
+    assert "Applied and confirmed: v1" in result, result
+    # It is in the config and polls: its value on the devices page.
+    assert "id: gauge-2" in (await page.locator("textarea[name=text]").input_value())
+    await page.goto(site.base + "/devices")
+    await page.wait_for_selector("body[data-live='1']")
+    await until_js(
+        page,
+        "() => (document.querySelector(\"[data-v='gauge-2/level']\")?.textContent || '')"
+        ".startsWith('420')",
+    )
+    log = site.agent.log_text()
+    assert re.search(r"command config\.apply id=dashboard:ana:\w+ from the web console", log)
+    # A serial port a configured device uses is refused (here none is, so one that does not
+    # exist: the tool's own error, said in the stream).
+    await page.goto(site.base + "/admin/commission")
+    await scan.locator("input[name=port]").fill("/dev/tepi-no-such-port")
+    await scan.locator("button").click()
+    await page.wait_for_selector(".scan-out[data-done='error']")
+    assert "tepi-no-such-port" in (await page.locator(".scan-text").text_content() or "")
+    assert violations == []
+
+
 def test_the_screenshot_copies_in_the_docs_are_there() -> None:
     """docs/dashboard.md shows the screenshots this file takes (refreshed by running it with
     TEPI_SCREENSHOTS=docs/dashboard)."""
     docs = Path(__file__).resolve().parents[2] / "docs"
     text = (docs / "dashboard.md").read_text()
-    for name, _ in (("login", ""), *PAGES):
+    extra = (("config-check", ""), ("alarm-firing", ""), ("commission", ""))
+    for name, _ in (("login", ""), *PAGES, *extra):
         for width in (360, 1280):
             shot = f"dashboard/{name}-{width}.png"
             assert shot in text, shot

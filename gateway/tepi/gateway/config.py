@@ -576,7 +576,8 @@ class CommandsSection(_Model):
         default=120.0,
         ge=5,
         le=3600,
-        description="A pushed config (config.apply, config.rollback, tepi config apply) must "
+        description="A pushed config (config.apply, config.rollback, tepi config apply, the "
+        "web console's Apply) must "
         "be confirmed within this: the uplink connected and every device that worked still "
         "working. Otherwise the previous config comes back on its own.",
     )

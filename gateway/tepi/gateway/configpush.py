@@ -362,6 +362,24 @@ class ConfigPush:
                 )
         return cfg
 
+    def check(self, text: str, name: str) -> list[str]:
+        """Every problem of ``text`` worded as ``tepi check`` words them, ``name`` standing for
+        the file (the console's editor), then the identity a push cannot change; empty when it
+        may be applied. Synchronous: run it in a thread."""
+        from tepi.gateway.configload import parse_config
+
+        try:
+            cfg = parse_config(text, name)
+        except ConfigError as err:
+            return [str(i) for i in err.issues]
+        running = self.agent.cfg.gateway
+        return [
+            f"{name}: gateway.{key}: differs from the running config: it is the box's identity "
+            "and its data, and cannot be pushed (change it on the box)"
+            for key in ("id", "data_dir")
+            if getattr(cfg.gateway, key) != getattr(running, key)
+        ]
+
     async def _push(
         self, text: str, limit: float, *, what: str, base: bool = False
     ) -> dict[str, Any]:

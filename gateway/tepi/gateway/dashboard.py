@@ -25,6 +25,7 @@ from tepi.gateway.dashauth import box_names, fingerprint, server_context
 from tepi.gateway.health import Health
 
 if TYPE_CHECKING:
+    from tepi.gateway.dashconfig import ConsoleActions
     from tepi.gateway.dashhttp import DashApp
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class DashboardAccess:
     link_history: Callable[[], list[tuple[float, bool]]]
     started: float  # the agent's start, epoch seconds (the link strip's grey before it)
     reload: Callable[[], Awaitable[bool]]  # admin: re-read the config file
+    actions: ConsoleActions | None = None  # the config and alarm pages (None: not shown)
 
 
 class Dashboard:

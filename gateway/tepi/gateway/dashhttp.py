@@ -38,7 +38,9 @@ import orjson
 from aiohttp import web
 
 from tepi.gateway.config import DashboardSection
+from tepi.gateway.dashadmin import AdminPages
 from tepi.gateway.dashauth import LoginLimiter, Session, Sessions, Users, host_allowed
+from tepi.gateway.dashcommission import Commissioning
 from tepi.gateway.dashhistory import History
 from tepi.gateway.dashpages import (
     device_page,
@@ -56,6 +58,7 @@ from tepi.gateway.status import problems
 
 if TYPE_CHECKING:
     from tepi.gateway.dashboard import DashboardAccess
+    from tepi.gateway.dashconfig import ConsoleActions
 
 log = logging.getLogger("tepi.gateway.dashboard")
 audit = logging.getLogger("tepi.audit")
@@ -132,6 +135,9 @@ class DashApp:
         r.add_get("/logs", self._get_logs)
         r.add_get("/events", self._get_events)
         r.add_post("/admin/reload", self._post_reload)
+        self.admin = AdminPages(self)
+        self.admin.routes(r)
+        Commissioning(self).routes(r)
         r.add_get("/static/{name}", self._get_static)
         self.app = app
         # A live stream never ends by itself: at a stop, wait for none (the agent's deadline).
@@ -182,7 +188,7 @@ class DashApp:
         request["session"] = session
         return await handler(request)
 
-    def _page(self, req: web.Request, title: str, page: str, body: str) -> web.Response:
+    def page(self, req: web.Request, title: str, page: str, body: str) -> web.Response:
         session: Session = req["session"]
         text = layout(
             title, page, body, gateway=self.access.gateway, session=session, csrf=session.csrf
@@ -277,10 +283,10 @@ class DashApp:
             h, problems(health), strip, admin=session.role == "admin", csrf=session.csrf,
             message=msg,
         )  # fmt: skip
-        return self._page(req, t("nav.overview"), "overview", body)
+        return self.page(req, t("nav.overview"), "overview", body)
 
     async def _get_devices(self, req: web.Request) -> web.Response:
-        return self._page(req, t("dev.title"), "devices", devices_page(self.access.devices()))
+        return self.page(req, t("dev.title"), "devices", devices_page(self.access.devices()))
 
     async def _get_device(self, req: web.Request) -> web.Response:
         dev = req.match_info["device"]
@@ -290,13 +296,13 @@ class DashApp:
         lines = self.access.logs(1000, "warning")["lines"]
         named = re.compile(rf"(?<![\w.-]){re.escape(dev)}(?![\w-])")  # aq-1, not aq-10
         mine = [x for x in lines if named.search(x["message"])][-20:][::-1]
-        return self._page(req, dev, "device", device_page(dev, d, mine))
+        return self.page(req, dev, "device", device_page(dev, d, mine))
 
     async def _get_logs(self, req: web.Request) -> web.Response:
         level = req.query.get("level", "info")
         if level not in ("debug", "info", "warning", "error"):
             level = "info"
-        return self._page(
+        return self.page(
             req, t("logs.title"), "logs", logs_page(self.access.logs(300, level), level)
         )
 
@@ -305,6 +311,13 @@ class DashApp:
         audit.info("dashboard: %s asked for a config reload", session.user)
         ok = await self.access.reload()
         raise web.HTTPSeeOther(f"/?reloaded={int(ok)}")
+
+    # ---- config, alarms, commissioning (dashadmin, dashcommission) ---------------------
+
+    def actions(self) -> ConsoleActions:
+        if self.access.actions is None:
+            raise web.HTTPNotFound(text=t("cfg.no_file"))
+        return self.access.actions
 
     async def _get_static(self, req: web.Request) -> web.Response:
         asset = self.assets.get(req.match_info["name"])

@@ -75,7 +75,14 @@ def layout(
     if session is not None:
         links = "".join(
             f'<a href="{href}"{" aria-current=page" if page == key else ""}>{t("nav." + key)}</a>'
-            for key, href in (("overview", "/"), ("devices", "/devices"), ("logs", "/logs"))
+            for key, href in (
+                ("overview", "/"),
+                ("devices", "/devices"),
+                ("alarms", "/alarms"),
+                ("config", "/config"),
+                ("logs", "/logs"),
+                *((("commission", "/admin/commission"),) if session.role == "admin" else ()),
+            )
         )
         nav = (
             f'<nav class="nav">{links}</nav><div class="who">'
@@ -88,7 +95,13 @@ def layout(
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{e(title)} · {e(t('title', gateway=gateway))}</title>"
         '<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css">'
-        '<script type="module" src="/static/app.js"></script></head>'
+        '<script type="module" src="/static/app.js"></script>'
+        + (
+            '<script type="module" src="/static/commission.js"></script>'
+            if page == "commission"
+            else ""
+        )
+        + "</head>"
         f'<body data-page="{e(page)}"><header><span class="brand">'
         f"{e(t('title', gateway=gateway))}</span>{nav}</header>"
         f'<main>{body}</main><p class="live-lost" hidden>{t("live.lost")}</p></body></html>'

@@ -319,7 +319,7 @@ class Operations:
     async def alarms_ack(self, args: dict[str, Any]) -> dict[str, Any]:
         rule = _text(args, "rule")
         by = args.get("by") if isinstance(args.get("by"), str) else "ioc"
-        return {"rule": rule, "acknowledged": await self.agent._api_ack(rule, f"ioc:{by}"[:64])}
+        return {"rule": rule, "acknowledged": await self.agent.acknowledge(rule, f"ioc:{by}"[:64])}
 
     async def reload(self, args: dict[str, Any]) -> dict[str, Any]:
         ok = await self.agent.reload()

@@ -210,6 +210,7 @@ class Agent:
             return
         assert self._tg is not None
         from tepi.gateway.dashboard import Dashboard, DashboardAccess
+        from tepi.gateway.dashconfig import ConsoleActions
 
         wall_start = time.time() - (time.monotonic() - self.started)
         self.dashboard = Dashboard(
@@ -223,6 +224,7 @@ class Agent:
                 link_history=lambda: list(self.link_history),
                 started=wall_start,
                 reload=self.reload,
+                actions=ConsoleActions(self),
             ),
         )
         self._tg.create_task(self.dashboard.run(), name="tepi.dashboard")
@@ -317,7 +319,7 @@ class Agent:
         data = await self.images.read(seq)
         return None if data is None else (data, "image/jpeg")
 
-    async def _api_alarms(self) -> dict[str, Any]:
+    async def alarms_status(self) -> dict[str, Any]:
         hub = self.alarms
         if hub is None:
             raise LookupError("no rules configured")
@@ -352,17 +354,25 @@ class Agent:
     async def _api_config(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
         """``tepi config get|apply|rollback``: the IOC's config command, run for a technician
         on the box (the status socket is the service's user's and root's only)."""
+        by = args.pop("by", None)
+        who = f"local:{by}"[:64] if isinstance(by, str) and by else "local"
+        return await self.config_command(action, args, who, "the status socket")
+
+    async def config_command(
+        self, action: str, args: dict[str, Any], who: str, origin: str
+    ) -> dict[str, Any]:
+        """The IOC's config command ``action`` run on the box for ``who`` (``local:ana``,
+        ``dashboard:ana``: the request's id starts with it, so the audit line and the config
+        history name them), asked through ``origin``."""
         push = self.config_push
         assert push is not None
         run = {"get": push.get, "apply": push.apply, "rollback": push.rollback}[action]
-        by = args.pop("by", None)
-        who = f"local:{by}"[:64] if isinstance(by, str) and by else "local"
         request_id = f"{who}:{uuid.uuid4().hex[:8]}"
 
         async def progress(output: Any) -> None:
             log.info("config.%s %s: %s", action, request_id, output)
 
-        audit.info("command config.%s id=%s from the status socket", action, request_id)
+        audit.info("command config.%s id=%s from %s", action, request_id, origin)
         current.set(Call(request_id, f"config.{action}", time.time(), progress))
         try:
             return {"status": "done", "output": await run(args)}
@@ -376,7 +386,7 @@ class Agent:
         except (LookupError, ValueError, TypeError, OSError) as err:
             return {"status": "failed", "reason": "failed", "detail": str(err)}
 
-    async def _api_ack(self, rule: str, by: str) -> bool:
+    async def acknowledge(self, rule: str, by: str) -> bool:
         hub = self.alarms
         if hub is None:
             raise LookupError("no rules configured")
@@ -736,7 +746,7 @@ class Agent:
                 cfg.status_socket(),
                 cfg.status.tcp_port,
                 CameraAccess(self._api_snapshot, self._api_image),
-                AlarmAccess(self._api_alarms, self._api_ack),
+                AlarmAccess(self.alarms_status, self.acknowledge),
                 self._api_config if self.config_push is not None else None,
                 lambda: self.dashboard.info() if self.dashboard is not None else None,
             )

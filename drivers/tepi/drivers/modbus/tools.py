@@ -20,6 +20,11 @@ from tepi.drivers.modbus.link import ExceptionReply, ModbusLink
 BAUD_RATES = (9600, 19200, 38400, 115200, 57600, 4800, 2400, 14400, 1200)
 
 
+# A Modbus TCP gateway's answers for a unit behind it that is not there: 10 (no path to
+# it), 11 (it did not respond). The gateway is there, not the unit.
+GATEWAY_NO_UNIT = frozenset({10, 11})
+
+
 @dataclass(frozen=True, slots=True)
 class Port:
     """Where to talk: a serial device, or host:port (Modbus TCP, or RTU over TCP)."""
@@ -79,6 +84,8 @@ async def probe(link: ModbusLink, unit: int, reply_s: float) -> str | None:
             return None  # another unit spoke
         return "a garbled answer"  # something is there, at a speed or framing close to this
     if isinstance(got, ExceptionReply):
+        if got.code in GATEWAY_NO_UNIT:
+            return None  # the TCP gateway answered for a unit that did not
         return got.reason
     return "registers"
 

@@ -70,4 +70,18 @@ function start() {
   };
 }
 
+// A form whose button says data-busy (the config's apply, which waits for its trial):
+// the buttons go grey and the words say how long it may take; the server answers at the end.
+function busy() {
+  for (const form of document.querySelectorAll("form")) {
+    form.addEventListener("submit", (ev) => {
+      const text = ev.submitter && ev.submitter.dataset.busy;
+      if (!text) return;
+      for (const b of form.querySelectorAll("button")) b.disabled = true;
+      ev.submitter.textContent = text;
+    });
+  }
+}
+
 start();
+busy();
