@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import struct
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -384,3 +386,52 @@ async def test_the_connections_counters_are_in_each_devices_health() -> None:
     assert link["max_outstanding"] == 4
     assert link["connects"] == 1
     assert stats[0]["timeouts"] == 1
+
+
+async def test_a_connection_reset_right_after_the_accept_is_a_disconnect() -> None:
+    """A gateway that accepts and resets at once (overloaded, or restarting): the requests
+    that waited for the connect can find it gone again when their turn comes. Each fails as
+    disconnected or unable to connect, never as a driver bug (the 2-hour soak logged an
+    AssertionError three times: the request took the lost transport for granted). The
+    gateway is a thread of its own, as another box is: its reset lands while the agent's
+    loop is between the connect and the requests."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def gateway() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # an RST, not a FIN
+
+    thread = threading.Thread(target=gateway, daemon=True)
+    thread.start()
+    transactions = TcpTransactions("127.0.0.1", port, "reset", max_outstanding=8)
+    errors: list[BaseException] = []
+    try:
+        for _ in range(200):
+            asks = [
+                transactions.transact(unit, struct.pack(">BHH", 3, 0, 1), 2.0)
+                for unit in range(1, 9)
+            ]
+            for res in await asyncio.gather(*asks, return_exceptions=True):
+                assert isinstance(res, BaseException), res
+                errors.append(res)
+    finally:
+        await transactions.aclose()
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert transactions.stats.connects > 0
+    assert all(isinstance(e, DeviceUnavailable) for e in errors), [
+        repr(e) for e in errors if not isinstance(e, DeviceUnavailable)
+    ][:3]
+    assert {e.reason for e in errors if isinstance(e, DeviceUnavailable)} <= {
+        "cannot connect",
+        "disconnected",
+    }

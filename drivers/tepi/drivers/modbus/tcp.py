@@ -188,7 +188,10 @@ class TcpTransactions:
             if transport is None or transport.is_closing():
                 await self._ensure_connected(timeout_s)
                 transport = self._transport
-                assert transport is not None
+                if transport is None or transport.is_closing():
+                    # Connected, then lost again before this request's turn came (a reset
+                    # right after the accept): as any request on a lost connection.
+                    raise DeviceUnavailable("disconnected", f"{self.label}: lost at once")
             fut: asyncio.Future[bytes] = loop.create_future()
             self._longest_s = max(self._longest_s, timeout_s)
             if self.rtu:
