@@ -3,6 +3,8 @@
 
 The simulator's counter registers go up by one per answered read, so every lost reading shows
 as a gap in the counter values the subscriber receives; ``seq`` shows duplicates and order.
+The counters are 32-bit: at the rig's 9.3 answered polls a second a 16-bit one wrapped after
+1 h 57 min, and the 2-hour soak's checks then compared new values with old ones.
 The completeness checker (bench/completeness.py) reads both.
 """
 
@@ -54,7 +56,7 @@ SIM: dict[str, Any] = {
                     "type": "float32",
                     "word_order": "little",
                 },
-                {"address": 10, "table": "holding", "kind": "counter", "type": "uint16"},
+                {"address": 10, "table": "holding", "kind": "counter", "type": "uint32"},
             ],
         },
         {
@@ -64,7 +66,7 @@ SIM: dict[str, Any] = {
             "bus": "bus0",
             "registers": [
                 {"address": 0, "table": "holding", "kind": "noise", "type": "uint16", "scale": 0.1},
-                {"address": 1, "table": "holding", "kind": "counter", "type": "uint16"},
+                {"address": 1, "table": "holding", "kind": "counter", "type": "uint32"},
             ],
         },
         {
@@ -73,7 +75,7 @@ SIM: dict[str, Any] = {
             "unit": 1,
             "registers": [
                 {"address": 100, "table": "input", "kind": "level", "type": "int16", "scale": 0.01},
-                {"address": 101, "table": "input", "kind": "counter", "type": "uint16"},
+                {"address": 101, "table": "input", "kind": "counter", "type": "uint32"},
             ],
         },
     ],
@@ -102,7 +104,7 @@ def agent_devices(endpoints: dict[str, str]) -> list[dict[str, Any]]:
                     "word_order": "little",
                     "unit": "degC",
                 },
-                {"name": "counter", "address": 10},
+                {"name": "counter", "address": 10, "type": "uint32"},
             ],
         },
         {
@@ -115,7 +117,7 @@ def agent_devices(endpoints: dict[str, str]) -> list[dict[str, Any]]:
             "timeout": "500ms",
             "registers": [
                 {"name": "noise", "address": 0, "scale": 0.1, "unit": "dBA"},
-                {"name": "counter", "address": 1},
+                {"name": "counter", "address": 1, "type": "uint32"},
             ],
         },
         {
@@ -135,7 +137,7 @@ def agent_devices(endpoints: dict[str, str]) -> list[dict[str, Any]]:
                     "scale": 0.01,
                     "unit": "m",
                 },
-                {"name": "counter", "address": 101, "table": "input"},
+                {"name": "counter", "address": 101, "table": "input", "type": "uint32"},
             ],
         },
     ]
