@@ -173,6 +173,18 @@ async def test_dead_device_is_reported_bad_then_recovers_and_stalls_no_other(rig
 # on another xdist worker sharing the cores and the disk it once did not (27 of aq-station-1,
 # under -n 3), so this one runs by itself, as it did before xdist.
 @pytest.mark.alone
+async def settled(rig: Rig) -> dict[str, int]:
+    """The simulator's counters once no answer is on its way (none for 0.3 s; at most 3 s)."""
+    now = {d: rig.sim_counter(d) for d in DEVICES}
+    async with asyncio.timeout(3):
+        while True:
+            await asyncio.sleep(0.3)
+            later = {d: rig.sim_counter(d) for d in DEVICES}
+            if later == now:
+                return now
+            now = later
+
+
 async def test_kill_9_during_a_broker_outage_loses_nothing(tmp_path: Path) -> None:
     """While the broker is away no ack can come, so the agent commits each poll's readings
     at once (not after commit_interval, here a long 2 s that would lose ~20 readings a device
@@ -205,9 +217,12 @@ async def test_kill_9_during_a_broker_outage_loses_nothing(tmp_path: Path) -> No
                 await asyncio.sleep(rng.uniform(0.0, 0.5))  # a random moment
                 before = {d: rig.sim_counter(d) for d in DEVICES}
                 agent.kill9()
-                for d in DEVICES:  # answered last before the kill: maybe not yet put (a
-                    # device may answer once more between the look and the kill, under load)
-                    in_flight[d].update(range(before[d], rig.sim_counter(d) + 1))
+                # Answered last before the kill: maybe not yet put. That is the value seen
+                # just before, and any answer to a request the agent sent before it died
+                # (on the serial line, a frame takes milliseconds): the counters settle.
+                after = await settled(rig)
+                for d in DEVICES:
+                    in_flight[d].update(range(before[d], after[d] + 1))
                 agent.start()
             proxy.refuse = False
             target = await rig.wait_caught_up(timeout=60)
