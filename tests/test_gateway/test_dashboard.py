@@ -107,7 +107,10 @@ def router_routes() -> set[tuple[str, str]]:
 
 
 def concrete(path: str) -> str:
-    return path.replace("{device}", "aq-1").replace("{name}", "app.css").replace("{rule}", "r1")
+    for name, value in (("device", "aq-1"), ("name", "app.css"), ("rule", "r1"), ("camera", "c1")):
+        path = path.replace("{" + name + "}", value)
+    assert "{" not in path, path  # a new route's placeholder: give it a value above
+    return path
 
 
 async def test_every_route_without_a_session_is_refused_or_sent_to_login(

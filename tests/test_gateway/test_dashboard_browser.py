@@ -12,7 +12,6 @@ set (docs/dashboard/ holds the copies the docs show: ``TEPI_SCREENSHOTS=docs/das
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,15 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from helpers import AgentProc, Broker, agent_config, until, wait_listening
+from dashkit import (
+    ADMIN,
+    CHROMIUM,
+    VIEWER,
+    chromium,
+    console,
+    fits,
+    log_in,
+    new_page,
+    until_js,
+)
+from helpers import AgentProc, until
 
-from tepi.gateway.dashauth import Users
 from tepi.gateway.localbroker import free_port
 from tepi_sim import Simulator
 
-CHROMIUM = Path("/usr/bin/chromium")
-ADMIN, VIEWER = ("ana", "admin-pass-1"), ("bo", "viewer-pass-2")
 pytestmark = [
     pytest.mark.timeout(180),
     pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (.ci/setup)"),
@@ -172,83 +178,14 @@ class Site:
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    broker = Broker(tmp_path)
-    await broker.start()
-    port = free_port()
-    async with Simulator(SIM) as sim:
-        cfg = agent_config(
-            tmp_path,
-            broker.port,
-            devices(sim),
-            gateway_id="gw-bridge-07",
-            status__socket=str(tmp_path / "status.sock"),
-            dashboard__listen=f"127.0.0.1:{port}",
-        )
-        with_rules = yaml.safe_load(cfg.read_text())
-        with_rules["rules"] = [RULE]
-        cfg.write_text(yaml.safe_dump(with_rules, sort_keys=False))
-        users = Users(tmp_path / "data" / "dashboard" / "users")
-        users.set(ADMIN[0], "admin", ADMIN[1])
-        users.set(VIEWER[0], "viewer", VIEWER[1])
-        agent = AgentProc(cfg, tmp_path / "agent.log")
-        agent.start()
-        shots = Path(os.environ.get("TEPI_SCREENSHOTS") or tmp_path / "shots")
-        shots.mkdir(parents=True, exist_ok=True)
-        try:
-            await wait_listening(port, agent)
-            yield Site(f"https://127.0.0.1:{port}", sim, agent, shots)
-        finally:
-            if agent.proc is not None and agent.proc.poll() is None:
-                assert await agent.stop() == 0
-            await broker.stop()
-    assert "Traceback" not in agent.log_text(), agent.log_text()
+    async with Simulator(SIM) as sim, console(tmp_path, devices(sim), rules=[RULE]) as c:
+        yield Site(c.base, sim, c.agent, c.shots)
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox"],  # root in CI containers
-        )
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-async def new_page(browser: Any, width: int, violations: list[str]) -> Any:
-    context = await browser.new_context(
-        ignore_https_errors=True,  # the console's self-signed certificate
-        viewport={"width": width, "height": 800},
-        device_scale_factor=1,
-    )
-    page = await context.new_page()
-    page.set_default_timeout(15_000)
-
-    def on_console(msg: Any) -> None:
-        if "Content Security Policy" in msg.text or msg.type == "error":
-            violations.append(f"{msg.type}: {msg.text}")
-
-    page.on("console", on_console)
-    return page
-
-
-async def until_js(page: Any, expr: str, arg: Any = None, timeout: float = 15.0) -> None:
-    """Until the JavaScript function ``expr`` returns true in the page. Asked from here
-    (Playwright's evaluate is not subject to the page's CSP), not by wait_for_function, whose
-    polling the console's CSP blocks (no eval): that block is what the CSP is for."""
-    async with asyncio.timeout(timeout):
-        while not await page.evaluate(expr, arg):
-            await asyncio.sleep(0.05)
-
-
-async def log_in(page: Any, base: str, user: str, password: str) -> None:
-    await page.goto(f"{base}/login?next=/devices")
-    await page.fill("input[name=user]", user)
-    await page.fill("input[name=password]", password)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{base}/devices")
+    async with chromium(playwright_api) as b:
+        yield b
 
 
 async def test_a_simulator_value_reaches_the_devices_page_within_2_s(
@@ -341,13 +278,7 @@ async def test_every_page_at_360_and_1280_px_without_csp_violations(
     shown = await page.locator(".cfg-errors li").all_text_contents()
     assert len(shown) == 1, shown
     assert re.match(r".*tepi\.yaml:\d+: devices\[0\]\.poll_interval: ", shown[0]), shown
-    for width in (360, 1280):
-        await page.set_viewport_size({"width": width, "height": 800})
-        overflow = await page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, ("config-check", width, overflow)
-        await page.screenshot(path=site.shots / f"config-check-{width}.png", full_page=True)
+    await fits(page, "config-check", site.shots)
     # A failing device's page lists its own recent errors, and no other device's.
     await page.goto(site.base + "/devices/noise-meter")
     recent = await page.locator("ul.log li").all_text_contents()
@@ -388,13 +319,7 @@ async def test_a_rule_fires_on_a_simulator_value_and_an_admin_acknowledges_it(
             await page.reload()
     assert "firing" in (await row.locator(".badge").text_content() or "")
     assert "3.5" in (await row.text_content() or "")
-    for width in (360, 1280):
-        await page.set_viewport_size({"width": width, "height": 800})
-        overflow = await page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, ("alarms", width, overflow)
-        await page.screenshot(path=site.shots / f"alarm-firing-{width}.png", full_page=True)
+    await fits(page, "alarm-firing", site.shots)
     # A change without the CSRF token is refused (the page's own request, its cookie).
     refused = await page.request.post(f"{site.base}/admin/alarms/level-high/ack", form={})
     assert refused.status == 403
@@ -457,13 +382,7 @@ async def test_a_scan_from_the_page_finds_the_simulators_unit_and_it_is_added(
     await page.wait_for_selector("pre.decodings")
     decoded = await page.locator("pre.decodings").text_content() or ""
     assert re.search(r"^\s+100\s+0x01A4\s+420\s+420", decoded, re.M), decoded
-    for width in (360, 1280):
-        await page.set_viewport_size({"width": width, "height": 800})
-        overflow = await page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, ("commission", width, overflow)
-        await page.screenshot(path=site.shots / f"commission-{width}.png", full_page=True)
+    await fits(page, "commission", site.shots)
     # "Add this device": the read filled it in; named, it goes through the config's apply.
     snippet = await page.locator("textarea[name=device]").input_value()
     assert "driver: modbus-tcp" in snippet, snippet
@@ -501,9 +420,18 @@ def test_the_screenshot_copies_in_the_docs_are_there() -> None:
     TEPI_SCREENSHOTS=docs/dashboard)."""
     docs = Path(__file__).resolve().parents[2] / "docs"
     text = (docs / "dashboard.md").read_text()
-    extra = (("config-check", ""), ("alarm-firing", ""), ("commission", ""))
-    for name, _ in (("login", ""), *PAGES, *extra):
+    extra = (
+        ("config-check", "png"),
+        ("alarm-firing", "png"),
+        ("commission", "png"),
+        # test_dashboard_cameras.py's: JPEG for the camera's picture (a PNG of it: 400 KB)
+        ("cameras", "png"),
+        ("camera-draw", "jpg"),
+        ("camera", "jpg"),
+    )
+    pages = tuple((name, "png") for name, _ in PAGES)
+    for name, ext in (("login", "png"), *pages, *extra):
         for width in (360, 1280):
-            shot = f"dashboard/{name}-{width}.png"
+            shot = f"dashboard/{name}-{width}.{ext}"
             assert shot in text, shot
             assert (docs / shot).stat().st_size > 2000, shot

@@ -18,7 +18,14 @@ if TYPE_CHECKING:
     from tepi.gateway.dashauth import Session
     from tepi.gateway.dashhttp import DashApp
 
-__all__ = ["AdminPages", "Outcome", "alarms_page", "config_page", "problems_text"]
+__all__ = [
+    "AdminPages",
+    "Outcome",
+    "alarms_page",
+    "config_page",
+    "outcome_of",
+    "problems_text",
+]
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,25 @@ class Outcome:
     ok: bool
     message: str
     errors: tuple[str, ...] = ()
+
+
+def outcome_of(res: dict[str, Any]) -> Outcome:
+    """What an apply (`tepi.gateway.dashconfig.ConsoleActions.apply`) came to, worded."""
+    out = res.get("output") or {}
+    if res["status"] == "done":
+        keys = out.get("restart_needed") or []
+        if keys:
+            return Outcome(
+                True,
+                t("cfg.restart_needed", version=out["version"], keys=", ".join(map(str, keys))),
+            )
+        return Outcome(True, t("cfg.applied", version=out["version"], seconds=out.get("confirm_s")))
+    errors = tuple(str(x) for x in out.get("errors", ())) if isinstance(out, dict) else ()
+    if res.get("reason") == "config_refused" and errors:
+        return Outcome(False, problems_text(len(errors)), errors)
+    if res.get("reason") == "rolled_back":
+        return Outcome(False, t("cfg.rolled_back", detail=res.get("detail")))
+    return Outcome(False, t("cfg.failed", detail=res.get("detail")))
 
 
 def problems_text(n: int) -> str:
@@ -246,24 +272,8 @@ class AdminPages:
         if not actions.can_apply:
             raise web.HTTPNotFound(text=t("cfg.no_file"))
         session: Session = req["session"]
-        res = await actions.apply(text, session.user)
-        out = res.get("output") or {}
-        if res["status"] == "done":
-            keys = out.get("restart_needed") or []
-            msg = (
-                t("cfg.restart_needed", version=out["version"], keys=", ".join(map(str, keys)))
-                if keys
-                else t("cfg.applied", version=out["version"], seconds=out.get("confirm_s"))
-            )
-            return await self._config(req, None, Outcome(True, msg))
-        errors = tuple(str(x) for x in out.get("errors", ())) if isinstance(out, dict) else ()
-        if res.get("reason") == "config_refused" and errors:
-            outcome = Outcome(False, problems_text(len(errors)), errors)
-        elif res.get("reason") == "rolled_back":
-            outcome = Outcome(False, t("cfg.rolled_back", detail=res.get("detail")))
-        else:
-            outcome = Outcome(False, t("cfg.failed", detail=res.get("detail")))
-        return await self._config(req, text, outcome)
+        outcome = outcome_of(await actions.apply(text, session.user))
+        return await self._config(req, None if outcome.ok else text, outcome)
 
     async def get_alarms(self, req: web.Request) -> web.Response:
         actions = self.app.actions()

@@ -27,6 +27,7 @@ from tepi.gateway.health import Health
 if TYPE_CHECKING:
     from tepi.gateway.dashconfig import ConsoleActions
     from tepi.gateway.dashhttp import DashApp
+    from tepi.gateway.statusapi import CameraAccess
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class DashboardAccess:
     started: float  # the agent's start, epoch seconds (the link strip's grey before it)
     reload: Callable[[], Awaitable[bool]]  # admin: re-read the config file
     actions: ConsoleActions | None = None  # the config and alarm pages (None: not shown)
+    cameras: CameraAccess | None = None  # snapshots and stored images (the cameras pages)
 
 
 class Dashboard:

@@ -55,6 +55,10 @@ class ConsoleActions:
     def confirm_timeout(self) -> float:
         return float(self.agent.cfg.commands.confirm_timeout)
 
+    def device(self, device_id: str) -> Any:
+        """The running config of device ``device_id`` (its driver's model); None if none."""
+        return next((d for d in self.agent.cfg.devices if d.id == device_id), None)
+
     async def config(self) -> dict[str, Any]:
         """The running config redacted, its version and its recent history (``config.get``)."""
         push = self.agent.config_push

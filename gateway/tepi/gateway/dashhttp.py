@@ -40,6 +40,7 @@ from aiohttp import web
 from tepi.gateway.config import DashboardSection
 from tepi.gateway.dashadmin import AdminPages
 from tepi.gateway.dashauth import LoginLimiter, Session, Sessions, Users, host_allowed
+from tepi.gateway.dashcameras import CameraPages
 from tepi.gateway.dashcommission import Commissioning
 from tepi.gateway.dashhistory import History
 from tepi.gateway.dashpages import (
@@ -138,6 +139,7 @@ class DashApp:
         self.admin = AdminPages(self)
         self.admin.routes(r)
         Commissioning(self).routes(r)
+        CameraPages(self).routes(r)
         r.add_get("/static/{name}", self._get_static)
         self.app = app
         # A live stream never ends by itself: at a stop, wait for none (the agent's deadline).

@@ -30,6 +30,7 @@ __all__ = [
 
 LEVELS = ("debug", "info", "warning", "error")
 NONE = "-"  # a figure that has no value (yet)
+SCRIPTS = {"commission": "commission.js", "cameras": "cameras.js"}  # a page's own module
 
 
 def e(value: object) -> str:
@@ -78,6 +79,7 @@ def layout(
             for key, href in (
                 ("overview", "/"),
                 ("devices", "/devices"),
+                ("cameras", "/cameras"),
                 ("alarms", "/alarms"),
                 ("config", "/config"),
                 ("logs", "/logs"),
@@ -97,8 +99,8 @@ def layout(
         '<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css">'
         '<script type="module" src="/static/app.js"></script>'
         + (
-            '<script type="module" src="/static/commission.js"></script>'
-            if page == "commission"
+            f'<script type="module" src="/static/{SCRIPTS[page]}"></script>'
+            if page in SCRIPTS
             else ""
         )
         + "</head>"
@@ -267,7 +269,7 @@ def overview_page(
 # ---- devices -----------------------------------------------------------------------------
 
 
-def _state(d: dict[str, Any]) -> str:
+def state_badge(d: dict[str, Any]) -> str:
     st = d["state"]
     extra = ""
     if st == "quarantined" and d.get("probe_interval_s"):
@@ -302,7 +304,7 @@ def devices_page(devices: dict[str, Any]) -> str:
         err = f'<p class="err">{e(d["last_error"])}</p>' if d.get("last_error") else ""
         rows.append(
             f'<tr data-device="{e(dev)}"><td><a href="/devices/{e(dev)}">{e(dev)}</a></td>'
-            f'<td data-devstate="{e(dev)}">{_state(d)}</td><td>{values}{err}</td></tr>'
+            f'<td data-devstate="{e(dev)}">{state_badge(d)}</td><td>{values}{err}</td></tr>'
         )
     return (
         f'<section class="card"><h1>{t("dev.title")}</h1><table class="devices"><thead><tr>'
@@ -341,7 +343,7 @@ def device_page(dev: str, d: dict[str, Any], errors: list[dict[str, Any]]) -> st
         for x in errors
     )
     return (
-        f'<section class="card"><h1>{e(dev)} {_state(d)}</h1>'
+        f'<section class="card"><h1>{e(dev)} {state_badge(d)}</h1>'
         f'<h2>{t("dev.metrics")}</h2><ul class="metrics big">{metrics or t("dev.no_values")}</ul>'
         f'<p class="hint">{t("dev.history_note")}</p></section><div class="grid">'
         f'<section class="card"><h2>{t("dev.counters")}</h2><dl>{counter_rows}</dl></section>'

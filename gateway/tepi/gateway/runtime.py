@@ -225,6 +225,7 @@ class Agent:
                 started=wall_start,
                 reload=self.reload,
                 actions=ConsoleActions(self),
+                cameras=CameraAccess(self._api_snapshot, self._api_image),
             ),
         )
         self._tg.create_task(self.dashboard.run(), name="tepi.dashboard")
