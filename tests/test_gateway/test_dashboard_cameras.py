@@ -180,6 +180,18 @@ async def test_a_mask_drawn_on_the_snapshot_is_in_the_config_and_the_next_image_
     )
     assert bad.status == 400
     assert "a point is not [x, y] within 0..1" in await bad.text()
+    # One the config's own check refuses (a line of two equal points): nothing applied, the
+    # problem as tepi check words it, with its line in the file.
+    same = '{"lines": [{"name": "x", "points": [[0.5, 0.5], [0.5, 0.5]]}]}'
+    refused = await page.request.post(
+        f"{site.base}/admin/cameras/cam-1/geometry", form={"csrf": token, "geometry": same}
+    )
+    page_text = await refused.text()
+    assert 'data-ok="bad"' in page_text
+    # (the file named is the running one: v1.yaml, the version the first save applied)
+    problem = r"v1\.yaml:\d+: devices\[0\]\.analytics\.lines\[0\]: line x: its two points are"
+    assert re.search(problem, page_text), page_text[-3000:]
+    assert "config apply refused: 1 problem(s), nothing changed" in site.agent.log_text()
     assert violations == []
 
 
