@@ -20,6 +20,7 @@ This module imports only the standard library; the certificate is made with
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -87,8 +88,12 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, base64.b64decode(want))
 
 
-# The hash a login for an unknown user is checked against: the same work as a real one.
-_DUMMY = hash_password(secrets.token_hex(8))
+@functools.cache
+def _dummy() -> str:
+    """The hash a login for an unknown user is checked against: the same work as a real one.
+    Made at the first login, not at import (16 MiB of scrypt, for every ``tepi dashboard``
+    command and every start of the console otherwise)."""
+    return hash_password(secrets.token_hex(8))
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ class Users:
     def check(self, name: str, password: str) -> User | None:
         """The user, if ``password`` is theirs (the same work whether or not they exist)."""
         user = self.load().get(name)
-        ok = verify_password(password, user.hash if user is not None else _DUMMY)
+        ok = verify_password(password, user.hash if user is not None else _dummy())
         return user if ok and user is not None else None
 
     def set(self, name: str, role: Role, password: str) -> bool:
