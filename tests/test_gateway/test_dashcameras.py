@@ -187,3 +187,5 @@ def test_a_camera_not_in_the_files_devices_is_refused() -> None:
         with_geometry(RUNNING, "cam-9", parse_geometry("{}"))
     with pytest.raises(ValueError, match="not in the config file's own devices"):
         with_geometry("gateway: {id: gw}\n", "cam-1", parse_geometry("{}"))
+    with pytest.raises(ValueError, match="Not YAML: "):
+        with_geometry("devices: [\n", "cam-1", parse_geometry("{}"))

@@ -117,8 +117,12 @@ def parse_geometry(body: str) -> dict[str, Any]:
 def with_geometry(running: str, camera: str, geometry: dict[str, Any]) -> str:
     """The running config's text with ``camera``'s masks, lines and zones replaced by
     ``geometry`` (from :func:`parse_geometry`). ValueError when the camera is not a device of
-    that text (it may come from an included file: then it is edited on the config page)."""
-    cfg = yaml.safe_load(running)
+    that text (it may come from an included file: then it is edited on the config page), or
+    the text is not YAML."""
+    try:
+        cfg = yaml.safe_load(running)
+    except yaml.YAMLError as err:  # the running file as it is on disk (changed by hand?)
+        raise ValueError(t("com.not_yaml", error=str(err).splitlines()[0])) from None
     devices = cfg.get("devices") if isinstance(cfg, dict) else None
     dev = next((d for d in devices or [] if isinstance(d, dict) and d.get("id") == camera), None)
     if dev is None:
@@ -379,7 +383,7 @@ class CameraPages:
     async def _snapshot(self, cam: str, user: str) -> tuple[bool, str]:
         cams = self.app.access.cameras
         if cams is None:
-            return False, t("cam.snapshot_failed", error="no cameras")
+            raise web.HTTPNotFound(text=t("cam.none"))
         audit.info("dashboard: %s takes a snapshot of %s", user, cam)
         try:
             async with asyncio.timeout(SNAPSHOT_WAIT_S):
