@@ -376,3 +376,66 @@ async def test_a_device_added_with_a_profile_is_applied_with_it(box: Box) -> Non
     devs = await box.until_devices(lambda d: "level-9" in d)
     assert devs["level-9"]["state"] in ("starting", "failing", "quarantined")
     assert box.state()["history"][-1]["by"].startswith("dashboard:ana:")
+
+
+async def test_an_admin_goes_back_to_an_earlier_version_and_to_the_base(box: Box) -> None:
+    """Each confirmed version but the running one has its button; going back is an apply
+    of that version's text (a new version, on trial, confirmed), audited with the user."""
+
+    def interval(ms: int) -> str:
+        dev = {"id": "aq-1", "driver": "synthetic", "metrics": 2, "poll_interval": f"{ms}ms"}
+        return edited(box, {"devices": [dev]})
+
+    async with client() as s:
+        assert await login(s, box.base, *ADMIN) == 303
+        async with s.get(f"{box.base}/config") as r:
+            page = await r.text()
+        csrf = csrf_of(page)
+        assert 'action="/admin/config/rollback"' not in page  # nothing to go back to yet
+        for ms in (300, 400):
+            status, page = await post(
+                s, f"{box.base}/admin/config/apply", {"csrf": csrf, "text": interval(ms)}
+            )
+            assert "Applied and confirmed" in page, page
+        # v2 runs: v1 and the base can be gone back to, v2 cannot.
+        assert re.search(r'data-version="v1">.*?name="to" value="v1"', page, re.S)
+        assert not re.search(r'data-version="v2">[^\n]*?name="to" value="v2"', page)
+        assert 'name="to" value="base"' in page
+        status, page = await post(
+            s, f"{box.base}/admin/config/rollback", {"csrf": csrf, "to": "v1"}
+        )
+        assert status == 200, page
+        assert "Back to v1&#x27;s config. Applied and confirmed: v3" in page, page
+        state = box.state()
+        assert state["active"] == "v3"
+        assert state["history"][-1]["by"].startswith("dashboard:ana:")
+        v3 = yaml.safe_load((box.data / "config" / "v3.yaml").read_text())
+        assert v3["devices"][0]["poll_interval"] == "300ms"
+        # To the base file: the one the agent was started with.
+        status, page = await post(
+            s, f"{box.base}/admin/config/rollback", {"csrf": csrf, "to": "base"}
+        )
+        assert "Back to base&#x27;s config. Applied and confirmed: base" in page, page
+        assert box.state()["active"] is None
+        assert 'name="to" value="base"' not in page  # the base runs
+        # Not a version: refused before anything is asked of the agent.
+        status, _ = await post(
+            s, f"{box.base}/admin/config/rollback", {"csrf": csrf, "to": "../../etc/passwd"}
+        )
+        assert status == 400
+        status, page = await post(
+            s, f"{box.base}/admin/config/rollback", {"csrf": csrf, "to": "v99"}
+        )
+        assert "Not applied: version v99 is not kept on the box" in page, page
+    log = box.agent.log_text()
+    assert len(re.findall(r"command config\.rollback id=dashboard:ana:\w+ from the web", log)) == 3
+    # A viewer has no buttons, and the action is refused.
+    async with client() as s:
+        assert await login(s, box.base, *VIEWER) == 303
+        async with s.get(f"{box.base}/config") as r:
+            page = await r.text()
+        assert 'action="/admin/config/rollback"' not in page
+        status, _ = await post(
+            s, f"{box.base}/admin/config/rollback", {"csrf": csrf_of(page), "to": "v1"}
+        )
+        assert status == 403

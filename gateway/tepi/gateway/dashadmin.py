@@ -71,21 +71,45 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _history(rows: list[dict[str, Any]]) -> str:
+def _back_form(version: str, csrf: str, label: str) -> str:
+    return (
+        '<form method="post" action="/admin/config/rollback" class="inline back">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+        f'<input type="hidden" name="to" value="{e(version)}">'
+        f'<button type="submit" class="secondary" data-busy="{e(t("cfg.going_back"))}">'
+        f"{e(label)}</button></form>"
+    )
+
+
+def _history(rows: list[dict[str, Any]], running: str, admin: bool, csrf: str) -> str:
+    """The changes, newest first; for an admin, a button to go back to each version that
+    was confirmed and is not the one running."""
     if not rows:
         return f'<p class="hint">{t("cfg.no_history")}</p>'
+
+    def back(r: dict[str, Any]) -> str:
+        v = str(r.get("version"))
+        if not admin or r.get("state") != "confirmed" or v == running:
+            return ""
+        return _back_form(v, csrf, t("cfg.back_to", version=v))
+
     body = "".join(
-        f"<tr><td>{e(r.get('version'))}</td><td>{e(_when(r.get('ts')))}</td>"
-        f"<td>{e(r.get('by') or NONE)}</td>"
+        f'<tr data-version="{e(r.get("version"))}"><td>{e(r.get("version"))}</td>'
+        f"<td>{e(_when(r.get('ts')))}</td><td>{e(r.get('by') or NONE)}</td>"
         f'<td><span class="badge" data-ok="{"ok" if r.get("state") == "confirmed" else "bad"}">'
-        f"{e(r.get('state'))}</span></td><td>{e(r.get('why') or '')}</td></tr>"
+        f"{e(r.get('state'))}</span></td><td>{e(r.get('why') or '')}</td><td>{back(r)}</td></tr>"
         for r in reversed(rows)
     )
     head = "".join(
         f"<th>{t(k)}</th>" for k in ("cfg.version", "cfg.when", "cfg.by", "cfg.state", "cfg.why")
     )
-    return f'<div class="scroll"><table class="list"><thead><tr>{head}</tr></thead>' \
-        f"<tbody>{body}</tbody></table></div>"  # fmt: skip
+    base = (
+        f'<p class="back-base">{_back_form("base", csrf, t("cfg.back_to_base"))}</p>'
+        if admin and running != "base"
+        else ""
+    )
+    return f'<div class="scroll"><table class="list history"><thead><tr>{head}<th></th></tr>' \
+        f"</thead><tbody>{body}</tbody></table></div>{base}"  # fmt: skip
 
 
 def config_page(
@@ -142,9 +166,11 @@ def config_page(
             f'<pre class="config">{e(info["config"])}</pre>'
             f'<p class="hint">{t("cfg.viewer_hint")}</p></section>'
         )
+    hint = f'<p class="hint">{t("cfg.back_hint")}</p>' if admin else ""
     history = (
         f'<section class="card"><h2>{t("cfg.history")}</h2>'
-        f"{_history(info.get('history') or [])}</section>"
+        f"{_history(info.get('history') or [], str(info['version']), admin, csrf)}{hint}"
+        "</section>"
     )
     return head + result + editor + history
 
@@ -228,6 +254,7 @@ class AdminPages:
         r.add_get("/config", self.get_config)
         r.add_post("/admin/config/check", self.post_check)
         r.add_post("/admin/config/apply", self.post_apply)
+        r.add_post("/admin/config/rollback", self.post_rollback)
         r.add_get("/alarms", self.get_alarms)
         r.add_post("/admin/alarms/{rule}/ack", self.post_ack)
 
@@ -274,6 +301,22 @@ class AdminPages:
         session: Session = req["session"]
         outcome = outcome_of(await actions.apply(text, session.user))
         return await self._config(req, None if outcome.ok else text, outcome)
+
+    async def post_rollback(self, req: web.Request) -> web.Response:
+        """Back to a version kept on the box (``to``: ``v3`` or ``base``), as ``tepi config
+        rollback --to`` and the IOC's ``config.rollback`` do: on trial, confirmed or rolled
+        back, audited with the user."""
+        actions = self.app.actions()
+        if not actions.can_apply:
+            raise web.HTTPNotFound(text=t("cfg.no_file"))
+        to = str((await req.post()).get("to", ""))
+        if not (to == "base" or (to[:1] == "v" and to[1:].isdigit() and len(to) <= 12)):
+            raise web.HTTPBadRequest(text=t("cfg.bad_version") + "\n")
+        session: Session = req["session"]
+        outcome = outcome_of(await actions.rollback(to, session.user))
+        if outcome.ok:
+            outcome = Outcome(True, t("cfg.went_back", version=to) + " " + outcome.message)
+        return await self._config(req, None, outcome)
 
     async def get_alarms(self, req: web.Request) -> web.Response:
         actions = self.app.actions()

@@ -97,6 +97,13 @@ class ConsoleActions:
             "apply", {"config": text}, f"dashboard:{user}", "the web console"
         )
 
+    async def rollback(self, to: str, user: str) -> dict[str, Any]:
+        """Back to version ``to`` (``v3``, ``base``) for ``user``, on trial: the status API's
+        answer, as :meth:`apply` gives it."""
+        return await self.agent.config_command(
+            "rollback", {"to": to}, f"dashboard:{user}", "the web console"
+        )
+
     async def alarms(self) -> dict[str, Any] | None:
         """The alarms as ``tepi alarms`` lists them; None without rules."""
         try:

@@ -122,6 +122,14 @@ STRINGS: dict[str, dict[str, str]] = {
         "cfg.restart_needed": "Applied ({version}); these need a restart of the agent: {keys}.",
         "cfg.rolled_back": "Rolled back: {detail}",
         "cfg.failed": "Not applied: {detail}",
+        "cfg.back_to": "Go back to {version}",
+        "cfg.back_to_base": "Go back to the base file",
+        "cfg.going_back": "Going back: confirmed or rolled back...",
+        "cfg.back_hint": "Going back to an earlier version is an apply like any other: kept as "
+        "a new version, on trial, rolled back by itself unless confirmed. The base file is "
+        "the one the agent was started with (--config).",
+        "cfg.went_back": "Back to {version}'s config.",
+        "cfg.bad_version": "Give a version kept on the box (v3) or base.",
         "al.title": "Alarms",
         "al.no_rules": "No rules in the config: no alarms.",
         "al.rule_1": "1 rule in the config.",
