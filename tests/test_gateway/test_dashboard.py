@@ -107,7 +107,8 @@ def router_routes() -> set[tuple[str, str]]:
 
 
 def concrete(path: str) -> str:
-    for name, value in (("device", "aq-1"), ("name", "app.css"), ("rule", "r1"), ("camera", "c1")):
+    values = (("device", "aq-1"), ("name", "app.css"), ("rule", "r1"), ("camera", "c1"))
+    for name, value in (*values, ("code", "vi")):
         path = path.replace("{" + name + "}", value)
     assert "{" not in path, path  # a new route's placeholder: give it a value above
     return path
@@ -117,7 +118,12 @@ async def test_every_route_without_a_session_is_refused_or_sent_to_login(
     console: Console,
 ) -> None:
     routes = router_routes()
-    assert {("GET", "/login"), ("POST", "/login"), ("GET", "/static/{name}")} == PUBLIC
+    assert {
+        ("GET", "/login"),
+        ("POST", "/login"),
+        ("GET", "/static/{name}"),
+        ("GET", "/lang/{code}"),
+    } == PUBLIC
     assert routes >= PUBLIC
     guarded = sorted(r for r in routes if r not in PUBLIC and ("GET", r[1]) not in PUBLIC)
     assert len(guarded) >= 7, guarded
@@ -360,3 +366,47 @@ async def test_logins_at_once_are_checked_one_at_a_time_and_stop_at_the_lockout(
     # Only the three before the lockout cost a password check (each 16 MiB of scrypt); the
     # rest waited their turn and were refused without one.
     assert console.agent.log_text().count("failed login for") == 3
+
+
+async def test_the_pages_speak_the_browsers_language_or_the_users_choice(
+    console: Console,
+) -> None:
+    """Vietnamese for a browser that prefers it, from the login page on; the switch in the
+    header keeps the user's choice (a cookie) over the browser's; a language the console
+    has not is a 404, and the switch goes back to a path on this console only."""
+    vi = {"Accept-Language": "vi-VN,vi;q=0.9,en-US;q=0.6"}
+    async with client() as s:
+        async with s.get(f"{console.base}/login", headers=vi) as r:
+            page = await r.text()
+            assert r.headers["Content-Language"] == "vi"
+        assert '<html lang="vi">' in page
+        assert "Mật khẩu" in page
+        assert 'href="/lang/en?next=/login"' in page  # the switch, to English
+        async with s.get(f"{console.base}/login", headers={"Accept-Language": "en"}) as r:
+            assert "Password" in await r.text()
+        assert await login(s, console.base, *VIEWER) == 303
+        async with s.get(f"{console.base}/devices", headers=vi) as r:
+            page = await r.text()
+        assert "Thiết bị" in page
+        assert "Tổng quan" in page
+        # The user chooses English: it wins over the browser's Vietnamese, on every page.
+        async with s.get(
+            f"{console.base}/lang/en?next=/devices", headers=vi, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+            assert r.headers["Location"] == "/devices"
+            cookie = r.headers["Set-Cookie"]
+        attrs = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
+        assert {"httponly", "secure", "samesite"} <= attrs, cookie
+        async with s.get(f"{console.base}/devices", headers=vi) as r:
+            page = await r.text()
+            assert r.headers["Content-Language"] == "en"
+        assert "Devices" in page
+        assert 'href="/lang/vi?next=/devices"' in page
+        async with s.get(f"{console.base}/lang/fr", allow_redirects=False) as r:
+            assert r.status == 404
+        for evil in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+            async with s.get(
+                f"{console.base}/lang/vi", params={"next": evil}, allow_redirects=False
+            ) as r:
+                assert r.headers["Location"] == "/", evil

@@ -415,6 +415,33 @@ async def test_a_scan_from_the_page_finds_the_simulators_unit_and_it_is_added(
     assert violations == []
 
 
+async def test_every_page_in_vietnamese_fits_a_phone(site: Site, browser: Any) -> None:
+    """The header's switch turns the console to Vietnamese (longer words than English):
+    every page still fits 360 px, and says what it says in Vietnamese."""
+    violations: list[str] = []
+    page = await new_page(browser, 360, violations)
+    await log_in(page, site.base, *ADMIN)
+    await page.click(".langs a[hreflang='vi']")
+    await page.wait_for_url(f"{site.base}/devices")
+    assert await page.get_attribute("html", "lang") == "vi"
+    assert "Thiết bị" in (await page.locator("h1").text_content() or "")
+    for name, path in (*PAGES, ("commission", "/admin/commission")):
+        await page.goto(site.base + path)
+        if name in ("overview", "devices", "device"):
+            await page.wait_for_selector("body[data-live='1']")
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, (name, overflow)
+        if name in ("overview", "devices"):
+            await page.screenshot(path=site.shots / f"{name}-vi-360.png", full_page=True)
+    # Back to English, from the same switch.
+    await page.click(".langs a[hreflang='en']")
+    await page.wait_for_url(f"{site.base}/admin/commission")
+    assert await page.get_attribute("html", "lang") == "en"
+    assert violations == []
+
+
 def test_the_screenshot_copies_in_the_docs_are_there() -> None:
     """docs/dashboard.md shows the screenshots this file takes (refreshed by running it with
     TEPI_SCREENSHOTS=docs/dashboard)."""
@@ -428,10 +455,12 @@ def test_the_screenshot_copies_in_the_docs_are_there() -> None:
         ("cameras", "png"),
         ("camera-draw", "jpg"),
         ("camera", "jpg"),
+        ("overview-vi", "png"),
+        ("devices-vi", "png"),
     )
     pages = tuple((name, "png") for name, _ in PAGES)
     for name, ext in (("login", "png"), *pages, *extra):
-        for width in (360, 1280):
+        for width in (360,) if name.endswith("-vi") else (360, 1280):
             shot = f"dashboard/{name}-{width}.{ext}"
             assert shot in text, shot
             assert (docs / shot).stat().st_size > 2000, shot

@@ -440,6 +440,12 @@ class DashboardSection(_Model):
         "lockout ends by itself.",
     )
 
+    language: Literal["auto", "en", "vi"] = Field(
+        default="auto",
+        description="The console's language: en (English), vi (Vietnamese), or auto (the "
+        "browser's preference, else English). A user's own choice on the page wins.",
+    )
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str | None) -> str | None:

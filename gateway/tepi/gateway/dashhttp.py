@@ -54,7 +54,7 @@ from tepi.gateway.dashpages import (
     strip_svg,
     value_text,
 )
-from tepi.gateway.dashtext import t
+from tepi.gateway.dashtext import LANGS, negotiate, reset, t, use
 from tepi.gateway.status import problems
 
 if TYPE_CHECKING:
@@ -68,7 +68,10 @@ COOKIE = "tepi_session"
 LOGIN_COOKIE = "tepi_login"
 # The routes anyone may ask (method, canonical path). Everything else needs a session
 # (tests/test_gateway/test_dashboard.py enumerates the router against this).
-PUBLIC = frozenset({("GET", "/login"), ("POST", "/login"), ("GET", "/static/{name}")})
+PUBLIC = frozenset(
+    {("GET", "/login"), ("POST", "/login"), ("GET", "/static/{name}"), ("GET", "/lang/{code}")}
+)
+LANG_COOKIE = "tepi_lang"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -124,7 +127,10 @@ class DashApp:
         # One password check at a time: each is 16 MiB of scrypt for about 50 ms on a Pi, and
         # a flood of logins must neither take the box's RAM nor every worker thread.
         self._checking = asyncio.Semaphore(1)
-        app = web.Application(middlewares=[self._host, self._auth], client_max_size=64 * 1024)
+        self.language = section.language
+        app = web.Application(
+            middlewares=[self._language, self._host, self._auth], client_max_size=64 * 1024
+        )
         app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/login", self._get_login)
@@ -141,6 +147,7 @@ class DashApp:
         Commissioning(self).routes(r)
         CameraPages(self).routes(r)
         r.add_get("/static/{name}", self._get_static)
+        r.add_get("/lang/{code}", self._get_lang)
         self.app = app
         # A live stream never ends by itself: at a stop, wait for none (the agent's deadline).
         self.runner = web.AppRunner(
@@ -160,6 +167,38 @@ class DashApp:
         h["X-Content-Type-Options"] = "nosniff"
         h["Referrer-Policy"] = "no-referrer"
         h.setdefault("Cache-Control", "no-store")
+
+    @web.middleware
+    async def _language(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The words of this request's pages: the user's choice, ``dashboard.language``, or
+        the browser's (`tepi.gateway.dashtext.negotiate`)."""
+        code = negotiate(
+            request.cookies.get(LANG_COOKIE),
+            self.language,
+            request.headers.get("Accept-Language"),
+        )
+        token = use(code)
+        try:
+            resp = await handler(request)
+        finally:
+            reset(token)
+        resp.headers["Content-Language"] = code
+        return resp
+
+    async def _get_lang(self, req: web.Request) -> web.StreamResponse:
+        """The user's language (a cookie, a year), then back to the page (``next``)."""
+        code = req.match_info["code"]
+        if code not in LANGS:
+            raise web.HTTPNotFound(text=t("err.lang") + "\n")
+        back = req.query.get("next") or "/"
+        if not back.startswith("/") or back.startswith("//") or "\\" in back:
+            back = "/"  # a path on this console only
+        resp = web.HTTPSeeOther(back[:512])
+        resp.set_cookie(
+            LANG_COOKIE, code, secure=True, httponly=True, samesite="Strict", path="/",
+            max_age=365 * 86400,
+        )  # fmt: skip
+        raise resp
 
     @web.middleware
     async def _host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -193,8 +232,9 @@ class DashApp:
     def page(self, req: web.Request, title: str, page: str, body: str) -> web.Response:
         session: Session = req["session"]
         text = layout(
-            title, page, body, gateway=self.access.gateway, session=session, csrf=session.csrf
-        )
+            title, page, body, gateway=self.access.gateway, session=session, csrf=session.csrf,
+            path=req.path_qs,
+        )  # fmt: skip
         resp = web.Response(text=text, content_type="text/html")
         resp.enable_compression()
         return resp

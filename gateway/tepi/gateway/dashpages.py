@@ -13,8 +13,9 @@ from __future__ import annotations
 import html
 import time
 from typing import Any
+from urllib.parse import quote
 
-from tepi.gateway.dashtext import LANG, t
+from tepi.gateway.dashtext import LANGS, NAMES, lang, t
 from tepi.gateway.health import Health
 
 __all__ = [
@@ -48,6 +49,15 @@ def ago(ts: float | None, now: float | None = None) -> str:
     return t("ago.h", n=f"{s / 3600:.1f}")
 
 
+def span(s: float) -> str:
+    """A length of time, as :func:`ago` words it without the "ago"."""
+    if s < 90:
+        return t("for.s", n=f"{s:.0f}")
+    if s < 5400:
+        return t("for.min", n=f"{s / 60:.0f}")
+    return t("for.h", n=f"{s / 3600:.1f}")
+
+
 def size(n: float | None) -> str:
     if n is None:
         return "?"
@@ -68,10 +78,30 @@ def value_text(v: dict[str, Any]) -> str:
     return ("~" if v.get("quality") == "uncertain" else "") + text + unit
 
 
+def _languages(path: str) -> str:
+    """Links to this page in the other languages, each named in its own."""
+    here = lang()
+    links = "".join(
+        f'<a href="/lang/{code}?next={e(quote(path, safe="/"))}" lang="{code}" '
+        f'hreflang="{code}">{e(NAMES[code])}</a>'
+        for code in LANGS
+        if code != here
+    )
+    return f'<nav class="langs" aria-label="{e(t("nav.lang"))}">{links}</nav>'
+
+
 def layout(
-    title: str, page: str, body: str, *, gateway: str, session: Any | None, csrf: str = ""
+    title: str,
+    page: str,
+    body: str,
+    *,
+    gateway: str,
+    session: Any | None,
+    csrf: str = "",
+    path: str = "/",
 ) -> str:
-    """The page around ``body``: head, navigation, the user and the log-out button."""
+    """The page around ``body``: head, navigation, the user and the log-out button, and the
+    language switch (back to ``path``, this page)."""
     nav = ""
     if session is not None:
         links = "".join(
@@ -93,7 +123,7 @@ def layout(
             f'value="{e(csrf)}"><button type="submit">{t("nav.logout")}</button></form></div>'
         )
     return (
-        f'<!doctype html><html lang="{LANG}"><head><meta charset="utf-8">'
+        f'<!doctype html><html lang="{lang()}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{e(title)} · {e(t('title', gateway=gateway))}</title>"
         '<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css">'
@@ -105,7 +135,7 @@ def layout(
         )
         + "</head>"
         f'<body data-page="{e(page)}"><header><span class="brand">'
-        f"{e(t('title', gateway=gateway))}</span>{nav}</header>"
+        f"{e(t('title', gateway=gateway))}</span>{nav}{_languages(path)}</header>"
         f'<main>{body}</main><p class="live-lost" hidden>{t("live.lost")}</p></body></html>'
     )
 
@@ -124,7 +154,8 @@ def login_page(gateway: str, token: str, next_url: str, error: str | None, no_us
         'autocomplete="current-password" required></label>'
         f'<button type="submit">{t("login.submit")}</button></form></section>'
     )
-    return layout(t("login.title"), "login", body, gateway=gateway, session=None)
+    back = "/login" + (f"?next={quote(next_url, safe='/')}" if next_url != "/" else "")
+    return layout(t("login.title"), "login", body, gateway=gateway, session=None, path=back)
 
 
 # ---- overview ----------------------------------------------------------------------------
@@ -155,7 +186,7 @@ def overview_fields(h: Health, now: float) -> dict[str, str]:
         "clock.state": t("ov.synced") if clk.synced else t("ov.not_synced"),
         "clock.gps": NONE if clk.gps_offset_s is None else f"{clk.gps_offset_s * 1000:+.0f} ms",
         "clock.now": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)),
-        "agent.uptime": ago(now - h.uptime_s, now).replace(" ago", ""),
+        "agent.uptime": span(h.uptime_s),
         "agent.version": h.version,
         "uplink.ok": "ok" if up.connected else "bad",
         "clock.ok": "ok" if clk.synced else "warn",
