@@ -11,7 +11,6 @@ set (docs/dashboard/ holds the copies the docs show: ``TEPI_SCREENSHOTS=docs/das
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -312,11 +311,10 @@ async def test_a_rule_fires_on_a_simulator_value_and_an_admin_acknowledges_it(
     await page.goto(site.base + "/alarms")
     assert await page.locator("tr[data-rule]").count() == 0
     site.sim.device("gauge").set_value(100, 3.5, "input")
+    await page.wait_for_selector("body[data-live='1']")
     row = page.locator("tr[data-rule='level-high']")
-    async with asyncio.timeout(20):
-        while await row.count() == 0:  # the page is not live: asked again until it fires
-            await asyncio.sleep(0.25)
-            await page.reload()
+    # The page is live: it asks itself again when the alarm fires (no reload from here).
+    await row.wait_for(timeout=20_000)
     assert "firing" in (await row.locator(".badge").text_content() or "")
     assert "3.5" in (await row.text_content() or "")
     await fits(page, "alarm-firing", site.shots)
@@ -344,10 +342,10 @@ async def test_a_rule_fires_on_a_simulator_value_and_an_admin_acknowledges_it(
     assert "dashboard: ana acknowledges the alarm of rule level-high" in log
     # It resolves when the river goes down, and stays listed among the recent ones.
     site.sim.device("gauge").set_value(100, 1.0, "input")
-    async with asyncio.timeout(20):
-        while "resolved" not in (await row.locator(".badge").text_content() or ""):
-            await asyncio.sleep(0.25)
-            await page.reload()
+    await page.wait_for_selector("body[data-live='1']")
+    await page.locator("tr[data-rule='level-high'] .badge:text('resolved')").wait_for(
+        timeout=20_000
+    )
     assert violations == []
 
 

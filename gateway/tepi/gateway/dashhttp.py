@@ -380,8 +380,9 @@ class DashApp:
 
     async def _get_events(self, req: web.Request) -> web.StreamResponse:
         """Server-Sent Events, one ``data:`` JSON a second while the page is open: each
-        device's state and worded values, the new sparkline points since the last one, and
-        on the overview its figures every few seconds. Ends when the client goes."""
+        device's state and worded values, the new sparkline points since the last one, on
+        the overview its figures every few seconds, and on the alarms page a signature of
+        the alarms' state. Ends when the client goes."""
         if self.streams >= MAX_STREAMS:
             return web.Response(status=503, text="too many live pages open\n")
         page = req.query.get("page", "devices")
@@ -413,6 +414,15 @@ class DashApp:
                 self.history.add("_buffer", "oldest", now, h.buffer.oldest_age_s or 0.0)
                 msg["k"] = overview_fields(h, now)
             msg["points"] = {"_buffer": self.history.series("_buffer", since, now)}
+            return msg
+        if page == "alarms":
+            # What changes when an alarm fires, resolves or is acknowledged (its message
+            # sent): the page reloads itself when this does. Counters only, no SQL.
+            a = self.access.health().alarms
+            if a is not None:
+                msg["alarms"] = f"{a.fired}:{a.resolved}:{a.sent}:{a.pending}:" + ",".join(
+                    a.firing_rules
+                )
             return msg
         devices = self.access.devices()
         self.history.record(devices)

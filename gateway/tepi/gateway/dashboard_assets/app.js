@@ -55,14 +55,27 @@ function apply(msg) {
   redraw();
 }
 
+// The alarms page is rendered by the server: when the alarms' state changes (one fires,
+// resolves or is acknowledged), it is asked again.
+let alarms = null;
+
+function alarmsChanged(msg) {
+  if (msg.alarms === undefined) return;
+  if (alarms !== null && msg.alarms !== alarms) location.reload();
+  alarms = msg.alarms;
+}
+
 function start() {
   const page = document.body.dataset.page;
-  if (!["overview", "devices", "device"].includes(page)) return;
+  if (!["overview", "devices", "device", "alarms"].includes(page)) return;
   const lost = document.querySelector(".live-lost");
-  const events = new EventSource(`/events?page=${page === "overview" ? "overview" : "devices"}`);
+  const stream = page === "device" ? "devices" : page;
+  const events = new EventSource(`/events?page=${stream}`);
   events.onmessage = (ev) => {
     if (lost) lost.hidden = true;
-    apply(JSON.parse(ev.data));
+    const msg = JSON.parse(ev.data);
+    apply(msg);
+    alarmsChanged(msg);
     document.body.dataset.live = "1"; // the tests wait on this
   };
   events.onerror = () => {
