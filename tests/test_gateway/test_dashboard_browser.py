@@ -332,6 +332,9 @@ async def test_a_rule_fires_on_a_simulator_value_and_an_admin_acknowledges_it(
         f"{site.base}/admin/alarms/level-high/ack", form={"csrf": token}
     )
     assert refused.status == 403
+    # The viewer watches the logs (live: new lines come on top, no reload).
+    await viewer.goto(site.base + "/logs?level=info")
+    await viewer.wait_for_selector("body[data-live='1']")
     # The admin acknowledges it: the page says so, and says by whom.
     await row.locator("button").click()
     await page.wait_for_url(re.compile(r".*/alarms\?acked=level-high&done=1$"))
@@ -340,6 +343,10 @@ async def test_a_rule_fires_on_a_simulator_value_and_an_admin_acknowledges_it(
     assert await row.locator("button").count() == 0
     log = site.agent.log_text()
     assert "dashboard: ana acknowledges the alarm of rule level-high" in log
+    top = viewer.locator("ul.log li", has_text="acknowledges the alarm of rule level-high")
+    await top.wait_for(timeout=10_000)
+    assert await top.locator(".lvl").text_content() == "INFO"
+    assert await top.locator(".logger").text_content() == "tepi.audit"
     # It resolves when the river goes down, and stays listed among the recent ones.
     site.sim.device("gauge").set_value(100, 1.0, "input")
     await page.wait_for_selector("body[data-live='1']")

@@ -44,6 +44,7 @@ from tepi.gateway.dashcameras import CameraPages
 from tepi.gateway.dashcommission import Commissioning
 from tepi.gateway.dashhistory import History
 from tepi.gateway.dashpages import (
+    clock,
     device_page,
     devices_page,
     layout,
@@ -389,11 +390,16 @@ class DashApp:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         resp.headers["X-Accel-Buffering"] = "no"
         self.streams += 1
+        seen = _int(req.query.get("seen"))  # the logs page: the records it shows up to
+        floor = logging.getLevelNamesMapping().get(req.query.get("level", "info").upper(), 20)
         try:
             await resp.prepare(req)
             since, tick = 0.0, 0
             while True:
-                msg = self._tick(page, since, tick)
+                if page == "logs":
+                    msg, seen = self._log_tick(seen, floor)
+                else:
+                    msg = self._tick(page, since, tick)
                 since = msg["t"]
                 await resp.write(b"data: " + orjson.dumps(msg) + b"\n\n")
                 tick += 1
@@ -403,6 +409,21 @@ class DashApp:
         finally:
             self.streams -= 1
         return resp
+
+    def _log_tick(self, seen: int, floor: int) -> tuple[dict[str, Any], int]:
+        """The log records since the ``seen``-th, at ``floor`` or above, oldest first (at
+        most the ring's), worded as the page shows them; and the count seen now."""
+        tail = self.access.logs(1000, None)
+        new = max(0, min(tail["seen"] - seen, len(tail["lines"])))
+        lines = tail["lines"][len(tail["lines"]) - new :]
+        names = logging.getLevelNamesMapping()
+        msg: dict[str, Any] = {"t": time.time()}
+        msg["log"] = [
+            [clock(x["ts"]), x["level"], x["logger"], x["message"]]
+            for x in lines
+            if names.get(str(x["level"]).upper(), 0) >= floor
+        ]
+        return msg, int(tail["seen"])
 
     def _tick(self, page: str, since: float, tick: int) -> dict[str, Any]:
         now = time.time()
@@ -433,6 +454,13 @@ class DashApp:
         points = {dev: self.history.series(dev, since, now) for dev in devices}
         msg["points"] = {dev: p for dev, p in points.items() if p}
         return msg
+
+
+def _int(text: str | None) -> int:
+    try:
+        return max(0, int(text or 0))
+    except ValueError:
+        return 0
 
 
 def _safe_next(url: str) -> str:

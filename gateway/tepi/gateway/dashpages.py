@@ -49,6 +49,11 @@ def ago(ts: float | None, now: float | None = None) -> str:
     return t("ago.h", n=f"{s / 3600:.1f}")
 
 
+def clock(ts: float) -> str:
+    """A log record's time as the logs page shows it (the box's local time)."""
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
 def span(s: float) -> str:
     """A length of time, as :func:`ago` words it without the "ago"."""
     if s < 90:
@@ -393,7 +398,7 @@ def logs_page(tail: dict[str, Any], level: str) -> str:
         f'<option value="{lv}"{" selected" if lv == level else ""}>{lv}</option>' for lv in LEVELS
     )
     rows = "".join(
-        f"<li><time>{e(time.strftime('%H:%M:%S', time.localtime(x['ts'])))}</time> "
+        f"<li><time>{e(clock(x['ts']))}</time> "
         f'<span class="lvl" data-level="{e(x["level"])}">{e(x["level"])}</span> '
         f'<span class="logger">{e(x["logger"])}</span> {e(x["message"])}</li>'
         for x in reversed(tail["lines"])
@@ -404,5 +409,6 @@ def logs_page(tail: dict[str, Any], level: str) -> str:
         f'<select name="level">{opts}</select></label><button type="submit">{t("logs.show")}'
         f'</button></form><p class="hint">'
         + e(t("logs.kept", shown=len(tail["lines"]), kept=tail["kept"], seen=tail["seen"]))
-        + f'</p><ul class="log">{rows or "<li>" + t("logs.none") + "</li>"}</ul></section>'
+        + f'</p><ul class="log" data-seen="{tail["seen"]}" data-level="{e(level)}">'
+        f"{rows or '<li class=none>' + t('logs.none') + '</li>'}</ul></section>"
     )

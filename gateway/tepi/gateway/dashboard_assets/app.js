@@ -65,17 +65,50 @@ function alarmsChanged(msg) {
   alarms = msg.alarms;
 }
 
+// The logs page: new records at its level come over the stream, newest on top.
+const MAX_LINES = 1000;
+
+function logLines(msg) {
+  const list = document.querySelector("ul.log[data-seen]");
+  if (!list || !msg.log || !msg.log.length) return;
+  list.querySelector("li.none")?.remove();
+  for (const [time, level, logger, message] of msg.log) {
+    const li = document.createElement("li");
+    const when = document.createElement("time");
+    when.textContent = time;
+    const lvl = document.createElement("span");
+    lvl.className = "lvl";
+    lvl.dataset.level = level;
+    lvl.textContent = level;
+    const who = document.createElement("span");
+    who.className = "logger";
+    who.textContent = logger;
+    li.append(when, " ", lvl, " ", who, ` ${message}`);
+    list.prepend(li);
+  }
+  while (list.children.length > MAX_LINES) list.lastElementChild.remove();
+}
+
+function streamUrl(page) {
+  if (page === "logs") {
+    const list = document.querySelector("ul.log[data-seen]");
+    const q = new URLSearchParams({ page, seen: list.dataset.seen, level: list.dataset.level });
+    return `/events?${q}`;
+  }
+  return `/events?page=${page === "device" ? "devices" : page}`;
+}
+
 function start() {
   const page = document.body.dataset.page;
-  if (!["overview", "devices", "device", "alarms"].includes(page)) return;
+  if (!["overview", "devices", "device", "alarms", "logs"].includes(page)) return;
   const lost = document.querySelector(".live-lost");
-  const stream = page === "device" ? "devices" : page;
-  const events = new EventSource(`/events?page=${stream}`);
+  const events = new EventSource(streamUrl(page));
   events.onmessage = (ev) => {
     if (lost) lost.hidden = true;
     const msg = JSON.parse(ev.data);
     apply(msg);
     alarmsChanged(msg);
+    logLines(msg);
     document.body.dataset.live = "1"; // the tests wait on this
   };
   events.onerror = () => {
