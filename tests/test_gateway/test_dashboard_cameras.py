@@ -132,6 +132,9 @@ async def test_a_mask_drawn_on_the_snapshot_is_in_the_config_and_the_next_image_
     await page.click("button[data-tool='mask']")
     await click_at(page, [(0.005, 0.005), (0.5, 0.005), (0.5, 0.995), (0.005, 0.995)])
     await click_at(page, [(0.006, 0.006)])
+    await page.click("button[data-tool='ignore']")
+    await click_at(page, [(0.55, 0.05), (0.7, 0.05), (0.7, 0.3)])
+    await page.click("button.close-shape")
     await page.click("button[data-tool='line']")
     await click_at(page, [(0.75, 0.2), (0.75, 0.8)])
     await page.click("button[data-tool='zone']")
@@ -141,6 +144,7 @@ async def test_a_mask_drawn_on_the_snapshot_is_in_the_config_and_the_next_image_
     await page.locator("ul.shapes li[data-kind='zone'] input").fill("crossing")
     assert await page.locator(".stage polygon.mask").count() == 1
     assert await page.locator(".stage polygon.zone").count() == 1
+    assert await page.locator(".stage polygon.ignore").count() == 1
     assert await page.locator(".stage line.count:not(.in)").count() == 1
     await fits(page, "camera-draw", site.shots, "jpg")
     await page.click("form.geometry button[type=submit]")
@@ -163,6 +167,10 @@ async def test_a_mask_drawn_on_the_snapshot_is_in_the_config_and_the_next_image_
     assert sorted(cam["masks"][0]) == [[0, 0], [0, 1], [0.5, 0], [0.5, 1]], cam["masks"]
     assert [x["name"] for x in cam["analytics"]["lines"]] == ["line-1"]
     assert [z["name"] for z in cam["analytics"]["zones"]] == ["crossing"]
+    (ignore,) = cam["analytics"]["ignore"]  # where it was clicked, to a pixel
+    for (x, y), (x0, y0) in zip(ignore, [(0.55, 0.05), (0.7, 0.05), (0.7, 0.3)], strict=True):
+        assert abs(x - x0) < 0.005
+        assert abs(y - y0) < 0.005
     assert cam["password_file"].endswith("cam-password")  # the rest as it was
     await page.goto(f"{site.base}/cameras/cam-1")
     # The page draws the saved shapes from the config.
@@ -170,7 +178,9 @@ async def test_a_mask_drawn_on_the_snapshot_is_in_the_config_and_the_next_image_
     assert await page.locator(".shape-label").all_text_contents() == ["crossing", "line-1"]
     await fits(page, "camera", site.shots, "jpg")
     log = site.agent.log_text()
-    assert "dashboard: ana draws on camera cam-1: 1 mask(s), 1 line(s), 1 zone(s)" in log
+    assert (
+        "dashboard: ana draws on camera cam-1: 1 mask(s), 1 ignore area(s), 1 line(s), 1 zone(s)"
+    ) in log
     assert re.search(r"command config\.apply id=dashboard:ana:\w+ from the web console", log)
     # A shape the page would not send, posted by hand: refused, worded, nothing changed.
     token = await page.locator(".who input[name=csrf]").input_value()

@@ -56,6 +56,7 @@ name = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 geometry = st.fixed_dictionaries(
     {
         "masks": st.lists(st.lists(point, min_size=3, max_size=8), max_size=4),
+        "ignore": st.lists(st.lists(point, min_size=3, max_size=8), max_size=3),
         "lines": st.lists(
             st.fixed_dictionaries(
                 {"name": name, "points": st.lists(point, min_size=2, max_size=2)}
@@ -93,13 +94,14 @@ def test_what_a_page_draws_goes_into_the_config_as_drawn(geo: dict[str, Any]) ->
         return
     back = camera_geometry(cfg)
     assert back["masks"] == parsed["masks"]
+    assert back["ignore"] == parsed["ignore"]
     assert back["lines"] == parsed["lines"]
     assert back["zones"] == parsed["zones"]
     for mask, drawn in zip(back["masks"], geo["masks"], strict=True):
         for (x, y), (x0, y0) in zip(mask, drawn, strict=True):
             assert abs(x - x0) <= 5e-5
             assert abs(y - y0) <= 5e-5
-    if not geo["lines"] and not geo["zones"]:
+    if not geo["lines"] and not geo["zones"] and not geo["ignore"]:
         assert "analytics" not in dev  # not turned on by a mask alone
 
 
@@ -134,6 +136,7 @@ def test_bytes_that_are_not_json_are_refused(raw: bytes) -> None:
         ({"masks": [[[0, 0], [2, 0], [0, 1]]]}, "a point is not [x, y] within 0..1"),
         ({"masks": [[[0, 0], [True, 0], [0, 1]]]}, "a point is not"),
         ({"masks": [[[0, 0], [1, 0]]]}, "needs 3 to 64 points"),
+        ({"ignore": [[[0, 0], [1, 0]]]}, "ignore 1: needs 3 to 64 points"),
         ({"masks": [[[0, 0]] * (MAX_POINTS + 1)]}, "needs 3 to 64 points"),
         ({"masks": [[[0, 0], [1, 0], [0, 1]]] * (MAX_SHAPES + 1)}, "At most 32 shapes"),
         ({"lines": [{"name": "a b", "points": [[0, 0], [1, 1]]}]}, "give a name of letters"),
@@ -142,7 +145,7 @@ def test_bytes_that_are_not_json_are_refused(raw: bytes) -> None:
             {"zones": [{"name": "z", "polygon": [[0, 0], [1, 0], [0, 1]]}] * 2},
             "Named more than once: z",
         ),
-        ({"masks": [], "ignore": []}, "no shapes it could read"),
+        ({"masks": [], "stop_lines": []}, "no shapes it could read"),
         ([1, 2], "no shapes it could read"),
     ],
 )

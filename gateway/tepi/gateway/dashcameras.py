@@ -7,17 +7,17 @@ for an admin, privacy masks, counting lines and zones drawn on the snapshot.
   gone from the buffer; "Take a snapshot" stores a new one, as ``tepi snapshot`` does (it
   goes to the IOC too, with reason ``dashboard``). Any user may take one: it is a look, and
   the IOC is told who looked (the audit line).
-- **Drawing** (``cameras.js``): the shapes are points in 0..1 of the image (the config's own
-  units), edited in the browser and posted as one JSON document
-  (:func:`parse_geometry` bounds and checks it). Saving puts them in the running config's
-  text (:func:`with_geometry`: the device's ``masks``, its ``analytics.lines`` and
-  ``analytics.zones``) and applies that as the config page does: checked as ``tepi check``
-  checks a file, on trial, rolled back unless confirmed, audited with the user. Once it is
-  confirmed, a snapshot is taken, so the page shows the new masks applied by the agent
-  itself, not by the page.
+- **Drawing** (``cameras.js``): the shapes (masks, ignore areas, lines, zones) are points
+  in 0..1 of the image (the config's own units), edited in the browser and posted as one
+  JSON document (:func:`parse_geometry` bounds and checks it). Saving puts them in the
+  running config's text (:func:`with_geometry`: the device's ``masks``, its
+  ``analytics.ignore``, ``analytics.lines`` and ``analytics.zones``) and applies that as
+  the config page does: checked as ``tepi check`` checks a file, on trial, rolled back
+  unless confirmed, audited with the user. Once it is confirmed, a snapshot is taken, so
+  the page shows the new masks applied by the agent itself, not by the page.
 - A zone redrawn keeps its other keys (``stop_line``, ``length_m``) by its name; the
   analytics' other settings are left as they are. Analytics are turned on (with their
-  defaults) when the first line or zone is drawn on a camera without them.
+  defaults) when the first ignore area, line or zone is drawn on a camera without them.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def _name(x: Any, what: str) -> str:
 
 def parse_geometry(body: str) -> dict[str, Any]:
     """The shapes a page posted, checked and bounded: ``{"masks": [[[x, y], ...], ...],
-    "lines": [{"name", "points"}], "zones": [{"name", "polygon"}]}``. ValueError, worded for
+    "ignore": [[[x, y], ...], ...], "lines": [{"name", "points"}], "zones": [{"name",
+    "polygon"}]}``. ValueError, worded for
     the page, when it is not that."""
     if len(body) > MAX_BODY:
         raise ValueError(t("cam.too_big"))
@@ -87,14 +88,15 @@ def parse_geometry(body: str) -> dict[str, Any]:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ValueError(t("cam.not_geometry")) from None
-    if not isinstance(doc, dict) or set(doc) - {"masks", "lines", "zones"}:
+    if not isinstance(doc, dict) or set(doc) - {"masks", "ignore", "lines", "zones"}:
         raise ValueError(t("cam.not_geometry"))
-    masks, lines, zones = (doc.get(k, []) for k in ("masks", "lines", "zones"))
-    for shapes in (masks, lines, zones):
+    masks, ignore, lines, zones = (doc.get(k, []) for k in ("masks", "ignore", "lines", "zones"))
+    for shapes in (masks, ignore, lines, zones):
         if not isinstance(shapes, list) or len(shapes) > MAX_SHAPES:
             raise ValueError(t("cam.too_many", n=MAX_SHAPES))
     out: dict[str, Any] = {
         "masks": [_points(m, f"mask {i + 1}", 3, MAX_POINTS) for i, m in enumerate(masks)],
+        "ignore": [_points(m, f"ignore {i + 1}", 3, MAX_POINTS) for i, m in enumerate(ignore)],
         "lines": [],
         "zones": [],
     }
@@ -132,12 +134,14 @@ def with_geometry(running: str, camera: str, geometry: dict[str, Any]) -> str:
     else:
         dev.pop("masks", None)
     analytics = dev.get("analytics")
-    if analytics is None and (geometry["lines"] or geometry["zones"]):
+    if analytics is None and (geometry["ignore"] or geometry["lines"] or geometry["zones"]):
         analytics = dev["analytics"] = {}
     if isinstance(analytics, dict):
         old = {z.get("name"): z for z in analytics.get("zones") or [] if isinstance(z, dict)}
-        for key in ("lines", "zones"):
+        for key in ("ignore", "lines", "zones"):
             analytics.pop(key, None)
+        if geometry["ignore"]:
+            analytics["ignore"] = geometry["ignore"]
         if geometry["lines"]:
             analytics["lines"] = geometry["lines"]
         if geometry["zones"]:
@@ -151,6 +155,7 @@ def camera_geometry(dev: Any) -> dict[str, Any]:
     a = dev.analytics
     return {
         "masks": [[list(p) for p in m] for m in dev.masks],
+        "ignore": [] if a is None else [[list(p) for p in m] for m in a.ignore],
         "lines": [] if a is None else [{"name": x.name, "points": [list(p) for p in x.points]}
                                        for x in a.lines],
         "zones": [] if a is None else [{"name": z.name, "polygon": [list(p) for p in z.polygon]}
@@ -248,7 +253,7 @@ def camera_page(
         tool_buttons = "".join(
             f'<button type="button" data-tool="{k}" aria-pressed="false">{t("cam.tool_" + k)}'
             "</button>"
-            for k in ("mask", "line", "zone")
+            for k in ("mask", "ignore", "line", "zone")
         )
         tools = (
             f'<form method="post" action="/admin/cameras/{esc}/geometry" class="geometry">'
@@ -258,9 +263,11 @@ def camera_page(
             f'<button type="button" class="close-shape" disabled>{t("cam.close_shape")}</button>'
             f'<button type="button" class="undo" disabled>{t("cam.undo")}</button></div>'
             f'<p class="hint tool-hint" data-mask="{e(t("cam.hint_mask"))}" '
+            f'data-ignore="{e(t("cam.hint_ignore"))}" '
             f'data-line="{e(t("cam.hint_line"))}" data-zone="{e(t("cam.hint_zone"))}" '
             f'data-none="{e(t("cam.hint_none"))}">{t("cam.hint_none")}</p>'
             f'<ul class="shapes" data-mask="{e(t("cam.shape_mask"))}" '
+            f'data-ignore="{e(t("cam.shape_ignore"))}" '
             f'data-line="{e(t("cam.shape_line"))}" data-zone="{e(t("cam.shape_zone"))}" '
             f'data-delete="{e(t("cam.delete"))}" data-name="{e(t("cam.name"))}"></ul>'
             f'<div class="buttons"><button type="submit" data-busy="{e(t("cam.saving"))}">'
@@ -416,8 +423,9 @@ class CameraPages:
         except ValueError as err:
             return await self._page(req, str(err), ok=False, status=400)
         audit.info(
-            "dashboard: %s draws on camera %s: %d mask(s), %d line(s), %d zone(s)",
-            session.user, cam, *(len(geometry[k]) for k in ("masks", "lines", "zones")),
+            "dashboard: %s draws on camera %s: %d mask(s), %d ignore area(s), %d line(s), "
+            "%d zone(s)",
+            session.user, cam, *(len(geometry[k]) for k in ("masks", "ignore", "lines", "zones")),
         )  # fmt: skip
         outcome = outcome_of(await actions.apply(redact(text), session.user))
         if not outcome.ok:

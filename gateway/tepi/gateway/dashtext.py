@@ -232,9 +232,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "cam.overlay": "Masks, counting lines and zones",
         "cam.legend": "Black: privacy masks (filled before any pixel is stored or sent). "
         "Yellow arrows: counting lines (crossing from the arrow's left to its right counts "
-        "in). Blue: zones.",
+        "in). Blue: zones. Grey: ignore areas (motion there is not analysed).",
         "cam.tools": "Drawing tools",
         "cam.tool_mask": "Draw a mask",
+        "cam.tool_ignore": "Draw an ignore area",
         "cam.tool_line": "Draw a line",
         "cam.tool_zone": "Draw a zone",
         "cam.close_shape": "Close the shape",
@@ -242,11 +243,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "cam.hint_none": "Choose a tool, then click on the picture.",
         "cam.hint_mask": "Click the mask's corners; close it with the button or on its first "
         "corner.",
+        "cam.hint_ignore": "Click the corners of an area where motion is ignored (trees, "
+        "flags, a screen); unlike a mask it is not blacked out. Close it with the button or on "
+        "its first corner.",
         "cam.hint_line": "Click where the line starts, then where it ends: crossing it from "
         "the arrow's left to its right counts in.",
         "cam.hint_zone": "Click the zone's corners; close it with the button or on its first "
         "corner.",
         "cam.shape_mask": "Mask {n}",
+        "cam.shape_ignore": "Ignore area {n}",
         "cam.shape_line": "Line",
         "cam.shape_zone": "Zone",
         "cam.name": "Name",
@@ -499,9 +504,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "cam.overlay": "Vùng che, vạch đếm và vùng",
         "cam.legend": "Đen: vùng che riêng tư (được tô trước khi bất kỳ điểm ảnh nào được lưu hay "
         "gửi). Mũi tên vàng: vạch đếm (đi qua từ bên trái mũi tên sang bên phải được đếm là vào). "
-        "Xanh: vùng.",
+        "Xanh: vùng. Xám: vùng bỏ qua (chuyển động ở đó không được phân tích).",
         "cam.tools": "Công cụ vẽ",
         "cam.tool_mask": "Vẽ vùng che",
+        "cam.tool_ignore": "Vẽ vùng bỏ qua",
         "cam.tool_line": "Vẽ vạch đếm",
         "cam.tool_zone": "Vẽ vùng",
         "cam.close_shape": "Đóng hình",
@@ -509,10 +515,14 @@ STRINGS: dict[str, dict[str, str]] = {
         "cam.hint_none": "Chọn một công cụ, rồi bấm lên hình.",
         "cam.hint_mask": "Bấm vào các góc của vùng che; đóng lại bằng nút hoặc bấm vào góc đầu "
         "tiên.",
+        "cam.hint_ignore": "Bấm vào các góc của vùng mà chuyển động bị bỏ qua (cây, cờ, màn "
+        "hình); khác với vùng che, nó không bị tô đen. Đóng lại bằng nút hoặc bấm vào góc đầu "
+        "tiên.",
         "cam.hint_line": "Bấm nơi vạch bắt đầu, rồi nơi vạch kết thúc: đi qua từ bên trái mũi tên "
         "sang bên phải được đếm là vào.",
         "cam.hint_zone": "Bấm vào các góc của vùng; đóng lại bằng nút hoặc bấm vào góc đầu tiên.",
         "cam.shape_mask": "Vùng che {n}",
+        "cam.shape_ignore": "Vùng bỏ qua {n}",
         "cam.shape_line": "Vạch",
         "cam.shape_zone": "Vùng",
         "cam.name": "Tên",

@@ -8,8 +8,9 @@ const svg = stage?.querySelector("svg.overlay");
 const img = stage?.querySelector("img.shot");
 const form = document.querySelector("form.geometry");
 const shapes = JSON.parse(stage?.dataset.geometry || "{}");
-for (const k of ["masks", "lines", "zones"]) shapes[k] ??= [];
-let drawing = null; // {kind: "mask" | "line" | "zone", points: [[x, y], ...]}
+for (const k of ["masks", "ignore", "lines", "zones"]) shapes[k] ??= [];
+let drawing = null; // {kind: "mask" | "ignore" | "line" | "zone", points: [[x, y], ...]}
+const LIST = { mask: "masks", ignore: "ignore", line: "lines", zone: "zones" };
 
 // Within 1% of an edge is on it: a mask meant to reach the picture's edge does.
 const round = (v) => (v < 0.01 ? 0 : v > 0.99 ? 1 : Math.round(v * 10000) / 10000);
@@ -65,6 +66,7 @@ function render() {
   svg.replaceChildren();
   for (const old of stage.querySelectorAll(".shape-label")) old.remove();
   shapes.masks.forEach((m) => poly(m, "mask"));
+  shapes.ignore.forEach((m) => poly(m, "ignore"));
   for (const z of shapes.zones) {
     poly(z.polygon, "zone");
     label(z.name, z.polygon[0]);
@@ -82,7 +84,7 @@ function render() {
 }
 
 function fresh(kind) {
-  const names = new Set(shapes[`${kind}s`].map((s) => s.name));
+  const names = new Set(shapes[LIST[kind]].map((s) => s.name));
   let i = 1;
   while (names.has(`${kind}-${i}`)) i++;
   return `${kind}-${i}`;
@@ -90,7 +92,7 @@ function fresh(kind) {
 
 function finish() {
   const { kind, points } = drawing;
-  if (kind === "mask") shapes.masks.push(points);
+  if (kind === "mask" || kind === "ignore") shapes[LIST[kind]].push(points);
   else if (kind === "line") shapes.lines.push({ name: fresh("line"), points });
   else shapes.zones.push({ name: fresh("zone"), polygon: points });
   drawing = { kind, points: [] };
@@ -126,13 +128,14 @@ function list() {
     del.className = "secondary";
     del.textContent = words.delete;
     del.addEventListener("click", () => {
-      shapes[`${kind}s`].splice(index, 1);
+      shapes[LIST[kind]].splice(index, 1);
       render();
     });
     li.append(del);
     ul.append(li);
   };
   shapes.masks.forEach((_, i) => item("mask", i, words.mask.replace("{n}", i + 1), null));
+  shapes.ignore.forEach((_, i) => item("ignore", i, words.ignore.replace("{n}", i + 1), null));
   shapes.lines.forEach((l, i) => item("line", i, words.line, l));
   shapes.zones.forEach((z, i) => item("zone", i, words.zone, z));
 }
