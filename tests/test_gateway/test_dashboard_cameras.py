@@ -141,7 +141,13 @@ async def test_a_mask_drawn_on_the_snapshot_is_in_the_config_and_the_next_image_
     await click_at(page, [(0.6, 0.5), (0.95, 0.5), (0.95, 0.95), (0.6, 0.95)])
     await page.click("button.close-shape")
     await page.click("button[data-tool='zone']")  # the tool off
-    await page.locator("ul.shapes li[data-kind='zone'] input").fill("crossing")
+    zone = page.locator("ul.shapes li[data-kind='zone']")
+    await zone.locator("input:not(.length)").fill("crossing")
+    # Its queue: the stop line drawn at the zone's left edge, and its length typed.
+    await zone.locator("button.stop").click()
+    await click_at(page, [(0.6, 0.5), (0.6, 0.95)])
+    assert await page.locator(".stage line.stop").count() == 1
+    await zone.locator("input.length").fill("26")
     assert await page.locator(".stage polygon.mask").count() == 1
     assert await page.locator(".stage polygon.zone").count() == 1
     assert await page.locator(".stage polygon.ignore").count() == 1
@@ -166,7 +172,10 @@ async def test_a_mask_drawn_on_the_snapshot_is_in_the_config_and_the_next_image_
     assert len(cam["masks"]) == 1, cam
     assert sorted(cam["masks"][0]) == [[0, 0], [0, 1], [0.5, 0], [0.5, 1]], cam["masks"]
     assert [x["name"] for x in cam["analytics"]["lines"]] == ["line-1"]
-    assert [z["name"] for z in cam["analytics"]["zones"]] == ["crossing"]
+    (crossing,) = cam["analytics"]["zones"]
+    assert crossing["name"] == "crossing"
+    assert crossing["length_m"] == 26
+    assert [[round(v, 2) for v in p] for p in crossing["stop_line"]] == [[0.6, 0.5], [0.6, 0.95]]
     (ignore,) = cam["analytics"]["ignore"]  # where it was clicked, to a pixel
     for (x, y), (x0, y0) in zip(ignore, [(0.55, 0.05), (0.7, 0.05), (0.7, 0.3)], strict=True):
         assert abs(x - x0) < 0.005

@@ -50,6 +50,15 @@ RUNNING = yaml.safe_dump(
     sort_keys=False,
 )
 
+
+def _queue(zone: dict[str, Any]) -> dict[str, Any]:
+    """A zone with a queue has both its stop line and its length (the model's rule)."""
+    queue = zone.pop("queue", None)
+    if queue is not None:
+        zone["stop_line"], zone["length_m"] = queue
+    return zone
+
+
 coord = st.floats(0, 1, allow_nan=False)
 point = st.lists(coord, min_size=2, max_size=2)
 name = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
@@ -66,8 +75,13 @@ geometry = st.fixed_dictionaries(
         ),
         "zones": st.lists(
             st.fixed_dictionaries(
-                {"name": name, "polygon": st.lists(point, min_size=3, max_size=8)}
-            ),
+                {"name": name, "polygon": st.lists(point, min_size=3, max_size=8)},
+                optional={
+                    "queue": st.tuples(
+                        st.lists(point, min_size=2, max_size=2), st.floats(0.5, 10000)
+                    )
+                },
+            ).map(_queue),
             max_size=3,
             unique_by=lambda x: x["name"],
         ),
@@ -97,6 +111,10 @@ def test_what_a_page_draws_goes_into_the_config_as_drawn(geo: dict[str, Any]) ->
     assert back["ignore"] == parsed["ignore"]
     assert back["lines"] == parsed["lines"]
     assert back["zones"] == parsed["zones"]
+    for zone, drawn_zone in zip(back["zones"], geo["zones"], strict=True):
+        assert ("stop_line" in zone) == ("stop_line" in drawn_zone)
+        if "length_m" in drawn_zone:
+            assert abs(zone["length_m"] - drawn_zone["length_m"]) <= 0.005
     for mask, drawn in zip(back["masks"], geo["masks"], strict=True):
         for (x, y), (x0, y0) in zip(mask, drawn, strict=True):
             assert abs(x - x0) <= 5e-5
@@ -146,6 +164,18 @@ def test_bytes_that_are_not_json_are_refused(raw: bytes) -> None:
             "Named more than once: z",
         ),
         ({"masks": [], "stop_lines": []}, "no shapes it could read"),
+        (
+            {"zones": [{"name": "z", "polygon": [[0, 0], [1, 0], [0, 1]], "length_m": 0}]},
+            "z: the length is metres",
+        ),
+        (
+            {"zones": [{"name": "z", "polygon": [[0, 0], [1, 0], [0, 1]], "length_m": "9"}]},
+            "z: the length is metres",
+        ),
+        (
+            {"zones": [{"name": "z", "polygon": [[0, 0], [1, 0], [0, 1]], "stop_line": [[0, 0]]}]},
+            "z stop line: needs 2 to 2 points",
+        ),
         ([1, 2], "no shapes it could read"),
     ],
 )
@@ -155,12 +185,19 @@ def test_each_bad_shape_is_refused_in_words(doc: Any, words: str) -> None:
     assert words in str(err.value), err.value
 
 
-def test_a_redrawn_zone_keeps_its_stop_line_and_the_rest_stays() -> None:
+def test_a_zones_queue_is_set_and_removed_and_the_rest_stays() -> None:
     geo = parse_geometry(
         json.dumps(
             {
                 "masks": [[[0, 0], [0.2, 0], [0.2, 0.2]]],
-                "zones": [{"name": "lane", "polygon": [[0, 0.5], [1, 0.5], [1, 1]]}],
+                "zones": [
+                    {
+                        "name": "lane",
+                        "polygon": [[0, 0.5], [1, 0.5], [1, 1]],
+                        "stop_line": [[0.9, 0.5], [0.9, 1]],
+                        "length_m": 32.5,
+                    }
+                ],
             }
         )
     )
@@ -168,14 +205,19 @@ def test_a_redrawn_zone_keeps_its_stop_line_and_the_rest_stays() -> None:
     dev = device_of(text)
     zone = dev["analytics"]["zones"][0]
     assert zone["polygon"] == [[0, 0.5], [1, 0.5], [1, 1]]
-    assert zone["stop_line"] == [[0, 0.9], [1, 0.9]]
-    assert zone["length_m"] == 40
+    assert zone["stop_line"] == [[0.9, 0.5], [0.9, 1]]
+    assert zone["length_m"] == 32.5
     assert dev["analytics"]["fps"] == 2
     assert dev["analytics"]["event_zones"] == ["lane"]
     assert "lines" not in dev["analytics"]
     assert dev["password_file"] == "cam-password"
     assert yaml.safe_load(text)["devices"][0] == {"id": "aq-1", "driver": "synthetic"}
     CameraConfig.model_validate(dev)
+    # The page sends the zone without its queue: it is gone from the config.
+    geo["zones"][0].pop("stop_line")
+    geo["zones"][0].pop("length_m")
+    zone = device_of(with_geometry(RUNNING, "cam-1", geo))["analytics"]["zones"][0]
+    assert set(zone) == {"name", "polygon"}
     # Everything deleted: no masks key, no lines or zones; the analytics' settings stay (the
     # event_zones naming the zone gone is the model's error, worded at the apply).
     empty = device_of(with_geometry(RUNNING, "cam-1", parse_geometry("{}")))

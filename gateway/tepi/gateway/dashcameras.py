@@ -15,8 +15,8 @@ for an admin, privacy masks, counting lines and zones drawn on the snapshot.
   the config page does: checked as ``tepi check`` checks a file, on trial, rolled back
   unless confirmed, audited with the user. Once it is confirmed, a snapshot is taken, so
   the page shows the new masks applied by the agent itself, not by the page.
-- A zone redrawn keeps its other keys (``stop_line``, ``length_m``) by its name; the
-  analytics' other settings are left as they are. Analytics are turned on (with their
+- A zone's queue (its ``stop_line``, drawn, and ``length_m``, typed) is set on the page
+  too; the analytics' other settings are left as they are. Analytics are turned on (with their
   defaults) when the first ignore area, line or zone is drawn on a camera without them.
 """
 
@@ -80,7 +80,7 @@ def _name(x: Any, what: str) -> str:
 def parse_geometry(body: str) -> dict[str, Any]:
     """The shapes a page posted, checked and bounded: ``{"masks": [[[x, y], ...], ...],
     "ignore": [[[x, y], ...], ...], "lines": [{"name", "points"}], "zones": [{"name",
-    "polygon"}]}``. ValueError, worded for
+    "polygon", "stop_line"?, "length_m"?}]}``. ValueError, worded for
     the page, when it is not that."""
     if len(body) > MAX_BODY:
         raise ValueError(t("cam.too_big"))
@@ -105,9 +105,19 @@ def parse_geometry(body: str) -> dict[str, Any]:
         out["lines"].append({"name": name, "points": _points(x.get("points"), name, 2, 2)})
     for i, z in enumerate(zones):
         name = _name(z, f"zone {i + 1}")
-        out["zones"].append(
-            {"name": name, "polygon": _points(z.get("polygon"), name, 3, MAX_POINTS)}
-        )
+        zone: dict[str, Any] = {
+            "name": name,
+            "polygon": _points(z.get("polygon"), name, 3, MAX_POINTS),
+        }
+        if z.get("stop_line") is not None:
+            zone["stop_line"] = _points(z["stop_line"], f"{name} stop line", 2, 2)
+        if z.get("length_m") is not None:
+            length = z["length_m"]
+            ok = isinstance(length, int | float) and not isinstance(length, bool)
+            if not ok or not (math.isfinite(length) and 0 < length <= 10000):
+                raise ValueError(t("cam.bad_length", what=name))
+            zone["length_m"] = round(float(length), 2)
+        out["zones"].append(zone)
     for kind in ("lines", "zones"):
         names = [x["name"] for x in out[kind]]
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -137,7 +147,6 @@ def with_geometry(running: str, camera: str, geometry: dict[str, Any]) -> str:
     if analytics is None and (geometry["ignore"] or geometry["lines"] or geometry["zones"]):
         analytics = dev["analytics"] = {}
     if isinstance(analytics, dict):
-        old = {z.get("name"): z for z in analytics.get("zones") or [] if isinstance(z, dict)}
         for key in ("ignore", "lines", "zones"):
             analytics.pop(key, None)
         if geometry["ignore"]:
@@ -145,7 +154,7 @@ def with_geometry(running: str, camera: str, geometry: dict[str, Any]) -> str:
         if geometry["lines"]:
             analytics["lines"] = geometry["lines"]
         if geometry["zones"]:
-            analytics["zones"] = [{**old.get(z["name"], {}), **z} for z in geometry["zones"]]
+            analytics["zones"] = geometry["zones"]
     return str(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
 
@@ -158,9 +167,17 @@ def camera_geometry(dev: Any) -> dict[str, Any]:
         "ignore": [] if a is None else [[list(p) for p in m] for m in a.ignore],
         "lines": [] if a is None else [{"name": x.name, "points": [list(p) for p in x.points]}
                                        for x in a.lines],
-        "zones": [] if a is None else [{"name": z.name, "polygon": [list(p) for p in z.polygon]}
-                                       for z in a.zones],
+        "zones": [] if a is None else [_zone(z) for z in a.zones],
     }  # fmt: skip
+
+
+def _zone(z: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": z.name, "polygon": [list(p) for p in z.polygon]}
+    if z.stop_line is not None:
+        out["stop_line"] = [list(p) for p in z.stop_line]
+    if z.length_m is not None:
+        out["length_m"] = z.length_m
+    return out
 
 
 # ---- pages ---------------------------------------------------------------------------------
@@ -263,13 +280,15 @@ def camera_page(
             f'<button type="button" class="close-shape" disabled>{t("cam.close_shape")}</button>'
             f'<button type="button" class="undo" disabled>{t("cam.undo")}</button></div>'
             f'<p class="hint tool-hint" data-mask="{e(t("cam.hint_mask"))}" '
-            f'data-ignore="{e(t("cam.hint_ignore"))}" '
+            f'data-ignore="{e(t("cam.hint_ignore"))}" data-stop="{e(t("cam.hint_stop"))}" '
             f'data-line="{e(t("cam.hint_line"))}" data-zone="{e(t("cam.hint_zone"))}" '
             f'data-none="{e(t("cam.hint_none"))}">{t("cam.hint_none")}</p>'
             f'<ul class="shapes" data-mask="{e(t("cam.shape_mask"))}" '
             f'data-ignore="{e(t("cam.shape_ignore"))}" '
             f'data-line="{e(t("cam.shape_line"))}" data-zone="{e(t("cam.shape_zone"))}" '
-            f'data-delete="{e(t("cam.delete"))}" data-name="{e(t("cam.name"))}"></ul>'
+            f'data-delete="{e(t("cam.delete"))}" data-name="{e(t("cam.name"))}" '
+            f'data-length="{e(t("cam.length"))}" data-stop-draw="{e(t("cam.stop_draw"))}" '
+            f'data-stop-remove="{e(t("cam.stop_remove"))}"></ul>'
             f'<div class="buttons"><button type="submit" data-busy="{e(t("cam.saving"))}">'
             f"{t('cam.save')}</button></div></form>"
             f'<p class="hint">{t("cam.save_hint")}</p>'

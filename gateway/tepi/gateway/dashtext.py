@@ -255,6 +255,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "cam.shape_line": "Line",
         "cam.shape_zone": "Zone",
         "cam.name": "Name",
+        "cam.length": "Length (m)",
+        "cam.stop_draw": "Draw its stop line",
+        "cam.stop_remove": "Remove the stop line",
+        "cam.hint_stop": "Click the stop line's two ends: where the queue starts. With the "
+        "zone's length in metres (from the stop line to its far end), the zone reports "
+        "queue_length.",
+        "cam.bad_length": "{what}: the length is metres, more than 0 and at most 10,000.",
         "cam.delete": "Delete",
         "cam.save": "Save and apply",
         "cam.saving": "Applying; waiting for the devices to confirm...",
@@ -526,6 +533,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "cam.shape_line": "Vạch",
         "cam.shape_zone": "Vùng",
         "cam.name": "Tên",
+        "cam.length": "Chiều dài (m)",
+        "cam.stop_draw": "Vẽ vạch dừng",
+        "cam.stop_remove": "Bỏ vạch dừng",
+        "cam.hint_stop": "Bấm vào hai đầu của vạch dừng: nơi hàng xe bắt đầu. Cùng với chiều "
+        "dài của vùng tính bằng mét (từ vạch dừng đến đầu xa), vùng sẽ báo queue_length.",
+        "cam.bad_length": "{what}: chiều dài tính bằng mét, lớn hơn 0 và tối đa 10.000.",
         "cam.delete": "Xóa",
         "cam.save": "Lưu và áp dụng",
         "cam.saving": "Đang áp dụng; chờ các thiết bị xác nhận...",

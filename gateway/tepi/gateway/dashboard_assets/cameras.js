@@ -9,7 +9,8 @@ const img = stage?.querySelector("img.shot");
 const form = document.querySelector("form.geometry");
 const shapes = JSON.parse(stage?.dataset.geometry || "{}");
 for (const k of ["masks", "ignore", "lines", "zones"]) shapes[k] ??= [];
-let drawing = null; // {kind: "mask" | "ignore" | "line" | "zone", points: [[x, y], ...]}
+// {kind: "mask" | "ignore" | "line" | "zone" | "stop", points: [[x, y], ...], zone (stop)}
+let drawing = null;
 const LIST = { mask: "masks", ignore: "ignore", line: "lines", zone: "zones" };
 
 // Within 1% of an edge is on it: a mask meant to reach the picture's edge does.
@@ -62,6 +63,12 @@ function label(text, at) {
 }
 
 function render() {
+  draw();
+  if (form) list();
+}
+
+// The shapes over the picture (the list below the tools is list()'s).
+function draw() {
   if (!svg) return;
   svg.replaceChildren();
   for (const old of stage.querySelectorAll(".shape-label")) old.remove();
@@ -69,6 +76,7 @@ function render() {
   shapes.ignore.forEach((m) => poly(m, "ignore"));
   for (const z of shapes.zones) {
     poly(z.polygon, "zone");
+    if (z.stop_line) line(z.stop_line[0], z.stop_line[1], "stop");
     label(z.name, z.polygon[0]);
   }
   for (const l of shapes.lines) {
@@ -80,7 +88,6 @@ function render() {
     for (let i = 1; i < p.length; i++) line(p[i - 1], p[i], "drawing");
     for (const q of p) el("circle", { cx: q[0], cy: q[1], r: 0.006, class: "drawing" }, svg);
   }
-  if (form) list();
 }
 
 function fresh(kind) {
@@ -92,6 +99,13 @@ function fresh(kind) {
 
 function finish() {
   const { kind, points } = drawing;
+  if (kind === "stop") {
+    drawing.zone.stop_line = points;
+    drawing = null;
+    tools();
+    render();
+    return;
+  }
   if (kind === "mask" || kind === "ignore") shapes[LIST[kind]].push(points);
   else if (kind === "line") shapes.lines.push({ name: fresh("line"), points });
   else shapes.zones.push({ name: fresh("zone"), polygon: points });
@@ -118,11 +132,11 @@ function list() {
       input.required = true;
       input.addEventListener("input", () => {
         named.name = input.value;
-        render();
-        ul.querySelectorAll("input")[[...ul.querySelectorAll("li")].indexOf(li)]?.focus();
+        draw(); // the list stays as it is: the field keeps its focus and caret
       });
       li.append(input);
     }
+    if (kind === "zone") zoneQueue(li, named, words);
     const del = document.createElement("button");
     del.type = "button";
     del.className = "secondary";
@@ -140,6 +154,38 @@ function list() {
   shapes.zones.forEach((z, i) => item("zone", i, words.zone, z));
 }
 
+// A zone's queue: its stop line drawn on the picture, and its real length in metres.
+function zoneQueue(li, zone, words) {
+  const length = document.createElement("input");
+  length.type = "number";
+  length.min = "0.5";
+  length.step = "0.5";
+  length.className = "length";
+  length.placeholder = words.length;
+  length.setAttribute("aria-label", `${zone.name} ${words.length}`);
+  if (zone.length_m) length.value = String(zone.length_m);
+  length.addEventListener("input", () => {
+    const v = parseFloat(length.value);
+    if (v > 0) zone.length_m = v;
+    else delete zone.length_m;
+  });
+  const stop = document.createElement("button");
+  stop.type = "button";
+  stop.className = "secondary stop";
+  stop.textContent = zone.stop_line ? words.stopRemove : words.stopDraw;
+  stop.addEventListener("click", () => {
+    if (zone.stop_line) {
+      delete zone.stop_line;
+      render();
+      return;
+    }
+    drawing = { kind: "stop", zone, points: [] };
+    tools();
+    draw();
+  });
+  li.append(length, stop);
+}
+
 function tools() {
   const hint = form.querySelector(".tool-hint");
   for (const b of form.querySelectorAll("[data-tool]")) {
@@ -147,7 +193,8 @@ function tools() {
   }
   hint.textContent = hint.dataset[drawing?.kind || "none"];
   const n = drawing?.points.length || 0;
-  form.querySelector(".close-shape").disabled = !(drawing && drawing.kind !== "line" && n >= 3);
+  const open = drawing && !["line", "stop"].includes(drawing.kind);
+  form.querySelector(".close-shape").disabled = !(open && n >= 3);
   form.querySelector(".undo").disabled = n === 0;
   svg.classList.toggle("armed", Boolean(drawing));
 }
@@ -159,9 +206,10 @@ function click(ev) {
   const pts = drawing.points;
   const first = pts[0];
   const near = first && Math.hypot((p[0] - first[0]) * aspect(), p[1] - first[1]) < 0.03;
-  if (drawing.kind !== "line" && pts.length >= 3 && near) return finish();
+  const two = ["line", "stop"].includes(drawing.kind);
+  if (!two && pts.length >= 3 && near) return finish();
   pts.push(p);
-  if (drawing.kind === "line" && pts.length === 2) return finish();
+  if (two && pts.length === 2) return finish();
   tools();
   render();
 }
