@@ -38,29 +38,24 @@ def e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def span(s: float, words: str = "for") -> str:
+    """A length of time in seconds, minutes or hours (``words`` ``ago``: how long ago)."""
+    if s < 90:
+        return t(f"{words}.s", n=f"{s:.0f}")
+    if s < 5400:
+        return t(f"{words}.min", n=f"{s / 60:.0f}")
+    return t(f"{words}.h", n=f"{s / 3600:.1f}")
+
+
 def ago(ts: float | None, now: float | None = None) -> str:
     if ts is None:
         return t("ago.never")
-    s = max((now if now is not None else time.time()) - ts, 0)
-    if s < 90:
-        return t("ago.s", n=f"{s:.0f}")
-    if s < 5400:
-        return t("ago.min", n=f"{s / 60:.0f}")
-    return t("ago.h", n=f"{s / 3600:.1f}")
+    return span(max((now if now is not None else time.time()) - ts, 0), "ago")
 
 
 def clock(ts: float) -> str:
     """A log record's time as the logs page shows it (the box's local time)."""
     return time.strftime("%H:%M:%S", time.localtime(ts))
-
-
-def span(s: float) -> str:
-    """A length of time, as :func:`ago` words it without the "ago"."""
-    if s < 90:
-        return t("for.s", n=f"{s:.0f}")
-    if s < 5400:
-        return t("for.min", n=f"{s / 60:.0f}")
-    return t("for.h", n=f"{s / 3600:.1f}")
 
 
 def size(n: float | None) -> str:
