@@ -275,3 +275,23 @@ def assert_continuous(rig: Rig, device: str, *, allowed_gaps: int = 0) -> None:
     assert values == sorted(values), f"{device}: order not kept"
     missing = set(range(values[0], values[-1] + 1)) - set(values)
     assert len(missing) <= allowed_gaps, f"{device}: missing counter values {sorted(missing)[:20]}"
+
+
+def lost_outside_windows(
+    received: dict[str, dict[int, float]], upto: dict[str, int], cuts: list[float], window: float
+) -> list[str]:
+    """The counter values up to ``upto`` (what the simulator had handed out when the
+    subscriber caught up) that never arrived, but for those a cut can explain: a value whose
+    device answered it within ``window`` seconds before a cut (a ``kill -9``: read but not yet
+    committed; a line cut, the simulator's ``disconnect``: counted as answered, but the reply
+    was on the line when it was cut, and the agent never got it). ``received``: per device,
+    each value that arrived and when it was read (wall clock)."""
+    bad = []
+    for d, taken in received.items():
+        values = sorted(taken)
+        for c in sorted(set(range(values[0], upto[d] + 1)) - set(values)):
+            before = taken[max(v for v in values if v < c)]
+            cut = min((k for k in cuts if k >= before), default=None)
+            if cut is None or cut - before > window:
+                bad.append(f"{d}: counter {c} lost (read after {before:.2f}; cut {cut})")
+    return bad
