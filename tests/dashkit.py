@@ -20,6 +20,7 @@ from helpers import AgentProc, Broker, agent_config, wait_listening
 
 from tepi.gateway.dashauth import Users
 from tepi.gateway.localbroker import free_port
+from tepi_sim import Simulator
 
 ADMIN, VIEWER = ("ana", "admin-pass-1"), ("bo", "viewer-pass-2")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -113,6 +114,13 @@ class Console:
     agent: AgentProc
     shots: Path
     status: Path
+
+
+@dataclass
+class Site(Console):
+    """A console with the simulator its agent polls (the browser tests' fixture)."""
+
+    sim: Simulator
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from dashkit import (
     ADMIN,
     CHROMIUM,
     VIEWER,
+    Site,
     chromium,
     console,
     fits,
@@ -30,7 +30,7 @@ from dashkit import (
     new_page,
     until_js,
 )
-from helpers import AgentProc, until
+from helpers import until
 
 from tepi.gateway.localbroker import free_port
 from tepi_sim import Simulator
@@ -167,18 +167,10 @@ def devices(sim: Simulator) -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
-class Site:
-    base: str
-    sim: Simulator
-    agent: AgentProc
-    shots: Path
-
-
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     async with Simulator(SIM) as sim, console(tmp_path, devices(sim), rules=[RULE]) as c:
-        yield Site(c.base, sim, c.agent, c.shots)
+        yield Site(c.base, c.agent, c.shots, c.status, sim)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,19 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from dashkit import ADMIN, CHROMIUM, VIEWER, chromium, console, fits, log_in, new_page, until_js
-from helpers import TEST_SECRETS, AgentProc, until
+from dashkit import (
+    ADMIN,
+    CHROMIUM,
+    VIEWER,
+    Site,
+    chromium,
+    console,
+    fits,
+    log_in,
+    new_page,
+    until_js,
+)
+from helpers import TEST_SECRETS, until
 
 from tepi.gateway.status import fetch
 from tepi_sim import Simulator
@@ -35,15 +45,6 @@ pytestmark = [
 playwright_api = pytest.importorskip("playwright.async_api")
 
 CAMERA_PASSWORD = TEST_SECRETS[1]  # never in any log (conftest checks every agent's log)
-
-
-@dataclass
-class Site:
-    base: str
-    sim: Simulator
-    agent: AgentProc
-    shots: Path
-    status: Path
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             "snapshot_interval": None,  # none until the page asks: the page says so first
         }
         async with console(tmp_path, [camera]) as c:
-            yield Site(c.base, sim, c.agent, c.shots, c.status)
+            yield Site(c.base, c.agent, c.shots, c.status, sim)
 
 
 @pytest.fixture

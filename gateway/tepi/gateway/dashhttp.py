@@ -183,7 +183,8 @@ class DashApp:
             resp = await handler(request)
         finally:
             reset(token)
-        resp.headers["Content-Language"] = code
+        if not resp.prepared:  # a stream (the live pages) sent its headers long ago
+            resp.headers["Content-Language"] = code
         return resp
 
     async def _get_lang(self, req: web.Request) -> web.StreamResponse:
