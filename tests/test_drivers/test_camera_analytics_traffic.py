@@ -185,7 +185,7 @@ def test_every_crossing_has_a_track_start_and_end(hard: Run) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the queue lags the truth by about a second as it builds and as it clears (13 of "
+    reason="the queue lags the truth by about a second as it builds and as it clears (11 of "
     "290 moments of the hard scene are off by more than one vehicle)",
 )
 def test_queue_length_within_one_vehicle(hard: Run) -> None:
@@ -195,13 +195,14 @@ def test_queue_length_within_one_vehicle(hard: Run) -> None:
 
 def test_queue_length_mostly_within_one_vehicle(hard: Run) -> None:
     """What is met now (a guard against getting worse while the target above is not met):
-    at most 6 % of the moments (once a second) are off by more than the length of the
-    queue's last vehicle (4.5 % measured; 6.6 % when a track's box that jittered made it
-    "moving"), and the mean error is under 0.8 m (0.6 m; 0.9 m then)."""
+    at most 4 % of the moments (once a second) are off by more than the length of the
+    queue's last vehicle (11 of 290, 3.8 %, measured; 13 when two two-wheelers stopped at the
+    frame's edge, whose merging boxes moved, were taken for moving; 19 when a track's box
+    that jittered made it "moving"), and the mean error is under 0.7 m (0.58 m)."""
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
-    assert len(bad) <= 0.06 * len(hard.queues), bad
+    assert len(bad) <= 0.04 * len(hard.queues), bad
     mean = sum(abs(got - want) for _, got, want, _ in hard.queues) / len(hard.queues)
-    assert mean < 0.8
+    assert mean < 0.7
     assert max(want for _, _, want, _ in hard.queues) > 20  # the scene has long queues
 
 
