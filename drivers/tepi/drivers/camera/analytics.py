@@ -575,11 +575,11 @@ class Analyzer:
                 and (steady is None or steady > stopped_speed)
             ):
                 bx0, by0, bx1, by1 = tr.box
-                x0, y0 = max(0, int(bx0 * w)), max(0, int(by0 * h))
-                x1, y1 = max(0, int(bx1 * w)), max(0, int(by1 * h))
-                inside = evidence[y0:y1, x0:x1]
+                px0, py0 = max(0, int(bx0 * w)), max(0, int(by0 * h))
+                px1, py1 = max(0, int(bx1 * w)), max(0, int(by1 * h))
+                inside = evidence[py0:py1, px0:px1]
                 if inside.size and cv2.countNonZero(inside) >= _MOVING_SHARE * inside.size:
-                    cv2.rectangle(changed, (x0, y0), (x1, y1), 255, -1)
+                    cv2.rectangle(changed, (px0, py0), (px1, py1), 255, -1)
         still = _u8(cv2.bitwise_and(fg, cv2.bitwise_not(changed))).astype(np.float32)
         self._age += np.float32(dt)
         self._age *= still * np.float32(1 / 255)
