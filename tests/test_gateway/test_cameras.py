@@ -150,6 +150,45 @@ async def test_every_camera_fault_ends_in_its_state_and_recovers(
         await broker.stop()
 
 
+async def tepi_snapshot(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tepi snapshot cam-1 ARGS`` against the agent in ``tmp``."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "tepi.gateway.cli",
+            "snapshot",
+            "cam-1",
+            *args,
+            "--socket",
+            str(tmp / "status.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+async def test_tepi_snapshot_during_an_outage_says_where_the_file_is(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """No broker: the image is written at once (nothing could acknowledge it), and the
+    command names the file, which exists."""
+    broker = Broker(tmp_path)  # never started: its port refuses
+    dev = camera_device(sim, tmp_path, snapshot_interval=None, poll_interval="1s")
+    agent = await start_agent(tmp_path, broker.port, [dev])
+    try:
+        run = await tepi_snapshot(tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert "held in RAM" not in run.stdout
+        path = run.stdout.split(" stored at ", 1)[1].split(";", 1)[0]
+        assert Path(path).parent == tmp_path / "data" / "images"
+        assert Path(path).stat().st_size > 0
+    finally:
+        assert await agent.stop() == 0
+
+
 def decode(data: bytes) -> Any:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     assert img is not None
@@ -177,28 +216,15 @@ async def test_masks_hold_on_stored_and_sent_images_and_tepi_snapshot(
         agent = await start_agent(tmp_path, broker.port, [dev])
         try:
             await sub.wait_for(lambda s: len(images_received(s.messages)) >= 2, 30)
-            # what is on disk, through tepi snapshot -o
+            # what the agent holds, through tepi snapshot -o: with the link up, a small image
+            # is held in RAM within the image window, and the command says so
             out = tmp_path / "snap.jpg"
-            run = await asyncio.to_thread(
-                subprocess.run,
-                [
-                    sys.executable,
-                    "-m",
-                    "tepi.gateway.cli",
-                    "snapshot",
-                    "cam-1",
-                    "-o",
-                    str(out),
-                    "--socket",
-                    str(tmp_path / "status.sock"),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+            run = await tepi_snapshot(tmp_path, "-o", str(out))
             assert run.returncode == 0, run.stderr
-            assert "stored at" in run.stdout
-            assert str(tmp_path / "data" / "images") in run.stdout
+            assert "held in RAM" in run.stdout, run.stdout
+            assert "stored at" not in run.stdout
+            assert f"written to {tmp_path / 'data' / 'images'}" in run.stdout
+            assert "within 2 s" in run.stdout
             assert_masked(out.read_bytes())
             await sub.wait_for(lambda s: len(images_received(s.messages)) >= 4, 30)
         finally:

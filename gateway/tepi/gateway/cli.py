@@ -348,11 +348,19 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if status != 200:
         print(f"no snapshot: {answer.get('error', f'HTTP {status}')}", file=sys.stderr)
         return EXIT_RUNTIME
-    print(
+    what = (
         f"snapshot of {args.camera}: image {answer['seq']} ({answer['width']}x"
-        f"{answer['height']}, {answer['size']:,} bytes) stored at {answer['path']}; it is sent "
-        "to the IOC with the other images"
+        f"{answer['height']}, {answer['size']:,} bytes)"
     )
+    if answer.get("held"):
+        # The image window: the SD card is written only for an image the broker is slow to take.
+        print(
+            f"{what} held in RAM and sent to the IOC with the other images; written to "
+            f"{answer['path']} only if the broker has not acknowledged it within "
+            f"{answer.get('window_s', 0):g} s"
+        )
+    else:
+        print(f"{what} stored at {answer['path']}; it is sent to the IOC with the other images")
     if args.output is not None:
         status, _, data = request(sock, "GET", f"/images/{answer['seq']}")
         if status != 200:

@@ -379,6 +379,10 @@ class ImageHub:
         """An image lane runs: an acknowledgement may come."""
         return self._lanes > 0
 
+    def held(self, seq: int) -> bool:
+        """Whether image ``seq`` is held in RAM within its window (its file not written)."""
+        return seq in self._ram
+
     def ram(self) -> tuple[int, int]:
         """Images held in RAM within their window, and their bytes."""
         return len(self._ram), self._ram_bytes

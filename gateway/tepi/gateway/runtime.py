@@ -310,6 +310,10 @@ class Agent:
             "height": stored.height,
             "size": stored.size,
             "path": stored.path,
+            # In RAM within the image window (written to ``path`` only if the broker has
+            # not acknowledged it in time), or already in that file.
+            "held": self.images is not None and self.images.held(stored.seq),
+            "window_s": self.images.cfg.commit_interval if self.images is not None else 0.0,
         }
 
     async def _api_image(self, seq: int) -> tuple[bytes, str] | None:
