@@ -183,3 +183,34 @@ async def test_watch_sets_its_event_once_the_seq_is_put(tmp_path: Path) -> None:
         assert not event.is_set()  # fired once, then forgotten
         buf.watch(5, event)  # already put: at once
         assert event.is_set()
+
+
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=12),
+    holes=st.sets(st.integers(1, 150), max_size=40),
+    lo=st.integers(1, 150),
+    span=st.integers(0, 150),
+    limit=st.integers(1, 200),
+)
+def test_spans_in_groups_as_the_per_value_walk_does(
+    sizes: list[int], holes: set[int], lo: int, span: int, limit: int
+) -> None:
+    """The buffer's walk a run at a time (``_spans_in``: lookups and grouping in C) gives
+    the spans the walk a value at a time gives, with seqs missing anywhere (acknowledged or
+    dropped), runs cut by the range's ends, and any limit."""
+    from tepi.buffer.store import _spans, _spans_in
+
+    held: dict[int, Run] = {}
+    seq = 1
+    for k, n in enumerate(sizes):
+        r = run(f"d{k % 2}", n, k)
+        r.first = seq
+        held.update((s, r) for s in range(seq, seq + n) if s not in holes)
+        seq += n
+    hi = lo + span
+    want = _spans(((s, held.get(s)) for s in range(lo, hi + 1)), limit)
+    got = _spans_in(held.get, lo, hi, limit)
+    assert [(id(r), a, b) for r, a, b in got] == [(id(r), a, b) for r, a, b in want]
+    assert sum(b - a for _, a, b in got) == min(
+        limit, sum(1 for s in range(lo, hi + 1) if s in held)
+    )
