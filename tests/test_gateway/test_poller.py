@@ -18,7 +18,7 @@ from tepi.core.records import MetricInfo, Sample, Values
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
-from tepi.gateway.poller import MAX_REASONS, Bell, DeviceStats, poll_device
+from tepi.gateway.poller import MAX_REASONS, Bell, DeviceStats, _ticks, poll_device
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(30)
@@ -362,6 +362,32 @@ async def test_a_bell_wakes_its_sleeper_at_once_and_otherwise_at_the_time() -> N
     assert loop.time() - t0 < 0.5
     bell.clear()
     assert not bell._sleepers  # nothing left behind
+
+
+async def test_bells_sleeping_until_one_instant_share_one_timer() -> None:
+    """The devices of a grid tick sleep until the same instant: one timer for all of them
+    (one entry on the loop's timer heap, not one a device); a bell rung early wakes its own
+    sleeper at once, and the others still wake at the instant, not before."""
+    loop = asyncio.get_running_loop()
+    bells = [Bell() for _ in range(3)]
+    when = loop.time() + 0.1
+    scheduled = len(loop._scheduled)  # type: ignore[attr-defined]
+    sleepers = [asyncio.create_task(b.sleep_until(when)) for b in bells]
+    await asyncio.sleep(0)
+    ticks = _ticks(loop)
+    assert list(ticks.due) == [when]
+    assert len(ticks.due[when]) == 3
+    assert len(loop._scheduled) == scheduled + 1  # type: ignore[attr-defined]
+    bells[0].set()
+    async with asyncio.timeout(1):
+        await sleepers[0]
+    assert loop.time() < when
+    assert not sleepers[1].done()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*sleepers[1:])
+    assert loop.time() >= when
+    assert not ticks.due  # rung and forgotten
+    assert not any(b._sleepers for b in bells)
 
 
 class _SwallowsCancel(SyntheticDriver):

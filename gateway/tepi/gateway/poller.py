@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -317,6 +318,55 @@ class Bell(asyncio.Event):
             self._sleepers.discard(fut)
             timer.cancel()
 
+    async def sleep_until(self, when: float) -> None:
+        """Until the loop's clock reaches ``when`` or the bell is set. Sleepers until the
+        same instant (the devices of one poll grid) share one timer: see :class:`_Ticks`."""
+        if self.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        _ticks(loop).add(when, fut)
+        self._sleepers.add(fut)
+        try:
+            await fut
+        finally:
+            self._sleepers.discard(fut)
+
+
+class _Ticks:
+    """One timer for every sleeper until one instant, not one a sleeper: the 50 devices of
+    a grid tick push one entry on the loop's timer heap, not 50 (each push and pop is a few
+    comparisons of Python objects, and each timer a handle). The timer is not cancelled when
+    its sleepers wake early (a bell): it fires once, finds them done, and is forgotten."""
+
+    __slots__ = ("due", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due: dict[float, list[asyncio.Future[None]]] = {}
+
+    def add(self, when: float, fut: asyncio.Future[None]) -> None:
+        sleepers = self.due.get(when)
+        if sleepers is None:
+            sleepers = self.due[when] = []
+            self.loop.call_at(when, self._ring, when)
+        sleepers.append(fut)
+
+    def _ring(self, when: float) -> None:
+        for fut in self.due.pop(when, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+
+_TICKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticks] = weakref.WeakKeyDictionary()
+
+
+def _ticks(loop: asyncio.AbstractEventLoop) -> _Ticks:
+    ticks = _TICKS.get(loop)
+    if ticks is None:
+        ticks = _TICKS[loop] = _Ticks(loop)
+    return ticks
+
 
 class _HangGuard:
     """The poll loop's guard against a driver that never returns, with one timer for many
@@ -379,14 +429,21 @@ class _HangGuard:
 
 
 async def _pause(
-    stopping: asyncio.Event | None, seconds: float, poke: asyncio.Event | None = None
+    stopping: asyncio.Event | None,
+    seconds: float,
+    poke: asyncio.Event | None = None,
+    until: float | None = None,
 ) -> None:
-    """Sleep, but wake at once when the agent is stopping (or ``poke`` is set)."""
+    """Sleep, but wake at once when the agent is stopping (or ``poke`` is set). ``until``:
+    the loop time the pause ends at (``seconds`` from now), for a Bell's shared timers."""
     if stopping is None and poke is None:
         await asyncio.sleep(seconds)
         return
     if stopping is None and isinstance(poke, Bell):
-        await poke.sleep(seconds)
+        if until is not None:
+            await poke.sleep_until(until)
+        else:
+            await poke.sleep(seconds)
         return
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
@@ -640,7 +697,7 @@ async def _poll_loop(
                 if wake is None:
                     await _pause(stopping, delay)
                 else:
-                    await _pause(None, delay, wake)
+                    await _pause(None, delay, wake, until=next_t)
             if stopping is not None and stopping.is_set():
                 if driver.pushes:  # a clean stop: what the driver began goes to the buffer
                     await driver.finish()
