@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.framer.rtu import FramerRTU
 
-from tepi.gateway import uplink
+from tepi.gateway import mqttlink
 
 REPO = Path(__file__).resolve().parent.parent
 WRITTEN_FOR = {"paho-mqtt": "2.2", "aiomqtt": "2.5", "pymodbus": "3.16"}
@@ -53,7 +53,7 @@ def test_pyproject_holds_each_to_the_minor_version_tested(lib: str) -> None:
 
 
 def test_paho_keepalive_timestamps_read_by_the_misc_loop() -> None:
-    """uplink._Client._misc_loop reads paho's keepalive, its message times (under their
+    """mqttlink._Client._misc_loop reads paho's keepalive, its message times (under their
     mutex) and its ping time, to wake only when the keepalive check is due."""
     paho = mqtt.Client(CallbackAPIVersion.VERSION2)
     for name, kind in (
@@ -74,14 +74,14 @@ def test_paho_keepalive_timestamps_read_by_the_misc_loop() -> None:
 
 
 async def test_aiomqtt_misc_loop_and_disconnect_overridden_by_the_uplink() -> None:
-    """uplink._Client overrides aiomqtt.Client._misc_loop (started on connect) and
+    """mqttlink._Client overrides aiomqtt.Client._misc_loop (started on connect) and
     _on_disconnect (paho's callback, five arguments), reads ``_connected`` and wraps the paho
     client's on_publish through ``_client``."""
     assert hasattr(aiomqtt.Client, "_misc_loop"), _why("aiomqtt", "Client._misc_loop (gone)")
     assert "create_task(self._misc_loop())" in inspect.getsource(aiomqtt.client), _why(
         "aiomqtt", "how it starts Client._misc_loop (on its paho socket's open)"
     )
-    ours = list(inspect.signature(uplink._Client._on_disconnect).parameters)
+    ours = list(inspect.signature(mqttlink._Client._on_disconnect).parameters)
     theirs = list(inspect.signature(aiomqtt.Client._on_disconnect).parameters)
     assert theirs == ours, _why("aiomqtt", f"Client._on_disconnect's signature: {theirs}")
     client = aiomqtt.Client("127.0.0.1", 1)

@@ -20,9 +20,9 @@ from tepi.buffer import Batch
 from tepi.buffer.records import StoredReading
 from tepi.core.records import Reading
 from tepi.gateway.configload import parse_config
+from tepi.gateway.mqttlink import _Client
 from tepi.gateway.payload import encode_telemetry
 from tepi.gateway.runtime import Agent
-from tepi.gateway.uplink import _Client
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 TELEMETRY = jsonschema.Draft202012Validator({**SCHEMA, "$ref": "#/$defs/telemetry"})

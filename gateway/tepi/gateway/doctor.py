@@ -33,9 +33,9 @@ from tepi.core.clock import clock_synced
 from tepi.core.errors import ConfigError
 from tepi.gateway.config import PASSWORD_CREDENTIAL, SECRETS_DIR, Config, resolve_credential
 from tepi.gateway.configload import empty_password, load_config
+from tepi.gateway.mqttlink import UplinkSetupError, _tls_context
 from tepi.gateway.status import fetch
 from tepi.gateway.sysinfo import free_disk_bytes
-from tepi.gateway.uplink import UplinkSetupError, _tls_context
 
 EXIT_PROBLEMS = 6
 TIMEOUT_S = 5.0
