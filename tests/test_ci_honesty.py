@@ -89,3 +89,26 @@ def test_ci_run_prints_skip_reasons() -> None:
     pytest_line = next(line for line in run.splitlines() if "-m pytest" in line)
     # -r replaces pytest's default (fE): failures and errors keep their summary lines.
     assert " -rfEs" in pytest_line, pytest_line
+
+
+def test_marks_sit_on_tests_not_on_helpers() -> None:
+    """pytest ignores a mark on a function that is not a test, silently: an ``alone`` mark on
+    the helper written between it and its test left the test running beside others (the
+    kill -9 e2e test, which then failed under load). A mark belongs on a test or a test
+    class; a fixture takes none."""
+    import ast
+
+    wrong = []
+    for path in sorted(TESTS.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            marks = [
+                d
+                for d in node.decorator_list
+                if "pytest.mark." in ast.unparse(d) and "parametrize" not in ast.unparse(d)
+            ]
+            if marks and not node.name.startswith(("test", "Test")):
+                wrong.append(f"{path.relative_to(TESTS)}:{node.lineno} {node.name}")
+    assert not wrong, f"pytest marks on what is not a test: {wrong}"

@@ -168,11 +168,6 @@ async def test_dead_device_is_reported_bad_then_recovers_and_stalls_no_other(rig
     assert "device river-level-3 recovered" in log
 
 
-# alone: a reading is put, then committed in the buffer's thread; the test allows only the
-# last answered one to be lost, so the commit must finish within a poll (100 ms). With a test
-# on another xdist worker sharing the cores and the disk it once did not (27 of aq-station-1,
-# under -n 3), so this one runs by itself, as it did before xdist.
-@pytest.mark.alone
 async def settled(rig: Rig) -> dict[str, int]:
     """The simulator's counters once no answer is on its way (none for 0.3 s; at most 3 s)."""
     now = {d: rig.sim_counter(d) for d in DEVICES}
@@ -185,6 +180,12 @@ async def settled(rig: Rig) -> dict[str, int]:
             now = later
 
 
+# alone: a reading is put, then committed in the buffer's thread; the test allows only the
+# last answered one to be lost, so the commit must finish within a poll (100 ms). With a test
+# on another xdist worker sharing the cores and the disk it once did not (27 of aq-station-1,
+# under -n 3), so this one runs by itself, as it did before xdist.
+# (The marker once sat on the helper `settled` by mistake, and the test ran beside others.)
+@pytest.mark.alone
 async def test_kill_9_during_a_broker_outage_loses_nothing(tmp_path: Path) -> None:
     """While the broker is away no ack can come, so the agent commits each poll's readings
     at once (not after commit_interval, here a long 2 s that would lose ~20 readings a device
