@@ -18,7 +18,8 @@ from tepi.core.records import MetricInfo, Sample, Values
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
-from tepi.gateway.poller import MAX_REASONS, Bell, DeviceStats, _ticks, poll_device
+from tepi.gateway.pacing import Bell, _ticks
+from tepi.gateway.poller import MAX_REASONS, DeviceStats, poll_device
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(30)

@@ -48,7 +48,8 @@ from tepi.gateway.images import ImageHub, disk_reserve
 from tepi.gateway.logring import LogRing
 from tepi.gateway.notify import Notifier
 from tepi.gateway.operations import Operations
-from tepi.gateway.poller import Bell, DeviceStats, poll_device
+from tepi.gateway.pacing import Bell
+from tepi.gateway.poller import DeviceStats, poll_device
 from tepi.gateway.remote import Call, CommandFailed, CommandHub, current
 from tepi.gateway.rules import alarms_wanted
 from tepi.gateway.statusapi import AlarmAccess, CameraAccess, StatusServer
