@@ -43,17 +43,7 @@ class Bell(asyncio.Event):
 
     async def sleep(self, seconds: float) -> None:
         """Until ``seconds`` have passed or the bell is set (at once if it is)."""
-        if self.is_set():
-            return
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(seconds, _resolve, fut)
-        self._sleepers.add(fut)
-        try:
-            await fut
-        finally:
-            self._sleepers.discard(fut)
-            timer.cancel()
+        await self.sleep_until(asyncio.get_running_loop().time() + seconds)
 
     async def sleep_until(self, when: float) -> None:
         """Until the loop's clock reaches ``when`` or the bell is set. Sleepers until the
@@ -62,35 +52,43 @@ class Bell(asyncio.Event):
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        _ticks(loop).add(when, fut)
+        ticks = _ticks(loop)
+        ticks.add(when, fut)
         self._sleepers.add(fut)
         try:
             await fut
         finally:
             self._sleepers.discard(fut)
+            ticks.discard(when, fut)
 
 
 class _Ticks:
     """One timer for every sleeper until one instant, not one a sleeper: the 50 devices of
     a grid tick push one entry on the loop's timer heap, not 50 (each push and pop is a few
-    comparisons of Python objects, and each timer a handle). The timer is not cancelled when
-    its sleepers wake early (a bell): it fires once, finds them done, and is forgotten."""
+    comparisons of Python objects, and each timer a handle). A sleeper woken early (its
+    bell) leaves at once; the timer is not cancelled: it fires once, finds whoever is left,
+    and is forgotten. Sleepers wake in the order they came (a dict, not a set)."""
 
     __slots__ = ("due", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.due: dict[float, list[asyncio.Future[None]]] = {}
+        self.due: dict[float, dict[asyncio.Future[None], None]] = {}
 
     def add(self, when: float, fut: asyncio.Future[None]) -> None:
         sleepers = self.due.get(when)
         if sleepers is None:
-            sleepers = self.due[when] = []
+            sleepers = self.due[when] = {}
             self.loop.call_at(when, self._ring, when)
-        sleepers.append(fut)
+        sleepers[fut] = None
+
+    def discard(self, when: float, fut: asyncio.Future[None]) -> None:
+        sleepers = self.due.get(when)
+        if sleepers is not None:
+            sleepers.pop(fut, None)
 
     def _ring(self, when: float) -> None:
-        for fut in self.due.pop(when, ()):
+        for fut in self.due.pop(when, {}):
             if not fut.done():
                 fut.set_result(None)
 
