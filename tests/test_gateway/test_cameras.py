@@ -29,9 +29,11 @@ from helpers import (
     agent_config,
     compile_shim,
     images_received,
+    remote,
     start_agent,
     until,
 )
+from rig import validator
 
 from tepi.gateway.status import EXIT_DEGRADED, fetch, run_status
 from tepi_sim import Simulator
@@ -226,6 +228,21 @@ async def test_masks_hold_on_stored_and_sent_images_and_tepi_snapshot(
             assert f"written to {tmp_path / 'data' / 'images'}" in run.stdout
             assert "within 2 s" in run.stdout
             assert_masked(out.read_bytes())
+            # the IOC's snapshot command: the image, not where the box keeps it
+            code, result, err = await asyncio.to_thread(
+                remote, broker.port, "snapshot", "camera=cam-1"
+            )
+            assert code == 0, err
+            assert result is not None, err
+            validator("command_result").validate(result)
+            assert set(result["output"]) == {
+                "camera",
+                "seq",
+                "thumbnail",
+                "width",
+                "height",
+                "size",
+            }
             await sub.wait_for(lambda s: len(images_received(s.messages)) >= 4, 30)
         finally:
             assert await agent.stop() == 0

@@ -313,7 +313,10 @@ class Operations:
         if camera not in self.agent._cameras:
             raise LookupError(f"no camera {camera!r} in the config")
         out = await self.agent._api_snapshot(camera, "command")
-        out.pop("path", None)  # the box's file system is not the IOC's business
+        # Where the box keeps it (its file, or RAM within the image window) is not the
+        # IOC's business: the image itself comes on the image topics.
+        for local in ("path", "held", "window_s"):
+            out.pop(local, None)
         return out
 
     async def alarms_ack(self, args: dict[str, Any]) -> dict[str, Any]:
