@@ -7,8 +7,10 @@ Written against paho-mqtt 2.2.0, aiomqtt 2.5.1 and pymodbus 3.16.1."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
+import sys
 import threading
 from importlib.metadata import version
 from pathlib import Path
@@ -93,6 +95,41 @@ async def test_aiomqtt_misc_loop_and_disconnect_overridden_by_the_uplink() -> No
     assert len(inspect.signature(client._client.on_publish).parameters) == 5, _why(
         "aiomqtt", "its on_publish callback's signature"
     )
+
+
+async def test_a_cancellation_as_an_mqtt_call_completes_is_not_lost() -> None:
+    """aiomqtt's calls (publish, subscribe, unsubscribe, connect) wait through
+    ``Client._wait_for``, with asyncio.wait_for, which on Python 3.11 returns the result of
+    an acknowledgement that completes as the task is cancelled and loses the cancellation:
+    a stop then waits its 8 s and exits 3. mqttlink._Client's wait raises it."""
+    ours = list(inspect.signature(mqttlink._Client._wait_for).parameters)
+    theirs = list(inspect.signature(aiomqtt.Client._wait_for).parameters)
+    assert theirs == ours, _why("aiomqtt", f"Client._wait_for's signature: {theirs}")
+    for name in ("publish", "subscribe", "unsubscribe", "__aenter__"):
+        source = inspect.getsource(getattr(aiomqtt.Client, name))
+        assert "self._wait_for(" in source, _why("aiomqtt", f"how Client.{name} waits")
+
+    async def cancelled_as_it_completes(client: aiomqtt.Client) -> bool:
+        ack: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.create_task(client._wait_for(ack, timeout=5.0))
+        await asyncio.sleep(0)  # it waits for the acknowledgement
+        ack.set_result(1)  # the acknowledgement comes, and in the same turn the stop
+        waiting.cancel()
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert await cancelled_as_it_completes(mqttlink._Client("127.0.0.1", 1))
+    # What the override is for: aiomqtt's own wait loses it on this Python (3.11).
+    if sys.version_info < (3, 12):
+        assert not await cancelled_as_it_completes(aiomqtt.Client("127.0.0.1", 1))
+
+    # A timeout is still aiomqtt's error, and the wait is bounded.
+    never: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    with pytest.raises(aiomqtt.MqttError, match="timed out"):
+        await mqttlink._Client("127.0.0.1", 1)._wait_for(never, timeout=0.01)
 
 
 async def test_pymodbus_parts_the_link_uses() -> None:

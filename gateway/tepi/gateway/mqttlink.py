@@ -1,8 +1,8 @@
 """The uplink's MQTT connection parts, below the session logic of :mod:`tepi.gateway.uplink`.
 
 - ``_Client``: aiomqtt's client with TCP_NODELAY, the CONNACK's flags and properties kept,
-  a keepalive timer that wakes when a check is due (not once a second), and a link lost
-  before CONNACK failing the connect at once;
+  a keepalive timer that wakes when a check is due (not once a second), a link lost
+  before CONNACK failing the connect at once, and waits that a cancellation always ends;
 - how a failed connect is worded (``_WHAT``) and classified (``_classify``, ``_rc``,
   ``_caused_by``; ``_Kind`` and ``_LinkDown`` carry the kind), and the session's
   ``_SwitchBack`` to an earlier broker of the failover list;
@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -34,6 +36,8 @@ from tepi.gateway import logring
 from tepi.gateway.config import Config, resolve_credential
 
 __all__ = ["UplinkSetupError"]
+
+T = TypeVar("T")
 
 _WHAT = {
     "tls": "refused by TLS (certificates are always verified: check tls.ca_file, the "
@@ -126,6 +130,20 @@ class _Client(aiomqtt.Client):
                 due = min(due, paho._ping_t + keepalive)
             # paho compares with >=; a little slack so the check finds the moment has come.
             await asyncio.sleep(max(due - time.monotonic(), 0.0) + 0.01)
+
+    async def _wait_for(self, fut: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109 (aiomqtt's signature)
+        # aiomqtt waits with asyncio.wait_for, which on Python 3.11 returns the result of a
+        # call (a PUBACK, an UNSUBACK) that completes as the task is cancelled: the
+        # cancellation is lost, the task goes on, and a stop waits out its 8 s and exits 3
+        # (seen under load: the update-parts lane's unsubscribe at a session's start). A timeout
+        # scope cancels and raises; it is what wait_for became in Python 3.12.
+        if timeout is None:
+            timeout = self.timeout
+        try:
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
 
     def _on_disconnect(
         self,
