@@ -49,7 +49,7 @@ class Box:
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     key = tmp_path / "ioc-1.key"
     public = await asyncio.to_thread(remote_keygen, key)
-    broker = Broker(tmp_path)
+    broker = Broker(tmp_path, extra="log_type debug")  # what the broker received, in order
     await broker.start()
     async with Subscriber(broker.port, "ioc/v1/#") as sub:
         devices = [{"id": "s1", "driver": "synthetic", "metrics": 2, "poll_interval": "1s"}]
@@ -161,3 +161,29 @@ async def test_commands_sent_while_the_gateway_is_offline_run_when_it_is_back(bo
     assert ran["output"]["pong"] is True
     assert late is not None
     assert (late_code, late["reason"]) == (6, "expired")
+    # Each of the two sessions subscribed to cmd/+ before it said "online" (its first
+    # status): a stop right after "online" still leaves the subscription at the broker.
+    # The broker's own log (log_type debug), in the order it received them.
+    sessions = subscribed_before_online(box.broker.log.read_text(), "tepi-gw-test")
+    assert sessions == [True, True], sessions
+
+
+def subscribed_before_online(broker_log: str, client: str) -> list[bool]:
+    """Per session of ``client`` (from each CONNACK): whether its SUBSCRIBE to cmd/+ came
+    before its first PUBLISH on status."""
+    out: list[bool] = []
+    subscribed = said = pending_subscribe = False
+    for line in broker_log.splitlines():
+        if f"Sending CONNACK to {client} " in line:
+            subscribed = said = False
+            out.append(False)
+        elif f"Received SUBSCRIBE from {client}" in line:
+            pending_subscribe = True
+            continue
+        elif line.strip().endswith("/cmd/+ (QoS 1)") and pending_subscribe and not said:
+            subscribed = True
+        elif f"Received PUBLISH from {client} " in line and "/status'" in line and not said:
+            said = True
+            out[-1] = subscribed
+        pending_subscribe = False
+    return out

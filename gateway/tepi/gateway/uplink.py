@@ -646,9 +646,15 @@ class Uplink:
             __version__,
             first_seq=self.buffer.first_seq,
         )
+        if self.commands is not None:
+            # Subscribed before "online" is said: an IOC that sees it may send a command at
+            # once, and a session cut short after it (a stop, a lost link) still holds the
+            # subscription at the broker, so commands sent while the gateway is away wait
+            # there (found under load: stopped right after "online", before the SUBACK, the
+            # session had none, and the broker dropped what came meanwhile).
+            await client.subscribe(f"{self.topic_cmd}+", qos=1)
         await self._acked(client, self.topic_status, online, retain=self._retain)
         if self.commands is not None:
-            await client.subscribe(f"{self.topic_cmd}+", qos=1)
             _lane(tg, self._command_lane(client, self.commands), "tepi.uplink.cmd")
             if self.update_parts is not None:
                 _lane(tg, self._parts_lane(client, self.update_parts), "tepi.uplink.update_parts")
