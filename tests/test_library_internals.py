@@ -8,6 +8,7 @@ Written against paho-mqtt 2.2.0, aiomqtt 2.5.1 and pymodbus 3.16.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 import sys
@@ -126,10 +127,24 @@ async def test_a_cancellation_as_an_mqtt_call_completes_is_not_lost() -> None:
     if sys.version_info < (3, 12):
         assert not await cancelled_as_it_completes(aiomqtt.Client("127.0.0.1", 1))
 
-    # A timeout is still aiomqtt's error, and the wait is bounded.
-    never: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    with pytest.raises(aiomqtt.MqttError, match="timed out"):
-        await mqttlink._Client("127.0.0.1", 1)._wait_for(never, timeout=0.01)
+    # A timeout is still aiomqtt's error, and the wait is bounded, also in a task that a
+    # failed TaskGroup left counted as cancelling (Python 3.11: tepi.core.tasks), where a
+    # timeout scope's expiry would raise CancelledError and end the uplink's task.
+    async def times_out(counted: bool) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if counted:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)  # caught, not taken back, as a failed group leaves it
+            assert task.cancelling() == 1
+        never: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        with pytest.raises(aiomqtt.MqttError, match="timed out"):
+            await mqttlink._Client("127.0.0.1", 1)._wait_for(never, timeout=0.01)
+        assert never.cancelled()
+
+    await asyncio.create_task(times_out(False))
+    await asyncio.create_task(times_out(True))
 
 
 async def test_pymodbus_parts_the_link_uses() -> None:

@@ -135,15 +135,24 @@ class _Client(aiomqtt.Client):
         # aiomqtt waits with asyncio.wait_for, which on Python 3.11 returns the result of a
         # call (a PUBACK, an UNSUBACK) that completes as the task is cancelled: the
         # cancellation is lost, the task goes on, and a stop waits out its 8 s and exits 3
-        # (seen under load: the update-parts lane's unsubscribe at a session's start). A timeout
-        # scope cancels and raises; it is what wait_for became in Python 3.12.
+        # (seen under load: the update-parts lane's unsubscribe at a session's start). Not a
+        # timeout scope either: on 3.11.2 a scope's expiry raises CancelledError in a task
+        # that a failed TaskGroup left counted as cancelling (tepi.core.tasks). asyncio.wait
+        # neither loses a cancellation nor cancels the task to time out.
         if timeout is None:
             timeout = self.timeout
+        if timeout == math.inf:
+            return await fut  # no timeout: as aiomqtt does
+        waited = asyncio.ensure_future(fut)
         try:
-            async with asyncio.timeout(None if timeout == math.inf else timeout):
-                return await fut
-        except TimeoutError:
-            raise aiomqtt.MqttError("Operation timed out") from None
+            done, _ = await asyncio.wait((waited,), timeout=timeout)
+        except BaseException:  # cancelled: so is the call, as with wait_for
+            waited.cancel()
+            raise
+        if not done:
+            waited.cancel()
+            raise aiomqtt.MqttError("Operation timed out")
+        return waited.result()
 
     def _on_disconnect(
         self,

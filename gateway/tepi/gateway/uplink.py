@@ -40,6 +40,7 @@ from tepi.buffer import Batch, Buffer
 from tepi.core import __version__
 from tepi.core.clock import clock_synced
 from tepi.core.retry import UPLINK_RECONNECT, Outage
+from tepi.core.tasks import TaskGroup
 from tepi.gateway.compact import encode_compact
 from tepi.gateway.config import Config
 from tepi.gateway.images import ImageHub
@@ -578,7 +579,9 @@ class Uplink:
     async def _session(self, client: aiomqtt.Client) -> None:
         self._refused.clear()
         try:
-            async with asyncio.TaskGroup() as tg:
+            # The session's group gives the uplink's task back as it found it (Python 3.11:
+            # tepi.core.tasks), so the timeouts of its next connect still time out.
+            async with TaskGroup() as tg:
                 # Watching from the start: a link lost while the status is on its way ends
                 # the session at once, not after a timeout.
                 tg.create_task(self._watch(client), name="tepi.uplink.watch")

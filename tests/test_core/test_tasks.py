@@ -1,0 +1,90 @@
+"""tepi.core.tasks.TaskGroup: a task that caught its group's failure still times out.
+
+On Python 3.11 asyncio's own TaskGroup leaves the task counted as cancelling, and the next
+``asyncio.timeout`` that expires there raises CancelledError: the uplink's task ended that
+way, silently, at its first connect timeout after a lost link."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from tepi.core.tasks import TaskGroup
+
+pytestmark = pytest.mark.timeout(10)
+
+
+async def _fails_soon() -> None:
+    await asyncio.sleep(0.01)
+    raise ValueError("a lost link")
+
+
+async def _times_out_after_a_failed_group(group: type[asyncio.TaskGroup]) -> str:
+    """What a task that caught its group's failure meets at its next timeout."""
+    try:
+        async with group() as tg:  # the body only starts: the failure comes in the exit
+            tg.create_task(_fails_soon())
+    except* ValueError:
+        pass
+    try:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(5)
+    except TimeoutError:
+        return "timeout"
+    except asyncio.CancelledError:
+        return "cancelled"
+    return "nothing"
+
+
+async def test_a_failed_group_leaves_the_task_able_to_time_out() -> None:
+    task = asyncio.create_task(_times_out_after_a_failed_group(TaskGroup))
+    assert await task == "timeout"
+    assert task.cancelling() == 0
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="what Python 3.11 does")
+async def test_asyncio_s_own_group_is_why() -> None:
+    # The timeout raises CancelledError, which would end the task as if it were stopped.
+    assert await _times_out_after_a_failed_group(asyncio.TaskGroup) == "cancelled"
+
+
+async def test_a_failure_in_the_body_and_one_in_the_exit() -> None:
+    """A child failing while the body still runs (3.11 takes that request back itself)."""
+
+    async def body_waits() -> str:
+        try:
+            async with TaskGroup() as tg:
+                tg.create_task(_fails_soon())
+                await asyncio.sleep(5)  # woken by the group's cancel
+        except* ValueError:
+            pass
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timeout"
+        return "nothing"
+
+    task = asyncio.create_task(body_waits())
+    assert await task == "timeout"
+    assert task.cancelling() == 0
+
+
+async def test_a_stop_from_outside_still_stops() -> None:
+    """A cancel from outside while the group waits is not taken back: it ends the task."""
+    started = asyncio.Event()
+
+    async def runs() -> None:
+        async with TaskGroup() as tg:
+            tg.create_task(asyncio.sleep(5))
+            started.set()
+
+    task = asyncio.create_task(runs())
+    await started.wait()
+    await asyncio.sleep(0)  # in the group's exit
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
