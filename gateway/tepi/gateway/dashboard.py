@@ -94,7 +94,7 @@ class Dashboard:
             await asyncio.Event().wait()
         finally:
             if self.app is not None:
-                await self.app.runner.cleanup()
+                await self.app.stop()
 
     def _tls(self) -> ssl.SSLContext:
         s = self.section

@@ -189,10 +189,14 @@ class Commissioning:
             return resp
 
         found: list[dict[str, Any]] = []
+        self.app.endless_request()
         async with self.scanning:
             try:
                 done: dict[int | None, int] = {}
                 async for p in scan(port, units, bauds, reply_s):
+                    if self.app.closing.is_set():  # the agent stops: so does the scan
+                        await send({"end": True, "found": found, "error": t("com.scan_stopped")})
+                        return resp
                     done[p.baud] = done.get(p.baud, 0) + 1
                     if p.answer is not None:
                         found.append({"unit": p.unit, "baud": p.baud, "answer": p.answer})

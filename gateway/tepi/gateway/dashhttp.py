@@ -125,6 +125,12 @@ class DashApp:
         self.history = History()
         self.assets = load_assets()
         self.streams = 0
+        # The requests that do not end by themselves (live streams, a bus scan): at a stop
+        # they are told (``closing``) and waited for, so that none is in flight when aiohttp
+        # shuts down. Its shutdown's wait for a request in flight, cut by its timeout as the
+        # request ends, logged an InvalidStateError traceback (aiohttp 3.14).
+        self.closing = asyncio.Event()
+        self.endless: set[asyncio.Task[Any]] = set()
         # One password check at a time: each is 16 MiB of scrypt for about 50 ms on a Pi, and
         # a flood of logins must neither take the box's RAM nor every worker thread.
         self._checking = asyncio.Semaphore(1)
@@ -158,6 +164,20 @@ class DashApp:
     async def start(self, host: str, port: int, ctx: ssl.SSLContext) -> None:
         await self.runner.setup()
         await web.TCPSite(self.runner, host, port, ssl_context=ctx, backlog=32).start()
+
+    async def stop(self) -> None:
+        """End the live streams and scans, wait for them (at most a second), then close."""
+        self.closing.set()
+        if self.endless:
+            await asyncio.wait(set(self.endless), timeout=1.0)
+        await self.runner.cleanup()
+
+    def endless_request(self) -> None:
+        """The handler calling this answers until ``closing`` (or its client goes)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.endless.add(task)
+            task.add_done_callback(self.endless.discard)
 
     # ---- guards ------------------------------------------------------------------------
 
@@ -391,8 +411,10 @@ class DashApp:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         resp.headers["X-Accel-Buffering"] = "no"
         self.streams += 1
+        self.endless_request()
         seen = _int(req.query.get("seen"))  # the logs page: the records it shows up to
         floor = logging.getLevelNamesMapping().get(req.query.get("level", "info").upper(), 20)
+        closing = asyncio.ensure_future(self.closing.wait())
         try:
             await resp.prepare(req)
             since, tick = 0.0, 0
@@ -404,10 +426,14 @@ class DashApp:
                 since = msg["t"]
                 await resp.write(b"data: " + orjson.dumps(msg) + b"\n\n")
                 tick += 1
-                await asyncio.sleep(TICK_S)
+                # The period's pause, or the stop: asyncio.wait arms a timer and no scope.
+                await asyncio.wait((closing,), timeout=TICK_S)
+                if self.closing.is_set():
+                    break
         except (ConnectionResetError, ConnectionError):
             pass  # the page was closed
         finally:
+            closing.cancel()
             self.streams -= 1
         return resp
 

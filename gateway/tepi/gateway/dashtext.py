@@ -203,6 +203,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "com.port_busy": "{port} is the port of the configured device {device}: scan or read "
         "it with the agent's polling stopped, or another port.",
         "com.scan_busy": "A scan is running; wait for its end.",
+        "com.scan_stopped": "The gateway is stopping: the scan ended early.",
         "com.bad_number": "{field}: not a valid value.",
         "com.not_yaml": "Not YAML: {error}",
         "com.not_device": "Give one device (a mapping with id, driver, ...) or a list of them.",
@@ -482,6 +483,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "com.port_busy": "{port} là cổng của thiết bị đã cấu hình {device}: hãy quét hay đọc khi "
         "agent ngừng đọc nó, hoặc dùng cổng khác.",
         "com.scan_busy": "Đang có một lần quét; hãy chờ nó xong.",
+        "com.scan_stopped": "Gateway đang dừng: lần quét đã kết thúc sớm.",
         "com.bad_number": "{field}: giá trị không hợp lệ.",
         "com.not_yaml": "Không phải YAML: {error}",
         "com.not_device": "Nhập một thiết bị (một mapping có id, driver, ...) hoặc một danh sách "
