@@ -147,6 +147,9 @@ async def test_backlog_drains_pipelined_exactly_once_in_order(
         await run
         await proxy.__aexit__()
         await broker.stop()
+    # The stop fails the agent's task group: its task closed the stores after it, and was
+    # not left counted as cancelling there (a timeout would have been a CancelledError).
+    assert run.cancelling() == 0
 
 
 async def test_live_readings_do_not_wait_behind_a_long_backlog(tmp_path: Path) -> None:

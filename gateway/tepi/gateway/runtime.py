@@ -29,6 +29,7 @@ from tepi.core import __version__
 from tepi.core.clock import WallClock, clock_synced
 from tepi.core.errors import ConfigError, DeviceUnavailable, WriteRefused
 from tepi.core.records import Value
+from tepi.core.tasks import TaskGroup
 from tepi.drivers.base import Driver, SharedResources
 from tepi.drivers.registry import DeviceConfig, make_driver
 from tepi.gateway.commands import result_payload
@@ -474,7 +475,9 @@ class Agent:
                 await self.commands.open()
             stack.push_async_callback(self._close_commands)
             try:
-                async with asyncio.TaskGroup() as tg:
+                # The stop's _Stop fails the group; the task goes on to close the stores, and
+                # must not be left counted as cancelling there (tepi.core.tasks).
+                async with TaskGroup() as tg:
                     self._tg = tg
                     tasks.append(tg.create_task(self.buffer.run(), name="tepi.buffer.commit"))
                     self._uplink_task = tg.create_task(self.uplink.run(), name="tepi.uplink")
