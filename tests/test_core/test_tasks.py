@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tepi.core.tasks import TaskGroup
+from tepi.core.tasks import TaskGroup, cancel_and_wait
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -88,3 +88,36 @@ async def test_a_stop_from_outside_still_stops() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
+
+
+async def test_cancel_and_wait_passes_on_the_caller_s_own_cancellation() -> None:
+    """Stopping a task that takes a while to end: a stop of the caller meanwhile is not
+    taken for the stopped task's CancelledError."""
+    slow_started = asyncio.Event()
+
+    async def slow_to_end() -> None:
+        try:
+            slow_started.set()
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # its clean-up
+            raise
+
+    async def stops_it(child: asyncio.Task[None]) -> str:
+        await cancel_and_wait(child)
+        return "went on"
+
+    child = asyncio.create_task(slow_to_end())
+    await slow_started.wait()
+    caller = asyncio.create_task(stops_it(child))
+    await asyncio.sleep(0.01)  # the caller waits for the child's clean-up
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert child.cancelled()
+
+    # Alone, the child's own cancellation ends the wait, quietly.
+    other = asyncio.create_task(slow_to_end())
+    await asyncio.sleep(0)
+    assert await stops_it(other) == "went on"
+    assert other.cancelled()

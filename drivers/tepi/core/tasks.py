@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import sys
 from types import TracebackType
+from typing import Any
 
-__all__ = ["TaskGroup"]
+__all__ = ["TaskGroup", "cancel_and_wait"]
 
 
 class TaskGroup(asyncio.TaskGroup):
@@ -52,3 +53,16 @@ class TaskGroup(asyncio.TaskGroup):
 
 
 _LEAVES_A_CANCEL = sys.version_info < (3, 12)
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended. A cancellation of the caller while it
+    waits goes on up (``suppress(CancelledError)`` around the await would take it for the
+    task's own and swallow it: a stop lost in a reload that was stopping a device)."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
+            raise

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tepi.core.clock import clock_synced
+from tepi.core.tasks import cancel_and_wait
 from tepi.gateway.config import ImagesSection
 
 if TYPE_CHECKING:
@@ -231,9 +232,7 @@ class ImageHub:
                 self._closing = False
         elif self._writer is not None:
             writer, self._writer = self._writer, None
-            writer.cancel()  # idle: waiting for an image
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            await cancel_and_wait(writer)  # idle: waiting for an image
         if self.store_ is not None:
             store, self.store_ = self.store_, None
             await asyncio.to_thread(store.close)

@@ -29,7 +29,7 @@ from tepi.core import __version__
 from tepi.core.clock import WallClock, clock_synced
 from tepi.core.errors import ConfigError, DeviceUnavailable, WriteRefused
 from tepi.core.records import Value
-from tepi.core.tasks import TaskGroup
+from tepi.core.tasks import TaskGroup, cancel_and_wait
 from tepi.drivers.base import Driver, SharedResources
 from tepi.drivers.registry import DeviceConfig, make_driver
 from tepi.gateway.commands import result_payload
@@ -577,10 +577,7 @@ class Agent:
             self._start_device(dev)
 
     async def _stop_device(self, dev_id: str) -> None:
-        task = self._pollers.pop(dev_id)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(self._pollers.pop(dev_id))
         self.devices.pop(dev_id, None)
         self._cameras.pop(dev_id, None)
         self._drivers.pop(dev_id, None)
@@ -736,9 +733,7 @@ class Agent:
     async def _restart_uplink(self, uplink: Uplink) -> None:
         assert self._tg is not None
         if self._uplink_task is not None:
-            self._uplink_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._uplink_task
+            await cancel_and_wait(self._uplink_task)
         uplink.stats = self.uplink.stats  # counters run on across a reconnect
         self.uplink = uplink
         self._uplink_task = self._tg.create_task(self.uplink.run(), name="tepi.uplink")
@@ -764,9 +759,7 @@ class Agent:
     async def _restart_status(self, cfg: Config) -> None:
         """The status API moves to the new socket and port (or stops, or starts)."""
         if self._status_task is not None:
-            self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
+            await cancel_and_wait(self._status_task)
         self._start_status(cfg)
         log.info(
             "reload: status API settings changed: %s",

@@ -5,7 +5,6 @@ parsed by :class:`MultipartParser` (bounded), the latest JPEG kept (see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import aiohttp
 from aiohttp import hdrs
 
 from tepi.core.errors import DeviceError, DeviceUnavailable, DriverFault, ProtocolError
+from tepi.core.tasks import cancel_and_wait
 from tepi.drivers.camera.sourcebase import (
     AUTH_BACKOFF,
     BACKOFF_MAX,
@@ -264,9 +264,7 @@ class MjpegSource(_Base):
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self._http.aclose()
 
     async def grab(self) -> Frame:

@@ -46,6 +46,7 @@ from typing import Any
 from pymodbus.framer.rtu import FramerRTU
 
 from tepi.core.errors import DeviceUnavailable, ProtocolError
+from tepi.core.tasks import cancel_and_wait
 from tepi.drivers.modbus.wire import RX_KEEP, answer_length, rtu_frame, why_no_reply
 
 log = logging.getLogger(__name__)
@@ -235,9 +236,8 @@ class TcpTransactions:
 
     async def aclose(self) -> None:
         if self._connecting is not None:
-            self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, DeviceUnavailable):
-                await self._connecting
+            with contextlib.suppress(DeviceUnavailable):
+                await cancel_and_wait(self._connecting)
         transport = self._transport
         self._lost(None)
         if transport is not None:
