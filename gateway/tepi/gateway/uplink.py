@@ -580,7 +580,8 @@ class Uplink:
         self._refused.clear()
         try:
             # The session's group gives the uplink's task back as it found it (Python 3.11:
-            # tepi.core.tasks), so the timeouts of its next connect still time out.
+            # tepi.core.tasks), so a timeout scope there later (the 3.1.1 probe's, the
+            # shutdown's) still times out rather than ending the task.
             async with TaskGroup() as tg:
                 # Watching from the start: a link lost while the status is on its way ends
                 # the session at once, not after a timeout.
