@@ -439,3 +439,43 @@ async def test_an_admin_goes_back_to_an_earlier_version_and_to_the_base(box: Box
             s, f"{box.base}/admin/config/rollback", {"csrf": csrf_of(page), "to": "v1"}
         )
         assert status == 403
+
+
+async def test_a_scan_running_when_the_agent_stops_ends_and_says_so(tmp_path: Path) -> None:
+    """A gateway that takes the connection and never answers: each unit waits its timeout,
+    so the scan would run for 20 s. The agent stops after the first unit: the stream ends
+    whole and says why, at once, and the log has no traceback (the fixture checks)."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(4096):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with running_box(tmp_path, [AQ1]) as box, client() as s:
+            assert await login(s, box.base, *ADMIN) == 303
+            async with s.get(f"{box.base}/admin/commission") as r:
+                csrf = csrf_of(await r.text())
+            url = f"{box.base}/admin/commission/scan?csrf={csrf}&port=127.0.0.1:{port}"
+            async with s.get(f"{url}&units=1-100&timeout=0.2") as r:
+                events = []
+                async for line in r.content:
+                    if line.startswith(b"data: "):
+                        events.append(json.loads(line[6:]))
+                        if len(events) == 1:  # a unit asked: the scan runs; stop the agent
+                            started = time.monotonic()
+                            stopping = asyncio.create_task(box.agent.stop())
+                assert await stopping == 0
+                assert time.monotonic() - started < 5
+                assert r.content.at_eof()
+            assert events[0]["unit"] == 1
+            assert events[0]["answer"] is None
+            assert events[-1]["end"] is True
+            assert "stopping" in events[-1]["error"], events[-1]
+            assert len(events) < 30, "the scan ended with the agent, not after its 100 units"
+    finally:
+        server.close()
+        await server.wait_closed()
