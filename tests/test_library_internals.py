@@ -147,6 +147,29 @@ async def test_a_cancellation_as_an_mqtt_call_completes_is_not_lost() -> None:
     await asyncio.create_task(times_out(True))
 
 
+def test_paho_may_hand_the_write_hook_a_socket_closed_meanwhile() -> None:
+    """paho's connect runs in an executor thread; it checks its socket, then calls the
+    socket-register-write hook with it, and the loop's thread may close it (a reset) in
+    between: the hook gets None. aiomqtt's hook then raised AttributeError out of the
+    connect, and the agent exited 3. mqttlink._Client's hook takes None as nothing to
+    watch."""
+    source = inspect.getsource(mqtt.Client._call_socket_register_write)
+    why = _why("paho-mqtt", "Client._call_socket_register_write (passes self._sock, read again)")
+    assert "self._sock" in source, why
+    assert "on_socket_register_write(" in source, why
+    ours = list(inspect.signature(mqttlink._Client._on_socket_register_write).parameters)
+    theirs = list(inspect.signature(aiomqtt.Client._on_socket_register_write).parameters)
+    assert theirs == ours, _why("aiomqtt", f"Client._on_socket_register_write: {theirs}")
+
+    async def hook(cls: type[aiomqtt.Client]) -> None:
+        client = cls("127.0.0.1", 1)
+        client._on_socket_register_write(client._client, None, None)
+
+    asyncio.run(hook(mqttlink._Client))  # nothing to watch, nothing raised
+    with pytest.raises(AttributeError):  # aiomqtt's own: what the agent died of
+        asyncio.run(hook(aiomqtt.Client))
+
+
 async def test_pymodbus_parts_the_link_uses() -> None:
     """tepi.drivers.modbus.link wraps the framer's handleFrame, sets the transaction
     manager's own timeout copy, reads its transport, checks CRCs with FramerRTU.check_CRC,

@@ -2,7 +2,8 @@
 
 - ``_Client``: aiomqtt's client with TCP_NODELAY, the CONNACK's flags and properties kept,
   a keepalive timer that wakes when a check is due (not once a second), a link lost
-  before CONNACK failing the connect at once, and waits that a cancellation always ends;
+  before CONNACK failing the connect at once, waits that a cancellation always ends, and
+  a connect that survives its socket being reset under it;
 - how a failed connect is worded (``_WHAT``) and classified (``_classify``, ``_rc``,
   ``_caused_by``; ``_Kind`` and ``_LinkDown`` carry the kind), and the session's
   ``_SwitchBack`` to an earlier broker of the failover list;
@@ -98,6 +99,17 @@ class _Client(aiomqtt.Client):
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super()._on_socket_open(client, userdata, sock)
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho's connect runs in an executor thread while the loop already reads the socket.
+        # A reset read there closes the socket (paho sets it to None) between paho's check
+        # and this call, and aiomqtt's ``sock.fileno()`` raised AttributeError out of the
+        # connect: the uplink died and the agent exited 3 (seen under load, a broker that
+        # reset connections). Nothing to watch on a closed socket; the loss reaches the
+        # connect as a link lost before CONNACK (``_on_disconnect``), which is retried.
+        if sock is None:
+            return
+        super()._on_socket_register_write(client, userdata, sock)
 
     # What the CONNACK said: session present, and (MQTT 5) the broker's properties.
     session_present = False
