@@ -274,7 +274,17 @@ async def _demo(work: Path, count: int, broker_port: int | None = None) -> int:
             await _show_buffer(work / "data" / "buffer.db", count)
         return EXIT_OK
     finally:
-        await asyncio.shield(asyncio.gather(_stop(agent), _stop(sim), _stop(broker)))
+        await asyncio.shield(_stop_in_order(agent, sim, broker))
+
+
+async def _stop_in_order(
+    agent: Process | None, sim: Process | None, broker: Process | None
+) -> None:
+    """The agent first, while its broker and devices are still there: it says ``offline``
+    and commits. Stopped together, the broker could be gone during the agent's last second
+    (its polls in flight finish first), and the agent logged the lost link as an error."""
+    await _stop(agent)
+    await asyncio.gather(_stop(sim), _stop(broker))
 
 
 def run_demo(workdir: Path | None, count: int, broker_port: int | None = None) -> int:
