@@ -21,13 +21,8 @@ async def _fails_soon() -> None:
     raise ValueError("a lost link")
 
 
-async def _times_out_after_a_failed_group(group: type[asyncio.TaskGroup]) -> str:
-    """What a task that caught its group's failure meets at its next timeout."""
-    try:
-        async with group() as tg:  # the body only starts: the failure comes in the exit
-            tg.create_task(_fails_soon())
-    except* ValueError:
-        pass
+async def _next_timeout() -> str:
+    """What the task meets at its next timeout scope."""
     try:
         async with asyncio.timeout(0.01):
             await asyncio.sleep(5)
@@ -36,6 +31,16 @@ async def _times_out_after_a_failed_group(group: type[asyncio.TaskGroup]) -> str
     except asyncio.CancelledError:
         return "cancelled"
     return "nothing"
+
+
+async def _times_out_after_a_failed_group(group: type[asyncio.TaskGroup]) -> str:
+    """What a task that caught its group's failure meets at its next timeout."""
+    try:
+        async with group() as tg:  # the body only starts: the failure comes in the exit
+            tg.create_task(_fails_soon())
+    except* ValueError:
+        pass
+    return await _next_timeout()
 
 
 async def test_a_failed_group_leaves_the_task_able_to_time_out() -> None:
@@ -60,12 +65,7 @@ async def test_a_failure_in_the_body_and_one_in_the_exit() -> None:
                 await asyncio.sleep(5)  # woken by the group's cancel
         except* ValueError:
             pass
-        try:
-            async with asyncio.timeout(0.01):
-                await asyncio.sleep(5)
-        except TimeoutError:
-            return "timeout"
-        return "nothing"
+        return await _next_timeout()
 
     task = asyncio.create_task(body_waits())
     assert await task == "timeout"
