@@ -23,13 +23,11 @@ from tepi.drivers.camera.sourcebase import (
     AuthMode,
     CameraAuthFailed,
     Frame,
-    _Base,
     _check_jpeg,
     _classify,
     _content_type,
-    _Counters,
     _grab_latest,
-    _Http,
+    _HttpSource,
     _Slot,
     camera_time,
 )
@@ -209,7 +207,7 @@ class MultipartParser:
         return part
 
 
-class MjpegSource(_Base):
+class MjpegSource(_HttpSource):
     """An MJPEG stream read in the background; ``grab()`` gives the latest JPEG not yet grabbed
     (see the module)."""
 
@@ -224,36 +222,20 @@ class MjpegSource(_Base):
         ca_file: str | None = None,
         max_bytes: int = MAX_BYTES,
     ) -> None:
-        if timeout <= 0 or max_bytes <= 0:
-            raise ValueError("timeout and max_bytes must be positive")
-        self._counters = _Counters()
-        # Called on the loop with every part and its time.monotonic() (camera analytics).
-        self.on_frame: Callable[[Frame, float], None] | None = None
-        self._http = _Http(
+        super().__init__(
             url,
             username=username,
             password=password,
             auth=auth,
             timeout=timeout,
             ca_file=ca_file,
-            counters=self._counters,
+            max_bytes=max_bytes,
         )
-        self.timeout = timeout
-        self.max_bytes = max_bytes
+        # Called on the loop with every part and its time.monotonic() (camera analytics).
+        self.on_frame: Callable[[Frame, float], None] | None = None
         self._slot = _Slot()
         self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return self._http.shown
-
-    @property
-    def last_reason(self) -> str:
-        return self._counters.last_reason
-
-    def counters(self) -> dict[str, int | float]:
-        return self._counters.as_dict()
 
     async def open(self) -> None:
         if self._task is not None:

@@ -394,8 +394,9 @@ class _Base:
 # ---- snapshots -----------------------------------------------------------------------------
 
 
-class SnapshotSource(_Base):
-    """One JPEG per ``grab()`` from a snapshot URL (see the module)."""
+class _HttpSource(_Base):
+    """What the HTTP sources (snapshots, MJPEG) share: the URL's client, its counters and
+    the limits of a JPEG."""
 
     def __init__(
         self,
@@ -434,6 +435,10 @@ class SnapshotSource(_Base):
 
     def counters(self) -> dict[str, int | float]:
         return self._counters.as_dict()
+
+
+class SnapshotSource(_HttpSource):
+    """One JPEG per ``grab()`` from a snapshot URL (see the module)."""
 
     async def open(self) -> None:
         self._http.open()
