@@ -298,6 +298,18 @@ async def power_cut(
     return Cut(image, log, problems, rows, checkpointed)
 
 
+def missed(cuts: list[Cut]) -> list[str]:
+    """What the cuts were meant to hit and have not hit often enough yet: commits, acks,
+    evictions and checkpoints."""
+    goals = {
+        "cuts after a commit": (sum(c.log.durable > 0 for c in cuts), CUTS // 2),
+        "cuts after an ack": (sum(bool(c.log.acked) for c in cuts), CUTS // 2),
+        "cuts after an eviction": (sum(bool(c.log.evicted) for c in cuts), 1),
+        "cuts after a checkpoint": (sum(c.checkpointed for c in cuts), CUTS // 4),
+    }
+    return [f"{what}: {got} < {want}" for what, (got, want) in goals.items() if got < want]
+
+
 def failed(seed: int, run: int, data: Path, cut: Cut) -> str:
     where = f"writer in {data}, image in {cut.image}"
     return f"cut {run} (POWERCUT_SEED={seed}; {where}):\n" + "\n".join(cut.problems)
@@ -314,18 +326,18 @@ async def test_power_cuts_lose_nothing_reported_durable(
     data = tmp_path / "cut00"
     data.mkdir()
     expected: dict[int, Row] = {}
-    cuts = []
-    for run in range(1, CUTS + 1):
+    cuts: list[Cut] = []
+    # CUTS cuts, and more (up to twice as many) while they have not yet hit all they are
+    # meant to: the moments are random, and under load a writer does less before its cut (CI
+    # once saw 5 checkpoints in 30 cuts; 10 to 16 is usual).
+    while len(cuts) < CUTS or (missed(cuts) and len(cuts) < 2 * CUTS):
+        run = len(cuts) + 1
         cut = await power_cut(powercut_shim, data, tmp_path / f"cut{run:02d}", run, rng, expected)
         assert not cut.problems, failed(seed, run, data, cut)
         cuts.append(cut)
         expected = cut.rows
         data = cut.image
-    # The cuts hit what they are meant to: commits, acks, evictions and checkpoints.
-    assert sum(c.log.durable > 0 for c in cuts) >= CUTS // 2
-    assert sum(bool(c.log.acked) for c in cuts) >= CUTS // 2
-    assert any(c.log.evicted for c in cuts)
-    assert sum(c.checkpointed for c in cuts) >= CUTS // 4
+    assert not missed(cuts), f"POWERCUT_SEED={seed}: after {len(cuts)} cuts, {missed(cuts)}"
 
 
 @pytest.mark.timeout(120)
