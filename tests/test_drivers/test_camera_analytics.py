@@ -252,6 +252,41 @@ def test_a_stopped_object_stays_a_stopped_track_and_fills_the_queue() -> None:
     assert not late.motion
 
 
+def test_moving_pixels_between_the_line_and_a_stopped_queue_end_it() -> None:
+    """The queue's measure itself, on masks made by hand (through a scene, when and whether
+    the pixels of a vehicle pulling away count as moving depends on its texture and its
+    track). The zone runs 20 m back from the stop line at x = 0.5. Stopped pixels from 2.8
+    to 4.8 m back are a queue: its head is within ``queue_gap`` of the line. With something
+    moving between them and the line (the vehicle in front pulling away at green) there is
+    no stopped queue at the line. Moving pixels within the queue change nothing, nor do
+    moving pixels beside a vehicle stopped at the line (another lane's traffic)."""
+    zone = Zone(
+        "approach", ((0.0, 0.3), (0.5, 0.3), (0.5, 0.7), (0.0, 0.7)), ((0.5, 0.3), (0.5, 0.7)), 20.0
+    )
+    a = Analyzer(AnalyticsSettings(zones=(zone,)))
+    plan = a._plan_for(W, H)
+    metre = 0.5 / 20.0  # of the frame's width
+
+    def with_box(mask: np.ndarray, near_m: float, far_m: float, y: float) -> np.ndarray:
+        out = mask.copy()
+        x0, x1 = round((0.5 - far_m * metre) * W), round((0.5 - near_m * metre) * W)
+        out[round((y - 0.03) * H) : round((y + 0.03) * H), x0:x1] = 255
+        return out
+
+    def queue(stopped: np.ndarray, fg: np.ndarray) -> float | None:
+        return a._queue(plan.zones[0], stopped, fg)
+
+    stopped = with_box(np.zeros((H, W), np.uint8), 2.8, 4.8, 0.4)
+    assert queue(stopped, stopped) == pytest.approx(4.8, abs=0.5)
+    assert queue(stopped, with_box(stopped, 0.0, 1.5, 0.4)) == 0.0  # pulling away
+    two = with_box(stopped, 5.6, 7.6, 0.4)  # a second vehicle, 0.8 m behind
+    in_gap = with_box(two, 4.9, 5.5, 0.55)  # something moving through the gap
+    assert queue(two, in_gap) == pytest.approx(7.6, abs=0.5)
+    at_line = with_box(stopped, 0.0, 2.0, 0.6)  # a two-wheeler stopped at the line
+    passing = with_box(at_line, 0.0, 1.5, 0.4)  # and one riding past it
+    assert queue(at_line, passing) == pytest.approx(4.8, abs=0.5)
+
+
 def test_objects_below_min_area_are_not_tracked() -> None:
     painter = Painter()
     a = warmed(AnalyticsSettings(min_area=0.004), painter)
