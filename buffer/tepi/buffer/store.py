@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby, repeat
+from operator import is_not
 from pathlib import Path
 from typing import TypeVar
 
@@ -353,7 +354,8 @@ class Buffer:
             total += stop - start
             # The pops run in C (map): one Python step a span, not a value.
             got = list(map(pop, seqs, repeat(None)))
-            held = len(got) - got.count(None)
+            # Not got.count(None): that calls the Runs' (dataclass) __eq__ once a reading.
+            held = sum(map(is_not, got, repeat(None)))
             in_memory += held
             if held == len(got):
                 continue
