@@ -647,7 +647,8 @@ _MOVING_PX = 10
 the queue when they come between the stop line and its head: its first vehicle is pulling
 away (a queue starting off at green), so no stopped queue starts at the line. The figure
 matters little: over the 24 scenes of bench/analytics_accuracy.py, 354 queue moments off
-with 3 pixels, 346 with 10 and 345 with 30 (at 320 pixels wide, a bin is 1-2 pixels long)."""
+with 3 pixels, 346 with 10 and 345 with 30 (there, analysed 320 pixels wide, a bin of the
+two-lane zone is about 3 by 47 pixels)."""
 _STILL_WINDOW = 0.6
 """Seconds between the two frames compared to tell a stopped pixel."""
 _MOVING_SHARE = 0.05
