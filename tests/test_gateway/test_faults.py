@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from completeness import format_table
 from helpers import FaultProxy
-from rig import running_rig
+from rig import DEVICES, running_rig
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -35,7 +35,12 @@ async def test_broker_outage_loses_nothing(tmp_path: Path, persistence: bool) ->
         proxy.refuse = True
         proxy.drop()
         await rig.broker.stop()
+        before = {d: rig.sim_counter(d) for d in DEVICES}
         await asyncio.sleep(8)  # the outage itself (the fault's duration)
+        # Polled all along: 80 polls each at 100 ms; half of that on a loaded machine (under
+        # two busy loops, a device of the shared serial line made 79 in the whole test),
+        # none if polling waited for the broker.
+        polled = {d: rig.sim_counter(d) - before[d] for d in DEVICES}
         connects = rig.sub.connects
         await rig.broker.start()
         await rig.sub.wait_for(lambda s: s.connects > connects, 20)
@@ -43,7 +48,7 @@ async def test_broker_outage_loses_nothing(tmp_path: Path, persistence: bool) ->
         target = await rig.wait_caught_up(timeout=40)
         rows = rig.assert_complete(target)
     print(format_table(rows))
-    assert all(r.expected >= 80 for r in rows), "the devices were polled all along"
+    assert all(n >= 40 for n in polled.values()), f"polls during the 8 s outage: {polled}"
 
 
 async def test_link_resets_over_a_slow_4g_link_lose_nothing(tmp_path: Path) -> None:
