@@ -13,11 +13,14 @@ method and needs no SciPy.
   twice. When the box splits, the tracks that were merged take the free boxes nearby with
   a wider gate (inside the merge their predictions drift).
 - **Split objects.** A box that lies mostly inside another track's prediction, or right in
-  front of it in its lane (a gantry or a pole cuts a passing vehicle in two), is a part of
-  that object and joins it, unless another track expects that box or the union would be
-  much bigger than the object has been.
+  front of it in its lane (a gantry or a pole cuts a passing vehicle in two: up to the
+  object's length, as seen whole, from its rear), is a part of that object and joins it,
+  unless another track expects that box or the union would be much bigger than the object
+  has been.
 - **Occlusion.** A track seen twice or more that finds no box goes on predicted for
   ``max_lost`` seconds; one seen once is dropped at its first miss (noise does not persist).
+  A lost track also takes a free box where its steady velocity (over the last second it was
+  seen) puts it: going behind an occluder front first, its box shrank and its velocity fell.
 - **Confirmation.** A track is confirmed, and only then reported, after ``min_hits``
   frames, once its centre has moved (a detector's objects need not move); a line it
   crossed before that counts at confirmation. A blob that stays where it appeared for
@@ -137,6 +140,20 @@ class TrackState:
         return math.hypot(
             _edge_speed(a[0], a[2], b[0], b[2], dt), _edge_speed(a[1], a[3], b[1], b[3], dt)
         )
+
+    def steady_at(self, t: float) -> Point | None:
+        """Where the centre would be at ``t`` at its steady velocity (see
+        :attr:`steady_speed`) from the last box seen; None without a window's history."""
+        trail = self.trail
+        if len(trail) < 2 or trail[-1][0] - trail[0][0] < STEADY_WINDOW:
+            return None
+        t0, a = trail[0]
+        t1, b = trail[-1]
+        dt = t1 - t0
+        vx = _edge_speed(a[0], a[2], b[0], b[2], dt)
+        vy = _edge_speed(a[1], a[3], b[1], b[3], dt)
+        cx, cy = box_center(b)
+        return cx + vx * (t - t1), cy + vy * (t - t1)
 
     def remember(self, t: float) -> None:
         """Add the box now to the trail, keeping one point older than the window."""
@@ -300,6 +317,31 @@ class Tracker:
                 if dist < 1.2:
                     late.append((dist, i, j))
         for _, i, j in sorted(late):
+            if i not in track_det and j not in det_track:
+                track_det[i] = j
+                det_track[j] = i
+
+        # Out from behind an occluder: going in, the object's front was hidden first, so
+        # its box shrank at the front and its velocity fell; predicted on at that speed, it
+        # is looked for well behind where it comes out, and would be a new track on the far
+        # side of a line it crossed while hidden. A lost track also takes a free box where
+        # its steady speed (over the last second it was seen) puts it.
+        again: list[tuple[float, int, int]] = []
+        for i, tr in enumerate(self.tracks):
+            if i in track_det or i in merged or tr.hits < 2 or tr.t_seen >= t:
+                continue
+            steady = tr.steady_at(t)
+            if steady is None:
+                continue
+            for j in range(len(boxes)):
+                if j in det_track or j in merged.values():
+                    continue
+                dc = centres[j]
+                size = max(0.5 * (math.hypot(tr.w, tr.h) + diags[j]), 1e-6)
+                dist = math.hypot(steady[0] - dc[0], steady[1] - dc[1]) / size
+                if dist < 0.75:
+                    again.append((dist, i, j))
+        for _, i, j in sorted(again):
             if i not in track_det and j not in det_track:
                 track_det[i] = j
                 det_track[j] = i
@@ -475,8 +517,18 @@ def _ahead(tr: TrackState, seen: Box, part: Box) -> bool:
 
     s0, s1 = extent(seen, hx, hy)
     p0, p1 = extent(part, hx, hy)
-    if not (p0 > s0 and p1 > s1 and p0 - s1 <= max(0.04, 0.5 * (s1 - s0))):
+    if not (p0 > s0 and p1 > s1):
         return False
+    if p0 - s1 > max(0.04, 0.5 * (s1 - s0)):
+        # Further ahead than half the part seen: still the object's front if it lies within
+        # the object's length (as seen whole) from its rear. Going under the gantry a car
+        # shows its rear, and its front a gantry's width ahead.
+        whole = max(
+            (e1 - e0 for _, b in tr.trail if _in_view(b) for e0, e1 in (extent(b, hx, hy),)),
+            default=0.0,
+        )
+        if p1 - s0 > 1.2 * whole:
+            return False
     l0, l1 = extent(seen, -hy, hx)
     m0, m1 = extent(part, -hy, hx)
     lateral = min(l1, m1) - max(l0, m0)
