@@ -151,19 +151,16 @@ def test_counts_within_3_percent_after_a_start_that_learnt_a_bus() -> None:
     _check_counts(analyse(IMPRINTED, 300.0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rain speckle with exposure jumps: 3.2 % low on lane 2 (92/95); every other line "
-    "within 2.6 %",
-)
 def test_counts_within_3_percent_in_rain_and_exposure_jumps(wet: Run) -> None:
+    """Lane 2 was 3.2 % low here (92/95) until a blob that narrows between two vehicles side
+    by side was cut in two: 93/95 now, every other line within 2.2 %."""
     _check_counts(wet)
 
 
 def test_per_class_counts(hard: Run) -> None:
     """Classes by box size; the issue sets no target for them (the totals carry the 3 %).
     What is asserted: two-wheelers, most of the traffic, within 15 % of the truth per line
-    and direction (4 % measured)."""
+    and direction (2 % measured; 4 % before blobs were cut between vehicles side by side)."""
     truth: Counter[tuple[str, str, str]] = Counter(
         (e.line, e.direction, e.cls) for e in hard.scene.crossing_events(WARMUP, hard.end)
     )
@@ -186,7 +183,7 @@ def test_every_crossing_has_a_track_start_and_end(hard: Run) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="the queue lags the truth by about a second as it builds, and sometimes as it "
-    "clears (10 of 290 moments of the hard scene are off by more than one vehicle)",
+    "clears (9 of 290 moments of the hard scene are off by more than one vehicle)",
 )
 def test_queue_length_within_one_vehicle(hard: Run) -> None:
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
@@ -196,14 +193,15 @@ def test_queue_length_within_one_vehicle(hard: Run) -> None:
 def test_queue_length_mostly_within_one_vehicle(hard: Run) -> None:
     """What is met now (a guard against getting worse while the target above is not met):
     at most 3.5 % of the moments (once a second) are off by more than the length of the
-    queue's last vehicle (10 of 290, 3.4 %, measured; 11 and a mean error of 0.58 m before
+    queue's last vehicle (9 of 290, 3.1 %, measured, and a mean error of 0.31 m; 10 and
+    0.41 m before blobs that narrow between two vehicles were cut; 11 and 0.58 m before
     moving pixels ahead of a queue ended it; 13 when two two-wheelers stopped at the frame's
     edge, whose merging boxes moved, were taken for moving; 19 when a track's box that
-    jittered made it "moving"), and the mean error is under 0.5 m (0.41 m)."""
+    jittered made it "moving"), and the mean error is under 0.4 m."""
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
     assert len(bad) <= 0.035 * len(hard.queues), bad
     mean = sum(abs(got - want) for _, got, want, _ in hard.queues) / len(hard.queues)
-    assert mean < 0.5
+    assert mean < 0.4
     assert max(want for _, _, want, _ in hard.queues) > 20  # the scene has long queues
 
 

@@ -23,7 +23,8 @@ Positions are normalised as in :mod:`tepi.drivers.camera.geometry`.
    lasts ``relearn_after`` seconds relearns the background from the median of the frames of
    the next ``relearn_time`` seconds; meanwhile ``relearning`` is set, nothing is detected,
    and every track ends. The first frames after :meth:`Analyzer.reset` are a relearning too.
-3. Objects: the foreground's connected components of at least ``min_area`` of the frame,
+3. Objects: the foreground's connected components of at least ``min_area`` of the frame
+   (one that narrows between two objects side by side is cut there: :func:`_split`),
    or, when a detector ran on the frame, its detections. The tracker
    (:mod:`tepi.drivers.camera.tracker`) follows them through short occlusions, through
    merges of touching objects and across the cut a fixed occluder makes in them; it
@@ -97,6 +98,7 @@ from typing import Literal
 import cv2
 import numpy as np
 import numpy.typing as npt
+from cv2.typing import MatLike
 
 from tepi.drivers.camera.geometry import Box, Detection, Direction, Point, box_center, inside
 from tepi.drivers.camera.motion import Background, BackgroundResult, MotionParams
@@ -479,15 +481,24 @@ class Analyzer:
         out = []
         small = []
         for c in contours:
-            if cv2.contourArea(c) + cv2.arcLength(c, True) / 2 + 1 < min_px:
+            area = cv2.contourArea(c)
+            if area + cv2.arcLength(c, True) / 2 + 1 < min_px:
                 small.append(c)
                 continue
             x, y, w, h = cv2.boundingRect(c)
-            out.append(
-                Detection(
-                    (x / plan.width, y / plan.height, (x + w) / plan.width, (y + h) / plan.height)
+            # A blob that fills most of its box has no neck: not looked into (most blobs).
+            parts = _split(c, (x, y, w, h), min_px) if area < _SOLID * w * h else [(x, y, w, h)]
+            for bx, by, bw, bh in parts:
+                out.append(
+                    Detection(
+                        (
+                            bx / plan.width,
+                            by / plan.height,
+                            (bx + bw) / plan.width,
+                            (by + bh) / plan.height,
+                        )
+                    )
                 )
-            )
         if not small:
             return out, fg
         kept = fg.copy()
@@ -665,6 +676,65 @@ def _pixels(box: Box, plan: _Plan, pad: int) -> tuple[int, int, int, int]:
         int(box[2] * w) + pad,
         int(box[3] * h) + pad,
     )
+
+
+_NECK = 0.5
+"""A blob is two objects side by side where, across it, it narrows to this share of the
+thinner of its two halves (see :func:`_split`). Over the 24 scenes of
+bench/analytics_accuracy.py, the error summed over every line: 226 crossings at 0.2, 191 at
+0.5, 206 at 0.6 (253 with no cut)."""
+_SOLID = 0.8
+"""Only a blob that fills less than this share of its box is looked into for a neck: two
+objects side by side leave its corners empty. It keeps the cut's cost to about 0.3 ms a
+frame (0.6 ms looking into every blob), with the same accuracy."""
+
+
+def _split(
+    contour: MatLike, box: tuple[int, int, int, int], min_px: float
+) -> list[tuple[int, int, int, int]]:
+    """A blob's box, or two: two vehicles side by side in neighbouring lanes touch by a
+    corner or a shadow and make one blob, with a neck between them. Counted as one, one of
+    them was lost (most of the misses over the 24 scenes of bench/analytics_accuracy.py).
+    The blob's pixels are summed along each row and each column; where the sums fall, in
+    the middle half, to :data:`_NECK` of the largest on both sides, and each side has at
+    least ``min_px`` pixels, it is cut there (the deeper neck of the two directions)."""
+    x, y, w, h = box
+    if w < 6 and h < 6:
+        return [box]
+    mask = np.zeros((h, w), np.uint8)
+    cv2.drawContours(mask, [contour], -1, 1, -1, offset=(-x, -y))
+    best: tuple[float, int, int] | None = None  # (depth, axis, index)
+    for axis in (0, 1):  # 0: rows (a cut across, between lanes), 1: columns
+        sums = mask.sum(axis=1 - axis, dtype=np.int32)
+        n = len(sums)
+        if n < 6:
+            continue
+        lo, hi = n // 4, n - n // 4
+        side = np.minimum(np.maximum.accumulate(sums), np.maximum.accumulate(sums[::-1])[::-1])
+        depth = sums[lo:hi] / np.maximum(side[lo:hi], 1)
+        total = np.cumsum(sums)
+        a = total[lo:hi] - sums[lo:hi]  # the pixels before each candidate row, and after
+        b = total[-1] - total[lo:hi]
+        ok = (depth <= _NECK) & (a >= min_px) & (b >= min_px)
+        if ok.any():
+            k = int(np.argmin(np.where(ok, depth, np.inf)))
+            if best is None or depth[k] < best[0]:
+                best = (float(depth[k]), axis, lo + k)
+    if best is None:
+        return [box]
+    _, axis, i = best
+    out = []
+    for part in (
+        (mask[:i], 0) if axis == 0 else (mask[:, :i], 0),
+        (mask[i + 1 :], i + 1) if axis == 0 else (mask[:, i + 1 :], i + 1),
+    ):
+        m, off = part
+        px, py, pw, ph = cv2.boundingRect(m)
+        if axis == 0:
+            out.append((x + px, y + off + py, pw, ph))
+        else:
+            out.append((x + off + px, y + py, pw, ph))
+    return out
 
 
 def _u8(a: object) -> npt.NDArray[np.uint8]:
