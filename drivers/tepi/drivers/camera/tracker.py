@@ -131,29 +131,27 @@ class TrackState:
         two-wheeler whose box merges with its neighbours' and splits again moves its centre
         back and forth, and ``speed`` follows that). None until the track has a window's
         history: a track just made from a blob that split has no steady speed yet."""
-        trail = self.trail
-        if len(trail) < 2 or trail[-1][0] - trail[0][0] < STEADY_WINDOW:
-            return None
-        t0, a = trail[0]
-        t1, b = trail[-1]
-        dt = t1 - t0
-        return math.hypot(
-            _edge_speed(a[0], a[2], b[0], b[2], dt), _edge_speed(a[1], a[3], b[1], b[3], dt)
-        )
+        steady = self._steady_velocity()
+        return None if steady is None else math.hypot(steady[0], steady[1])
 
     def steady_at(self, t: float) -> Point | None:
         """Where the centre would be at ``t`` at its steady velocity (see
         :attr:`steady_speed`) from the last box seen; None without a window's history."""
+        steady = self._steady_velocity()
+        if steady is None:
+            return None
+        t1, b = self.trail[-1]
+        cx, cy = box_center(b)
+        return cx + steady[0] * (t - t1), cy + steady[1] * (t - t1)
+
+    def _steady_velocity(self) -> Point | None:
         trail = self.trail
         if len(trail) < 2 or trail[-1][0] - trail[0][0] < STEADY_WINDOW:
             return None
         t0, a = trail[0]
         t1, b = trail[-1]
         dt = t1 - t0
-        vx = _edge_speed(a[0], a[2], b[0], b[2], dt)
-        vy = _edge_speed(a[1], a[3], b[1], b[3], dt)
-        cx, cy = box_center(b)
-        return cx + vx * (t - t1), cy + vy * (t - t1)
+        return _edge_speed(a[0], a[2], b[0], b[2], dt), _edge_speed(a[1], a[3], b[1], b[3], dt)
 
     def remember(self, t: float) -> None:
         """Add the box now to the trail, keeping one point older than the window."""
