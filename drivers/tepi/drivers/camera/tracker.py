@@ -299,50 +299,47 @@ class Tracker:
                 track_det.pop(i, None)
             det_track.pop(j, None)
 
+        def take_free(expected: dict[int, Point], gate: float) -> None:
+            """Tracks without a box take the free boxes whose centre is within ``gate``
+            (in box sizes) of where each is expected, closest pair first."""
+            taken = set(merged.values())
+            pairs: list[tuple[float, int, int]] = []
+            for i, (ex, ey) in expected.items():
+                tr = self.tracks[i]
+                for j, (dx, dy) in enumerate(centres):
+                    if j in det_track or j in taken:
+                        continue
+                    size = max(0.5 * (math.hypot(tr.w, tr.h) + diags[j]), 1e-6)
+                    dist = math.hypot(ex - dx, ey - dy) / size
+                    if dist < gate:
+                        pairs.append((dist, i, j))
+            for _, i, j in sorted(pairs):
+                if i not in track_det and j not in det_track:
+                    track_det[i] = j
+                    det_track[j] = i
+
         # A merge that splits: the tracks that were merged and are now without a box take
         # the free boxes nearby, with a wider gate (inside the merge, a track's prediction
         # drifts from where its object went).
-        late: list[tuple[float, int, int]] = []
-        for i, tr in enumerate(self.tracks):
-            if not tr.merged or i in track_det or i in merged:
-                continue
-            for j in range(len(boxes)):
-                if j in det_track or j in merged.values():
-                    continue
-                dc = centres[j]
-                size = max(0.5 * (math.hypot(tr.w, tr.h) + diags[j]), 1e-6)
-                dist = math.hypot(preds[i][0] - dc[0], preds[i][1] - dc[1]) / size
-                if dist < 1.2:
-                    late.append((dist, i, j))
-        for _, i, j in sorted(late):
-            if i not in track_det and j not in det_track:
-                track_det[i] = j
-                det_track[j] = i
-
+        take_free(
+            {
+                i: preds[i]
+                for i, tr in enumerate(self.tracks)
+                if tr.merged and i not in track_det and i not in merged
+            },
+            1.2,
+        )
         # Out from behind an occluder: going in, the object's front was hidden first, so
         # its box shrank at the front and its velocity fell; predicted on at that speed, it
         # is looked for well behind where it comes out, and would be a new track on the far
         # side of a line it crossed while hidden. A lost track also takes a free box where
         # its steady speed (over the last second it was seen) puts it.
-        again: list[tuple[float, int, int]] = []
-        for i, tr in enumerate(self.tracks):
-            if i in track_det or i in merged or tr.hits < 2 or tr.t_seen >= t:
-                continue
-            steady = tr.steady_at(t)
-            if steady is None:
-                continue
-            for j in range(len(boxes)):
-                if j in det_track or j in merged.values():
-                    continue
-                dc = centres[j]
-                size = max(0.5 * (math.hypot(tr.w, tr.h) + diags[j]), 1e-6)
-                dist = math.hypot(steady[0] - dc[0], steady[1] - dc[1]) / size
-                if dist < 0.75:
-                    again.append((dist, i, j))
-        for _, i, j in sorted(again):
-            if i not in track_det and j not in det_track:
-                track_det[i] = j
-                det_track[j] = i
+        steady = {
+            i: tr.steady_at(t)
+            for i, tr in enumerate(self.tracks)
+            if i not in track_det and i not in merged and tr.hits >= 2 and tr.t_seen < t
+        }
+        take_free({i: p for i, p in steady.items() if p is not None}, 0.75)
 
         # Parts of one object: an unassigned box mostly inside an assigned track's prediction.
         extra: dict[int, Box] = {}
