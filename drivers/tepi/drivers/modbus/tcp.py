@@ -19,7 +19,9 @@ stay in order. Answers are matched by transaction id and checked against the uni
 request that times out leaves its transaction id on a short list: an answer that comes late
 is dropped and counted, and the id is not handed out again while it is on the list, so a late
 answer is never taken for another request's, not even after the ids wrap at 65535. A request
-waits for a slot, never behind another unit's timeout while a slot is free.
+waits for a slot, never behind another unit's timeout while a slot is free. The request
+that frees a slot sends the next one waiting (``_grant``), so a request that waited wakes its
+task once, with the answer, as one that did not.
 
 Some gateways (pymodbus 3.16's own server among them) answer only the first of the frames
 that reach them together and drop the rest. Those requests time out. From the answers alone
@@ -77,13 +79,31 @@ class TcpStats:
 class _Request:
     __slots__ = ("deadline", "future", "pipelined", "rx", "tid", "unit")
 
-    def __init__(self, future: asyncio.Future[bytes], unit: int, tid: int, pipelined: bool):
+    def __init__(self, future: asyncio.Future[Any], unit: int, tid: int, pipelined: bool):
         self.future = future
         self.unit = unit
         self.tid = tid
         self.pipelined = pipelined
         self.rx = bytearray()  # what arrived that answered nothing, to say why it failed
         self.deadline = 0.0  # on the loop's clock
+
+
+class _Waiting:
+    """A request waiting for a slot: sent by ``_grant`` (``req``) with ``future`` as its
+    answer's, or let in with ``future``'s result True or False (was nothing else in
+    flight?) for its task to go on. ``alone``: it waits for nothing else to be in flight."""
+
+    __slots__ = ("alone", "future", "pdu", "req", "timeout_s", "unit")
+
+    def __init__(
+        self, unit: int, pdu: bytes, timeout_s: float, future: asyncio.Future[Any], alone: bool
+    ):
+        self.unit = unit
+        self.pdu = pdu
+        self.timeout_s = timeout_s
+        self.future = future
+        self.alone = alone
+        self.req: _Request | None = None
 
 
 class _Connection(asyncio.Protocol):
@@ -135,9 +155,7 @@ class TcpTransactions:
         self._scan = 0  # RTU: the first offset of _buf that may still start the answer
         self._in_flight = 0
         self._busy: set[int] = set()  # units with a request in flight
-        # Requests waiting for a slot: unit, future (its result: granted with nothing else in
-        # flight), and whether it waits for nothing else to be in flight.
-        self._waiting: deque[list[Any]] = deque()
+        self._waiting: deque[_Waiting] = deque()  # requests waiting for a slot
         self._quiet: dict[int | None, float] = {}  # pause: quiet until, link-wide or per unit
         self._lost_pipelined: set[int] = set()  # their next request goes alone
         self._longest_s = 0.0  # the longest timeout of a request so far
@@ -169,19 +187,51 @@ class TcpTransactions:
     ) -> bytes:
         """Send ``pdu`` to ``unit`` and return the answer's PDU, or raise a DeviceError:
         DeviceUnavailable (timeout, cannot connect, disconnected) or ProtocolError."""
-        alone = False
+        loop = asyncio.get_running_loop()
         if (
             self._waiting
             or self._in_flight >= self.limit
             or unit in self._busy
             or (self._lost_pipelined and unit in self._lost_pipelined)
         ):
-            alone = await self._admit(unit, timeout_s)
+            # Wait for a slot. The request is sent by whoever frees it (``_grant``), and
+            # this task wakes once, with the answer: not once to be let in and once more
+            # for the answer (a resume of every frame down to here, for most of the 50
+            # devices of a tick at max_outstanding 8). Only a request that must wait out a
+            # pause, or connect first, wakes to do that itself (its future's result: a bool).
+            probe = self.limit > 1 and unit in self._lost_pipelined
+            w = _Waiting(unit, pdu, timeout_s, loop.create_future(), probe)
+            self._waiting.append(w)
+            self._grant()
+            # A probe waits long enough for every request now in flight to end, answered or
+            # timed out; then it goes with others.
+            timer = (
+                loop.call_later(timeout_s + self._longest_s, self._stop_waiting_alone, w)
+                if probe
+                else None
+            )
+            try:
+                got = await w.future
+            except BaseException:
+                if w.req is not None:  # sent: failed, or cancelled while out
+                    self._done(w.req, unit, pause_s, loop)
+                elif w.future.done() and not w.future.cancelled():  # let in, then cancelled
+                    self._done(None, unit, 0.0, loop)
+                else:
+                    self._waiting.remove(w)
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if w.req is not None:
+                self._done(w.req, unit, pause_s, loop)
+                return got  # type: ignore[no-any-return]  # the answer's PDU
+            alone: bool = got
         else:
+            alone = False
             self._in_flight += 1
             self._busy.add(unit)
         req: _Request | None = None
-        loop = asyncio.get_running_loop()
         try:
             if self._quiet:
                 await self._keep_quiet(unit, loop)
@@ -193,46 +243,78 @@ class TcpTransactions:
                     # Connected, then lost again before this request's turn came (a reset
                     # right after the accept): as any request on a lost connection.
                     raise DeviceUnavailable("disconnected", f"{self.label}: lost at once")
-            fut: asyncio.Future[bytes] = loop.create_future()
-            self._longest_s = max(self._longest_s, timeout_s)
-            if self.rtu:
-                self._buf.clear()  # no transaction id: what came before this request is stale
-                self._scan = 0
-                req = _Request(fut, unit, 0, False)
-                frame = rtu_frame(unit, pdu)
-            else:
-                req = _Request(fut, unit, self._next_tid(), not alone and self._in_flight > 1)
-                frame = MBAP.pack(req.tid, 0, len(pdu) + 1, unit) + pdu
-            self._pending[req.tid] = req
-            req.deadline = deadline = loop.time() + timeout_s
-            timer = self._timer
-            if timer is None or deadline < timer.when():
-                if timer is not None:
-                    timer.cancel()
-                self._timer = loop.call_at(deadline, self._expire_due)
-            stats = self.stats
-            stats.requests += 1
-            stats.most_in_flight = max(stats.most_in_flight, self._in_flight)
-            if self.limit == 1:
-                transport.write(frame)  # nothing to gather
-            else:
-                if not self._out:
-                    loop.call_soon(self._flush, transport)
-                self._out.append(frame)
-            return await fut
+            req = self._send(
+                unit,
+                pdu,
+                timeout_s,
+                loop.create_future(),
+                alone=alone,
+                transport=transport,
+                loop=loop,
+            )
+            return await req.future  # type: ignore[no-any-return]
         finally:
-            if req is not None and self._pending.get(req.tid) is req:  # cancelled while out
-                del self._pending[req.tid]
-                if not self._pending:
-                    self._stop_timer()
-                if not self.rtu:
-                    self._remember_late(req.tid)
-            if pause_s > 0:
-                self._quiet[None if self.limit == 1 else unit] = loop.time() + pause_s
-            self._in_flight -= 1
-            self._busy.discard(unit)
-            if self._waiting:
-                self._grant()
+            self._done(req, unit, pause_s, loop)
+
+    def _send(
+        self,
+        unit: int,
+        pdu: bytes,
+        timeout_s: float,
+        fut: asyncio.Future[Any],
+        *,
+        alone: bool,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+    ) -> _Request:
+        """Put a request on the wire (or in this turn's write), with its deadline."""
+        self._longest_s = max(self._longest_s, timeout_s)
+        if self.rtu:
+            self._buf.clear()  # no transaction id: what came before this request is stale
+            self._scan = 0
+            req = _Request(fut, unit, 0, False)
+            frame = rtu_frame(unit, pdu)
+        else:
+            req = _Request(fut, unit, self._next_tid(), not alone and self._in_flight > 1)
+            frame = MBAP.pack(req.tid, 0, len(pdu) + 1, unit) + pdu
+        self._pending[req.tid] = req
+        req.deadline = deadline = loop.time() + timeout_s
+        timer = self._timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire_due)
+        stats = self.stats
+        stats.requests += 1
+        stats.most_in_flight = max(stats.most_in_flight, self._in_flight)
+        if self.limit == 1:
+            transport.write(frame)  # nothing to gather
+        else:
+            if not self._out:
+                loop.call_soon(self._flush, transport)
+            self._out.append(frame)
+        return req
+
+    def _done(
+        self,
+        req: _Request | None,
+        unit: int,
+        pause_s: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """A request let in has ended (answered, failed or cancelled): its slot is free."""
+        if req is not None and self._pending.get(req.tid) is req:  # cancelled while out
+            del self._pending[req.tid]
+            if not self._pending:
+                self._stop_timer()
+            if not self.rtu:
+                self._remember_late(req.tid)
+        if pause_s > 0:
+            self._quiet[None if self.limit == 1 else unit] = loop.time() + pause_s
+        self._in_flight -= 1
+        self._busy.discard(unit)
+        if self._waiting:
+            self._grant()
 
     async def aclose(self) -> None:
         if self._connecting is not None:
@@ -245,48 +327,35 @@ class TcpTransactions:
 
     # -- admission: at most ``limit`` in flight, one per unit --------------------------------
 
-    async def _admit(self, unit: int, timeout_s: float) -> bool:
-        """Wait for a slot; True when granted with nothing else in flight. A unit that lost
-        a pipelined request waits for that (a while: see ``wait_s``), while others go on."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
-        probe = self.limit > 1 and unit in self._lost_pipelined
-        entry: list[Any] = [unit, fut, probe]
-        self._waiting.append(entry)
-        self._grant()
-        # Long enough for every request now in flight to end, answered or timed out.
-        wait_s = timeout_s + self._longest_s
-        timer = loop.call_later(wait_s, self._stop_waiting_alone, entry) if probe else None
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():  # granted, then cancelled: give it back
-                self._in_flight -= 1
-                self._busy.discard(unit)
-                self._grant()
-            else:
-                self._waiting.remove(entry)
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    def _stop_waiting_alone(self, entry: list[Any]) -> None:
-        entry[2] = False
+    def _stop_waiting_alone(self, w: _Waiting) -> None:
+        w.alone = False
         self._grant()
 
     def _grant(self) -> None:
-        """Admit the waiting requests, oldest first, whose unit has nothing in flight."""
-        for entry in list(self._waiting):
-            if self._in_flight >= self.limit:
-                return
-            unit, fut, alone = entry
-            if fut.done() or unit in self._busy or (alone and self._in_flight):
+        """Let in the waiting requests, oldest first, whose unit has nothing in flight, and
+        send them; a unit that lost a pipelined request waits for nothing else in flight (a
+        while: see ``transact``), while others go on."""
+        loop: asyncio.AbstractEventLoop | None = None
+        waiting = self._waiting
+        i = 0  # nearly always the first one goes: no copy of the deque, no remove() scan
+        while i < len(waiting) and self._in_flight < self.limit:
+            w = waiting[i]
+            if w.future.done() or w.unit in self._busy or (w.alone and self._in_flight):
+                i += 1
                 continue
-            self._waiting.remove(entry)
-            fut.set_result(self._in_flight == 0)
+            del waiting[i]
+            alone = self._in_flight == 0
             self._in_flight += 1
-            self._busy.add(unit)
+            self._busy.add(w.unit)
+            transport = self._transport
+            if self._quiet or transport is None or transport.is_closing():
+                w.future.set_result(alone)  # its task waits out the pause or connects
+                continue
+            if loop is None:
+                loop = asyncio.get_running_loop()
+            w.req = self._send(
+                w.unit, w.pdu, w.timeout_s, w.future, alone=alone, transport=transport, loop=loop
+            )
 
     async def _keep_quiet(self, unit: int, loop: asyncio.AbstractEventLoop) -> None:
         """A device's ``pause``: after its request, the connection (one request at a time)
