@@ -433,3 +433,57 @@ async def test_a_cancel_the_driver_swallowed_still_ends_the_poll_loop(tmp_path: 
         batch = await buf.fetch(0, 10)
     assert batch is not None
     assert len(batch) == 1
+
+
+class _WrongShapes:
+    """A driver whose reads give, in turn, what a read must not: no list, a list with None,
+    a list with a number; then good samples."""
+
+    quarantine = False
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def __aenter__(self) -> _WrongShapes:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def read(self) -> Any:
+        self.n += 1
+        wrong: list[Any] = [None, [None], [42]]
+        if self.n <= len(wrong):
+            return wrong[self.n - 1]
+        return [Sample("n", self.n, None, time.time(), boottime())]
+
+    def metrics(self) -> list[MetricInfo]:
+        return [MetricInfo("n", None)]
+
+
+async def test_a_read_that_gives_no_samples_is_an_internal_error_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
+    cfg = SyntheticConfig.model_validate(
+        {"id": "w", "driver": "synthetic", "poll_interval": 0.001, "quarantine_after": 1000}
+    )
+    stats = DeviceStats()
+    stopping = asyncio.Event()
+    driver = _WrongShapes()
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        task = asyncio.create_task(poll_device(cfg, driver, buf, stats, stopping=stopping))
+        async with asyncio.timeout(10):
+            while stats.readings < 2:
+                assert not task.done(), task
+                await asyncio.sleep(0.005)
+        stopping.set()
+        await task
+        batch = await buf.fetch(0, 100)
+    # Each of the three wrong reads is a failed poll, classified, not a crash of the loop.
+    assert stats.internal_errors == 3
+    assert stats.errors["internal error"] == 3
+    assert stats.state == "ok"
+    assert batch is not None
+    reasons = [i.reading.reason for i in batch.items]
+    assert reasons[0] == "internal error"  # the first failure's bad reading
+    assert [i.reading.value for i in batch.items if i.reading.reason is None][:2] == [4, 5]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import socket
@@ -21,7 +22,7 @@ from tepi.buffer.records import StoredReading
 from tepi.core.records import Reading
 from tepi.gateway.configload import parse_config
 from tepi.gateway.mqttlink import _Client
-from tepi.gateway.payload import encode_telemetry
+from tepi.gateway.payload import encode_telemetry, reading_objs
 from tepi.gateway.runtime import Agent
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
@@ -73,6 +74,43 @@ def test_payload_matches_the_schema_and_round_trips(rs: list[Reading], max_bytes
         assert type(item["value"]) is type(r.value) or (
             isinstance(r.value, float) and isinstance(item["value"], int | float)
         )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.tuples(readings, st.booleans()), min_size=1, max_size=20),
+    st.one_of(st.none(), st.floats(-1e6, 1e6)),
+)
+def test_each_reading_says_its_quality_and_how_its_time_was_found(
+    items: list[tuple[Reading, bool]], fix: float | None
+) -> None:
+    """Every reading's object, whichever of the encoder's paths made it (all good or not,
+    clock synced or not): its seq, quality, reason, and ts_status with the time it gives."""
+    rs = [dataclasses.replace(r, synced=synced) for r, synced in items]
+    objs = reading_objs(batch_of(rs), fix)
+    assert len(objs) == len(rs)
+    for seq, (obj, r) in enumerate(zip(objs, rs, strict=True), 1):
+        if r.synced:
+            ts, status = r.ts, None
+        elif fix is None:
+            ts, status = r.ts, "unsynced"
+        else:
+            ts, status = r.mono + fix, "corrected"
+        want: dict[str, Any] = {
+            "seq": seq,
+            "device": r.device,
+            "metric": r.metric,
+            "value": r.value,
+            "unit": r.unit,
+            "ts": round(ts * 1000) / 1000,
+            "mono": round(r.mono * 1000) / 1000,
+            "quality": "good" if r.reason is None else "bad",
+        }
+        if r.reason is not None:
+            want["reason"] = r.reason
+        if status is not None:
+            want["ts_status"] = status
+        assert obj == want
 
 
 def test_batches_are_cut_at_max_bytes_and_a_huge_reading_still_goes() -> None:

@@ -87,6 +87,10 @@ class Values:
     ts: float
     mono: float
     reasons: list[str | None] | None = None
+    storable: bool = False
+    """True when the driver knows every value is one the buffer keeps (see ``storable``):
+    a compiled Modbus decoder with no unsigned 64-bit register. The poller then skips its
+    check of each value; False (the default) has it checked."""
 
     def samples(self) -> list[Sample]:
         """The same values one :class:`Sample` each (tools and tests; not the hot path)."""

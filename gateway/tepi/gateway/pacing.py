@@ -34,6 +34,7 @@ class Bell(asyncio.Event):
     def __init__(self) -> None:
         super().__init__()
         self._sleepers: set[asyncio.Future[None]] = set()
+        self._ticks: _Ticks | None = None  # its loop's (looked up once, not every tick)
 
     def set(self) -> None:
         super().set()
@@ -52,7 +53,9 @@ class Bell(asyncio.Event):
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        ticks = _ticks(loop)
+        ticks = self._ticks
+        if ticks is None or ticks.loop is not loop:
+            ticks = self._ticks = _ticks(loop)
         ticks.add(when, fut)
         self._sleepers.add(fut)
         try:

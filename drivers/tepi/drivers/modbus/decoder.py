@@ -74,6 +74,10 @@ class Decoder:
     offsets: tuple[int, ...]  # bits: each value's index in the answer
     # (index, op, a, b): the values that need work, op one of the _ constants above.
     ops: tuple[tuple[int, int, Any, Any], ...]
+    # Every value it gives is one the buffer keeps (``tepi.core.records.storable``): no
+    # unsigned 64-bit register (2**63 and up is out of SQLite's range) and none decoded on
+    # its own; floats that are not finite are already bad, and bits and labels always fit.
+    storable: bool = False
 
     def __call__(
         self, data: bytes | Sequence[bool]
@@ -212,7 +216,7 @@ def compile_request(req: ReadRequest) -> Decoder:
             if op is not None:
                 ops.append((i, *op))
         offsets = tuple(r.address - req.address for r in regs)
-        return Decoder(names, units, True, None, None, offsets, tuple(ops))
+        return Decoder(names, units, True, None, None, offsets, tuple(ops), storable=True)
     fmt = [">"]
     pos = 0  # in registers, from the request's start
     placed: list[tuple[int, RegisterConfig]] = []
@@ -243,4 +247,5 @@ def compile_request(req: ReadRequest) -> Decoder:
         _permutation(placed, 2 * req.count),
         (),
         tuple(ops),
+        storable=all(r.kind != "uint64" for r in regs) and all(op[1] != _SPLIT for op in ops),
     )

@@ -31,6 +31,7 @@ from tepi.drivers.modbus.codec import (
 from tepi.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
 from tepi.drivers.modbus.decoder import Decoder, compile_request
 from tepi.drivers.modbus.link import ExceptionReply, ModbusLink
+from tepi.drivers.modbus.wire import READ_FC, read_answer, read_pdu
 
 log = logging.getLogger(__name__)
 ILLEGAL_ADDRESS = 2
@@ -192,7 +193,9 @@ class ModbusDriver:
                 continue
             answered += 1
             values, reasons = decoder(data)
-            out.append(Values(decoder.names, decoder.units, values, ts, mono, reasons))
+            out.append(
+                Values(decoder.names, decoder.units, values, ts, mono, reasons, decoder.storable)
+            )
         self._plan = plan
         if answered == 0 and errors:
             raise errors[0]
@@ -202,19 +205,32 @@ class ModbusDriver:
 
     async def _request(self, req: ReadRequest) -> bytes | list[bool] | ExceptionReply:
         """One read, asked again up to ``retries`` times on no answer or a garbled one."""
-        assert self._link is not None
+        link = self._link
+        assert link is not None
         cfg = self.config
         st = self.link_stats
         loop = asyncio.get_running_loop()
+        tcp = link.transactions
         for attempt in range(cfg.retries + 1):
             st.requests += 1
             if attempt:
                 st.retries += 1
             started = loop.time()
             try:
-                data = await self._link.read_bytes(
-                    req.table, req.address, req.count, cfg.unit, cfg.timeout, pause_s=cfg.pause
-                )
+                if tcp is not None:
+                    # ``link.read_bytes`` for TCP, inline: a coroutine frame less on each
+                    # resume, on the hot path of a gateway's 500 polls a second.
+                    answer = await tcp.transact(
+                        cfg.unit,
+                        read_pdu(READ_FC[req.table], req.address, req.count),
+                        cfg.timeout,
+                        cfg.pause,
+                    )
+                    data = read_answer(link.label, cfg.unit, req.table, req.count, answer)
+                else:
+                    data = await link.read_bytes(
+                        req.table, req.address, req.count, cfg.unit, cfg.timeout, pause_s=cfg.pause
+                    )
             except DeviceUnavailable as err:
                 if err.reason != "timeout":
                     raise

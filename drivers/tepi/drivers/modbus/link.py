@@ -137,6 +137,12 @@ class ModbusLink:
         self._replied_at: float | None = None
 
     @property
+    def transactions(self) -> TcpTransactions | None:
+        """A TCP link's transaction layer (None on a serial line), for the driver's reads to
+        call directly (see ``ModbusDriver._request``)."""
+        return self._tcp
+
+    @property
     def tcp_stats(self) -> TcpStats | None:
         """What a TCP link's stream held besides answers (late answers dropped, ...)."""
         return None if self._tcp is None else self._tcp.stats
