@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from types import TracebackType
 from typing import Self
 
@@ -240,9 +241,7 @@ def put_values(
     metrics = polled.metrics
     run = Run(device, metrics, polled.units, values, ts, polled.mono, synced, gps, reasons)
     stats.readings += len(values)
-    last = stats.last
-    for m in metrics:
-        last[m] = run
+    stats.last.update(zip(metrics, repeat(run)))  # in C, not a Python step a value
     heartbeat = stats.heartbeat
     if reasons is None:
         if heartbeat.sent:  # a metric good again: its next bad reading goes at once
