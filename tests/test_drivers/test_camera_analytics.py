@@ -24,6 +24,7 @@ from tepi.drivers.camera.analytics import (
     SizeClass,
     Zone,
     _split,
+    _ZonePlan,
 )
 from tepi.drivers.camera.geometry import Detection
 from tepi.drivers.camera.tracker import LineDef, Tracker, TrackerParams
@@ -529,3 +530,14 @@ def test_a_hole_left_by_a_learnt_car_does_not_stand_as_a_track() -> None:
     assert all(o.tracks == [] for o in hole), [o.tracks for o in hole]
     assert crossings(obs)[("v", "in")] >= 3
     assert sum(1 for o in obs for c in o.crossings if c.t >= 9.0) == 3
+
+
+def test_a_queue_shorter_for_one_frame_keeps_its_length_and_one_gone_goes_at_once() -> None:
+    """A queue's measure that drops part-way for one frame (a vehicle of it looked moving
+    for a moment) is held; one that stays shorter is reported from its second frame; a
+    queue that is gone (its head pulling away) and one that grows are reported at once."""
+    zone = Zone("q", ((0, 0), (1, 0), (1, 1), (0, 1)), ((1, 0), (1, 1)), 30.0)
+    plan = _ZonePlan(zone, np.zeros((4, 4), np.uint8), 16)
+    measured = [0.0, 5.0, 12.0, 4.5, 12.5, 7.0, 7.0, 7.0, 0.0, 3.0, None]
+    reported = [Analyzer._steady_queue(plan, q) for q in measured]
+    assert reported == [0.0, 5.0, 12.0, 12.0, 12.5, 12.5, 7.0, 7.0, 0.0, 3.0, None]

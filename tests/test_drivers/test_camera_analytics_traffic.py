@@ -183,7 +183,7 @@ def test_every_crossing_has_a_track_start_and_end(hard: Run) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="the queue lags the truth by about a second as it builds, and sometimes as it "
-    "clears (9 of 290 moments of the hard scene are off by more than one vehicle)",
+    "clears (8 of 290 moments of the hard scene are off by more than one vehicle)",
 )
 def test_queue_length_within_one_vehicle(hard: Run) -> None:
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
@@ -192,16 +192,17 @@ def test_queue_length_within_one_vehicle(hard: Run) -> None:
 
 def test_queue_length_mostly_within_one_vehicle(hard: Run) -> None:
     """What is met now (a guard against getting worse while the target above is not met):
-    at most 3.5 % of the moments (once a second) are off by more than the length of the
-    queue's last vehicle (9 of 290, 3.1 %, measured, and a mean error of 0.31 m; 10 and
+    at most 3 % of the moments (once a second) are off by more than the length of the
+    queue's last vehicle (8 of 290, 2.8 %, measured, and a mean error of 0.27 m; 9 and 0.31 m
+    before a queue shorter for one frame kept its length; 10 and
     0.41 m before blobs that narrow between two vehicles were cut; 11 and 0.58 m before
     moving pixels ahead of a queue ended it; 13 when two two-wheelers stopped at the frame's
     edge, whose merging boxes moved, were taken for moving; 19 when a track's box that
-    jittered made it "moving"), and the mean error is under 0.4 m."""
+    jittered made it "moving"), and the mean error is under 0.35 m."""
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
-    assert len(bad) <= 0.035 * len(hard.queues), bad
+    assert len(bad) <= 0.03 * len(hard.queues), bad
     mean = sum(abs(got - want) for _, got, want, _ in hard.queues) / len(hard.queues)
-    assert mean < 0.4
+    assert mean < 0.35
     assert max(want for _, _, want, _ in hard.queues) > 20  # the scene has long queues
 
 
