@@ -62,35 +62,21 @@ def reading_objs(batch: Batch, fix: float | None) -> list[dict[str, Any]]:
             # Nearly every run: all good. The same objects as below without their checks a
             # reading (this is per value, the hot path of the uplink), in a comprehension:
             # no method call a reading.
-            if status is None:  # the clock synced
-                out += [
-                    {
-                        "seq": first + i,
-                        "device": device,
-                        "metric": metrics[i],
-                        "value": values[i],
-                        "unit": units[i],
-                        "ts": ts,
-                        "mono": mono,
-                        "quality": "good",
-                    }
-                    for i in range(start, stop)
-                ]
-            else:
-                out += [
-                    {
-                        "seq": first + i,
-                        "device": device,
-                        "metric": metrics[i],
-                        "value": values[i],
-                        "unit": units[i],
-                        "ts": ts,
-                        "mono": mono,
-                        "quality": "good",
-                        "ts_status": status,
-                    }
-                    for i in range(start, stop)
-                ]
+            extra = {} if status is None else {"ts_status": status}
+            out += [
+                {
+                    "seq": first + i,
+                    "device": device,
+                    "metric": metrics[i],
+                    "value": values[i],
+                    "unit": units[i],
+                    "ts": ts,
+                    "mono": mono,
+                    "quality": "good",
+                    **extra,
+                }
+                for i in range(start, stop)
+            ]
             continue
         uncertain = run.uncertain
         for i in range(start, stop):
