@@ -338,21 +338,6 @@ class _Guarded:
                 return
             raise fault from err
 
-    async def read(self) -> Sequence[Sample | Values]:
-        """The driver's read, with its faults classified. The poll loop does the same
-        inline (``raw_read``, ``fault``, ``wrong``): a coroutine frame less on each resume of a
-        poll, the hot path of a Modbus TCP gateway's 500 polls a second."""
-        try:
-            samples = await self.driver.read()
-        except (DeviceError, TimeoutError):
-            raise
-        except Exception as err:
-            raise self.fault(err) from err
-        bad = self.wrong(samples)
-        if bad is not None:
-            raise bad
-        return samples
-
     def wrong(self, samples: Sequence[object]) -> DriverFault | None:
         """A fault if ``samples`` holds anything but a Sample or Values (or is no list)."""
         try:
@@ -443,11 +428,11 @@ async def poll_device(
     loop = asyncio.get_running_loop()
     clock = clock or WallClock()
     quarantine = getattr(driver, "quarantine", True)
-    driver = _Guarded(cfg.id, driver, stats)
+    guarded = _Guarded(cfg.id, driver, stats)
 
     def failed(err: BaseException) -> None:
         assert isinstance(err, DeviceError)  # the only type retried
-        _failed(cfg, driver, buffer, stats, err, stamp=clock.stamp())
+        _failed(cfg, guarded, buffer, stats, err, stamp=clock.stamp())
         if stats.asks:  # a poll asked for now: this was it
             asks, stats.asks = stats.asks, []
             stats.answer(asks, str(err))
@@ -459,14 +444,14 @@ async def poll_device(
                     # A failed open is a failed poll for the device's state (``_failed`` logs the
                     # first, the first good read the recovery): no log of the retry's own.
                     await DEVICE_OPEN.call(
-                        functools.partial(stack.enter_async_context, driver),
+                        functools.partial(stack.enter_async_context, guarded),
                         (DeviceError,),
                         on_failure=failed,
                         stopping=stopping,
                     )
                     await _poll_loop(
                         cfg,
-                        driver,
+                        guarded,
                         buffer,
                         stats,
                         loop=loop,
@@ -565,7 +550,10 @@ async def _poll_loop(
             hang.start(started)
             try:
                 try:
-                    samples = await raw_read()  # _Guarded.read, inline: see there
+                    # The driver's read, its faults classified here and its samples checked
+                    # below (``_Guarded.fault``, ``wrong``): called directly, not through a
+                    # wrapper coroutine, a frame less on each resume of a poll.
+                    samples = await raw_read()
                 except asyncio.CancelledError:
                     if not hang.caught():
                         raise
