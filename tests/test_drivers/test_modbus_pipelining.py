@@ -28,6 +28,7 @@ from helpers import SCHEMA_PATH
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tepi.core.due import CalledOff, Due
 from tepi.core.errors import DeviceError, DeviceUnavailable
 from tepi.core.records import as_samples
 from tepi.drivers.base import SharedResources
@@ -442,3 +443,115 @@ async def test_a_connection_reset_right_after_the_accept_is_a_disconnect() -> No
         "cannot connect",
         "disconnected",
     }
+
+
+READ_1_9 = struct.pack(">BHH", 3, 1, 9)  # registers 1 to 9, as ``expected(unit, 1)``
+
+
+def words(pdu: bytes) -> list[int]:
+    """The registers of a read's answer PDU (function code, byte count, words)."""
+    return list(struct.unpack(f">{pdu[1] // 2}H", pdu[2:]))
+
+
+async def test_requests_held_until_an_instant_go_together_then_and_not_before() -> None:
+    """A poll's request handed over with a ``Due``: the link holds it until its instant, and
+    every request held until that instant goes then, from one timer, as many as have a slot
+    (max_outstanding 4: units 1 to 4 in flight together, unit 5 after them). None reaches the
+    gateway before the instant."""
+    units = range(1, 6)
+    async with Simulator(gateway(units)) as sim, linked(sim, 4) as link:
+        tcp = link.transactions
+        assert tcp is not None
+        loop = asyncio.get_running_loop()
+        assert words(await tcp.transact(1, READ_1_9, 2.0)) == expected(1, 1)  # connected
+        when = loop.time() + 0.3
+        scheduled = len(loop._scheduled)  # type: ignore[attr-defined]
+        dues = []
+        for _ in units:
+            due = Due()
+            due.when = when
+            dues.append(due)
+        asks = [
+            asyncio.create_task(tcp.transact(u, READ_1_9, 2.0, due=d))
+            for u, d in zip(units, dues, strict=True)
+        ]
+        seen_before: list[int] = []
+        loop.call_at(
+            when - 0.05,
+            lambda: seen_before.append(sum(sim.device(f"u{u}").requests for u in units)),
+        )
+        await asyncio.sleep(0)
+        assert len(tcp._held[when]) == 5
+        assert len(loop._scheduled) == scheduled + 2  # type: ignore[attr-defined]  # one, and ours
+        async with asyncio.timeout(5):
+            got = await asyncio.gather(*asks)
+        done_at = loop.time()
+    assert [words(g) for g in got] == [expected(u, 1) for u in units]
+    assert seen_before == [1], "a held request reached the gateway before its instant"
+    assert done_at >= when
+    assert tcp.stats.most_in_flight == 4
+    assert not tcp._held
+    assert tcp._in_flight == 0
+
+
+async def hold_two(
+    tcp: TcpTransactions,
+) -> tuple[Due, Due, asyncio.Task[bytes], asyncio.Task[bytes]]:
+    """Units 1 and 2 read, each held until one instant 0.2 s from now: their dues and reads."""
+    first, second = Due(), Due()
+    first.when = second.when = asyncio.get_running_loop().time() + 0.2
+    reads = [
+        asyncio.create_task(tcp.transact(u, READ_1_9, 2.0, due=d))
+        for u, d in ((1, first), (2, second))
+    ]
+    await asyncio.sleep(0)  # both held
+    assert [w.unit for w in tcp._held[first.when]] == [1, 2]
+    return first, second, reads[0], reads[1]
+
+
+async def test_a_held_request_called_off_is_never_sent_and_one_released_is_not_called_off() -> None:
+    """The poll loop's bell calls off a request held for later: its read raises
+    ``CalledOff`` at once, and nothing reaches the gateway, not even at the instant; a
+    request held until the same instant and not called off goes then. Called off once it is
+    released, a request goes on to its answer."""
+    async with Simulator(gateway(range(1, 3))) as sim, linked(sim, 4) as link:
+        tcp = link.transactions
+        assert tcp is not None
+        loop = asyncio.get_running_loop()
+        off, kept, called_off, going = await hold_two(tcp)
+        off.call_off()
+        async with asyncio.timeout(1):
+            with pytest.raises(CalledOff):
+                await called_off
+        assert loop.time() < kept.when
+        async with asyncio.timeout(5):
+            assert words(await going) == expected(2, 1)
+        assert sim.device("u1").requests == 0, "a request called off was sent"
+        assert sim.device("u2").requests == 1
+
+        late = Due()
+        late.when = loop.time() + 0.05
+        answer = asyncio.create_task(tcp.transact(1, READ_1_9, 2.0, due=late))
+        await sim.device("u1").wait_requests(1, timeout=5)
+        late.call_off()  # sent already: nothing to call off
+        async with asyncio.timeout(5):
+            assert words(await answer) == expected(1, 1)
+        assert tcp._in_flight == 0
+        assert not tcp._busy
+
+
+async def test_a_held_request_cancelled_leaves_nothing_behind() -> None:
+    async with Simulator(gateway(range(1, 3))) as sim, linked(sim, 4) as link:
+        tcp = link.transactions
+        assert tcp is not None
+        due, _, cancelled, going = await hold_two(tcp)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert [w.unit for w in tcp._held[due.when]] == [2]
+        async with asyncio.timeout(5):
+            assert words(await going) == expected(2, 1)
+        assert sim.device("u1").requests == 0
+        assert tcp._in_flight == 0
+        assert not tcp._waiting
+        assert words(await tcp.transact(1, READ_1_9, 2.0)) == expected(1, 1)

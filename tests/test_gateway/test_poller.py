@@ -13,10 +13,11 @@ import pytest
 
 from tepi.buffer import Buffer, BufferSettings
 from tepi.core.clock import boottime
+from tepi.core.due import Due
 from tepi.core.errors import DeviceUnavailable
 from tepi.core.records import MetricInfo, Sample, Values
 from tepi.drivers.base import SharedResources
-from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig
+from tepi.drivers.modbus import ModbusDriver, ModbusRtuConfig, ModbusTcpConfig
 from tepi.drivers.synthetic import SyntheticConfig, SyntheticDriver
 from tepi.gateway.pacing import Bell, _ticks
 from tepi.gateway.poller import MAX_REASONS, DeviceStats, poll_device
@@ -487,3 +488,75 @@ async def test_a_read_that_gives_no_samples_is_an_internal_error_and_the_loop_go
     reasons = [i.reading.reason for i in batch.items]
     assert reasons[0] == "internal error"  # the first failure's bad reading
     assert [i.reading.value for i in batch.items if i.reading.reason is None][:2] == [4, 5]
+
+
+async def test_a_modbus_tcp_poll_waits_for_its_tick_in_the_link_and_the_bell_calls_it_off(
+    tmp_path: Path,
+) -> None:
+    """A Modbus TCP device does not sleep to its next tick: its link holds the poll's request
+    until then (``tepi.core.due``), and the poll loop's task wakes once a poll, with the
+    answer. Whatever rings the bell meanwhile is done at once, as from a sleep: a poll asked
+    for now, a new interval, the stop; the request called off is never sent."""
+    async with Simulator(
+        {"devices": [{"id": "d", "transport": "tcp", "unit": 1, "registers": REG}]}
+    ) as sim:
+        host, port = sim.endpoint("d").split(":")
+        cfg = ModbusTcpConfig.model_validate(
+            {
+                "id": "d",
+                "driver": "modbus-tcp",
+                "host": host,
+                "port": int(port),
+                "unit": 1,
+                "poll_interval": 86400,  # the next tick: ~never within this test
+                "registers": [{"name": "n", "address": 0}],
+            }
+        )
+        driver = ModbusDriver(cfg, SharedResources())
+        stats = DeviceStats()
+        bell = stats.wake = Bell()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def held() -> Due:
+            async with asyncio.timeout(5):
+                while bell.due is None:
+                    await asyncio.sleep(0.01)
+            assert not bell._sleepers, "the poll loop sleeps to its tick"
+            return bell.due
+
+        async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+            task = asyncio.create_task(poll_device(cfg, driver, buf, stats, stopping=stopping))
+            # The first poll was at once; the next is held for its tick (a poll begun, as a
+            # request in flight is).
+            due = await held()
+            assert (stats.polls, stats.readings) == (2, 1)
+            assert due.when > loop.time()
+            assert due.when % 86400 == 0  # the grid's tick
+            t0 = loop.time()
+            async with asyncio.timeout(5):
+                assert await stats.poll_now() is None
+            assert loop.time() - t0 < 2
+            await held()
+            assert (stats.polls, stats.readings) == (3, 2)  # the held one called off, not counted
+            assert sim.device("d").requests == 2  # and not sent
+
+            stats.set_interval(0.05)  # polls at once, then every 50 ms, each held to its tick
+            async with asyncio.timeout(5):
+                while stats.polls < 12:
+                    await asyncio.sleep(0.01)
+            stats.set_interval(None)
+            await held()
+            polled = stats.polls - 1  # and one held
+
+            t0 = loop.time()
+            stopping.set()
+            bell.set()
+            async with asyncio.timeout(5):
+                await task
+            assert loop.time() - t0 < 2
+        assert stats.polls == polled
+        assert sim.device("d").requests == polled
+        assert stats.readings == polled
+        assert stats.errors == {}
+        assert stats.missed_polls == 0

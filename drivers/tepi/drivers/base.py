@@ -8,6 +8,13 @@ the device refused comes back as a bad sample (or value) with a reason; a device
 not answer at all raises :class:`tepi.core.errors.DeviceUnavailable`, and a garbled answer
 :class:`tepi.core.errors.ProtocolError`.
 
+A driver whose transport can send a request at a given instant may say so: ``schedules()``
+(asked once the driver is open) true, and ``read(due)`` then takes a
+:class:`tepi.core.due.Due`. The agent hands it the next tick instead of sleeping to it, and
+the read raises :class:`tepi.core.due.CalledOff` when the agent calls it off before then (a
+poll asked for now, a new interval, the stop). Modbus TCP does; a driver that does not is
+polled as before.
+
 Devices that share a transport (several Modbus slaves on one RS-485 port, several unit ids
 behind one TCP gateway) share it through :class:`SharedResources`: the first user opens it,
 the last one closes it, and each transport serialises its own requests.

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import weakref
 
+from tepi.core.due import Due
+
 __all__ = ["Bell"]
 
 
@@ -35,12 +37,17 @@ class Bell(asyncio.Event):
         super().__init__()
         self._sleepers: set[asyncio.Future[None]] = set()
         self._ticks: _Ticks | None = None  # its loop's (looked up once, not every tick)
+        # A poll's request held by its transport until the tick, in place of a sleep (see
+        # ``tepi.core.due``): the bell calls it off while it is not yet sent.
+        self.due: Due | None = None
 
     def set(self) -> None:
         super().set()
         if self._sleepers:
             for fut in self._sleepers:
                 _resolve(fut)
+        if self.due is not None:
+            self.due.call_off()
 
     async def sleep(self, seconds: float) -> None:
         """Until ``seconds`` have passed or the bell is set (at once if it is)."""

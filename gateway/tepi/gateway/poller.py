@@ -29,15 +29,16 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from tepi.buffer import Buffer
 from tepi.buffer.records import Run
 from tepi.core.clock import Stamp, WallClock, boottime
+from tepi.core.due import CalledOff, Due
 from tepi.core.errors import DeviceError, DeviceUnavailable, DriverFault
 from tepi.core.records import MetricInfo, Reading, Sample, Value, Values, storable
 from tepi.core.retry import DEVICE_OPEN
@@ -299,6 +300,18 @@ class _Guarded:
         if self.pushes:
             driver.on_ready = stats.push_ready  # type: ignore[attr-defined]
 
+    def schedules(self) -> bool:
+        """Whether the driver's ``read`` takes a ``Due`` (``tepi.core.due``): asked once the
+        driver is open (its transport decides). A driver that cannot say does not."""
+        schedules = getattr(self.driver, "schedules", None)
+        if schedules is None:
+            return False
+        try:
+            return bool(schedules())
+        except Exception as err:  # noqa: BLE001 - counted and logged by fault()
+            self.fault(err)
+            return False
+
     def fault(self, err: Exception) -> DriverFault:
         """Count ``err`` and classify it; its traceback is logged the device's first time."""
         fault = DriverFault(err)
@@ -502,6 +515,10 @@ async def _poll_loop(
     next_t = loop.time()
     hang = _HangGuard(loop, guard)
     raw_read = driver.driver.read
+    # A driver whose transport can send the poll's request at the tick (``tepi.core.due``):
+    # no sleep to the tick, the task wakes once a poll, with the answer.
+    held = Due() if driver.schedules() else None
+    read_due = cast(Callable[[Due], Awaitable[Sequence[Sample | Values]]], raw_read)
     late_logged = False
     task = hang.task
     try:
@@ -514,10 +531,19 @@ async def _poll_loop(
                 raise asyncio.CancelledError
             delay = next_t - loop.time()
             wake = stats.wake
+            due: Due | None = None
             if delay > 0:
                 hang.done(next_t)
                 if isinstance(wake, Bell):
-                    await wake.sleep_until(next_t)  # _pause's way for a bell, a frame less
+                    if held is not None and not wake.is_set() and stats.next_probe_s is None:
+                        # No sleep: the driver's transport holds the request until next_t, and
+                        # the bell calls it off (a quarantined device's probe sleeps: its
+                        # stamp is asked when it goes, not minutes before).
+                        due = held
+                        due.when = next_t
+                        wake.due = due
+                    else:
+                        await wake.sleep_until(next_t)  # _pause's way for a bell, a frame less
                 elif wake is None:
                     await _pause(stopping, delay)
                 else:
@@ -541,7 +567,7 @@ async def _poll_loop(
             if stats.asks:  # answered after this poll (those asked during it wait for the next)
                 asks, stats.asks = stats.asks, []
             interval = stats.interval or cfg.poll_interval
-            started = loop.time()
+            started = loop.time() if due is None else next_t
             stats.polls += 1
             # Asked before the read: a reading taken as the clock syncs is flagged unsynced, and
             # its timestamp is then recomputed from ``mono``, which is right either way. Once a
@@ -553,7 +579,13 @@ async def _poll_loop(
                     # The driver's read, its faults classified here and its samples checked
                     # below (``_Guarded.fault``, ``wrong``): called directly, not through a
                     # wrapper coroutine, a frame less on each resume of a poll.
-                    samples = await raw_read()
+                    samples = await (raw_read() if due is None else read_due(due))
+                except CalledOff:
+                    # The bell rang before the request went: nothing was asked of the device;
+                    # the loop does what the bell asked.
+                    stats.polls -= 1
+                    stats.asks[:0] = asks
+                    continue
                 except asyncio.CancelledError:
                     if not hang.caught():
                         raise
@@ -564,6 +596,10 @@ async def _poll_loop(
                     raise driver.fault(err) from err
                 finally:
                     hang.deadline = None
+                    if due is not None:
+                        due.release()
+                        if isinstance(wake, Bell):
+                            wake.due = None
                 bad = driver.wrong(samples)
                 if bad is not None:
                     raise bad

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Self
 
 from tepi.core.clock import boottime
+from tepi.core.due import Due
 from tepi.core.errors import DeviceError, DeviceUnavailable, ProtocolError, WriteRefused
 from tepi.core.records import MetricInfo, Values
 from tepi.drivers.base import SharedResources
@@ -143,10 +144,16 @@ class ModbusDriver:
         """The reads a poll makes now (a refused merged read is split for good)."""
         return [req for req, _ in self._plan]
 
-    async def read(self) -> list[Values]:
+    def schedules(self) -> bool:
+        """Whether ``read`` takes a ``Due``: on Modbus TCP the link holds the poll's first
+        request until the tick and sends it then (``tepi.core.due``); a serial line does not."""
+        return self._link is not None and self._link.transactions is not None
+
+    async def read(self, due: Due | None = None) -> list[Values]:
         """One poll: the values of each request as one :class:`Values`. Raises when no
         request got an answer; otherwise a request that failed gives its registers as bad
-        values with the failure's short reason."""
+        values with the failure's short reason. ``due`` (when ``schedules``): the first
+        request goes at ``due.when``; called off before then, this raises ``CalledOff``."""
         if self._link is None:
             raise RuntimeError("ModbusDriver.read() outside its context")
         cfg = self.config
@@ -159,11 +166,12 @@ class ModbusDriver:
             req, decoder = todo.popleft()
             data: bytes | list[bool] | ExceptionReply | DeviceError
             try:
-                data = await self._request(req)
+                data = await self._request(req, due)
             except DeviceError as err:
                 if isinstance(err, DeviceUnavailable) and answered == 0:
                     raise  # not answering: do not spend a timeout on each request
                 data = err
+            due = None  # the poll's first request only: the others follow its answer
             if isinstance(data, ExceptionReply) and data.code == ILLEGAL_ADDRESS:
                 parts = split(req)
                 if len(parts) > 1:
@@ -203,8 +211,11 @@ class ModbusDriver:
             return [v for v in map(self._report, out) if v is not None]
         return out
 
-    async def _request(self, req: ReadRequest) -> bytes | list[bool] | ExceptionReply:
-        """One read, asked again up to ``retries`` times on no answer or a garbled one."""
+    async def _request(
+        self, req: ReadRequest, due: Due | None = None
+    ) -> bytes | list[bool] | ExceptionReply:
+        """One read, asked again up to ``retries`` times on no answer or a garbled one.
+        ``due``: the first attempt goes at ``due.when`` (TCP only)."""
         link = self._link
         assert link is not None
         cfg = self.config
@@ -216,6 +227,8 @@ class ModbusDriver:
             if attempt:
                 st.retries += 1
             started = loop.time()
+            if due is not None and due.when > started:
+                started = due.when  # held until then: its latency starts when it goes
             try:
                 if tcp is not None:
                     # ``link.read_bytes`` for TCP, inline: a coroutine frame less on each
@@ -225,6 +238,7 @@ class ModbusDriver:
                         read_pdu(READ_FC[req.table], req.address, req.count),
                         cfg.timeout,
                         cfg.pause,
+                        due,
                     )
                     data = read_answer(link.label, cfg.unit, req.table, req.count, answer)
                 else:
@@ -232,6 +246,7 @@ class ModbusDriver:
                         req.table, req.address, req.count, cfg.unit, cfg.timeout, pause_s=cfg.pause
                     )
             except DeviceUnavailable as err:
+                due = None
                 if err.reason != "timeout":
                     raise
                 st.timeouts += 1
@@ -239,6 +254,7 @@ class ModbusDriver:
                     raise
                 continue
             except ProtocolError as err:
+                due = None
                 if err.reason == "crc error":
                     st.crc_errors += 1
                 else:

@@ -23,6 +23,12 @@ waits for a slot, never behind another unit's timeout while a slot is free. The 
 that frees a slot sends the next one waiting (``_grant``), so a request that waited wakes its
 task once, with the answer, as one that did not.
 
+**Held until the tick.** A poll's first request can come with a ``Due`` (``tepi.core.due``):
+the link holds it until its instant, and one timer for every request held until that instant
+(the devices of one poll grid) queues them all and sends as many as have a slot, in one
+write. The poll's task wakes once a poll, with the answer, not also for the tick. The poll
+loop's bell calls a held request off (``CalledOff``); once released it goes on as any other.
+
 Some gateways (pymodbus 3.16's own server among them) answer only the first of the frames
 that reach them together and drop the rest. Those requests time out. From the answers alone
 such a unit looks dead, so the link asks: a unit whose request timed out while others were
@@ -47,6 +53,7 @@ from typing import Any
 
 from pymodbus.framer.rtu import FramerRTU
 
+from tepi.core.due import CalledOff, Due
 from tepi.core.errors import DeviceUnavailable, ProtocolError
 from tepi.core.tasks import cancel_and_wait
 from tepi.drivers.modbus.wire import RX_KEEP, answer_length, rtu_frame, why_no_reply
@@ -90,10 +97,11 @@ class _Request:
 
 class _Waiting:
     """A request waiting for a slot: sent by ``_grant`` (``req``) with ``future`` as its
-    answer's, or let in with ``future``'s result True or False (was nothing else in
-    flight?) for its task to go on. ``alone``: it waits for nothing else to be in flight."""
+    answer's, or let in (``let_in``) with ``future``'s result True or False (was nothing else
+    in flight?) for its task to go on. ``alone``: it waits for nothing else to be in flight.
+    ``at``: held until that instant (a poll's ``Due``), then it waits like the others."""
 
-    __slots__ = ("alone", "future", "pdu", "req", "timeout_s", "unit")
+    __slots__ = ("alone", "at", "future", "let_in", "pdu", "req", "timeout_s", "timer", "unit")
 
     def __init__(
         self, unit: int, pdu: bytes, timeout_s: float, future: asyncio.Future[Any], alone: bool
@@ -104,6 +112,9 @@ class _Waiting:
         self.future = future
         self.alone = alone
         self.req: _Request | None = None
+        self.let_in = False
+        self.at: float | None = None
+        self.timer: asyncio.TimerHandle | None = None  # a probe's: it stops waiting alone
 
 
 class _Connection(asyncio.Protocol):
@@ -156,6 +167,7 @@ class TcpTransactions:
         self._in_flight = 0
         self._busy: set[int] = set()  # units with a request in flight
         self._waiting: deque[_Waiting] = deque()  # requests waiting for a slot
+        self._held: dict[float, list[_Waiting]] = {}  # requests held until an instant
         self._quiet: dict[int | None, float] = {}  # pause: quiet until, link-wide or per unit
         self._lost_pipelined: set[int] = set()  # their next request goes alone
         self._longest_s = 0.0  # the longest timeout of a request so far
@@ -183,12 +195,26 @@ class TcpTransactions:
         return True
 
     async def transact(
-        self, unit: int, pdu: bytes, timeout_s: float, pause_s: float = 0.0
+        self,
+        unit: int,
+        pdu: bytes,
+        timeout_s: float,
+        pause_s: float = 0.0,
+        due: Due | None = None,
     ) -> bytes:
         """Send ``pdu`` to ``unit`` and return the answer's PDU, or raise a DeviceError:
-        DeviceUnavailable (timeout, cannot connect, disconnected) or ProtocolError."""
+        DeviceUnavailable (timeout, cannot connect, disconnected) or ProtocolError.
+
+        ``due``: send it at ``due.when``, not now (see ``tepi.core.due``); called off before
+        then, it raises ``CalledOff``."""
         loop = asyncio.get_running_loop()
-        if (
+        w: _Waiting | None = None
+        if due is not None and due.when > loop.time():
+            # Held until its instant, then it waits for a slot like any other (``_release``).
+            w = _Waiting(unit, pdu, timeout_s, loop.create_future(), False)
+            self._hold(w, due.when, loop)
+            due.hold(self._call_off, w)
+        elif (
             self._waiting
             or self._in_flight >= self.limit
             or unit in self._busy
@@ -199,30 +225,24 @@ class TcpTransactions:
             # for the answer (a resume of every frame down to here, for most of the 50
             # devices of a tick at max_outstanding 8). Only a request that must wait out a
             # pause, or connect first, wakes to do that itself (its future's result: a bool).
-            probe = self.limit > 1 and unit in self._lost_pipelined
-            w = _Waiting(unit, pdu, timeout_s, loop.create_future(), probe)
-            self._waiting.append(w)
-            self._grant()
-            # A probe waits long enough for every request now in flight to end, answered or
-            # timed out; then it goes with others.
-            timer = (
-                loop.call_later(timeout_s + self._longest_s, self._stop_waiting_alone, w)
-                if probe
-                else None
-            )
+            w = _Waiting(unit, pdu, timeout_s, loop.create_future(), False)
+            self._wait(w, loop)
+        if w is not None:
             try:
                 got = await w.future
+            except CalledOff:
+                raise  # never let in: nothing to undo
             except BaseException:
                 if w.req is not None:  # sent: failed, or cancelled while out
                     self._done(w.req, unit, pause_s, loop)
-                elif w.future.done() and not w.future.cancelled():  # let in, then cancelled
+                elif w.let_in:  # let in, then cancelled before it went on
                     self._done(None, unit, 0.0, loop)
                 else:
-                    self._waiting.remove(w)
+                    self._unqueue(w)
                 raise
             finally:
-                if timer is not None:
-                    timer.cancel()
+                if w.timer is not None:
+                    w.timer.cancel()
             if w.req is not None:
                 self._done(w.req, unit, pause_s, loop)
                 return got  # type: ignore[no-any-return]  # the answer's PDU
@@ -327,6 +347,60 @@ class TcpTransactions:
 
     # -- admission: at most ``limit`` in flight, one per unit --------------------------------
 
+    def _wait(self, w: _Waiting, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue ``w`` for a slot."""
+        self._queue(w, loop)
+        self._grant()
+
+    def _queue(self, w: _Waiting, loop: asyncio.AbstractEventLoop) -> None:
+        """A unit that lost a pipelined request probes: it waits long enough for every
+        request now in flight to end, answered or timed out; then it goes with others."""
+        if self.limit > 1 and self._lost_pipelined and w.unit in self._lost_pipelined:
+            w.alone = True
+            w.timer = loop.call_later(w.timeout_s + self._longest_s, self._stop_waiting_alone, w)
+        self._waiting.append(w)
+
+    def _hold(self, w: _Waiting, when: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep ``w`` until ``when``: one timer for every request held until that instant
+        (the devices of one poll grid), which queues them all (``_release``)."""
+        held = self._held.get(when)
+        if held is None:
+            held = self._held[when] = []
+            loop.call_at(when, self._release, when)
+        held.append(w)
+        w.at = when
+
+    def _release(self, when: float) -> None:
+        """The instant of held requests: they queue for a slot, in the order they came,
+        and as many as have one go out in one write."""
+        held = self._held.pop(when, None)
+        if not held:
+            return
+        loop = asyncio.get_running_loop()
+        for w in held:
+            w.at = None
+            if not w.future.done():
+                self._queue(w, loop)
+        self._grant()
+
+    def _call_off(self, w: _Waiting) -> None:
+        """The poll loop's bell rang: a request not yet released is called off."""
+        held = None if w.at is None else self._held.get(w.at)
+        if held is None or w not in held:
+            return  # released: it goes on as any request
+        held.remove(w)
+        w.at = None
+        if not w.future.done():
+            w.future.set_exception(CalledOff())
+
+    def _unqueue(self, w: _Waiting) -> None:
+        """A request cancelled before it was let in leaves the queue (or the held ones)."""
+        held = None if w.at is None else self._held.get(w.at)
+        if held is not None and w in held:
+            held.remove(w)
+        elif w in self._waiting:
+            self._waiting.remove(w)
+
     def _stop_waiting_alone(self, w: _Waiting) -> None:
         w.alone = False
         self._grant()
@@ -344,6 +418,7 @@ class TcpTransactions:
                 i += 1
                 continue
             del waiting[i]
+            w.let_in = True
             alone = self._in_flight == 0
             self._in_flight += 1
             self._busy.add(w.unit)
