@@ -35,6 +35,7 @@ from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusTcpConfig
 from tepi.drivers.modbus.link import ModbusLink
 from tepi.drivers.modbus.tcp import LATE_KEEP, MBAP, TcpTransactions
+from tepi.gateway.pacing import Bell
 from tepi_sim import Simulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -555,3 +556,49 @@ async def test_a_held_request_cancelled_leaves_nothing_behind() -> None:
         assert tcp._in_flight == 0
         assert not tcp._waiting
         assert words(await tcp.transact(1, READ_1_9, 2.0)) == expected(1, 1)
+
+
+async def test_links_and_sleepers_due_at_one_instant_share_one_timer() -> None:
+    """Devices at two addresses (two links) hold their requests until one tick, and a serial
+    device's poll loop sleeps to it: one timer on the event loop for all of them, not one a
+    link (each timer is a handle and a push and pop on the loop's heap)."""
+    registers = [{"address": a, "kind": "constant", "value": a} for a in range(1, WIDE)]
+    config = {
+        "devices": [
+            {"id": f"d{i}", "transport": "tcp", "unit": 1, "registers": registers} for i in (1, 2)
+        ]
+    }
+    async with Simulator(config) as sim:
+        links = [
+            ModbusLink.tcp(*_host_port(sim.endpoint(f"d{i}")), max_outstanding=1) for i in (1, 2)
+        ]
+        try:
+            loop = asyncio.get_running_loop()
+            tcps = [link.transactions for link in links]
+            for tcp in tcps:
+                assert tcp is not None
+                assert words(await tcp.transact(1, READ_1_9, 2.0)) == list(range(1, WIDE))
+            when = loop.time() + 0.2
+            scheduled = len(loop._scheduled)  # type: ignore[attr-defined]
+            reads = []
+            for tcp in tcps:
+                assert tcp is not None
+                due = Due()
+                due.when = when
+                reads.append(asyncio.create_task(tcp.transact(1, READ_1_9, 2.0, due=due)))
+            sleeper = asyncio.create_task(Bell().sleep_until(when))
+            await asyncio.sleep(0)
+            assert len(loop._scheduled) == scheduled + 1  # type: ignore[attr-defined]
+            async with asyncio.timeout(5):
+                got = await asyncio.gather(*reads)
+                await sleeper
+            assert loop.time() >= when
+            assert [words(g) for g in got] == [list(range(1, WIDE))] * 2
+        finally:
+            for link in links:
+                await link.aclose()
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    host, port = endpoint.split(":")
+    return host, int(port)

@@ -16,10 +16,12 @@ the request is a poll like any other and runs to its answer.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CalledOff", "Due"]
+__all__ = ["CalledOff", "Due", "at_instant"]
 
 
 class CalledOff(Exception):  # not an error: the poll loop's bell rang first
@@ -56,3 +58,47 @@ class Due:
         if off is not None:
             self.release()
             off(entry)
+
+
+class _Instants:
+    """One timer for everything due at one instant on one event loop, not one a user: the
+    links that hold requests until a tick, and the poll loops that sleep to it
+    (``tepi.gateway.pacing.Bell``), across every device and address of a poll grid."""
+
+    __slots__ = ("due", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due: dict[float, list[Callable[[float], None]]] = {}
+
+    def add(self, when: float, callback: Callable[[float], None]) -> None:
+        callbacks = self.due.get(when)
+        if callbacks is None:
+            callbacks = self.due[when] = []
+            self.loop.call_at(when, self._ring, when)
+        callbacks.append(callback)
+
+    def _ring(self, when: float) -> None:
+        for callback in self.due.pop(when, ()):
+            try:
+                callback(when)
+            except Exception as err:  # noqa: BLE001 - one user's bug must not strand the others
+                self.loop.call_exception_handler(
+                    {"message": "a callback at an instant failed", "exception": err}
+                )
+
+
+_INSTANTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Instants] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def at_instant(
+    loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[float], None]
+) -> None:
+    """Call ``callback(when)`` when ``loop``'s clock reaches ``when``, from the one timer of
+    that instant (see :class:`_Instants`). Register once an instant: there is no cancel."""
+    instants = _INSTANTS.get(loop)
+    if instants is None:
+        instants = _INSTANTS[loop] = _Instants(loop)
+    instants.add(when, callback)

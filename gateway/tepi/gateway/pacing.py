@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import weakref
 
-from tepi.core.due import Due
+from tepi.core.due import Due, at_instant
 
 __all__ = ["Bell"]
 
@@ -89,7 +89,9 @@ class _Ticks:
         sleepers = self.due.get(when)
         if sleepers is None:
             sleepers = self.due[when] = {}
-            self.loop.call_at(when, self._ring, when)
+            # The instant's one timer, shared with the Modbus TCP links that hold requests
+            # until it (``tepi.core.due``).
+            at_instant(self.loop, when, self._ring)
         sleepers[fut] = None
 
     def discard(self, when: float, fut: asyncio.Future[None]) -> None:

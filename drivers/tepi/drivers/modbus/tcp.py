@@ -24,10 +24,11 @@ that frees a slot sends the next one waiting (``_grant``), so a request that wai
 task once, with the answer, as one that did not.
 
 **Held until the tick.** A poll's first request can come with a ``Due`` (``tepi.core.due``):
-the link holds it until its instant, and one timer for every request held until that instant
-(the devices of one poll grid) queues them all and sends as many as have a slot, in one
-write. The poll's task wakes once a poll, with the answer, not also for the tick. The poll
-loop's bell calls a held request off (``CalledOff``); once released it goes on as any other.
+the link holds it until its instant, and one timer for everything due at that instant (the
+devices of one poll grid, on every link: ``at_instant``) queues them all and sends as many as
+have a slot, in one write. The poll's task wakes once a poll, with the answer, not also for
+the tick. The poll loop's bell calls a held request off (``CalledOff``); once released it
+goes on as any other.
 
 Some gateways (pymodbus 3.16's own server among them) answer only the first of the frames
 that reach them together and drop the rest. Those requests time out. From the answers alone
@@ -53,7 +54,7 @@ from typing import Any
 
 from pymodbus.framer.rtu import FramerRTU
 
-from tepi.core.due import CalledOff, Due
+from tepi.core.due import CalledOff, Due, at_instant
 from tepi.core.errors import DeviceUnavailable, ProtocolError
 from tepi.core.tasks import cancel_and_wait
 from tepi.drivers.modbus.wire import RX_KEEP, answer_length, rtu_frame, why_no_reply
@@ -366,7 +367,7 @@ class TcpTransactions:
         held = self._held.get(when)
         if held is None:
             held = self._held[when] = []
-            loop.call_at(when, self._release, when)
+            at_instant(loop, when, self._release)  # one timer an instant, for every link
         held.append(w)
         w.at = when
 
