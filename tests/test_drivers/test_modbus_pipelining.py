@@ -602,3 +602,23 @@ async def test_links_and_sleepers_due_at_one_instant_share_one_timer() -> None:
 def _host_port(endpoint: str) -> tuple[str, int]:
     host, port = endpoint.split(":")
     return host, int(port)
+
+
+async def test_a_held_request_on_a_link_not_connected_connects_at_its_instant() -> None:
+    """Released onto a link with no connection (the first poll's, or after the gateway went
+    away), a held request's task is let in to connect, then sends: the connect is not made
+    before the instant, and the answer comes."""
+    async with Simulator(gateway(range(1, 3))) as sim, linked(sim, 4) as link:
+        tcp = link.transactions
+        assert tcp is not None
+        loop = asyncio.get_running_loop()
+        due = Due()
+        due.when = loop.time() + 0.2
+        read = asyncio.create_task(tcp.transact(1, READ_1_9, 2.0, due=due))
+        connects_before: list[int] = []
+        loop.call_at(due.when - 0.05, lambda: connects_before.append(tcp.stats.connects))
+        async with asyncio.timeout(5):
+            assert words(await read) == expected(1, 1)
+        assert connects_before == [0]
+        assert tcp.stats.connects == 1
+        assert tcp._in_flight == 0
