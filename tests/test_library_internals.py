@@ -166,6 +166,20 @@ def test_paho_may_hand_the_write_hook_a_socket_closed_meanwhile() -> None:
         client._on_socket_register_write(client._client, None, None)
 
     asyncio.run(hook(mqttlink._Client))  # nothing to watch, nothing raised
+    # The hook writes a publish at once on the loop's thread (paho's loop_write) and leaves
+    # the rest to aiomqtt's writer: paho marks the write as registered before it calls the
+    # hook (so the write's own request for a writer returns at once), and aiomqtt keeps its
+    # loop and the session's end in ``_loop`` and ``_disconnected``.
+    assert source.index("self._registered_write = True") < source.index(
+        "on_socket_register_write("
+    ), why
+
+    async def parts() -> None:
+        client = mqttlink._Client("127.0.0.1", 1)
+        assert client._loop is asyncio.get_running_loop(), _why("aiomqtt", "Client._loop")
+        assert isinstance(client._disconnected, asyncio.Future), _why("aiomqtt", "_disconnected")
+
+    asyncio.run(parts())
     with pytest.raises(AttributeError):  # aiomqtt's own: what the agent died of
         asyncio.run(hook(aiomqtt.Client))
 

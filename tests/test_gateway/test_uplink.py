@@ -352,6 +352,53 @@ async def test_the_mqtt_socket_sends_small_publishes_at_once(tmp_path: Path) -> 
         await broker.stop()
 
 
+async def test_a_publish_on_the_loop_is_written_at_once_and_a_large_one_in_parts(
+    tmp_path: Path,
+) -> None:
+    """paho queues a PUBLISH and asks for its socket to be watched for writing. On the loop's
+    thread the client writes it at once instead: no writer is added for the socket (aiomqtt's
+    way: a self-pipe wake-up, add_writer, a turn, remove_writer, for every message). What the
+    socket does not take (a message larger than its send buffer) waits for the socket to be
+    writable, and every message arrives whole."""
+    broker = Broker(tmp_path)
+    await broker.start()
+    loop = asyncio.get_running_loop()
+    watched: list[int] = []
+    add_writer = loop.add_writer
+
+    def spy(fd: Any, callback: Any, *args: Any) -> None:
+        watched.append(fd)
+        add_writer(fd, callback, *args)
+
+    big = random.Random(7).randbytes(4 * 1024 * 1024)
+    try:
+        async with Subscriber(broker.port, "t/#") as sub, _Client("127.0.0.1", broker.port) as c:
+            sock = c._client.socket()
+            assert isinstance(sock, socket.socket)
+            fd = sock.fileno()
+            # A small send buffer (the kernel makes it at least a few kB): a 4 MB message
+            # cannot go in one write, however fast the broker reads.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            loop.add_writer = spy  # type: ignore[method-assign, assignment]  # counts, then adds as asked
+            try:
+                for i in range(50):
+                    await c.publish("t/small", str(i).encode(), qos=1)
+                assert fd not in watched, "a small publish waited for a writer"
+                await c.publish("t/big", big, qos=1)
+                assert fd in watched, "a message larger than the send buffer went in one write"
+                for i in range(3):
+                    await c.publish("t/small", f"after {i}".encode(), qos=1)
+            finally:
+                del loop.add_writer
+            await sub.wait_for(lambda s: len(s.messages) == 54, 20)
+    finally:
+        await broker.stop()
+    got = [payload for _, payload, _ in sub.messages]
+    assert got[:50] == [str(i).encode() for i in range(50)]
+    assert got[50] == big
+    assert got[51:] == [f"after {i}".encode() for i in range(3)]
+
+
 async def test_a_link_lost_after_a_connect_was_given_up_on_raises_nothing_in_paho(
     tmp_path: Path,
 ) -> None:
