@@ -560,3 +560,37 @@ async def test_a_modbus_tcp_poll_waits_for_its_tick_in_the_link_and_the_bell_cal
         assert stats.readings == polled
         assert stats.errors == {}
         assert stats.missed_polls == 0
+
+
+class _CannotSay(SyntheticDriver):
+    """A driver whose ``schedules()`` raises: a bug, as any other of its methods may have."""
+
+    def schedules(self) -> bool:
+        raise ValueError("schedules() broke")
+
+
+async def test_a_driver_that_cannot_say_whether_it_holds_requests_is_polled_by_sleeping(
+    tmp_path: Path,
+) -> None:
+    """``schedules()`` raising is the driver's bug: counted and logged as an internal error
+    once, and the device is polled as one that holds nothing (its loop sleeps to each tick)."""
+    cfg = SyntheticConfig.model_validate(
+        {"id": "s", "driver": "synthetic", "metrics": 1, "poll_interval": 0.02}
+    )
+    stats = DeviceStats()
+    bell = stats.wake = Bell()
+    stopping = asyncio.Event()
+    driver = _CannotSay(cfg, SharedResources())
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        task = asyncio.create_task(poll_device(cfg, driver, buf, stats, stopping=stopping))
+        async with asyncio.timeout(10):
+            while stats.readings < 3:
+                await asyncio.sleep(0.005)
+        assert bell.due is None
+        stopping.set()
+        bell.set()
+        async with asyncio.timeout(5):
+            await task
+    assert stats.internal_errors == 1
+    assert stats.errors == {}  # not a failed poll: every poll read
+    assert stats.state == "ok"
