@@ -104,14 +104,12 @@ class _Waiting:
 
     __slots__ = ("alone", "at", "future", "let_in", "pdu", "req", "timeout_s", "timer", "unit")
 
-    def __init__(
-        self, unit: int, pdu: bytes, timeout_s: float, future: asyncio.Future[Any], alone: bool
-    ):
+    def __init__(self, unit: int, pdu: bytes, timeout_s: float, future: asyncio.Future[Any]):
         self.unit = unit
         self.pdu = pdu
         self.timeout_s = timeout_s
         self.future = future
-        self.alone = alone
+        self.alone = False  # set when it is queued (``_queue``)
         self.req: _Request | None = None
         self.let_in = False
         self.at: float | None = None
@@ -212,7 +210,7 @@ class TcpTransactions:
         w: _Waiting | None = None
         if due is not None and due.when > loop.time():
             # Held until its instant, then it waits for a slot like any other (``_release``).
-            w = _Waiting(unit, pdu, timeout_s, loop.create_future(), False)
+            w = _Waiting(unit, pdu, timeout_s, loop.create_future())
             self._hold(w, due.when, loop)
             due.hold(self._call_off, w)
         elif (
@@ -226,7 +224,7 @@ class TcpTransactions:
             # for the answer (a resume of every frame down to here, for most of the 50
             # devices of a tick at max_outstanding 8). Only a request that must wait out a
             # pause, or connect first, wakes to do that itself (its future's result: a bool).
-            w = _Waiting(unit, pdu, timeout_s, loop.create_future(), False)
+            w = _Waiting(unit, pdu, timeout_s, loop.create_future())
             self._wait(w, loop)
         if w is not None:
             try:
@@ -384,22 +382,24 @@ class TcpTransactions:
                 self._queue(w, loop)
         self._grant()
 
-    def _call_off(self, w: _Waiting) -> None:
-        """The poll loop's bell rang: a request not yet released is called off."""
+    def _unhold(self, w: _Waiting) -> bool:
+        """Take ``w`` from the held requests; False if it is not held (released already)."""
         held = None if w.at is None else self._held.get(w.at)
         if held is None or w not in held:
-            return  # released: it goes on as any request
+            return False
         held.remove(w)
         w.at = None
-        if not w.future.done():
+        return True
+
+    def _call_off(self, w: _Waiting) -> None:
+        """The poll loop's bell rang: a request not yet released is called off (one
+        released goes on as any request)."""
+        if self._unhold(w) and not w.future.done():
             w.future.set_exception(CalledOff())
 
     def _unqueue(self, w: _Waiting) -> None:
-        """A request cancelled before it was let in leaves the queue (or the held ones)."""
-        held = None if w.at is None else self._held.get(w.at)
-        if held is not None and w in held:
-            held.remove(w)
-        elif w in self._waiting:
+        """A request cancelled before it was let in leaves the held ones, or the queue."""
+        if not self._unhold(w) and w in self._waiting:
             self._waiting.remove(w)
 
     def _stop_waiting_alone(self, w: _Waiting) -> None:
