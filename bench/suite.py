@@ -1107,7 +1107,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def encoding(args: argparse.Namespace) -> dict[str, Any]:
-    if args.encoding == "json":
+    if args.encoding == "json" and args.linger == "0s":
         return {}
     return {"uplink": {"encoding": args.encoding, "batch": {"linger": args.linger}}}
 
@@ -1119,7 +1119,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     p.add_argument("--backlog-readings", type=int, help="override the backlog size")
     p.add_argument("--encoding", default="json", choices=["json", "compact"])
-    p.add_argument("--linger", default="0s", help="uplink.batch.linger with --encoding")
+    p.add_argument("--linger", default="0s", help="uplink.batch.linger")
     p.add_argument(
         "--agent-src",
         type=Path,

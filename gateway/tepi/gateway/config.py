@@ -77,7 +77,7 @@ class BatchSection(_Model):
         ge=0,
         le=3600,
         description="How long a reading may wait to fill a batch while earlier publishes are "
-        "still unacknowledged. With nothing in flight, readings are sent at once.",
+        "still unacknowledged. With nothing in flight, readings are sent at once (see round_wait).",
     )
     linger: Duration = Field(
         default=0.0,
@@ -85,6 +85,14 @@ class BatchSection(_Model):
         le=3600,
         description="Hold new readings this long (or until max_readings wait) before sending, "
         "for fewer, bigger messages on a metered link. 0: send at once.",
+    )
+    round_wait: Duration = Field(
+        default=0.05,
+        ge=0,
+        le=10,
+        description="With linger 0 and nothing in flight, hold a tick's first readings until "
+        "the other polls of that tick are over (or max_readings wait), at most this long: a "
+        "tick's readings in one message, not the first answer alone. 0: send at once.",
     )
 
 

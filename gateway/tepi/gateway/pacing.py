@@ -6,6 +6,8 @@
 - :class:`_HangGuard`: one timer for many polls, which cancels the poll loop's task only when
   a read is past its deadline.
 - :func:`_pause`: sleep, waking at once for a stop or a bell.
+- :class:`Rounds`: the polls of each tick under way, so the uplink sends a tick's readings in
+  one message.
 """
 
 from __future__ import annotations
@@ -211,3 +213,48 @@ async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
     finally:
         for w in waits:
             w.cancel()
+
+
+class Rounds:
+    """The polls of each tick that are under way, so that a tick's readings go in one message.
+
+    With nothing in flight, the uplink sends a reading at once: the first answer of a tick
+    would go alone and the rest of the tick's answers, arriving a millisecond later, in a
+    second message while the first waits for its PUBACK. Each message costs its encoding,
+    its publish, its PUBACK and its acknowledgement in the buffer, whatever its size.
+
+    A poll loop says when a poll of tick ``when`` begins (``begin``: a held request at its
+    hand-over, with a tick still to come; a sleeping loop as it wakes) and when it is over,
+    with its readings in the buffer or its failure counted (``end``). A poll of a tick to
+    come is not under way. The uplink's live lane, with nothing in flight, waits while one
+    is (``busy``), up to ``uplink.batch.round_wait``: the event it passes to ``wait`` is set
+    when the last one ends.
+    """
+
+    __slots__ = ("_open", "_waiter")
+
+    def __init__(self) -> None:
+        self._open: dict[float, int] = {}  # tick -> polls of it not yet over
+        self._waiter: asyncio.Event | None = None
+
+    def begin(self, when: float) -> None:
+        self._open[when] = self._open.get(when, 0) + 1
+
+    def end(self, when: float) -> None:
+        left = self._open.get(when, 0) - 1
+        if left > 0:
+            self._open[when] = left
+            return
+        self._open.pop(when, None)
+        waiter = self._waiter
+        if waiter is not None and not self.busy(asyncio.get_running_loop().time()):
+            self._waiter = None
+            waiter.set()
+
+    def busy(self, now: float) -> bool:
+        """Whether a poll of a tick at or before ``now`` is under way."""
+        return any(when <= now for when in self._open)
+
+    def wait(self, event: asyncio.Event | None) -> None:
+        """Set ``event`` when no poll is under way any more; None: forget the last one."""
+        self._waiter = event

@@ -43,7 +43,7 @@ from tepi.core.errors import DeviceError, DeviceUnavailable, DriverFault
 from tepi.core.records import MetricInfo, Reading, Sample, Value, Values, storable
 from tepi.core.retry import DEVICE_OPEN
 from tepi.drivers.base import Driver, DriverConfig
-from tepi.gateway.pacing import Bell, _HangGuard, _pause
+from tepi.gateway.pacing import Bell, Rounds, _HangGuard, _pause
 
 log = logging.getLogger(__name__)
 _INT64 = 2**63
@@ -434,6 +434,7 @@ async def poll_device(
     *,
     clock: WallClock | None = None,
     stopping: asyncio.Event | None = None,
+    rounds: Rounds | None = None,
 ) -> None:
     """Run until ``stopping`` is set (or forever; cancel to stop at once). Set, it lets the
     poll in flight finish and hand its readings to the buffer, then returns: a value the
@@ -471,6 +472,7 @@ async def poll_device(
                         clock=clock,
                         stopping=stopping,
                         quarantine=quarantine,
+                        rounds=rounds,
                     )
             except DeviceError as err:
                 # The open gave up (the agent is stopping), or the close failed: the loop's
@@ -506,6 +508,7 @@ async def _poll_loop(
     clock: WallClock,
     stopping: asyncio.Event | None = None,
     quarantine: bool = True,
+    rounds: Rounds | None = None,
 ) -> None:
     # A poll may take several requests, each up to ``timeout``; this only guards a hang.
     guard = cfg.timeout * 8 + 5.0
@@ -521,6 +524,7 @@ async def _poll_loop(
     read_due = cast(Callable[[Due], Awaitable[Sequence[Sample | Values]]], raw_read)
     late_logged = False
     task = hang.task
+    opened: float | None = None  # the tick of this loop's poll under way (``Rounds``)
     try:
         while True:
             if task is not None and task.cancelling():
@@ -574,6 +578,9 @@ async def _poll_loop(
             # tick: the devices on this grid share it.
             stamp = clock.stamp_for(next_t)
             hang.start(started)
+            if rounds is not None:
+                rounds.begin(next_t)
+                opened = next_t
             try:
                 try:
                     # The driver's read, its faults classified here and its samples checked
@@ -585,6 +592,9 @@ async def _poll_loop(
                     # the loop does what the bell asked.
                     stats.polls -= 1
                     stats.asks[:0] = asks
+                    if rounds is not None:
+                        opened = None
+                        rounds.end(next_t)
                     continue
                 except asyncio.CancelledError:
                     if not hang.caught():
@@ -645,6 +655,9 @@ async def _poll_loop(
                         buffer.put_many(run)
                     else:
                         stats.bad_suppressed += 1
+            if rounds is not None:
+                opened = None
+                rounds.end(next_t)
             stats.last_poll_s = loop.time() - started
             if asks:
                 stats.answer(asks, stats.last_error if stats.consecutive_failures else None)
@@ -698,6 +711,8 @@ async def _poll_loop(
 
     finally:
         hang.close()
+        if opened is not None and rounds is not None:
+            rounds.end(opened)
 
 
 def _failed(

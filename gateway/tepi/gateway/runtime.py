@@ -49,7 +49,7 @@ from tepi.gateway.images import ImageHub, disk_reserve
 from tepi.gateway.logring import LogRing
 from tepi.gateway.notify import Notifier
 from tepi.gateway.operations import Operations
-from tepi.gateway.pacing import Bell
+from tepi.gateway.pacing import Bell, Rounds
 from tepi.gateway.poller import DeviceStats, poll_device
 from tepi.gateway.remote import Call, CommandFailed, CommandHub, current
 from tepi.gateway.rules import alarms_wanted
@@ -136,6 +136,8 @@ class Agent:
         # Set when the link or a device's state changes: the STATUS= line is sent at once.
         self._status_changed = asyncio.Event()
         self.devices = {d.id: DeviceStats(on_state=self._status_changed.set) for d in cfg.devices}
+        # The polls of each tick under way: the uplink sends a tick's readings together.
+        self.rounds = Rounds()
         # The rules and their alarms, only with rules (or alarms left from an earlier run).
         self.alarms: AlarmHub | None = None
         if alarms_wanted(cfg.gateway.data_dir, cfg.rules):
@@ -170,6 +172,7 @@ class Agent:
             self.images,
             alarms=self.alarms,
             commands=self.commands,
+            rounds=self.rounds,
         )
         self.uplink.on_link = self._on_link
         # The link's changes (time, connected), for the web console's 24 h strip: a few
@@ -542,7 +545,15 @@ class Agent:
             if hub is not None:
                 driver.on_state = lambda state, reason: hub.on_state(dev.id, state, reason)  # type: ignore[attr-defined]
         task = self._tg.create_task(
-            poll_device(dev, driver, self.buffer, stats, clock=self.clock, stopping=self._stopping),
+            poll_device(
+                dev,
+                driver,
+                self.buffer,
+                stats,
+                clock=self.clock,
+                stopping=self._stopping,
+                rounds=self.rounds,
+            ),
             name=f"tepi.device[{dev.id}]",
         )
         self._pollers[dev.id] = task
@@ -666,6 +677,7 @@ class Agent:
                     new_hub or self.images,
                     alarms=new_alarms or self.alarms,
                     commands=self.commands,
+                    rounds=self.rounds,
                 )
                 uplink.on_link = self._on_link
                 if self.commands is not None:

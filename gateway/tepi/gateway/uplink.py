@@ -8,8 +8,8 @@ next connection (duplicates are possible there and carry the same ``seq``; loss 
 
 Sending keeps up to ``max_inflight`` batches awaiting their PUBACK, so draining a backlog is
 not one round trip per batch. Latency: with nothing in flight a reading goes out as soon as
-it is committed; only while publishes are waiting for acks do readings wait (up to
-``max_wait``) to fill a batch.
+the other polls of its tick are over (at most ``round_wait``: ``pacing.Rounds``); while
+publishes are waiting for acks, readings wait (up to ``max_wait``) to fill a batch.
 
 Reconnects back off by the ``uplink reconnect`` policy (tepi.core.retry, caps from
 ``uplink.reconnect``): full jitter (a random delay between 0 and a doubling cap), so the
@@ -64,6 +64,7 @@ from tepi.gateway.mqttlink import (
     _SwitchBack,
     _tls_context,
 )
+from tepi.gateway.pacing import Rounds
 from tepi.gateway.payload import (
     alarm_payload,
     encode_telemetry,
@@ -117,8 +118,10 @@ class Uplink:
         *,
         alarms: AlarmHub | None = None,
         commands: CommandHub | None = None,
+        rounds: Rounds | None = None,
     ) -> None:
         self.cfg = cfg
+        self.rounds = rounds
         self.buffer = buffer
         self.images = images
         self.alarms = alarms
@@ -809,7 +812,8 @@ class Uplink:
     # ---- telemetry ----------------------------------------------------------------------
     #
     # Two lanes share the ``max_inflight`` slots. The live lane sends what is read during
-    # this session, at once when nothing of its own is in flight. The backlog lane sends
+    # this session, at once when nothing of its own is in flight (once its tick's polls are
+    # over, at most ``round_wait``). The backlog lane sends
     # what was buffered before the session began, oldest first, in full batches, and may
     # hold at most ``max_inflight - 1`` slots, so live readings never queue behind a
     # backlog. The live lane starts once the backlog's first batch is on its way, so a
@@ -835,6 +839,8 @@ class Uplink:
                         await self.buffer.wait_for_data(cursor + up.batch.max_readings - 1)
             elif self._inflight["live"]:
                 await self._fill_wait(cursor, up.batch.max_readings, up.batch.max_wait)
+            elif self.rounds is not None and up.batch.round_wait > 0:
+                await self._round_wait(self.rounds, cursor, up.batch.max_readings)
             await slots.acquire()
             upto = self.buffer.last_seq
             batch = await self.buffer.fetch(cursor, up.batch.max_readings)
@@ -911,6 +917,30 @@ class Uplink:
             name=f"tepi.uplink.publish[{batch.first_seq}]",
         )
         return batch.last_seq
+
+    async def _round_wait(self, rounds: Rounds, cursor: int, max_readings: int) -> None:
+        """With nothing in flight and a reading waiting: while polls of a tick that has come
+        are under way (``Rounds``), wait for them, up to ``round_wait``, or until
+        ``max_readings`` wait, so that a tick's readings go in one message."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not rounds.busy(now):
+            return
+        kick = self._kick
+        deadline = now + self.cfg.uplink.batch.round_wait
+        timer = loop.call_at(deadline, kick.set)
+        try:
+            while self.buffer.last_seq - cursor < max_readings:
+                kick.clear()
+                rounds.wait(kick)
+                self.buffer.watch(cursor + max_readings, kick)
+                await kick.wait()
+                now = loop.time()
+                if now >= deadline or not rounds.busy(now):
+                    break
+        finally:
+            timer.cancel()
+            rounds.wait(None)
 
     async def _fill_wait(self, cursor: int, max_readings: int, max_wait: float) -> None:
         """While live publishes are in flight, wait up to ``max_wait`` for a fuller batch:
