@@ -20,9 +20,9 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.framer.rtu import FramerRTU
 
+from tepi.drivers.modbus import wire
 from tepi.gateway import mqttlink
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,26 +185,15 @@ def test_paho_may_hand_the_write_hook_a_socket_closed_meanwhile() -> None:
 
 
 async def test_pymodbus_parts_the_link_uses() -> None:
-    """tepi.drivers.modbus.link wraps the framer's handleFrame, sets the transaction
-    manager's own timeout copy, reads its transport, checks CRCs with FramerRTU.check_CRC,
-    and takes pymodbus's public trace hooks (trace_packet, trace_pdu)."""
-    client = AsyncModbusTcpClient(
-        "127.0.0.1",
-        port=1,
-        trace_packet=lambda sending, data: data,
-        trace_pdu=lambda sending, pdu: pdu,
+    """tepi's transaction layer (tepi.drivers.modbus.tcp and wire) takes from pymodbus only
+    the request PDUs its request classes encode, and FramerRTU's CRC: no client, framer or
+    transport (the serial port is tepi's own, serialline.py)."""
+    assert wire.read_pdu(3, 0, 2) == bytes.fromhex("03 0000 0002"), _why(
+        "pymodbus", "ReadHoldingRegistersRequest.encode"
     )
-    ctx = client.ctx
-    params = list(inspect.signature(ctx.framer.handleFrame).parameters)
-    assert params == ["data", "exp_devid", "exp_tid"], _why(
-        "pymodbus", f"FramerBase.handleFrame's signature: {params}"
+    assert FramerRTU.compute_CRC(b"\x01\x03\x02\x00\x01") == 0x7984, _why(
+        "pymodbus", "FramerRTU.compute_CRC"
     )
-    assert hasattr(ctx.comm_params, "timeout_connect"), _why(
-        "pymodbus", "ctx.comm_params.timeout_connect (the per-request reply timeout)"
-    )
-    assert hasattr(ctx, "transport"), _why("pymodbus", "ctx.transport")
-    for hook in ("trace_packet", "trace_pdu"):
-        assert getattr(ctx, hook, None) is not None, _why("pymodbus", f"the client's {hook} hook")
     assert FramerRTU.check_CRC(b"\x01\x03\x02\x00\x01", 0x7984), _why(
         "pymodbus", "FramerRTU.check_CRC"
     )

@@ -1,7 +1,8 @@
 """The answer path: whatever bytes come back, the link gives the reading or a classified error.
 
-pymodbus frames and decodes the answer; the link turns what went wrong into tepi's errors
-(timeout, crc error, wrong unit, bad frame, short answer). These tests put any bytes on the
+tepi's transaction layer frames the answer (pymodbus checks the CRC); the link turns what
+went wrong into tepi's errors (timeout, crc error, wrong unit, bad frame, short answer).
+These tests put any bytes on the
 wire as the answer, through a real link (RTU framing over TCP, and a real pty): random bytes,
 frames with a valid CRC around any function code and payload, and the right answer broken in
 the ways a line breaks it (cut short, a bit flipped, from another unit, another function).
@@ -147,39 +148,58 @@ async def test_each_broken_answer_is_classified(answer: bytes, reason: str) -> N
     assert second == WORDS
 
 
-async def test_an_undecodable_answer_on_a_serial_line_escapes_nothing() -> None:
-    """On a pty, pymodbus's serial transport reads the answer in a bare loop callback: an
-    exception raised while decoding would be logged by asyncio with a traceback."""
+@asynccontextmanager
+async def on_a_pty(
+    *answers: list[bytes],
+) -> AsyncIterator[tuple[ModbusLink, list[Any]]]:
+    """A serial link on a real pty whose other side answers each request with the next of
+    ``answers``, each a list of pieces written as they come (the line's bytes in parts);
+    and the exceptions that reached the event loop meanwhile."""
     loop = asyncio.get_running_loop()
     escaped: list[Any] = []
     loop.set_exception_handler(lambda _loop, ctx: escaped.append(ctx))
     master, slave = os.openpty()
     tty.setraw(slave)
-    answers = [rtu(bytes.fromhex("01 80 19")), RIGHT]
+    todo = list(answers)
 
     def answer() -> None:
         os.read(master, 256)
-        os.write(master, answers.pop(0))
+        for i, piece in enumerate(todo.pop(0) if todo else []):
+            loop.call_later(0.005 * i, os.write, master, piece)
 
     loop.add_reader(master, answer)
     link = ModbusLink.serial(os.ttyname(slave), 9600, "N", 8, 1)
     try:
-        with pytest.raises(ProtocolError, match="garbled"):
-            await link.read("holding", 0, 2, UNIT, 0.1)
-        assert await link.read("holding", 0, 2, UNIT, 1.0) == WORDS
+        yield link, escaped
     finally:
         await link.aclose()
         loop.remove_reader(master)
         os.close(master)
         os.close(slave)
+
+
+async def test_an_undecodable_answer_on_a_serial_line_escapes_nothing() -> None:
+    """The serial transport reads the answer in a bare loop callback: an exception raised
+    while taking it apart would be logged by asyncio with a traceback. It is a bad frame, as
+    over TCP, and the next read is fine."""
+    async with on_a_pty([rtu(bytes.fromhex("01 80 19"))], [RIGHT]) as (link, escaped):
+        with pytest.raises(ProtocolError) as info:
+            await link.read("holding", 0, 2, UNIT, 0.1)
+        assert info.value.reason == "bad frame", info.value
+        assert await link.read("holding", 0, 2, UNIT, 1.0) == WORDS
     assert escaped == []
 
 
-async def test_an_answer_in_pieces_is_kept_once() -> None:
-    """pymodbus hands its trace hook the whole receive buffer each time a piece arrives; the
-    bytes shown for a failed answer are the answer, not its pieces repeated."""
-    async with answering(b"") as (link, _):
-        cut = RIGHT[:6]
-        for n in (2, 4, 6):  # the buffer as pymodbus sees it while the pieces come in
-            link.trace_packet(False, cut[:n])
-        assert bytes(link._rx) == cut
+async def test_an_answer_in_pieces_is_read_whole_and_shown_once() -> None:
+    """A line delivers an answer in parts: it is put together. One cut short is shown, in
+    the error, as the bytes that came, once each."""
+    pieces = [RIGHT[:2], RIGHT[2:5], RIGHT[5:]]
+    cut = [RIGHT[:2], RIGHT[2:4], RIGHT[4:6]]
+    async with on_a_pty(pieces, cut, [RIGHT]) as (link, escaped):
+        assert await link.read("holding", 0, 2, UNIT, 1.0) == WORDS
+        with pytest.raises(ProtocolError) as info:
+            await link.read("holding", 0, 2, UNIT, 0.2)
+        assert info.value.reason == "bad frame", info.value
+        assert info.value.detail.endswith(RIGHT[:6].hex(" ")), info.value.detail
+        assert await link.read("holding", 0, 2, UNIT, 1.0) == WORDS
+    assert escaped == []

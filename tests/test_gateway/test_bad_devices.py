@@ -84,10 +84,11 @@ FAULTS = (
     ),
     Fault(
         "disconnect",
-        "timeouts",  # the request went to the pty that was just closed
-        "timeout",
+        None,  # no answer is wrong: the port went (the link's ``disconnects``, checked below)
+        "disconnected",  # the pty closed under the request: noticed at once, no timeout
         adapter=True,
-        also=("cannot connect",),  # opened the pty just as it was replaced
+        also=("cannot connect", "timeout"),  # opened the pty just as it was replaced, or the
+        # request went to it just before
         what="a loose connector: the adapter replugged at once, and at every request to it",
     ),
     Fault(
@@ -200,6 +201,7 @@ async def inject(rig: Rig, view: View, fault: Fault) -> str:
     link = rig.tmp / "ttyRS485"
     pty = link.readlink()
     before, neighbour = view.proto(BAD), view.proto(NEIGHBOUR)
+    before_link = dict(view.dev(BAD)["protocol"]["link"])
     errors_before = {d: view.errors(d) for d in (BAD, NEIGHBOUR)}
     bad_before = {d: len(view.bad[d]) for d in failing}
     suppressed_before = {d: view.dev(d).get("bad_suppressed", 0) for d in failing}
@@ -246,6 +248,9 @@ async def inject(rig: Rig, view: View, fault: Fault) -> str:
 
     # Counted in the right place, and nowhere else.
     after = view.proto(BAD)
+    if fault.mode == "disconnect":
+        gone = view.dev(BAD)["protocol"]["link"]["disconnects"]
+        assert gone > before_link["disconnects"], (before_link, gone)
     said = f"{fault.mode}: protocol counters {before} -> {after}"
     if fault.counter is not None:
         assert after[fault.counter] > before[fault.counter], said
@@ -289,7 +294,7 @@ async def inject(rig: Rig, view: View, fault: Fault) -> str:
     errors = {d: {k: n for k, n in e.items() if n} for d, e in errors.items() if any(e.values())}
     pace = ", ".join(f"{d} {r:.1f}/s" for d, r in rates.items())
     return (
-        f"{fault.mode}: {fault.what}\n    {counted or 'nothing on the wire'}; failed polls "
+        f"{fault.mode}: {fault.what}\n    {counted or 'no protocol counter'}; failed polls "
         f"{errors}; back in {took:.2f} s; {pace}"
     )
 
@@ -314,7 +319,8 @@ async def test_bad_devices_are_counted_and_recover_without_a_restart(tmp_path: P
         aq = health["devices"][BAD]
         reasons = {f.reason for f in FAULTS if f.fails_polls}
         assert reasons <= set(aq["errors"]) <= reasons | {r for f in FAULTS for r in f.also}
-        assert all(aq["protocol"][k] > 0 for k in COUNTERS), aq["protocol"]
+        assert all(aq["protocol"][f.counter] > 0 for f in FAULTS if f.counter), aq["protocol"]
+        assert aq["protocol"]["link"]["disconnects"] > 0, aq["protocol"]
         assert rig.agent.proc.pid == pid
         assert rig.agent.proc.poll() is None, "the agent is still running: no crash, no restart"
         assert await rig.agent.stop() == 0

@@ -1,4 +1,5 @@
-"""Modbus TCP on ``asyncio.Protocol``: the lean transaction layer under ``ModbusLink.tcp``.
+"""Modbus on ``asyncio.Protocol``: the lean transaction layer under ``ModbusLink``, on TCP
+and, with RTU framing, on a serial port (``serialline``; a line's silence, below).
 
 pymodbus's client spent about twice asyncio's own floor per request here (docs/performance.md,
 "The request path"). This layer keeps only what a request needs:
@@ -22,6 +23,12 @@ answer is never taken for another request's, not even after the ids wrap at 6553
 waits for a slot, never behind another unit's timeout while a slot is free. The request
 that frees a slot sends the next one waiting (``_grant``), so a request that waited wakes its
 task once, with the answer, as one that did not.
+
+**A serial line** (``opener``, ``ModbusLink.serial``): RTU frames, one request at a time.
+After each request the line stays quiet for the standard's silence (``gap_s``, counted from
+the moment the answer was whole), the device's ``pause``, and ``LATE_REPLY_GUARD_S`` more
+after no answer. The next request waiting is sent at the end of that silence by a precise
+timer (``timer.PreciseTimer``), not by its task: a poll's task wakes once, with its answer.
 
 **Held until the tick.** A poll's first request can come with a ``Due`` (``tepi.core.due``):
 the link holds it until its instant, and one timer for everything due at that instant (the
@@ -49,6 +56,7 @@ import contextlib
 import logging
 import struct
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +65,7 @@ from pymodbus.framer.rtu import FramerRTU
 from tepi.core.due import CalledOff, Due, at_instant
 from tepi.core.errors import DeviceUnavailable, ProtocolError
 from tepi.core.tasks import cancel_and_wait
+from tepi.drivers.modbus.timer import PreciseTimer
 from tepi.drivers.modbus.wire import RX_KEEP, answer_length, rtu_frame, why_no_reply
 
 log = logging.getLogger(__name__)
@@ -68,6 +77,12 @@ SUSPECT_UNITS = 3  # units that lost a pipelined request and answered one sent a
 SUSPECT_TIMES = 2  # ... each this many times ...
 SUSPECT_WINDOW = 500  # ... within this many requests: the gateway cannot queue
 _MIN_ANSWER = 9  # MBAP header (7) + function code + one byte (a count or an exception code)
+# After a request on a serial line got no answer, the line stays quiet this much longer: a
+# late answer from the device that timed out cannot be read as the next request's.
+LATE_REPLY_GUARD_S = 0.05
+
+# Opens a serial line (``tepi.drivers.modbus.serialline``) for the link's protocol.
+Opener = Callable[[Callable[[], asyncio.Protocol]], Awaitable[asyncio.Transport]]
 
 
 @dataclass(slots=True)
@@ -85,7 +100,7 @@ class TcpStats:
 
 
 class _Request:
-    __slots__ = ("deadline", "future", "pipelined", "rx", "tid", "unit")
+    __slots__ = ("answered_at", "deadline", "future", "pipelined", "rx", "tid", "unit")
 
     def __init__(self, future: asyncio.Future[Any], unit: int, tid: int, pipelined: bool):
         self.future = future
@@ -94,6 +109,7 @@ class _Request:
         self.pipelined = pipelined
         self.rx = bytearray()  # what arrived that answered nothing, to say why it failed
         self.deadline = 0.0  # on the loop's clock
+        self.answered_at = 0.0  # when its answer was whole (a line's silence counts from it)
 
 
 class _Waiting:
@@ -143,7 +159,15 @@ class TcpTransactions:
     """Requests and answers on one TCP connection to a Modbus server or gateway."""
 
     def __init__(
-        self, host: str, port: int, label: str, *, rtu: bool = False, max_outstanding: int = 1
+        self,
+        host: str,
+        port: int,
+        label: str,
+        *,
+        rtu: bool = False,
+        max_outstanding: int = 1,
+        opener: Opener | None = None,
+        gap_s: float = 0.0,
     ) -> None:
         if not 1 <= max_outstanding <= MAX_OUTSTANDING:
             raise ValueError(f"max_outstanding {max_outstanding}: 1 to {MAX_OUTSTANDING}")
@@ -154,6 +178,14 @@ class TcpTransactions:
         self.label = label
         self.rtu = rtu
         self.limit = max_outstanding
+        # A serial line (``opener``, ``gap_s``): after each request the line stays quiet for
+        # the standard's silence (``gap_s``, from the answer's end), the device's ``pause``
+        # and, after no answer, ``LATE_REPLY_GUARD_S``. The next request is sent by a precise
+        # timer at the end of that silence (``_grant``), not by a task that wakes to wait.
+        self._opener = opener
+        self.gap_s = gap_s
+        self._line_quiet = 0.0  # on the loop's clock: the line is quiet until then
+        self._quiet_timer: PreciseTimer | None = PreciseTimer() if opener is not None else None
         self.stats = TcpStats()
         self._conn: _Connection | None = None
         self._transport: asyncio.Transport | None = None
@@ -216,6 +248,7 @@ class TcpTransactions:
         elif (
             self._waiting
             or self._in_flight >= self.limit
+            or (self._line_quiet and self._line_quiet > loop.time())
             or unit in self._busy
             or (self._lost_pipelined and unit in self._lost_pipelined)
         ):
@@ -328,7 +361,14 @@ class TcpTransactions:
                 self._stop_timer()
             if not self.rtu:
                 self._remember_late(req.tid)
-        if pause_s > 0:
+        if self._opener is not None:
+            if req is not None:  # it went out: the line's silence, from the answer's end
+                if req.answered_at:
+                    quiet = req.answered_at + self.gap_s + pause_s
+                else:  # none came, or not yet: a late one must not answer the next request
+                    quiet = loop.time() + self.gap_s + pause_s + LATE_REPLY_GUARD_S
+                self._line_quiet = max(self._line_quiet, quiet)
+        elif pause_s > 0:
             self._quiet[None if self.limit == 1 else unit] = loop.time() + pause_s
         self._in_flight -= 1
         self._busy.discard(unit)
@@ -341,6 +381,8 @@ class TcpTransactions:
                 await cancel_and_wait(self._connecting)
         transport = self._transport
         self._lost(None)
+        if self._quiet_timer is not None:
+            self._quiet_timer.close()
         if transport is not None:
             transport.close()
 
@@ -412,6 +454,13 @@ class TcpTransactions:
         while: see ``transact``), while others go on."""
         loop: asyncio.AbstractEventLoop | None = None
         waiting = self._waiting
+        if self._line_quiet and waiting:
+            loop = asyncio.get_running_loop()
+            if self._line_quiet > loop.time():
+                assert self._quiet_timer is not None
+                self._quiet_timer.call_at(self._line_quiet, self._grant)
+                return
+            self._line_quiet = 0.0
         i = 0  # nearly always the first one goes: no copy of the deque, no remove() scan
         while i < len(waiting) and self._in_flight < self.limit:
             w = waiting[i]
@@ -477,9 +526,12 @@ class TcpTransactions:
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation.
             async with asyncio.timeout(timeout_s + 1.0):
-                transport, _ = await loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port
-                )
+                if self._opener is not None:
+                    transport = await self._opener(lambda: _Connection(self))
+                else:
+                    transport, _ = await loop.create_connection(
+                        lambda: _Connection(self), self.host, self.port
+                    )
         except (OSError, TimeoutError) as err:
             raise DeviceUnavailable("cannot connect", f"{self.label}: {err}") from err
         if transport.is_closing() or self._transport is not transport:
@@ -608,6 +660,7 @@ class TcpTransactions:
             return
         start, end = found
         del self._pending[0]
+        req.answered_at = asyncio.get_running_loop().time()
         pdu = bytes(buf[start + 1 : end - 2])
         buf.clear()
         self._answer(req, req.unit, pdu)

@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import os
 import time
+from collections.abc import Callable
 
 _CLOCK_MONOTONIC = 1  # the clock of time.monotonic() and of asyncio's loop.time()
 _TFD_TIMER_ABSTIME = 1
@@ -48,7 +49,8 @@ _LIBC = _libc()
 
 
 class PreciseTimer:
-    """Sleeps until a ``loop.time()`` deadline, one sleeper at a time (the caller's lock).
+    """Sleeps until a ``loop.time()`` deadline, one sleeper at a time (the caller's lock);
+    or calls a callback then (``call_at``), one at a time: a new one replaces the last.
 
     Uses one timerfd, opened on first use and closed by :meth:`close`.
     """
@@ -57,6 +59,8 @@ class PreciseTimer:
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._callback: Callable[[], None] | None = None
+        self._handle: asyncio.TimerHandle | None = None  # where there is no timerfd
         self._broken = _LIBC is None
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> int | None:
@@ -86,6 +90,24 @@ class PreciseTimer:
             os.read(self._fd, 8)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` from the event loop at ``deadline`` (``loop.time()``), to the
+        tens of microseconds; it replaces a callback not yet called. Not while a
+        ``sleep_until`` waits (one timerfd)."""
+        loop = asyncio.get_running_loop()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        fd = self._open(loop)
+        if fd is None or not self._arm(fd, deadline):
+            self._callback = None
+            self._handle = loop.call_at(deadline, callback)  # to the millisecond
+            return
+        self._callback = callback
 
     async def sleep_until(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -103,6 +125,10 @@ class PreciseTimer:
             self._arm(fd, 0.0)  # disarm, in case we were cancelled before it fired
 
     def close(self) -> None:
+        self._callback = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
         if self._fd is not None:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._fd)

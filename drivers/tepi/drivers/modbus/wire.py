@@ -1,7 +1,7 @@
 """What goes on the wire and what comes back, whatever carries it: request PDUs, RTU frames,
 answers taken apart, and a failed answer classified from the bytes that did arrive.
 
-Shared by the serial link (on pymodbus) and the lean TCP transaction layer (``tcp.py``).
+Used by tepi's transaction layer (``tcp.py``), on a serial port and on TCP.
 Request PDUs are built with pymodbus's own request classes, once for each (function,
 address, count): a poll asks the same few reads again and again, so the hot path is a dict
 lookup, not an object.
@@ -116,11 +116,6 @@ def words_of(data: bytes) -> list[int]:
     if unpack is None:
         unpack = _words[n] = struct.Struct(f">{n}H")
     return list(unpack.unpack(data))
-
-
-def bytes_of(words: list[int]) -> bytes:
-    """Registers as on the wire: big-endian words."""
-    return struct.pack(f">{len(words)}H", *words)
 
 
 def crc_ok_somewhere(frame: bytes) -> bool:
