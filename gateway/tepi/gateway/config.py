@@ -92,7 +92,8 @@ class BatchSection(_Model):
         le=10,
         description="With linger 0 and nothing in flight, hold a tick's first readings until "
         "the other polls of that tick are over (or max_readings wait), at most this long: a "
-        "tick's readings in one message, not the first answer alone. 0: send at once.",
+        "tick's readings in one message, not the first answer alone. A device whose last poll "
+        "took longer than this is not waited for. 0: send at once.",
     )
 
 

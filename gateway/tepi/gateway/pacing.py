@@ -227,13 +227,16 @@ class Rounds:
     hand-over, with a tick still to come; a sleeping loop as it wakes) and when it is over,
     with its readings in the buffer or its failure counted (``end``). A poll of a tick to
     come is not under way. The uplink's live lane, with nothing in flight, waits while one
-    is (``busy``), up to ``uplink.batch.round_wait``: the event it passes to ``wait`` is set
-    when the last one ends.
+    is (``busy``), up to ``uplink.batch.round_wait`` (``limit``): the event it passes to
+    ``wait`` is set when the last one ends. A device whose last poll took longer than
+    ``limit`` (a camera fetching a snapshot, a unit that times out) is not counted: waiting
+    for it would hold every tick's readings for ``limit`` and gain nothing.
     """
 
-    __slots__ = ("_open", "_waiter")
+    __slots__ = ("_open", "_waiter", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: float = 0.05) -> None:
+        self.limit = limit  # seconds: the uplink's round_wait
         self._open: dict[float, int] = {}  # tick -> polls of it not yet over
         self._waiter: asyncio.Event | None = None
 

@@ -578,7 +578,11 @@ async def _poll_loop(
             # tick: the devices on this grid share it.
             stamp = clock.stamp_for(next_t)
             hang.start(started)
-            if rounds is not None:
+            if rounds is not None and (
+                stats.last_poll_s is None or stats.last_poll_s <= rounds.limit
+            ):
+                # A device whose last poll took longer than the uplink waits for a tick (a
+                # camera's snapshot, a dead unit's timeout) is not waited for.
                 rounds.begin(next_t)
                 opened = next_t
             try:
@@ -592,7 +596,7 @@ async def _poll_loop(
                     # the loop does what the bell asked.
                     stats.polls -= 1
                     stats.asks[:0] = asks
-                    if rounds is not None:
+                    if opened is not None and rounds is not None:
                         opened = None
                         rounds.end(next_t)
                     continue
@@ -655,7 +659,7 @@ async def _poll_loop(
                         buffer.put_many(run)
                     else:
                         stats.bad_suppressed += 1
-            if rounds is not None:
+            if opened is not None and rounds is not None:
                 opened = None
                 rounds.end(next_t)
             stats.last_poll_s = loop.time() - started

@@ -137,7 +137,7 @@ class Agent:
         self._status_changed = asyncio.Event()
         self.devices = {d.id: DeviceStats(on_state=self._status_changed.set) for d in cfg.devices}
         # The polls of each tick under way: the uplink sends a tick's readings together.
-        self.rounds = Rounds()
+        self.rounds = Rounds(cfg.uplink.batch.round_wait)
         # The rules and their alarms, only with rules (or alarms left from an earlier run).
         self.alarms: AlarmHub | None = None
         if alarms_wanted(cfg.gateway.data_dir, cfg.rules):
@@ -708,6 +708,7 @@ class Agent:
         if applied.status != old.status:
             await self._restart_status(applied)
         self.cfg = applied
+        self.rounds.limit = applied.uplink.batch.round_wait
         self.reloads.update(ok=True, errors=[], restart_needed=restart_needed)
         log.info(
             "reload: config applied (%d devices restarted: %s)%s",
