@@ -182,16 +182,16 @@ async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason
 ) -> None:
     """The device answered the first request and then went quiet: the first request's values
     are kept, and the rest are bad with the stable reason ("timeout"), not the error text."""
-    from tepi.drivers.modbus.tcp import TcpTransactions
+    from tepi.drivers.modbus.tcp import Transactions
 
     async with Simulator(sim_config("tcp")) as sim:
         cfg = driver_config("tcp", sim.endpoints()["dev"], DRIVER_REGISTERS)
         async with ModbusDriver(cfg, SharedResources()) as drv:
-            real_transact = TcpTransactions.transact
+            real_transact = Transactions.transact
             calls = 0
 
             # The driver's TCP reads go straight to the link's transaction layer.
-            async def first_then_quiet(self: TcpTransactions, *args: Any, **kw: Any) -> Any:
+            async def first_then_quiet(self: Transactions, *args: Any, **kw: Any) -> Any:
                 nonlocal calls
                 calls += 1
                 if calls == 1:
@@ -199,7 +199,7 @@ async def test_a_failure_after_an_answer_gives_bad_samples_with_the_short_reason
                 sim.device("dev").set_fault("no_reply")
                 return await real_transact(self, *args, **kw)
 
-            monkeypatch.setattr(TcpTransactions, "transact", first_then_quiet)
+            monkeypatch.setattr(Transactions, "transact", first_then_quiet)
             samples = as_samples(await drv.read())
     good = [s for s in samples if s.reason is None]
     bad = [s for s in samples if s.reason is not None]

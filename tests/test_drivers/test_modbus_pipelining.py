@@ -34,7 +34,7 @@ from tepi.core.records import as_samples
 from tepi.drivers.base import SharedResources
 from tepi.drivers.modbus import ModbusDriver, ModbusTcpConfig
 from tepi.drivers.modbus.link import ModbusLink
-from tepi.drivers.modbus.tcp import LATE_KEEP, MBAP, TcpTransactions
+from tepi.drivers.modbus.tcp import LATE_KEEP, MBAP, Transactions
 from tepi.gateway.pacing import Bell
 from tepi_sim import Simulator
 
@@ -122,7 +122,7 @@ async def test_pipelined_reads_from_many_units_each_get_their_own_values() -> No
             ]
             link = drivers[0]._link
             assert link is not None
-            stats = link.tcp_stats
+            stats = link.stream_stats
         finally:
             for d in drivers:
                 await d.__aexit__(None, None, None)
@@ -174,7 +174,7 @@ async def test_a_late_answer_is_never_taken_for_another_request() -> None:
             failed += 1
             assert await other == expected(2, address)
         sim.device("u1").set_fault("none")
-        tcp = link.tcp_stats
+        tcp = link.stream_stats
         assert tcp is not None
         async with asyncio.timeout(10):
             while tcp.late_answers < failed:  # the simulator sends the late answers in turn
@@ -200,7 +200,7 @@ async def test_transaction_ids_wrap_at_65535() -> None:
 
 
 async def test_a_transaction_id_still_awaited_or_answered_late_is_not_reused() -> None:
-    transactions = TcpTransactions("127.0.0.1", 1, "t", max_outstanding=4)
+    transactions = Transactions("127.0.0.1", 1, "t", max_outstanding=4)
     transactions._tid = 65533
     transactions._late = dict.fromkeys([65535, 0])
     assert [transactions._next_tid() for _ in range(3)] == [65534, 1, 2]
@@ -259,7 +259,7 @@ async def test_pipelining_into_a_first_frame_only_gateway_times_out_counted_then
         dropped = sim.tcp_endpoint("u1").dropped_frames
         after = await poll_units(link, units, 5)
         counters = {u: sim.device(f"u{u}").counter_value(0) for u in units}
-        tcp = link.tcp_stats
+        tcp = link.stream_stats
     assert tcp is not None
     timeouts = sum(v == "timeout" for values in seen.values() for v in values)
     assert dropped > 0
@@ -308,7 +308,7 @@ async def split_answers(
 
     server = await asyncio.start_server(sink, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    transactions = TcpTransactions("127.0.0.1", port, "split", max_outstanding=6)
+    transactions = Transactions("127.0.0.1", port, "split", max_outstanding=6)
     try:
         pdus = [struct.pack(">BHH", 3, 0, n) for n in counts]
         asks = [
@@ -413,7 +413,7 @@ async def test_a_connection_reset_right_after_the_accept_is_a_disconnect() -> No
 
     thread = threading.Thread(target=gateway, daemon=True)
     thread.start()
-    transactions = TcpTransactions("127.0.0.1", port, "reset", max_outstanding=8)
+    transactions = Transactions("127.0.0.1", port, "reset", max_outstanding=8)
     errors: list[BaseException] = []
     # A connect that survives its own checks before the reset (stats.connects) is rare,
     # about one round in 200 here: the rounds go on until three have (at least 200 rounds,
@@ -496,7 +496,7 @@ async def test_requests_held_until_an_instant_go_together_then_and_not_before() 
 
 
 async def hold_two(
-    tcp: TcpTransactions,
+    tcp: Transactions,
 ) -> tuple[Due, Due, asyncio.Task[bytes], asyncio.Task[bytes]]:
     """Units 1 and 2 read, each held until one instant 0.2 s from now: their dues and reads."""
     first, second = Due(), Due()

@@ -168,7 +168,7 @@ async def test_a_port_that_goes_while_a_request_waits_fails_it_at_once() -> None
     assert closed
     assert info.value.reason == "disconnected", info.value
     assert took < 1.0, took
-    assert link.tcp_stats.disconnects == 1
+    assert link.stream_stats.disconnects == 1
 
 
 async def test_held_requests_on_one_line_go_at_their_tick_one_at_a_time() -> None:

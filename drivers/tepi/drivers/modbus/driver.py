@@ -145,9 +145,9 @@ class ModbusDriver:
         return [req for req, _ in self._plan]
 
     def schedules(self) -> bool:
-        """Whether ``read`` takes a ``Due``: on Modbus TCP the link holds the poll's first
-        request until the tick and sends it then (``tepi.core.due``); a serial line does not."""
-        return self._link is not None and self._link.transactions is not None
+        """Whether ``read`` takes a ``Due``: once open, yes: the link (TCP or a serial line)
+        holds the poll's first request until the tick and sends it then (``tepi.core.due``)."""
+        return self._link is not None
 
     async def read(self, due: Due | None = None) -> list[Values]:
         """One poll: the values of each request as one :class:`Values`. Raises when no
@@ -215,7 +215,7 @@ class ModbusDriver:
         self, req: ReadRequest, due: Due | None = None
     ) -> bytes | list[bool] | ExceptionReply:
         """One read, asked again up to ``retries`` times on no answer or a garbled one.
-        ``due``: the first attempt goes at ``due.when`` (TCP only)."""
+        ``due``: the first attempt goes at ``due.when``."""
         link = self._link
         assert link is not None
         cfg = self.config
@@ -230,21 +230,16 @@ class ModbusDriver:
             if due is not None and due.when > started:
                 started = due.when  # held until then: its latency starts when it goes
             try:
-                if tcp is not None:
-                    # ``link.read_bytes`` for TCP, inline: a coroutine frame less on each
-                    # resume, on the hot path of a gateway's 500 polls a second.
-                    answer = await tcp.transact(
-                        cfg.unit,
-                        read_pdu(READ_FC[req.table], req.address, req.count),
-                        cfg.timeout,
-                        cfg.pause,
-                        due,
-                    )
-                    data = read_answer(link.label, cfg.unit, req.table, req.count, answer)
-                else:
-                    data = await link.read_bytes(
-                        req.table, req.address, req.count, cfg.unit, cfg.timeout, pause_s=cfg.pause
-                    )
+                # ``link.read_bytes``, inline: a coroutine frame less on each resume, on the
+                # hot path of a gateway's 500 polls a second.
+                answer = await tcp.transact(
+                    cfg.unit,
+                    read_pdu(READ_FC[req.table], req.address, req.count),
+                    cfg.timeout,
+                    cfg.pause,
+                    due,
+                )
+                data = read_answer(link.label, cfg.unit, req.table, req.count, answer)
             except DeviceUnavailable as err:
                 due = None
                 if err.reason != "timeout":
@@ -274,10 +269,11 @@ class ModbusDriver:
     def protocol_stats(self) -> dict[str, object]:
         out = self.link_stats.as_dict()
         link = self._link
-        tcp = None if link is None else link.tcp_stats
-        if link is not None and tcp is not None:
-            # The connection's own counters, shared by every device at its address: what the
-            # stream held besides this device's answers, and how pipelining went.
+        if link is not None:
+            tcp = link.stream_stats
+            # The connection's (or serial port's) own counters, shared by every device at its
+            # address or on its line: what the stream held besides this device's answers,
+            # and how pipelining went.
             out["link"] = {
                 "max_outstanding": link.max_outstanding,
                 "most_in_flight": tcp.most_in_flight,

@@ -14,7 +14,7 @@ CRC; its client is not used (docs/performance.md, "The request path").
 from __future__ import annotations
 
 from tepi.drivers.modbus.serialline import open_serial
-from tepi.drivers.modbus.tcp import TcpStats, TcpTransactions
+from tepi.drivers.modbus.tcp import StreamStats, Transactions
 from tepi.drivers.modbus.wire import (
     EXCEPTION_NAMES,
     READ_FC,
@@ -40,7 +40,7 @@ def frame_gap(baudrate: int, parity: str, bytesize: int, stopbits: int) -> float
 
 class ModbusLink:
     """The bus scheduler for one serial port or TCP endpoint: tepi's transaction layer
-    (:class:`~tepi.drivers.modbus.tcp.TcpTransactions`) on the port or the connection.
+    (:class:`~tepi.drivers.modbus.tcp.Transactions`) on the port or the connection.
 
     Serial: RTU frames on the port (``serialline``), one request at a time in the order
     asked, with the line's silence after each answer, plus the device's own ``pause`` when
@@ -51,21 +51,18 @@ class ModbusLink:
     (``max_outstanding``).
     """
 
-    def __init__(self, label: str, tcp: TcpTransactions, serial_path: str | None = None) -> None:
+    def __init__(self, label: str, tcp: Transactions) -> None:
         self._tcp = tcp
         self.label = label
-        self._serial_path = serial_path
-        self.gap_s = tcp.gap_s
-        self.rtu = tcp.rtu
 
     @property
-    def transactions(self) -> TcpTransactions:
+    def transactions(self) -> Transactions:
         """The link's transaction layer, for the driver's reads to call directly (see
         ``ModbusDriver._request``)."""
         return self._tcp
 
     @property
-    def tcp_stats(self) -> TcpStats:
+    def stream_stats(self) -> StreamStats:
         """What the link's stream held besides answers (late answers dropped, ...)."""
         return self._tcp.stats
 
@@ -83,7 +80,7 @@ class ModbusLink:
     def serial(
         cls, port: str, baudrate: int, parity: str, bytesize: int, stopbits: int
     ) -> ModbusLink:
-        transactions = TcpTransactions(
+        transactions = Transactions(
             port,
             0,
             port,
@@ -91,14 +88,14 @@ class ModbusLink:
             opener=open_serial(port, baudrate, parity, bytesize, stopbits),
             gap_s=frame_gap(baudrate, parity, bytesize, stopbits),
         )
-        return cls(port, transactions, serial_path=port)
+        return cls(port, transactions)
 
     @classmethod
     def tcp(
         cls, host: str, port: int, framing: str = "mbap", max_outstanding: int = 1
     ) -> ModbusLink:
         label = f"{host}:{port}"
-        transactions = TcpTransactions(
+        transactions = Transactions(
             host, port, label, rtu=framing == "rtu", max_outstanding=max_outstanding
         )
         return cls(label, transactions)

@@ -145,7 +145,7 @@ class SerialTransport(asyncio.Transport):
 
 
 def open_serial(path: str, baudrate: int, parity: str, bytesize: int, stopbits: int) -> Opener:
-    """An opener for ``TcpTransactions``: the port at ``path``, set up, as a transport."""
+    """An opener for ``Transactions``: the port at ``path``, set up, as a transport."""
 
     async def opener(factory: Callable[[], asyncio.Protocol]) -> asyncio.Transport:
         check_port(path)

@@ -44,7 +44,7 @@ in flight sends its next request alone (once nothing else is in flight, waiting 
 own timeout plus the longest on the link; others go on meanwhile). Answered alone, it lost
 the other request to the gateway, not to an outage. When three units have each shown that
 twice within ``SUSPECT_WINDOW`` requests, the link falls back to one request at a time and
-says so once in the log (``TcpStats.pipelining_fallbacks``). A dead unit loses its request
+says so once in the log (``StreamStats.pipelining_fallbacks``). A dead unit loses its request
 alone too, and units that come back together after an outage show it once each: neither
 trips it.
 """
@@ -86,8 +86,8 @@ Opener = Callable[[Callable[[], asyncio.Protocol]], Awaitable[asyncio.Transport]
 
 
 @dataclass(slots=True)
-class TcpStats:
-    """What one TCP connection's stream held besides answers, for diagnosis."""
+class StreamStats:
+    """What one connection's (or serial port's) stream held besides answers, for diagnosis."""
 
     requests: int = 0
     late_answers: int = 0  # answers to requests that had timed out: dropped
@@ -136,7 +136,7 @@ class _Connection(asyncio.Protocol):
     """One connection's callbacks, passed on to the link while it is the link's current one
     (a connection given up on can still call back before it is gone)."""
 
-    def __init__(self, owner: TcpTransactions) -> None:
+    def __init__(self, owner: Transactions) -> None:
         self.owner = owner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,8 +155,9 @@ class _Connection(asyncio.Protocol):
             self.owner._lost(exc)
 
 
-class TcpTransactions:
-    """Requests and answers on one TCP connection to a Modbus server or gateway."""
+class Transactions:
+    """Requests and answers on one TCP connection to a Modbus server or gateway, or on one
+    serial port (``opener``)."""
 
     def __init__(
         self,
@@ -186,7 +187,7 @@ class TcpTransactions:
         self.gap_s = gap_s
         self._line_quiet = 0.0  # on the loop's clock: the line is quiet until then
         self._quiet_timer: PreciseTimer | None = PreciseTimer() if opener is not None else None
-        self.stats = TcpStats()
+        self.stats = StreamStats()
         self._conn: _Connection | None = None
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Task[None] | None = None
