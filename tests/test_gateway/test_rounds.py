@@ -85,7 +85,7 @@ async def test_a_slow_device_does_not_hold_the_others(tmp_path: Path, round_wait
 
 
 async def test_rounds_count_only_the_polls_of_a_tick_that_has_come() -> None:
-    rounds = Rounds()
+    rounds = Rounds(0.05)
     now = asyncio.get_running_loop().time()
     rounds.begin(now + 10)  # a request held until its tick: not under way yet
     assert not rounds.busy(now)

@@ -235,7 +235,7 @@ class Rounds:
 
     __slots__ = ("_open", "_waiter", "limit")
 
-    def __init__(self, limit: float = 0.05) -> None:
+    def __init__(self, limit: float) -> None:
         self.limit = limit  # seconds: the uplink's round_wait
         self._open: dict[float, int] = {}  # tick -> polls of it not yet over
         self._waiter: asyncio.Event | None = None

@@ -525,6 +525,13 @@ async def _poll_loop(
     late_logged = False
     task = hang.task
     opened: float | None = None  # the tick of this loop's poll under way (``Rounds``)
+
+    def round_over() -> None:
+        nonlocal opened
+        if opened is not None and rounds is not None:
+            rounds.end(opened)
+            opened = None
+
     try:
         while True:
             if task is not None and task.cancelling():
@@ -596,9 +603,7 @@ async def _poll_loop(
                     # the loop does what the bell asked.
                     stats.polls -= 1
                     stats.asks[:0] = asks
-                    if opened is not None and rounds is not None:
-                        opened = None
-                        rounds.end(next_t)
+                    round_over()
                     continue
                 except asyncio.CancelledError:
                     if not hang.caught():
@@ -659,9 +664,7 @@ async def _poll_loop(
                         buffer.put_many(run)
                     else:
                         stats.bad_suppressed += 1
-            if opened is not None and rounds is not None:
-                opened = None
-                rounds.end(next_t)
+            round_over()
             stats.last_poll_s = loop.time() - started
             if asks:
                 stats.answer(asks, stats.last_error if stats.consecutive_failures else None)
@@ -715,8 +718,7 @@ async def _poll_loop(
 
     finally:
         hang.close()
-        if opened is not None and rounds is not None:
-            rounds.end(opened)
+        round_over()
 
 
 def _failed(

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any
 
 import serial
 
@@ -59,9 +58,6 @@ class SerialTransport(asyncio.Transport):
         loop.add_reader(self._fd, self._read_ready)
         protocol.connection_made(self)  # before the opener returns, as create_connection does
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._port if name == "serial" else default
-
     def is_closing(self) -> bool:
         return self._closing
 
@@ -87,7 +83,7 @@ class SerialTransport(asyncio.Transport):
             except BlockingIOError:
                 n = 0
             except OSError as err:
-                self._fail(err)
+                self._close(err)
                 return
             if n == len(data):
                 return
@@ -101,7 +97,7 @@ class SerialTransport(asyncio.Transport):
         except BlockingIOError:
             return
         except OSError as err:
-            self._fail(err)
+            self._close(err)
             return
         del self._out[:n]
         if not self._out:
@@ -113,15 +109,12 @@ class SerialTransport(asyncio.Transport):
         except BlockingIOError:
             return
         except OSError as err:  # EIO: the adapter is gone (or a pty's other side closed)
-            self._fail(err)
+            self._close(err)
             return
         if not data:  # readable, yet nothing: the device is gone
-            self._fail(OSError("the port reports data and gives none: is it disconnected?"))
+            self._close(OSError("the port reports data and gives none: is it disconnected?"))
             return
         self._protocol.data_received(data)
-
-    def _fail(self, err: Exception) -> None:
-        self._close(err)
 
     def close(self) -> None:
         self._close(None)
