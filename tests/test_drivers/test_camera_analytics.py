@@ -27,7 +27,7 @@ from tepi.drivers.camera.analytics import (
     _ZonePlan,
 )
 from tepi.drivers.camera.geometry import Detection
-from tepi.drivers.camera.tracker import LineDef, Tracker, TrackerParams
+from tepi.drivers.camera.tracker import LineDef, Tracker, TrackerParams, TrackState
 from tepi.drivers.camera.vision import Image
 
 pytestmark = pytest.mark.timeout(60)
@@ -352,6 +352,25 @@ def test_a_stopped_object_stays_a_stopped_track_and_fills_the_queue() -> None:
     assert late.zones["approach"].occupancy == pytest.approx(0.1 * 0.08 / (0.5 * 0.4), abs=0.01)
     assert not late.zones["approach"].motion  # stopped is not motion
     assert not late.motion
+
+
+def test_a_track_stops_under_one_speed_and_moves_again_over_a_higher_one() -> None:
+    """A vehicle rolling to its stop is not stopped until it is slower than
+    ``stopping_speed`` (the truth stops it at 0.5 m/s, about 0.01 frame widths a second in
+    the traffic scene); once stopped, its measured speed wanders (its box jitters) and it
+    stays stopped until faster than ``starting_speed``. One threshold for both either joined
+    a rolling vehicle to the queue early or made a stopped one flicker out of it."""
+    s = AnalyticsSettings()
+    assert s.stopping_speed < s.stopped_speed < s.starting_speed
+    a = Analyzer(s)
+    tr = TrackState(1, 0.5, 0.5, 0.1, 0.1, 0.0, 0.0)
+    a._tracker.tracks = [tr]
+    seen = []
+    for speed in (0.05, 0.03, 0.018, 0.016, 0.015, 0.019, 0.021, 0.017, 0.020, 0.025, 0.019):
+        tr.vx = speed
+        a._track_stops()
+        seen.append(tr.stopped)
+    assert seen == [False] * 4 + [True] * 5 + [False] * 2
 
 
 def test_moving_pixels_between_the_line_and_a_stopped_queue_end_it() -> None:

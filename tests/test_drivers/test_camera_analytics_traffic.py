@@ -192,8 +192,8 @@ def test_every_crossing_has_a_track_start_and_end(hard: Run) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the queue lags the truth by about a second as it builds, and sometimes as it "
-    "clears (8 of 290 moments of the hard scene are off by more than one vehicle)",
+    reason="the queue is a frame or a few early or late around the instants it changes "
+    "(7 of 290 moments of the hard scene are off by more than one vehicle)",
 )
 def test_queue_length_within_one_vehicle(hard: Run) -> None:
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
@@ -202,8 +202,9 @@ def test_queue_length_within_one_vehicle(hard: Run) -> None:
 
 def test_queue_length_mostly_within_one_vehicle(hard: Run) -> None:
     """What is met now (a guard against getting worse while the target above is not met):
-    at most 3 % of the moments (once a second) are off by more than the length of the
-    queue's last vehicle (8 of 290, 2.8 %, measured, and a mean error of 0.27 m; 9 and 0.31 m
+    at most 2.5 % of the moments (once a second) are off by more than the length of the
+    queue's last vehicle (7 of 290, 2.4 %, measured, and a mean error of 0.19 m; 8 and 0.27 m
+    with one speed for a track to stop and to move again, not two; 9 and 0.31 m
     before a queue shorter for one frame kept its length; 10 and
     0.41 m before blobs that narrow between two vehicles were cut; 11 and 0.58 m before
     moving pixels ahead of a queue ended it; 13 when two two-wheelers stopped at the frame's
@@ -211,9 +212,9 @@ def test_queue_length_mostly_within_one_vehicle(hard: Run) -> None:
     jittered made it "moving"), and the mean error is under 0.35 m; and none is off with the
     true queue steady from 2 s before to 1 s after."""
     bad = [(t, got, want) for t, got, want, tail in hard.queues if abs(got - want) > tail]
-    assert len(bad) <= 0.03 * len(hard.queues), bad
+    assert len(bad) <= 0.025 * len(hard.queues), bad
     mean = sum(abs(got - want) for _, got, want, _ in hard.queues) / len(hard.queues)
-    assert mean < 0.35
+    assert mean < 0.25
     # Off only while the queue changes: each such moment from 2 s before to 1 s after the
     # true queue jumped (a vehicle stopped at its end, or it moved off), none with it steady.
     assert hard.queue_steps

@@ -36,9 +36,9 @@ Positions are normalised as in :mod:`tepi.drivers.camera.geometry`.
    by its outline's edges (in the background and not in the frame: a hole), dropped and
    relearnt (``Background.ghostly``).
 4. Stopped pixels: foreground pixels unchanged (beyond shake) from the frame a second
-   before, for ``stopped_time``, and the foreground inside the boxes of tracks slower than
-   ``stopped_speed``; the boxes of tracks that move, now and over the last second, are
-   never stopped. Motion is the rest of
+   before, for ``stopped_time``, and the foreground inside the boxes of stopped tracks (a
+   track stops under ``stopping_speed`` and moves again over ``starting_speed``); the
+   boxes of tracks that move, now and over the last second, are never stopped. Motion is the rest of
    the foreground of objects of ``min_area``: ``motion_area`` is its share of the analysed
    area (of the camera, or of a zone), and ``motion`` turns on when two frames in a row
    have at least ``min_area`` of it, and stays on for ``motion_off_delay`` seconds after.
@@ -76,9 +76,9 @@ scene, 640x360 analysed at 320 wide and 5 fps, 300 s, counted from 10 s, default
 - classes by size (two-wheeler <= 0.0035 of the frame, car <= 0.012, bus/truck above):
   two-wheelers within 2 % per line and direction, cars and buses within about 25 % (a bus
   seen cut short, or two vehicles in one box, takes the next class; no target in issue 20);
-- queue length within the length of its last vehicle at 97.2 % of the moments sampled
-  once a second (8 of 290 off; mean error 0.27 m; 95.2 % in rain with exposure jumps); it
-  lags the truth by about a second as the queue builds, and sometimes as it starts off;
+- queue length within the length of its last vehicle at 97.6 % of the moments sampled
+  once a second (7 of 290 off; mean error 0.19 m; 95.5 % in rain with exposure jumps); it
+  is a frame or a few early or late around the instants a vehicle joins it or it moves off;
 - no vehicles, with rain 1.0, exposure jumps, a fast deep lighting ramp and shake: no
   event, no motion, no count;
 - a camera knocked 4 % of the frame: relearnt within 2 s, counts afterwards within 5 %.
@@ -193,10 +193,19 @@ class AnalyticsSettings:
     hysteresis: float = 0.01
     """A centre must be this far from a line for its side to count (wiggles on the line)."""
     stopped_speed: float = 0.0175
-    """A track slower than this (frame widths or heights per second) is stopped. Over the 24
-    scenes of bench/analytics_accuracy.py, queue moments off by more than a vehicle: 473 at
-    0.025, 346 at 0.02, 317 at 0.0175, 321 at 0.015, 386 at 0.012, 459 at 0.009 (a stopped
-    track's measured speed wanders up to about 0.02: below that, stopped queues flicker)."""
+    """Frame widths or heights per second. A track faster than 1.5 times this now, and than
+    this over the last second, is moving (its pixels are never stopped); one slower than
+    half of it over the last second is checked for a hole in the background."""
+    stopping_speed: float = 0.0155
+    """A moving track slower than this has stopped: its box's foreground is queue at once.
+    It moves again once faster than ``starting_speed``: a stopped track's measured speed
+    wanders up to about 0.02, and one threshold for both made queues flicker below 0.0175
+    and join them early above it (a vehicle still rolling to its stop). Over the 24 scenes
+    of bench/analytics_accuracy.py, queue moments off by more than a vehicle: 269 with one
+    threshold of 0.0175 (321 at 0.015, 386 at 0.012), 244 with 0.0155 and 0.022, 250 with
+    0.014 and 0.022."""
+    starting_speed: float = 0.022
+    """A stopped track faster than this moves again (see ``stopping_speed``)."""
     stopped_time: float = 0.6
     """A foreground pixel unchanged for this long belongs to a stopped object (queues)."""
     queue_gap: float = 3.0
@@ -312,7 +321,6 @@ class Analyzer:
                 max_lost=s.max_lost,
                 min_hits=s.min_hits,
                 hysteresis=s.hysteresis,
-                stopped_speed=s.stopped_speed,
             ),
             [LineDef(ln.name, ln.a, ln.b) for ln in s.lines],
             self._size_class,
@@ -378,6 +386,7 @@ class Analyzer:
                 events.append(self._event("end", tr, t))
 
         self._background.learn(bg, [_pixels(tr.box, plan, 1) for tr in self._tracker.tracks])
+        self._track_stops()
         stopped = self._stopped(fg, bg.normalised, t, dt)
         moving = cv2.bitwise_and(fg, cv2.bitwise_not(stopped))
         min_px = max(1, round(s.min_area * plan.width * plan.height))
@@ -413,7 +422,7 @@ class Analyzer:
                     tr.id,
                     tr.box,
                     self._tracker.label(tr),
-                    tr.speed < s.stopped_speed,
+                    tr.stopped,
                     tr.zones,
                     tr.score,
                 )
@@ -546,6 +555,12 @@ class Analyzer:
         y = min(plan.height - 1, max(0, int(cy * plan.height)))
         return bool(plan.privacy[y, x])
 
+    def _track_stops(self) -> None:
+        """Each track's ``stopped``, with hysteresis (see ``stopping_speed``)."""
+        s = self.settings
+        for tr in self._tracker.tracks:
+            tr.stopped = tr.speed < (s.starting_speed if tr.stopped else s.stopping_speed)
+
     def _stopped(
         self, fg: npt.NDArray[np.uint8], normalised: npt.NDArray[np.float32], t: float, dt: float
     ) -> npt.NDArray[np.uint8]:
@@ -606,7 +621,7 @@ class Analyzer:
         # pixels need a second or two (a queue builds fast at a red light).
         slow = np.zeros_like(stopped)
         for tr in self._tracker.tracks:
-            if tr.confirmed and tr.speed < self.settings.stopped_speed:
+            if tr.confirmed and tr.stopped:
                 x0, y0, x1, y1 = tr.box
                 cv2.rectangle(slow, (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h)), 255, -1)
         return _u8(cv2.bitwise_or(stopped, cv2.bitwise_and(slow, fg)))

@@ -65,7 +65,6 @@ class TrackerParams:
     max_lost: float = 1.0
     min_hits: int = 3
     hysteresis: float = 0.01
-    stopped_speed: float = 0.02
     merge_growth: float = 1.3
     ghost_time: float = 2.0
 
@@ -106,6 +105,8 @@ class TrackState:
     best_score: float = 0.0
     best_box: Box | None = None
     zones: tuple[str, ...] = ()
+    stopped: bool = False
+    """Set by the analytics engine each frame, with hysteresis on :attr:`speed`."""
     trail: deque[tuple[float, Box]] = field(default_factory=deque)
     """(t, box seen) over the last :data:`STEADY_WINDOW` seconds and one before: see
     :attr:`steady_speed`."""
