@@ -594,3 +594,54 @@ async def test_a_driver_that_cannot_say_whether_it_holds_requests_is_polled_by_s
     assert stats.internal_errors == 1
     assert stats.errors == {}  # not a failed poll: every poll read
     assert stats.state == "ok"
+
+
+class _Slow(SyntheticDriver):
+    """A synthetic device whose every read takes ``took`` seconds."""
+
+    def __init__(self, cfg: SyntheticConfig, took: float) -> None:
+        super().__init__(cfg, SharedResources())
+        self.took = took
+
+    async def read(self) -> list[Values]:
+        await asyncio.sleep(self.took)
+        return list(await super().read())
+
+
+@pytest.mark.parametrize(("took", "missed"), [(0.04, False), (0.25, True)])
+async def test_a_first_poll_across_a_tick_is_not_a_missed_poll(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, took: float, missed: bool
+) -> None:
+    """The first poll goes at once, off the grid. Begun 20 ms before a tick of a 0.2 s grid,
+    a read of 40 ms ends after that tick: the device was polled a moment before it, so the
+    tick is not missed and no warning says the device cannot keep its interval (every start
+    of a gateway with many devices logged it for some). A read longer than the interval
+    still misses ticks, counted and logged."""
+    interval = 0.2
+    cfg = SyntheticConfig.model_validate(
+        {"id": "s", "driver": "synthetic", "metrics": 1, "poll_interval": interval}
+    )
+    stats = DeviceStats()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with Buffer(BufferSettings(path=tmp_path / "b.db"), "boot") as buf:
+        # Start 20 ms before a tick of the device's grid (its ticks are the interval's
+        # multiples on the loop's clock).
+        tick = (loop.time() // interval + 2) * interval
+        await asyncio.sleep(tick - 0.02 - loop.time())
+        task = asyncio.create_task(
+            poll_device(cfg, _Slow(cfg, took), buf, stats, stopping=stopping)
+        )
+        async with asyncio.timeout(10):
+            while stats.polls < 4:
+                await asyncio.sleep(0.01)
+        stopping.set()
+        async with asyncio.timeout(5):
+            await task
+    warned = [r for r in caplog.records if "cannot keep its" in r.getMessage()]
+    if missed:
+        assert stats.missed_polls >= 1
+        assert len(warned) == 1
+    else:
+        assert stats.missed_polls == 0
+        assert warned == []
