@@ -1,6 +1,6 @@
 """How the camera analytics engine counts and measures queues over many traffic scenes.
 
-The accuracy tests (tests/test_drivers/test_camera_analytics_traffic.py) check three fixed
+The accuracy tests (tests/test_drivers/test_camera_analytics_traffic.py) check four fixed
 scenes; this runs the same engine, settings and scoring over more seeds, dry and in the rain
 with exposure jumps, and prints for each scene its worst line (lines with more than 20
 crossings; error against the simulator's exact truth) and how many of its once-a-second

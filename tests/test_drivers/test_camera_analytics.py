@@ -27,6 +27,7 @@ from tepi.drivers.camera.analytics import (
     _ZonePlan,
 )
 from tepi.drivers.camera.geometry import Detection
+from tepi.drivers.camera.motion import _like_around
 from tepi.drivers.camera.tracker import LineDef, Tracker, TrackerParams, TrackState
 from tepi.drivers.camera.vision import Image
 
@@ -549,6 +550,32 @@ def test_a_hole_left_by_a_learnt_car_does_not_stand_as_a_track() -> None:
     assert all(o.tracks == [] for o in hole), [o.tracks for o in hole]
     assert crossings(obs)[("v", "in")] >= 3
     assert sum(1 for o in obs for c in o.crossings if c.t >= 9.0) == 3
+
+
+@pytest.mark.parametrize(
+    ("frame_inside", "bg_inside", "hole"),
+    [
+        (100.0, 30.0, True),  # the road in view, a vehicle learnt: a hole
+        (30.0, 100.0, False),  # a vehicle in view on the road: stopped, not a hole
+        (100.0, 100.0, False),  # both the road
+        (100.0, 104.0, False),  # the background barely differs: the road's texture
+        (60.0, 30.0, False),  # something in view that is not the road either
+    ],
+)
+def test_a_hole_looks_like_the_road_around_it_in_the_frame_only(
+    frame_inside: float, bg_inside: float, hole: bool
+) -> None:
+    """``Background.ghostly``'s second test, for an outline that has edges in the frame as
+    well (a lane marking in view where a learnt vehicle lay): inside the foreground, the
+    frame is compared with the road around the box, and so is the background."""
+    rng = np.random.default_rng(3)
+    road = (100.0 + rng.normal(0, 3.0, (60, 80, 3))).astype(np.float32)
+    frame, bg = road.copy(), road.copy()
+    frame[20:40, 25:55] += np.float32(frame_inside - 100.0)
+    bg[20:40, 25:55] += np.float32(bg_inside - 100.0)
+    fg = np.zeros((60, 80), np.uint8)
+    fg[20:40, 25:55] = 255
+    assert _like_around(frame, bg, fg, (25, 20, 55, 40)) is hole
 
 
 def test_a_queue_shorter_for_one_frame_keeps_its_length_and_one_gone_goes_at_once() -> None:
