@@ -39,10 +39,11 @@ Positions are normalised as in :mod:`tepi.drivers.camera.geometry`.
 4. Stopped pixels: foreground pixels unchanged (beyond shake) from the frame a second
    before, for ``stopped_time``, and the foreground inside the boxes of stopped tracks (a
    track stops under ``stopping_speed`` and moves again over ``starting_speed``); the
-   boxes of tracks that move, now and over the last second, are never stopped. Motion is the rest of
-   the foreground of objects of ``min_area``: ``motion_area`` is its share of the analysed
-   area (of the camera, or of a zone), and ``motion`` turns on when two frames in a row
-   have at least ``min_area`` of it, and stays on for ``motion_off_delay`` seconds after.
+   boxes of tracks that move, now and over the last second, are never stopped. Motion is
+   the rest of the foreground of objects of ``min_area``: ``motion_area`` is its share of
+   the analysed area (of the camera, or of a zone), and ``motion`` turns on when two frames
+   in a row have at least ``min_area`` of it, and stays on for ``motion_off_delay``
+   seconds after.
 5. Zones: ``occupancy`` is the share of the zone's pixels that are foreground (moving or
    stopped objects); ``queue_length`` runs from the stop line away from it over the zone's
    stopped pixels, in bins of ``queue_bin`` metres, across gaps up to ``queue_gap`` metres
