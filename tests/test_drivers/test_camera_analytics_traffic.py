@@ -140,6 +140,11 @@ def wet() -> Run:
     return analyse(WET, 300.0)
 
 
+@pytest.fixture(scope="module")
+def marked() -> Run:
+    return analyse(MARKED, 300.0)
+
+
 def _check_counts(run: Run) -> None:
     truth = run.truth()
     ins = sum(n for (_, way), n in truth.items() if way == "in")
@@ -163,13 +168,25 @@ def test_counts_within_3_percent_after_a_start_that_learnt_a_bus() -> None:
     _check_counts(analyse(IMPRINTED, 300.0))
 
 
-def test_counts_within_3_percent_after_a_start_that_learnt_a_vehicle_over_a_marking() -> None:
+def test_counts_within_3_percent_after_a_start_that_learnt_a_vehicle_over_a_marking(
+    marked: Run,
+) -> None:
     """A vehicle learnt into the first background over a lane marking leaves a hole whose
     outline has the marking's edges in the frame, so its edges do not show it is a hole; it
     stood as a track for two minutes and took over 13 % of lane 1's vehicles. Inside it,
     the frame looks like the road around it and the background does not
     (``Background.ghostly``, ``_like_around``): 2.6 % now."""
-    _check_counts(analyse(MARKED, 300.0))
+    _check_counts(marked)
+
+
+def test_a_queue_starting_off_is_not_held_by_a_slow_steady_speed(marked: Run) -> None:
+    """A track counts as moving (its pixels not stopped) once it is not stopped and fast
+    now; it no longer needs a steady speed over the last second too, which a vehicle
+    starting off from a queue at green reaches about a second late. On this scene, whose
+    queues start off often, the mean error of the queue went from 0.58 to 0.38 m (and
+    the moments off by more than a vehicle from 21 to 19 of 290)."""
+    mean = sum(abs(got - want) for _, got, want, _ in marked.queues) / len(marked.queues)
+    assert mean < 0.45
 
 
 def test_counts_within_3_percent_in_rain_and_exposure_jumps(wet: Run) -> None:
