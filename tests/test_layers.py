@@ -204,6 +204,38 @@ def test_importing_a_driver_loads_neither_sqlite_nor_the_gateway() -> None:
     assert not unwanted, sorted(unwanted)
 
 
+_NO_MODBUS = """
+import asyncio
+from tepi.drivers.base import SharedResources
+from tepi.drivers.registry import make_driver
+from tepi.gateway.configload import parse_config
+import tepi.gateway.runtime
+cfg = parse_config(
+    "gateway: {id: gw}\\nuplink: {url: 'mqtt://127.0.0.1'}\\ndevices:\\n"
+    "  - {id: s1, driver: synthetic, metrics: 2}\\n" + EXTRA,
+    "t.yaml",
+    check_files=False,
+)
+drivers = [make_driver(d, SharedResources()) for d in cfg.devices]
+"""
+
+
+def test_a_box_without_a_modbus_device_loads_no_pymodbus() -> None:
+    """The registry has every driver's config models, for validation; pymodbus (about
+    1.8 MB of RSS) comes with the Modbus driver, made for the first Modbus device only
+    (docs/performance.md#memory)."""
+    without = _imported_by('EXTRA = ""' + _NO_MODBUS)
+    assert "tepi.drivers.modbus.config" in without
+    assert not {m for m in without if m.split(".")[0] == "pymodbus"}
+    assert "tepi.drivers.modbus.driver" not in without
+    with_one = _imported_by(
+        "EXTRA = '  - {id: m1, driver: modbus-tcp, host: 127.0.0.1, unit: 1, registers: "
+        "[{name: r, address: 0}]}\\n'" + _NO_MODBUS
+    )
+    assert "pymodbus" in with_one
+    assert "tepi.drivers.modbus.driver" in with_one
+
+
 def test_the_core_loads_little() -> None:
     loaded = _imported_by("import tepi.core.records, tepi.core.errors, tepi.core.clock")
     assert "tepi.core.records" in loaded
