@@ -15,7 +15,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tepi.gateway.localbroker import free_port, wait_port
+from ports import restartable_port
+
+from tepi.gateway.localbroker import wait_port
 
 
 def nats_bin() -> str:
@@ -46,7 +48,7 @@ class _Process:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = restartable_port()  # not free_port(): see ports.py
         self.log = workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -90,7 +92,7 @@ class NatsBroker(_Process):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        self.client_port = free_port()
+        self.client_port = restartable_port()
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         conf = self.workdir / "nats.conf"
@@ -114,7 +116,7 @@ class RabbitBroker(_Process):
     def __init__(self, workdir: Path, user: str, password: str) -> None:
         super().__init__(workdir)
         self.user, self.password = user, password
-        self.dist_port = free_port()
+        self.dist_port = restartable_port()
         self.node = f"tepi-test-{self.port}@localhost"
 
     def command(self) -> tuple[list[str], dict[str, str]]:

@@ -25,6 +25,7 @@ import aiomqtt
 import trustme
 import yaml
 from completeness import Completeness
+from ports import restartable_port
 from sqlite_utils import Database
 
 from tepi.gateway.compact import ZSTD_MAGIC, decode_compact
@@ -162,7 +163,7 @@ class Broker:
 
     def __init__(self, workdir: Path, *, extra: str = "", persistence: bool = False) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = restartable_port()  # not free_port(): see ports.py
         self.extra = extra
         self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
