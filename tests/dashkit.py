@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import yaml
 from helpers import AgentProc, Broker, agent_config, wait_listening
+from ports import restartable_port
 
 from tepi.gateway.dashauth import Users
-from tepi.gateway.localbroker import free_port
 from tepi_sim import Simulator
 
 ADMIN, VIEWER = ("ana", "admin-pass-1"), ("bo", "viewer-pass-2")
@@ -131,7 +131,7 @@ async def console(tmp: Path, devices: list[dict[str, Any]], **top: Any) -> Async
     traceback in its log."""
     broker = Broker(tmp)
     await broker.start()
-    port = free_port()
+    port = restartable_port()  # kept for the console if a test restarts the agent (ports.py)
     status = tmp / "status.sock"
     cfg = agent_config(
         tmp,

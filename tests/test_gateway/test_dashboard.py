@@ -23,6 +23,7 @@ import pytest
 import yaml
 from dashkit import ADMIN, VIEWER, client, csrf_of, login
 from helpers import AgentProc, agent_config, run_tepi, until, wait_listening
+from ports import restartable_port
 from yarl import URL
 
 from tepi.gateway.config import DashboardSection
@@ -47,7 +48,8 @@ class Console:
 
 
 async def start_console(tmp: Path, devices: list[dict[str, Any]], **over: Any) -> Console:
-    port, status_port = free_port(), free_port()
+    # Listened on again after a restart: below the ephemeral range (tests/ports.py).
+    port, status_port = restartable_port(), restartable_port()
     config = agent_config(
         tmp,
         free_port(),  # nothing listens there: the uplink stays down
