@@ -97,7 +97,9 @@ FAULTS = (
         "port missing",
         adapter=True,
         line=True,
-        also=("timeout",),  # unplugged while a request was out
+        # Unplugged while a request was out: the port went under it (noticed at once, the
+        # neighbour's poll too if it was on the line), or its answer never came.
+        also=("disconnected", "timeout"),
         what="the adapter out for the whole fault, then back at the same path",
     ),
 )
