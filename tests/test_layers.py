@@ -205,7 +205,6 @@ def test_importing_a_driver_loads_neither_sqlite_nor_the_gateway() -> None:
 
 
 _NO_MODBUS = """
-import asyncio
 from tepi.drivers.base import SharedResources
 from tepi.drivers.registry import make_driver
 from tepi.gateway.configload import parse_config
