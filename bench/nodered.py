@@ -20,7 +20,8 @@ Node-RED is not one of tepi's dependencies; install it once (npm, about a minute
     .venv/bin/python bench/nodered.py modbus-tcp-50 --tepi modbus-tcp-50-pipelined
 
 (tepi's ``modbus-tcp-50-pipelined`` is the same workload with ``max_outstanding: 8``, its
-requests pipelined as Node-RED's are by default.)
+requests pipelined as Node-RED's are by default.) ``TEPI_NODE_RED`` names another install's
+folder.
 
 Figures print as a Markdown table, or JSON lines with ``--json``; they are never asserted.
 """
