@@ -35,7 +35,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from harness import start_broker, start_simulator  # noqa: E402
-from suite import WIDTH, WORKLOADS, expand, loadavg, points, sample, sim_config  # noqa: E402
+from suite import (  # noqa: E402
+    BROKER_EXTRA,
+    WIDTH,
+    WORKLOADS,
+    expand,
+    loadavg,
+    ms,
+    pct,
+    points,
+    sample,
+    sim_config,
+)
 
 from tepi.core.units import parse_duration  # noqa: E402
 from tepi.gateway.localbroker import free_port, wait_port  # noqa: E402
@@ -160,7 +170,7 @@ def flows(
                     "parallelUnitIdsAllowed": True,
                 }
             )
-        ms = round(parse_duration(d["poll_interval"]) * 1000)
+        every = round(parse_duration(d["poll_interval"]) * 1000)
         nodes.append(
             {
                 "id": f"read{i}",
@@ -171,7 +181,7 @@ def flows(
                 "dataType": "HoldingRegister",
                 "adr": "0",
                 "quantity": str(words(d)),
-                "rate": str(ms),
+                "rate": str(every),
                 "rateUnit": "ms",
                 "server": clients[key],
                 "wires": [["out" if raw else f"decode{i}"], []],
@@ -263,7 +273,7 @@ async def run(name: str, seconds: float | None, *, raw: bool = False) -> dict[st
     offered = sum(1 / parse_duration(d["poll_interval"]) for d in devices)
     work = Path(tempfile.mkdtemp(prefix=f"tepi-bench-nodered-{name}-"))
     port = free_port()
-    broker = start_broker(work, port, ["max_queued_messages 0", "set_tcp_nodelay true"])
+    broker = start_broker(work, port, BROKER_EXTRA)
     sim = red = None
     rx: Counter | None = None
     try:
@@ -293,7 +303,6 @@ async def run(name: str, seconds: float | None, *, raw: bool = False) -> dict[st
         messages, values, lat = rx.window()
         took = b.t - a.t
         cpu = b.cpu_s - a.cpu_s
-        lat.sort()
         return {
             "agent": "node-red, raw" if raw else "node-red",
             "workload": name,
@@ -303,8 +312,9 @@ async def run(name: str, seconds: float | None, *, raw: bool = False) -> dict[st
             "values_per_s": round(values / took, 1),
             "cpu_percent": round(100 * cpu / took, 2),
             "cpu_s_per_1000_polls": round(1000 * cpu / max(1, messages), 4),
-            "latency_p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
-            "latency_p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1) if lat else None,
+            # The suite's percentiles, so that the two agents' figures are taken alike.
+            "latency_p50_ms": ms(pct(lat, 0.5)),
+            "latency_p99_ms": ms(pct(lat, 0.99)),
             "rss_mb": round(b.rss / 2**20, 1),
             "loadavg": loadavg(),
         }

@@ -62,6 +62,11 @@ from tepi.gateway.localbroker import free_port, wait_port  # noqa: E402
 
 WORKLOADS = REPO / "bench" / "workloads"
 TICK = os.sysconf("SC_CLK_TCK")
+# The benchmarks' Mosquitto (bench/nodered.py's too). set_tcp_nodelay: Mosquitto leaves
+# Nagle's algorithm on by default, and a PUBACK written while its previous one awaits the
+# peer's delayed ACK waits up to 40 ms: the p99 of modbus-tcp-50 was 43 ms with it, 7.8 ms
+# without (docs/performance.md).
+BROKER_EXTRA = ["max_queued_messages 0", "set_tcp_nodelay true"]
 TOPIC = "ioc/v1/bench-gw"
 TCP_IP_HEADER = 52  # IPv4 20 + TCP 20 + timestamps option 12, per segment
 MSS = 1448  # a typical Ethernet/4G MSS with the timestamps option
@@ -527,11 +532,7 @@ class Rig:
 
     async def start_broker(self) -> None:
         self.broker_port = free_port()
-        # set_tcp_nodelay: Mosquitto leaves Nagle's algorithm on by default, and a PUBACK
-        # written while its previous one awaits the peer's delayed ACK waits up to 40 ms: the
-        # p99 of modbus-tcp-50 was 43 ms with it, 7.8 ms without (docs/performance.md).
-        extra = ["max_queued_messages 0", "set_tcp_nodelay true"]
-        self.broker = start_broker(self.work, self.broker_port, extra)
+        self.broker = start_broker(self.work, self.broker_port, BROKER_EXTRA)
         broker = self.broker
         await wait_port(self.broker_port, alive=lambda: broker.poll() is None)
         self.proxy = CountingProxy(self.broker_port, rate=self.link_rate)
