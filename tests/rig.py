@@ -191,13 +191,24 @@ class Rig:
         order; and with nothing allowed lost, no gap in ``seq`` inside a run either."""
         check = self.sub.completeness()
         rows = check.table(upto)
+        gaps = check.seq_gaps()
         for row in rows:
-            assert row.out_of_order == 0, row
-            assert row.lost <= allowed_lost, row
+            assert row.out_of_order == 0, self._why(row, gaps)
+            assert row.lost <= allowed_lost, self._why(row, gaps)
         if not allowed_lost:
-            assert check.seq_gaps() == [], check.seq_gaps()[:10]
+            assert gaps == [], self._why(gaps[:10], gaps)
         assert check.undecodable == 0
         return rows
+
+    def _why(self, what: object, gaps: list[tuple[int, int]]) -> str:
+        """A failed check, with what tells a lost reading from a device that failed: the
+        seq gaps and the agent's errors and warnings."""
+        said = [
+            line
+            for line in self.agent.log_text().splitlines()
+            if " ERROR " in line or " WARNING " in line
+        ]
+        return f"{what}\nseq gaps: {gaps[:10]}\nthe agent's log said:\n" + "\n".join(said[-30:])
 
     async def wait_caught_up(self, timeout: float = 30) -> dict[str, int]:
         """Wait until the subscriber has every counter value the simulator handed out so far."""
