@@ -9,11 +9,17 @@ Two independent signals prove it end to end:
   agent; a new run (after a crash or kill -9) starts at the ``first_seq`` that its ``online``
   status announces. A gap inside a run is a loss; a jump to a run's ``first_seq`` is not.
 
-Per device it reports readings expected, received, lost, duplicated (the same reading twice,
-by ``seq``), out of order (``seq`` order that disagrees with the order the device was read
+Per device it reports readings expected, received, lost, unread, duplicated (the same reading
+twice, by ``seq``), out of order (``seq`` order that disagrees with the order the device was read
 in) and the longest delay from reading to arrival (from the reading's ``mono`` when the
 gateway runs on this machine, so exact whatever its wall clock says; else from ``ts``,
-skipping readings flagged ``unsynced``). The fault suite uses it (tests/); by hand:
+skipping readings flagged ``unsynced``). *Unread* are values that never arrived because the
+gateway failed to read them and said so: a bad ``counter`` reading (its first failed poll of a
+streak) lies, by ``seq``, between the good readings either side of the missing value. A
+simulated device hands out a value as it answers, so an answer that comes after the gateway's
+timeout (the simulator or the gateway starved of CPU, a slow-device fault) is such a value;
+it was never a reading, so the buffer cannot lose it. ``lost`` is the rest: values the gateway
+read, or failed to read without saying so. The fault suite uses it (tests/); by hand:
 
     .venv/bin/python bench/completeness.py --url mqtt://127.0.0.1:1883 --topic 'ioc/v1/#' \\
         --sim-control /run/tepi-sim.sock --seconds 600
@@ -27,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import itertools
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -53,6 +61,7 @@ class Row:
     out_of_order: int
     max_delay_s: float | None
     lost_values: tuple[int, ...] = ()  # the first few counter values that never arrived
+    unread: int = 0  # values not read, the gateway said so (module docstring); not in lost
 
 
 def _boot_id() -> str | None:
@@ -69,6 +78,7 @@ _LOCAL_BOOT = _boot_id()
 class _Device:
     by_seq: dict[int, int] = field(default_factory=dict)  # seq -> counter value
     value_seqs: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    failed: list[int] = field(default_factory=list)  # seqs of bad counter readings
     repeats: int = 0  # a seq received again
     max_delay_s: float | None = None
 
@@ -101,6 +111,9 @@ class Completeness:
                 readings = [self._parse(r, off) for r in msg["readings"]]
                 for r in readings:
                     self._reading(*r, now)
+                for r in msg["readings"]:
+                    if r["metric"] == self.counter_metric and r.get("quality") == "bad":
+                        self.devices[str(r["device"])].failed.append(int(r["seq"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             self.undecodable += 1  # not what the payload contract says: counted, not fatal
 
@@ -151,7 +164,9 @@ class Completeness:
             hi = (last or {}).get(name, max(dev.value_seqs, default=lo - 1))
             expected = set(range(lo, hi + 1))
             got = {v for v in dev.value_seqs if lo <= v <= hi}
-            lost = sorted(expected - got)
+            missing = sorted(expected - got)
+            unread = self._unread(dev, missing)
+            lost = [v for v in missing if v not in unread]
             # the same value under two seqs: read once, stored twice (a real duplicate)
             doubled = sum(len(s) - 1 for s in dev.value_seqs.values())
             out_of_order = 0
@@ -171,9 +186,28 @@ class Completeness:
                     out_of_order=out_of_order,
                     max_delay_s=dev.max_delay_s,
                     lost_values=tuple(lost[:20]),
+                    unread=len(unread),
                 )
             )
         return rows
+
+    @staticmethod
+    def _unread(dev: _Device, missing: list[int]) -> set[int]:
+        """The ``missing`` values that a failed read the gateway reported accounts for: a bad
+        counter reading whose seq lies between those of the good readings either side."""
+        if not dev.failed or not missing:
+            return set()
+        failed = sorted(dev.failed)
+        values = sorted(dev.value_seqs)
+        out = set()
+        for v in missing:
+            i = bisect.bisect_left(values, v)
+            after = max(dev.value_seqs[values[i - 1]]) if i else 0
+            before = min(dev.value_seqs[values[i]]) if i < len(values) else math.inf
+            j = bisect.bisect_right(failed, after)
+            if j < len(failed) and failed[j] < before:
+                out.add(v)
+        return out
 
     def seq_gaps(self) -> list[tuple[int, int]]:
         """Ranges of ``seq`` (first, last) missing inside a run: readings lost or dropped by
@@ -191,7 +225,16 @@ class Completeness:
 
 
 def format_table(rows: Iterable[Row]) -> str:
-    head = ("device", "expected", "received", "lost", "duplicated", "out of order", "max delay")
+    head = (
+        "device",
+        "expected",
+        "received",
+        "lost",
+        "unread",
+        "duplicated",
+        "out of order",
+        "max delay",
+    )
     lines = [head]
     for r in rows:
         delay = "-" if r.max_delay_s is None else f"{r.max_delay_s:.2f} s"
@@ -201,6 +244,7 @@ def format_table(rows: Iterable[Row]) -> str:
                 str(r.expected),
                 str(r.received),
                 str(r.lost),
+                str(r.unread),
                 str(r.duplicated),
                 str(r.out_of_order),
                 delay,

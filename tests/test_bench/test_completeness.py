@@ -114,6 +114,33 @@ def test_bad_and_other_metrics_count_for_seq_but_not_for_the_counter() -> None:
     assert c.seq_gaps() == []
 
 
+def test_a_value_the_gateway_said_it_failed_to_read_is_unread_not_lost() -> None:
+    """A device's answer that came after the timeout: the simulator handed out 3 (and 4, a
+    streak of two failed polls), the gateway sent one bad reading for the streak's first."""
+    bad = {"quality": "bad", "reason": "timeout"}
+    c = fed(msg(reading(1, 1), reading(2, 2), reading(3, None, **bad), reading(4, 5)))
+    [row] = c.table({"d1": 5})
+    assert (row.received, row.lost, row.unread) == (3, 0, 2)
+    assert c.seq_gaps() == []
+    assert "unread" in format_table([row])
+
+
+def test_a_failed_read_elsewhere_explains_no_missing_value() -> None:
+    bad = {"quality": "bad", "reason": "timeout"}
+    good = [reading(seq, value) for seq, value in ((1, 1), (3, 2), (5, 3), (7, 5), (9, 6))]
+    # The failure is before the gap, after it, or another device's: 4 is lost.
+    for failed in (
+        reading(2, None, **bad),
+        reading(8, None, **bad),
+        reading(6, None, device="d2", **bad),
+    ):
+        c = fed(msg(*good, failed))
+        row = next(r for r in c.table({"d1": 6}) if r.device == "d1")
+        assert (row.lost, row.lost_values, row.unread) == (1, (4,), 0), failed
+    c = fed(msg(*good, reading(6, None, **bad)))
+    assert (c.table({"d1": 6})[0].lost, c.table({"d1": 6})[0].unread) == (0, 1)
+
+
 def test_compact_messages_are_read_too() -> None:
     items = [
         StoredReading(s, Reading("d1", "counter", s, None, T0 + s, float(s))) for s in range(1, 6)
@@ -136,6 +163,7 @@ def test_the_table_names_every_column() -> None:
         "expected",
         "received",
         "lost",
+        "unread",
         "duplicated",
         "out",
         "of",
@@ -144,7 +172,7 @@ def test_the_table_names_every_column() -> None:
         "delay",
     ]
     d2 = next(line for line in text.splitlines() if line.startswith("d2"))
-    assert d2.split()[:5] == ["d2", "4", "0", "4", "0"]
+    assert d2.split()[:6] == ["d2", "4", "0", "4", "0", "0"]
 
 
 @given(st.binary(max_size=200), st.sampled_from(["/telemetry", "/status", "/health"]))
