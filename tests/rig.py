@@ -187,8 +187,9 @@ class Rig:
         return self.sub.completeness().table(upto)
 
     def assert_complete(self, upto: dict[str, int], *, allowed_lost: int = 0) -> list[Row]:
-        """Every counter value up to ``upto`` arrived (but ``allowed_lost``), none out of
-        order; and with nothing allowed lost, no gap in ``seq`` inside a run either."""
+        """Every counter value up to ``upto`` arrived (but ``allowed_lost``, and those the
+        agent said it failed to read: the rows' ``unread``), none out of order; and with
+        nothing allowed lost, no gap in ``seq`` inside a run either."""
         check = self.sub.completeness()
         rows = check.table(upto)
         gaps = check.seq_gaps()
