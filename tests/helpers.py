@@ -29,6 +29,7 @@ from ports import restartable_port
 from sqlite_utils import Database
 
 from tepi.gateway.compact import ZSTD_MAGIC, decode_compact
+from tepi.gateway.configload import parse_config
 from tepi.gateway.localbroker import (
     find_mosquitto,
     free_port,
@@ -36,6 +37,7 @@ from tepi.gateway.localbroker import (
     mosquitto_conf,
     wait_port,
 )
+from tepi.gateway.runtime import Agent
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO / "gateway" / "tepi" / "gateway" / "payload.schema.json"
@@ -711,3 +713,19 @@ async def wait_listening(port: int, agent: AgentProc, timeout: float = 30) -> No
             if agent.proc is not None and agent.proc.poll() is not None:
                 raise AssertionError(f"agent exited:\n{agent.log_text()[-4000:]}")
             await asyncio.sleep(0.05)
+
+
+def in_process_agent(tmp: Path, port: int, gateway: str = "gw-caps", **uplink: object) -> Agent:
+    """An agent to run in the test's own loop (``Agent.run``), without devices, on the broker
+    at ``port``, reconnecting within 300 ms; ``uplink`` adds to its uplink section."""
+    up = {
+        "url": f"mqtt://127.0.0.1:{port}",
+        "reconnect": {"min_delay": "100ms", "max_delay": "300ms"},
+        **uplink,
+    }
+    cfg = parse_config(
+        json.dumps({"gateway": {"id": gateway, "data_dir": str(tmp / "data")}, "uplink": up}),
+        "t.yaml",
+        check_files=False,
+    )
+    return Agent(cfg)

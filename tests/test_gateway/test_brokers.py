@@ -24,12 +24,10 @@ import aiomqtt
 import pytest
 from brokers import NatsBroker, RabbitBroker
 from completeness import format_table
-from helpers import TEST_SECRETS, Broker, FaultProxy, Subscriber
+from helpers import TEST_SECRETS, Broker, FaultProxy, Subscriber, in_process_agent
 from rig import DEVICES, AnyBroker, running_rig
 
 from tepi.core.records import Reading
-from tepi.gateway.configload import parse_config
-from tepi.gateway.runtime import Agent
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -156,20 +154,6 @@ async def test_a_broker_restart_loses_nothing_and_status_and_will_work(
     print(kind, protocol)
     print(format_table(rows))
     assert all(r.expected >= after[r.device] for r in rows), rows
-
-
-def in_process_agent(tmp: Path, port: int, **uplink: object) -> Agent:
-    up = {
-        "url": f"mqtt://127.0.0.1:{port}",
-        "reconnect": {"min_delay": "100ms", "max_delay": "300ms"},
-        **uplink,
-    }
-    cfg = parse_config(
-        json.dumps({"gateway": {"id": "gw-caps", "data_dir": str(tmp / "data")}, "uplink": up}),
-        "t.yaml",
-        check_files=False,
-    )
-    return Agent(cfg)
 
 
 @pytest.mark.parametrize("kind", ["nats", "rabbitmq"])

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import in_process_agent
 from mqttscript import PUBLISH, SUBSCRIBE, Link, ScriptedBroker, publish
 
 from tepi.core.records import Reading
-from tepi.gateway.configload import parse_config
-from tepi.gateway.runtime import Agent
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,13 +64,7 @@ async def test_commands_that_come_with_the_links_end_are_run_and_answered(
         return out
 
     async with ScriptedBroker(script) as broker:
-        up = {
-            "url": f"mqtt://127.0.0.1:{broker.port}",
-            "reconnect": {"min_delay": "100ms", "max_delay": "300ms"},
-        }
-        gw = {"id": gateway, "data_dir": str(tmp_path / "data")}
-        cfg = parse_config(json.dumps({"gateway": gw, "uplink": up}), "t.yaml", check_files=False)
-        agent = Agent(cfg)
+        agent = in_process_agent(tmp_path, broker.port, gateway)
         stop = asyncio.Event()
         run = asyncio.create_task(agent.run(stop))
         try:
