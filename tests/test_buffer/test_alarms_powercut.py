@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -75,8 +76,18 @@ def test_power_cuts_find_the_loss_when_commits_are_not_synced(
     find returned transitions lost (a message missing, or a state change gone with its acked
     message), and nothing else wrong: no seq comes back, the file is never corrupt."""
     seed = int(os.environ.get("POWERCUT_SEED", random.randrange(2**32)))
-    with pytest.raises(AssertionError, match=r"was lost|states disagree"):
-        cuts(powercut_shim, tmp_path, seed, sync=False)
+    # The cuts land at random moments, and 12 of them with sync off once lost nothing (CI):
+    # up to three runs, the next seeds, before the control is called blind.
+    for attempt in range(3):
+        where = tmp_path / f"try{attempt}"
+        where.mkdir()
+        try:
+            cuts(powercut_shim, where, seed + attempt, sync=False)
+        except AssertionError as err:
+            if re.search(r"was lost|states disagree", str(err)):
+                return  # found; anything else wrong is a failure
+            raise
+    pytest.fail(f"3 runs of {CUTS} power cuts lost nothing with sync off (POWERCUT_SEED={seed})")
 
 
 def cuts(shim: Path, tmp_path: Path, seed: int, *, sync: bool) -> None:
